@@ -1,0 +1,32 @@
+# xnat-hpc-hub — the two commands a newcomer needs:
+#   make demo   install what is missing, start devxnat + local Slurm (+ hub), print how to reach them
+#   make test   install what is missing, run the whole test suite (starts what it needs itself)
+# Both run as root on Debian 12 and are idempotent.
+
+VENV ?= /opt/xnat-hpc-hub/venv
+PY := $(VENV)/bin/python
+RUN_DIR ?= /var/lib/xnat-hpc-hub
+PYTEST_ARGS ?=
+
+.PHONY: demo test install system venv lint clean-run bench
+
+install: system venv
+
+system:
+	@VENV=$(VENV) scripts/bootstrap.sh system
+
+venv:
+	@VENV=$(VENV) scripts/bootstrap.sh venv
+
+demo: install
+	$(VENV)/bin/xnat-hpc-hub demo --run-dir $(RUN_DIR)/demo
+
+test: install
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+bench: install
+	$(PY) benchmarks/run_all.py
+
+clean-run:
+	-$(VENV)/bin/xnat-hpc-hub slurm down --run-dir $(RUN_DIR)/slurm
+	rm -rf $(RUN_DIR)

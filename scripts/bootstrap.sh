@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# Install everything xnat-hpc-hub needs on a fresh Debian 12 machine, as root.
+# Idempotent: each step checks first and does nothing when already done.
+#
+#   scripts/bootstrap.sh system   Debian packages + configurable-http-proxy (npm)
+#   scripts/bootstrap.sh venv     virtualenv outside /root, from Debian's python3
+#   scripts/bootstrap.sh all      both (default)
+#
+# The virtualenv is built from /usr/bin/python3 in a world-readable place
+# (default /opt/xnat-hpc-hub/venv) because servers and Slurm jobs run as other
+# Unix users, who cannot read an interpreter under /root.
+set -euo pipefail
+
+VENV=${VENV:-/opt/xnat-hpc-hub/venv}
+HERE=$(cd "$(dirname "$0")/.." && pwd)
+DEB_PACKAGES=(slurm-wlm munge bubblewrap age python3-venv python3-dev
+              nodejs npm chromium curl ca-certificates)
+
+log() { printf '[bootstrap] %s\n' "$*"; }
+
+need_root() {
+  if [ "$(id -u)" != 0 ]; then
+    echo "bootstrap: run as root (it installs Debian packages and writes $VENV)" >&2
+    exit 1
+  fi
+}
+
+system() {
+  need_root
+  local missing=()
+  for p in "${DEB_PACKAGES[@]}"; do
+    # nodejs/npm may come from elsewhere (e.g. NodeSource); accept any node+npm on PATH
+    if [ "$p" = nodejs ] && command -v node >/dev/null; then continue; fi
+    if [ "$p" = npm ] && command -v npm >/dev/null; then continue; fi
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+  done
+  if [ ${#missing[@]} -gt 0 ]; then
+    log "installing Debian packages: ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}"
+  else
+    log "Debian packages present"
+  fi
+  if ! command -v configurable-http-proxy >/dev/null; then
+    log "installing configurable-http-proxy (npm)"
+    npm install -g --no-fund --no-audit configurable-http-proxy@5 >/dev/null
+  else
+    log "configurable-http-proxy present"
+  fi
+}
+
+venv() {
+  need_root
+  local stamp="$VENV/.xnat-hpc-hub-stamp"
+  local want
+  want=$(cat "$HERE/pyproject.toml" | sha256sum | cut -d' ' -f1):$HERE
+  if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+    log "virtualenv $VENV up to date"
+    return
+  fi
+  if [ ! -x "$VENV/bin/python" ]; then
+    log "creating virtualenv $VENV from /usr/bin/python3"
+    mkdir -p "$(dirname "$VENV")"
+    /usr/bin/python3 -m venv "$VENV"
+    "$VENV/bin/pip" install -q --upgrade pip
+  fi
+  log "installing xnat-hpc-hub (editable, with test extra) into $VENV"
+  "$VENV/bin/pip" install -q -e "$HERE[test]"
+  chmod -R a+rX "$(dirname "$VENV")"
+  echo "$want" > "$stamp"
+}
+
+case "${1:-all}" in
+  system) system ;;
+  venv) venv ;;
+  all) system; venv ;;
+  *) echo "usage: $0 [system|venv|all]" >&2; exit 2 ;;
+esac

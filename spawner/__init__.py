@@ -1,0 +1,1 @@
+"""spawner — XNAT-scoped JupyterHub spawners (one mixin, thin backends)."""
