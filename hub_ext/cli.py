@@ -1,2 +1,118 @@
-def main(argv=None):
-    raise SystemExit("not yet")
+"""The ``xnat-hpc-hub`` command.
+
+    xnat-hpc-hub demo [--run-dir DIR]        devxnat + local Slurm (+ hub), until Ctrl-C
+    xnat-hpc-hub devxnat --data DIR ...      the XNAT development server
+    xnat-hpc-hub slurm up|down|status        the single-node development Slurm
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from xnat_bridge.errors import XnatHpcError
+
+from . import slurmdev
+
+
+def _slurm(args: argparse.Namespace) -> int:
+    dev = slurmdev.SlurmDev(args.run_dir)
+    if args.action == "up":
+        statuses = dev.up(timeout=args.timeout)
+    elif args.action == "down":
+        statuses = dev.down(stop_munge=not args.keep_munge)
+    else:
+        statuses = dev.status()
+    print(slurmdev.format_status(statuses, dev.cfg.run_dir))
+    if args.action == "status":
+        missing = slurmdev.SlurmDev.missing_programs()
+        if missing:
+            print(f"  programs missing: {', '.join(missing)}; {slurmdev.INSTALL_HINT}")
+        # like `systemctl status`: 0 when everything runs, 3 otherwise
+        return 0 if all(s.running for s in statuses) else 3
+    return 0
+
+
+def _devxnat(args: argparse.Namespace) -> int:
+    from xnat_bridge import devserver
+
+    return devserver.main(args.rest) or 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="xnat-hpc-hub",
+        description="XNAT-scoped JupyterHub with encrypted offload to a secure Slurm partition",
+    )
+    p.add_argument("--log-level", default="WARNING", help="logging level (default WARNING)")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("slurm", help="single-node development Slurm: up | down | status")
+    s.add_argument("action", choices=["up", "down", "status"])
+    s.add_argument(
+        "--run-dir",
+        type=Path,
+        default=slurmdev.DEFAULT_RUN_DIR,
+        help=f"state, spool, logs and pid files (default {slurmdev.DEFAULT_RUN_DIR})",
+    )
+    s.add_argument("--timeout", type=float, default=60, help="seconds to wait for `up` (default 60)")
+    s.add_argument("--keep-munge", action="store_true", help="`down` leaves munged running")
+    s.set_defaults(func=_slurm)
+
+    d = sub.add_parser(
+        "devxnat",
+        help="XNAT development server (a REST stand-in for XNAT; see --help)",
+        add_help=False,
+    )
+    d.add_argument("rest", nargs=argparse.REMAINDER)
+    d.set_defaults(func=_devxnat)
+
+    m = sub.add_parser("demo", help="start devxnat with the demo archive and the local Slurm")
+    m.add_argument(
+        "--run-dir",
+        type=Path,
+        default=Path("/var/lib/xnat-hpc-hub/demo"),
+        help="where the demo keeps its archive, state and logs",
+    )
+    m.add_argument("--xnat-port", type=int, default=8080, help="devxnat port (default 8080)")
+    m.add_argument("--demo-size", default="30MB", help="size of the synthetic archive (default 30MB)")
+    m.add_argument(
+        "--exit-when-ready",
+        action="store_true",
+        help="start everything, print the summary, stop again and exit (a smoke test)",
+    )
+    m.set_defaults(func=_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # `devxnat` forwards everything (including --help) to the server's own parser
+    if argv and argv[0] == "devxnat":
+        from xnat_bridge import devserver
+
+        return devserver.main(argv[1:]) or 0
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=getattr(logging, str(args.log_level).upper(), logging.WARNING),
+        format="[%(levelname)s %(name)s] %(message)s",
+    )
+    try:
+        return args.func(args)
+    except XnatHpcError as e:
+        print(f"xnat-hpc-hub: error: {e.message}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

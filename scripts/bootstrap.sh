@@ -18,6 +18,9 @@ DEB_PACKAGES=(slurm-wlm munge bubblewrap age python3-venv python3-dev
 
 log() { printf '[bootstrap] %s\n' "$*"; }
 
+# pip warns about every package missing from the machine's extra local indexes; hide that noise only
+pip_q() { "$VENV/bin/pip" "$@" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2); }
+
 need_root() {
   if [ "$(id -u)" != 0 ]; then
     echo "bootstrap: run as root (it installs Debian packages and writes $VENV)" >&2
@@ -63,10 +66,10 @@ venv() {
     log "creating virtualenv $VENV from /usr/bin/python3"
     mkdir -p "$(dirname "$VENV")"
     /usr/bin/python3 -m venv "$VENV"
-    "$VENV/bin/pip" install -q --upgrade pip
+    pip_q install -q --upgrade pip
   fi
   log "installing xnat-hpc-hub (editable, with test extra) into $VENV"
-  "$VENV/bin/pip" install -q -e "$HERE[test]"
+  pip_q install -q -e "$HERE[test]"
   chmod -R a+rX "$(dirname "$VENV")"
   echo "$want" > "$stamp"
 }

@@ -1,0 +1,386 @@
+"""A real single-node Slurm cluster for the demo and the tests.
+
+``xnat-hpc-hub slurm up`` starts Debian's ``munged``, ``slurmctld`` and
+``slurmd`` directly (no systemd) with a generated one-node ``slurm.conf`` that
+has two partitions: ``interactive`` (default, for notebook servers) and
+``secure`` (for offloaded training jobs). State, spool, logs and pid files all
+live under one run directory. Every call is safe to repeat.
+
+The configuration is written to ``/etc/slurm/slurm.conf`` as well, because
+every Slurm client (``sbatch``, ``squeue``; batchspawner and dask-jobqueue run
+them as various Unix users) reads that path. A file there that this tool did
+not write is never overwritten: ``up`` refuses and says why.
+
+This is a development cluster: ``SlurmUser=root``, no accounting, no cgroups.
+Production sites point the hub at their own Slurm.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import signal
+import socket
+import time
+from pathlib import Path
+
+from xnat_bridge.errors import CommandFailed, SlurmError
+from xnat_bridge.procs import run, which
+
+log = logging.getLogger(__name__)
+
+MANAGED_MARKER = "# managed by xnat-hpc-hub slurm up"
+SYSTEM_CONF = Path("/etc/slurm/slurm.conf")
+DEFAULT_RUN_DIR = Path("/var/lib/xnat-hpc-hub/slurm")
+MUNGE_SOCKET_DIR = Path("/run/munge")
+MUNGE_KEY = Path("/etc/munge/munge.key")
+INSTALL_HINT = (
+    "install them with `make install` (or `apt-get install slurm-wlm munge` as root)"
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class SlurmDevConfig:
+    """Everything the generated ``slurm.conf`` depends on."""
+
+    run_dir: Path
+    controller_host: str
+    node_name: str = "xnat-node1"
+    cpus: int = 1
+    memory_mb: int = 1024
+    cluster_name: str = "xnathpc"
+    ctld_port: int = 6817
+    slurmd_port: int = 6818
+    interactive_max_time: str = "8:00:00"
+    secure_max_time: str = "2-00:00:00"
+
+    @classmethod
+    def for_this_machine(cls, run_dir: Path) -> "SlurmDevConfig":
+        """CPUs and memory of this machine (leaving 512 MB to the system)."""
+        mem_kb = 0
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    mem_kb = int(line.split()[1])
+                    break
+        return cls(
+            run_dir=Path(run_dir),
+            controller_host=socket.gethostname().split(".")[0],
+            cpus=os.cpu_count() or 1,
+            memory_mb=max(256, mem_kb // 1024 - 512),
+        )
+
+    # paths under the run directory
+    @property
+    def conf_path(self) -> Path:
+        return self.run_dir / "etc" / "slurm.conf"
+
+    @property
+    def state_dir(self) -> Path:
+        return self.run_dir / "state"
+
+    @property
+    def spool_dir(self) -> Path:
+        return self.run_dir / "spool"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.run_dir / "log"
+
+    @property
+    def pid_dir(self) -> Path:
+        return self.run_dir / "run"
+
+    def pid_file(self, daemon: str) -> Path:
+        return self.pid_dir / f"{daemon}.pid"
+
+    def log_file(self, daemon: str) -> Path:
+        return self.log_dir / f"{daemon}.log"
+
+
+def slurm_conf(cfg: SlurmDevConfig) -> str:
+    """The ``slurm.conf`` text for *cfg* (pure; golden-tested)."""
+    lines = [
+        MANAGED_MARKER,
+        f"# run directory: {cfg.run_dir}",
+        f"ClusterName={cfg.cluster_name}",
+        f"SlurmctldHost={cfg.controller_host}(127.0.0.1)",
+        f"SlurmctldPort={cfg.ctld_port}",
+        f"SlurmdPort={cfg.slurmd_port}",
+        "SlurmUser=root",
+        "SlurmdUser=root",
+        "AuthType=auth/munge",
+        "CredType=cred/munge",
+        "MpiDefault=none",
+        "ProctrackType=proctrack/linuxproc",
+        "TaskPlugin=task/none",
+        "JobAcctGatherType=jobacct_gather/none",
+        "AccountingStorageType=accounting_storage/none",
+        "SchedulerType=sched/backfill",
+        "SelectType=select/cons_tres",
+        "SelectTypeParameters=CR_Core_Memory",
+        "ReturnToService=2",
+        "MinJobAge=120",
+        "KillWait=5",
+        "InactiveLimit=0",
+        "SlurmctldTimeout=30",
+        "SlurmdTimeout=60",
+        f"StateSaveLocation={cfg.state_dir}",
+        f"SlurmdSpoolDir={cfg.spool_dir}",
+        f"SlurmctldPidFile={cfg.pid_file('slurmctld')}",
+        f"SlurmdPidFile={cfg.pid_file('slurmd')}",
+        f"SlurmctldLogFile={cfg.log_file('slurmctld')}",
+        f"SlurmdLogFile={cfg.log_file('slurmd')}",
+        "SlurmctldDebug=info",
+        "SlurmdDebug=info",
+        f"NodeName={cfg.node_name} NodeAddr=127.0.0.1 NodeHostname={cfg.controller_host}"
+        f" CPUs={cfg.cpus} RealMemory={cfg.memory_mb} State=UNKNOWN",
+        f"PartitionName=interactive Nodes={cfg.node_name} Default=YES"
+        f" MaxTime={cfg.interactive_max_time} State=UP",
+        f"PartitionName=secure Nodes={cfg.node_name} Default=NO"
+        f" MaxTime={cfg.secure_max_time} State=UP",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+@dataclasses.dataclass
+class DaemonStatus:
+    name: str
+    running: bool
+    pid: int | None
+    detail: str = ""
+
+
+class SlurmDev:
+    """Start, stop and inspect the development cluster in *run_dir*."""
+
+    daemons = ("munged", "slurmctld", "slurmd")
+
+    def __init__(self, run_dir: Path | str = DEFAULT_RUN_DIR, cfg: SlurmDevConfig | None = None):
+        self.cfg = cfg or SlurmDevConfig.for_this_machine(Path(run_dir))
+
+    # -- checks ---------------------------------------------------------
+    @staticmethod
+    def missing_programs() -> list[str]:
+        progs = ["munged", "munge", "slurmctld", "slurmd", "sbatch", "scontrol", "sinfo"]
+        return [p for p in progs if which(p) is None]
+
+    def _require_programs(self) -> None:
+        missing = self.missing_programs()
+        if missing:
+            raise SlurmError(
+                f"Slurm/munge programs not found: {', '.join(missing)}; {INSTALL_HINT}"
+            )
+        if os.geteuid() != 0:
+            raise SlurmError("`xnat-hpc-hub slurm up|down` starts system daemons: run it as root")
+
+    # -- pid helpers ----------------------------------------------------
+    @staticmethod
+    def _pid_alive(pid: int | None) -> bool:
+        if not pid:
+            return False
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        # a zombie is not running
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                return f.read().split(") ", 1)[1][:1] != "Z"
+        except OSError:
+            return False
+
+    @staticmethod
+    def _read_pid(path: Path) -> int | None:
+        try:
+            return int(path.read_text().strip() or 0) or None
+        except (OSError, ValueError):
+            return None
+
+    def _munged_pid(self) -> int | None:
+        for path in (MUNGE_SOCKET_DIR / "munged.pid", self.cfg.pid_file("munged")):
+            pid = self._read_pid(path)
+            if self._pid_alive(pid):
+                return pid
+        return None
+
+    def _munge_works(self) -> bool:
+        try:
+            cred = run(["munge", "-n"], timeout=10).stdout
+            run(["unmunge"], input=cred.encode(), timeout=10)
+            return True
+        except CommandFailed:
+            return False
+
+    # -- up -------------------------------------------------------------
+    def up(self, timeout: float = 60) -> list[DaemonStatus]:
+        """Start whatever is not running; wait until the node accepts jobs."""
+        self._require_programs()
+        cfg = self.cfg
+        for d in (cfg.state_dir, cfg.spool_dir, cfg.log_dir, cfg.pid_dir, cfg.conf_path.parent):
+            d.mkdir(parents=True, exist_ok=True)
+        os.chmod(cfg.run_dir, 0o755)
+        os.chmod(cfg.state_dir, 0o700)  # job scripts and environments live here
+        os.chmod(cfg.spool_dir, 0o700)
+        os.chmod(cfg.log_dir, 0o700)
+        os.chmod(cfg.conf_path.parent, 0o755)
+
+        changed = self._write_conf()
+        self._start_munged()
+        running_ctld = self._pid_alive(self._read_pid(cfg.pid_file("slurmctld")))
+        running_d = self._pid_alive(self._read_pid(cfg.pid_file("slurmd")))
+        if changed and (running_ctld or running_d):
+            log.info("slurm.conf changed: restarting slurmctld and slurmd")
+            self._stop_slurm()
+            running_ctld = running_d = False
+        if not running_ctld:
+            run(["slurmctld", "-f", str(cfg.conf_path)], timeout=30)
+        if not running_d:
+            run(["slurmd", "-f", str(cfg.conf_path), "-N", cfg.node_name], timeout=30)
+        self._wait_ready(timeout)
+        return self.status()
+
+    def _write_conf(self) -> bool:
+        """Write the run-dir and system config; True when the content changed."""
+        text = slurm_conf(self.cfg)
+        if SYSTEM_CONF.exists() and MANAGED_MARKER not in SYSTEM_CONF.read_text(errors="replace"):
+            raise SlurmError(
+                f"{SYSTEM_CONF} exists and was not written by xnat-hpc-hub: this machine "
+                "already has a Slurm configuration; point the hub at that cluster instead "
+                "of starting the development one (or move the file away)"
+            )
+        old = self.cfg.conf_path.read_text() if self.cfg.conf_path.exists() else None
+        sys_old = SYSTEM_CONF.read_text() if SYSTEM_CONF.exists() else None
+        for path in (self.cfg.conf_path, SYSTEM_CONF):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".conf.tmp")
+            tmp.write_text(text)
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, path)
+        return old != text or sys_old != text
+
+    def _start_munged(self) -> None:
+        if self._munged_pid() and self._munge_works():
+            return
+        if not MUNGE_KEY.exists():
+            log.info("creating %s", MUNGE_KEY)
+            MUNGE_KEY.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(MUNGE_KEY, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o400)
+            with os.fdopen(fd, "wb") as f:
+                f.write(os.urandom(1024))
+            _chown_to(MUNGE_KEY, "munge")
+        for d in (MUNGE_SOCKET_DIR, Path("/var/log/munge"), Path("/var/lib/munge")):
+            d.mkdir(parents=True, exist_ok=True)
+            _chown_to(d, "munge")
+        os.chmod(MUNGE_SOCKET_DIR, 0o755)
+        run(["runuser", "-u", "munge", "--", which("munged") or "munged"], timeout=30)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if self._munge_works():
+                return
+            time.sleep(0.1)
+        raise SlurmError("munged did not come up; see /var/log/munge/munged.log")
+
+    def _wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        last = ""
+        while time.monotonic() < deadline:
+            try:
+                out = run(
+                    ["sinfo", "--noheader", "-N", "-o", "%N %t"], timeout=10
+                ).stdout.split()
+                last = " ".join(out)
+                if len(out) >= 2 and out[1].rstrip("*") in ("idle", "mix", "alloc", "comp"):
+                    return
+                if len(out) >= 2 and out[1].rstrip("*") in ("down", "drain", "drng", "unk"):
+                    # ReturnToService=2 normally revives it; nudge it once it registers
+                    run(
+                        ["scontrol", "update", f"NodeName={self.cfg.node_name}", "State=RESUME"],
+                        check=False,
+                        timeout=10,
+                    )
+            except CommandFailed as e:
+                last = e.message
+            time.sleep(0.2)
+        raise SlurmError(
+            f"Slurm did not become ready within {timeout:.0f} s (last: {last!r}); "
+            f"see the logs in {self.cfg.log_dir}"
+        )
+
+    # -- down -----------------------------------------------------------
+    def down(self, stop_munge: bool = True) -> list[DaemonStatus]:
+        """Stop slurmd, slurmctld and (unless told not to) munged."""
+        self._require_programs()
+        self._stop_slurm()
+        if stop_munge:
+            pid = self._munged_pid()
+            if pid:
+                _terminate(pid)
+        return self.status()
+
+    def _stop_slurm(self) -> None:
+        for daemon in ("slurmd", "slurmctld"):
+            pid = self._read_pid(self.cfg.pid_file(daemon))
+            if self._pid_alive(pid):
+                _terminate(pid)
+            self.cfg.pid_file(daemon).unlink(missing_ok=True)
+
+    # -- status ---------------------------------------------------------
+    def status(self) -> list[DaemonStatus]:
+        out = []
+        munged = self._munged_pid()
+        out.append(DaemonStatus("munged", bool(munged), munged))
+        for daemon in ("slurmctld", "slurmd"):
+            pid = self._read_pid(self.cfg.pid_file(daemon))
+            out.append(DaemonStatus(daemon, self._pid_alive(pid), pid if self._pid_alive(pid) else None))
+        if all(s.running for s in out):
+            try:
+                parts = run(
+                    ["sinfo", "--noheader", "-o", "%P %a %D %t %l"], timeout=10
+                ).stdout.strip()
+                out[-1].detail = parts
+            except CommandFailed as e:
+                out[-1].detail = e.message
+        return out
+
+    def is_up(self) -> bool:
+        return all(s.running for s in self.status())
+
+
+def format_status(statuses: list[DaemonStatus], run_dir: Path) -> str:
+    lines = [f"Slurm development cluster (run directory {run_dir}):"]
+    for s in statuses:
+        state = f"running (pid {s.pid})" if s.running else "NOT running"
+        lines.append(f"  {s.name:<10} {state}")
+    partitions = statuses[-1].detail if statuses else ""
+    if partitions:
+        lines.append("  partitions (name avail nodes state timelimit):")
+        lines.extend(f"    {p}" for p in partitions.splitlines())
+    return "\n".join(lines)
+
+
+def _terminate(pid: int, timeout: float = 15) -> None:
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not SlurmDev._pid_alive(pid):
+            return
+        time.sleep(0.1)
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def _chown_to(path: Path, user: str) -> None:
+    import pwd
+
+    pw = pwd.getpwnam(user)
+    os.chown(path, pw.pw_uid, pw.pw_gid)

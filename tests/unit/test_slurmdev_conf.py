@@ -1,0 +1,73 @@
+"""The generated slurm.conf (pure builder) and the `slurm` CLI's refusals."""
+
+from pathlib import Path
+
+import pytest
+
+from hub_ext import slurmdev
+from xnat_bridge.errors import SlurmError
+
+CFG = slurmdev.SlurmDevConfig(
+    run_dir=Path("/var/lib/x/slurm"), controller_host="vm", cpus=2, memory_mb=2048
+)
+
+
+def conf_dict(text: str) -> dict[str, str]:
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            key, _, value = line.partition("=")
+            out.setdefault(key, value)
+    return out
+
+
+def test_conf_has_two_partitions_interactive_default():
+    text = slurmdev.slurm_conf(CFG)
+    parts = [l for l in text.splitlines() if l.startswith("PartitionName=")]
+    assert [p.split()[0] for p in parts] == ["PartitionName=interactive", "PartitionName=secure"]
+    assert "Default=YES" in parts[0] and "Default=NO" in parts[1]
+
+
+def test_conf_keeps_everything_under_run_dir():
+    conf = conf_dict(slurmdev.slurm_conf(CFG))
+    for key in ("StateSaveLocation", "SlurmdSpoolDir", "SlurmctldPidFile", "SlurmdPidFile",
+                "SlurmctldLogFile", "SlurmdLogFile"):
+        assert conf[key].startswith("/var/lib/x/slurm/"), key
+    assert conf["SlurmctldHost"] == "vm(127.0.0.1)"
+
+
+def test_conf_node_resources_and_no_cgroups():
+    text = slurmdev.slurm_conf(CFG)
+    node = next(l for l in text.splitlines() if l.startswith("NodeName="))
+    assert "CPUs=2" in node and "RealMemory=2048" in node and "NodeAddr=127.0.0.1" in node
+    conf = conf_dict(text)
+    assert conf["ProctrackType"] == "proctrack/linuxproc"
+    assert conf["TaskPlugin"] == "task/none"
+    assert text.startswith(slurmdev.MANAGED_MARKER)
+
+
+def test_example_config_matches_builder():
+    """config/slurm-dev.conf is the builder's output for a documented example."""
+    example = Path(__file__).parents[2] / "config" / "slurm-dev.conf"
+    cfg = slurmdev.SlurmDevConfig(
+        run_dir=slurmdev.DEFAULT_RUN_DIR, controller_host="HOSTNAME", cpus=2, memory_mb=23552
+    )
+    assert example.read_text() == slurmdev.slurm_conf(cfg)
+
+
+def test_up_without_packages_names_the_install_command(monkeypatch, tmp_path):
+    monkeypatch.setattr(slurmdev, "which", lambda name: None)
+    with pytest.raises(SlurmError) as e:
+        slurmdev.SlurmDev(tmp_path).up()
+    assert "apt-get install slurm-wlm munge" in e.value.message
+    assert "slurmctld" in e.value.message
+
+
+def test_up_refuses_foreign_system_config(monkeypatch, tmp_path):
+    foreign = tmp_path / "slurm.conf"
+    foreign.write_text("ClusterName=production\n")
+    monkeypatch.setattr(slurmdev, "SYSTEM_CONF", foreign)
+    dev = slurmdev.SlurmDev(tmp_path / "run")
+    with pytest.raises(SlurmError, match="not written by xnat-hpc-hub"):
+        dev._write_conf()
+    assert foreign.read_text() == "ClusterName=production\n"
