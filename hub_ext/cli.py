@@ -82,6 +82,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=Path("/var/lib/xnat-hpc-hub/demo"),
         help="where the demo keeps its archive, state and logs",
     )
+    m.add_argument(
+        "--slurm-run-dir",
+        type=Path,
+        default=slurmdev.DEFAULT_RUN_DIR,
+        help=f"run directory of the development Slurm (default {slurmdev.DEFAULT_RUN_DIR})",
+    )
     m.add_argument("--xnat-port", type=int, default=8080, help="devxnat port (default 8080)")
     m.add_argument("--demo-size", default="30MB", help="size of the synthetic archive (default 30MB)")
     m.add_argument(

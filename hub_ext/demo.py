@@ -64,7 +64,7 @@ def start_devxnat(
     return proc, url_box[0]
 
 
-def summary(xnat_url: str, slurm_text: str, run_dir: Path) -> str:
+def summary(xnat_url: str, slurm_text: str, run_dir: Path, slurm_dir: Path) -> str:
     users = "\n".join(f"    {u:<6} password {u}-demo   {what}" for u, what in DEMO_USERS)
     return f"""
 xnat-hpc-hub demo is running (everything on 127.0.0.1; run directory {run_dir})
@@ -78,7 +78,7 @@ xnat-hpc-hub demo is running (everything on 127.0.0.1; run directory {run_dir})
 {slurm_text}
     try: sbatch -p secure --wrap 'hostname'; squeue
 
-Logs: {run_dir}/devxnat.log, {run_dir.parent}/slurm/log/
+Logs: {run_dir}/devxnat.log, {slurm_dir}/log/
 Press Ctrl-C to stop.
 """
 
@@ -86,7 +86,7 @@ Press Ctrl-C to stop.
 def run_demo(args: argparse.Namespace) -> int:
     run_dir: Path = args.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
-    slurm = slurmdev.SlurmDev(run_dir.parent / "slurm")
+    slurm = slurmdev.SlurmDev(args.slurm_run_dir)
     slurm_was_up = slurm.is_up() if not slurm.missing_programs() else False
     print("starting the local Slurm ...", flush=True)
     statuses = slurm.up()
@@ -96,7 +96,8 @@ def run_demo(args: argparse.Namespace) -> int:
         run_dir / "xnat", args.xnat_port, args.demo_size, run_dir / "devxnat.log"
     )
     try:
-        print(summary(xnat_url, slurmdev.format_status(statuses, slurm.cfg.run_dir), run_dir),
+        text = slurmdev.format_status(statuses, slurm.cfg.run_dir)
+        print(summary(xnat_url, text, run_dir, slurm.cfg.run_dir),
               flush=True)
         if not args.exit_when_ready:
             stop = threading.Event()

@@ -1,0 +1,43 @@
+"""`xnat-hpc-hub demo` brings up devxnat with the demo archive and the local
+Slurm, prints how to reach them, and stops what it started."""
+
+import subprocess
+import sys
+
+import pytest
+import requests
+
+from tests.fixtures.slurm import RUN_DIR
+
+pytestmark = [pytest.mark.slurm, pytest.mark.devxnat]
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_demo_starts_prints_and_stops(slurm, tmp_path):
+    port = free_port()
+    proc = subprocess.run(
+        [sys.executable, "-m", "hub_ext.cli", "demo", "--exit-when-ready",
+         "--run-dir", str(tmp_path / "demo"), "--slurm-run-dir", str(RUN_DIR),
+         "--xnat-port", str(port), "--demo-size", "5MB"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout
+    assert f"http://127.0.0.1:{port}" in out
+    for user in ("admin", "alice", "bob", "carol", "dave"):
+        assert f"{user:<6} password {user}-demo" in out
+    assert "secure" in out and "interactive*" in out
+    # it stopped devxnat again, and left the already-running Slurm alone
+    with pytest.raises(requests.ConnectionError):
+        requests.get(f"http://127.0.0.1:{port}/xapi/siteConfig/buildInfo", timeout=2)
+    assert subprocess.run(["sinfo"], capture_output=True).returncode == 0
+    # the archive it generated is in XNAT's layout
+    archive = list((tmp_path / "demo" / "xnat").rglob("arc001"))
+    assert archive, "no {archive}/{project}/arc001 directory generated"
