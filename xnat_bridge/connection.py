@@ -1,0 +1,246 @@
+"""The notebook-facing API: :func:`connect` returns a :class:`Connection`.
+
+    import xnat_bridge
+    conn = xnat_bridge.connect()             # XNAT_HOST / XNAT_USER / XNAT_PASS / XNAT_HPC_SCOPE
+    conn.permissions()                        # {"NEURO_MRI": "Owner", "SLEEP_EEG": "Member"}
+    conn.projects(); conn.subjects("NEURO_MRI").items; conn.scans("NEURO_MRI", "XNAT_E00001")
+    ds = conn.create_dataset("t1-all", [{"project": "NEURO_MRI"}])
+    paths = conn.download(ds)                 # tqdm progress bar, verified, cached
+
+Every call checks the server's scope first, then XNAT's permissions (cached
+for ``ttl`` seconds), and records an audit event for every data-access
+decision, denials included.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+from typing import Callable
+
+from . import audit
+from .browse import Browser
+from .client import XnatClient
+from .datasets import (
+    DatasetStore,
+    HashCache,
+    Manifest,
+    ManifestFile,
+    diff_files,
+    files_digest,
+    hash_files,
+    list_files,
+    now_iso,
+)
+from .errors import Conflict, PermissionDenied
+from .files import FileAccess, FileRef, choose_access, copy_to
+from .permissions import DEFAULT_TTL_S, PermissionCache
+from .scope import Scope
+
+#: shared by all connections of this process, so the TTL bounds revocation delay
+_PERMISSIONS = PermissionCache(DEFAULT_TTL_S)
+
+
+def _denials_audited(action: str):
+    """Record a ``permission_denied`` event when the wrapped call is refused."""
+
+    def deco(fn):
+        @functools.wraps(fn)
+        def wrapper(self: "Connection", *args, **kwargs):
+            try:
+                return fn(self, *args, **kwargs)
+            except PermissionDenied as e:
+                self._audit("permission_denied", "denied", items=[e.item or ""],
+                            detail=f"{action}: {e.message}")
+                raise
+
+        return wrapper
+
+    return deco
+
+
+class Connection:
+    """One researcher's scoped, audited access to XNAT."""
+
+    def __init__(self, client: XnatClient, *, scope: Scope | None = None,
+                 sink: audit.AuditSink | None = None, workspace: str | Path | None = None,
+                 cache_dir: str | Path | None = None, data_root: str | None = None,
+                 ttl: float | None = None, access: FileAccess | None = None):
+        self.client = client
+        self.scope = scope if scope is not None else Scope.from_env()
+        self.workspace = Path(workspace or os.environ.get("XNAT_HPC_WORKSPACE")
+                              or Path.home() / "xnat-hpc")
+        cache = Path(cache_dir or Path.home() / ".cache" / "xnat-hpc")
+        self.sink = sink or audit.JsonLinesSink(self.workspace / "audit.jsonl")
+        self._cache = _PERMISSIONS if ttl is None else PermissionCache(ttl)
+        self.access = access or choose_access(client, data_root, cache / "files")
+        self.hashes = HashCache(cache / "sha256.sqlite3")
+        self.datasets = DatasetStore(self.workspace / "datasets")
+        self.browser = Browser(client, self.scope, self.permission_info)
+
+    def __repr__(self) -> str:
+        return f"<xnat_bridge.Connection {self.user}@{self.client.host} mode={self.access.mode}>"
+
+    @property
+    def user(self) -> str:
+        return self.client.username
+
+    def _audit(self, action: str, outcome: str = "allowed", **kw) -> None:
+        self.sink.emit(audit.make_event(self.user, action, outcome, **kw))
+
+    # -- permissions ----------------------------------------------------------
+    def permission_info(self):
+        return self._cache.get(self.client)
+
+    def permissions(self) -> dict[str, str]:
+        """``{project_id: "Owner" | "Member" | "Collaborator"}`` within this server's scope."""
+        perms = self.permission_info()
+        if not self.scope.restricted:
+            return dict(perms.roles)
+        return {p: r for p, r in perms.roles.items() if p in self.scope.projects}
+
+    def invalidate_permissions(self) -> None:
+        self._cache.invalidate(self.user)
+
+    # -- browsing -----------------------------------------------------------
+    def projects(self):
+        return self.browser.projects()
+
+    @_denials_audited("browse")
+    def subjects(self, project: str, offset: int = 0, limit: int = 100):
+        return self.browser.subjects(project, offset, limit)
+
+    @_denials_audited("browse")
+    def experiments(self, project: str, subject: str | None = None, offset: int = 0, limit: int = 100):
+        return self.browser.experiments(project, subject, offset, limit)
+
+    @_denials_audited("browse")
+    def scans(self, project: str, experiment: str):
+        return self.browser.scans(project, experiment)
+
+    @_denials_audited("browse")
+    def resources(self, project: str, experiment: str, scan: str | None = None):
+        return self.browser.resources(project, experiment, scan)
+
+    @_denials_audited("browse")
+    def files(self, project: str, experiment: str, scan: str | None = None,
+              resource: str | None = None):
+        return self.browser.files(project, experiment, scan, resource)
+
+    # -- datasets -----------------------------------------------------------
+    @_denials_audited("dataset_create")
+    def resolve(self, name: str, selection: list[dict], *, progress: bool = False) -> Manifest:
+        """Resolve *selection* to a manifest (not saved); sha256 computed once and cached."""
+        from .datasets import check_name, check_selection
+
+        check_name(name)
+        selection = check_selection(selection)
+        files = list_files(self.browser, selection)
+        with _progress_bar(progress, sum(f.size for f in files), f"hashing {name}") as tick:
+            files = hash_files(files, self.access, self.hashes, self.client.host, progress=tick)
+        return Manifest(name, self.datasets.next_version(name), now_iso(), self.user,
+                        self.client.host, selection, files, files_digest(files))
+
+    def create_dataset(self, name: str, selection: list[dict], *, progress: bool = False) -> Manifest:
+        """Resolve and save a new version of dataset *name* (unchanged → the latest version)."""
+        m = self.resolve(name, selection, progress=progress)
+        if m.version > 1:
+            latest = self.datasets.load(name)
+            if latest.digest == m.digest and latest.selection == m.selection:
+                return latest
+        self.datasets.save(m)
+        self._audit("dataset_create", items=_items(selection), files=len(m.files),
+                    bytes=m.total_size, hashes={"manifest": m.digest},
+                    detail=f"{m.name} v{m.version}")
+        return m
+
+    def load_dataset(self, name: str, version: int | None = None) -> Manifest:
+        return self.datasets.load(name, version)
+
+    def changes(self, manifest: Manifest) -> dict[str, list[str]]:
+        """Files added, removed or changed in XNAT since *manifest* was made."""
+        return diff_files(manifest.files, list_files(self.browser, manifest.selection))
+
+    def check_current(self, manifest: Manifest) -> None:
+        """Raise Conflict naming the files when XNAT no longer matches *manifest*."""
+        d = self.changes(manifest)
+        if any(d.values()):
+            parts = [f"{k}: {', '.join(v[:5])}{' …' if len(v) > 5 else ''}" for k, v in d.items() if v]
+            raise Conflict(f"dataset {manifest.name} v{manifest.version} no longer matches XNAT ("
+                           + "; ".join(parts) + "); create it again", item=manifest.name)
+
+    # -- file access ----------------------------------------------------------
+    def _check_file(self, f: ManifestFile) -> None:
+        project = f.archive_path.split("/", 1)[0]
+        self.scope.check_project(project)
+        self.permission_info().require_read(project)
+
+    @_denials_audited("open")
+    def open(self, f: ManifestFile | FileRef):
+        ref = f.ref() if isinstance(f, ManifestFile) else f
+        self.scope.check_project(ref.archive_path.split("/", 1)[0])
+        self.permission_info().require_read(ref.archive_path.split("/", 1)[0])
+        self._audit("open", items=[ref.archive_path], files=1, bytes=ref.size)
+        return self.access.open(ref)
+
+    @_denials_audited("download")
+    def download(self, manifest: Manifest, dest: str | Path | None = None, *, workers: int = 4,
+                 progress: bool = True, check: bool = True) -> list[Path]:
+        """Fetch every file of *manifest* (verified); copy to *dest* under dataset names if given.
+
+        *check* first asks XNAT whether the manifest still matches (Conflict if not).
+        """
+        for f in manifest.files:
+            self._check_file(f)
+        if check:
+            self.check_current(manifest)
+        with _progress_bar(progress, manifest.total_size, f"downloading {manifest.name}") as tick:
+            paths = self.access.fetch([f.ref() for f in manifest.files], workers=workers, progress=tick)
+        self._audit("download", items=_items(manifest.selection), files=len(paths),
+                    bytes=manifest.total_size, hashes={"manifest": manifest.digest},
+                    detail=f"{manifest.name} v{manifest.version} via {self.access.mode}")
+        if dest is None:
+            return paths
+        return copy_to([(p, f.name) for p, f in zip(paths, manifest.files)], Path(dest))
+
+    def close(self) -> None:
+        self.client.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def _items(selection: list[dict]) -> list[str]:
+    return ["/".join(str(v) for v in item.values()) for item in selection]
+
+
+class _progress_bar:
+    """tqdm bar (bytes) when *enabled*, else a no-op; yields a tick(n) callable."""
+
+    def __init__(self, enabled: bool, total: int, desc: str):
+        self.enabled, self.total, self.desc = enabled, total, desc
+        self.bar = None
+
+    def __enter__(self) -> Callable[[int], None] | None:
+        if not self.enabled:
+            return None
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=self.total, unit="B", unit_scale=True, desc=self.desc)
+        return self.bar.update
+
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.close()
+
+
+def connect(host: str | None = None, user: str | None = None, password: str | None = None,
+            **kwargs) -> Connection:
+    """Connect as in XNAT's Jupyter integration: arguments default to ``XNAT_HOST``,
+    ``XNAT_USER``, ``XNAT_PASS``; the scope to ``XNAT_HPC_SCOPE``. See :class:`Connection`."""
+    client_kw = {k: kwargs.pop(k) for k in ("verify", "timeout", "retries") if k in kwargs}
+    return Connection(XnatClient(host, user, password, **client_kw), **kwargs)

@@ -1,0 +1,80 @@
+"""Who may see what, the way XNAT decides it.
+
+* Site administrators read everything and manage every project.
+* A project's ``Owners``, ``Members`` and ``Collaborators`` may read all of its
+  data; only Owners (and site admins) manage its users.
+* ``public`` projects are readable by every logged-in user; ``protected``
+  projects are *listed* for everyone but their data stays closed; ``private``
+  projects are invisible to outsiders.
+* Items that exist but may not be read answer 403; items that do not exist 404.
+"""
+
+from __future__ import annotations
+
+from xnat_bridge.errors import NotFound, PermissionDenied
+
+from .store import Store
+
+#: XNAT group display name → the role name XNAT shows (``Owner`` ...)
+ROLE_OF_GROUP = {"Owners": "Owner", "Members": "Member", "Collaborators": "Collaborator"}
+
+
+class Access:
+    """Permission questions for one logged-in user."""
+
+    def __init__(self, store: Store, login: str):
+        self.store = store
+        self.login = login
+        row = store.user(login)
+        self.admin = bool(row and row["admin"])
+        self._groups = store.memberships(login)
+
+    def group(self, project: str) -> str | None:
+        return self._groups.get(project)
+
+    def can_read(self, project_row) -> bool:
+        return (self.admin or project_row["id"] in self._groups
+                or project_row["accessibility"] == "public")
+
+    def can_list(self, project_row) -> bool:
+        return self.can_read(project_row) or project_row["accessibility"] == "protected"
+
+    def can_manage(self, project_row) -> bool:
+        return self.admin or self._groups.get(project_row["id"]) == "Owners"
+
+    def readable_project(self, pid: str):
+        """The project row if it exists and may be read; else NotFound/PermissionDenied."""
+        row = self.store.project(pid)
+        if row is None:
+            raise NotFound(f"Unable to find project {pid}")
+        if not self.can_read(row):
+            raise PermissionDenied(f"User {self.login} has no access to project {pid}")
+        return row
+
+    def managed_project(self, pid: str):
+        row = self.readable_project(pid)
+        if not self.can_manage(row):
+            raise PermissionDenied(f"Only owners of {pid} may change its users")
+        return row
+
+    def listed_projects(self, *, accessible=False, owner=False, member=False,
+                        collaborator=False) -> list:
+        """Projects for ``/data/projects`` with XNAT's filter parameters."""
+        rows = self.store.projects()
+        wanted_groups = set()
+        if owner:
+            wanted_groups.add("Owners")
+        if member:
+            wanted_groups.add("Members")
+        if collaborator:
+            wanted_groups.add("Collaborators")
+        out = []
+        for row in rows:
+            if wanted_groups and self._groups.get(row["id"]) not in wanted_groups:
+                continue
+            if accessible and not self.can_read(row):
+                continue
+            if not self.can_list(row):
+                continue
+            out.append(row)
+        return out

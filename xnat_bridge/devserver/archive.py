@@ -1,0 +1,65 @@
+"""The archive directory in XNAT's layout, and safe path resolution in it.
+
+Layout (as XNAT's default ``arc001`` archive)::
+
+    {archive}/{PROJECT}/arc001/{session_label}/SCANS/{scan_id}/{resource_label}/{file path}
+    {archive}/{PROJECT}/arc001/{session_label}/RESOURCES/{resource_label}/{file path}
+
+Nothing outside ``archive`` is ever served: every relative path is checked
+segment by segment (no empty, ``.`` or ``..`` segments, no absolute paths, no
+backslashes or NUL bytes), and the resolved real path (symlinks followed) must
+still lie inside the archive's real path.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from xnat_bridge.errors import InvalidRequest, NotFound
+
+ARC = "arc001"
+
+
+def check_relpath(rel: str) -> list[str]:
+    """Split a client-supplied relative path into safe segments or raise InvalidRequest."""
+    if not rel:
+        raise InvalidRequest("empty path")
+    if "\x00" in rel or "\\" in rel:
+        raise InvalidRequest("invalid character in path")
+    if rel.startswith("/") or (len(rel) > 1 and rel[1] == ":"):
+        raise InvalidRequest("absolute paths are not allowed")
+    parts = rel.split("/")
+    for part in parts:
+        if part in ("", ".", ".."):
+            raise InvalidRequest("path segments '', '.' and '..' are not allowed")
+    return parts
+
+
+def safe_join(root: Path, *segments: str) -> Path:
+    """``root/segments...`` after checking every segment; raises InvalidRequest."""
+    for seg in segments:
+        check_relpath(seg)
+    return root.joinpath(*segments)
+
+
+def resource_dir(archive: Path, project: str, session_label: str, scan_id: str, resource_label: str) -> Path:
+    """Directory of a scan resource (scan_id set) or a session resource (scan_id '')."""
+    if scan_id:
+        return safe_join(archive, project, ARC, session_label, "SCANS", scan_id, resource_label)
+    return safe_join(archive, project, ARC, session_label, "RESOURCES", resource_label)
+
+
+def resolve_inside(archive: Path, path: Path) -> Path:
+    """Real path of ``path`` if it exists as a regular file inside the archive.
+
+    Raises NotFound when it is missing or not a regular file, InvalidRequest
+    when it (through a symlink anywhere on the way) leads outside the archive.
+    """
+    root = Path(os.path.realpath(archive))
+    real = Path(os.path.realpath(path))
+    if real != root and root not in real.parents:
+        raise InvalidRequest("path leads outside the archive")
+    if not real.is_file():
+        raise NotFound("file not found")
+    return real

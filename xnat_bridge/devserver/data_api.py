@@ -1,0 +1,361 @@
+"""``/data/...``: projects, project users, subjects, experiments, scans,
+resources and files, with XNAT's permissions (see :mod:`.access`).
+
+Files are served from the archive directory only after their real path (all
+symlinks followed) is checked to lie inside the archive; single files honour
+HTTP ``Range`` (resumable downloads); ``.../files?format=zip`` streams a zip in
+XNAT's layout (``{session}/scans/{id}-{type}/resources/{label}/files/{path}``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import mimetypes
+import os
+import re
+import tempfile
+import zipfile
+from pathlib import Path
+
+from tornado.iostream import StreamClosedError
+
+from xnat_bridge.errors import InvalidRequest, NotFound, XnatHpcError
+
+from . import archive as arc
+from . import routes, shapes
+from .access import ROLE_OF_GROUP
+from .app import BaseHandler
+from .store import GROUP_SUFFIX, GROUPS
+
+CHUNK = 1 << 20
+_RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)$")
+
+
+class MethodNotAllowed(XnatHpcError):
+    status = 405
+    reason = "method_not_allowed"
+
+
+class DataHandler(BaseHandler):
+    """One handler for the whole ``/data`` tree; :func:`routes.parse` says what is meant."""
+
+    async def get(self):
+        route = routes.parse(self.request.path)
+        fmt = self.get_argument("format", "json").lower()
+        if route.kind == "file":
+            await self._send_file(*self._file(route))
+            return
+        if route.kind == "files" and fmt == "zip":
+            await self._send_zip(route)
+            return
+        if fmt not in ("json", ""):
+            raise InvalidRequest(f"format={fmt} is not supported by the development server; use json")
+        self.write_json(getattr(self, f"_get_{route.kind}")(route))
+
+    async def head(self):
+        route = routes.parse(self.request.path)
+        if route.kind != "file":
+            raise MethodNotAllowed("HEAD is answered for single files only")
+        await self._send_file(*self._file(route), body=False)
+
+    def put(self):
+        route = routes.parse(self.request.path)
+        if route.kind != "user":
+            raise MethodNotAllowed("the development server's archive is read-only")
+        self._change_member(route, add=True)
+
+    def delete(self):
+        route = routes.parse(self.request.path)
+        if route.kind != "user":
+            raise MethodNotAllowed("the development server's archive is read-only")
+        self._change_member(route, add=False)
+
+    # -- projects and users ---------------------------------------------------
+    def _get_projects(self, route):
+        flag = lambda name: self.get_argument(name, "").lower() == "true"  # noqa: E731
+        rows = self.access().listed_projects(
+            accessible=flag("accessible"), owner=flag("owner"), member=flag("member"),
+            collaborator=flag("collaborator"),
+        )
+        return shapes.result_set((shapes.project_row(p) for p in rows),
+                                 self.get_argument("columns", None), "Projects")
+
+    def _get_project(self, route):
+        return shapes.items_doc(shapes.project_item(self.access().readable_project(route.project)))
+
+    def _get_users(self, route):
+        self.access().readable_project(route.project)
+        rows = []
+        for m in self.store.project_members(route.project):
+            rows.append({
+                "login": m["login"], "firstname": m["firstname"], "lastname": m["lastname"],
+                "email": m["email"], "displayname": m["grp"],
+                "GROUP_ID": f"{route.project}_{GROUP_SUFFIX[m['grp']]}",
+                "role": ROLE_OF_GROUP[m["grp"]],
+                "xdat_user_id": m["xdat_user_id"], "enabled": bool(m["enabled"]),
+            })
+        return shapes.result_set(rows, self.get_argument("columns", None), "Users")
+
+    def _get_groups(self, route):
+        self.access().readable_project(route.project)
+        rows = [{"id": f"{route.project}_{GROUP_SUFFIX[g]}", "displayname": g, "tag": route.project}
+                for g in GROUPS]
+        return shapes.result_set(rows, self.get_argument("columns", None), "Groups")
+
+    def _get_user(self, route):
+        raise NotFound(self.request.path)
+
+    def _change_member(self, route, *, add: bool) -> None:
+        acc = self.access()
+        acc.managed_project(route.project)
+        if route.group not in GROUPS:
+            raise InvalidRequest(f"unknown group {route.group!r}; use one of {', '.join(GROUPS)}")
+        if self.store.user(route.user) is None:
+            raise NotFound(f"Unable to find user {route.user}")
+        if add:
+            self.store.set_member(route.project, route.user, route.group)
+        else:
+            current = self.store.group_of(route.project, route.user)
+            if current != route.group:
+                raise NotFound(f"{route.user} is not in {route.project} {route.group}")
+            self.store.remove_member(route.project, route.user)
+        self.write_json({})
+
+    # -- subjects and experiments ---------------------------------------------
+    def _subject(self, route):
+        acc = self.access()
+        if route.project is not None:
+            acc.readable_project(route.project)
+            sub = self.store.subject(route.project, route.subject)
+        else:
+            sub = self.store.subject_by_id(route.subject)
+            if sub is not None:
+                acc.readable_project(sub["project"])
+        if sub is None:
+            raise NotFound(f"Unable to find subject {route.subject}")
+        return sub
+
+    def _get_subjects(self, route):
+        self.access().readable_project(route.project)
+        rows = (shapes.subject_row(s) for s in self.store.subjects(route.project))
+        return shapes.result_set(rows, self.get_argument("columns", None), "Subjects")
+
+    def _get_subject(self, route):
+        return shapes.items_doc(shapes.subject_item(self._subject(route)))
+
+    def _experiment(self, route):
+        acc = self.access()
+        if route.project is not None:
+            acc.readable_project(route.project)
+            e = self.store.experiment(route.experiment, route.project)
+            if e is not None and route.subject is not None:
+                sub = self._subject(route)
+                if e["subject_id"] != sub["id"]:
+                    e = None
+        else:
+            e = self.store.experiment(route.experiment)
+            if e is not None:
+                acc.readable_project(e["project"])
+        if e is None:
+            raise NotFound(f"Unable to find experiment {route.experiment}")
+        return e
+
+    def _get_experiments(self, route):
+        acc = self.access()
+        if route.subject is not None:
+            sub = self._subject(route)
+            rows = self.store.experiments(subject_id=sub["id"])
+        elif route.project is not None:
+            acc.readable_project(route.project)
+            rows = self.store.experiments(project=route.project)
+        else:
+            wanted = self.get_argument("project", None)
+            readable = [p["id"] for p in acc.listed_projects(accessible=True)]
+            if wanted is not None:
+                readable = [p for p in readable if p == wanted]
+            rows = self.store.experiments(projects=readable)
+        xsi = self.get_argument("xsiType", None)
+        if xsi:
+            rows = [r for r in rows if r["xsi_type"] == xsi]
+        columns = self.get_argument("columns", None)
+        extra = bool(columns and re.search(r"subject_|modality|insert_user", columns))
+        return shapes.result_set((shapes.experiment_row(r, extra=extra) for r in rows),
+                                 columns, "Experiments")
+
+    def _get_experiment(self, route):
+        e = self._experiment(route)
+        scans = [(sc, self.store.resources(e["id"], sc["scan_id"])) for sc in self.store.scans(e["id"])]
+        return shapes.items_doc(shapes.experiment_item(e, scans, self.store.resources(e["id"], "")))
+
+    # -- scans and resources -------------------------------------------------
+    def _scan(self, route):
+        e = self._experiment(route)
+        sc = self.store.scan(e["id"], route.scan)
+        if sc is None:
+            raise NotFound(f"Unable to find scan {route.scan} of {e['label']}")
+        return e, sc
+
+    def _get_scans(self, route):
+        e = self._experiment(route)
+        rows = (shapes.scan_row(e["id"], sc) for sc in self.store.scans(e["id"]))
+        # like XNAT, scan, resource and file listings ignore ``columns``
+        return shapes.result_set(rows, None, "Scans")
+
+    def _get_scan(self, route):
+        e, sc = self._scan(route)
+        return shapes.items_doc(shapes.scan_item(e, sc, self.store.resources(e["id"], sc["scan_id"])))
+
+    def _owner(self, route):
+        """(experiment row or None, scan id or '') owning the route's resources."""
+        if route.experiment is None:
+            # project- and subject-level resources: checked, none stored
+            self._subject(route) if route.subject else self.access().readable_project(route.project)
+            return None, ""
+        if route.scan is not None:
+            e, sc = self._scan(route)
+            return e, sc["scan_id"]
+        return self._experiment(route), ""
+
+    def _get_resources(self, route):
+        e, scan_id = self._owner(route)
+        rows = [] if e is None else self.store.resources(e["id"], scan_id)
+        return shapes.result_set((shapes.resource_row(r) for r in rows), None, "Resources")
+
+    def _resource(self, route):
+        e, scan_id = self._owner(route)
+        r = None if e is None else self.store.resource(e["id"], scan_id, route.resource)
+        if r is None:
+            raise NotFound(f"Unable to find resource {route.resource}")
+        return e, r
+
+    def _get_resource(self, route):
+        e, r = self._resource(route)
+        return shapes.items_doc(shapes.resource_item(r, self._resource_uri(e, r)))
+
+    @staticmethod
+    def _resource_uri(e, r) -> str:
+        if r["scan_id"]:
+            return f"/data/experiments/{e['id']}/scans/{r['scan_id']}/resources/{r['id']}"
+        return f"/data/experiments/{e['id']}/resources/{r['id']}"
+
+    def _resources_for_files(self, route):
+        """[(experiment, resource)] a ``.../files`` route covers (scan lists and ALL too)."""
+        if route.resource is not None:
+            return [self._resource(route)]
+        if route.experiment is None:
+            self._owner(route)
+            return []
+        if route.scan is None:
+            e = self._experiment(route)
+            return [(e, r) for r in self.store.resources(e["id"], "")]
+        e = self._experiment(route)
+        scans = self.store.scans(e["id"])
+        if route.scan.upper() != "ALL":
+            wanted = route.scan.split(",")
+            known = {sc["scan_id"] for sc in scans}
+            missing = [w for w in wanted if w not in known]
+            if missing:
+                raise NotFound(f"Unable to find scan {missing[0]} of {e['label']}")
+            scans = [sc for sc in scans if sc["scan_id"] in wanted]
+        return [(e, r) for sc in scans for r in self.store.resources(e["id"], sc["scan_id"])]
+
+    def _get_files(self, route):
+        rows = []
+        for e, r in self._resources_for_files(route):
+            base = self._resource_uri(e, r)
+            rows.extend(shapes.file_row(base, f, r["label"]) for f in self.store.files(r["id"]))
+        return shapes.result_set(rows, None, "Files")
+
+    # -- file contents ---------------------------------------------------------
+    def _disk_path(self, e, r, relpath: str) -> Path:
+        scan_id = r["scan_id"]
+        base = arc.resource_dir(self.archive, e["project"], e["label"], scan_id, r["label"])
+        return arc.resolve_inside(self.archive, arc.safe_join(base, relpath))
+
+    def _file(self, route):
+        arc.check_relpath(route.file)
+        e, r = self._resource(route)
+        row = self.store.file(r["id"], route.file)
+        if row is None:
+            raise NotFound(f"Unable to find file {route.file}")
+        return self._disk_path(e, r, route.file), row
+
+    async def _send_file(self, real: Path, row, body: bool = True) -> None:
+        size = real.stat().st_size
+        start, end = 0, size - 1
+        rng = self.request.headers.get("Range")
+        if rng:
+            m = _RANGE_RE.match(rng.strip())
+            if not m or (not m.group(1) and not m.group(2)):
+                self._unsatisfiable(size)
+                return
+            if m.group(1):
+                start = int(m.group(1))
+                end = min(int(m.group(2)), size - 1) if m.group(2) else size - 1
+            else:  # suffix range: the last N bytes
+                start = max(0, size - int(m.group(2)))
+            if start >= size or start > end:
+                self._unsatisfiable(size)
+                return
+            self.set_status(206)
+            self.set_header("Content-Range", f"bytes {start}-{end}/{size}")
+        ctype = mimetypes.guess_type(real.name)[0] or "application/octet-stream"
+        self.set_header("Content-Type", ctype)
+        self.set_header("Content-Length", str(end - start + 1))
+        self.set_header("Accept-Ranges", "bytes")
+        self.set_header("ETag", f'"{row["md5"]}"')
+        if not body:
+            self.finish()
+            return
+        await self._stream(real, start, end - start + 1)
+
+    def _unsatisfiable(self, size: int) -> None:
+        self.set_status(416)
+        self.set_header("Content-Range", f"bytes */{size}")
+        self.finish()
+
+    async def _stream(self, path: Path, offset: int, length: int) -> None:
+        try:
+            with open(path, "rb") as f:
+                f.seek(offset)
+                while length > 0:
+                    chunk = f.read(min(CHUNK, length))
+                    if not chunk:
+                        break
+                    length -= len(chunk)
+                    self.write(chunk)
+                    await self.flush()
+        except StreamClosedError:
+            return
+        self.finish()
+
+    async def _send_zip(self, route) -> None:
+        members = []
+        for e, r in self._resources_for_files(route):
+            if r["scan_id"]:
+                sc = self.store.scan(e["id"], r["scan_id"])
+                prefix = f"{e['label']}/scans/{sc['scan_id']}-{sc['type'] or 'unknown'}"
+            else:
+                prefix = f"{e['label']}"
+            for f in self.store.files(r["id"]):
+                real = self._disk_path(e, r, f["path"])
+                members.append((real, f"{prefix}/resources/{r['label']}/files/{f['path']}"))
+        if not members:
+            raise NotFound("no files to download")
+        fd, tmp = tempfile.mkstemp(prefix="devxnat-zip-")
+        os.close(fd)
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, _write_zip, tmp, members)
+            self.set_header("Content-Type", "application/zip")
+            self.set_header("Content-Disposition", 'attachment; filename="download.zip"')
+            size = os.path.getsize(tmp)
+            self.set_header("Content-Length", str(size))
+            await self._stream(Path(tmp), 0, size)
+        finally:
+            os.unlink(tmp)
+
+
+def _write_zip(path: str, members: list[tuple[Path, str]]) -> None:
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as z:
+        for real, name in members:
+            z.write(real, name)
