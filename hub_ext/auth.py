@@ -94,6 +94,12 @@ class XnatAuthenticator(Authenticator):
     def _default_enable_auth_state(self):
         return True
 
+    @default("allow_all")
+    def _default_allow_all(self):
+        # XNAT is the gatekeeper (enabled account, optional required_role); an admin who
+        # lists allowed_users narrows it further
+        return not self.allowed_users
+
     @default("auth_refresh_age")
     def _default_auth_refresh_age(self):
         return 300
