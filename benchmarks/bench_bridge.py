@@ -162,7 +162,7 @@ def main() -> int:
                 for i, mf in enumerate(dl.files):
                     f.write(f'url = "{url}{mf.uri}"\noutput = "{out}/{i}.bin"\n')
             t = time.perf_counter()
-            subprocess.run(["curl", "-sf", "--parallel", "--parallel-max", "4", "-K", str(cfg)], check=True)
+            subprocess.run(["curl", "-sf", "--no-progress-meter", "--parallel", "--parallel-max", "4", "-K", str(cfg)], check=True)
             curl = time.perf_counter() - t
             mb = total / 1e6
             print(f"api download {mb:.0f} MB in {len(dl.files)} files: bridge {mb / ours:.0f} MB/s "
