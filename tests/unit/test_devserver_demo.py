@@ -89,7 +89,8 @@ def test_catalog_labels_types_and_counts(small):
         for s in subjects:
             exps = store.experiments(project=pid, subject_id=s["id"])
             assert 1 <= len(exps) <= 2
-            assert sorted(e["label"] for e in exps) == [f"{s['label']}_{modality}{v}" for v in range(1, len(exps) + 1)]
+            labels = [f"{s['label']}_{modality}{v}" for v in range(1, len(exps) + 1)]
+            assert sorted(e["label"] for e in exps) == labels
             n_experiments += len(exps)
             for e in exps:
                 assert e["xsi_type"] == session_xsi and e["modality"] == modality
@@ -100,7 +101,8 @@ def test_catalog_labels_types_and_counts(small):
                     assert [(sc["scan_id"], sc["type"]) for sc in scans] == [("1", "T1w"), ("2", "T2w")]
                     assert all(int(sc["frames"]) > 0 for sc in scans)
                 else:
-                    assert [(sc["scan_id"], sc["type"]) for sc in scans] == [("1", "PSG" if modality == "EEG" else "ECG12")]
+                    scan_type = "PSG" if modality == "EEG" else "ECG12"
+                    assert [(sc["scan_id"], sc["type"]) for sc in scans] == [("1", scan_type)]
     assert (summary.subjects, summary.experiments) == (n_subjects, n_experiments)
     assert summary.files == len(files) and summary.bytes == sum(f["size"] for f in files)
     resources = {(f["project"], f["scan"] != "", f["resource"], f["format"]) for f in files}
@@ -203,7 +205,8 @@ def test_edf_headers_are_consistent(small):
             assert h["labels"] == ["Fp1", "C3", "O1"] and h["samples"] == ["256"] * 3
         else:
             assert h["labels"] == ["I", "II"] and h["samples"] == ["500"] * 2
-        assert h["dim"] == ["uV"] * h["ns"] and h["dmin"] == ["-32768"] * h["ns"] and h["dmax"] == ["32767"] * h["ns"]
+        ns = h["ns"]
+        assert h["dim"] == ["uV"] * ns and h["dmin"] == ["-32768"] * ns and h["dmax"] == ["32767"] * ns
         assert h["data"].std(axis=1).min() > 50  # a signal, not silence
         side = json.loads(f["disk"].with_suffix(".json").read_text())
         assert side["RecordingDuration"] == h["records"] and side["Channels"] == h["labels"]
@@ -264,7 +267,8 @@ def fingerprint(store: Store, archive: Path) -> list[tuple]:
 
 
 def test_same_seed_same_archive_other_seed_other_archive(tmp_path):
-    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir(), (tmp_path / "c").mkdir()
+    for name in "abc":
+        (tmp_path / name).mkdir()
     a = fingerprint(*make(tmp_path / "a", 2 * MB, seed=7)[:2])
     b = fingerprint(*make(tmp_path / "b", 2 * MB, seed=7)[:2])
     c = fingerprint(*make(tmp_path / "c", 2 * MB, seed=8)[:2])
@@ -339,7 +343,8 @@ def test_parse_size_good(text, expected):
     assert parse_size(text) == expected
 
 
-@pytest.mark.parametrize("text", ["", "MB", "abc", "-5MB", "5 XB", "1e6", "5MBB", "1.2.3GB", "nan", "inf", "5 M B"])
+@pytest.mark.parametrize("text", ["", "MB", "abc", "-5MB", "5 XB", "1e6", "5MBB", "1.2.3GB", "nan", "inf",
+                                  "5 M B"])
 def test_parse_size_bad(text):
     with pytest.raises(ValueError, match="invalid size"):
         parse_size(text)

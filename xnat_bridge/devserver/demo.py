@@ -247,20 +247,31 @@ def write_edf(path: Path, labels: list[str], rate: int, seconds: int, phys: tupl
     return sink.close()
 
 
+def _angle(freq: float, t: np.ndarray) -> np.ndarray:
+    """``2π·freq·t`` reduced to one turn in float64, then float32 (cheap, exact enough trig)."""
+    turns = freq * t
+    turns -= np.floor(turns)  # much faster than ``% 1.0``
+    return turns.astype(np.float32) * np.float32(2 * np.pi)
+
+
 def _eeg_signal(rng: np.random.Generator) -> Callable[[np.ndarray], np.ndarray]:
-    """Fp1, C3, O1: alpha (occipital), sleep-cycle-modulated delta, eye blinks (Fp1), noise."""
+    """Fp1, C3, O1: alpha (occipital), sleep-cycle-modulated delta, theta, eye blinks (Fp1), noise."""
     alpha_f = rng.uniform(9.0, 11.5)
     phases = rng.uniform(0, 2 * np.pi, size=(3, 3))
-    alpha_amp = np.array([8.0, 15.0, 35.0])[:, None]
-    delta_amp = np.array([40.0, 60.0, 45.0])[:, None]
+    cos_p, sin_p = np.cos(phases).astype(np.float32), np.sin(phases).astype(np.float32)
+    amps = np.array([[8.0, 40.0, 10.0], [15.0, 60.0, 10.0], [35.0, 45.0, 10.0]], np.float32)
 
     def signal(t: np.ndarray) -> np.ndarray:
-        cycle = 0.5 - 0.5 * np.cos(2 * np.pi * t / 5400.0)  # 90-minute sleep cycles
-        alpha = alpha_amp * (1 - cycle) * np.sin(2 * np.pi * alpha_f * t + phases[:, :1])
-        delta = delta_amp * cycle * np.sin(2 * np.pi * 1.3 * t + phases[:, 1:2])
-        theta = 10.0 * np.sin(2 * np.pi * 6.0 * t + phases[:, 2:])
-        x = alpha + delta + theta + rng.standard_normal((3, t.size)) * 6.0
-        x[0] += 120.0 * np.exp(-(((t % 4.7) - 2.0) / 0.12) ** 2)  # blinks on Fp1
+        cycle = 0.5 - 0.5 * np.cos(_angle(1 / 5400.0, t))  # 90-minute sleep cycles
+        weight = (1 - cycle, cycle, np.float32(1.0))  # alpha fades, delta grows with depth
+        x = rng.standard_normal((3, t.size), dtype=np.float32) * np.float32(6.0)
+        for k, freq in enumerate((alpha_f, 1.3, 6.0)):
+            a = _angle(freq, t)
+            sin_a, cos_a = np.sin(a) * weight[k], np.cos(a) * weight[k]
+            for ch in range(3):  # sin(a + p) = sin a cos p + cos a sin p
+                x[ch] += amps[ch, k] * (sin_a * cos_p[ch, k] + cos_a * sin_p[ch, k])
+        u = ((t % 4.7) - 2.0).astype(np.float32) / np.float32(0.12)
+        x[0] += np.float32(120.0) * np.exp(-u * u)  # blinks on Fp1
         return x
 
     return signal
@@ -272,14 +283,17 @@ def _ecg_signal(rng: np.random.Generator) -> Callable[[np.ndarray], np.ndarray]:
     grid = np.arange(2048) / 2048
     beat = sum(a * np.exp(-((grid - c) / w) ** 2) for a, c, w in
                ((120, 0.15, 0.025), (-100, 0.27, 0.008), (1200, 0.30, 0.01),
-                (-250, 0.33, 0.01), (300, 0.55, 0.05)))
+                (-250, 0.33, 0.01), (300, 0.55, 0.05))).astype(np.float32)
 
     def signal(t: np.ndarray) -> np.ndarray:
-        phase = hr * t + 0.03 * np.sin(2 * np.pi * 0.25 * t)
-        wave = beat[(phase % 1.0 * 2048).astype(np.int64) % 2048]
-        wander = 60.0 * np.sin(2 * np.pi * 0.3 * t)
-        noise = rng.standard_normal((2, t.size)) * 12.0
-        return np.stack([0.6 * wave + 0.5 * wander, wave + wander]) + noise
+        phase = hr * t + 0.03 * np.sin(_angle(0.25, t))
+        phase -= np.floor(phase)
+        wave = beat[(phase * 2048).astype(np.int64) % 2048]
+        wander = np.float32(60.0) * np.sin(_angle(0.3, t))
+        x = rng.standard_normal((2, t.size), dtype=np.float32) * np.float32(12.0)
+        x[0] += np.float32(0.6) * wave + np.float32(0.5) * wander
+        x[1] += wave + wander
+        return x
 
     return signal
 
