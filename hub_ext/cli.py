@@ -2,6 +2,7 @@
 
     xnat-hpc-hub demo [--run-dir DIR]        devxnat + local Slurm (+ hub), until Ctrl-C
     xnat-hpc-hub devxnat --data DIR ...      the XNAT development server
+    xnat-hpc-hub check-config FILE...        validate admin profiles YAML (exit 1 on problems)
     xnat-hpc-hub slurm up|down|status        the single-node development Slurm
 """
 
@@ -41,6 +42,12 @@ def _devxnat(args: argparse.Namespace) -> int:
     return devserver.main(args.rest) or 0
 
 
+def _check_config(args: argparse.Namespace) -> int:
+    from .profiles import check_config_main
+
+    return check_config_main([str(f) for f in args.files])
+
+
 def _demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -74,6 +81,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     d.add_argument("rest", nargs=argparse.REMAINDER)
     d.set_defaults(func=_devxnat)
+
+    c = sub.add_parser("check-config", help="validate profiles YAML files; every problem with file:line")
+    c.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    c.set_defaults(func=_check_config)
 
     m = sub.add_parser("demo", help="start devxnat with the demo archive and the local Slurm")
     m.add_argument(
