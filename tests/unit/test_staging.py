@@ -361,7 +361,7 @@ def test_user_dir_of_another_owner_or_symlink_refused(tmp_path, staging_root, ke
     _, recipient = keys
     (staging_root / "alice").mkdir(mode=0o700)
     real_uid = os.geteuid()
-    monkeypatch.setattr(staging.os, "geteuid", lambda: real_uid + 4242)
+    monkeypatch.setattr(os, "geteuid", lambda: real_uid + 4242)
     with pytest.raises(PermissionDenied, match="belongs to uid"):
         stage(staging_root, recipient)
     monkeypatch.undo()

@@ -1,0 +1,88 @@
+"""Encrypted staging bundles: a tar stream encrypted with age, written to shared storage.
+
+The user's server stages a dataset for the secure partition as **one file**,
+``<staging_dir>/<user>/<bundle_id>.tar.age``; the worker decrypts it into
+node-local storage with the dataset key it received over TLS. Results travel
+back the same way (:func:`encrypt_directory` on the worker,
+:func:`decrypt_to_directory` in the user's server).
+
+Bundle format
+-------------
+An age v1 file (https://age-encryption.org/v1), encrypted to one X25519
+recipient (``age1...``) — ChaCha20-Poly1305 STREAM in 64 KiB authenticated
+chunks, readable by the ``age`` command-line tool
+(``age -d -i KEYFILE bundle.tar.age | tar -t``). Its plaintext is a PAX
+(POSIX.1-2001) tar stream of regular files only (mode 0600, uid/gid 0, no
+directories, no links), in this order:
+
+1. ``MANIFEST.json``, canonical JSON (sorted keys, no spaces)::
+
+       {"format": "xnat-hpc-bundle", "format_version": 1,
+        "files": [{"name": "S1/E1/1/NIFTI/t1.nii.gz", "size": 123, "sha256": "..."}, ...],
+        "manifest_sha256": "<sha256 of the canonical JSON of files>",
+        "extra": [{"name": "script/train.py", "size": 456, "sha256": "..."}],
+        "metadata": {...what the caller passed, e.g. the training script's hash...},
+        "file_count": 1, "total_size": 123}
+
+   ``files`` is sorted by name; ``manifest_sha256`` identifies the data (the
+   key of :func:`find_bundle`). MANIFEST.json holds no time stamp, so the
+   sha256 of its bytes (``contents_sha256``) identifies the whole plaintext.
+2. every data file as ``data/<name>``, in the order of ``files``;
+3. the extra members (e.g. ``script/train.py``), sorted by name.
+
+Next to the bundle, ``<bundle_id>.json`` (mode 0600) holds public facts only —
+format, bundle id, manifest and contents digests, recipient public key, size
+in bytes, creation time — for :func:`find_bundle`.
+
+Security rules
+--------------
+* No plaintext byte is ever written to the staging area, not even a temporary
+  file: the tar stream is generated in memory, chunk by chunk, and handed to
+  age (``pyrage.encrypt_io``) as it is produced; memory stays bounded
+  (about 1 MiB of data in flight) whatever the dataset size.
+* The ciphertext is written to ``<bundle_id>.tar.age.partial`` (O_CREAT|O_EXCL,
+  0600), fsynced, and renamed to its final name only when complete; on any
+  error the partial file (and sidecar) is removed and the error re-raised.
+* The per-user directory is created 0700; an existing one that is a symlink,
+  belongs to another uid or is open to group/others is refused. The staging
+  root must exist (an administrator creates it).
+* Each file is hashed (sha256) as it streams and compared with its manifest
+  entry, sizes included: a file that changed raises
+  :class:`~xnat_bridge.errors.Conflict` naming it. Names are checked with
+  :func:`xnat_bridge.files.safe_relpath` (relative, no ``..``/``.``/empty
+  segments, no NUL, no backslash) → :class:`~xnat_bridge.errors.InvalidRequest`.
+* Identities (``AGE-SECRET-KEY-1...``) are never logged and never written to a
+  file by this module; :class:`AgeIdentity` hides its secret in ``repr`` and
+  refuses to be pickled. Only recipients (public keys) reach the sidecar.
+* Extraction decrypts streaming (a thread runs ``pyrage.decrypt_io`` into a
+  pipe, the tar reader takes from the pipe) and writes through directory file
+  descriptors with O_NOFOLLOW, files 0600 and directories 0700 (umask 077
+  without touching the process-wide umask). It refuses members that would
+  escape the destination, links, devices, FIFOs and — for bundles — anything
+  not listed in MANIFEST.json, verifies every size and sha256, reads the age
+  stream to its authenticated end, and on any failure removes everything it
+  created.
+"""
+
+
+from .area import find_bundle, list_bundles, remove_bundle, stage_files, user_dir
+from .common import FORMAT, FORMAT_VERSION, MANIFEST_NAME, PROGRESS_INTERVAL
+from .extract import decrypt_to_directory, extract_bundle
+from .keys import AgeIdentity, generate_keypair
+from .manifest import (
+    BundleInfo,
+    StagedFile,
+    build_manifest,
+    canonical_json,
+    contents_sha256,
+    file_entries,
+    manifest_sha256,
+)
+from .results import encrypt_directory
+
+__all__ = [
+    "AgeIdentity", "BundleInfo", "StagedFile", "FORMAT", "FORMAT_VERSION", "MANIFEST_NAME",
+    "PROGRESS_INTERVAL", "build_manifest", "canonical_json", "contents_sha256", "decrypt_to_directory",
+    "encrypt_directory", "extract_bundle", "file_entries", "find_bundle", "generate_keypair",
+    "list_bundles", "manifest_sha256", "remove_bundle", "stage_files", "user_dir",
+]

@@ -1,0 +1,280 @@
+"""The staging area: per-user 0700 directories, staging and finding bundles."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import secrets
+import stat
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
+
+from ..errors import Conflict, InvalidRequest, NotFound, PermissionDenied
+from .common import (
+    _BUNDLE_ID_RE,
+    _USER_RE,
+    DATA_PREFIX,
+    INFO_FORMAT,
+    MANIFEST_NAME,
+    PARTIAL,
+    SUFFIX,
+    ProgressCallback,
+    log,
+)
+from .keys import _as_recipient
+from .manifest import (
+    BundleInfo,
+    StagedFile,
+    _check_extras,
+    _norm_digest,
+    build_manifest,
+    canonical_json,
+)
+from .stream import _encrypt_stream, _Progress, _TarOut, _Tick
+
+# --------------------------------------------------------------------------- staging area
+
+
+def _check_user(user: str) -> str:
+    if not isinstance(user, str) or not _USER_RE.match(user):
+        raise InvalidRequest(f"user name {user!r} cannot name a staging directory", item=str(user)[:100])
+    return user
+
+
+def _check_private_dir(path: Path) -> None:
+    st = os.lstat(path)
+    if stat.S_ISLNK(st.st_mode):
+        raise PermissionDenied(f"staging directory {path} is a symbolic link; refusing to stage "
+                               "there (remove it, it is recreated 0700)", item=str(path))
+    if not stat.S_ISDIR(st.st_mode):
+        raise InvalidRequest(f"staging path {path} exists and is not a directory", item=str(path))
+    if st.st_uid != os.geteuid():
+        raise PermissionDenied(f"staging directory {path} belongs to uid {st.st_uid}, not to this "
+                               f"server's uid {os.geteuid()}; refusing to stage there", item=str(path))
+    if st.st_mode & 0o077:
+        raise PermissionDenied(f"staging directory {path} is open to group or others (mode "
+                               f"{stat.S_IMODE(st.st_mode):04o}); refusing to stage there — fix "
+                               f"it with: chmod 700 {path}", item=str(path))
+
+
+def user_dir(staging_dir: str | Path, user: str, *, create: bool = True) -> Path | None:
+    """``<staging_dir>/<user>``, created 0700 and checked (None if absent and not *create*)."""
+    _check_user(user)
+    root = Path(staging_dir)
+    try:
+        st = os.stat(root)
+    except FileNotFoundError:
+        raise NotFound(f"staging directory {root} does not exist; an administrator must "
+                       "create it on the shared file system", item=str(root)) from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise InvalidRequest(f"staging path {root} is not a directory", item=str(root))
+    path = root / user
+    if create:
+        try:
+            os.mkdir(path, 0o700)
+            os.chmod(path, 0o700)
+        except FileExistsError:
+            pass
+        except PermissionError:
+            raise PermissionDenied(f"cannot create {path}: the staging directory {root} is not "
+                                   "writable for this server's user", item=str(path)) from None
+    elif not os.path.lexists(path):
+        return None
+    _check_private_dir(path)
+    return path
+
+
+def _now_iso() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _unlink_quiet(path: Path) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_private_json(path: Path, doc: dict) -> None:
+    tmp = path.with_name(path.name + PARTIAL)
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(json.dumps(doc, indent=1, sort_keys=True).encode() + b"\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.rename(tmp, path)
+    except BaseException:
+        _unlink_quiet(tmp)
+        raise
+
+
+def _bundle_chunks(manifest_bytes: bytes, files: list[StagedFile], extras: dict[str, bytes],
+                   mtime: float) -> Iterator[bytes | _Tick]:
+    tar = _TarOut(mtime)
+    yield tar.header(MANIFEST_NAME, len(manifest_bytes))
+    yield from tar.body(_BytesSource(manifest_bytes), len(manifest_bytes), MANIFEST_NAME)
+    for f in files:
+        label = f"data file {f.name!r}"
+        yield tar.header(DATA_PREFIX + f.name, f.size)
+        src = f.open()
+        try:
+            sha = yield from tar.body(src, f.size, label, tick=True)
+        finally:
+            src.close()
+        if sha != f.sha256.lower():
+            raise Conflict(f"{label} does not match its manifest (sha256 {sha[:12]}..., expected "
+                           f"{f.sha256.lower()[:12]}...): it changed after the dataset was made; "
+                           "re-create the dataset", item=f.name)
+        yield _Tick(0, 1)
+    for name, content in extras.items():
+        yield tar.header(name, len(content))
+        yield from tar.body(_BytesSource(content), len(content), f"extra member {name!r}")
+    yield tar.end()
+
+
+class _BytesSource:
+    """A minimal read() over bytes, without copying them into a BytesIO."""
+
+    def __init__(self, data: bytes):
+        self._data, self._pos = data, 0
+
+    def read(self, n: int) -> bytes:
+        self._pos += n
+        return self._data[self._pos - n:self._pos]
+
+
+def stage_files(files: Iterable[StagedFile], *, staging_dir: str | Path, user: str, recipient,
+                metadata: Mapping | None = None, extra_members: Mapping[str, bytes] | None = None,
+                progress: ProgressCallback | None = None) -> BundleInfo:
+    """Stream *files* into ``<staging_dir>/<user>/<bundle_id>.tar.age``, encrypted to *recipient*.
+
+    *recipient* is an ``age1...`` string (or pyrage recipient); *metadata* a
+    JSON mapping stored in MANIFEST.json; *extra_members* small in-memory
+    members, e.g. ``{"script/train.py": b"..."}``; *progress* is called as
+    ``progress(bytes_done, files_done, total_bytes, total_files)`` at most every
+    0.2 s and once at the end, in the calling thread. Each file's ``open()``
+    and reads run in one helper thread (reading and hashing overlap with
+    encryption), one file at a time. Raises InvalidRequest (bad names, digests),
+    Conflict (a file does not match its size or sha256; nothing is left behind),
+    PermissionDenied (unsafe per-user directory), NotFound (no staging root).
+    """
+    files = list(files)
+    manifest = build_manifest(files, metadata, extra_members)
+    extras = _check_extras(extra_members)
+    rcpt, rcpt_str = _as_recipient(recipient)
+    manifest_bytes = canonical_json(manifest)
+    by_name = {f.name: f for f in files}
+    ordered = [by_name[e["name"]] for e in manifest["files"]]
+    udir = user_dir(staging_dir, user, create=True)
+
+    bundle_id = f"{manifest['manifest_sha256'][:12]}-{secrets.token_hex(6)}"
+    final = udir / (bundle_id + SUFFIX)
+    partial = udir / (bundle_id + SUFFIX + PARTIAL)
+    info_path = udir / (bundle_id + ".json")
+    tracker = _Progress(progress, manifest["total_size"], manifest["file_count"])
+    log.info("staging bundle %s for user %s: %d files, %d bytes, recipient %s", bundle_id, user,
+             manifest["file_count"], manifest["total_size"], rcpt_str)
+    started = time.monotonic()
+    info_written = False
+    try:
+        chunks = _bundle_chunks(manifest_bytes, ordered, extras, time.time())
+        size = _encrypt_stream(partial, chunks, rcpt, tracker.add)
+        info = BundleInfo(path=final, bundle_id=bundle_id, manifest_sha256=manifest["manifest_sha256"],
+                          recipient=rcpt_str, size=size, created=_now_iso(),
+                          contents_sha256=hashlib.sha256(manifest_bytes).hexdigest(),
+                          file_count=manifest["file_count"], total_size=manifest["total_size"])
+        _write_private_json(info_path, info.to_json())
+        info_written = True
+        os.rename(partial, final)
+        _fsync_dir(udir)
+    except BaseException as e:
+        _unlink_quiet(partial)
+        if info_written:
+            _unlink_quiet(info_path)
+        log.warning("staging bundle %s for user %s failed: %s", bundle_id, user,
+                    getattr(e, "message", type(e).__name__))
+        raise
+    tracker.finish()
+    log.info("staged bundle %s for user %s: %d bytes in %.1f s", bundle_id, user, size,
+             time.monotonic() - started)
+    return info
+
+
+def _read_info(udir: Path, bundle_id: str) -> BundleInfo | None:
+    """The sidecar of *bundle_id*, if it and its bundle are complete and private."""
+    try:
+        fd = os.open(udir / (bundle_id + ".json"), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        with os.fdopen(fd, "rb") as f:
+            doc = json.loads(f.read(1 << 20))
+        if doc.get("format") != INFO_FORMAT or doc.get("bundle_id") != bundle_id:
+            return None
+        path = udir / (bundle_id + SUFFIX)
+        st = os.lstat(path)
+        if (not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o077
+                or st.st_size != int(doc["size"])):
+            return None
+        return BundleInfo(path=path, bundle_id=bundle_id, manifest_sha256=str(doc["manifest_sha256"]),
+                          recipient=str(doc["recipient"]), size=int(doc["size"]),
+                          created=str(doc["created"]), contents_sha256=str(doc.get("contents_sha256", "")),
+                          file_count=int(doc.get("file_count", 0)), total_size=int(doc.get("total_size", 0)))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
+def list_bundles(staging_dir: str | Path, user: str) -> list[BundleInfo]:
+    """Every complete bundle of *user*, oldest first."""
+    udir = user_dir(staging_dir, user, create=False)
+    if udir is None:
+        return []
+    found = []
+    with os.scandir(udir) as it:
+        for entry in it:
+            stem = entry.name[:-len(".json")]
+            if entry.name.endswith(".json") and _BUNDLE_ID_RE.match(stem):
+                info = _read_info(udir, stem)
+                if info is not None:
+                    found.append(info)
+    return sorted(found, key=lambda i: (i.created, i.bundle_id))
+
+
+def find_bundle(staging_dir: str | Path, user: str, manifest_sha256: str, *,
+                recipient: str | None = None, contents_sha256: str | None = None) -> BundleInfo | None:
+    """The newest complete bundle of *user* for this manifest digest, or None.
+
+    The manifest digest covers the data files only; pass *contents_sha256*
+    (see :func:`contents_sha256`) to also require the same metadata and extra
+    members (e.g. the same training script), and *recipient* to require a
+    bundle that the key you hold can open.
+    """
+    want = _norm_digest(manifest_sha256)
+    want_contents = _norm_digest(contents_sha256) if contents_sha256 else None
+    want_rcpt = _as_recipient(recipient)[1] if recipient is not None else None
+    for info in reversed(list_bundles(staging_dir, user)):
+        if info.manifest_sha256 != want:
+            continue
+        if want_rcpt is not None and info.recipient != want_rcpt:
+            continue
+        if want_contents is not None and info.contents_sha256 != want_contents:
+            continue
+        return info
+    return None
+
+
+def remove_bundle(info: BundleInfo) -> None:
+    """Delete a bundle and its sidecar (missing files are fine)."""
+    _unlink_quiet(Path(info.path))
+    _unlink_quiet(Path(info.path).with_name(info.bundle_id + ".json"))
+
+

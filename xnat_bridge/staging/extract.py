@@ -1,0 +1,362 @@
+"""Decryption and safe extraction of bundles and result archives."""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import hashlib
+import os
+import tarfile
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import pyrage
+
+from ..errors import Conflict, InvalidRequest, NotFound, PermissionDenied
+from ..files import safe_relpath
+from .area import _BytesSource
+from .common import CHUNK, DATA_PREFIX, MANIFEST_NAME, MAX_MANIFEST_BYTES, XCHUNK, log
+from .keys import _as_identity
+from .manifest import _norm_digest, _parse_manifest
+
+# --------------------------------------------------------------------------- extraction
+
+
+class _Decryptor:
+    """``pyrage.decrypt_io`` in a thread, writing plaintext into a pipe (kernel memory).
+
+    ``reader`` is the pipe's read end for the tar reader. :meth:`finish` reads
+    to the end, so that age authenticates the final chunk, and raises a
+    decryption failure; :meth:`abort` closes the pipe, which stops the thread.
+    """
+
+    def __init__(self, path: Path, identity):
+        self.path = path
+        self.error: BaseException | None = None
+        try:
+            self._src = open(path, "rb", buffering=CHUNK)
+        except FileNotFoundError:
+            raise NotFound(f"{path} does not exist", item=str(path)) from None
+        r, w = os.pipe()
+        try:
+            fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, CHUNK)
+        except OSError:
+            pass  # a smaller pipe only costs speed
+        self.reader = os.fdopen(r, "rb", buffering=XCHUNK)
+        self._writer = os.fdopen(w, "wb", buffering=XCHUNK)
+        self._thread = threading.Thread(target=self._run, args=(identity,),
+                                        name=f"age-decrypt {path.name}", daemon=True)
+        self._thread.start()
+
+    def _run(self, identity) -> None:
+        try:
+            pyrage.decrypt_io(self._src, self._writer, [identity])
+            self._writer.flush()
+        except BaseException as e:
+            self.error = e
+        finally:
+            for f in (self._writer, self._src):
+                try:
+                    f.close()
+                except BaseException as e:
+                    self.error = self.error or e
+
+    def finish(self) -> None:
+        while self.reader.read(XCHUNK):
+            pass
+        self._thread.join()
+        self.reader.close()
+        self.raise_error()
+
+    def abort(self) -> None:
+        self.reader.close()
+        self._thread.join()
+
+    def raise_error(self) -> None:
+        err = self.error
+        if err is None or isinstance(err, BrokenPipeError):  # BrokenPipe: we stopped it
+            return
+        name = self.path.name
+        if isinstance(err, pyrage.DecryptError) and "no matching keys" in str(err).lower():
+            raise PermissionDenied(f"{name} cannot be decrypted with this identity: it was encrypted "
+                                   "to another recipient; use the identity whose public key the "
+                                   "bundle was staged for", item=name) from None
+        if isinstance(err, pyrage.DecryptError):
+            raise InvalidRequest(f"{name} is not a valid age file ({err})", item=name) from None
+        if isinstance(err, OSError) and "decryption" in str(err).lower():
+            raise Conflict(f"{name} is corrupt or truncated: age could not authenticate it; "
+                           "stage it again", item=name) from None
+        raise err
+
+
+def _is_regular(m: tarfile.TarInfo) -> bool:
+    return m.type in (tarfile.REGTYPE, tarfile.AREGTYPE) and not m.sparse
+
+
+def _kind(m: tarfile.TarInfo) -> str:
+    if m.issym():
+        return "a symbolic link"
+    if m.islnk():
+        return "a hard link"
+    if m.ischr() or m.isblk():
+        return "a device"
+    if m.isfifo():
+        return "a FIFO"
+    if m.isdir():
+        return "a directory"
+    if m.issparse():
+        return "a sparse file"
+    return f"of tar type {m.type!r}"
+
+
+class _Tree:
+    """Creates files and directories under *root* through directory file
+    descriptors, never following a symlink, and remembers what it created."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        self.created_root = False
+        try:
+            os.mkdir(self.root, 0o700)
+            self.created_root = True
+        except FileExistsError:
+            pass
+        except FileNotFoundError:
+            raise NotFound(f"cannot create {self.root}: its parent does not exist",
+                           item=str(self.root)) from None
+        self.fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        self.created: list[tuple[str, bool]] = []  # (relative path, is_dir)
+        self._cached: tuple[str, int] | None = None
+
+    def _dir_fd(self, parts: list[str]) -> int:
+        key = "/".join(parts)
+        if not parts:
+            return self.fd
+        if self._cached and self._cached[0] == key:
+            return self._cached[1]
+        cur = self.fd
+        try:
+            for i, part in enumerate(parts):
+                rel = "/".join(parts[:i + 1])
+                try:
+                    os.mkdir(part, 0o700, dir_fd=cur)
+                    self.created.append((rel, True))
+                except FileExistsError:
+                    pass
+                try:
+                    nxt = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                                  dir_fd=cur)
+                except OSError as e:
+                    if e.errno in (errno.ELOOP, errno.ENOTDIR):
+                        raise InvalidRequest(f"{rel} in {self.root} is not a directory (a file or a "
+                                             "symbolic link); refusing to write through it",
+                                             item=rel) from None
+                    raise
+                if cur != self.fd:
+                    os.close(cur)
+                cur = nxt
+        except BaseException:
+            if cur != self.fd:
+                os.close(cur)
+            raise
+        if self._cached:
+            os.close(self._cached[1])
+        self._cached = (key, cur)
+        return cur
+
+    def mkdirs(self, rel: str) -> None:
+        self._dir_fd(rel.split("/"))
+
+    def write(self, rel: str, src: BinaryIO, size: int) -> str:
+        """Copy *src* into the new file *rel* (0600); return its sha256."""
+        parts = rel.split("/")
+        parent = self._dir_fd(parts[:-1])
+        try:
+            fd = os.open(parts[-1], os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                         0o600, dir_fd=parent)
+        except FileExistsError:
+            raise Conflict(f"{rel} already exists in {self.root}; extract into an empty directory",
+                           item=rel) from None
+        self.created.append((rel, False))
+        digest = hashlib.sha256()
+        done = 0
+        with os.fdopen(fd, "wb") as out:
+            while True:
+                chunk = src.read(XCHUNK)
+                if not chunk:
+                    break
+                digest.update(chunk)
+                out.write(chunk)
+                done += len(chunk)
+        if done != size:
+            raise Conflict(f"{rel}: {done} bytes in the archive, {size} expected", item=rel)
+        return digest.hexdigest()
+
+    def remove_created(self) -> None:
+        for rel, is_dir in reversed(self.created):
+            try:
+                if is_dir:
+                    os.rmdir(rel, dir_fd=self.fd)
+                else:
+                    os.unlink(rel, dir_fd=self.fd)
+            except OSError:
+                log.warning("could not remove %s from %s", rel, self.root)
+        self.created.clear()
+        if self.created_root:
+            try:
+                os.rmdir(self.root)
+            except OSError:
+                log.warning("could not remove %s", self.root)
+
+    def close(self) -> None:
+        if self._cached:
+            os.close(self._cached[1])
+            self._cached = None
+        os.close(self.fd)
+
+
+def _member_path(name: str, label: str) -> str:
+    try:
+        return safe_relpath(name)
+    except InvalidRequest:
+        raise InvalidRequest(f"{label}: member {name!r} has an unsafe path (absolute, '..', empty "
+                             "segment, NUL or backslash); refusing to extract", item=name[:200]) from None
+
+
+def _members(tar: tarfile.TarFile) -> Iterator[tarfile.TarInfo]:
+    while True:
+        member = tar.next()
+        if member is None:
+            return
+        yield member
+        # stream mode keeps every header read so far; forget them to keep memory bounded
+        tar.members.clear()
+
+
+def _run_extraction(path: str | Path, identity, dest_dir: str | Path,
+                    body: Callable[[Iterator[tarfile.TarInfo], tarfile.TarFile, _Tree, str], Any]):
+    key = _as_identity(identity)
+    path = Path(path)
+    label = path.name
+    dec = _Decryptor(path, key)
+    tree: _Tree | None = None
+    ok = False
+    try:
+        tree = _Tree(dest_dir)
+        try:
+            with tarfile.open(fileobj=dec.reader, mode="r|", bufsize=XCHUNK) as tar:
+                result = body(_members(tar), tar, tree, label)
+        except tarfile.TarError as e:
+            raise InvalidRequest(f"{label} does not hold a valid tar archive ({e})", item=label) from None
+        dec.finish()
+        ok = True
+        return result
+    except BaseException:
+        dec.abort()
+        dec.raise_error()  # a decryption failure explains the rest best
+        raise
+    finally:
+        if tree is not None:
+            if not ok:
+                tree.remove_created()
+            tree.close()
+
+
+def extract_bundle(bundle_path: str | Path, identity, dest_dir: str | Path,
+                   expected_manifest_sha256: str | None = None) -> dict:
+    """Decrypt and unpack a bundle into *dest_dir*; return its MANIFEST.json (a dict).
+
+    *dest_dir* is created 0700 if missing (its parent must exist); files land
+    as ``MANIFEST.json``, ``data/<name>`` and the extra members, 0600. Raises
+    PermissionDenied (wrong identity), InvalidRequest (not a bundle; unsafe
+    member: escaping path, link, device, FIFO), Conflict (member not listed,
+    size or sha256 mismatch, missing file, digest differs from
+    *expected_manifest_sha256*, corrupt ciphertext). On failure everything
+    extracted is removed.
+    """
+    want = _norm_digest(expected_manifest_sha256) if expected_manifest_sha256 else None
+
+    def body(members, tar, tree, label):
+        first = next(members, None)
+        if first is None or first.name != MANIFEST_NAME or not _is_regular(first):
+            raise InvalidRequest(f"{label} is not a staging bundle: its first member must be "
+                                 f"{MANIFEST_NAME}", item=label)
+        if first.size > MAX_MANIFEST_BYTES:
+            raise InvalidRequest(f"{label}: {MANIFEST_NAME} is larger than {MAX_MANIFEST_BYTES} bytes",
+                                 item=label)
+        raw = tar.extractfile(first).read()
+        manifest = _parse_manifest(raw, label)
+        if want is not None and manifest["manifest_sha256"] != want:
+            raise Conflict(f"{label} holds dataset {manifest['manifest_sha256'][:12]}..., not the "
+                           f"expected {want[:12]}...", item=label)
+        expected = {DATA_PREFIX + f["name"]: f for f in manifest["files"]}
+        expected.update({f["name"]: f for f in manifest["extra"]})
+        tree.write(MANIFEST_NAME, _BytesSource(raw), len(raw))
+        for m in members:
+            name = _member_path(m.name, label)
+            if not _is_regular(m):
+                raise InvalidRequest(f"{label}: member {name!r} is {_kind(m)}; bundles hold regular "
+                                     "files only", item=name)
+            entry = expected.pop(name, None)
+            if entry is None:
+                raise Conflict(f"{label}: member {name!r} is not listed in {MANIFEST_NAME} (or "
+                               "appears twice)", item=name)
+            if m.size != entry["size"]:
+                raise Conflict(f"{label}: {name!r} has {m.size} bytes, {MANIFEST_NAME} says "
+                               f"{entry['size']}", item=name)
+            sha = tree.write(name, tar.extractfile(m), m.size)
+            if sha != entry["sha256"]:
+                raise Conflict(f"{label}: {name!r} does not match its sha256 in {MANIFEST_NAME}",
+                               item=name)
+        if expected:
+            missing = sorted(expected)
+            raise Conflict(f"{label}: {len(missing)} file(s) listed in {MANIFEST_NAME} are missing, "
+                           f"e.g. {missing[0]!r}", item=missing[0])
+        return manifest
+
+    manifest = _run_extraction(bundle_path, identity, dest_dir, body)
+    log.info("extracted bundle %s into %s: %d files, %d bytes", Path(bundle_path).name, dest_dir,
+             manifest["file_count"], manifest["total_size"])
+    return manifest
+
+
+def decrypt_to_directory(path: str | Path, identity, dest_dir: str | Path) -> dict:
+    """Decrypt an age-encrypted tar (e.g. from :func:`encrypt_directory`) into *dest_dir*.
+
+    Same safety rules as :func:`extract_bundle` (no escaping paths, no links,
+    devices or FIFOs; files 0600, directories 0700; everything removed on
+    failure), without a manifest: regular files and directories are accepted.
+    Returns ``{"files": [{"name", "size", "sha256"}], "directories": [...]}``.
+    """
+    def body(members, tar, tree, label):
+        files, dirs = [], []
+        for m in members:
+            name = m.name
+            while name.startswith("./"):
+                name = name[2:]
+            if name in ("", ".") and m.isdir():
+                continue
+            _member_path(name, label)
+            if m.isdir():
+                tree.mkdirs(name)
+                dirs.append(name)
+                continue
+            if not _is_regular(m):
+                raise InvalidRequest(f"{label}: member {name!r} is {_kind(m)}; only regular files "
+                                     "and directories are extracted", item=name)
+            sha = tree.write(name, tar.extractfile(m), m.size)
+            files.append({"name": name, "size": m.size, "sha256": sha})
+        return {"files": files, "directories": dirs}
+
+    result = _run_extraction(path, identity, dest_dir, body)
+    log.info("decrypted %s into %s: %d files", Path(path).name, dest_dir, len(result["files"]))
+    return result
+
+
+__all__ = [
+    "AgeIdentity", "BundleInfo", "StagedFile", "build_manifest", "canonical_json", "contents_sha256",
+    "decrypt_to_directory", "encrypt_directory", "extract_bundle", "file_entries", "find_bundle",
+    "generate_keypair", "list_bundles", "manifest_sha256", "remove_bundle", "stage_files", "user_dir",
+]
