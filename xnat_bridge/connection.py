@@ -171,16 +171,16 @@ class Connection:
                            + "; ".join(parts) + "); create it again", item=manifest.name)
 
     # -- file access ----------------------------------------------------------
-    def _check_file(self, f: ManifestFile) -> None:
-        project = f.archive_path.split("/", 1)[0]
+    def _check_file(self, ref: FileRef) -> None:
+        """Scope first, then XNAT's permissions, for the file's project."""
+        project = ref.archive_path.split("/", 1)[0]
         self.scope.check_project(project)
         self.permission_info().require_read(project)
 
     @_denials_audited("open")
     def open(self, f: ManifestFile | FileRef):
         ref = f.ref() if isinstance(f, ManifestFile) else f
-        self.scope.check_project(ref.archive_path.split("/", 1)[0])
-        self.permission_info().require_read(ref.archive_path.split("/", 1)[0])
+        self._check_file(ref)
         self._audit("open", items=[ref.archive_path], files=1, bytes=ref.size)
         return self.access.open(ref)
 
@@ -192,7 +192,7 @@ class Connection:
         *check* first asks XNAT whether the manifest still matches (Conflict if not).
         """
         for f in manifest.files:
-            self._check_file(f)
+            self._check_file(f.ref())
         if check:
             self.check_current(manifest)
         with _progress_bar(progress, manifest.total_size, f"downloading {manifest.name}") as tick:
