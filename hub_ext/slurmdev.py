@@ -225,7 +225,7 @@ class SlurmDev:
             d.mkdir(parents=True, exist_ok=True)
         os.chmod(cfg.run_dir, 0o755)
         os.chmod(cfg.state_dir, 0o700)  # job scripts and environments live here
-        os.chmod(cfg.spool_dir, 0o700)
+        os.chmod(cfg.spool_dir, 0o755)  # slurmd makes a 0700 job dir per job in it, owned by the user
         os.chmod(cfg.log_dir, 0o700)
         os.chmod(cfg.conf_path.parent, 0o755)
 

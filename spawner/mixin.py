@@ -1,0 +1,289 @@
+"""``XnatScopedSpawner``: everything the XNAT-scoped backends share.
+
+A backend is ``class XnatFooSpawner(XnatScopedSpawner, FooSpawner)`` with a
+``backends`` class attribute and an :meth:`~XnatScopedSpawner.apply_plan`
+that turns the :class:`~spawner.plan.SpawnPlan` into its own settings through
+a pure builder. The mixin provides:
+
+* the **form** (:mod:`spawner.form`): the profiles this user may use and the
+  XNAT projects they may read, with their role, asked of XNAT with the user's
+  own alias token;
+* **validation** of every request — form, REST ``user_options`` or XNAT's
+  "Start Jupyter" (:mod:`spawner.request`) — in :meth:`start`, so both paths
+  go through the same checks, against XNAT's answers at that moment
+  (:mod:`spawner.decide`), never the form's;
+* the server's **environment** (``XNAT_HOST``, ``XNAT_USER``/``XNAT_PASS`` =
+  the alias token, ``XNAT_DATA``, ``XNAT_HPC_SCOPE``, ``XNAT_HPC_OFFLOAD``);
+* **progress** events and **audit** events (allowed and denied spawns).
+
+Async contract: :meth:`start` awaits :meth:`make_plan` (XNAT requests run in a
+thread, never on the hub's event loop), calls the synchronous
+:meth:`apply_plan`, then awaits the base spawner's ``start``. Domain errors
+become ``web.HTTPError`` with the status of the error class and a
+``jupyterhub_message`` the user reads on the spawn page or in the REST reply.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import html
+import os
+import time
+from typing import ClassVar
+
+from tornado import web
+from traitlets import Any, Bool, Float, Unicode, default
+from traitlets.config import LoggingConfigurable
+
+from hub_ext.profiles import ProfileConfig, ProfileWatcher, visible_profiles
+from hub_ext.xnat_api import AliasToken
+from xnat_bridge import audit
+from xnat_bridge.browse import Browser
+from xnat_bridge.client import XnatClient
+from xnat_bridge.errors import AuthenticationFailed, InvalidRequest, XnatHpcError
+from xnat_bridge.permissions import fetch_permissions
+from xnat_bridge.scope import Scope
+
+from .decide import Session, XnatFacts, check_readable, choose_profile, scope_mounts, server_env
+from .form import render_form
+from .plan import DATA_MOUNT, SpawnPlan
+from .request import SpawnRequest, parse_form, parse_request
+
+_watchers: dict[str, ProfileWatcher] = {}
+
+
+def profiles_from(path: str) -> ProfileConfig:
+    """The current good profiles of *path*, shared by all spawners (hot reload)."""
+    watcher = _watchers.get(path)
+    if watcher is None:
+        watcher = _watchers[path] = ProfileWatcher(path)
+    return watcher.current()
+
+
+def spawn_error(exc: XnatHpcError) -> web.HTTPError:
+    """The one place where a domain error becomes what JupyterHub shows the user."""
+    err = web.HTTPError(exc.status if exc.status < 500 else 503, exc.message)
+    err.jupyterhub_message = exc.message
+    return err
+
+
+class XnatScopedSpawner(LoggingConfigurable):
+    """Mixin for XNAT-scoped spawners; put it first in the bases."""
+
+    #: profile backends this spawner runs (a dispatcher sets all three)
+    backends: ClassVar[tuple[str, ...]] = ()
+    #: whether the scope can be mounted read-only in the server (sets ``XNAT_DATA``)
+    mounts_scope: ClassVar[bool] = False
+
+    profiles_file = Unicode(
+        "config/profiles.yaml",
+        help="""Path of the admin's profiles YAML (see docs/profiles.md). Re-read when it
+        changes; an invalid new version is logged and the last good one kept.
+        Check it with ``xnat-hpc-hub check-config FILE``.""",
+    ).tag(config=True)
+
+    xnat_url = Unicode(
+        help="""XNAT base URL the servers talk to (``XNAT_HOST``). Default: the
+        XnatAuthenticator's ``xnat_url``, else the hub's ``XNAT_HOST`` environment.""",
+    ).tag(config=True)
+
+    @default("xnat_url")
+    def _default_xnat_url(self):
+        return (getattr(self.authenticator, "xnat_url", "") or os.environ.get("XNAT_HOST", "")).rstrip("/")
+
+    xnat_data_root = Unicode(
+        "",
+        help="""Host path of the XNAT archive (the directory holding one folder per project,
+        XNAT's ``archivePath``). Backends that can mount bind only the scope's folders of it,
+        read-only, at /xnat/data. Empty: no mounts; servers read through the REST API.""",
+    ).tag(config=True)
+
+    xnat_validate_cert = Bool(True, help="Verify XNAT's TLS certificate.").tag(config=True)
+
+    xnat_timeout = Float(
+        15.0, help="Seconds to wait for each XNAT request during form rendering and start.",
+    ).tag(config=True)
+
+    audit_log = Unicode(
+        "xnat-hpc-audit.jsonl",
+        help="""JSON-lines file (created 0600, append-only) for the hub's audit events: every
+        spawn with its scope, allowed or denied. Relative paths are relative to the hub's
+        working directory.""",
+    ).tag(config=True)
+
+    xnat_plan = Any(None, help="The validated plan of the current start (set by start).")
+
+    # ------------------------------------------------------------------ helpers
+    def xnat_profiles(self) -> ProfileConfig:
+        return profiles_from(os.path.abspath(self.profiles_file))
+
+    def xnat_audit(self, action: str, outcome: str, *, items=(), detail: str = "") -> None:
+        sink = audit.JsonLinesSink(os.path.abspath(self.audit_log))
+        sink.emit(audit.make_event(self.user.name, action, outcome, items=items, detail=detail))
+
+    async def _alias_token(self) -> AliasToken:
+        state = await self.user.get_auth_state() or {}
+        token = AliasToken.from_state(state.get("xnat_token"))
+        if token is None:
+            raise AuthenticationFailed("your XNAT login is not known to the hub any more; log out "
+                                       "and log in again")
+        return token
+
+    def _client(self, token: AliasToken) -> XnatClient:
+        return XnatClient(self.xnat_url, token.alias, token.secret, verify=self.xnat_validate_cert,
+                          timeout=self.xnat_timeout, retries=1)
+
+    def _facts(self, token: AliasToken, scope: Scope | None) -> XnatFacts:
+        """Ask XNAT (blocking; run in a thread)."""
+        with self._client(token) as client:
+            perms = fetch_permissions(client, self.user.name)
+            sessions: dict[str, tuple[Session, ...]] = {}
+            for project, ps in sorted((scope.projects or {}).items() if scope else ()):
+                if ps.whole or project not in perms.roles:
+                    continue
+                browser = Browser(client, Scope.unrestricted(), lambda: perms)
+                sessions[project] = tuple(
+                    Session(e.id, e.label, e.subject_id, e.subject_label)
+                    for e in browser.all_experiments(project))
+        return XnatFacts(perms.user, dict(perms.roles), tuple(perms.site_roles), sessions)
+
+    def xnat_owner(self):
+        """The spawner JupyterHub knows: the dispatcher when this one runs under it, else self."""
+        return self.__dict__.get("_xnat_parent") or self
+
+    def _progress(self, progress: int, message: str) -> None:
+        owner = self.xnat_owner()
+        owner.__dict__.setdefault("_xnat_events", []).append({"progress": progress, "message": message})
+        changed = owner.__dict__.get("_xnat_changed")
+        if changed is not None:
+            changed.set()
+
+    @default("apply_user_options")
+    def _default_apply_user_options(self):
+        return _checked_in_start
+
+    # ------------------------------------------------------------------ form
+    @default("options_form")
+    def _default_options_form(self):
+        return _options_form
+
+    def options_from_form(self, formdata):
+        return parse_form(formdata)
+
+    async def render_options_form(self) -> str:
+        try:
+            config = self.xnat_profiles()
+            token = await self._alias_token()
+            facts = await asyncio.to_thread(self._facts, token, None)
+        except XnatHpcError as exc:
+            self.log.warning("spawn form for %s: %s", self.user.name, exc.message)
+            return f'<p class="xnat-hpc-empty" role="alert">{html.escape(exc.message)}</p>'
+        profiles = [p for p in visible_profiles(config, username=self.user.name,
+                                                groups=[g.name for g in self.user.groups],
+                                                site_roles=facts.site_roles,
+                                                project_roles=facts.project_roles)
+                    if not self.backends or p.backend in self.backends]
+        previous = self.user_options or {}
+        return render_form(profiles, facts.project_roles, selected_profile=previous.get("profile"),
+                           selected_projects=previous.get("projects") or ())
+
+    # ------------------------------------------------------------------ start
+    async def make_plan(self) -> SpawnPlan:
+        """Validate ``user_options`` against XNAT now; the plan or a typed error."""
+        self._progress(5, "Checking your XNAT permissions")
+        request: SpawnRequest = parse_request(self.user_options)
+        config = self.xnat_profiles()
+        token = await self._alias_token()
+        facts = await asyncio.to_thread(self._facts, token, request.scope)
+        roles = check_readable(request.scope, facts.project_roles)
+        profile = choose_profile(config, request, facts, groups=[g.name for g in self.user.groups],
+                                 backends=self.backends or None)
+        mounts = scope_mounts(request.scope, facts.sessions)
+        env = server_env(xnat_url=self.xnat_url, alias=token.alias, scope=request.scope, profile=profile,
+                         offload=dataclasses.asdict(config.offload), with_data=False, request=request)
+        return SpawnPlan(self.user.name, self.name, profile, request.scope, roles, mounts, env,
+                         {"XNAT_PASS": token.secret})
+
+    def data_mounted(self) -> bool:
+        """Whether this backend mounts the scope (then ``XNAT_DATA`` points at it)."""
+        return self.mounts_scope and bool(self.xnat_data_root)
+
+    def apply_plan(self, plan: SpawnPlan) -> None:
+        """Backend hook: set this spawner's own settings from *plan* (pure builder + assignment)."""
+        raise NotImplementedError(f"{type(self).__name__} must implement apply_plan")
+
+    async def start(self):
+        if self.xnat_owner() is self:
+            self.__dict__["_xnat_events"] = []
+        self.__dict__["_xnat_started_at"] = time.monotonic()
+        if self.xnat_plan is None:
+            try:
+                plan = await self.make_plan()
+            except XnatHpcError as exc:
+                self.xnat_audit("spawn", "denied", items=_items(self.user_options), detail=exc.message)
+                self.log.warning("spawn of %s refused: %s", self._log_name, exc.message)
+                raise spawn_error(exc) from None
+            self.xnat_plan = plan
+        plan = self.xnat_plan
+        env = {k: v for k, v in plan.env.items() if k != "XNAT_DATA"}
+        if self.data_mounted():
+            env["XNAT_DATA"] = DATA_MOUNT
+        plan = self.xnat_plan = dataclasses.replace(plan, env=env)
+        self.xnat_audit("spawn", "allowed", items=plan.projects,
+                        detail=f"profile {plan.profile.slug}; scope {plan.scope.to_json()}")
+        self.log.info("starting %s with profile %s, scope %s", self._log_name, plan.profile.slug,
+                      plan.scope.to_json())
+        self._progress(20, f"Permissions checked: {', '.join(f'{p} ({r})' for p, r in plan.roles.items())}"
+                           f"; profile {plan.profile.display_name}")
+        self.apply_plan(plan)
+        try:
+            return await super().start()
+        except XnatHpcError as exc:
+            raise spawn_error(exc) from None
+
+    async def stop(self, now=False):
+        try:
+            return await super().stop(now=now)
+        finally:
+            self.xnat_plan = None
+
+    def get_env(self):
+        env = super().get_env()
+        plan = self.xnat_plan
+        if plan is not None:
+            env.update(plan.env)
+            env.update(plan.secret_env)
+        return env
+
+    async def progress(self):
+        """Our events as they happen, then the backend's own."""
+        changed = self.__dict__["_xnat_changed"] = asyncio.Event()
+        sent = 0
+        while self._spawn_pending or sent < len(self.__dict__.get("_xnat_events", [])):
+            events = self.__dict__.get("_xnat_events", [])
+            while sent < len(events):
+                yield events[sent]
+                sent += 1
+            if not self._spawn_pending:
+                break
+            changed.clear()
+            try:
+                await asyncio.wait_for(changed.wait(), 1.0)
+            except asyncio.TimeoutError:
+                pass
+
+
+def _items(options) -> list[str]:
+    try:
+        return parse_request(options).projects
+    except (XnatHpcError, InvalidRequest, TypeError, AttributeError):
+        return []
+
+
+def _checked_in_start(spawner, user_options) -> None:
+    """``user_options`` are parsed and checked against XNAT in :meth:`XnatScopedSpawner.start`."""
+
+
+async def _options_form(spawner) -> str:
+    return await spawner.render_options_form()

@@ -1,0 +1,294 @@
+"""The XNAT-scoped spawners in a real JupyterHub (configurable-http-proxy) against
+devxnat, with the real local Slurm: form, REST and XNAT-launch validation, the
+bubblewrap scope, the Slurm server without secrets in Slurm, progress, audit."""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+import pwd
+import re
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.fixtures.spawn import make_hub
+
+pytestmark = [pytest.mark.devxnat]
+
+FAST = """
+c.JupyterHub.tornado_settings = {"slow_spawn_timeout": 0}
+"""
+
+
+@pytest.fixture(scope="module")
+def staging(public_dir):
+    path = public_dir / "staging"
+    path.mkdir(exist_ok=True)
+    os.chmod(path, 0o1777)
+    return path
+
+
+@pytest.fixture(scope="module")
+def hub(shared_devxnat, unix_users, staging, tmp_path_factory, slurm):
+    h = make_hub(tmp_path_factory.mktemp("hub"), shared_devxnat, "xnat", staging=staging)
+    yield h
+    h.stop()
+
+
+def audit_events(hub) -> list[dict]:
+    path = Path(hub.log_path).parent / "audit.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def wait_ready(hub, user: str, server: str = "", timeout: float = 90) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        model = hub.api("GET", f"/users/{user}").json()
+        srv = model["servers"].get(server)
+        if srv and srv.get("ready"):
+            return srv
+        if srv is None:
+            raise AssertionError(f"server {user}/{server} went away:\n{hub.log()[-3000:]}")
+        time.sleep(0.2)
+    raise AssertionError(f"server {user}/{server} not ready in {timeout} s:\n{hub.log()[-3000:]}")
+
+
+def stop(hub, user: str, server: str = "") -> None:
+    r = hub.api("DELETE", f"/users/{user}/servers/{server}")
+    assert r.status_code in (202, 204), r.text
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if server not in hub.api("GET", f"/users/{user}").json()["servers"]:
+            return
+        time.sleep(0.2)
+    raise AssertionError("server did not stop")
+
+
+def form_choices(html: str) -> tuple[list[str], dict[str, str]]:
+    profiles = re.findall(r'name="profile" id="[^"]+" value="([^"]+)"', html)
+    projects = dict(re.findall(r'name="project" id="[^"]+" value="([^"]+)".*?data-role="([^"]+)"', html))
+    return profiles, projects
+
+
+@pytest.mark.parametrize("user, profiles, projects", [
+    ("alice", ["local-small", "local-owners", "slurm-cpu"], {"NEURO_MRI": "Owner", "SLEEP_EEG": "Member"}),
+    ("bob", ["local-small", "slurm-cpu"], {"NEURO_MRI": "Collaborator", "CARDIO_ECG": "Member"}),
+    ("carol", ["local-small", "slurm-cpu"], {}),
+])
+def test_form_shows_exactly_the_users_projects_and_profiles(hub, user, profiles, projects):
+    s, r = hub.login(user, f"{user}-demo")
+    assert r.status_code == 302
+    page = s.get(f"{hub.url}/hub/spawn/{user}", timeout=30)
+    assert page.status_code == 200
+    got_profiles, got_projects = form_choices(page.text)
+    assert got_profiles == profiles
+    assert got_projects == projects
+    # accessible: every input has a label
+    for input_id in re.findall(r'<input type="(?:radio|checkbox)" name="\w+" id="([^"]+)"', page.text):
+        assert f'<label for="{input_id}">' in page.text
+    if not projects:
+        assert "cannot read any XNAT project" in page.text
+
+
+def test_rest_request_for_unreadable_project_is_refused_and_audited(hub):
+    hub.login("alice", "alice-demo")
+    r = hub.api("POST", "/users/alice/servers/", json={"profile": "local-small", "projects": ["CARDIO_ECG"]})
+    assert r.status_code == 403, r.text
+    assert "CARDIO_ECG" in r.json()["message"] and "ask its owner" in r.json()["message"]
+    denied = [e for e in audit_events(hub) if e["action"] == "spawn" and e["outcome"] == "denied"]
+    assert any("CARDIO_ECG" in e["detail"] and e["user"] == "alice" for e in denied)
+    assert "" not in hub.api("GET", "/users/alice").json()["servers"]
+
+
+@pytest.mark.parametrize("options, status, words", [
+    ({"profile": "local-small"}, 400, "select at least one XNAT project"),
+    ({"profile": "local-small", "projects": ["../etc"]}, 400, "not a valid XNAT identifier"),
+    ({"profile": "local-small", "projects": ["NEURO_MRI"], "cmd": "rm -rf /"}, 400, "unknown options: cmd"),
+    ({"profile": "no-such", "projects": ["NEURO_MRI"]}, 404, "no profile 'no-such'"),
+    ({"profile": "local-owners", "projects": ["NEURO_MRI"]}, 403, "not available to you"),
+    ({"xsiType": "xnat:mrSessionData", "itemId": "NOPE_E1", "projectId": "NEURO_MRI"}, 404,
+     "matches no experiment"),
+])
+def test_bad_rest_requests_get_clear_errors(hub, options, status, words):
+    hub.login("bob", "bob-demo")
+    r = hub.api("POST", "/users/bob/servers/", json=options)
+    assert r.status_code == status, r.text
+    assert words in r.json()["message"]
+
+
+def test_forged_form_is_refused_with_a_message(hub):
+    s, _ = hub.login("alice", "alice-demo")
+    xsrf = s.cookies.get("_xsrf")
+    r = s.post(f"{hub.url}/hub/spawn/alice", data={"profile": "local-small", "project": "CARDIO_ECG",
+                                                   "_xsrf": xsrf}, timeout=60)
+    assert "CARDIO_ECG" in r.text and "ask its owner" in r.text, r.text[-2000:]
+    assert "" not in hub.api("GET", "/users/alice").json()["servers"]
+
+
+def test_user_removed_from_project_between_form_and_start_is_refused(hub, shared_devxnat):
+    s, _ = hub.login("bob", "bob-demo")
+    assert "CARDIO_ECG" in form_choices(s.get(f"{hub.url}/hub/spawn/bob", timeout=30).text)[1]
+    with shared_devxnat.membership("CARDIO_ECG", "bob", None):
+        r = s.post(f"{hub.url}/hub/spawn/bob", data={"profile": "local-small", "project": "CARDIO_ECG",
+                                                     "_xsrf": s.cookies.get("_xsrf")}, timeout=60)
+    assert "may not read XNAT project 'CARDIO_ECG'" in html.unescape(r.text)
+    assert "" not in hub.api("GET", "/users/bob").json()["servers"]
+
+
+def _server_process(user: str) -> int:
+    uid = pwd.getpwnam(user).pw_uid
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if os.stat(f"/proc/{pid}").st_uid != uid:
+                continue
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        args = cmdline.split(b"\0")
+        if b"jupyterhub-singleuser" in cmdline and os.path.basename(args[0]) != b"bwrap":
+            return int(pid)
+    raise AssertionError(f"no server process of {user}")
+
+
+def _environ(pid: int) -> dict[str, str]:
+    raw = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    return dict(item.decode().split("=", 1) for item in raw if b"=" in item)
+
+
+def test_local_server_sees_only_its_scope_read_only(hub, shared_devxnat):
+    hub.login("alice", "alice-demo")
+    r = hub.api("POST", "/users/alice/servers/sleep", json={"profile": "local-small", "projects": ["SLEEP_EEG"]})
+    assert r.status_code in (201, 202), r.text
+    try:
+        wait_ready(hub, "alice", "sleep")
+        pid = _server_process("alice")
+        root = Path(f"/proc/{pid}/root")
+        assert sorted(os.listdir(root / "xnat/data")) == ["SLEEP_EEG"]
+        sessions = os.listdir(root / "xnat/data/SLEEP_EEG/arc001")
+        assert sessions == os.listdir(shared_devxnat.archive / "SLEEP_EEG/arc001")
+        # the archive itself and other projects are not there at all
+        assert not (root / str(shared_devxnat.archive).lstrip("/")).exists()
+        assert not (root / "xnat/data/NEURO_MRI").exists()
+        env = _environ(pid)
+        assert json.loads(env["XNAT_HPC_SCOPE"]) == {"projects": {"SLEEP_EEG": {}}}
+        assert env["XNAT_DATA"] == "/xnat/data" and env["XNAT_HOST"] == shared_devxnat.url
+        assert json.loads(env["XNAT_HPC_OFFLOAD"])["partition"] == "secure"
+        # read-only bind mounts, whatever the Unix permissions of the archive
+        mounts = [line.split() for line in Path(f"/proc/{pid}/mountinfo").read_text().splitlines()]
+        scope_mounts = [m for m in mounts if m[4].startswith("/xnat/data/")]
+        assert [m[4] for m in scope_mounts] == ["/xnat/data/SLEEP_EEG"]
+        assert all("ro" in m[5].split(",") for m in scope_mounts)
+        # the alias token works for this user and is the one XNAT knows
+        who = requests.get(f"{shared_devxnat.url}/data/services/tokens/validate/{env['XNAT_USER']}/"
+                           f"{env['XNAT_PASS']}", auth=(env["XNAT_USER"], env["XNAT_PASS"]), timeout=10)
+        assert who.json() == {"valid": "alice"}
+        allowed = [e for e in audit_events(hub) if e["action"] == "spawn" and e["outcome"] == "allowed"]
+        assert allowed[-1]["items"] == ["SLEEP_EEG"] and "local-small" in allowed[-1]["detail"]
+    finally:
+        stop(hub, "alice", "sleep")
+    assert not Path(f"/proc/{pid}").exists()
+
+
+def test_xnat_start_jupyter_request_scopes_to_the_experiment(hub, shared_devxnat):
+    rows = shared_devxnat.get("/data/projects/NEURO_MRI/experiments?format=json&columns=ID,label",
+                              "alice").json()["ResultSet"]["Result"]
+    exp = rows[0]
+    hub.login("alice", "alice-demo")
+    options = {"xsiType": "xnat:mrSessionData", "itemId": exp["ID"], "itemLabel": exp["label"],
+               "projectId": "NEURO_MRI", "eventTrackingId": "1700000000000", "hardwareConfigId": "small"}
+    r = hub.api("POST", "/users/alice/servers/xnat-item", json=options)
+    assert r.status_code in (201, 202), r.text
+    try:
+        wait_ready(hub, "alice", "xnat-item")
+        pid = _server_process("alice")
+        root = Path(f"/proc/{pid}/root/xnat/data")
+        assert os.listdir(root) == ["NEURO_MRI"]
+        assert os.listdir(root / "NEURO_MRI/arc001") == [exp["label"]]
+        env = _environ(pid)
+        assert env["XNAT_ITEM_ID"] == exp["ID"] and env["XNAT_XSI_TYPE"] == "xnat:mrSessionData"
+        assert env["XNAT_HPC_PROFILE"] == "local-small"
+        assert json.loads(env["XNAT_HPC_SCOPE"]) == {"projects": {"NEURO_MRI": {"experiments": [exp["ID"]]}}}
+    finally:
+        stop(hub, "alice", "xnat-item")
+
+
+def _read_all(directory: Path) -> bytes:
+    blob = b""
+    for path in directory.rglob("*"):
+        if path.is_file():
+            try:
+                blob += path.read_bytes()
+            except OSError:
+                pass
+    return blob
+
+
+def test_slurm_server_starts_without_secrets_in_slurm_and_stops(hub, slurm):
+    hub.login("bob", "bob-demo")
+    state = hub.api("GET", "/users/bob").json()["auth_state"]
+    secret = state["xnat_token"]["secret"]
+    r = hub.api("POST", "/users/bob/servers/gpu", json={"profile": "slurm-cpu", "projects": ["CARDIO_ECG"]})
+    assert r.status_code in (201, 202), r.text
+    try:
+        srv = wait_ready(hub, "bob", "gpu")
+        job_id = srv["state"]["child"]["job_id"]
+        assert hub.api("GET", "/users/bob/servers/gpu/progress").status_code == 200
+        script = subprocess.run(["scontrol", "write", "batch_script", job_id, "-"], capture_output=True,
+                                text=True, check=True).stdout
+        assert "#SBATCH --partition=interactive" in script and "#SBATCH --mem=1G" in script
+        assert "xnat_bridge.launch" in script
+        stored = _read_all(slurm.run_dir / "state") + script.encode()
+        assert secret.encode() not in stored
+        api_token = _environ(_server_process("bob"))["JUPYTERHUB_API_TOKEN"]
+        assert api_token and api_token.encode() not in stored
+        assert b"XNAT_HPC_BOOTSTRAP" in stored  # the one-time code is there, and already spent
+        r = requests.get(f"{hub.url}/user/bob/gpu/api/status", headers={"Authorization": f"token {hub.api_token}"},
+                         timeout=30)
+        assert r.status_code in (200, 403)  # reachable through the proxy
+    finally:
+        stop(hub, "bob", "gpu")
+    squeue = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True).stdout
+    assert squeue.strip() in ("", "COMPLETING", "CANCELLED")
+
+
+def test_progress_tells_what_happens(shared_devxnat, unix_users, staging, slurm, tmp_path):
+    hub = make_hub(tmp_path / "hub", shared_devxnat, "xnat", staging=staging, extra=FAST)
+    hub.login("alice", "alice-demo")
+    r = hub.api("POST", "/users/alice/servers/prog", json={"profile": "slurm-cpu", "projects": ["NEURO_MRI"]})
+    assert r.status_code in (201, 202), r.text
+    messages = []
+    try:
+        with hub.api("GET", "/users/alice/servers/prog/progress", stream=True, timeout=90) as resp:
+            for line in resp.iter_lines():
+                if line.startswith(b"data:"):
+                    event = json.loads(line[5:])
+                    messages.append(event.get("message", ""))
+                    if event.get("ready") or event.get("failed"):
+                        break
+        wait_ready(hub, "alice", "prog")
+    finally:
+        stop(hub, "alice", "prog")
+        hub.stop()
+    text = "\n".join(messages)
+    assert "Checking your XNAT permissions" in text
+    assert "Permissions checked: NEURO_MRI (Owner)" in text
+    assert "Submitted Slurm job" in text
+
+
+def test_xnat_down_at_spawn_gives_a_clear_message(devxnat_factory, public_dir, unix_users, staging, tmp_path):
+    private = devxnat_factory(public_dir / "private-devxnat")
+    h = make_hub(tmp_path / "hub", private, "xnat", staging=staging)
+    try:
+        h.login("alice", "alice-demo")
+        private.stop()
+        r = h.api("POST", "/users/alice/servers/", json={"profile": "local-small", "projects": ["NEURO_MRI"]})
+        assert r.status_code == 503, r.text
+        assert "XNAT" in r.json()["message"] and "not reachable" in r.json()["message"].lower() \
+            or "did not answer" in r.json()["message"]
+    finally:
+        h.stop()
