@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 from hub_ext.profiles import Profile, ProfileConfig, profile_allows_projects, visible_profiles
 from xnat_bridge.errors import InvalidRequest, NotFound, PermissionDenied

@@ -8,8 +8,8 @@ in ``<fieldset>``\\ s with a ``<legend>``. JupyterHub puts it inside its own
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from html import escape
-from typing import Iterable, Mapping
 
 from hub_ext.profiles import Profile, format_memory, format_walltime
 

@@ -236,8 +236,8 @@ class XnatScopedSpawner(LoggingConfigurable):
                       plan.scope.to_json())
         self._progress(20, f"Permissions checked: {', '.join(f'{p} ({r})' for p, r in plan.roles.items())}"
                            f"; profile {plan.profile.display_name}")
-        self.apply_plan(plan)
         try:
+            self.apply_plan(plan)
             return await super().start()
         except XnatHpcError as exc:
             raise spawn_error(exc) from None

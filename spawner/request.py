@@ -29,7 +29,8 @@ may read what they asked for is decided by XNAT at start (:mod:`spawner.mixin`).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from xnat_bridge.errors import InvalidRequest
 from xnat_bridge.scope import Scope, check_id

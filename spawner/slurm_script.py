@@ -20,7 +20,7 @@ from .plan import SpawnPlan
 
 _SBATCH_VALUE = re.compile(r"^[A-Za-z0-9_.:,=+@/-]{1,200}$")
 #: environment names that may carry a secret; they never go to sbatch
-SECRET_NAME = re.compile(r"(TOKEN|SECRET|PASS|KEY|CRYPT)", re.I)
+SECRET_NAME = re.compile(r"(TOKEN|SECRET|PASS|KEY|CRYPT)", re.IGNORECASE)
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 
 

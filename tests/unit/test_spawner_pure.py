@@ -1,0 +1,218 @@
+"""The spawners' pure builders: request parsing, form, decisions, bwrap arguments,
+the sbatch script and the bootstrap registry — no hub, no XNAT, no Slurm."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from hub_ext.bootstrap import BootstrapRegistry, NotBoundYet
+from hub_ext.profiles import load_profiles
+from spawner.decide import Session, XnatFacts, check_readable, choose_profile, scope_mounts, server_env
+from spawner.form import render_form
+from spawner.plan import DATA_MOUNT, ScopeMount, SpawnPlan
+from spawner.request import parse_form, parse_request
+from spawner.sandbox import SandboxSpec, bwrap_args
+from spawner.slurm_script import SlurmSettings, batch_script, split_env
+from xnat_bridge.errors import InvalidRequest, NotFound, PermissionDenied
+from xnat_bridge.scope import Scope
+
+CONFIG = load_profiles("""
+profiles:
+  - slug: small
+    backend: local
+    default: true
+  - slug: owners
+    backend: slurm
+    resources: {cpus: 4, memory: 8G, walltime: "2:00:00", partition: interactive, gpus: 1}
+    allow: {roles: [Owner]}
+  - slug: jupyter-role
+    backend: local
+    allow: {site_roles: [Jupyter]}
+xnat_hardware:
+  2: owners
+""")
+
+ALICE = XnatFacts("alice", {"NEURO_MRI": "Owner", "SLEEP_EEG": "Member"}, ("Jupyter",),
+                  {"SLEEP_EEG": (Session("E1", "EEG_S001_01", "S1", "SLEEP_EEG_S001"),
+                                 Session("E2", "EEG_S002_01", "S2", "SLEEP_EEG_S002"))})
+BOB = XnatFacts("bob", {"NEURO_MRI": "Collaborator"})
+
+
+# -- requests ---------------------------------------------------------------
+def test_form_data_becomes_rest_options():
+    assert parse_form({"profile": ["small"], "project": ["NEURO_MRI", "SLEEP_EEG"], "_xsrf": ["x"]}) == \
+        {"profile": "small", "projects": ["NEURO_MRI", "SLEEP_EEG"]}
+
+
+@pytest.mark.parametrize("form, words", [
+    ({"profile": ["small"], "project": ["../x"]}, "not a valid XNAT identifier"),
+    ({"profile": ["small"], "image": ["evil"]}, "unexpected form fields: image"),
+    ({"profile": ["x" * 41]}, "too long"),
+])
+def test_bad_form_data_is_refused(form, words):
+    with pytest.raises(InvalidRequest, match=words):
+        parse_form(form)
+
+
+def test_rest_request_shapes():
+    r = parse_request({"profile": "small", "projects": {"SLEEP_EEG": {"subjects": ["S1"]}}})
+    assert r.profile == "small" and r.source == "rest" and r.projects == ["SLEEP_EEG"]
+    assert r.scope.projects["SLEEP_EEG"].subjects == frozenset({"S1"})
+    with pytest.raises(InvalidRequest, match="no options given"):
+        parse_request({})
+    with pytest.raises(InvalidRequest, match="unknown options: cmd"):
+        parse_request({"projects": ["P"], "cmd": "sh"})
+    with pytest.raises(InvalidRequest, match="at most 50 projects"):
+        parse_request({"projects": [f"P{i}" for i in range(51)]})
+    with pytest.raises(InvalidRequest, match="must be text"):
+        parse_request({"projects": ["P"], "profile": {"a": 1}})
+
+
+def test_xnat_launch_requests_scope_to_the_item():
+    exp = parse_request({"xsiType": "xnat:mrSessionData", "itemId": "XNAT_E00001", "itemLabel": "MR_1",
+                         "projectId": "NEURO_MRI", "eventTrackingId": "123", "hardwareConfigId": 2})
+    assert exp.source == "xnat" and exp.hardware == "2" and exp.xnat_item.kind == "experiment"
+    assert json.loads(exp.scope.to_json()) == {"projects": {"NEURO_MRI": {"experiments": ["XNAT_E00001"]}}}
+    subj = parse_request({"xsiType": "xnat:subjectData", "itemId": "S1", "projectId": "P"})
+    assert subj.scope.projects["P"].subjects == frozenset({"S1"})
+    proj = parse_request({"xsiType": "xnat:projectData", "itemId": "P", "projectId": "P"})
+    assert proj.scope.projects["P"].whole
+    for bad, words in [({"xsiType": "xnat:projectData", "itemId": "Q", "projectId": "P"}, "must equal"),
+                       ({"xsiType": "xnat:mrScanData", "itemId": "1", "projectId": "P"}, "not supported"),
+                       ({"xsiType": "xnat:mrSessionData", "itemId": "E"}, "lacks projectId"),
+                       ({"xsiType": "<script>", "itemId": "E", "projectId": "P"}, "not an XNAT data type"),
+                       ({"xsiType": "xnat:mrSessionData", "itemId": "E", "projectId": "P", "x": 1}, "unknown")]:
+        with pytest.raises(InvalidRequest, match=words):
+            parse_request(bad)
+
+
+# -- decisions ----------------------------------------------------------------
+def test_profile_choice_follows_visibility_roles_and_hardware_map():
+    req = parse_request({"projects": ["NEURO_MRI"]})
+    assert choose_profile(CONFIG, req, ALICE).slug == "small"
+    assert choose_profile(CONFIG, parse_request({"profile": "owners", "projects": ["NEURO_MRI"]}), ALICE).slug \
+        == "owners"
+    with pytest.raises(PermissionDenied, match="needs role Owner in project 'SLEEP_EEG'"):
+        choose_profile(CONFIG, parse_request({"profile": "owners", "projects": ["SLEEP_EEG"]}), ALICE)
+    with pytest.raises(PermissionDenied, match="not available to you"):
+        choose_profile(CONFIG, parse_request({"profile": "jupyter-role", "projects": ["NEURO_MRI"]}), BOB)
+    launch = parse_request({"xsiType": "xnat:projectData", "itemId": "NEURO_MRI", "projectId": "NEURO_MRI",
+                            "hardwareConfigId": "2"})
+    assert choose_profile(CONFIG, launch, ALICE).slug == "owners"
+    unmapped = parse_request({"xsiType": "xnat:projectData", "itemId": "NEURO_MRI", "projectId": "NEURO_MRI",
+                              "hardwareConfigId": "9"})
+    with pytest.raises(InvalidRequest, match="not mapped"):
+        choose_profile(CONFIG, unmapped, ALICE)
+    with pytest.raises(PermissionDenied):
+        choose_profile(CONFIG, req, ALICE, backends=["kubernetes"])
+
+
+def test_unreadable_projects_are_refused_by_name():
+    assert check_readable(Scope.of(["NEURO_MRI"]), ALICE.project_roles) == {"NEURO_MRI": "Owner"}
+    with pytest.raises(PermissionDenied, match="CARDIO_ECG"):
+        check_readable(Scope.of(["NEURO_MRI", "CARDIO_ECG"]), ALICE.project_roles)
+
+
+def test_mounts_cover_whole_projects_or_the_selected_sessions():
+    scope = Scope.of({"NEURO_MRI": {}, "SLEEP_EEG": {"subjects": ["SLEEP_EEG_S002"]}})
+    assert scope_mounts(scope, ALICE.sessions) == (
+        ScopeMount("NEURO_MRI", "NEURO_MRI", f"{DATA_MOUNT}/NEURO_MRI"),
+        ScopeMount("SLEEP_EEG", "SLEEP_EEG/arc001/EEG_S002_01", f"{DATA_MOUNT}/SLEEP_EEG/arc001/EEG_S002_01"))
+    by_label = Scope.of({"SLEEP_EEG": {"experiments": ["EEG_S001_01"]}})
+    assert [m.source for m in scope_mounts(by_label, ALICE.sessions)] == ["SLEEP_EEG/arc001/EEG_S001_01"]
+    with pytest.raises(NotFound, match="matches no experiment"):
+        scope_mounts(Scope.of({"SLEEP_EEG": {"experiments": ["NOPE"]}}), ALICE.sessions)
+
+
+def test_environment_follows_the_xnat_convention_and_keeps_the_secret_out():
+    req = parse_request({"xsiType": "xnat:subjectData", "itemId": "S1", "projectId": "P"})
+    env = server_env(xnat_url="http://x", alias="uuid-alias", scope=req.scope, profile=CONFIG.profiles[0],
+                     offload={"partition": "secure"}, with_data=True, request=req)
+    assert env["XNAT_HOST"] == "http://x" and env["XNAT_USER"] == "uuid-alias"
+    assert env["XNAT_DATA"] == DATA_MOUNT and env["XNAT_ITEM_ID"] == "S1"
+    assert "XNAT_PASS" not in env
+
+
+# -- form -------------------------------------------------------------------------
+def test_form_lists_profiles_and_projects_escaped_and_labelled():
+    html = render_form(CONFIG.profiles[:2], {"NEURO_MRI": "Owner", "X<y": "Member"},
+                       selected_projects=["NEURO_MRI"], project_names={"NEURO_MRI": 'Neuro "MRI"'})
+    assert 'value="small" checked' in html and 'value="owners"' in html
+    assert 'value="NEURO_MRI" checked' in html and "Neuro &quot;MRI&quot;" in html
+    assert "X&lt;y" in html and "X<y" not in html
+    for input_id in re.findall(r'<input [^>]*id="([^"]+)"', html):
+        assert f'<label for="{input_id}">' in html
+    assert "<legend>Server profile</legend>" in html
+    assert "4 CPUs, 8G, 1 GPU, up to 2:00:00, partition interactive" in html
+    assert "No server profile is available" in render_form([], {"P": "Owner"})
+    assert "cannot read any XNAT project" in render_form(CONFIG.profiles, {})
+
+
+# -- sandbox and batch script --------------------------------------------------------
+def _plan(mounts=(), server="", profile=0) -> SpawnPlan:
+    return SpawnPlan("alice", server, CONFIG.profiles[profile], Scope.of(["NEURO_MRI"]), {"NEURO_MRI": "Owner"},
+                     tuple(mounts), {"XNAT_HOST": "http://x"}, {"XNAT_PASS": "s3cret"})
+
+
+def test_bwrap_binds_only_the_scope_read_only():
+    plan = _plan([ScopeMount("NEURO_MRI", "NEURO_MRI/arc001/MR_1", f"{DATA_MOUNT}/NEURO_MRI/arc001/MR_1")])
+    args = bwrap_args(plan, SandboxSpec("/srv/archive", "/home/alice", ("/opt/venv",), ("/srv/staging",)))
+    joined = " ".join(args)
+    assert "--ro-bind /srv/archive/NEURO_MRI/arc001/MR_1 /xnat/data/NEURO_MRI/arc001/MR_1" in joined
+    assert "/srv/archive " not in joined + " "  # the archive root is never bound
+    assert "--bind /home/alice /home/alice" in joined and "--die-with-parent" in args
+    assert args[-1] == "--" and "s3cret" not in joined
+    for bad in (ScopeMount("P", "../etc", f"{DATA_MOUNT}/../etc"), ScopeMount("P", "/etc", "/etc")):
+        with pytest.raises(InvalidRequest):
+            bwrap_args(_plan([bad]), SandboxSpec("/srv/archive", "/home/alice"))
+    with pytest.raises(InvalidRequest, match="may not be bound"):
+        bwrap_args(plan, SandboxSpec("/srv/archive", "/home/alice", ("/",)))
+
+
+def test_batch_script_has_profile_resources_and_no_secret():
+    settings = SlurmSettings(("/opt/venv/bin/python", "-m", "xnat_bridge.launch"),
+                             ("/opt/venv/bin/jupyterhub-singleuser", "--debug"), "/home/alice")
+    public, secret = split_env({"XNAT_HOST": "h", "XNAT_PASS": "s3cret", "JUPYTERHUB_API_TOKEN": "t0k",
+                                "JPY_API_TOKEN": "t0k", "PATH": "/usr/bin", "XNAT_HPC_SCOPE": "{}"})
+    assert set(secret) == {"XNAT_PASS", "JUPYTERHUB_API_TOKEN", "JPY_API_TOKEN"}
+    script = batch_script(_plan(server="neuro", profile=1), settings, list(public))
+    assert "#SBATCH --cpus-per-task=4" in script and "#SBATCH --mem=8G" in script
+    assert "#SBATCH --time=2:00:00" in script and "#SBATCH --gres=gpu:1" in script
+    assert "#SBATCH --partition=interactive" in script
+    assert "#SBATCH --export=PATH,XNAT_HOST,XNAT_HPC_SCOPE" in script
+    assert "#SBATCH --job-name=jupyter-alice-neuro" in script
+    assert "exec /opt/venv/bin/python -m xnat_bridge.launch -- /opt/venv/bin/jupyterhub-singleuser --debug" \
+        in script
+    assert "s3cret" not in script and "t0k" not in script
+    with pytest.raises(InvalidRequest, match="may not be exported"):
+        batch_script(_plan(), settings, ["XNAT_PASS"])
+    with pytest.raises(InvalidRequest, match="characters sbatch"):
+        batch_script(_plan(server="x\n#SBATCH --uid=0"), settings, [])
+
+
+# -- bootstrap codes -------------------------------------------------------------------
+def test_bootstrap_code_is_one_time_and_bound_to_the_job():
+    clock = [0.0]
+    reg = BootstrapRegistry(clock=lambda: clock[0])
+    owner = object()
+    code = reg.issue(owner, {"XNAT_PASS": "s"}, ttl=60)
+    with pytest.raises(NotBoundYet):
+        reg.claim(code, "7")
+    reg.bind(code, "7")
+    assert reg.claim(code, "7") == (owner, {"XNAT_PASS": "s"})
+    with pytest.raises(PermissionError, match="already used"):
+        reg.claim(code, "7")
+    wrong = reg.issue(owner, {}, ttl=60)
+    reg.bind(wrong, "8")
+    with pytest.raises(PermissionError, match="issued for Slurm job 8"):
+        reg.claim(wrong, "9")
+    with pytest.raises(PermissionError):  # a wrong claim spends the code
+        reg.claim(wrong, "8")
+    late = reg.issue(owner, {}, ttl=60)
+    reg.bind(late, "10")
+    clock[0] = 61
+    with pytest.raises(PermissionError, match="expired"):
+        reg.claim(late, "10")
