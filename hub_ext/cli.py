@@ -4,6 +4,7 @@
     xnat-hpc-hub devxnat --data DIR ...      the XNAT development server
     xnat-hpc-hub check-config FILE...        validate admin profiles YAML (exit 1 on problems)
     xnat-hpc-hub slurm up|down|status        the single-node development Slurm
+    xnat-hpc-hub jobs list|show ID|cancel ID offloaded training jobs of a workspace
 """
 
 from __future__ import annotations
@@ -48,6 +49,12 @@ def _check_config(args: argparse.Namespace) -> int:
     return check_config_main([str(f) for f in args.files])
 
 
+def _jobs(args: argparse.Namespace) -> int:
+    from xnat_bridge.offload.cli import jobs_main
+
+    return jobs_main(args.action, args.job_id, args.workspace)
+
+
 def _demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -86,7 +93,14 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("files", nargs="+", type=Path, metavar="FILE")
     c.set_defaults(func=_check_config)
 
-    m = sub.add_parser("demo", help="start devxnat with the demo archive and the local Slurm")
+    j = sub.add_parser("jobs", help="offloaded training jobs: list | show ID | cancel ID")
+    j.add_argument("action", choices=["list", "show", "cancel"])
+    j.add_argument("job_id", nargs="?", help="job id (j + 12 hex digits) for show and cancel")
+    j.add_argument("--workspace", type=Path, default=None,
+                   help="the researcher's workspace (default $XNAT_HPC_WORKSPACE or ~/xnat-hpc)")
+    j.set_defaults(func=_jobs)
+
+    m = sub.add_parser("demo", help="start devxnat (demo archive), the local Slurm and JupyterHub")
     m.add_argument(
         "--run-dir",
         type=Path,
@@ -100,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"run directory of the development Slurm (default {slurmdev.DEFAULT_RUN_DIR})",
     )
     m.add_argument("--xnat-port", type=int, default=8080, help="devxnat port (default 8080)")
+    m.add_argument("--hub-port", type=int, default=8000, help="JupyterHub port (default 8000)")
     m.add_argument("--demo-size", default="30MB", help="size of the synthetic archive (default 30MB)")
     m.add_argument(
         "--exit-when-ready",

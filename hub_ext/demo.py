@@ -1,14 +1,22 @@
 """``xnat-hpc-hub demo``: the whole stack on embedded defaults, on 127.0.0.1.
 
-Starts the XNAT development server with its synthetic demo archive and the
-single-node development Slurm, prints what runs and how to reach it, and stops
-what it started on Ctrl-C (Slurm is left running if it was already up).
+Starts the XNAT development server with its synthetic demo archive, the
+single-node development Slurm and JupyterHub (configurable-http-proxy, the
+``xnat`` authenticator, the ``xnat`` profiles spawner with a local and two Slurm
+profiles from ``config/demo/profiles.yaml``), prints what runs and how to reach
+it, and stops what it started on Ctrl-C (Slurm is left running if it was
+already up). It creates Unix accounts for the demo users (``useradd``) when
+they are missing: the local and Slurm backends run each server as its user.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import secrets
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -18,6 +26,11 @@ from pathlib import Path
 from xnat_bridge.errors import XnatHpcError
 
 from . import slurmdev
+from .accounts import ensure_accounts
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "config"
+DEMO_PROFILES = CONFIG_DIR / "demo" / "profiles.yaml"
+STAGING_DIR = Path("/var/lib/xnat-hpc-hub/staging")
 
 DEMO_USERS = (
     ("admin", "site administrator (sees every project)"),
@@ -64,11 +77,103 @@ def start_devxnat(
     return proc, url_box[0]
 
 
-def summary(xnat_url: str, slurm_text: str, run_dir: Path, slurm_dir: Path) -> str:
+def hub_config(*, xnat_url: str, hub_dir: Path, port: int, proxy_api_port: int, hub_port: int,
+               profiles: Path, archive: Path, audit_log: Path) -> str:
+    """The demo's ``jupyterhub_config.py`` (pure; config/jupyterhub_config.py is the site example)."""
+    return f'''# written by `xnat-hpc-hub demo`; see config/jupyterhub_config.py for a site configuration
+c = get_config()  # noqa
+c.JupyterHub.ip = "127.0.0.1"
+c.JupyterHub.port = {port}
+c.JupyterHub.hub_ip = "127.0.0.1"
+c.JupyterHub.hub_port = {hub_port}
+c.ConfigurableHTTPProxy.api_url = "http://127.0.0.1:{proxy_api_port}"
+c.JupyterHub.db_url = "sqlite:///{hub_dir}/jupyterhub.sqlite"
+c.JupyterHub.cookie_secret_file = "{hub_dir}/cookie_secret"
+c.JupyterHub.pid_file = "{hub_dir}/jupyterhub.pid"
+c.JupyterHub.cleanup_servers = True
+c.JupyterHub.authenticator_class = "xnat"
+c.XnatAuthenticator.xnat_url = "{xnat_url}"
+c.JupyterHub.spawner_class = "xnat"
+c.JupyterHub.allow_named_servers = True
+c.XnatScopedSpawner.profiles_file = "{profiles}"
+c.XnatScopedSpawner.xnat_data_root = "{archive}"
+c.XnatScopedSpawner.audit_log = "{audit_log}"
+c.XnatSlurmSpawner.server_host = "127.0.0.1"
+c.Spawner.default_url = "/lab"
+c.Spawner.start_timeout = 120
+c.Spawner.http_timeout = 90
+'''
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wait_http(url: str, proc: subprocess.Popen, timeout: float, what: str, log_path: Path) -> None:
+    import urllib.error
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise XnatHpcError(f"{what} exited with code {proc.returncode}; see {log_path}")
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except (urllib.error.URLError, OSError):
+            time.sleep(0.3)
+    raise XnatHpcError(f"{what} did not answer within {timeout:.0f} s; see {log_path}")
+
+
+def prepare_shared_dirs(archive: Path, traverse: tuple[Path, ...] = (), staging: Path = STAGING_DIR) -> None:
+    """The archive readable by the demo users' accounts (as a site's XNAT mount: the local
+    backend binds the scope's folders of it into each sandbox), the directories above it
+    traversable, and the staging area (1777 + sticky: each user gets a 0700 directory in it)."""
+    for root, _dirs, files in os.walk(archive):
+        os.chmod(root, 0o755)
+        for name in files:
+            os.chmod(os.path.join(root, name), 0o644)
+    for directory in traverse:
+        os.chmod(directory, os.stat(directory).st_mode | 0o011)
+    staging.mkdir(parents=True, exist_ok=True)
+    os.chmod(staging, 0o1777)
+
+
+def start_hub(run_dir: Path, xnat_url: str, archive: Path, port: int) -> tuple[subprocess.Popen, str]:
+    """JupyterHub + configurable-http-proxy with the demo profiles; (process, URL) once it answers."""
+    hub_dir = run_dir / "hub"
+    hub_dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(hub_dir, 0o700)
+    config = hub_dir / "jupyterhub_config.py"
+    config.write_text(hub_config(xnat_url=xnat_url, hub_dir=hub_dir, port=port, proxy_api_port=_free_port(),
+                                 hub_port=_free_port(), profiles=DEMO_PROFILES, archive=archive,
+                                 audit_log=run_dir / "audit.jsonl"))
+    if not shutil.which("configurable-http-proxy"):
+        raise XnatHpcError("configurable-http-proxy is not installed; run `make demo` (it installs it)")
+    env = {**os.environ, "JUPYTERHUB_CRYPT_KEY": secrets.token_hex(32),
+           "CONFIGPROXY_AUTH_TOKEN": secrets.token_hex(16),
+           "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"}
+    log_path = run_dir / "jupyterhub.log"
+    with open(log_path, "ab") as log_f:
+        proc = subprocess.Popen([str(Path(sys.executable).parent / "jupyterhub"), "-f", str(config)],
+                                cwd=hub_dir, stdout=log_f, stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}"
+    _wait_http(f"{url}/hub/api", proc, 90, "JupyterHub", log_path)
+    return proc, url
+
+
+def summary(xnat_url: str, slurm_text: str, run_dir: Path, slurm_dir: Path, hub_url: str = "") -> str:
     users = "\n".join(f"    {u:<6} password {u}-demo   {what}" for u, what in DEMO_USERS)
+    hub = (f"""
+  JupyterHub                {hub_url}/hub/login
+    log in as alice / alice-demo, pick a profile and projects, start; JupyterLab's XNAT
+    panel browses the scope, "Train on secure HPC..." submits examples/train_example.py
+""" if hub_url else "")
     return f"""
 xnat-hpc-hub demo is running (everything on 127.0.0.1; run directory {run_dir})
-
+{hub}
   XNAT development server   {xnat_url}
     try: curl -u alice:alice-demo {xnat_url}/data/projects?format=json
     Python: xnat.connect("{xnat_url}", user="alice", password="alice-demo")
@@ -78,7 +183,7 @@ xnat-hpc-hub demo is running (everything on 127.0.0.1; run directory {run_dir})
 {slurm_text}
     try: sbatch -p secure --wrap 'hostname'; squeue
 
-Logs: {run_dir}/devxnat.log, {slurm_dir}/log/
+Logs: {run_dir}/devxnat.log, {run_dir}/jupyterhub.log, {slurm_dir}/log/; audit: {run_dir}/audit.jsonl
 Press Ctrl-C to stop.
 """
 
@@ -95,28 +200,38 @@ def run_demo(args: argparse.Namespace) -> int:
     xnat_proc, xnat_url = start_devxnat(
         run_dir / "xnat", args.xnat_port, args.demo_size, run_dir / "devxnat.log"
     )
+    hub_proc = None
     try:
+        created = ensure_accounts([u for u, _ in DEMO_USERS if u != "admin"])
+        if created:
+            print(f"created Unix accounts for the demo users: {', '.join(created)}", flush=True)
+        archive = run_dir / "xnat" / "archive"
+        prepare_shared_dirs(archive, (run_dir, run_dir / "xnat"))
+        print("starting JupyterHub ...", flush=True)
+        hub_proc, hub_url = start_hub(run_dir, xnat_url, archive, args.hub_port)
         text = slurmdev.format_status(statuses, slurm.cfg.run_dir)
-        print(summary(xnat_url, text, run_dir, slurm.cfg.run_dir),
-              flush=True)
+        print(summary(xnat_url, text, run_dir, slurm.cfg.run_dir, hub_url), flush=True)
         if not args.exit_when_ready:
             stop = threading.Event()
             signal.signal(signal.SIGTERM, lambda *_: stop.set())
             try:
                 while not stop.wait(1):
-                    if xnat_proc.poll() is not None:
-                        print(f"devxnat exited (code {xnat_proc.returncode}); stopping",
-                              file=sys.stderr)
-                        return 1
+                    for name, proc in (("devxnat", xnat_proc), ("JupyterHub", hub_proc)):
+                        if proc.poll() is not None:
+                            print(f"{name} exited (code {proc.returncode}); stopping", file=sys.stderr)
+                            return 1
             except KeyboardInterrupt:
                 pass
     finally:
         print("stopping ...", flush=True)
-        xnat_proc.terminate()
-        try:
-            xnat_proc.wait(10)
-        except subprocess.TimeoutExpired:
-            xnat_proc.kill()
+        for proc in (hub_proc, xnat_proc):
+            if proc is None:
+                continue
+            proc.terminate()
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
         if not slurm_was_up:
             slurm.down(stop_munge=False)
     return 0

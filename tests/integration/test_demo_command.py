@@ -1,5 +1,5 @@
-"""`xnat-hpc-hub demo` brings up devxnat with the demo archive and the local
-Slurm, prints how to reach them, and stops what it started."""
+"""`xnat-hpc-hub demo` brings up devxnat with the demo archive, the local Slurm
+and JupyterHub, prints how to reach them, and stops what it started."""
 
 import subprocess
 import sys
@@ -21,11 +21,11 @@ def free_port() -> int:
 
 
 def test_demo_starts_prints_and_stops(slurm, tmp_path):
-    port = free_port()
+    port, hub_port = free_port(), free_port()
     proc = subprocess.run(
         [sys.executable, "-m", "hub_ext.cli", "demo", "--exit-when-ready",
          "--run-dir", str(tmp_path / "demo"), "--slurm-run-dir", str(RUN_DIR),
-         "--xnat-port", str(port), "--demo-size", "5MB"],
+         "--xnat-port", str(port), "--hub-port", str(hub_port), "--demo-size", "5MB"],
         capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -34,6 +34,12 @@ def test_demo_starts_prints_and_stops(slurm, tmp_path):
     for user in ("admin", "alice", "bob", "carol", "dave"):
         assert f"{user:<6} password {user}-demo" in out
     assert "secure" in out and "interactive*" in out
+    # the hub answered before the summary was printed, and is gone again
+    assert f"http://127.0.0.1:{hub_port}/hub/login" in out
+    with pytest.raises(requests.ConnectionError):
+        requests.get(f"http://127.0.0.1:{hub_port}/hub/api", timeout=2)
+    config = (tmp_path / "demo" / "hub" / "jupyterhub_config.py").read_text()
+    assert 'c.JupyterHub.authenticator_class = "xnat"' in config and 'spawner_class = "xnat"' in config
     # it stopped devxnat again, and left the already-running Slurm alone
     with pytest.raises(requests.ConnectionError):
         requests.get(f"http://127.0.0.1:{port}/xapi/siteConfig/buildInfo", timeout=2)

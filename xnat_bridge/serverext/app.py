@@ -1,0 +1,148 @@
+"""The jupyter-server extension ``xnat_hpc``: REST API under ``{base_url}xnat-hpc/api/``.
+
+Enabled for every server by the wheel's
+``etc/jupyter/jupyter_server_config.d/xnat_hpc_hub.json``. Its plugin points
+are traits (``c.XnatHpcExtension.…`` in ``jupyter_server_config.py``):
+
+* ``connection_factory`` — builds the user's XNAT
+  :class:`~xnat_bridge.connection.Connection` (default :func:`xnat_bridge.connect`,
+  from ``XNAT_HOST``/``XNAT_USER``/``XNAT_PASS``/``XNAT_HPC_SCOPE``);
+* ``manager_class`` — the offload manager (default
+  :class:`xnat_bridge.offload.manager.OffloadManager`);
+* ``workspace`` — datasets, jobs, audit log (default ``XNAT_HPC_WORKSPACE`` or
+  ``~/xnat-hpc``).
+
+Nothing connects to XNAT at start-up: a server without XNAT settings starts
+and its endpoints answer 503. While offload jobs run, the extension marks the
+server active every ``activity_interval`` seconds (``last_activity_times``),
+so JupyterHub's idle culler does not stop the server that hosts their dask
+scheduler.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+from jupyter_server.extension.application import ExtensionApp
+from jupyter_server.utils import import_item
+from traitlets import Any, Float, TraitError, Type, Unicode, default, validate
+
+from .handlers import url_handlers
+from .state import ServerState
+
+ACTIVITY_KEY = "xnat_hpc_jobs"
+
+
+def _default_connect(**kwargs):
+    from .. import connect
+
+    return connect(**kwargs)
+
+
+class XnatHpcExtension(ExtensionApp):
+    """REST API for browsing XNAT, datasets and offload jobs (see ``openapi.yaml``)."""
+
+    name = "xnat_hpc"
+    load_other_extensions = True
+
+    connection_factory = Any(
+        help="""Callable (or its dotted import name) that returns the user's
+        xnat_bridge Connection; called as factory(workspace=PATH). Default:
+        xnat_bridge.connect, which reads XNAT_HOST, XNAT_USER, XNAT_PASS (an alias
+        token on the hub) and XNAT_HPC_SCOPE from the environment. Example:
+        c.XnatHpcExtension.connection_factory = "mysite.xnat.connect_with_proxy".
+        It is called on the first request that needs XNAT, never at start-up.""",
+    ).tag(config=True)
+
+    manager_class = Type(
+        default_value=None,
+        allow_none=True,
+        klass=object,
+        help="""Offload manager class (or its dotted import name), instantiated once per
+        server on the first job request as manager_class(connection, workspace=PATH,
+        policy=OffloadPolicy). None (the default) means
+        xnat_bridge.offload.manager.OffloadManager, imported only then, so the server
+        starts even where the offload layer cannot be imported.
+        It owns the dask scheduler of the user's jobs, so the server stays alive
+        (and reports activity to the hub) while they run.""",
+    ).tag(config=True)
+
+    workspace = Unicode(
+        help="""Directory for the user's datasets (manifests), job registry, job logs
+        and results, and audit log. Default: $XNAT_HPC_WORKSPACE, else ~/xnat-hpc.
+        Created 0700 on first use; keep it on the user's private storage.""",
+    ).tag(config=True)
+
+    activity_interval = Float(
+        60.0,
+        help="""Seconds between activity reports while offload jobs are running
+        (ServerApp last_activity_times['xnat_hpc_jobs']), so the hub's idle
+        culler keeps the server (and the jobs' dask scheduler) alive. Keep it
+        well below the culler's timeout (default 3600 s).""",
+    ).tag(config=True)
+
+    @default("connection_factory")
+    def _default_connection_factory(self):
+        return _default_connect
+
+    @validate("connection_factory")
+    def _validate_connection_factory(self, proposal):
+        value = proposal["value"]
+        if isinstance(value, str):
+            value = import_item(value)
+        if not callable(value):
+            raise TraitError(f"connection_factory must be callable, got {value!r}")
+        return value
+
+    @default("workspace")
+    def _default_workspace(self):
+        return os.environ.get("XNAT_HPC_WORKSPACE") or str(Path.home() / "xnat-hpc")
+
+    # -- set-up -----------------------------------------------------------------
+    def initialize_settings(self):
+        self.state = ServerState(self.connection_factory, self.manager_class,
+                                 Path(self.workspace).expanduser(), self.serverapp.root_dir,
+                                 needs_env=self.connection_factory is _default_connect)
+        self.submit_lock = asyncio.Lock()
+        self._activity_task: asyncio.Task | None = None
+        self.log.info("xnat-hpc: REST API at %sxnat-hpc/api/ (workspace %s)",
+                      self.serverapp.base_url, self.state.workspace)
+
+    def initialize_handlers(self):
+        self.handlers.extend(url_handlers())
+
+    async def _start_jupyter_server_extension(self, serverapp):
+        self.ensure_activity_reporter()
+
+    # -- activity for the hub's culler -----------------------------------------
+    def ensure_activity_reporter(self) -> None:
+        """Start the activity loop once (must be called on the event loop)."""
+        if self._activity_task is None or self._activity_task.done():
+            self._activity_task = asyncio.get_running_loop().create_task(self._report_activity())
+
+    async def _report_activity(self):
+        while True:
+            await self.report_activity_once()
+            await asyncio.sleep(self.activity_interval)
+
+    async def report_activity_once(self) -> bool:
+        """Mark the server active when offload jobs are not finished; returns whether it did."""
+        if not self.state.has_manager():
+            return False
+        try:
+            active = await asyncio.get_running_loop().run_in_executor(None, self.state.active)
+        except Exception:
+            self.log.exception("xnat-hpc: could not ask the offload manager for active jobs")
+            return False
+        if active:
+            from jupyter_server._tz import utcnow
+
+            self.serverapp.web_app.settings["last_activity_times"][ACTIVITY_KEY] = utcnow()
+        return active
+
+    async def stop_extension(self):
+        if self._activity_task is not None:
+            self._activity_task.cancel()
+        await asyncio.get_running_loop().run_in_executor(None, self.state.close)

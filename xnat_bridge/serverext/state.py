@@ -1,0 +1,117 @@
+"""The extension's long-lived objects, created lazily and shared by all handlers.
+
+A notebook server without XNAT settings must still start, so nothing here
+touches XNAT before the first request that needs it: :meth:`ServerState.connection`
+builds the :class:`~xnat_bridge.connection.Connection` on first use (and again
+after a failure, e.g. XNAT was down), :meth:`ServerState.manager` the offload
+manager on top of it. Both are blocking and are called from a worker thread by
+the handlers (see :meth:`handlers.XnatHpcHandler.blocking`).
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import os
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+from ..datasets import DatasetStore
+from ..errors import XnatUnavailable
+
+log = logging.getLogger(__name__)
+
+NOT_CONFIGURED = "XNAT is not configured for this server: XNAT_HOST is not set"
+
+
+class ServerState:
+    """Lazily created Connection, OffloadManager and policy for one server process.
+
+    *connection_factory* is called as ``factory(workspace=...)`` and returns a
+    Connection; *manager_class* is called as ``manager_class(connection,
+    workspace=..., policy=...)`` (plus ``root_dir=`` when it accepts one: the
+    directory client script paths are relative to). *needs_env* says whether the factory reads
+    ``XNAT_HOST`` (the default :func:`xnat_bridge.connect` does): then a missing
+    ``XNAT_HOST`` is reported as 503 without trying.
+    """
+
+    def __init__(self, connection_factory: Callable, manager_class, workspace: str | Path,
+                 root_dir: str | Path, *, needs_env: bool = True):
+        self.connection_factory = connection_factory
+        self.manager_class = manager_class
+        self.workspace = Path(workspace)
+        self.root_dir = Path(root_dir)
+        self.needs_env = needs_env
+        self._lock = threading.Lock()
+        self._connection = None
+        self._manager = None
+        self._policy = None
+
+    # -- objects ----------------------------------------------------------------
+    def connection(self):
+        """The user's Connection (created on first use; XnatUnavailable when not configured)."""
+        with self._lock:
+            if self._connection is None:
+                if self.needs_env and not os.environ.get("XNAT_HOST"):
+                    raise XnatUnavailable(NOT_CONFIGURED)
+                self._connection = self.connection_factory(workspace=self.workspace)
+                log.info("xnat-hpc: connected to %s as %s (workspace %s)",
+                         self._connection.client.host, self._connection.user, self.workspace)
+            return self._connection
+
+    def manager(self):
+        """The offload manager (created on first use, on top of :meth:`connection`)."""
+        conn = self.connection()
+        with self._lock:
+            if self._manager is None:
+                cls = self.manager_class
+                if cls is None:
+                    from ..offload.manager import OffloadManager as cls
+                kwargs = {"workspace": self.workspace, "policy": self._load_policy()}
+                if "root_dir" in inspect.signature(cls).parameters:
+                    kwargs["root_dir"] = self.root_dir  # scripts are relative to the root dir
+                self._manager = cls(conn, **kwargs)
+                log.info("xnat-hpc: offload manager ready for %s", conn.user)
+            return self._manager
+
+    def has_manager(self) -> bool:
+        return self._manager is not None
+
+    def _load_policy(self):
+        if self._policy is None:
+            from ..offload.policy import OffloadPolicy
+
+            self._policy = OffloadPolicy.from_env()
+        return self._policy
+
+    def policy(self):
+        """The admin's offload limits (``XNAT_HPC_OFFLOAD``); needs no XNAT."""
+        with self._lock:
+            if self._manager is not None and getattr(self._manager, "policy", None) is not None:
+                return self._manager.policy
+            return self._load_policy()
+
+    def datasets(self) -> DatasetStore:
+        """The dataset store of the workspace (reading and deleting needs no XNAT)."""
+        return DatasetStore(self.workspace / "datasets")
+
+    def active(self) -> bool:
+        """Whether the manager (if created) has jobs that are not finished."""
+        m = self._manager
+        return bool(m is not None and m.active())
+
+    def close(self) -> None:
+        with self._lock:
+            manager, conn = self._manager, self._connection
+            self._manager = self._connection = None
+        if manager is not None:
+            try:
+                manager.close()
+            except Exception:
+                log.exception("xnat-hpc: closing the offload manager failed")
+        if conn is not None:
+            try:
+                conn.close()
+            except Exception:
+                log.exception("xnat-hpc: closing the XNAT connection failed")
