@@ -22,8 +22,9 @@ import logging
 import secrets
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from jupyterhub.apihandlers import APIHandler, default_handlers
 from tornado import web

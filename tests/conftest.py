@@ -4,4 +4,6 @@
 pytest_plugins = [
     "tests.fixtures.devxnat",
     "tests.fixtures.slurm",
+    "tests.fixtures.offload",
+    "tests.fixtures.spawn",
 ]

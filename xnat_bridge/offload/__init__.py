@@ -1,0 +1,29 @@
+"""Secure HPC offload: a dataset and a training script to the secure Slurm partition.
+
+    job = xnat_bridge.submit("t1", script="train.py", cpus=2, mem="4G", walltime="1:00:00")
+
+Modules, one concern each:
+
+``policy``     admin limits (``XNAT_HPC_OFFLOAD``) and resource requests (pure)
+``registry``   job states and records in ``<workspace>/jobs.sqlite``
+``inputs``     checking the script and the dataset before anything is staged
+``bundles``    encrypted bundles of this process (identities in memory only)
+``jobscript``  the ``SLURMCluster`` options and job-script prologue (pure)
+``keyrelease`` releasing a dataset identity once, to the right Slurm job
+``worker``     the task that runs on the node (decrypt, run, encrypt, wipe)
+``runner``     one job's background thread (stage → submit → run → collect)
+``manager``    :class:`OffloadManager`, the server's offload service
+``api``        ``submit``/``jobs``/``Job`` for notebooks; ``cli`` for ``xnat-hpc-hub jobs``
+
+Workspace layout: ``jobs.sqlite``, ``jobs/<id>/log.txt`` (the script's live
+output), ``jobs/<id>/results/`` (decrypted results), ``jobs/<id>/provenance.json``;
+directories 0700, files 0600. See docs/security.md, section "Offload".
+"""
+
+from .api import Job, jobs, set_manager, submit
+from .manager import OffloadManager
+from .policy import OffloadPolicy, ResourceRequest
+from .registry import JobRecord, JobRegistry, JobState
+
+__all__ = ["Job", "JobRecord", "JobRegistry", "JobState", "OffloadManager", "OffloadPolicy",
+           "ResourceRequest", "jobs", "set_manager", "submit"]

@@ -1,0 +1,141 @@
+"""The ``SLURMCluster`` options of one offloaded job (a pure builder).
+
+:func:`cluster_options` turns a :class:`ClusterSpec` into the keyword
+arguments of ``dask_jobqueue.SLURMCluster``. What ends up in the job script
+(and so in slurmctld's state directory) is public: partition, resources, the
+worker command with the *paths* of the per-job TLS files, and a prologue that
+creates the job's node-local directory and wipes it on exit or termination.
+Never a key: the dataset identity travels later, over the TLS comm.
+
+``--export=NONE`` keeps the server's environment (which holds the user's XNAT
+alias token) out of ``sbatch``: slurmctld would store it with the job.
+
+Site settings read from the environment of the user's server:
+
+``XNAT_HPC_WORKER_PYTHON``  interpreter on the nodes (default ``/opt/xnat-hpc-hub/venv/bin/python``)
+``XNAT_HPC_SCHEDULER_HOST`` address the workers reach the scheduler on (default ``127.0.0.1``)
+``XNAT_HPC_WORKER_INTERFACE`` worker network interface (default ``lo`` for a loopback scheduler)
+``XNAT_HPC_NODE_TMPDIR``    node-local base directory (default ``$SLURM_TMPDIR``, ``$TMPDIR`` or ``/tmp``
+                            on the node)
+``XNAT_HPC_DEATH_TIMEOUT``  seconds a worker lives on without its scheduler (default 60)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import os
+import shlex
+import signal
+import sys
+import threading
+from collections.abc import Mapping
+
+from .policy import ResourceRequest, format_walltime
+
+DEFAULT_PYTHON = "/opt/xnat-hpc-hub/venv/bin/python"
+NODE_TMP_DEFAULT = "${SLURM_TMPDIR:-${TMPDIR:-/tmp}}"
+JOB_DIR_VAR = "XNAT_HPC_JOB_DIR"
+
+
+@dataclasses.dataclass(frozen=True)
+class ClusterSpec:
+    job_id: str
+    request: ResourceRequest
+    exclusive: bool
+    shared_temp_directory: str
+    log_directory: str
+    python: str = DEFAULT_PYTHON
+    scheduler_host: str = "127.0.0.1"
+    worker_interface: str | None = "lo"
+    node_tmpdir: str = NODE_TMP_DEFAULT
+    death_timeout: int = 60
+
+    @classmethod
+    def from_env(cls, job_id: str, request: ResourceRequest, exclusive: bool, shared_temp_directory: str,
+                 log_directory: str, environ: Mapping[str, str] = os.environ) -> ClusterSpec:
+        host = environ.get("XNAT_HPC_SCHEDULER_HOST", "").strip() or "127.0.0.1"
+        iface = environ.get("XNAT_HPC_WORKER_INTERFACE", "").strip() or (
+            "lo" if host.startswith("127.") else None)
+        return cls(job_id, request, exclusive, shared_temp_directory, log_directory,
+                   python=environ.get("XNAT_HPC_WORKER_PYTHON", "").strip() or DEFAULT_PYTHON,
+                   scheduler_host=host, worker_interface=iface,
+                   node_tmpdir=environ.get("XNAT_HPC_NODE_TMPDIR", "").strip() or NODE_TMP_DEFAULT,
+                   death_timeout=int(environ.get("XNAT_HPC_DEATH_TIMEOUT", "").strip() or 60))
+
+
+_IMPORT_LOCK = threading.Lock()
+
+
+def load_slurm_cluster():
+    """``dask_jobqueue.SLURMCluster``, imported without its import-time side effect.
+
+    dask-jobqueue 0.9 installs ``SIGINT → sys.exit()`` when imported (its
+    ``runner`` module): that fails outside the main thread and would replace
+    the jupyter server's own Ctrl-C handling. The handler is not installed.
+    """
+    with _IMPORT_LOCK:
+        if "dask_jobqueue" not in sys.modules:
+            original = signal.signal
+
+            def keep_handlers(signum, handler):
+                return signal.getsignal(signum)
+
+            signal.signal = keep_handlers
+            try:
+                importlib.import_module("dask_jobqueue")
+            finally:
+                signal.signal = original
+    return sys.modules["dask_jobqueue"].SLURMCluster
+
+
+def node_job_dir(node_tmpdir: str) -> str:
+    """The shell expression of the job's node-local directory."""
+    base = node_tmpdir if node_tmpdir == NODE_TMP_DEFAULT else shlex.quote(node_tmpdir)
+    return f"{base}/xnat-hpc-slurm-$SLURM_JOB_ID"
+
+
+def prologue(spec: ClusterSpec) -> list[str]:
+    """Shell lines run before the worker: private umask, job dir, wipe traps."""
+    return [
+        "umask 077",
+        f'export {JOB_DIR_VAR}="{node_job_dir(spec.node_tmpdir)}"',
+        f'mkdir -p -m 700 "${JOB_DIR_VAR}"',
+        f"trap 'rm -rf -- \"${JOB_DIR_VAR}\"' EXIT",
+        f"trap 'rm -rf -- \"${JOB_DIR_VAR}\"; exit 143' TERM INT HUP",
+    ]
+
+
+def cluster_options(spec: ClusterSpec) -> dict:
+    """Keyword arguments for ``SLURMCluster`` (one worker process, TLS, loopback-safe)."""
+    r = spec.request
+    extra = ["--export=NONE"]
+    if spec.exclusive:
+        extra.append("--exclusive")
+    if r.account:
+        extra.append(f"--account={r.account}")
+    if r.qos:
+        extra.append(f"--qos={r.qos}")
+    if r.gpus:
+        extra.append(f"--gres=gpu:{r.gpus}")
+    opts = {
+        "queue": r.partition,
+        "cores": r.cpus,
+        "processes": 1,
+        "memory": f"{max(1, r.memory // 2**20)}MiB",
+        "walltime": format_walltime(r.walltime),
+        "job_name": f"xnat-hpc-{spec.job_id}",
+        "python": f"{spec.python} -m xnat_bridge.offload.nodeguard {spec.python}",
+        "security": True,
+        "shared_temp_directory": spec.shared_temp_directory,
+        "log_directory": spec.log_directory,
+        "scheduler_options": {"host": spec.scheduler_host, "dashboard": False,
+                              "dashboard_address": "127.0.0.1:0"},
+        "death_timeout": spec.death_timeout,
+        "job_extra_directives": extra,
+        "job_script_prologue": prologue(spec),
+        "nanny": False,
+    }
+    if spec.worker_interface:
+        opts["interface"] = spec.worker_interface
+    return opts

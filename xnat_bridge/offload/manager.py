@@ -1,0 +1,290 @@
+"""The user's server's offload service: :class:`OffloadManager`.
+
+One manager per server process and workspace. :meth:`OffloadManager.submit`
+validates everything synchronously (script, dataset, scope, XNAT access,
+resources, staging area) and returns a record in state STAGING; a background
+thread per job (:class:`~.runner.JobRun`) stages, submits, follows and
+collects. No call of the manager waits on Slurm or on the job, except
+:meth:`wait`: the jupyter-server extension can call ``list``/``get``/``logs``/
+``cancel``/``active`` from its handlers, and should call ``submit`` in an
+executor (it reads the script, the manifest and asks XNAT once).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import weakref
+from pathlib import Path
+
+from .. import audit as audit_mod
+from ..errors import Conflict, InvalidRequest, NotFound
+from ..staging import manifest_sha256, user_dir
+from .bundles import BundleCache
+from .inputs import check_dataset, resolve_script
+from .policy import OffloadPolicy, ResourceRequest
+from .registry import (
+    JobRecord,
+    JobRegistry,
+    JobState,
+    check_job_id,
+    new_job_id,
+    now_iso,
+)
+from .runner import JobRun, scancel
+
+log = logging.getLogger(__name__)
+
+_LIVE: weakref.WeakSet[OffloadManager] = weakref.WeakSet()
+_HOST = socket.gethostname()
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _private_dir(path: Path) -> Path:
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(path, 0o700)
+    return path
+
+
+class OffloadManager:
+    """Submit, follow, cancel and collect offloaded training jobs of one user."""
+
+    def __init__(self, connection=None, *, workspace: Path | None = None,
+                 policy: OffloadPolicy | None = None, sink: audit_mod.AuditSink | None = None,
+                 root_dir: Path | None = None):
+        self.connection = connection
+        if workspace is None:
+            if connection is None:
+                raise InvalidRequest("OffloadManager needs a connection or a workspace directory")
+            workspace = connection.workspace
+        self.workspace = _private_dir(Path(workspace))
+        self.root_dir = Path(root_dir or os.environ.get("XNAT_HPC_ROOT_DIR") or self.workspace)
+        self.policy = policy or OffloadPolicy.from_env()
+        self.sink = sink or (connection.sink if connection is not None
+                             else audit_mod.JsonLinesSink(self.workspace / "audit.jsonl"))
+        self.user = connection.user if connection is not None else (
+            os.environ.get("JUPYTERHUB_USER") or os.environ.get("USER") or "unknown")
+        self.registry = JobRegistry(self.workspace)
+        self.bundles = BundleCache(self.policy.staging_dir, self.user, self.audit)
+        self.owner = f"{_HOST}:{os.getpid()}:{os.urandom(6).hex()}"
+        self._runs: dict[str, JobRun] = {}
+        self._lock = threading.Lock()
+        self._closed = False
+        self._mark_lost()
+        _LIVE.add(self)
+
+    # -- plumbing ----------------------------------------------------------------
+    def audit(self, action: str, outcome: str = "allowed", **kw) -> None:
+        try:
+            self.sink.emit(audit_mod.make_event(self.user, action, outcome, **kw))
+        except Exception:
+            log.exception("audit event %s for %s could not be emitted", action, self.user)
+
+    @staticmethod
+    def items(manifest) -> list[str]:
+        return ["/".join(str(v) for v in item.values()) for item in manifest.selection]
+
+    def job_dir(self, job_id: str) -> Path:
+        return self.workspace / "jobs" / check_job_id(job_id)
+
+    def finished(self, run: JobRun) -> None:
+        with self._lock:
+            if self._runs.get(run.id) is run:
+                del self._runs[run.id]
+
+    def _owner_gone(self, owner: str) -> bool:
+        host, _, rest = owner.partition(":")
+        pid = rest.partition(":")[0]
+        if host != _HOST or not pid.isdigit():
+            return False  # another machine's server: not ours to judge
+        if int(pid) != os.getpid():
+            return not _pid_alive(int(pid))
+        return not any(m.owner == owner and not m._closed for m in list(_LIVE))
+
+    def _mark_lost(self) -> None:
+        for rec, owner in self.registry.active():
+            if not self._owner_gone(owner):
+                continue
+            if rec.slurm_job_id:
+                scancel(rec.slurm_job_id)
+                msg = (f"the server restarted while the job was {rec.state.value}; its Slurm job "
+                       f"{rec.slurm_job_id} was cancelled")
+            else:
+                msg = f"the server restarted while the job was {rec.state.value}; submit it again"
+            log.warning("job %s of %s: %s", rec.id, rec.user, msg)
+            self.registry.update(rec.id, state=JobState.LOST, message=msg)
+
+    # -- the contract --------------------------------------------------------------
+    def submit(self, dataset: str, script: str, *, dataset_version: int | None = None, partition=None,
+               cpus=None, mem=None, gpus=None, walltime=None, account=None, qos=None,
+               client_token: str | None = None) -> JobRecord:
+        """Validate everything, record the job (STAGING) and continue in the background."""
+        if self._closed:
+            raise Conflict("this offload manager is closed")
+        if client_token is not None:
+            if not isinstance(client_token, str) or not 1 <= len(client_token) <= 128:
+                raise InvalidRequest("client_token must be a string of 1-128 characters")
+            existing = self.registry.by_token(client_token)
+            if existing is not None:
+                return existing
+        request = self.policy.check(ResourceRequest.parse(
+            self.policy, partition=partition, cpus=cpus, mem=mem, gpus=gpus, walltime=walltime,
+            account=account, qos=qos))
+        conn = self._connection()
+        script_obj = resolve_script(script, [self.root_dir, self.workspace])
+        manifest = check_dataset(conn, dataset, dataset_version)
+        udir = user_dir(self.policy.staging_dir, self.user, create=True)
+        self._check_space(udir, manifest.total_size)
+        now = now_iso()
+        rec = JobRecord(
+            id=new_job_id(), user=self.user, dataset=manifest.name, dataset_version=manifest.version,
+            manifest_sha256=manifest_sha256([{"name": f.name, "size": f.size, "sha256": f.sha256}
+                                             for f in manifest.files]),
+            script=script_obj.path, script_sha256=script_obj.sha256, resources=request.to_json(),
+            state=JobState.STAGING, slurm_job_id=None, created=now, updated=now, started=None,
+            ended=None, exit_code=None, message="staging", client_token=client_token)
+        stored = self.registry.add(rec, self.owner)
+        if stored.id != rec.id:  # the same client_token won a race
+            return stored
+        _private_dir(self.job_dir(rec.id))
+        run = JobRun(self, rec, manifest, script_obj, request)
+        with self._lock:
+            self._runs[rec.id] = run
+        log.info("job %s of %s: dataset %s v%d, script %s, %s", rec.id, self.user, manifest.name,
+                 manifest.version, script_obj.path, request)
+        run.start()
+        return rec
+
+    def resubmit(self, job_id: str, client_token: str | None = None) -> JobRecord:
+        """Submit a finished job again (same dataset version, script path and resources)."""
+        old = self.get(job_id)
+        if not old.terminal:
+            raise Conflict(f"job {job_id} is still {old.state.value}; cancel it first", item=job_id)
+        r = old.resources
+        return self.submit(old.dataset, old.script, dataset_version=old.dataset_version,
+                           partition=r.get("partition"), cpus=r.get("cpus"), mem=r.get("memory"),
+                           gpus=r.get("gpus"), walltime=r.get("walltime"), account=r.get("account"),
+                           qos=r.get("qos"), client_token=client_token)
+
+    def _connection(self):
+        if self.connection is None:
+            from ..connection import connect
+
+            self.connection = connect(sink=self.sink, workspace=self.workspace)
+        return self.connection
+
+    def _check_space(self, udir: Path, data_bytes: int) -> None:
+        st = os.statvfs(udir)
+        free = st.f_bavail * st.f_frsize
+        need = int(data_bytes * 1.01) + (1 << 20)
+        if free < need:
+            raise Conflict(f"the staging area {self.policy.staging_dir} has {free // 2**20} MiB free; "
+                           f"this dataset needs about {need // 2**20} MiB — ask an administrator or "
+                           "remove finished jobs' bundles", item=str(self.policy.staging_dir))
+
+    def list(self) -> list[JobRecord]:
+        return self.registry.list()
+
+    def get(self, job_id: str) -> JobRecord:
+        return self.registry.get(job_id)
+
+    def logs(self, job_id: str, offset: int = 0) -> tuple[str, int]:
+        self.get(job_id)
+        if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+            raise InvalidRequest(f"offset must be a non-negative integer, not {offset!r}")
+        path = self.job_dir(job_id) / "log.txt"
+        try:
+            with open(path, "rb") as f:
+                f.seek(offset)
+                data = f.read(4 << 20)
+        except FileNotFoundError:
+            return "", offset
+        cut = len(data)
+        while cut > 0 and (data[cut - 1] & 0xC0) == 0x80:  # do not split a UTF-8 character
+            cut -= 1
+        if cut and data[cut - 1] >= 0xC0:
+            cut -= 1
+        if cut == 0 and data:
+            cut = len(data)
+        return data[:cut].decode("utf-8", errors="replace"), offset + cut
+
+    def cancel(self, job_id: str) -> JobRecord:
+        rec = self.get(job_id)
+        if rec.terminal:
+            return rec
+        rec = self.registry.update(job_id, state=JobState.CANCELLED, message="cancelled by user")
+        with self._lock:
+            run = self._runs.get(job_id)
+        if run is not None:
+            run.cancel()
+        scancel(rec.slurm_job_id)
+        self.audit("cancel", detail=f"job {job_id} slurm {rec.slurm_job_id or '-'} "
+                                    f"(was {rec.message[:80]})")
+        return rec
+
+    def wait(self, job_id: str, timeout: float | None = None) -> JobRecord:
+        """Block until the job is terminal and its clean-up is finished (TimeoutError otherwise)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            rec = self.get(job_id)
+            with self._lock:
+                run = self._runs.get(job_id)
+            if rec.terminal:
+                if run is not None:
+                    run.thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+                    if run.thread.is_alive():
+                        raise TimeoutError(f"job {job_id} is {rec.state.value} but still cleaning up")
+                return self.get(job_id)
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"job {job_id} is still {rec.state.value} after {timeout} s")
+            time.sleep(0.2)
+
+    def results(self, job_id: str) -> dict:
+        rec = self.get(job_id)
+        if rec.state != JobState.DONE:
+            raise Conflict(f"job {job_id} is {rec.state.value}, not done: no results"
+                           + (f" ({rec.message[:200]})" if rec.message else ""), item=job_id)
+        out = self.job_dir(job_id) / "results"
+        if not out.is_dir():
+            raise NotFound(f"the results of job {job_id} were removed from {out}", item=job_id)
+        files = []
+        for p in sorted(out.rglob("*")):
+            if p.is_file() and not p.is_symlink():
+                files.append({"name": p.relative_to(out).as_posix(), "size": p.stat().st_size})
+        import json
+
+        prov_path = self.job_dir(job_id) / "provenance.json"
+        provenance = json.loads(prov_path.read_text()) if prov_path.exists() else {}
+        return {"path": str(out), "files": files, "provenance": provenance}
+
+    def active(self) -> bool:
+        return any(not rec.terminal for rec, _ in self.registry.active())
+
+    def close(self) -> None:
+        """Cancel jobs still followed by this process, wait for their clean-up, remove bundles."""
+        if self._closed:
+            return
+        with self._lock:
+            runs = list(self._runs.values())
+        for run in runs:
+            if not self.get(run.id).terminal:
+                self.registry.update(run.id, state=JobState.CANCELLED,
+                                     message="cancelled: the server shut down")
+            run.cancel()
+        for run in runs:
+            run.thread.join(60)
+        self.bundles.close()
+        self._closed = True
+        self.registry.close()

@@ -1,0 +1,237 @@
+"""Admin limits for offloaded jobs and the resources a researcher asks for (pure).
+
+The spawner passes the site's limits to the user's server as JSON in the
+environment variable ``XNAT_HPC_OFFLOAD``::
+
+    XNAT_HPC_OFFLOAD='{"partition": "secure", "max_cpus": 16, "max_memory": "64G",
+                       "max_gpus": 1, "max_walltime": "1-00:00:00", "exclusive": true,
+                       "staging_dir": "/shared/xnat-hpc/staging", "account": "med"}'
+
+Memory is ``int`` bytes or a string with a binary unit (``"512M"``, ``"32G"``,
+``"1T"``; ``K``/``M``/``G``/``T`` mean KiB/MiB/GiB/TiB as in Slurm); walltime
+is ``int`` seconds or ``"HH:MM:SS"`` / ``"D-HH:MM:SS"``. :meth:`OffloadPolicy.check`
+reports *every* violation of a request in one :class:`InvalidRequest`, with
+the allowed maximum, so a person can fix all of them at once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+from collections.abc import Mapping
+
+from ..errors import InvalidRequest
+
+ENV = "XNAT_HPC_OFFLOAD"
+_MEM_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:I?B)?\s*$", re.IGNORECASE)
+_MEM_UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+_WALL_RE = re.compile(r"^\s*(?:(\d+)-)?(\d+):(\d{1,2}):(\d{1,2})\s*$")
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
+
+
+def parse_memory(value, what: str = "memory") -> int:
+    """Bytes from ``int`` bytes or ``"4G"``/``"512M"``/``"4GiB"`` (binary units)."""
+    if isinstance(value, bool):
+        raise InvalidRequest(f"{what} must be bytes (an integer) or a size such as '4G', not {value!r}")
+    if isinstance(value, int):
+        n = value
+    elif isinstance(value, str) and (m := _MEM_RE.match(value)):
+        n = int(float(m.group(1)) * _MEM_UNITS[m.group(2).upper()])
+    else:
+        raise InvalidRequest(f"{what} {value!r} is not a size: use bytes (an integer) or e.g. "
+                             "'512M', '4G', '1T'", item=what)
+    if n <= 0:
+        raise InvalidRequest(f"{what} must be positive, not {value!r}", item=what)
+    return n
+
+
+def parse_walltime(value, what: str = "walltime") -> int:
+    """Seconds from ``int`` seconds or ``"HH:MM:SS"`` / ``"D-HH:MM:SS"``."""
+    if isinstance(value, bool):
+        raise InvalidRequest(f"{what} must be seconds or 'HH:MM:SS', not {value!r}")
+    if isinstance(value, int):
+        n = value
+    elif isinstance(value, str) and value.strip().isdigit():
+        n = int(value)
+    elif isinstance(value, str) and (m := _WALL_RE.match(value)):
+        d, h, mi, s = (int(g) if g else 0 for g in m.groups())
+        if mi >= 60 or s >= 60:
+            raise InvalidRequest(f"{what} {value!r}: minutes and seconds must be below 60", item=what)
+        n = ((d * 24 + h) * 60 + mi) * 60 + s
+    else:
+        raise InvalidRequest(f"{what} {value!r} is not a duration: use seconds (an integer), "
+                             "'HH:MM:SS' or 'D-HH:MM:SS'", item=what)
+    if n <= 0:
+        raise InvalidRequest(f"{what} must be positive, not {value!r}", item=what)
+    return n
+
+
+def format_walltime(seconds: int) -> str:
+    """``"D-HH:MM:SS"`` (or ``"HH:MM:SS"`` below a day), as Slurm writes it."""
+    d, rest = divmod(int(seconds), 86400)
+    h, rest = divmod(rest, 3600)
+    m, s = divmod(rest, 60)
+    return (f"{d}-" if d else "") + f"{h:02d}:{m:02d}:{s:02d}"
+
+
+def format_memory(n: int) -> str:
+    """The largest exact binary unit: ``4294967296`` → ``"4G"``."""
+    for unit in ("T", "G", "M", "K"):
+        if n % _MEM_UNITS[unit] == 0:
+            return f"{n // _MEM_UNITS[unit]}{unit}"
+    return str(n)
+
+
+def _count(value, what: str, minimum: int) -> int:
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidRequest(f"{what} must be a whole number, not {value!r}", item=what)
+    if value < minimum:
+        raise InvalidRequest(f"{what} must be at least {minimum}, not {value}", item=what)
+    return value
+
+
+def _name(value, what: str) -> str | None:
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str) or not _NAME_RE.match(value):
+        raise InvalidRequest(f"{what} {value!r} is not a valid Slurm name (letters, digits, "
+                             "'_', '.', '-')", item=what)
+    return value
+
+
+@dataclasses.dataclass(frozen=True)
+class ResourceRequest:
+    """What one job asks for: memory in bytes, walltime in seconds."""
+
+    partition: str
+    cpus: int
+    memory: int
+    gpus: int
+    walltime: int
+    account: str | None = None
+    qos: str | None = None
+
+    @classmethod
+    def parse(cls, policy: OffloadPolicy, *, partition=None, cpus=None, mem=None, gpus=None,
+              walltime=None, account=None, qos=None) -> ResourceRequest:
+        """Validate types and units; fill what is not given from *policy*'s defaults."""
+        return cls(
+            partition=_name(partition, "partition") or policy.partition,
+            cpus=_count(policy.default_cpus if cpus is None else cpus, "cpus", 1),
+            memory=parse_memory(policy.default_memory if mem is None else mem, "mem"),
+            gpus=_count(policy.default_gpus if gpus is None else gpus, "gpus", 0),
+            walltime=parse_walltime(policy.default_walltime if walltime is None else walltime),
+            account=_name(account, "account") or policy.account,
+            qos=_name(qos, "qos") or policy.qos,
+        )
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, doc: Mapping) -> ResourceRequest:
+        return cls(**{f.name: doc.get(f.name) for f in dataclasses.fields(cls)})
+
+
+@dataclasses.dataclass(frozen=True)
+class OffloadPolicy:
+    """The site's limits (None = no limit); the spawner sets them in ``XNAT_HPC_OFFLOAD``."""
+
+    partition: str = "secure"
+    max_cpus: int | None = None
+    max_memory: int | None = None  # bytes
+    max_gpus: int | None = None
+    max_walltime: int | None = None  # seconds
+    exclusive: bool = True
+    staging_dir: str = "/var/lib/xnat-hpc-hub/staging"
+    account: str | None = None
+    qos: str | None = None
+    default_cpus: int = 1
+    default_memory: int = 2 * 1024**3
+    default_gpus: int = 0
+    default_walltime: int = 3600
+
+    def __post_init__(self):
+        """Accept ``"32G"`` / ``"1:00:00"`` in the constructor too (normalised to bytes / seconds)."""
+        for key in ("max_memory", "default_memory"):
+            value = getattr(self, key)
+            if isinstance(value, str):
+                object.__setattr__(self, key, parse_memory(value, key))
+        for key in ("max_walltime", "default_walltime"):
+            value = getattr(self, key)
+            if isinstance(value, str):
+                object.__setattr__(self, key, parse_walltime(value, key))
+
+    @classmethod
+    def from_json(cls, doc: Mapping) -> OffloadPolicy:
+        """From a mapping with the field names; sizes and durations in either notation."""
+        if not isinstance(doc, Mapping):
+            raise InvalidRequest(f"{ENV} must be a JSON object of offload limits")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(doc) - known)
+        if unknown:
+            raise InvalidRequest(f"{ENV}: unknown keys {unknown}; known: {sorted(known)}")
+        kw: dict = {}
+        for key, value in doc.items():
+            if value is None:
+                kw[key] = None
+            elif key in ("max_memory", "default_memory"):
+                kw[key] = parse_memory(value, key)
+            elif key in ("max_walltime", "default_walltime"):
+                kw[key] = parse_walltime(value, key)
+            elif key in ("max_cpus", "max_gpus", "default_cpus", "default_gpus"):
+                kw[key] = _count(value, key, 0 if "gpus" in key else 1)
+            elif key == "exclusive":
+                if not isinstance(value, bool):
+                    raise InvalidRequest(f"{ENV}: exclusive must be true or false, not {value!r}")
+                kw[key] = value
+            elif key == "staging_dir":
+                if not isinstance(value, str) or not os.path.isabs(value):
+                    raise InvalidRequest(f"{ENV}: staging_dir must be an absolute path, not {value!r}")
+                kw[key] = value
+            else:
+                kw[key] = _name(value, key)
+        if kw.get("partition", "x") is None:
+            raise InvalidRequest(f"{ENV}: partition must name a Slurm partition")
+        return cls(**kw)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] = os.environ) -> OffloadPolicy:
+        text = environ.get(ENV, "").strip()
+        if not text:
+            return cls()
+        try:
+            doc = json.loads(text)
+        except ValueError as e:
+            raise InvalidRequest(f"{ENV} is not valid JSON: {e}") from None
+        return cls.from_json(doc)
+
+    def to_json(self) -> dict:
+        """For ``GET /xnat-hpc/api/limits``: memory in bytes, walltime in seconds."""
+        return dataclasses.asdict(self)
+
+    def check(self, request: ResourceRequest) -> ResourceRequest:
+        """Return *request* if it is within the limits, else InvalidRequest listing every violation."""
+        problems = []
+        if request.partition != self.partition:
+            problems.append(f"partition {request.partition!r} is not allowed (only {self.partition!r})")
+        for what, value, limit, fmt in (
+            ("cpus", request.cpus, self.max_cpus, str),
+            ("mem", request.memory, self.max_memory, format_memory),
+            ("gpus", request.gpus, self.max_gpus, str),
+            ("walltime", request.walltime, self.max_walltime, format_walltime),
+        ):
+            if limit is not None and value > limit:
+                problems.append(f"{what} {fmt(value)} is above the maximum {fmt(limit)}")
+        for what, value, fixed in (("account", request.account, self.account),
+                                   ("qos", request.qos, self.qos)):
+            if fixed is not None and value != fixed:
+                problems.append(f"{what} {value!r} is not allowed (only {fixed!r})")
+        if problems:
+            raise InvalidRequest("the requested resources are outside the site's limits: "
+                                 + "; ".join(problems))
+        return request

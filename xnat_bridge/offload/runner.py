@@ -1,0 +1,305 @@
+"""One offloaded job, followed in a background thread: stage → submit → run → collect.
+
+A :class:`JobRun` owns everything secret about its job — the dataset
+identity (unless the bundle is shared through the manager's in-memory bundle
+cache) and the result identity — and every temporary thing: the per-job
+``shared_temp_directory`` with dask-jobqueue's TLS files, the dask cluster,
+the Slurm job, the encrypted results archive. Its ``finally`` removes them
+whatever the outcome. The registry record is its only output besides the
+job's directory ``<workspace>/jobs/<id>/`` (log.txt, results/, provenance.json).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from .. import procs
+from ..errors import CommandFailed, XnatHpcError
+from ..staging import AgeIdentity, decrypt_to_directory
+from . import worker as worker_mod
+from .jobscript import ClusterSpec, cluster_options, load_slurm_cluster
+from .keyrelease import KeyRelease
+from .registry import JobRecord, JobState, now_iso
+
+log = logging.getLogger(__name__)
+
+POLL = 0.25
+SQUEUE_EVERY = 3.0
+
+
+class Cancelled(Exception):
+    """The job was cancelled (by the user, another process, or a refused key claim)."""
+
+
+def write_private(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+
+
+def slurm_state(slurm_job_id: str) -> str | None:
+    """The job's Slurm state (``RUNNING``, ``COMPLETED``, ...) or None when Slurm forgot it."""
+    try:
+        out = procs.run(["squeue", "-h", "-j", slurm_job_id, "-o", "%T"], timeout=20).stdout.strip()
+    except CommandFailed:
+        return None
+    return out.splitlines()[0].strip() if out else None
+
+
+def wait_gone(slurm_job_id: str | None, timeout: float = 30) -> bool:
+    """Wait until Slurm no longer lists the job as pending/running (its traps have run)."""
+    deadline = time.monotonic() + timeout
+    while slurm_job_id and time.monotonic() < deadline:
+        if slurm_state(slurm_job_id) in (None, "COMPLETED", "CANCELLED", "FAILED", "TIMEOUT",
+                                         "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE", "PREEMPTED"):
+            return True
+        time.sleep(0.2)
+    return not slurm_job_id
+
+
+def scancel(slurm_job_id: str | None) -> None:
+    if slurm_job_id:
+        try:
+            procs.run(["scancel", str(slurm_job_id)], timeout=30)
+        except CommandFailed as e:
+            log.warning("scancel %s failed: %s", slurm_job_id, e.message)
+
+
+class JobRun:
+    """The background life of one job (see the module docstring)."""
+
+    def __init__(self, manager, record: JobRecord, manifest, script, request):
+        self.m = manager
+        self.id = record.id
+        self.manifest = manifest
+        self.script = script
+        self.request = request
+        self.job_dir = manager.job_dir(record.id)
+        self.cancel_event = threading.Event()
+        self.fail_reason: str | None = None
+        self.cluster = None
+        self.client = None
+        self.slurm_job_id: str | None = None
+        self.key: KeyRelease | None = None
+        self.tls_dir: str | None = None
+        self.results_archive: Path | None = None
+        self.result_identity = AgeIdentity.generate()
+        self.bundle = None
+        self.bundle_suspect = False  # the node could not use the bundle: do not reuse it
+        self._log_lock = threading.Lock()
+        self.thread = threading.Thread(target=self._main, name=f"offload-{record.id}", daemon=True)
+
+    # -- helpers ---------------------------------------------------------------
+    def update(self, **fields) -> JobRecord:
+        return self.m.registry.update(self.id, **fields)
+
+    def append_log(self, text: str) -> None:
+        with self._log_lock:
+            fd = os.open(self.job_dir / "log.txt", os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                os.write(fd, text.encode("utf-8", errors="replace"))
+            finally:
+                os.close(fd)
+
+    def check_cancel(self) -> None:
+        if self.cancel_event.is_set():
+            raise Cancelled(self.fail_reason or "cancelled by user")
+        rec = self.m.registry.get(self.id)
+        if rec.terminal:  # cancelled from another process (CLI)
+            self.cancel_event.set()
+            raise Cancelled(rec.message or f"job {rec.state.value} elsewhere")
+
+    def cancel(self, reason: str | None = None) -> None:
+        if reason and not self.fail_reason:
+            self.fail_reason = reason
+        self.cancel_event.set()
+
+    # -- the thread ------------------------------------------------------------
+    def start(self) -> None:
+        self.thread.start()
+
+    def _main(self) -> None:
+        try:
+            bundle = self.m.bundles.obtain(self)
+            self.check_cancel()
+            self._submit(bundle)
+            result = self._follow(bundle)
+            self._collect(result)
+        except Cancelled as e:
+            if self.fail_reason:  # refused key claim: a failure, not a user's cancel
+                self.update(state=JobState.FAILED, message=self.fail_reason)
+            else:
+                self.update(state=JobState.CANCELLED, message=str(e) or "cancelled by user")
+        except XnatHpcError as e:
+            log.warning("job %s failed: %s", self.id, e.message)
+            self.update(state=JobState.FAILED, message=e.message, exit_code=getattr(e, "exit_code", None))
+        except Exception as e:
+            log.exception("job %s failed unexpectedly", self.id)
+            self.update(state=JobState.FAILED, message=f"internal error: {type(e).__name__}: {e}")
+        finally:
+            self._cleanup()
+
+    def _submit(self, bundle) -> None:
+        SLURMCluster = load_slurm_cluster()
+        staging_user_dir = Path(bundle.info.path).parent
+        self.tls_dir = tempfile.mkdtemp(prefix=f".tls-{self.id}-", dir=staging_user_dir)
+        os.chmod(self.tls_dir, 0o700)
+        slurm_logs = self.job_dir / "slurm"
+        slurm_logs.mkdir(mode=0o700, exist_ok=True)
+        spec = ClusterSpec.from_env(self.id, self.request, self.m.policy.exclusive, self.tls_dir,
+                                    str(slurm_logs))
+        self.key = KeyRelease(self.id, bundle.identity, lambda: self.slurm_job_id,
+                              self._key_released, self._key_refused)
+        self.update(state=JobState.QUEUED, message="submitting to Slurm")
+        try:
+            self.cluster = SLURMCluster(**cluster_options(spec))
+            self.cluster.scheduler.handlers[worker_mod.CLAIM_HANDLER] = self.key.handler
+            # scale(1) by hand, so that an sbatch failure is raised here (scale() only logs it)
+            self.cluster.worker_spec.update(self.cluster.new_worker_spec())
+            self.cluster.sync(self.cluster._correct_state)
+            jobs = [getattr(w, "job_id", None) for w in self.cluster.workers.values()]
+        except Exception as e:  # noqa: BLE001 - sbatch failed: controller down, bad partition, ...
+            detail = str(e).strip().splitlines()
+            reason = next((ln for ln in reversed(detail) if "sbatch" in ln.lower() or "error" in ln.lower()),
+                          detail[-1] if detail else type(e).__name__)
+            self.m.audit("submit", "failed", detail=f"job {self.id}: {reason}"[:500])
+            raise _SubmitFailed(f"Slurm did not accept the job: {reason.strip()}. Nothing ran; "
+                                "submit it again when Slurm is back (the staged bundle is reused)") from None
+        self.slurm_job_id = next((j for j in jobs if j), None)
+        if not self.slurm_job_id:
+            raise _SubmitFailed("Slurm did not return a job id; submit the job again")
+        self.update(slurm_job_id=self.slurm_job_id,
+                    message=f"queued as Slurm job {self.slurm_job_id} on partition {self.request.partition}")
+        self.m.audit("submit", items=self.m.items(self.manifest), files=len(self.manifest.files),
+                     bytes=self.manifest.total_size, hashes={"manifest": bundle.info.manifest_sha256,
+                                                             "script": self.script.sha256},
+                     detail=f"job {self.id} slurm {self.slurm_job_id} partition {self.request.partition}")
+
+    def _key_released(self, slurm_job_id: str) -> None:
+        self.update(state=JobState.RUNNING, started=now_iso(),
+                    message=f"running as Slurm job {slurm_job_id}")
+        self.m.audit("key_release", hashes={"manifest": self.manifest_sha},
+                     detail=f"job {self.id} slurm {slurm_job_id}")
+
+    def _key_refused(self, slurm_job_id: str, reason: str) -> None:
+        self.m.audit("key_release", "denied", hashes={"manifest": self.manifest_sha},
+                     detail=f"job {self.id}: {reason}")
+        self.cancel(f"security: {reason}; the job was stopped")
+
+    @property
+    def manifest_sha(self) -> str:
+        return self.m.registry.get(self.id).manifest_sha256
+
+    def _log_event(self, event) -> None:
+        _time, msg = event
+        if isinstance(msg, dict) and msg.get("job") == self.id and isinstance(msg.get("text"), str):
+            self.append_log(msg["text"])
+
+    def _follow(self, bundle) -> dict:
+        from distributed import Client
+
+        self.client = Client(self.cluster, set_as_default=False)
+        self.client.subscribe_topic(worker_mod.log_topic(self.id), self._log_event)
+        results_name = f"results-{self.id}-{os.urandom(4).hex()}.tar.age"
+        self.results_archive = Path(bundle.info.path).parent / results_name
+        fut = self.client.submit(
+            worker_mod.run_training, self.id, str(bundle.info.path), bundle.info.manifest_sha256,
+            self.script.member, str(self.results_archive), self.result_identity.recipient,
+            self.request.cpus, key=f"xnat-hpc-{self.id}", pure=False)
+        next_check = time.monotonic() + SQUEUE_EVERY
+        while not fut.done():
+            self.check_cancel()
+            if time.monotonic() >= next_check:
+                next_check = time.monotonic() + SQUEUE_EVERY
+                if self.fail_reason is None and slurm_state(self.slurm_job_id) is None:
+                    time.sleep(1.0)  # the result may be on its way
+                    if not fut.done():
+                        raise _Ended(f"Slurm job {self.slurm_job_id} ended before the script finished "
+                                     "(walltime, node failure or scancel); see "
+                                     f"{self.job_dir / 'slurm'}")
+            time.sleep(POLL)
+        self.check_cancel()
+        try:
+            return fut.result()
+        except Exception as e:  # noqa: BLE001 - whatever failed on the node fails the job
+            self.bundle_suspect = True
+            if isinstance(e, worker_mod.KeyRefused):
+                raise _Ended(f"the worker did not get the dataset key: {e}") from None
+            if isinstance(e, XnatHpcError):
+                raise _Ended(f"on the node: {e.message}") from None
+            raise _Ended(f"on the node: {type(e).__name__}: {e}") from None
+
+    def _collect(self, result: dict) -> None:
+        rc = int(result["exit_code"])
+        if rc != 0:
+            tail = "".join(result.get("tail") or []).strip()[-1500:]
+            raise _Ended(f"the script exited with code {rc}" + (f"; last output:\n{tail}" if tail else ""),
+                         exit_code=rc)
+        self.update(state=JobState.COLLECTING, exit_code=0, message="decrypting results")
+        out = self.job_dir / "results"
+        if out.exists():
+            shutil.rmtree(out)
+        listing = decrypt_to_directory(self.results_archive, self.result_identity, out)
+        rec = self.m.registry.get(self.id)
+        ended = now_iso()
+        prov = {
+            "format": "xnat-hpc-provenance", "format_version": 1,
+            "job_id": self.id, "user": rec.user, "slurm_job_id": self.slurm_job_id,
+            "xnat_host": self.manifest.xnat_host, "dataset": rec.dataset,
+            "dataset_version": rec.dataset_version, "dataset_digest": self.manifest.digest,
+            "manifest_sha256": rec.manifest_sha256, "file_count": len(self.manifest.files),
+            "total_size": self.manifest.total_size, "script": rec.script,
+            "script_sha256": rec.script_sha256, "resources": rec.resources,
+            "created": rec.created, "started": rec.started, "ended": ended, "exit_code": 0,
+            "results": listing["files"],
+        }
+        write_private(self.job_dir / "provenance.json", json.dumps(prov, indent=1, sort_keys=True).encode())
+        self.m.audit("result_retrieve", items=self.m.items(self.manifest), files=len(listing["files"]),
+                     bytes=sum(f["size"] for f in listing["files"]),
+                     hashes={"manifest": rec.manifest_sha256, "script": rec.script_sha256},
+                     detail=f"job {self.id} slurm {self.slurm_job_id}")
+        self.update(state=JobState.DONE, exit_code=0, ended=ended,
+                    message=f"done: {len(listing['files'])} result file(s)")
+
+    def _cleanup(self) -> None:
+        if self.key is not None:
+            self.key.forget()
+        if self.m.registry.get(self.id).state != JobState.DONE:
+            scancel(self.slurm_job_id)  # stop the node first: its script and worker end now
+        for closer in (self.client, self.cluster):
+            if closer is not None:
+                try:
+                    closer.close()
+                except Exception as e:  # noqa: BLE001 - dask-jobqueue asserts on worker status
+                    log.debug("job %s: closing %s: %r", self.id, type(closer).__name__, e)
+        scancel(self.slurm_job_id)
+        if not wait_gone(self.slurm_job_id):
+            log.warning("job %s: Slurm job %s still listed after scancel", self.id, self.slurm_job_id)
+        if self.tls_dir:
+            shutil.rmtree(self.tls_dir, ignore_errors=True)
+        if self.results_archive is not None:
+            for p in (self.results_archive, self.results_archive.with_name(self.results_archive.name + ".partial")):
+                try:
+                    os.unlink(p)
+                except FileNotFoundError:
+                    pass
+        self.m.bundles.release(self)
+        self.m.finished(self)
+
+
+class _SubmitFailed(XnatHpcError):
+    status = 502
+    reason = "slurm_error"
+
+
+class _Ended(XnatHpcError):
+    def __init__(self, message: str, exit_code: int | None = None):
+        super().__init__(message)
+        self.exit_code = exit_code
