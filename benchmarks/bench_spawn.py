@@ -1,0 +1,163 @@
+"""Spawn benchmarks: ``xnat-slurm`` vs plain batchspawner, and many ``xnat-local`` at once.
+
+    python benchmarks/bench_spawn.py [--rounds 5] [--concurrent 50]
+
+Starts (on 127.0.0.1) devxnat with a small demo archive, the local Slurm
+(``xnat-hpc-hub slurm up``) and two JupyterHubs with configurable-http-proxy:
+
+* hub A: the ``xnat`` profiles spawner (XNAT permission check, scope, bootstrap
+  of secrets, Slurm job on the ``interactive`` partition);
+* hub B: plain batchspawner ``SlurmSpawner`` with its defaults except what this
+  machine needs (no sudo: ``runuser``; no ``srun`` step), same partition,
+  same resources, same single-user command.
+
+1. Spawn → ready, alternating A and B for ``--rounds`` rounds; prints the
+   medians and the ratio ours / batchspawner (goal ≤ 1.0).
+2. ``--concurrent`` named servers of one user started at once on ``xnat-local``
+   (bubblewrap sandbox each): failures (goal 0), p50 / p95 / max spawn → ready.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from hub_ext.accounts import ensure_accounts  # noqa: E402
+from tests.fixtures.devxnat import start_devxnat  # noqa: E402
+from tests.fixtures.hub import start_hub  # noqa: E402
+from tests.fixtures.spawn import make_hub  # noqa: E402
+
+PLAIN = """
+c.JupyterHub.authenticator_class = "dummy"
+c.JupyterHub.spawner_class = "batchspawner.SlurmSpawner"
+c.SlurmSpawner.exec_prefix = "/usr/sbin/runuser -u {username} --"
+c.SlurmSpawner.req_srun = ""
+c.SlurmSpawner.state_exechost_exp = "127.0.0.1"   # the dev node's name does not resolve (ours: server_host)
+c.SlurmSpawner.req_prologue = "export PATH={bindir}:$PATH"
+c.SlurmSpawner.req_partition = "interactive"
+c.SlurmSpawner.req_nprocs = "1"
+c.SlurmSpawner.req_memory = "1G"
+c.SlurmSpawner.req_runtime = "0:30:00"
+c.Spawner.default_url = "/lab"
+c.Spawner.start_timeout = 120
+c.Spawner.http_timeout = 90
+c.JupyterHub.allow_named_servers = True
+"""
+
+MANY = """
+c.JupyterHub.named_server_limit_per_user = 0
+c.JupyterHub.concurrent_spawn_limit = 0
+c.JupyterHub.tornado_settings = {"slow_spawn_timeout": 0}
+c.Spawner.start_timeout = 600
+c.Spawner.http_timeout = 600
+"""
+
+
+def spawn_ready(hub, user: str, server: str, options: dict | None, timeout: float = 180) -> float:
+    t0 = time.perf_counter()
+    r = hub.api("POST", f"/users/{user}/servers/{server}", json=options or {}, timeout=timeout)
+    if r.status_code not in (201, 202):
+        raise RuntimeError(f"spawn {user}/{server}: {r.status_code} {r.text[:300]}")
+    while r.status_code != 201:
+        srv = hub.api("GET", f"/users/{user}").json()["servers"].get(server)
+        if srv and srv.get("ready"):
+            break
+        if srv is None or time.perf_counter() - t0 > timeout:
+            raise RuntimeError(f"spawn {user}/{server} failed or timed out")
+        time.sleep(0.05)
+    return time.perf_counter() - t0
+
+
+def stop(hub, user: str, server: str) -> None:
+    hub.api("DELETE", f"/users/{user}/servers/{server}", timeout=120)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and server in hub.api("GET", f"/users/{user}").json()["servers"]:
+        time.sleep(0.1)
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--concurrent", type=int, default=50)
+    args = ap.parse_args()
+
+    subprocess.run([sys.executable, "-m", "hub_ext.cli", "slurm", "up"], check=True, capture_output=True)
+    ensure_accounts(["alice", "bob"])
+    work = Path(tempfile.mkdtemp(prefix="xnat-hpc-bench-", dir="/var/tmp"))
+    os.chmod(work, 0o755)
+    staging = work / "staging"
+    staging.mkdir()
+    os.chmod(staging, 0o1777)
+    dx = start_devxnat(work / "devxnat", demo_size="3MB")
+    for root, _dirs, files in os.walk(dx.data_dir):
+        os.chmod(root, 0o755)
+        for f in files:
+            os.chmod(os.path.join(root, f), 0o644)
+    hubs = []
+    try:
+        ours = make_hub(work / "hub-ours", dx, "xnat", staging=staging)
+        hubs.append(ours)
+        plain = start_hub(work / "hub-plain", PLAIN.replace("{bindir}", str(Path(sys.executable).parent)))
+        hubs.append(plain)
+        ours.login("alice", "alice-demo")
+        plain.api("POST", "/users/alice")
+        print(f"spawn -> ready on the local Slurm, {args.rounds} rounds each, alternating", flush=True)
+        t_ours, t_plain = [], []
+        for i in range(args.rounds):
+            t_ours.append(spawn_ready(ours, "alice", f"r{i}", {"profile": "slurm-cpu", "projects": ["NEURO_MRI"]}))
+            stop(ours, "alice", f"r{i}")
+            t_plain.append(spawn_ready(plain, "alice", f"r{i}", None))
+            stop(plain, "alice", f"r{i}")
+            print(f"  round {i + 1}: xnat-slurm {t_ours[-1]:.2f} s, batchspawner {t_plain[-1]:.2f} s", flush=True)
+        m_ours, m_plain = statistics.median(t_ours), statistics.median(t_plain)
+        print(f"median spawn->ready: xnat-slurm {m_ours:.2f} s, batchspawner SlurmSpawner {m_plain:.2f} s, "
+              f"ratio {m_ours / m_plain:.2f} (goal <= 1.0)")
+        ours.stop()
+        hubs.remove(ours)
+
+        many = make_hub(work / "hub-many", dx, "xnat-local", staging=staging, extra=MANY)
+        hubs.append(many)
+        many.login("bob", "bob-demo")
+        n = args.concurrent
+        print(f"\n{n} simultaneous xnat-local spawns (one user, named servers, bubblewrap each)", flush=True)
+        options = {"profile": "local-small", "projects": ["NEURO_MRI"]}
+        t0 = time.perf_counter()
+        with concurrent.futures.ThreadPoolExecutor(n) as pool:
+            futures = [pool.submit(spawn_ready, many, "bob", f"s{i}", options, 900) for i in range(n)]
+            results = [f.exception() or f.result() for f in futures]
+        wall = time.perf_counter() - t0
+        times = [r for r in results if isinstance(r, float)]
+        failures = [r for r in results if not isinstance(r, float)]
+        print(f"  ready: {len(times)}/{n}, failures: {len(failures)} (goal 0), wall {wall:.1f} s")
+        if times:
+            print(f"  spawn->ready p50 {pct(times, .5):.1f} s, p95 {pct(times, .95):.1f} s, max {max(times):.1f} s")
+        for f in failures[:3]:
+            print(f"  failure: {f}")
+        with concurrent.futures.ThreadPoolExecutor(16) as pool:
+            list(pool.map(lambda i: stop(many, "bob", f"s{i}"), range(n)))
+        return 0 if not failures else 1
+    finally:
+        for hub in hubs:
+            hub.stop()
+        dx.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
