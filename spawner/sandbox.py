@@ -57,11 +57,11 @@ def bwrap_args(plan: SpawnPlan, spec: SandboxSpec) -> list[str]:
             "--unshare-uts", "--unshare-cgroup-try"]
     for path in SYSTEM_RO:
         args += ["--ro-bind-try", path, path]
-    for path in spec.ro_paths:
-        path = _abs(path, "read-only path")
-        args += ["--ro-bind-try", path, path]
     args += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--tmpfs", "/run",
              "--tmpfs", "/xnat", "--dir", DATA_MOUNT]
+    for path in spec.ro_paths:  # after the tmpfs mounts, so that e.g. /run/munge shows through
+        path = _abs(path, "read-only path")
+        args += ["--ro-bind-try", path, path]
     for path in spec.rw_paths:
         path = _abs(path, "read-write path")
         args += ["--bind-try", path, path]

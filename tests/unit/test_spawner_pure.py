@@ -165,6 +165,10 @@ def test_bwrap_binds_only_the_scope_read_only():
     assert "/srv/archive " not in joined + " "  # the archive root is never bound
     assert "--bind /home/alice /home/alice" in joined and "--die-with-parent" in args
     assert args[-1] == "--" and "s3cret" not in joined
+    # extra binds come after the private /run, so e.g. the munge socket stays visible
+    munge = bwrap_args(plan, SandboxSpec("/srv/archive", "/home/alice", ("/run/munge",)))
+    tmpfs_run = next(i for i, a in enumerate(munge) if a == "--tmpfs" and munge[i + 1] == "/run")
+    assert munge.index("/run/munge") > tmpfs_run
     for bad in (ScopeMount("P", "../etc", f"{DATA_MOUNT}/../etc"), ScopeMount("P", "/etc", "/etc")):
         with pytest.raises(InvalidRequest):
             bwrap_args(_plan([bad]), SandboxSpec("/srv/archive", "/home/alice"))
