@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 RUN_DIR ?= /var/lib/xnat-hpc-hub
 PYTEST_ARGS ?=
 
-.PHONY: demo test install system venv lint clean-run bench
+.PHONY: demo test install system venv lab lint clean-run bench
 
 install: system venv
 
@@ -17,6 +17,11 @@ system:
 
 venv:
 	@VENV=$(VENV) scripts/bootstrap.sh venv
+
+# the JupyterLab extension (labextension/ -> xnat_bridge/labextension/, linked into $(VENV));
+# `make venv` runs it too
+lab:
+	@VENV=$(VENV) scripts/build-labextension.sh
 
 demo: install
 	$(VENV)/bin/xnat-hpc-hub demo --run-dir $(RUN_DIR)/demo

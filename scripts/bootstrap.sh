@@ -3,7 +3,8 @@
 # Idempotent: each step checks first and does nothing when already done.
 #
 #   scripts/bootstrap.sh system   Debian packages + configurable-http-proxy (npm)
-#   scripts/bootstrap.sh venv     virtualenv outside /root, from Debian's python3
+#   scripts/bootstrap.sh venv     virtualenv outside /root, from Debian's python3, and the
+#                                 JupyterLab extension (scripts/build-labextension.sh)
 #   scripts/bootstrap.sh all      both (default)
 #
 # The virtualenv is built from /usr/bin/python3 in a world-readable place
@@ -74,9 +75,15 @@ venv() {
   echo "$want" > "$stamp"
 }
 
+# The JupyterLab extension: built after the editable install (its build needs the venv's
+# JupyterLab) and linked into the venv; quick when nothing changed.
+labextension() {
+  VENV="$VENV" "$HERE/scripts/build-labextension.sh"
+}
+
 case "${1:-all}" in
   system) system ;;
-  venv) venv ;;
-  all) system; venv ;;
+  venv) venv; labextension ;;
+  all) system; venv; labextension ;;
   *) echo "usage: $0 [system|venv|all]" >&2; exit 2 ;;
 esac

@@ -1,0 +1,187 @@
+/**
+ * One job's details in the main area: state, resources, streaming logs
+ * (`GET jobs/{id}/logs?offset=`), Cancel (with confirmation) and
+ * "Open results" once it is done.
+ */
+import { Dialog, ReactWidget, showDialog, showErrorMessage } from '@jupyterlab/apputils';
+import { Poll } from '@lumino/polling';
+import * as React from 'react';
+
+import { errorMessage, XnatHpcClient } from './api';
+import { formatElapsed, formatMemory, formatSize, formatWalltime, jobElapsed } from './format';
+import { ACTIVE_STATES, IJob, IResults } from './types';
+
+/** Log text kept in the view (the newest part; the file on disk has it all). */
+export const MAX_LOG_CHARS = 1_000_000;
+
+export class JobDetails extends ReactWidget {
+  job: IJob | null = null;
+  log = '';
+  offset = 0;
+  error: string | null = null;
+  resultFiles: IResults['files'] | null = null;
+  private readonly poll: Poll;
+  private ended = false;
+
+  constructor(
+    readonly jobId: string,
+    private readonly client: XnatHpcClient,
+    private readonly openResults: (path: string) => Promise<void>,
+    private readonly onChange: (job: IJob) => void = () => undefined
+  ) {
+    super();
+    this.addClass('xnat-hpc-job-details');
+    this.node.dataset.testid = 'xnat-hpc-job-details';
+    this.poll = new Poll({
+      auto: true,
+      name: `xnat-hpc:job:${jobId}`,
+      frequency: { interval: 2000, backoff: true, max: 30000 },
+      standby: () => !this.isVisible || 'when-hidden',
+      factory: () => this.tick()
+    });
+  }
+
+  /** Fetch the record and the next piece of the log; stop once the job ended and the log is drained. */
+  async tick(): Promise<void> {
+    try {
+      const [job, chunk] = await Promise.all([this.client.job(this.jobId), this.client.logs(this.jobId, this.offset)]);
+      this.job = job;
+      if (chunk.text) {
+        this.log = (this.log + chunk.text).slice(-MAX_LOG_CHARS);
+      }
+      this.offset = chunk.offset;
+      this.error = null;
+      this.onChange(job);
+      const done = !ACTIVE_STATES.has(job.state);
+      if (done && !chunk.text) {
+        if (!this.ended) {
+          this.ended = true;
+          this.poll.frequency = { interval: Poll.NEVER, backoff: false, max: Poll.NEVER };
+        }
+      }
+    } catch (err) {
+      this.error = errorMessage(err);
+      throw err;
+    } finally {
+      this.update();
+    }
+  }
+
+  async cancel(): Promise<void> {
+    const answer = await showDialog({
+      title: 'Cancel job',
+      body: `Cancel job ${this.jobId}? Its Slurm job is stopped and every plaintext byte on the node is wiped.`,
+      buttons: [Dialog.cancelButton({ label: 'Keep running' }), Dialog.warnButton({ label: 'Cancel job' })]
+    });
+    if (!answer.button.accept) {
+      return;
+    }
+    try {
+      this.job = await this.client.cancel(this.jobId);
+      this.onChange(this.job);
+      this.update();
+      void this.poll.refresh();
+    } catch (err) {
+      await showErrorMessage('Job not cancelled', errorMessage(err));
+    }
+  }
+
+  /** Open the results folder in the file browser (or say where it is when JupyterLab cannot show it). */
+  async results(): Promise<void> {
+    try {
+      const res = await this.client.results(this.jobId);
+      this.resultFiles = res.files;
+      this.update();
+      if (res.path.startsWith('/')) {
+        // the server answers an absolute path when the workspace lies outside its root dir
+        await showDialog({
+          title: 'Results',
+          body: `The results of job ${this.jobId} are in ${res.path}, outside the folder JupyterLab shows: ${res.files
+            .map(f => `${f.name} (${formatSize(f.size)})`)
+            .join(', ')}.`,
+          buttons: [Dialog.okButton()]
+        });
+        return;
+      }
+      await this.openResults(res.path);
+    } catch (err) {
+      await showErrorMessage('Results not available', errorMessage(err));
+    }
+  }
+
+  dispose(): void {
+    this.poll.dispose();
+    super.dispose();
+  }
+
+  render(): JSX.Element {
+    const job = this.job;
+    if (!job) {
+      return (
+        <div className={this.error ? 'xnat-hpc-error' : 'xnat-hpc-status'} role="status">
+          {this.error || `Loading job ${this.jobId}…`}
+        </div>
+      );
+    }
+    const active = ACTIVE_STATES.has(job.state);
+    const r = job.resources || ({} as IJob['resources']);
+    return (
+      <div className="xnat-hpc-job-view">
+        <div className="xnat-hpc-job-head">
+          <span className={`xnat-hpc-job-state xnat-hpc-state-${job.state}`} data-testid="xnat-hpc-job-state">
+            {job.state}
+          </span>
+          <strong>{job.script}</strong> on <strong>{job.dataset}</strong> v{job.dataset_version}
+          <span className="xnat-hpc-job-elapsed">{formatElapsed(jobElapsed(job))}</span>
+        </div>
+        <dl className="xnat-hpc-job-facts">
+          <dt>Job</dt>
+          <dd>{job.id}</dd>
+          <dt>Slurm job</dt>
+          <dd>{job.slurm_job_id || '–'}</dd>
+          <dt>Resources</dt>
+          <dd>
+            {r.partition}: {r.cpus} CPU, {r.memory ? formatMemory(r.memory) : '–'}, {r.gpus} GPU,{' '}
+            {r.walltime ? formatWalltime(r.walltime) : '–'}
+          </dd>
+          {job.exit_code !== null && (
+            <>
+              <dt>Exit code</dt>
+              <dd>{job.exit_code}</dd>
+            </>
+          )}
+          <dt>Status</dt>
+          <dd>{job.message || '–'}</dd>
+          {this.resultFiles && (
+            <>
+              <dt>Results</dt>
+              <dd data-testid="xnat-hpc-result-files">
+                {this.resultFiles.map(f => `${f.name} (${formatSize(f.size)})`).join(', ') || '(none)'}
+              </dd>
+            </>
+          )}
+        </dl>
+        {this.error && (
+          <div className="xnat-hpc-error" role="alert">
+            {this.error}
+          </div>
+        )}
+        <div className="xnat-hpc-toolbar">
+          {active && (
+            <button className="jp-mod-styled jp-mod-warn" data-testid="xnat-hpc-cancel" onClick={() => void this.cancel()}>
+              Cancel
+            </button>
+          )}
+          {job.state === 'done' && (
+            <button className="jp-mod-styled jp-mod-accept" data-testid="xnat-hpc-open-results" onClick={() => void this.results()}>
+              Open results
+            </button>
+          )}
+        </div>
+        <pre className="xnat-hpc-log" data-testid="xnat-hpc-log" aria-label="Job log" aria-live="off" tabIndex={0}>
+          {this.log || (active ? 'waiting for output…' : '(no output)')}
+        </pre>
+      </div>
+    );
+  }
+}

@@ -1,0 +1,129 @@
+/**
+ * The jobs list model: merges each poll's answer into the list it already
+ * has, keeping the *same object* for a job that did not change (so the view
+ * re-renders only rows that changed), and shows the newest 200 with
+ * "show more" so hundreds of jobs stay responsive.
+ */
+import { ACTIVE_STATES, IJob } from './types';
+
+export interface IJobsDiff {
+  added: string[];
+  changed: string[];
+  removed: string[];
+}
+
+/** Whether two records of one job differ in anything the list shows. */
+export function jobChanged(a: IJob, b: IJob): boolean {
+  return (
+    a.state !== b.state ||
+    a.updated !== b.updated ||
+    a.message !== b.message ||
+    a.slurm_job_id !== b.slurm_job_id ||
+    a.started !== b.started ||
+    a.ended !== b.ended ||
+    a.exit_code !== b.exit_code
+  );
+}
+
+/** Compare two lists by id (pure). */
+export function diffJobs(before: IJob[], after: IJob[]): IJobsDiff {
+  const old = new Map(before.map(j => [j.id, j]));
+  const seen = new Set<string>();
+  const diff: IJobsDiff = { added: [], changed: [], removed: [] };
+  for (const j of after) {
+    seen.add(j.id);
+    const prev = old.get(j.id);
+    if (!prev) {
+      diff.added.push(j.id);
+    } else if (jobChanged(prev, j)) {
+      diff.changed.push(j.id);
+    }
+  }
+  for (const j of before) {
+    if (!seen.has(j.id)) {
+      diff.removed.push(j.id);
+    }
+  }
+  return diff;
+}
+
+export const PAGE = 200;
+
+export class JobListModel {
+  private _jobs: IJob[] = [];
+  private _limit = PAGE;
+  private listeners = new Set<() => void>();
+
+  /** All jobs, newest first. */
+  get jobs(): readonly IJob[] {
+    return this._jobs;
+  }
+
+  /** The jobs to render (the newest `limit`). */
+  get visible(): readonly IJob[] {
+    return this._jobs.slice(0, this._limit);
+  }
+
+  get hiddenCount(): number {
+    return Math.max(0, this._jobs.length - this._limit);
+  }
+
+  /** Whether any job is still moving (staging, queued, running, collecting). */
+  get hasActive(): boolean {
+    return this._jobs.some(j => ACTIVE_STATES.has(j.state));
+  }
+
+  subscribe(fn: () => void): () => void {
+    this.listeners.add(fn);
+    return () => this.listeners.delete(fn);
+  }
+
+  private emit(): void {
+    for (const fn of [...this.listeners]) {
+      fn();
+    }
+  }
+
+  /** Show the next page of older jobs. */
+  showMore(): void {
+    this._limit += PAGE;
+    this.emit();
+  }
+
+  get(id: string): IJob | undefined {
+    return this._jobs.find(j => j.id === id);
+  }
+
+  /**
+   * Merge a fresh list (newest first). Unchanged jobs keep their object;
+   * listeners hear about it only when something changed. Returns the diff.
+   */
+  update(fresh: IJob[]): IJobsDiff {
+    const diff = diffJobs(this._jobs, fresh);
+    if (!diff.added.length && !diff.changed.length && !diff.removed.length) {
+      const sameOrder = fresh.every((j, i) => this._jobs[i] && this._jobs[i].id === j.id);
+      if (sameOrder) {
+        return diff;
+      }
+    }
+    const old = new Map(this._jobs.map(j => [j.id, j]));
+    const changed = new Set(diff.changed);
+    this._jobs = fresh.map(j => {
+      const prev = old.get(j.id);
+      return prev && !changed.has(j.id) ? prev : j;
+    });
+    this.emit();
+    return diff;
+  }
+
+  /** Put one record in (after submit or cancel) without waiting for the next poll. */
+  upsert(job: IJob): void {
+    const i = this._jobs.findIndex(j => j.id === job.id);
+    if (i >= 0) {
+      this._jobs = [...this._jobs.slice(0, i), job, ...this._jobs.slice(i + 1)];
+    } else {
+      this._jobs = [job, ...this._jobs];
+    }
+    this.emit();
+  }
+}
