@@ -11,7 +11,9 @@ from __future__ import annotations
 import logging
 import os
 import pwd
+import shutil
 import subprocess
+from pathlib import Path
 
 log = logging.getLogger(__name__)
 
@@ -32,3 +34,19 @@ def ensure_accounts(names: list[str], *, shell: str = "/bin/bash") -> list[str]:
         log.info("created Unix account %s for the demo users", name)
         created.append(name)
     return created
+
+
+def install_file(name: str, source: Path, relative: str) -> bool:
+    """Copy *source* to ``~name/relative`` (owned by the user, 0644) unless it exists."""
+    entry = pwd.getpwnam(name)
+    target = Path(entry.pw_dir) / relative
+    if target.exists():
+        return False
+    for directory in reversed([p for p in target.parents if str(p).startswith(entry.pw_dir + "/")]):
+        if not directory.exists():
+            directory.mkdir(mode=0o755)
+            os.chown(directory, entry.pw_uid, entry.pw_gid)
+    shutil.copyfile(source, target)
+    os.chmod(target, 0o644)
+    os.chown(target, entry.pw_uid, entry.pw_gid)
+    return True

@@ -26,10 +26,11 @@ from pathlib import Path
 from xnat_bridge.errors import XnatHpcError
 
 from . import slurmdev
-from .accounts import ensure_accounts
+from .accounts import ensure_accounts, install_file
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "config"
 DEMO_PROFILES = CONFIG_DIR / "demo" / "profiles.yaml"
+EXAMPLE_SCRIPT = CONFIG_DIR.parent / "examples" / "train_example.py"
 STAGING_DIR = Path("/var/lib/xnat-hpc-hub/staging")
 
 DEMO_USERS = (
@@ -202,9 +203,12 @@ def run_demo(args: argparse.Namespace) -> int:
     )
     hub_proc = None
     try:
-        created = ensure_accounts([u for u, _ in DEMO_USERS if u != "admin"])
+        unix_users = [u for u, _ in DEMO_USERS if u != "admin"]
+        created = ensure_accounts(unix_users)
         if created:
             print(f"created Unix accounts for the demo users: {', '.join(created)}", flush=True)
+        for user in unix_users:  # the bundled example training script, in each demo home
+            install_file(user, EXAMPLE_SCRIPT, "examples/train_example.py")
         archive = run_dir / "xnat" / "archive"
         prepare_shared_dirs(archive, (run_dir, run_dir / "xnat"))
         print("starting JupyterHub ...", flush=True)

@@ -1,0 +1,119 @@
+/*
+ * The researcher's whole flow in a real browser (Debian's chromium driven by
+ * playwright-core; never a downloaded browser), against the `xnat-hpc-hub demo` stack:
+ * log in through the hub, spawn a server for NEURO_MRI, open the XNAT panel, browse,
+ * create a dataset, submit the bundled example training script with "Train on secure
+ * HPC…" (double click: one job), follow the job to done and open its results.
+ *
+ *   node tests/e2e/hub_flow.js HUB_URL USER PASSWORD SHOTS_DIR DATASET_NAME
+ *
+ * Prints one JSON object of facts on the last line; exits non-zero on failure.
+ * Run by tests/e2e/test_lab_e2e.py (NODE_PATH points at labextension/node_modules).
+ */
+const { chromium } = require('playwright-core');
+const fs = require('fs');
+const path = require('path');
+
+const [hub, user, password, shots, dataset] = process.argv.slice(2);
+
+async function main() {
+  fs.mkdirSync(shots, { recursive: true });
+  const browser = await chromium.launch({
+    executablePath: '/usr/bin/chromium',
+    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking',
+      '--disable-component-update', '--no-first-run']
+  });
+  const page = await browser.newPage({ viewport: { width: 1400, height: 900 } });
+  const facts = { problems: [] };
+  page.on('pageerror', e => facts.problems.push(`pageerror: ${e.message}`));
+  const shot = async name => page.screenshot({ path: path.join(shots, `${name}.png`) });
+  try {
+    // 1. log in through the hub with XNAT credentials
+    await page.goto(`${hub}/hub/login`);
+    await page.fill('input[name="username"]', user);
+    await page.fill('input[name="password"]', password);
+    await shot('01-login');
+    await page.click('input[type="submit"], button[type="submit"]');
+    // 2. the spawn form lists the user's projects; choose the local profile and NEURO_MRI
+    await page.waitForSelector('#xnat-hpc-projects', { timeout: 60000 });
+    facts.formProjects = await page.$$eval('input[name="project"]', els => els.map(e => e.value));
+    facts.formProfiles = await page.$$eval('input[name="profile"]', els => els.map(e => e.value));
+    await page.check('#profile-local-small');
+    await page.check('#project-NEURO_MRI');
+    await shot('02-spawn-form');
+    let t0 = Date.now();
+    await page.click('form input[type="submit"], form button[type="submit"]');
+    // 3. JupyterLab
+    await page.waitForSelector('.jp-LabShell', { timeout: 180000 });
+    await page.waitForSelector('#jupyterlab-splash', { state: 'detached', timeout: 120000 });
+    facts.spawnToLabMs = Date.now() - t0;
+    // 4. the XNAT panel: scope = NEURO_MRI only
+    const tab = page.locator('.jp-SideBar.jp-mod-left [data-id="xnat-hpc-panel"]');
+    await tab.waitFor({ timeout: 30000 });
+    t0 = Date.now();
+    await tab.click();
+    await page.waitForSelector('[data-testid="xnat-hpc-tree"] [role="treeitem"]', { timeout: 30000 });
+    facts.panelFirstRenderMs = Date.now() - t0;
+    facts.panelProjects = await page.$$eval('[role="treeitem"][aria-level="1"]', els => els.length);
+    await page.click('button[aria-label="Expand project NEURO_MRI"]');
+    await page.waitForSelector('[role="treeitem"][aria-level="2"]');
+    const subject = page.locator('[role="treeitem"][aria-level="2"]').first();
+    await subject.locator('button.xnat-hpc-twisty').click();
+    await page.waitForSelector('[role="treeitem"][aria-level="3"]');
+    await shot('03-panel-tree');
+    // 5. create a dataset from the first subject
+    await subject.locator('input[type="checkbox"]').check();
+    await page.click('[data-testid="xnat-hpc-create-dataset"]');
+    await page.fill('.jp-Dialog input', dataset);
+    await page.click('.jp-Dialog .jp-mod-accept');
+    await page.waitForSelector(`[data-testid="xnat-hpc-dataset-list"] [data-name="${dataset}"]`, { timeout: 90000 });
+    await shot('04-dataset');
+    // 6. Train on secure HPC: the bundled example script, 1 CPU; a double click makes one job
+    await page.click(`button[aria-label="Train on dataset ${dataset}"]`);
+    await page.waitForSelector('[data-testid="xnat-hpc-submit"]');
+    await page.selectOption('#xnat-hpc-train-script', 'examples/train_example.py');
+    await page.fill('#xnat-hpc-train-cpus', '1');
+    await shot('05-train-dialog');
+    t0 = Date.now();
+    await page.dblclick('[data-testid="xnat-hpc-submit"]');
+    await page.waitForSelector('[data-testid="xnat-hpc-submit"]', { state: 'detached', timeout: 60000 });
+    facts.submitToDialogClosedMs = Date.now() - t0;
+    facts.jobsListed = await page.$$eval('[data-testid="xnat-hpc-jobs"] [data-testid="xnat-hpc-job-state"]',
+      els => els.length);
+    const state = page.locator('[data-testid="xnat-hpc-job-details"] [data-testid="xnat-hpc-job-state"]');
+    await state.waitFor({ timeout: 30000 });
+    const seen = [];
+    const deadline = Date.now() + 300000;
+    for (;;) {
+      const s = (await state.innerText()).trim();
+      if (!seen.includes(s)) {
+        seen.push(s);
+        if ((s === 'queued' || s === 'running') && !facts.submitToQueuedMs) {
+          facts.submitToQueuedMs = Date.now() - t0;
+        }
+        await shot(`06-job-${s}`);
+      }
+      if (['done', 'failed', 'cancelled', 'lost'].includes(s) || Date.now() > deadline) break;
+      await page.waitForTimeout(250);
+    }
+    facts.jobStates = seen;
+    facts.log = (await page.locator('[data-testid="xnat-hpc-log"]').innerText().catch(() => '')).slice(-2000);
+    if (seen[seen.length - 1] === 'done') {
+      await page.click('[data-testid="xnat-hpc-open-results"]');
+      await page.waitForTimeout(1500);
+      facts.fileBrowserPath = await page.locator('.jp-FileBrowser .jp-BreadCrumbs').innerText().catch(() => '');
+      facts.resultListing = await page.$$eval('.jp-DirListing-itemText', els => els.map(e => e.textContent));
+      await shot('07-results');
+    } else {
+      facts.jobMessage = await page.locator('.xnat-hpc-job-facts').innerText().catch(() => '');
+    }
+  } catch (err) {
+    await shot('99-failure').catch(() => {});
+    facts.error = String(err && err.stack || err);
+  }
+  await browser.close();
+  console.log(JSON.stringify(facts));
+  process.exit(facts.error ? 1 : 0);
+}
+
+main();

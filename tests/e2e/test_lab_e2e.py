@@ -1,0 +1,82 @@
+"""End to end in a real browser against the `xnat-hpc-hub demo` stack (hub +
+configurable-http-proxy, devxnat, the local Slurm): log in, spawn, browse,
+create a dataset, submit the example script to the secure partition, see it
+done, open the results. Screenshots go to test-artifacts/e2e/."""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+ARTIFACTS = REPO / "test-artifacts" / "e2e"
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slurm, pytest.mark.devxnat]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def demo_stack(public_dir, slurm):
+    """`xnat-hpc-hub demo` on free ports in a run directory the demo users can traverse."""
+    hub_port, xnat_port = _free_port(), _free_port()
+    run_dir = public_dir / "demo"
+    log = open(public_dir / "demo.out", "wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hub_ext.cli", "demo", "--run-dir", str(run_dir), "--hub-port", str(hub_port),
+         "--xnat-port", str(xnat_port), "--demo-size", "5MB"], stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 300
+    out = public_dir / "demo.out"
+    while "Press Ctrl-C to stop." not in out.read_text(errors="replace"):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError(f"the demo did not come up:\n{out.read_text(errors='replace')[-3000:]}")
+        time.sleep(0.5)
+    yield f"http://127.0.0.1:{hub_port}", run_dir
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    log.close()
+
+
+def test_researcher_flow_in_the_browser(demo_stack):
+    hub_url, run_dir = demo_stack
+    dataset = f"e2e {secrets.token_hex(3)}"
+    env = {**os.environ, "NODE_PATH": str(REPO / "labextension" / "node_modules")}
+    proc = subprocess.run(["node", str(REPO / "tests" / "e2e" / "hub_flow.js"), hub_url, "alice", "alice-demo",
+                           str(ARTIFACTS), dataset], capture_output=True, text=True, timeout=900, env=env)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert lines, f"no result from the browser script:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    facts = json.loads(lines[-1])
+    (ARTIFACTS / "facts.json").write_text(json.dumps(facts, indent=2))
+    assert proc.returncode == 0, facts.get("error") or facts
+    # the form showed alice's projects only; the panel only the chosen scope
+    assert sorted(facts["formProjects"]) == ["NEURO_MRI", "SLEEP_EEG"]
+    assert facts["panelProjects"] == 1
+    # one job from a double click, followed to done, results opened
+    assert facts["jobsListed"] == 1
+    assert facts["jobStates"][-1] == "done", facts
+    assert "metrics.json" in facts["resultListing"]
+    home = Path(pwd.getpwnam("alice").pw_dir)
+    metrics = sorted(home.glob("xnat-hpc/jobs/*/results/metrics.json"), key=lambda p: p.stat().st_mtime)
+    assert metrics and json.loads(metrics[-1].read_text())
+    assert not facts["problems"], facts["problems"]
+    # the whole flow was audited by the hub
+    events = [json.loads(line) for line in (run_dir / "audit.jsonl").read_text().splitlines()]
+    assert any(e["action"] == "spawn" and e["outcome"] == "allowed" and e["user"] == "alice" for e in events)
