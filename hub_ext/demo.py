@@ -78,6 +78,21 @@ def start_devxnat(
     return proc, url_box[0]
 
 
+def xnat_hub_config(*, xnat_url: str, profiles: Path, archive: Path, audit_log: Path,
+                    spawner: str = "xnat") -> str:
+    """The XNAT part of a ``jupyterhub_config.py``: authenticator, spawner, profiles (pure)."""
+    return f'''c.JupyterHub.authenticator_class = "xnat"
+c.XnatAuthenticator.xnat_url = "{xnat_url}"
+c.JupyterHub.spawner_class = "{spawner}"
+c.JupyterHub.allow_named_servers = True
+c.XnatScopedSpawner.profiles_file = "{profiles}"
+c.XnatScopedSpawner.xnat_data_root = "{archive}"
+c.XnatScopedSpawner.audit_log = "{audit_log}"
+c.XnatSlurmSpawner.server_host = "127.0.0.1"
+c.Spawner.default_url = "/lab"
+'''
+
+
 def hub_config(*, xnat_url: str, hub_dir: Path, port: int, proxy_api_port: int, hub_port: int,
                profiles: Path, archive: Path, audit_log: Path) -> str:
     """The demo's ``jupyterhub_config.py`` (pure; config/jupyterhub_config.py is the site example)."""
@@ -92,18 +107,9 @@ c.JupyterHub.db_url = "sqlite:///{hub_dir}/jupyterhub.sqlite"
 c.JupyterHub.cookie_secret_file = "{hub_dir}/cookie_secret"
 c.JupyterHub.pid_file = "{hub_dir}/jupyterhub.pid"
 c.JupyterHub.cleanup_servers = True
-c.JupyterHub.authenticator_class = "xnat"
-c.XnatAuthenticator.xnat_url = "{xnat_url}"
-c.JupyterHub.spawner_class = "xnat"
-c.JupyterHub.allow_named_servers = True
-c.XnatScopedSpawner.profiles_file = "{profiles}"
-c.XnatScopedSpawner.xnat_data_root = "{archive}"
-c.XnatScopedSpawner.audit_log = "{audit_log}"
-c.XnatSlurmSpawner.server_host = "127.0.0.1"
-c.Spawner.default_url = "/lab"
 c.Spawner.start_timeout = 120
 c.Spawner.http_timeout = 90
-'''
+''' + xnat_hub_config(xnat_url=xnat_url, profiles=profiles, archive=archive, audit_log=audit_log)
 
 
 def _free_port() -> int:

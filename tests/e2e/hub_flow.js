@@ -45,8 +45,11 @@ async function main() {
     await page.click('form input[type="submit"], form button[type="submit"]');
     // 3. JupyterLab
     await page.waitForSelector('.jp-LabShell', { timeout: 180000 });
-    await page.waitForSelector('#jupyterlab-splash', { state: 'detached', timeout: 120000 });
     facts.spawnToLabMs = Date.now() - t0;
+    // a fresh workspace: JupyterLab would otherwise restore tabs of earlier sessions
+    await page.goto(`${hub}/user/${user}/lab?reset`);
+    await page.waitForSelector('.jp-LabShell', { timeout: 60000 });
+    await page.waitForSelector('#jupyterlab-splash', { state: 'detached', timeout: 120000 });
     // 4. the XNAT panel: scope = NEURO_MRI only
     const tab = page.locator('.jp-SideBar.jp-mod-left [data-id="xnat-hpc-panel"]');
     await tab.waitFor({ timeout: 30000 });
@@ -74,12 +77,16 @@ async function main() {
     await page.selectOption('#xnat-hpc-train-script', 'examples/train_example.py');
     await page.fill('#xnat-hpc-train-cpus', '1');
     await shot('05-train-dialog');
+    const jobRows = '[data-testid="xnat-hpc-jobs"] [data-testid="xnat-hpc-job-state"]';
+    facts.jobsBefore = await page.$$eval(jobRows, els => els.length);
     t0 = Date.now();
     await page.dblclick('[data-testid="xnat-hpc-submit"]');
     await page.waitForSelector('[data-testid="xnat-hpc-submit"]', { state: 'detached', timeout: 60000 });
     facts.submitToDialogClosedMs = Date.now() - t0;
-    facts.jobsListed = await page.$$eval('[data-testid="xnat-hpc-jobs"] [data-testid="xnat-hpc-job-state"]',
-      els => els.length);
+    await page.waitForFunction(([sel, n]) => document.querySelectorAll(sel).length > n,
+      [jobRows, facts.jobsBefore], { timeout: 30000 });
+    await page.waitForTimeout(3000); // a second job, if a double click made one, shows up by now
+    facts.jobsListed = await page.$$eval(jobRows, els => els.length);
     const state = page.locator('[data-testid="xnat-hpc-job-details"] [data-testid="xnat-hpc-job-state"]');
     await state.waitFor({ timeout: 30000 });
     const seen = [];
