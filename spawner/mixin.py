@@ -112,6 +112,12 @@ class XnatScopedSpawner(LoggingConfigurable):
         working directory.""",
     ).tag(config=True)
 
+    ready_check_interval = Float(
+        0.1,
+        help="""Seconds between checks that a starting server accepts connections; start()
+        returns as soon as it does, so the hub's first HTTP check finds it up.""",
+    ).tag(config=True)
+
     xnat_plan = Any(None, help="The validated plan of the current start (set by start).")
 
     # ------------------------------------------------------------------ helpers
@@ -238,9 +244,37 @@ class XnatScopedSpawner(LoggingConfigurable):
                            f"; profile {plan.profile.display_name}")
         try:
             self.apply_plan(plan)
-            return await super().start()
+            address = await super().start()
         except XnatHpcError as exc:
             raise spawn_error(exc) from None
+        await self._wait_listening(address)
+        return address
+
+    async def _wait_listening(self, address) -> None:
+        """Return once the server accepts connections (checked every ``ready_check_interval``).
+
+        JupyterHub then finds it up at its first HTTP check instead of after its
+        exponential backoff (up to 5 s between checks). Gives up quietly after
+        ``http_timeout`` or when the server exits: the hub's own checks decide then.
+        """
+        if not isinstance(address, tuple) or len(address) != 2:
+            return
+        host, port = address[0] or "127.0.0.1", int(address[1])
+        deadline = time.monotonic() + self.http_timeout
+        next_poll = time.monotonic() + 1.0
+        while time.monotonic() < deadline:
+            try:
+                _reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 1.0)
+                writer.close()
+                self._progress(90, "Server is up; connecting")
+                return
+            except (OSError, asyncio.TimeoutError):
+                pass
+            if time.monotonic() >= next_poll:
+                next_poll = time.monotonic() + 1.0
+                if await self.poll() is not None:
+                    return
+            await asyncio.sleep(self.ready_check_interval)
 
     async def stop(self, now=False):
         try:
