@@ -9,8 +9,9 @@ Needs the local Slurm (``xnat-hpc-hub slurm up``); starts its own devxnat
    worker is up on the secure partition, connected over TLS, and has claimed
    the dataset key), round 1 with staging, later rounds reusing the bundle;
    vs ``sbatch --wrap 'sleep 60'`` until squeue says RUNNING, same partition,
-   same run. Both non-exclusive, so that other jobs on the one test node do not
-   make either side wait.
+   same run. Both non-exclusive, and both start on an idle node (no job in the
+   partition for 3 s: Slurm starts a job submitted right after another ended
+   only at its next scheduling pass, 1-3 s later, whoever submits it).
 2. decrypt on the worker: ``extract_bundle`` (verifies every sha256, O_NOFOLLOW
    writes) vs ``age -d -i KEY bundle | tar -x`` on the same bundle (random files).
 
@@ -39,7 +40,25 @@ def slurm_running(job_id: str) -> bool:
     return out.strip() == "RUNNING"
 
 
+SETTLE_S = 3.0
+
+
+def wait_idle(timeout: float = 60) -> None:
+    """Until no job is left on the secure partition, plus SETTLE_S: right after a job ends,
+    slurmctld starts the next one only at its next scheduling pass (1-3 s here, for plain
+    ``sbatch`` as much as for ours), so each measurement starts on an idle node."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        out = subprocess.run(["squeue", "-h", "-p", "secure", "-o", "%i"], capture_output=True, text=True,
+                             check=False).stdout
+        if not out.strip():
+            break
+        time.sleep(0.1)
+    time.sleep(SETTLE_S)
+
+
 def plain_sbatch_latency(work: Path) -> float:
+    wait_idle()
     t0 = time.perf_counter()
     out = subprocess.run(["sbatch", "--parsable", "--partition=secure", "--mem=512M", "-o", str(work / "p.out"),
                           "--wrap", "sleep 60"], capture_output=True, text=True, check=True).stdout
@@ -55,6 +74,7 @@ def plain_sbatch_latency(work: Path) -> float:
 def offload_latency(manager, script: str) -> float:
     from xnat_bridge.offload import JobState
 
+    wait_idle()
     t0 = time.perf_counter()
     rec = manager.submit("bench", script, mem="512M")
     while True:
