@@ -8,6 +8,7 @@ at /xnat/data (:mod:`spawner.sandbox`). The user's Unix account must exist
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import pwd
 import shutil
@@ -64,13 +65,10 @@ class XnatLocalSpawner(XnatScopedSpawner, LocalProcessSpawner):
 
     def sandbox_spec(self, plan: SpawnPlan) -> SandboxSpec:
         home = pwd.getpwnam(self.user.name).pw_dir
-        staging = []
-        offload_dir = plan.profile and self.xnat_profiles().offload.staging_dir
-        if offload_dir:
-            staging.append(offload_dir)
+        staging = json.loads(plan.env.get("XNAT_HPC_OFFLOAD") or "{}").get("staging_dir")
         return SandboxSpec(self.xnat_data_root, home,
                            tuple(_code_roots() + ["/run/munge", *self.sandbox_ro_paths]),
-                           tuple(staging), self.bwrap_path)
+                           (staging,) if staging else (), self.bwrap_path)
 
     def apply_plan(self, plan: SpawnPlan) -> None:
         if not self.xnat_data_root:

@@ -293,3 +293,24 @@ def test_xnat_down_at_spawn_gives_a_clear_message(devxnat_factory, public_dir, u
             or "did not answer" in r.json()["message"]
     finally:
         h.stop()
+
+
+def test_profiles_file_is_reloaded_and_a_broken_version_keeps_the_last_good(hub):
+    profiles = Path(hub.log_path).parent / "profiles.yaml"
+    good = profiles.read_text()
+    s, _ = hub.login("carol", "carol-demo")
+    try:
+        profiles.write_text(good.replace("  - slug: slurm-cpu", "  - slug: local-extra\n    backend: local\n"
+                                                                 "  - slug: slurm-cpu"))
+        deadline = time.monotonic() + 10
+        while "local-extra" not in form_choices(s.get(f"{hub.url}/hub/spawn/carol", timeout=30).text)[0]:
+            assert time.monotonic() < deadline, "the hub did not pick up the changed profiles file"
+            time.sleep(0.5)
+        profiles.write_text(good + "\n  - slug: Bad Slug\n    backend: nowhere\n")
+        time.sleep(3)  # past the watcher's 2 s interval
+        assert form_choices(s.get(f"{hub.url}/hub/spawn/carol", timeout=30).text)[0] == \
+            ["local-small", "local-extra", "slurm-cpu"]
+        assert "keeping the last good configuration" in hub.log()
+    finally:
+        profiles.write_text(good)
+        time.sleep(2.5)
