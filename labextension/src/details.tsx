@@ -35,7 +35,7 @@ export class JobDetails extends ReactWidget {
     this.poll = new Poll({
       auto: true,
       name: `xnat-hpc:job:${jobId}`,
-      frequency: { interval: 2000, backoff: true, max: 30000 },
+      frequency: { interval: 1000, backoff: true, max: 30000 },
       standby: () => !this.isVisible || 'when-hidden',
       factory: () => this.tick()
     });

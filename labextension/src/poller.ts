@@ -15,7 +15,7 @@ export interface IPollConfig {
   max: number;
 }
 
-export const DEFAULT_POLL: IPollConfig = { active: 2000, idle: 15000, max: 60000 };
+export const DEFAULT_POLL: IPollConfig = { active: 500, idle: 15000, max: 60000 };
 
 /** The poll frequency for the current situation (pure). */
 export function frequencyFor(active: boolean, cfg: IPollConfig = DEFAULT_POLL): IPoll.Frequency {
