@@ -75,6 +75,21 @@ venv() {
   echo "$want" > "$stamp"
 }
 
+# Servers and Slurm jobs run as the users' own accounts and import this checkout (editable
+# install): every directory above it must be traversable by them. Adds only the execute
+# (traverse) bit where it is missing, never read, and says so.
+checkout_traversable() {
+  local dir="$HERE"
+  while [ "$dir" != / ]; do
+    dir=$(dirname "$dir")
+    if [ "$(( 0$(stat -c %a "$dir") & 01 ))" = 0 ]; then
+      log "making $dir traversable for other users (chmod o+x): servers run as the users' accounts and import $HERE"
+      chmod o+x "$dir"
+    fi
+  done
+  chmod -R o+rX "$HERE/hub_ext" "$HERE/spawner" "$HERE/xnat_bridge" "$HERE/config" "$HERE/examples"
+}
+
 # The JupyterLab extension: built after the editable install (its build needs the venv's
 # JupyterLab) and linked into the venv; quick when nothing changed.
 labextension() {
@@ -83,7 +98,7 @@ labextension() {
 
 case "${1:-all}" in
   system) system ;;
-  venv) venv; labextension ;;
-  all) system; venv; labextension ;;
+  venv) venv; labextension; checkout_traversable ;;
+  all) system; venv; labextension; checkout_traversable ;;
   *) echo "usage: $0 [system|venv|all]" >&2; exit 2 ;;
 esac
