@@ -5,6 +5,7 @@
     xnat-hpc-hub check-config FILE...        validate admin profiles YAML (exit 1 on problems)
     xnat-hpc-hub slurm up|down|status        the single-node development Slurm
     xnat-hpc-hub jobs list|show ID|cancel ID offloaded training jobs of a workspace
+    xnat-hpc-hub audit verify FILE...        check the hash chain of audit logs (exit 1 if broken)
 """
 
 from __future__ import annotations
@@ -47,6 +48,22 @@ def _check_config(args: argparse.Namespace) -> int:
     from .profiles import check_config_main
 
     return check_config_main([str(f) for f in args.files])
+
+
+def _audit(args: argparse.Namespace) -> int:
+    from xnat_bridge.audit import verify_chain
+
+    status = 0
+    for path in args.files:
+        try:
+            count, problem = verify_chain(path)
+        except OSError as exc:
+            print(f"{path}: cannot read: {exc.strerror or exc}")
+            status = 1
+            continue
+        print(f"{path}: {problem}" if problem else f"{path}: OK, hash chain intact ({count} events)")
+        status = status or (1 if problem else 0)
+    return status
 
 
 def _jobs(args: argparse.Namespace) -> int:
@@ -92,6 +109,11 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("check-config", help="validate profiles YAML files; every problem with file:line")
     c.add_argument("files", nargs="+", type=Path, metavar="FILE")
     c.set_defaults(func=_check_config)
+
+    a = sub.add_parser("audit", help="audit logs: verify FILE... checks their hash chains")
+    a.add_argument("action", choices=["verify"])
+    a.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    a.set_defaults(func=_audit)
 
     j = sub.add_parser("jobs", help="offloaded training jobs: list | show ID | cancel ID")
     j.add_argument("action", choices=["list", "show", "cancel"])

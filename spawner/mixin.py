@@ -36,6 +36,7 @@ from tornado import web
 from traitlets import Any, Bool, Float, Unicode, default
 from traitlets.config import LoggingConfigurable
 
+from hub_ext import owner as _owner_page  # noqa: F401  (registers /hub/xnat-hpc/owner)
 from hub_ext.profiles import ProfileConfig, ProfileWatcher, visible_profiles
 from hub_ext.xnat_api import AliasToken
 from xnat_bridge import audit

@@ -16,7 +16,7 @@ from traitlets.utils.importstring import import_item
 
 from xnat_bridge.errors import XnatHpcError
 
-from .mixin import XnatScopedSpawner, spawn_error
+from .mixin import XnatScopedSpawner, _items, spawn_error
 from .plan import SpawnPlan
 
 #: traits the child must share with the spawner JupyterHub created
@@ -58,7 +58,7 @@ class XnatProfilesSpawner(XnatScopedSpawner, Spawner):
         try:
             plan: SpawnPlan = await self.make_plan()
         except XnatHpcError as exc:
-            self.xnat_audit("spawn", "denied", detail=exc.message)
+            self.xnat_audit("spawn", "denied", items=_items(self.user_options), detail=exc.message)
             self.log.warning("spawn of %s refused: %s", self._log_name, exc.message)
             raise spawn_error(exc) from None
         child = self._make_child(plan.profile.backend)

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
+import fcntl
+import hashlib
 import json
 import logging
 import os
@@ -88,21 +90,51 @@ class MemorySink(AuditSink):
             self.events.append(event)
 
 
+GENESIS = "0" * 64
+
+
+def chain_hash(prev: str, body: str) -> str:
+    """The hash of one line: sha256 of the previous line's hash and this event's canonical JSON."""
+    return hashlib.sha256((prev + body).encode()).hexdigest()
+
+
+def _last_hash(fd: int) -> str:
+    size = os.fstat(fd).st_size
+    if size == 0:
+        return GENESIS
+    start = max(0, size - 65536)
+    tail = os.pread(fd, size - start, start).rstrip(b"\n").rsplit(b"\n", 1)[-1]
+    try:
+        return str(json.loads(tail)["hash"])
+    except (ValueError, KeyError, TypeError):
+        return chain_hash(GENESIS, tail.decode("utf-8", "replace"))  # a foreign last line: chain onto it
+
+
 class JsonLinesSink(AuditSink):
-    """Append events to a JSON-lines file (created 0600)."""
+    """Append events to a JSON-lines file (created 0600), **hash-chained**.
+
+    Every line carries ``prev`` (the hash of the line before; 64 zeros for the
+    first) and ``hash`` = sha256(prev + the event's canonical JSON), so a line
+    changed, removed or inserted later breaks the chain at that point
+    (:func:`verify_chain`, ``xnat-hpc-hub audit verify FILE``). Writers in
+    several processes (the server, kernels) take an ``flock`` for each append.
+    """
 
     def __init__(self, path: str | Path | None = None):
         self.path = Path(path or Path.home() / "xnat-hpc" / "audit.jsonl")
 
     def emit(self, event: AuditEvent) -> None:
-        line = (event.to_json() + "\n").encode()
+        body = event.to_json()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
             try:
-                os.write(fd, line)
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                prev = _last_hash(fd)
+                line = body[:-1] + f',"prev":"{prev}","hash":"{chain_hash(prev, body)}"}}\n'
+                os.write(fd, line.encode())
             finally:
-                os.close(fd)
+                os.close(fd)  # releases the lock
         except OSError as e:  # auditing must not take the server down; say so loudly
             log.error("could not write audit event %s for %s: %s", event.action, event.user, e)
 
@@ -110,3 +142,23 @@ class JsonLinesSink(AuditSink):
         if not self.path.exists():
             return []
         return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+
+
+def verify_chain(path: str | Path) -> tuple[int, str | None]:
+    """(number of lines, None) when the chain holds, else (line number, what is wrong)."""
+    prev = GENESIS
+    count = 0
+    with open(path, encoding="utf-8") as f:
+        for count, line in enumerate(f, 1):
+            try:
+                doc = json.loads(line)
+                stated_prev, stated = doc.pop("prev"), doc.pop("hash")
+            except (ValueError, KeyError, AttributeError):
+                return count, f"line {count} is not a chained audit event"
+            body = json.dumps(doc, sort_keys=True, separators=(",", ":"))
+            if stated_prev != prev:
+                return count, f"line {count} does not follow line {count - 1} (a line was removed or inserted)"
+            if chain_hash(prev, body) != stated:
+                return count, f"line {count} was changed after it was written"
+            prev = stated
+    return count, None

@@ -314,3 +314,20 @@ def test_profiles_file_is_reloaded_and_a_broken_version_keeps_the_last_good(hub)
     finally:
         profiles.write_text(good)
         time.sleep(2.5)
+
+
+def test_owners_see_their_projects_audit_trail(hub):
+    s, _ = hub.login("alice", "alice-demo")
+    page = s.get(f"{hub.url}/hub/xnat-hpc/owner?format=json", timeout=30).json()
+    assert page["owned"] == ["NEURO_MRI"] and page["chain"].startswith("hash chain intact")
+    assert page["events"], "no events about NEURO_MRI"
+    assert all("NEURO_MRI" in e["items"] for e in page["events"])
+    # bob's refused request for NEURO_MRI (profile for owners only) is on alice's page
+    assert any(e["user"] == "bob" and e["outcome"] == "denied" for e in page["events"])
+    html_page = s.get(f"{hub.url}/hub/xnat-hpc/owner", timeout=30).text
+    assert '<strong id="owned">NEURO_MRI</strong>' in html_page
+    s, _ = hub.login("carol", "carol-demo")
+    carol = s.get(f"{hub.url}/hub/xnat-hpc/owner?format=json", timeout=30).json()
+    assert carol["owned"] == [] and carol["events"] == []
+    anonymous = requests.get(f"{hub.url}/hub/xnat-hpc/owner", allow_redirects=False, timeout=30)
+    assert anonymous.status_code == 302 and "/hub/login" in anonymous.headers["Location"]

@@ -220,3 +220,15 @@ def test_bootstrap_code_is_one_time_and_bound_to_the_job():
     clock[0] = 61
     with pytest.raises(PermissionError, match="expired"):
         reg.claim(late, "10")
+
+
+def test_owner_page_filters_by_owned_projects_and_escapes():
+    from hub_ext.owner import events_for, owned_projects, render
+
+    assert owned_projects({"A": "Owner", "B": "Member"}, False) == {"A"}
+    assert owned_projects({"A": "Owner", "B": "Member"}, True) == {"A", "B"}
+    events = [{"items": ["A"], "user": "u1"}, {"items": ["B"], "user": "u2"}, {"items": ["A", "B"], "user": "u3"}]
+    assert [e["user"] for e in events_for(events, {"A"})] == ["u3", "u1"]
+    assert events_for(events, set()) == []
+    page = render("alice", {"A"}, [{"items": ["A"], "user": "<script>", "detail": "x&y"}], "intact")
+    assert "&lt;script&gt;" in page and "<script>" not in page and "x&amp;y" in page

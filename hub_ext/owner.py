@@ -1,0 +1,99 @@
+"""The project owners' page: who started servers on my projects, and was anyone refused.
+
+``GET /hub/xnat-hpc/owner`` (logged-in users; ``?format=json`` for scripts)
+lists the hub's audit events (every spawn, allowed or denied, with its scope;
+file ``XnatScopedSpawner.audit_log``) about the projects the visitor **owns in
+XNAT right now** — asked of XNAT with the visitor's own alias token, never
+taken from the hub. Site administrators see every project. The page also
+says whether the log's hash chain is intact.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import html
+import json
+import os
+
+from jupyterhub.handlers import BaseHandler, default_handlers
+from tornado import web
+
+from xnat_bridge.audit import verify_chain
+from xnat_bridge.client import XnatClient
+from xnat_bridge.errors import XnatHpcError
+from xnat_bridge.permissions import fetch_permissions
+
+from .xnat_api import AliasToken
+
+ROUTE = r"/xnat-hpc/owner"
+MAX_EVENTS = 500
+
+
+def owned_projects(roles: dict[str, str], site_admin: bool) -> set[str]:
+    return set(roles) if site_admin else {p for p, r in roles.items() if r == "Owner"}
+
+
+def events_for(events: list[dict], projects: set[str], limit: int = MAX_EVENTS) -> list[dict]:
+    """Events touching one of *projects*, newest first (pure)."""
+    hits = [e for e in events if projects.intersection(e.get("items") or ())]
+    return list(reversed(hits))[:limit]
+
+
+def render(user: str, projects: set[str], events: list[dict], chain: str) -> str:
+    rows = "\n".join(
+        "<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in (
+            e.get("time", ""), e.get("user", ""), e.get("action", ""), e.get("outcome", ""),
+            ", ".join(e.get("items") or ()), e.get("detail", ""))) + "</tr>" for e in events)
+    owned = ", ".join(sorted(projects)) or "none"
+    return f"""<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">
+<title>XNAT projects: audit</title></head><body>
+<h1>Audit of your XNAT projects</h1>
+<p>{html.escape(user)}, you own: <strong id="owned">{html.escape(owned)}</strong> (as XNAT says now).</p>
+<p id="chain">Audit log: {html.escape(chain)}</p>
+<table id="events"><caption>Server starts on your projects, newest first</caption>
+<thead><tr><th scope="col">time (UTC)</th><th scope="col">user</th><th scope="col">action</th>
+<th scope="col">outcome</th><th scope="col">projects</th><th scope="col">detail</th></tr></thead>
+<tbody>
+{rows}
+</tbody></table></body></html>"""
+
+
+class OwnerAuditHandler(BaseHandler):
+    """Only XNAT decides which projects a visitor owns."""
+
+    @web.authenticated
+    async def get(self):
+        user = self.current_user
+        state = await user.get_auth_state() or {}
+        token = AliasToken.from_state(state.get("xnat_token"))
+        if token is None:
+            raise web.HTTPError(403, "log in with your XNAT account to see your projects' audit")
+        spawner_config = self.config.get("XnatScopedSpawner", {})
+        xnat_url = getattr(self.authenticator, "xnat_url", "") or os.environ.get("XNAT_HOST", "")
+        path = os.path.abspath(spawner_config.get("audit_log", "xnat-hpc-audit.jsonl"))
+
+        def ask() -> tuple[set[str], list[dict], str]:
+            with XnatClient(xnat_url, token.alias, token.secret, retries=1, timeout=15) as client:
+                perms = fetch_permissions(client, user.name)
+            projects = owned_projects(perms.roles, perms.site_admin)
+            if not os.path.exists(path):
+                return projects, [], "no events yet"
+            with open(path, encoding="utf-8") as f:
+                events = [json.loads(line) for line in f if line.strip()]
+            count, problem = verify_chain(path)
+            chain = problem or f"hash chain intact ({count} events)"
+            return projects, events_for(events, projects), chain
+
+        try:
+            projects, events, chain = await asyncio.to_thread(ask)
+        except XnatHpcError as exc:
+            raise web.HTTPError(exc.status if exc.status < 500 else 503, exc.message) from None
+        if self.get_argument("format", "") == "json":
+            self.set_header("Content-Type", "application/json")
+            self.finish(json.dumps({"owned": sorted(projects), "chain": chain, "events": events}))
+            return
+        self.finish(render(user.name, projects, events, chain))
+
+
+if (ROUTE, OwnerAuditHandler) not in default_handlers:
+    default_handlers.append((ROUTE, OwnerAuditHandler))
