@@ -6,6 +6,7 @@ Everything lives under tmp_path. The age command-line tool (Debian package
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import json
@@ -64,6 +65,32 @@ def dataset() -> dict[str, bytes]:
         "S2/E2/resources/NOTES/n\u00e4me with spaces.txt": b"note\n",
         "S3/" + "long/" * 40 + "deep.bin": os.urandom(1234),
     }
+
+
+@pytest.fixture(autouse=True, params=["cli", "pyrage"])
+def age_engine(request, monkeypatch) -> str:
+    """Every test runs with both engines: the age CLI in a child process, and pyrage."""
+    if request.param == "cli":
+        age_cli()
+    monkeypatch.setattr(staging.engine, "PREFERRED", request.param)
+    monkeypatch.setattr(staging.engine, "AGE_BINARY", None)
+    return request.param
+
+
+def child_processes() -> list[int]:
+    """Live or zombie children of this process."""
+    me = str(os.getpid())
+    found = []
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if fields[1] == me:
+                found.append(int(pid))
+    return found
 
 
 @pytest.fixture
@@ -314,6 +341,7 @@ def test_source_error_propagates_and_cleans_up(tmp_path, staging_root, keys):
     with pytest.raises(Conflict):
         extract_bundle(info.path, identity, tmp_path / "d", expected_manifest_sha256="2" * 64)
     assert helper_threads() == []
+    assert child_processes() == []  # age reaped, no zombie
 
 
 @pytest.mark.parametrize("name", ["../x", "a/../../x", "/etc/passwd", "a//b", "a/./b", "./a", "a/",
@@ -591,7 +619,7 @@ def test_not_a_bundle(tmp_path, keys):
     assert not (tmp_path / "d").exists()
 
 
-def test_memory_stays_bounded(tmp_path, staging_root, keys):
+def test_memory_stays_bounded(tmp_path, staging_root, keys, age_engine):
     """Stage and extract 256 MiB in a child process: peak RSS well under 200 MB."""
     code = textwrap.dedent(f"""
         import hashlib, io, sys
@@ -605,6 +633,7 @@ def test_memory_stays_bounded(tmp_path, staging_root, keys):
         h = hashlib.sha256()
         for _ in range(256): h.update(bytes(1 << 20))
         ident, rcpt = staging.generate_keypair()
+        staging.engine.PREFERRED = {age_engine!r}
         f = staging.StagedFile("zeros.bin", size, h.hexdigest(), Zeros)
         info = staging.stage_files([f], staging_dir={str(staging_root)!r}, user="alice", recipient=rcpt)
         staging.extract_bundle(info.path, ident, {str(tmp_path / "out")!r})
@@ -617,3 +646,90 @@ def test_memory_stays_bounded(tmp_path, staging_root, keys):
     peak_mb = int(out.stdout.strip())
     assert peak_mb < 200, f"peak RSS {peak_mb} MB"
     assert (tmp_path / "out" / "data" / "zeros.bin").stat().st_size == 256 << 20
+
+
+# --------------------------------------------------------------------------- engines
+
+
+def test_engine_selection(tmp_path, staging_root, keys, monkeypatch, age_engine):
+    identity, recipient = keys
+    monkeypatch.setenv("PATH", str(tmp_path))  # no age on PATH
+    monkeypatch.setattr(staging.engine, "PREFERRED", "auto")
+    assert staging.engine.age_binary() is None  # falls back to pyrage
+    info, data = stage(staging_root, recipient)
+    manifest = extract_bundle(info.path, identity, tmp_path / "d")
+    assert manifest["file_count"] == len(data)
+    monkeypatch.setattr(staging.engine, "PREFERRED", "cli")
+    with pytest.raises(NotFound, match="age command-line tool"):
+        stage(staging_root, recipient)
+    monkeypatch.setattr(staging.engine, "PREFERRED", "bogus")
+    with pytest.raises(ValueError, match="bogus"):
+        staging.engine.age_binary()
+
+
+def test_age_process_failure_removes_partial(tmp_path, staging_root, keys, monkeypatch, age_engine):
+    if age_engine != "cli":
+        pytest.skip("the age process exists with the CLI engine only")
+    _, recipient = keys
+    fake = tmp_path / "bin" / "age"
+    fake.parent.mkdir()
+    fake.write_text("#!/bin/sh\nhead -c 100000 > /dev/null\necho 'age: error: simulated failure' >&2\n"
+                    "exit 3\n")
+    fake.chmod(0o700)
+    monkeypatch.setattr(staging.engine, "AGE_BINARY", str(fake))
+    with pytest.raises(staging.engine.CommandFailed, match="simulated failure") as exc:
+        stage(staging_root, recipient, data={"big.bin": os.urandom(4_000_000)})
+    assert exc.value.returncode == 3
+    assert os.listdir(staging_root / "alice") == []
+    assert child_processes() == []
+    # a failing decryption process: a clear error, nothing extracted
+    monkeypatch.setattr(staging.engine, "AGE_BINARY", None)
+    info, _ = stage(staging_root, recipient)
+    monkeypatch.setattr(staging.engine, "AGE_BINARY", str(fake))
+    with pytest.raises(staging.engine.CommandFailed, match="simulated failure"):
+        extract_bundle(info.path, keys[0], tmp_path / "d")
+    assert not (tmp_path / "d").exists()
+    assert child_processes() == []
+
+
+def test_disk_full_removes_partial(tmp_path, keys, age_engine):
+    """ENOSPC on a 1 MiB tmpfs: OSError ENOSPC, no partial file left, age reaped."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    _, recipient = keys
+    root = tmp_path / "small"
+    root.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,mode=0755", "tmpfs", str(root)], check=True)
+    try:
+        with pytest.raises(OSError) as exc:
+            stage(root, recipient, data={"big.bin": os.urandom(3_000_000)})
+        assert exc.value.errno == errno.ENOSPC
+        assert os.listdir(root / "alice") == []
+        assert child_processes() == []
+        info, _ = stage(root, recipient, data={"small.bin": os.urandom(100_000)})  # room again
+        assert info.path.exists()
+    finally:
+        subprocess.run(["umount", str(root)], check=True)
+
+
+def test_identity_never_on_age_command_line_or_environment(tmp_path, staging_root, keys, age_engine):
+    identity, recipient = keys
+    argv = staging.engine.decrypt_argv("/usr/bin/age", 7)
+    assert argv == ["/usr/bin/age", "-d", "-i", "/dev/fd/7"]
+    assert staging.engine.encrypt_argv("/usr/bin/age", recipient) == ["/usr/bin/age", "-r", recipient]
+    with pytest.raises(InvalidRequest):
+        staging.engine.encrypt_argv("/usr/bin/age", identity)
+    if age_engine != "cli":
+        return
+    info, _ = stage(staging_root, recipient, data={"big.bin": os.urandom(8_000_000)})
+    dec = staging.engine.CliDecryptor(age_cli(), info.path, identity)
+    try:
+        pid = dec._proc.pid
+        secret = identity.encode()
+        for what in ("cmdline", "environ"):
+            with open(f"/proc/{pid}/{what}", "rb") as f:
+                assert secret not in f.read()
+        assert dec.reader.read(512)  # it decrypts: the identity came through the pipe
+    finally:
+        dec.abort()
+    assert child_processes() == []

@@ -38,8 +38,22 @@ Security rules
 --------------
 * No plaintext byte is ever written to the staging area, not even a temporary
   file: the tar stream is generated in memory, chunk by chunk, and handed to
-  age (``pyrage.encrypt_io``) as it is produced; memory stays bounded
-  (about 1 MiB of data in flight) whatever the dataset size.
+  age as it is produced; memory stays bounded (about 1 MiB of data in flight,
+  plus a 1 MiB pipe) whatever the dataset size.
+* What runs where (:mod:`.engine`): when the ``age`` CLI is on PATH (Debian
+  package ``age``), this process reads, hashes and frames the tar stream and
+  writes it into a pipe to a child ``age -r <recipient>`` whose stdout is the
+  ``.partial`` file — two cores, like ``tar | age``; only the public recipient
+  is on its command line. Decryption runs ``age -d -i /dev/fd/N`` with the
+  ciphertext on its stdin and the identity written into an anonymous pipe
+  (never a file, an argument or an environment variable; the child gets PATH
+  and LC_ALL only); the tar reader verifies what it reads from age's stdout
+  and requires exit status 0 (the whole stream authenticated). Without the
+  CLI (or with ``engine.PREFERRED = "pyrage"``), pyrage does the same
+  in-process. A failing age process is reaped, its stderr goes into the
+  error (CommandFailed; OSError ENOSPC for a full disk), and the partial file
+  is removed. Writeback of the bundle is started every 32 MiB
+  (``sync_file_range``) so that the final fsync has little left to do.
 * The ciphertext is written to ``<bundle_id>.tar.age.partial`` (O_CREAT|O_EXCL,
   0600), fsynced, and renamed to its final name only when complete; on any
   error the partial file (and sidecar) is removed and the error re-raised.
@@ -54,8 +68,8 @@ Security rules
 * Identities (``AGE-SECRET-KEY-1...``) are never logged and never written to a
   file by this module; :class:`AgeIdentity` hides its secret in ``repr`` and
   refuses to be pickled. Only recipients (public keys) reach the sidecar.
-* Extraction decrypts streaming (a thread runs ``pyrage.decrypt_io`` into a
-  pipe, the tar reader takes from the pipe) and writes through directory file
+* Extraction decrypts streaming (age's stdout, or a thread running
+  ``pyrage.decrypt_io`` into a pipe; the tar reader takes from the pipe) and writes through directory file
   descriptors with O_NOFOLLOW, files 0600 and directories 0700 (umask 077
   without touching the process-wide umask). It refuses members that would
   escape the destination, links, devices, FIFOs and — for bundles — anything

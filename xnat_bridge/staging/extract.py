@@ -16,6 +16,7 @@ import pyrage
 
 from ..errors import Conflict, InvalidRequest, NotFound, PermissionDenied
 from ..files import safe_relpath
+from . import engine
 from .area import _BytesSource
 from .common import CHUNK, DATA_PREFIX, MANIFEST_NAME, MAX_MANIFEST_BYTES, XCHUNK, log
 from .keys import _as_identity
@@ -240,7 +241,8 @@ def _run_extraction(path: str | Path, identity, dest_dir: str | Path,
     key = _as_identity(identity)
     path = Path(path)
     label = path.name
-    dec = _Decryptor(path, key)
+    age = engine.age_binary()
+    dec = engine.CliDecryptor(age, path, str(key)) if age is not None else _Decryptor(path, key)
     tree: _Tree | None = None
     ok = False
     try:
@@ -353,10 +355,3 @@ def decrypt_to_directory(path: str | Path, identity, dest_dir: str | Path) -> di
     result = _run_extraction(path, identity, dest_dir, body)
     log.info("decrypted %s into %s: %d files", Path(path).name, dest_dir, len(result["files"]))
     return result
-
-
-__all__ = [
-    "AgeIdentity", "BundleInfo", "StagedFile", "build_manifest", "canonical_json", "contents_sha256",
-    "decrypt_to_directory", "encrypt_directory", "extract_bundle", "file_entries", "find_bundle",
-    "generate_keypair", "list_bundles", "manifest_sha256", "remove_bundle", "stage_files", "user_dir",
-]

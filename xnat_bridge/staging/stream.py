@@ -15,6 +15,7 @@ from typing import BinaryIO, NamedTuple
 import pyrage
 
 from ..errors import Conflict
+from . import engine
 from .common import CHUNK, PROGRESS_INTERVAL, ProgressCallback
 
 # --------------------------------------------------------------------------- tar stream out
@@ -220,25 +221,42 @@ class _Progress:
 
 def _encrypt_stream(path: Path, chunks: Iterator, recipient,
                     on_tick: Callable[[int, int], None] | None = None) -> int:
-    """Encrypt *chunks* to *recipient* into a new file *path* (0600); return its size.
+    """Encrypt *chunks* to *recipient* into a new file *path* (0600), fsync it; return its size.
 
-    The caller removes *path* on error.
+    With the age CLI (:mod:`.engine`), this thread reads, hashes and frames
+    the tar stream while age encrypts in its own process; with pyrage, a
+    helper thread reads and hashes ahead of the encryption. The caller
+    removes *path* on error.
     """
+    age = engine.age_binary()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        if age is not None:
+            try:
+                engine.encrypt_cli(age, fd, chunks, str(recipient), on_tick)
+            finally:
+                close = getattr(chunks, "close", None)
+                if close is not None:
+                    close()  # closes the file being read, if any
+        else:
+            _encrypt_pyrage(fd, chunks, recipient, on_tick)
+        os.fsync(fd)
+        return os.fstat(fd).st_size
+    finally:
+        os.close(fd)
+
+
+def _encrypt_pyrage(fd: int, chunks: Iterator, recipient,
+                    on_tick: Callable[[int, int], None] | None) -> None:
     source = _Prefetch(chunks)
     reader = _PullReader(source, on_tick)
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-        with os.fdopen(fd, "wb", buffering=CHUNK) as out:
+        with os.fdopen(os.dup(fd), "wb", buffering=CHUNK) as out:
             try:
                 pyrage.encrypt_io(reader, out, [recipient])
             except BaseException:
                 if reader.error is not None:
                     raise reader.error from None
                 raise
-            out.flush()
-            os.fsync(fd)
-            return os.fstat(fd).st_size
     finally:
         source.close()  # stops the reader thread; the generator closes its open source
-
-
