@@ -667,9 +667,8 @@ def test_engine_selection(tmp_path, staging_root, keys, monkeypatch, age_engine)
         staging.engine.age_binary()
 
 
+@pytest.mark.parametrize("age_engine", ["cli"], indirect=True)  # only the CLI engine has an age process
 def test_age_process_failure_removes_partial(tmp_path, staging_root, keys, monkeypatch, age_engine):
-    if age_engine != "cli":
-        pytest.skip("the age process exists with the CLI engine only")
     _, recipient = keys
     fake = tmp_path / "bin" / "age"
     fake.parent.mkdir()
