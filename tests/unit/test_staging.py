@@ -77,8 +77,23 @@ def age_engine(request, monkeypatch) -> str:
     return request.param
 
 
+_BEFORE: set[int] = set()
+
+
+@pytest.fixture(autouse=True)
+def _children_before():
+    """Children this process already had (session servers of other tests) are not ours."""
+    _BEFORE.clear()
+    _BEFORE.update(_all_children())
+    yield
+
+
 def child_processes() -> list[int]:
-    """Live or zombie children of this process."""
+    """Live or zombie children of this process started during the current test."""
+    return [pid for pid in _all_children() if pid not in _BEFORE]
+
+
+def _all_children() -> list[int]:
     me = str(os.getpid())
     found = []
     for pid in os.listdir("/proc"):
