@@ -69,6 +69,10 @@ venv() {
     /usr/bin/python3 -m venv "$VENV"
     pip_q install -q --upgrade pip
   fi
+  # the development link to a checkout's built lab extension (scripts/build-labextension.sh
+  # makes it again): pip must not write the wheel's shared data through it into that checkout
+  local lab_link="$VENV/share/jupyter/labextensions/xnat-hpc-hub"
+  if [ -L "$lab_link" ]; then rm -f "$lab_link"; fi
   log "installing xnat-hpc-hub (editable, with test extra) into $VENV"
   pip_q install -q -e "$HERE[test]"
   chmod -R a+rX "$(dirname "$VENV")"

@@ -57,6 +57,9 @@ else
   log "built output up to date (${OUT#$HERE/})"
 fi
 
+# the prebuilt extension's install.json travels inside the built directory (one wheel entry)
+cp -f "$EXT/install.json" "$OUT/install.json"
+
 # 3. the development virtualenv loads the extension from the working tree
 mkdir -p "$(dirname "$LINK")"
 if [ -L "$LINK" ] && [ "$(readlink "$LINK")" = "$OUT" ]; then
