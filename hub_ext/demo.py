@@ -177,6 +177,7 @@ def summary(xnat_url: str, slurm_text: str, run_dir: Path, slurm_dir: Path, hub_
   JupyterHub                {hub_url}/hub/login
     log in as alice / alice-demo, pick a profile and projects, start; JupyterLab's XNAT
     panel browses the scope, "Train on secure HPC..." submits examples/train_example.py
+    project owners (e.g. dave / dave-demo): {hub_url}/hub/xnat-hpc/owner
 """ if hub_url else "")
     return f"""
 xnat-hpc-hub demo is running (everything on 127.0.0.1; run directory {run_dir})
