@@ -1,0 +1,197 @@
+"""The data model of admin profiles (frozen dataclasses) and its formatting helpers.
+
+Parsing and validation live in :mod:`hub_ext.profile_schema`; loading, the
+visibility rules, hot reload and ``check-config`` in :mod:`hub_ext.profiles`,
+which re-exports everything here.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
+from typing import Any, Iterable
+
+from xnat_bridge.errors import InvalidRequest, NotFound
+
+BACKENDS = ("local", "slurm", "kubernetes")
+SLUG_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,39}$")
+_UNITS = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+DEFAULT_STAGING_DIR = "/var/lib/xnat-hpc-hub/staging"
+
+
+# --------------------------------------------------------------------------
+# Public data model
+# --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong in a profiles file, with where it is and how to fix it."""
+
+    source: str
+    line: int | None  # 1-based; None when the problem concerns the whole file
+    path: str  # e.g. "profiles[2].resources.memory"; "" for the whole file
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.source}:{self.line}" if self.line else self.source
+        return ": ".join(part for part in (where, self.path, self.message) if part)
+
+
+class ProfileConfigError(InvalidRequest):
+    """A profiles file is invalid; ``problems`` lists everything wrong in it."""
+
+    reason = "invalid_profiles"
+
+    def __init__(self, problems: Iterable[Problem]):
+        self.problems = list(problems)
+        super().__init__("\n".join(str(p) for p in self.problems))
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What a server gets. Memory sizes are bytes, walltime is seconds; None = backend default."""
+
+    cpus: int = 1
+    memory: int | None = None
+    gpus: int = 0
+    # slurm
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    walltime: int | None = None
+    constraint: str | None = None
+    # kubernetes
+    image: str | None = None
+    cpu_limit: float | None = None
+    mem_limit: int | None = None
+    node_selector: dict[str, str] = field(default_factory=dict, hash=False)
+    tolerations: tuple[dict[str, Any], ...] = field(default=(), hash=False)
+
+
+@dataclass(frozen=True)
+class Allow:
+    """Who sees a profile. Every rule that is set must match; empty = everyone."""
+
+    roles: tuple[str, ...] = ()
+    site_roles: tuple[str, ...] = ()
+    projects: tuple[str, ...] = ()
+    users: tuple[str, ...] = ()
+    groups: tuple[str, ...] = ()
+
+    @property
+    def everyone(self) -> bool:
+        return not (self.roles or self.site_roles or self.projects or self.users or self.groups)
+
+    @property
+    def needs_project(self) -> bool:
+        """True when the profile is tied to projects (``roles`` or ``projects`` set)."""
+        return bool(self.roles or self.projects)
+
+    def project_matches(self, project: str) -> bool:
+        """The project id matches one of the ``projects`` patterns (or none are set)."""
+        return not self.projects or any(fnmatchcase(project, pat) for pat in self.projects)
+
+    def role_matches(self, role: str | None) -> bool:
+        return not self.roles or role in self.roles
+
+    def admits(self, project: str, role: str | None) -> bool:
+        return self.project_matches(project) and self.role_matches(role)
+
+
+@dataclass(frozen=True)
+class Profile:
+    """One entry of the spawn page."""
+
+    slug: str
+    display_name: str
+    backend: str
+    description: str = ""
+    default: bool = False
+    resources: Resources = Resources()
+    allow: Allow = Allow()
+
+
+@dataclass(frozen=True)
+class OffloadLimits:
+    """The admin's limits for jobs on the secure partition (sizes in bytes, time in seconds)."""
+
+    partition: str = "secure"
+    max_cpus: int | None = None
+    max_memory: int | None = None
+    max_gpus: int | None = None
+    max_walltime: int | None = None
+    exclusive: bool = True
+    staging_dir: str = DEFAULT_STAGING_DIR
+
+    def violations(self, *, cpus: int = 1, memory: int | None = None, gpus: int = 0,
+                   walltime: int | None = None) -> list[str]:
+        """What a job request exceeds, one sentence each (empty when it fits)."""
+        asks = (("cpus", cpus, self.max_cpus, str),
+                ("memory", memory, self.max_memory, format_memory),
+                ("gpus", gpus, self.max_gpus, str),
+                ("walltime", walltime, self.max_walltime, format_walltime))
+        return [f"{name} {fmt(asked)} is above the limit {fmt(limit)} of partition "
+                f"{self.partition!r}; ask for at most {fmt(limit)}"
+                for name, asked, limit, fmt in asks
+                if limit is not None and asked is not None and asked > limit]
+
+    def check_request(self, **asked: Any) -> None:
+        """Raise :class:`InvalidRequest` naming every limit the request exceeds."""
+        problems = self.violations(**asked)
+        if problems:
+            raise InvalidRequest("; ".join(problems))
+
+
+@dataclass(frozen=True)
+class ProfileConfig:
+    """A validated profiles file."""
+
+    profiles: tuple[Profile, ...]
+    hardware_map: dict[str, str] = field(default_factory=dict, hash=False)
+    offload: OffloadLimits = OffloadLimits()
+    source: str = "<string>"
+
+    @property
+    def slugs(self) -> list[str]:
+        return [p.slug for p in self.profiles]
+
+    def by_slug(self, slug: str) -> Profile:
+        """The profile called *slug*; :class:`NotFound` names the known ones."""
+        for profile in self.profiles:
+            if profile.slug == slug:
+                return profile
+        raise NotFound(f"no profile {slug!r}; known profiles: {', '.join(self.slugs)}", item=slug)
+
+    @property
+    def default_profile(self) -> Profile:
+        """The profile marked ``default: true``, else the first one."""
+        return next((p for p in self.profiles if p.default), self.profiles[0])
+
+    def profile_for_hardware(self, hardware: str | int) -> Profile | None:
+        """The profile the admin mapped an XNAT hardware config id or name to, if any."""
+        slug = self.hardware_map.get(str(hardware))
+        return self.by_slug(slug) if slug else None
+
+
+def format_memory(size: int | None) -> str:
+    """Bytes → the largest exact unit, as Slurm and JupyterHub read it: 4294967296 → ``4G``."""
+    if size is None:
+        return "unset"
+    for unit in "TGMK":
+        if size % _UNITS[unit] == 0:
+            return f"{size // _UNITS[unit]}{unit}"
+    return f"{-(-size // _UNITS['K'])}K"
+
+
+def format_walltime(seconds: int | None) -> str:
+    """Seconds → Slurm's ``--time``: 28800 → ``8:00:00``, 129600 → ``1-12:00:00``."""
+    if seconds is None:
+        return "unset"
+    days, rest = divmod(seconds, 86400)
+    hours = f"{rest // 3600:02d}" if days else str(rest // 3600)
+    hms = f"{hours}:{rest % 3600 // 60:02d}:{rest % 60:02d}"
+    return f"{days}-{hms}" if days else hms
+
+
