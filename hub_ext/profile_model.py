@@ -13,10 +13,10 @@ from fnmatch import fnmatchcase
 from typing import Any, Iterable
 
 from xnat_bridge.errors import InvalidRequest, NotFound
+from xnat_bridge.units import format_memory, format_walltime  # noqa: F401  (part of this model's API)
 
 BACKENDS = ("local", "slurm", "kubernetes")
 SLUG_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,39}$")
-_UNITS = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 DEFAULT_STAGING_DIR = "/var/lib/xnat-hpc-hub/staging"
 
 
@@ -173,25 +173,5 @@ class ProfileConfig:
         """The profile the admin mapped an XNAT hardware config id or name to, if any."""
         slug = self.hardware_map.get(str(hardware))
         return self.by_slug(slug) if slug else None
-
-
-def format_memory(size: int | None) -> str:
-    """Bytes → the largest exact unit, as Slurm and JupyterHub read it: 4294967296 → ``4G``."""
-    if size is None:
-        return "unset"
-    for unit in "TGMK":
-        if size % _UNITS[unit] == 0:
-            return f"{size // _UNITS[unit]}{unit}"
-    return f"{-(-size // _UNITS['K'])}K"
-
-
-def format_walltime(seconds: int | None) -> str:
-    """Seconds → Slurm's ``--time``: 28800 → ``8:00:00``, 129600 → ``1-12:00:00``."""
-    if seconds is None:
-        return "unset"
-    days, rest = divmod(seconds, 86400)
-    hours = f"{rest // 3600:02d}" if days else str(rest // 3600)
-    hms = f"{hours}:{rest % 3600 // 60:02d}:{rest % 60:02d}"
-    return f"{days}-{hms}" if days else hms
 
 

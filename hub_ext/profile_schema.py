@@ -17,9 +17,9 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import yaml
 
 from xnat_bridge.permissions import ROLES
+from xnat_bridge.units import parse_memory, parse_walltime
 
 from .profile_model import (
-    _UNITS,
     BACKENDS,
     DEFAULT_STAGING_DIR,
     SLUG_RE,
@@ -32,8 +32,6 @@ from .profile_model import (
     format_memory,
 )
 
-_MEMORY_RE = re.compile(r"^(\d+(?:\.\d+)?)([KMGT])$", re.IGNORECASE)
-_WALLTIME_RE = re.compile(r"^(?:(\d+)-)?(\d+):([0-5]\d):([0-5]\d)$")
 _PLAIN_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
 
 # --------------------------------------------------------------------------
@@ -187,27 +185,6 @@ def _positive_number(node: _Node, _v: _Validator) -> float:
     if _is_number(node) and node.value > 0:
         return float(node.value)
     raise _Bad(f"expected a number > 0 (e.g. 2 or 0.5), got {_describe(node)}")
-
-
-def parse_memory(text: str) -> int:
-    """``"4G"`` → 4294967296 (K, M, G, T are powers of 1024, as in Slurm and JupyterHub)."""
-    match = _MEMORY_RE.match(text.strip())
-    size = int(float(match.group(1)) * _UNITS[match.group(2).upper()]) if match else 0
-    if size <= 0:
-        raise ValueError(f"{text!r} is not a memory size; write e.g. 4G or 512M")
-    return size
-
-
-def parse_walltime(text: str) -> int:
-    """``"8:00:00"`` → 28800, ``"1-12:00:00"`` → 129600 (Slurm's HH:MM:SS and D-HH:MM:SS)."""
-    match = _WALLTIME_RE.match(text.strip())
-    if match:
-        days, hours, minutes, seconds = (int(group or 0) for group in match.groups())
-        total = ((days * 24 + hours) * 60 + minutes) * 60 + seconds
-        if total > 0 and (match.group(1) is None or hours < 24):
-            return total
-    raise ValueError(f"{text!r} is not a walltime; write HH:MM:SS (e.g. 8:00:00) "
-                     "or D-HH:MM:SS (e.g. 1-12:00:00)")
 
 
 def _from_text(parse: Callable[[str], int], example: str) -> Checker:

@@ -22,26 +22,29 @@ import os
 import re
 from collections.abc import Mapping
 
+from .. import units
 from ..errors import InvalidRequest
 
 ENV = "XNAT_HPC_OFFLOAD"
-_MEM_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:I?B)?\s*$", re.IGNORECASE)
-_MEM_UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
-_WALL_RE = re.compile(r"^\s*(?:(\d+)-)?(\d+):(\d{1,2}):(\d{1,2})\s*$")
+_BYTES_SUFFIX = re.compile(r"(?<=[KMGT])I?B$", re.IGNORECASE)  # "4GiB", "4GB" -> "4G"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
 
 
 def parse_memory(value, what: str = "memory") -> int:
-    """Bytes from ``int`` bytes or ``"4G"``/``"512M"``/``"4GiB"`` (binary units)."""
+    """Bytes from ``int`` bytes, or a size such as ``"4G"``/``"512M"``/``"4GiB"`` (binary units)."""
     if isinstance(value, bool):
         raise InvalidRequest(f"{what} must be bytes (an integer) or a size such as '4G', not {value!r}")
     if isinstance(value, int):
         n = value
-    elif isinstance(value, str) and (m := _MEM_RE.match(value)):
-        n = int(float(m.group(1)) * _MEM_UNITS[m.group(2).upper()])
+    elif isinstance(value, str) and value.strip().isdigit():
+        n = int(value)
     else:
-        raise InvalidRequest(f"{what} {value!r} is not a size: use bytes (an integer) or e.g. "
-                             "'512M', '4G', '1T'", item=what)
+        text = _BYTES_SUFFIX.sub("", value.strip()) if isinstance(value, str) else ""
+        try:
+            n = units.parse_memory(text.replace(" ", ""))
+        except ValueError:
+            raise InvalidRequest(f"{what} {value!r} is not a size: use bytes (an integer) or e.g. "
+                                 "'512M', '4G', '1T'", item=what) from None
     if n <= 0:
         raise InvalidRequest(f"{what} must be positive, not {value!r}", item=what)
     return n
@@ -55,33 +58,25 @@ def parse_walltime(value, what: str = "walltime") -> int:
         n = value
     elif isinstance(value, str) and value.strip().isdigit():
         n = int(value)
-    elif isinstance(value, str) and (m := _WALL_RE.match(value)):
-        d, h, mi, s = (int(g) if g else 0 for g in m.groups())
-        if mi >= 60 or s >= 60:
-            raise InvalidRequest(f"{what} {value!r}: minutes and seconds must be below 60", item=what)
-        n = ((d * 24 + h) * 60 + mi) * 60 + s
     else:
-        raise InvalidRequest(f"{what} {value!r} is not a duration: use seconds (an integer), "
-                             "'HH:MM:SS' or 'D-HH:MM:SS'", item=what)
+        try:
+            n = units.parse_walltime(value) if isinstance(value, str) else 0
+        except ValueError:
+            n = 0
+        if not n:
+            raise InvalidRequest(f"{what} {value!r} is not a duration: use seconds (an integer), "
+                                 "'HH:MM:SS' or 'D-HH:MM:SS'", item=what) from None
     if n <= 0:
         raise InvalidRequest(f"{what} must be positive, not {value!r}", item=what)
     return n
 
 
 def format_walltime(seconds: int) -> str:
-    """``"D-HH:MM:SS"`` (or ``"HH:MM:SS"`` below a day), as Slurm writes it."""
-    d, rest = divmod(int(seconds), 86400)
-    h, rest = divmod(rest, 3600)
-    m, s = divmod(rest, 60)
-    return (f"{d}-" if d else "") + f"{h:02d}:{m:02d}:{s:02d}"
+    """``"HH:MM:SS"`` below a day, ``"D-HH:MM:SS"`` from a day on, as Slurm writes it."""
+    return units.format_walltime(seconds, pad_hours=True)
 
 
-def format_memory(n: int) -> str:
-    """The largest exact binary unit: ``4294967296`` → ``"4G"``."""
-    for unit in ("T", "G", "M", "K"):
-        if n % _MEM_UNITS[unit] == 0:
-            return f"{n // _MEM_UNITS[unit]}{unit}"
-    return str(n)
+format_memory = units.format_memory
 
 
 def _count(value, what: str, minimum: int) -> int:
