@@ -93,23 +93,29 @@ c.Spawner.default_url = "/lab"
 '''
 
 
-def hub_config(*, xnat_url: str, hub_dir: Path, port: int, proxy_api_port: int, hub_port: int,
-               profiles: Path, archive: Path, audit_log: Path) -> str:
-    """The demo's ``jupyterhub_config.py`` (pure; config/jupyterhub_config.py is the site example)."""
-    return f'''# written by `xnat-hpc-hub demo`; see config/jupyterhub_config.py for a site configuration
-c = get_config()  # noqa
+def loopback_hub_config(*, hub_dir: Path, port: int, hub_port: int, proxy_api_port: int) -> str:
+    """A hub and its proxy on 127.0.0.1, state in *hub_dir* (pure; the demo's and the tests')."""
+    return f'''c = get_config()  # noqa
 c.JupyterHub.ip = "127.0.0.1"
 c.JupyterHub.port = {port}
 c.JupyterHub.hub_ip = "127.0.0.1"
 c.JupyterHub.hub_port = {hub_port}
 c.ConfigurableHTTPProxy.api_url = "http://127.0.0.1:{proxy_api_port}"
+c.ConfigurableHTTPProxy.should_start = True
 c.JupyterHub.db_url = "sqlite:///{hub_dir}/jupyterhub.sqlite"
 c.JupyterHub.cookie_secret_file = "{hub_dir}/cookie_secret"
 c.JupyterHub.pid_file = "{hub_dir}/jupyterhub.pid"
 c.JupyterHub.cleanup_servers = True
-c.Spawner.start_timeout = 120
-c.Spawner.http_timeout = 90
-''' + xnat_hub_config(xnat_url=xnat_url, profiles=profiles, archive=archive, audit_log=audit_log)
+'''
+
+
+def hub_config(*, xnat_url: str, hub_dir: Path, port: int, proxy_api_port: int, hub_port: int,
+               profiles: Path, archive: Path, audit_log: Path) -> str:
+    """The demo's ``jupyterhub_config.py`` (pure; config/jupyterhub_config.py is the site example)."""
+    return ("# written by `xnat-hpc-hub demo`; see config/jupyterhub_config.py for a site configuration\n"
+            + loopback_hub_config(hub_dir=hub_dir, port=port, hub_port=hub_port, proxy_api_port=proxy_api_port)
+            + "c.Spawner.start_timeout = 120\nc.Spawner.http_timeout = 90\n"
+            + xnat_hub_config(xnat_url=xnat_url, profiles=profiles, archive=archive, audit_log=audit_log))
 
 
 def _free_port() -> int:
