@@ -29,6 +29,17 @@ ROUTE = r"/xnat-hpc/owner"
 MAX_EVENTS = 500
 
 
+def audit_log_path(config, spawner_class) -> str:
+    """The spawners' ``audit_log`` as configured for *spawner_class* (the most specific class
+    section that sets it, as traitlets resolves it), else its default."""
+    for klass in getattr(spawner_class, "__mro__", ()):
+        section = config.get(klass.__name__) if config is not None else None
+        if section and "audit_log" in section:
+            return section["audit_log"]
+    trait = getattr(spawner_class, "class_traits", lambda: {})().get("audit_log")
+    return trait.default_value if trait is not None else "xnat-hpc-audit.jsonl"
+
+
 def owned_projects(roles: dict[str, str], site_admin: bool) -> set[str]:
     return set(roles) if site_admin else {p for p, r in roles.items() if r == "Owner"}
 
@@ -68,9 +79,8 @@ class OwnerAuditHandler(BaseHandler):
         token = AliasToken.from_state(state.get("xnat_token"))
         if token is None:
             raise web.HTTPError(403, "log in with your XNAT account to see your projects' audit")
-        spawner_config = self.config.get("XnatScopedSpawner", {})
         xnat_url = getattr(self.authenticator, "xnat_url", "") or os.environ.get("XNAT_HOST", "")
-        path = os.path.abspath(spawner_config.get("audit_log", "xnat-hpc-audit.jsonl"))
+        path = os.path.abspath(audit_log_path(self.config, self.settings.get("spawner_class")))
 
         def ask() -> tuple[set[str], list[dict], str]:
             with XnatClient(xnat_url, token.alias, token.secret, retries=1, timeout=15) as client:

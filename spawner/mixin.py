@@ -42,7 +42,7 @@ from hub_ext.xnat_api import AliasToken
 from xnat_bridge import audit
 from xnat_bridge.browse import Browser
 from xnat_bridge.client import XnatClient
-from xnat_bridge.errors import AuthenticationFailed, InvalidRequest, XnatHpcError
+from xnat_bridge.errors import AuthenticationFailed, XnatHpcError
 from xnat_bridge.permissions import fetch_permissions
 from xnat_bridge.scope import Scope
 
@@ -312,7 +312,7 @@ class XnatScopedSpawner(LoggingConfigurable):
 def _items(options) -> list[str]:
     try:
         return parse_request(options).projects
-    except (XnatHpcError, InvalidRequest, TypeError, AttributeError):
+    except (XnatHpcError, TypeError, AttributeError):
         return []
 
 

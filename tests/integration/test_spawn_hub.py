@@ -317,6 +317,9 @@ def test_profiles_file_is_reloaded_and_a_broken_version_keeps_the_last_good(hub)
 
 
 def test_owners_see_their_projects_audit_trail(hub):
+    hub.login("bob", "bob-demo")  # bob asks for the owners-only profile on NEURO_MRI: refused, audited
+    assert hub.api("POST", "/users/bob/servers/",
+                   json={"profile": "local-owners", "projects": ["NEURO_MRI"]}).status_code == 403
     s, _ = hub.login("alice", "alice-demo")
     page = s.get(f"{hub.url}/hub/xnat-hpc/owner?format=json", timeout=30).json()
     assert page["owned"] == ["NEURO_MRI"] and page["chain"].startswith("hash chain intact")

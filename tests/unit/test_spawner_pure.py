@@ -232,3 +232,19 @@ def test_owner_page_filters_by_owned_projects_and_escapes():
     assert events_for(events, set()) == []
     page = render("alice", {"A"}, [{"items": ["A"], "user": "<script>", "detail": "x&y"}], "intact")
     assert "&lt;script&gt;" in page and "<script>" not in page and "x&amp;y" in page
+
+
+def test_owner_page_finds_the_audit_log_where_the_admin_configured_it():
+    from traitlets.config import Config
+
+    from hub_ext.owner import audit_log_path
+    from spawner.profiles import XnatProfilesSpawner
+    from spawner.slurm import XnatSlurmSpawner
+
+    c = Config()
+    assert audit_log_path(c, XnatProfilesSpawner) == "xnat-hpc-audit.jsonl"
+    c.XnatScopedSpawner.audit_log = "/var/log/a.jsonl"
+    assert audit_log_path(c, XnatProfilesSpawner) == "/var/log/a.jsonl"
+    c.XnatSlurmSpawner.audit_log = "/var/log/slurm.jsonl"  # the most specific section wins
+    assert audit_log_path(c, XnatSlurmSpawner) == "/var/log/slurm.jsonl"
+    assert audit_log_path(c, XnatProfilesSpawner) == "/var/log/a.jsonl"
