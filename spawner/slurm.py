@@ -74,7 +74,9 @@ class XnatSlurmSpawner(XnatScopedSpawner, SlurmSpawner):
     ).tag(config=True)
 
     def apply_plan(self, plan: SpawnPlan) -> None:
-        self.__dict__["_xnat_reported"] = None  # nothing needed beyond the plan: the script is pure
+        """Nothing to set: :meth:`submit_batch_script` builds the script from the plan itself.
+        Only the queue-state reporting of :meth:`query_job_status` starts afresh."""
+        self.__dict__["_xnat_reported"] = None
 
     def _home(self) -> str:
         try:
