@@ -32,9 +32,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from xnat_bridge.devserver import open_data_dir  # noqa: E402
-from xnat_bridge.devserver.archive import resource_dir  # noqa: E402
-from xnat_bridge.devserver.demo import parse_size  # noqa: E402
+from devxnat import open_data_dir  # noqa: E402
+from devxnat.archive import resource_dir  # noqa: E402
+from devxnat.demo import parse_size  # noqa: E402
 
 
 def build(data: Path, n_files: int, download_bytes: int) -> None:
@@ -73,7 +73,7 @@ def build(data: Path, n_files: int, download_bytes: int) -> None:
 
 
 def start(data: Path) -> tuple[subprocess.Popen, str]:
-    proc = subprocess.Popen([sys.executable, "-m", "xnat_bridge.devserver", "--data", str(data),
+    proc = subprocess.Popen([sys.executable, "-m", "devxnat", "--data", str(data),
                              "--port", "0", "--log-level", "WARNING"], stdout=subprocess.PIPE, cwd=REPO)
     line = proc.stdout.readline().decode()
     url = line.split("listening on ", 1)[1].split()[0]

@@ -133,7 +133,7 @@ def main() -> int:
                (10**9 if args.decrypt_size.upper().endswith("GB") else 10**6))
 
     import xnat_bridge
-    from hub_ext.demo import start_devxnat
+    from devstack.demo import start_devxnat
     from xnat_bridge.audit import MemorySink
     from xnat_bridge.offload import OffloadManager, OffloadPolicy
     from xnat_bridge.scope import Scope

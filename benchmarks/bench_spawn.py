@@ -35,7 +35,7 @@ import requests
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from hub_ext.accounts import ensure_accounts
+from devstack.accounts import ensure_accounts
 from tests.fixtures.devxnat import start_devxnat
 from tests.fixtures.hub import start_hub
 from tests.fixtures.spawn import make_hub

@@ -17,31 +17,53 @@ from pathlib import Path
 
 from xnat_bridge.errors import XnatHpcError
 
-from . import slurmdev
+# devstack.slurm.DEFAULT_RUN_DIR (a unit test checks the two agree); a constant here so
+# that building the parser imports no development tooling
+SLURM_RUN_DIR = Path("/var/lib/xnat-hpc-hub/slurm")
+CHECKOUT_HINT = (
+    "`xnat-hpc-hub {verb}` is development tooling: it needs a source checkout of "
+    "xnat-hpc-hub installed with the `demo` extra (cd xnat-hpc-hub && pip install -e '.[demo]')"
+)
+
+
+class CheckoutRequired(XnatHpcError):
+    """A development verb ran where the checkout's ``devxnat``/``devstack`` cannot be imported."""
+
+
+def _dev_module(name: str, verb: str):
+    """Import a development package's module (``devstack.slurm``, ``devxnat``) or say what to install."""
+    import importlib
+
+    try:
+        return importlib.import_module(name)
+    except ImportError as e:
+        # the package itself is absent (a wheel install), or a dependency of it (numpy, ...)
+        missing = e.name if e.name and e.name.split(".")[0] not in ("devxnat", "devstack") else None
+        hint = CHECKOUT_HINT.format(verb=verb)
+        raise CheckoutRequired(f"{hint}; missing module: {missing}" if missing else hint) from e
 
 
 def _slurm(args: argparse.Namespace) -> int:
-    dev = slurmdev.SlurmDev(args.run_dir)
+    slurm = _dev_module("devstack.slurm", "slurm")
+    dev = slurm.SlurmDev(args.run_dir)
     if args.action == "up":
         statuses = dev.up(timeout=args.timeout)
     elif args.action == "down":
         statuses = dev.down(stop_munge=not args.keep_munge)
     else:
         statuses = dev.status()
-    print(slurmdev.format_status(statuses, dev.cfg.run_dir))
+    print(slurm.format_status(statuses, dev.cfg.run_dir))
     if args.action == "status":
-        missing = slurmdev.SlurmDev.missing_programs()
+        missing = slurm.SlurmDev.missing_programs()
         if missing:
-            print(f"  programs missing: {', '.join(missing)}; {slurmdev.INSTALL_HINT}")
+            print(f"  programs missing: {', '.join(missing)}; {slurm.INSTALL_HINT}")
         # like `systemctl status`: 0 when everything runs, 3 otherwise
         return 0 if all(s.running for s in statuses) else 3
     return 0
 
 
 def _devxnat(args: argparse.Namespace) -> int:
-    from xnat_bridge import devserver
-
-    return devserver.main(args.rest) or 0
+    return _dev_module("devxnat", "devxnat").main(args.rest) or 0
 
 
 def _check_config(args: argparse.Namespace) -> int:
@@ -73,9 +95,7 @@ def _jobs(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
-
-    return run_demo(args)
+    return _dev_module("devstack.demo", "demo").run_demo(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -91,8 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--run-dir",
         type=Path,
-        default=slurmdev.DEFAULT_RUN_DIR,
-        help=f"state, spool, logs and pid files (default {slurmdev.DEFAULT_RUN_DIR})",
+        default=SLURM_RUN_DIR,
+        help=f"state, spool, logs and pid files (default {SLURM_RUN_DIR})",
     )
     s.add_argument("--timeout", type=float, default=60, help="seconds to wait for `up` (default 60)")
     s.add_argument("--keep-munge", action="store_true", help="`down` leaves munged running")
@@ -132,8 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument(
         "--slurm-run-dir",
         type=Path,
-        default=slurmdev.DEFAULT_RUN_DIR,
-        help=f"run directory of the development Slurm (default {slurmdev.DEFAULT_RUN_DIR})",
+        default=SLURM_RUN_DIR,
+        help=f"run directory of the development Slurm (default {SLURM_RUN_DIR})",
     )
     m.add_argument("--xnat-port", type=int, default=8080, help="devxnat port (default 8080)")
     m.add_argument("--hub-port", type=int, default=8000, help="JupyterHub port (default 8000)")
@@ -151,9 +171,12 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     # `devxnat` forwards everything (including --help) to the server's own parser
     if argv and argv[0] == "devxnat":
-        from xnat_bridge import devserver
-
-        return devserver.main(argv[1:]) or 0
+        try:
+            devxnat = _dev_module("devxnat", "devxnat")
+        except CheckoutRequired as e:
+            print(f"xnat-hpc-hub: error: {e.message}", file=sys.stderr)
+            return 1
+        return devxnat.main(argv[1:]) or 0
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=getattr(logging, str(args.log_level).upper(), logging.WARNING),

@@ -73,8 +73,10 @@ venv() {
   # makes it again): pip must not write the wheel's shared data through it into that checkout
   local lab_link="$VENV/share/jupyter/labextensions/xnat-hpc-hub"
   if [ -L "$lab_link" ]; then rm -f "$lab_link"; fi
-  log "installing xnat-hpc-hub (editable, with test extra) into $VENV"
-  pip_q install -q -e "$HERE[test]"
+  # demo: numpy + scikit-learn for devxnat's demo archive and examples/ (the checkout's
+  # devxnat/ and devstack/ come with the editable install); test: what the tests need
+  log "installing xnat-hpc-hub (editable, with the demo and test extras) into $VENV"
+  pip_q install -q -e "$HERE[demo,test]"
   chmod -R a+rX "$(dirname "$VENV")"
   echo "$want" > "$stamp"
 }
@@ -91,7 +93,8 @@ checkout_traversable() {
       chmod o+x "$dir"
     fi
   done
-  chmod -R o+rX "$HERE/hub_ext" "$HERE/spawner" "$HERE/xnat_bridge" "$HERE/config" "$HERE/examples"
+  chmod -R o+rX "$HERE/hub_ext" "$HERE/spawner" "$HERE/xnat_bridge" "$HERE/devxnat" "$HERE/devstack" \
+    "$HERE/config" "$HERE/examples"
 }
 
 # The JupyterLab extension: built after the editable install (its build needs the venv's

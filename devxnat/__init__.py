@@ -7,6 +7,11 @@ alias tokens, JSESSIONID) and permission rules, over a real archive directory
 in XNAT's layout. Production points the bundle at a real XNAT by URL.
 
     xnat-hpc-hub devxnat --data DIR --port N [--demo] [--demo-size 30MB] [--seed 0]
+    python -m devxnat --data DIR ...          (the same, without the hub's command)
+
+It is its own package, not part of what a site installs: it imports nothing
+from ``xnat_bridge``, ``hub_ext`` or ``spawner``, and its HTTP errors
+(:mod:`devxnat.errors`) are XNAT's wire protocol, not the client's error classes.
 
 State (users, roles, memberships, tokens, sessions, catalog) lives in
 ``DIR/devxnat.sqlite3``; files in ``DIR/archive``. See docs/devxnat.md.
@@ -63,8 +68,11 @@ def main(argv: list[str] | None = None) -> int:
                         format="[devxnat %(levelname)s] %(message)s", stream=sys.stderr)
     store, archive = open_data_dir(args.data)
     if args.demo:
-        from .demo import generate_demo, parse_size
-
+        try:
+            from .demo import generate_demo, parse_size
+        except ImportError as e:  # numpy: the `demo` extra
+            print(f"devxnat: --demo needs the `demo` extra (pip install -e '.[demo]'): {e}", file=sys.stderr)
+            return 1
         summary = generate_demo(store, archive, parse_size(args.demo_size), seed=args.seed)
         log.info("demo archive: %s", summary)
     return asyncio.run(_serve(store, archive, args.host, args.port))

@@ -11,8 +11,7 @@
 
 from __future__ import annotations
 
-from xnat_bridge.errors import NotFound, PermissionDenied
-
+from .errors import Forbidden, NotFound
 from .store import Store
 
 #: XNAT group display name → the role name XNAT shows (``Owner`` ...)
@@ -43,18 +42,18 @@ class Access:
         return self.admin or self._groups.get(project_row["id"]) == "Owners"
 
     def readable_project(self, pid: str):
-        """The project row if it exists and may be read; else NotFound/PermissionDenied."""
+        """The project row if it exists and may be read; else NotFound/Forbidden."""
         row = self.store.project(pid)
         if row is None:
             raise NotFound(f"Unable to find project {pid}")
         if not self.can_read(row):
-            raise PermissionDenied(f"User {self.login} has no access to project {pid}")
+            raise Forbidden(f"User {self.login} has no access to project {pid}")
         return row
 
     def managed_project(self, pid: str):
         row = self.readable_project(pid)
         if not self.can_manage(row):
-            raise PermissionDenied(f"Only owners of {pid} may change its users")
+            raise Forbidden(f"Only owners of {pid} may change its users")
         return row
 
     def listed_projects(self, *, accessible=False, owner=False, member=False,

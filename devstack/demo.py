@@ -25,8 +25,9 @@ from pathlib import Path
 
 from xnat_bridge.errors import XnatHpcError
 
-from . import slurmdev
 from .accounts import ensure_accounts, install_file
+from .hubconfig import loopback_hub_config, xnat_hub_config
+from .slurm import SlurmDev, format_status
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "config"
 DEMO_PROFILES = CONFIG_DIR / "demo" / "profiles.yaml"
@@ -49,7 +50,7 @@ def start_devxnat(
     data_dir.mkdir(parents=True, exist_ok=True)
     log_f = open(log_path, "ab")
     cmd = [
-        sys.executable, "-m", "xnat_bridge.devserver",
+        sys.executable, "-m", "devxnat",
         "--data", str(data_dir), "--port", str(port), "--demo", "--demo-size", demo_size,
     ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log_f)
@@ -76,37 +77,6 @@ def start_devxnat(
     if not url_box:
         raise XnatHpcError(f"devxnat exited with code {proc.wait()}; see {log_path}")
     return proc, url_box[0]
-
-
-def xnat_hub_config(*, xnat_url: str, profiles: Path, archive: Path, audit_log: Path,
-                    spawner: str = "xnat") -> str:
-    """The XNAT part of a ``jupyterhub_config.py``: authenticator, spawner, profiles (pure)."""
-    return f'''c.JupyterHub.authenticator_class = "xnat"
-c.XnatAuthenticator.xnat_url = "{xnat_url}"
-c.JupyterHub.spawner_class = "{spawner}"
-c.JupyterHub.allow_named_servers = True
-c.XnatScopedSpawner.profiles_file = "{profiles}"
-c.XnatScopedSpawner.xnat_data_root = "{archive}"
-c.XnatScopedSpawner.audit_log = "{audit_log}"
-c.XnatSlurmSpawner.server_host = "127.0.0.1"
-c.Spawner.default_url = "/lab"
-'''
-
-
-def loopback_hub_config(*, hub_dir: Path, port: int, hub_port: int, proxy_api_port: int) -> str:
-    """A hub and its proxy on 127.0.0.1, state in *hub_dir* (pure; the demo's and the tests')."""
-    return f'''c = get_config()  # noqa
-c.JupyterHub.ip = "127.0.0.1"
-c.JupyterHub.port = {port}
-c.JupyterHub.hub_ip = "127.0.0.1"
-c.JupyterHub.hub_port = {hub_port}
-c.ConfigurableHTTPProxy.api_url = "http://127.0.0.1:{proxy_api_port}"
-c.ConfigurableHTTPProxy.should_start = True
-c.JupyterHub.db_url = "sqlite:///{hub_dir}/jupyterhub.sqlite"
-c.JupyterHub.cookie_secret_file = "{hub_dir}/cookie_secret"
-c.JupyterHub.pid_file = "{hub_dir}/jupyterhub.pid"
-c.JupyterHub.cleanup_servers = True
-'''
 
 
 def hub_config(*, xnat_url: str, hub_dir: Path, port: int, proxy_api_port: int, hub_port: int,
@@ -205,7 +175,7 @@ Press Ctrl-C to stop.
 def run_demo(args: argparse.Namespace) -> int:
     run_dir: Path = args.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
-    slurm = slurmdev.SlurmDev(args.slurm_run_dir)
+    slurm = SlurmDev(args.slurm_run_dir)
     slurm_was_up = slurm.is_up() if not slurm.missing_programs() else False
     print("starting the local Slurm ...", flush=True)
     statuses = slurm.up()
@@ -226,7 +196,7 @@ def run_demo(args: argparse.Namespace) -> int:
         prepare_shared_dirs(archive, (run_dir, run_dir / "xnat"))
         print("starting JupyterHub ...", flush=True)
         hub_proc, hub_url = start_hub(run_dir, xnat_url, archive, args.hub_port)
-        text = slurmdev.format_status(statuses, slurm.cfg.run_dir)
+        text = format_status(statuses, slurm.cfg.run_dir)
         print(summary(xnat_url, text, run_dir, slurm.cfg.run_dir, hub_url), flush=True)
         if not args.exit_when_ready:
             stop = threading.Event()

@@ -2,8 +2,8 @@
 
 import pytest
 
-from xnat_bridge.devserver import routes, shapes
-from xnat_bridge.errors import InvalidRequest, NotFound
+from devxnat import routes, shapes
+from devxnat.errors import BadRequest, NotFound
 
 
 @pytest.mark.parametrize("path, expected", [
@@ -29,7 +29,7 @@ def test_parse(path, expected):
     "/data/projects/P/../x", "/data/projects/P/%2E%2E/x", "/data/projects//x",
     "/data/experiments/E/resources/R/files/a/%2F/b", "/data/projects/P\\x", "/data/projects/P/./x"])
 def test_bad_segments_refused(path):
-    with pytest.raises(InvalidRequest):
+    with pytest.raises(BadRequest):
         routes.parse(path)
 
 

@@ -4,10 +4,10 @@ from pathlib import Path
 
 import pytest
 
-from hub_ext import slurmdev
+from devstack import slurm
 from xnat_bridge.errors import SlurmError
 
-CFG = slurmdev.SlurmDevConfig(
+CFG = slurm.SlurmDevConfig(
     run_dir=Path("/var/lib/x/slurm"), controller_host="vm", cpus=2, memory_mb=2048
 )
 
@@ -22,14 +22,14 @@ def conf_dict(text: str) -> dict[str, str]:
 
 
 def test_conf_has_two_partitions_interactive_default():
-    text = slurmdev.slurm_conf(CFG)
+    text = slurm.slurm_conf(CFG)
     parts = [l for l in text.splitlines() if l.startswith("PartitionName=")]
     assert [p.split()[0] for p in parts] == ["PartitionName=interactive", "PartitionName=secure"]
     assert "Default=YES" in parts[0] and "Default=NO" in parts[1]
 
 
 def test_conf_keeps_everything_under_run_dir():
-    conf = conf_dict(slurmdev.slurm_conf(CFG))
+    conf = conf_dict(slurm.slurm_conf(CFG))
     for key in ("StateSaveLocation", "SlurmdSpoolDir", "SlurmctldPidFile", "SlurmdPidFile",
                 "SlurmctldLogFile", "SlurmdLogFile"):
         assert conf[key].startswith("/var/lib/x/slurm/"), key
@@ -37,28 +37,28 @@ def test_conf_keeps_everything_under_run_dir():
 
 
 def test_conf_node_resources_and_no_cgroups():
-    text = slurmdev.slurm_conf(CFG)
+    text = slurm.slurm_conf(CFG)
     node = next(l for l in text.splitlines() if l.startswith("NodeName="))
     assert "CPUs=2" in node and "RealMemory=2048" in node and "NodeAddr=127.0.0.1" in node
     conf = conf_dict(text)
     assert conf["ProctrackType"] == "proctrack/linuxproc"
     assert conf["TaskPlugin"] == "task/none"
-    assert text.startswith(slurmdev.MANAGED_MARKER)
+    assert text.startswith(slurm.MANAGED_MARKER)
 
 
 def test_example_config_matches_builder():
     """config/slurm-dev.conf is the builder's output for a documented example."""
     example = Path(__file__).parents[2] / "config" / "slurm-dev.conf"
-    cfg = slurmdev.SlurmDevConfig(
-        run_dir=slurmdev.DEFAULT_RUN_DIR, controller_host="HOSTNAME", cpus=2, memory_mb=23552
+    cfg = slurm.SlurmDevConfig(
+        run_dir=slurm.DEFAULT_RUN_DIR, controller_host="HOSTNAME", cpus=2, memory_mb=23552
     )
-    assert example.read_text() == slurmdev.slurm_conf(cfg)
+    assert example.read_text() == slurm.slurm_conf(cfg)
 
 
 def test_up_without_packages_names_the_install_command(monkeypatch, tmp_path):
-    monkeypatch.setattr(slurmdev, "which", lambda name: None)
+    monkeypatch.setattr(slurm, "which", lambda name: None)
     with pytest.raises(SlurmError) as e:
-        slurmdev.SlurmDev(tmp_path).up()
+        slurm.SlurmDev(tmp_path).up()
     assert "apt-get install slurm-wlm munge" in e.value.message
     assert "slurmctld" in e.value.message
 
@@ -66,8 +66,15 @@ def test_up_without_packages_names_the_install_command(monkeypatch, tmp_path):
 def test_up_refuses_foreign_system_config(monkeypatch, tmp_path):
     foreign = tmp_path / "slurm.conf"
     foreign.write_text("ClusterName=production\n")
-    monkeypatch.setattr(slurmdev, "SYSTEM_CONF", foreign)
-    dev = slurmdev.SlurmDev(tmp_path / "run")
+    monkeypatch.setattr(slurm, "SYSTEM_CONF", foreign)
+    dev = slurm.SlurmDev(tmp_path / "run")
     with pytest.raises(SlurmError, match="not written by xnat-hpc-hub"):
         dev._write_conf()
     assert foreign.read_text() == "ClusterName=production\n"
+
+
+def test_cli_default_run_dir_is_the_dev_clusters():
+    """`xnat-hpc-hub slurm` names the run directory without importing devstack."""
+    from hub_ext.cli import SLURM_RUN_DIR
+
+    assert SLURM_RUN_DIR == slurm.DEFAULT_RUN_DIR

@@ -27,7 +27,7 @@ def types(root) -> dict:
 
 @pytest.fixture(scope="module")
 def ours():
-    text = resources.files("xnat_bridge.devserver").joinpath("schemas", "xnat.xsd").read_text()
+    text = resources.files("devxnat").joinpath("schemas", "xnat.xsd").read_text()
     return types(ET.fromstring(text))
 
 
@@ -58,6 +58,6 @@ def test_the_types_the_server_serves_are_declared(ours):
 
 
 def test_xdat_subset_has_the_simple_types_xnat_needs():
-    text = resources.files("xnat_bridge.devserver").joinpath("schemas", "xdat.xsd").read_text()
+    text = resources.files("devxnat").joinpath("schemas", "xdat.xsd").read_text()
     names = {st.get("name") for st in ET.fromstring(text).findall(f"{XS}simpleType")}
     assert {"LONGVARCHAR", "jsonb"} <= names

@@ -16,28 +16,28 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from xnat_bridge.errors import InvalidRequest, NotFound
+from .errors import BadRequest, NotFound
 
 ARC = "arc001"
 
 
 def check_relpath(rel: str) -> list[str]:
-    """Split a client-supplied relative path into safe segments or raise InvalidRequest."""
+    """Split a client-supplied relative path into safe segments or raise BadRequest."""
     if not rel:
-        raise InvalidRequest("empty path")
+        raise BadRequest("empty path")
     if "\x00" in rel or "\\" in rel:
-        raise InvalidRequest("invalid character in path")
+        raise BadRequest("invalid character in path")
     if rel.startswith("/") or (len(rel) > 1 and rel[1] == ":"):
-        raise InvalidRequest("absolute paths are not allowed")
+        raise BadRequest("absolute paths are not allowed")
     parts = rel.split("/")
     for part in parts:
         if part in ("", ".", ".."):
-            raise InvalidRequest("path segments '', '.' and '..' are not allowed")
+            raise BadRequest("path segments '', '.' and '..' are not allowed")
     return parts
 
 
 def safe_join(root: Path, *segments: str) -> Path:
-    """``root/segments...`` after checking every segment; raises InvalidRequest."""
+    """``root/segments...`` after checking every segment; raises BadRequest."""
     for seg in segments:
         check_relpath(seg)
     return root.joinpath(*segments)
@@ -53,13 +53,13 @@ def resource_dir(archive: Path, project: str, session_label: str, scan_id: str, 
 def resolve_inside(archive: Path, path: Path) -> Path:
     """Real path of ``path`` if it exists as a regular file inside the archive.
 
-    Raises NotFound when it is missing or not a regular file, InvalidRequest
+    Raises NotFound when it is missing or not a regular file, BadRequest
     when it (through a symlink anywhere on the way) leads outside the archive.
     """
     root = Path(os.path.realpath(archive))
     real = Path(os.path.realpath(path))
     if real != root and root not in real.parents:
-        raise InvalidRequest("path leads outside the archive")
+        raise BadRequest("path leads outside the archive")
     if not real.is_file():
         raise NotFound("file not found")
     return real

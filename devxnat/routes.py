@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 from urllib.parse import unquote
 
-from xnat_bridge.errors import InvalidRequest, NotFound
+from .errors import BadRequest, NotFound
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,7 +50,7 @@ _PREFIXES = (("data", "archive"), ("REST", "archive"), ("data",), ("REST",))
 def split_path(path: str) -> list[str]:
     """URL path → decoded segments, with the ``/data[/archive]`` prefix removed."""
     if "\x00" in path or "\\" in path:
-        raise InvalidRequest("invalid character in path")
+        raise BadRequest("invalid character in path")
     raw = path.strip("/").split("/")
     for prefix in _PREFIXES:
         if tuple(raw[: len(prefix)]) == prefix:
@@ -61,7 +61,7 @@ def split_path(path: str) -> list[str]:
     segments = [unquote(s) for s in raw]
     for seg in segments:
         if seg in ("", ".", "..") or "/" in seg or "\x00" in seg or "\\" in seg:
-            raise InvalidRequest(f"invalid path segment {seg!r} in {path}")
+            raise BadRequest(f"invalid path segment {seg!r} in {path}")
     return segments
 
 

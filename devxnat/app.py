@@ -12,166 +12,29 @@ Routes (each the XNAT 1.8 path of the same name):
   ``/xapi/users/{u}/enabled/{true|false}``
 * archive: ``/data/...`` (see :mod:`.routes`), handled in :mod:`.data_api`
 
-Authentication: HTTP Basic with a password or an alias token (alias as user
-name), or the ``JSESSIONID`` cookie. Errors answer with XNAT's HTML status page
-and the matching status; 401 carries ``WWW-Authenticate``.
+Authentication, errors and JSON answers are :class:`.handler.BaseHandler`'s.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import html
 import json
-import logging
 import re
 from importlib import resources
 from pathlib import Path
 
 from tornado import web
 
-from xnat_bridge.errors import (
-    AuthenticationFailed,
-    InvalidRequest,
-    NotFound,
-    PermissionDenied,
-    XnatHpcError,
-)
-
 from . import shapes
-from .access import Access
-from .store import Store
+from .data_api import DataHandler
+from .errors import BadRequest, Forbidden, NotFound, Unauthorized
+from .handler import BaseHandler
+from .store import GROUP_SUFFIX, Store
 
-log = logging.getLogger(__name__)
 
 XNAT_VERSION = "1.8.10"
 SCHEMAS = ("xnat", "xdat")
 _ROLE_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
-
-
-class BaseHandler(web.RequestHandler):
-    """Identity, errors and JSON for every handler."""
-
-    #: endpoints that answer without a login
-    public = False
-
-    @property
-    def store(self) -> Store:
-        return self.settings["store"]
-
-    @property
-    def archive(self) -> Path:
-        return self.settings["archive"]
-
-    def check_xsrf_cookie(self) -> None:  # XNAT's REST API has no XSRF tokens
-        return
-
-    async def prepare(self) -> None:
-        self.login: str | None = None
-        self.via_basic = False
-        header = self.request.headers.get("Authorization", "")
-        if header.startswith("Basic "):
-            user, password = _decode_basic(header[6:])
-            self.login = await self._check_basic(user, password)
-            if self.login is None:
-                raise AuthenticationFailed("Login attempt failed. Please try again.")
-            self.via_basic = True
-        else:
-            sid = self.get_cookie("JSESSIONID")
-            if sid:
-                login = self.store.session_user(sid)
-                row = self.store.user(login) if login else None
-                if row is not None and row["enabled"]:
-                    self.login = login
-        if self.login is None and not self.public:
-            raise AuthenticationFailed("Authentication required")
-
-    async def _check_basic(self, user: str, password: str) -> str | None:
-        """Login for Basic credentials: an alias token or a password (scrypt, off the loop)."""
-        if self.store.token(user) is not None:
-            login = self.store.validate_token(user, password)
-        else:
-            row = await _in_thread(self.store.path, "check_password", user, password)
-            login = row["login"] if row is not None else None
-        if login is None:
-            return None
-        row = self.store.user(login)
-        return login if row is not None and row["enabled"] else None
-
-    def access(self) -> Access:
-        return Access(self.store, self.login)
-
-    def write_json(self, doc, status: int = 200) -> None:
-        self.set_status(status)
-        self.set_header("Content-Type", "application/json;charset=UTF-8")
-        self.finish(json.dumps(doc))
-
-    def start_session(self) -> str:
-        sid = self.store.new_session(self.login)
-        self.set_cookie("JSESSIONID", sid, path="/", httponly=True)
-        return sid
-
-    def write_error(self, status_code: int, **kwargs) -> None:
-        exc = kwargs.get("exc_info", (None, None, None))[1]
-        if isinstance(exc, web.HTTPError):
-            message = exc.log_message or self._reason
-        elif isinstance(exc, XnatHpcError):
-            message = exc.message
-        else:
-            message = "Internal server error"
-        if status_code == 401:
-            self.set_header("WWW-Authenticate", 'Basic realm="XNAT"')
-        self.set_header("Content-Type", "text/html;charset=UTF-8")
-        self.finish(_status_page(status_code, self._reason, message))
-
-    def _handle_request_exception(self, e: BaseException) -> None:
-        if isinstance(e, XnatHpcError):
-            if self._finished:
-                return
-            self.send_error(e.status, exc_info=(type(e), e, e.__traceback__))
-            return
-        super()._handle_request_exception(e)
-
-    def log_exception(self, typ, value, tb) -> None:
-        if isinstance(value, XnatHpcError):
-            log.info("%s %s -> %s: %s", self.request.method, self.request.path, value.status,
-                     value.message)
-            return
-        super().log_exception(typ, value, tb)
-
-
-def _status_page(code: int, reason: str, message: str) -> str:
-    return (
-        "<html><head><title>Status page</title></head><body>"
-        f"<h3>{html.escape(message)}</h3>"
-        f"<p>{code} {html.escape(reason)}</p>"
-        "</body></html>"
-    )
-
-
-def _decode_basic(b64: str) -> tuple[str, str]:
-    try:
-        raw = base64.b64decode(b64.strip(), validate=True).decode("utf-8")
-    except (binascii.Error, UnicodeDecodeError):
-        raise AuthenticationFailed("malformed Authorization header") from None
-    user, sep, password = raw.partition(":")
-    if not sep:
-        raise AuthenticationFailed("malformed Authorization header")
-    return user, password
-
-
-async def _in_thread(db_path: str, method: str, *args):
-    """Run a slow Store method (scrypt) in a worker thread with its own connection."""
-    import asyncio
-
-    def work():
-        st = Store(db_path)
-        try:
-            return getattr(st, method)(*args)
-        finally:
-            st.close()
-
-    return await asyncio.get_running_loop().run_in_executor(None, work)
 
 
 # -- login and site --------------------------------------------------------
@@ -201,7 +64,7 @@ class AuthServiceHandler(BaseHandler):
         password = self.get_body_argument("password", "") or self.get_argument("password", "")
         login = await self._check_basic(user, password) if user and password else None
         if login is None:
-            raise AuthenticationFailed("Login attempt failed. Please try again.")
+            raise Unauthorized("Login attempt failed. Please try again.")
         self.login = login
         sid = self.start_session()
         self.set_header("Content-Type", "text/plain;charset=UTF-8")
@@ -217,7 +80,7 @@ class JSessionHandler(BaseHandler):
 
     def get(self):
         if self.login is None:
-            raise AuthenticationFailed("Authentication required")
+            raise Unauthorized("Authentication required")
         sid = self.get_cookie("JSESSIONID") if not self.via_basic else None
         if not sid or self.store.session_user(sid) != self.login:
             sid = self.start_session()
@@ -280,7 +143,7 @@ class TokenIssueHandler(BaseHandler):
         login = self.login
         if for_user is not None and for_user != login:
             if not self.access().admin:
-                raise PermissionDenied("only site administrators may issue tokens for others")
+                raise Forbidden("only site administrators may issue tokens for others")
             if self.store.user(for_user) is None:
                 raise NotFound(f"no user {for_user}")
             login = for_user
@@ -313,7 +176,7 @@ class TokenInvalidateHandler(BaseHandler):
             raise NotFound("no such alias token")
         owner = self.store.validate_token(alias, secret)
         if owner is None and not (tok["login"] == self.login or self.access().admin):
-            raise PermissionDenied("that alias token is not yours to invalidate")
+            raise Forbidden("that alias token is not yours to invalidate")
         self.store.invalidate_token(alias)
         self.write_json({})
 
@@ -329,9 +192,9 @@ class XapiUserHandler(BaseHandler):
         row = self.store.user(username)
         acc = self.access()
         if username != self.login and not acc.admin:
-            raise PermissionDenied(f"only {username} and site administrators may see this")
+            raise Forbidden(f"only {username} and site administrators may see this")
         if write and not acc.admin:
-            raise PermissionDenied("only site administrators may change users")
+            raise Forbidden("only site administrators may change users")
         if row is None:
             raise NotFound(f"no user {username}")
         return row
@@ -342,8 +205,6 @@ class XapiUserHandler(BaseHandler):
             self.write_json(self.store.roles(username))
         elif what == "groups" and arg is None:
             groups = self.store.memberships(username)
-            from .store import GROUP_SUFFIX
-
             self.write_json(sorted(f"{p}_{GROUP_SUFFIX[g]}" for p, g in groups.items()))
         elif what == "enabled" and arg is None:
             self.write_json(bool(self.store.user(username)["enabled"]))
@@ -354,7 +215,7 @@ class XapiUserHandler(BaseHandler):
         self._target(username, write=True)
         if what == "roles" and arg:
             if not _ROLE_RE.match(arg):
-                raise InvalidRequest(f"invalid role name {arg!r}")
+                raise BadRequest(f"invalid role name {arg!r}")
             self.store.add_role(username, arg)
         elif what == "enabled" and arg in ("true", "false"):
             self.store.set_enabled(username, arg == "true")
@@ -375,22 +236,22 @@ class XapiUsersHandler(BaseHandler):
 
     def get(self):
         if not self.access().admin:
-            raise PermissionDenied("only site administrators may list users")
+            raise Forbidden("only site administrators may list users")
         self.write_json([r["login"] for r in self.store.users()])
 
     def post(self):
         if not self.access().admin:
-            raise PermissionDenied("only site administrators may create users")
+            raise Forbidden("only site administrators may create users")
         try:
             body = json.loads(self.request.body or b"{}")
         except ValueError:
-            raise InvalidRequest("the body must be JSON") from None
+            raise BadRequest("the body must be JSON") from None
         username = str(body.get("username", ""))
         password = str(body.get("password", ""))
         if not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$", username) or not password:
-            raise InvalidRequest("username (letters, digits, _.@-) and password are required")
+            raise BadRequest("username (letters, digits, _.@-) and password are required")
         if self.store.user(username) is not None:
-            raise InvalidRequest(f"user {username} already exists")
+            raise BadRequest(f"user {username} already exists")
         self.store.add_user(username, password, firstname=str(body.get("firstName", "")),
                             lastname=str(body.get("lastName", "")), email=str(body.get("email", "")),
                             enabled=bool(body.get("enabled", True)))
@@ -429,8 +290,6 @@ class SearchElementsHandler(BaseHandler):
 
 
 def make_app(store: Store, archive: Path) -> web.Application:
-    from .data_api import DataHandler
-
     tok = r"([^/]+)"
     return web.Application(
         [

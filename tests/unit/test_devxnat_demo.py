@@ -13,10 +13,10 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from xnat_bridge.devserver import demo
-from xnat_bridge.devserver.archive import resource_dir
-from xnat_bridge.devserver.demo import DemoSummary, generate_demo, parse_size
-from xnat_bridge.devserver.store import Store
+from devxnat import demo
+from devxnat.archive import resource_dir
+from devxnat.demo import DemoSummary, generate_demo, parse_size
+from devxnat.store import Store
 
 MB = 10**6
 

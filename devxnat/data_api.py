@@ -19,21 +19,15 @@ from pathlib import Path
 
 from tornado.iostream import StreamClosedError
 
-from xnat_bridge.errors import InvalidRequest, NotFound, XnatHpcError
-
 from . import archive as arc
 from . import routes, shapes
 from .access import ROLE_OF_GROUP
-from .app import BaseHandler
+from .errors import BadRequest, MethodNotAllowed, NotFound
+from .handler import BaseHandler
 from .store import GROUP_SUFFIX, GROUPS
 
 CHUNK = 1 << 20
 _RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)$")
-
-
-class MethodNotAllowed(XnatHpcError):
-    status = 405
-    reason = "method_not_allowed"
 
 
 class DataHandler(BaseHandler):
@@ -49,7 +43,7 @@ class DataHandler(BaseHandler):
             await self._send_zip(route)
             return
         if fmt not in ("json", ""):
-            raise InvalidRequest(f"format={fmt} is not supported by the development server; use json")
+            raise BadRequest(f"format={fmt} is not supported by the development server; use json")
         self.write_json(getattr(self, f"_get_{route.kind}")(route))
 
     async def head(self):
@@ -109,7 +103,7 @@ class DataHandler(BaseHandler):
         acc = self.access()
         acc.managed_project(route.project)
         if route.group not in GROUPS:
-            raise InvalidRequest(f"unknown group {route.group!r}; use one of {', '.join(GROUPS)}")
+            raise BadRequest(f"unknown group {route.group!r}; use one of {', '.join(GROUPS)}")
         if self.store.user(route.user) is None:
             raise NotFound(f"Unable to find user {route.user}")
         if add:

@@ -1,0 +1,44 @@
+"""Pure builders of ``jupyterhub_config.py`` text for the hubs this checkout starts.
+
+``loopback_hub_config`` is the common part of the demo's hub and the test hubs (a hub
+and its proxy on 127.0.0.1); ``xnat_hub_config`` adds the XNAT authenticator, the
+profiles spawner and its files. ``devstack.demo.hub_config`` composes both for the demo.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def xnat_hub_config(*, xnat_url: str, profiles: Path, archive: Path, audit_log: Path,
+                    spawner: str = "xnat") -> str:
+    """The XNAT part of a ``jupyterhub_config.py``: authenticator, spawner, profiles (pure)."""
+    return f'''c.JupyterHub.authenticator_class = "xnat"
+c.XnatAuthenticator.xnat_url = "{xnat_url}"
+c.JupyterHub.spawner_class = "{spawner}"
+c.JupyterHub.allow_named_servers = True
+c.XnatScopedSpawner.profiles_file = "{profiles}"
+c.XnatScopedSpawner.xnat_data_root = "{archive}"
+c.HubAuditLog.path = "{audit_log}"
+c.XnatSlurmSpawner.server_host = "127.0.0.1"
+c.Spawner.default_url = "/lab"
+'''
+
+
+def loopback_hub_config(*, hub_dir: Path, port: int, hub_port: int, proxy_api_port: int) -> str:
+    """A hub and its proxy on 127.0.0.1, state in *hub_dir*, with the hub's own pages and APIs
+    (pure; the demo's and the tests')."""
+    return f'''c = get_config()  # noqa
+from hub_ext.handlers import xnat_hpc_handlers  # noqa: E402
+c.JupyterHub.extra_handlers = xnat_hpc_handlers()
+c.JupyterHub.ip = "127.0.0.1"
+c.JupyterHub.port = {port}
+c.JupyterHub.hub_ip = "127.0.0.1"
+c.JupyterHub.hub_port = {hub_port}
+c.ConfigurableHTTPProxy.api_url = "http://127.0.0.1:{proxy_api_port}"
+c.ConfigurableHTTPProxy.should_start = True
+c.JupyterHub.db_url = "sqlite:///{hub_dir}/jupyterhub.sqlite"
+c.JupyterHub.cookie_secret_file = "{hub_dir}/cookie_secret"
+c.JupyterHub.pid_file = "{hub_dir}/jupyterhub.pid"
+c.JupyterHub.cleanup_servers = True
+'''
