@@ -27,7 +27,7 @@ import pyrage
 import pytest
 
 from xnat_bridge import staging
-from xnat_bridge.errors import Conflict, InvalidRequest, NotFound, PermissionDenied
+from xnat_bridge.errors import CommandFailed, Conflict, InvalidRequest, NotFound, PermissionDenied
 from xnat_bridge.staging import (
     AgeIdentity,
     StagedFile,
@@ -68,13 +68,12 @@ def dataset() -> dict[str, bytes]:
 
 
 @pytest.fixture(autouse=True, params=["cli", "pyrage"])
-def age_engine(request, monkeypatch) -> str:
+def age_engine(request) -> staging.AgeEngine:
     """Every test runs with both engines: the age CLI in a child process, and pyrage."""
     if request.param == "cli":
         age_cli()
-    monkeypatch.setattr(staging.engine, "PREFERRED", request.param)
-    monkeypatch.setattr(staging.engine, "AGE_BINARY", None)
-    return request.param
+        return staging.AgeCliEngine()  # age looked up on PATH
+    return staging.PyrageEngine()
 
 
 _BEFORE: set[int] = set()
@@ -177,18 +176,19 @@ def special(name: str, kind: bytes, linkname: str = "") -> tuple[tarfile.TarInfo
 # --------------------------------------------------------------------------- round trip
 
 
-def test_round_trip_bytes_manifest_and_modes(tmp_path, staging_root, keys):
+def test_round_trip_bytes_manifest_and_modes(tmp_path, staging_root, keys, age_engine):
     identity, recipient = keys
     script = b"import os\nprint(os.environ['DATASET_DIR'])\n"
     info, data = stage(staging_root, recipient, metadata={"script_sha256": "ab" * 32, "job": "j1"},
-                       extra_members={"script/train.py": script})
+                       extra_members={"script/train.py": script}, engine=age_engine)
     assert info.path == staging_root / "alice" / f"{info.bundle_id}.tar.age"
     assert info.recipient == recipient and info.size == info.path.stat().st_size
     assert info.manifest_sha256 == staging.manifest_sha256([sfile(n, b) for n, b in data.items()])
 
     dest = tmp_path / "node-local" / "dataset"
     dest.parent.mkdir()
-    manifest = extract_bundle(info.path, identity, dest, expected_manifest_sha256=info.manifest_sha256)
+    manifest = extract_bundle(info.path, identity, dest, expected_manifest_sha256=info.manifest_sha256,
+                              engine=age_engine)
     assert manifest["manifest_sha256"] == info.manifest_sha256
     assert manifest["metadata"] == {"script_sha256": "ab" * 32, "job": "j1"}
     assert [f["name"] for f in manifest["files"]] == sorted(data)
@@ -206,9 +206,10 @@ def test_round_trip_bytes_manifest_and_modes(tmp_path, staging_root, keys):
     assert mode(dest) == 0o700
 
 
-def test_age_cli_lists_our_bundle(tmp_path, staging_root, keys):
+def test_age_cli_lists_our_bundle(tmp_path, staging_root, keys, age_engine):
     identity, recipient = keys
-    info, data = stage(staging_root, recipient, extra_members={"script/train.py": b"print(1)\n"})
+    info, data = stage(staging_root, recipient, extra_members={"script/train.py": b"print(1)\n"},
+                       engine=age_engine)
     key = write_keyfile(tmp_path, identity)
     dec = subprocess.run([age_cli(), "-d", "-i", str(key), str(info.path)], capture_output=True,
                          check=True).stdout
@@ -222,7 +223,7 @@ def test_age_cli_lists_our_bundle(tmp_path, staging_root, keys):
     assert out.stdout == data[one]
 
 
-def test_age_cli_encrypted_tar_is_readable(tmp_path, keys):
+def test_age_cli_encrypted_tar_is_readable(tmp_path, keys, age_engine):
     identity, recipient = keys
     src = tmp_path / "results"
     (src / "ckpt" / "epoch1").mkdir(parents=True)
@@ -236,7 +237,7 @@ def test_age_cli_encrypted_tar_is_readable(tmp_path, keys):
     assert tar.wait() == 0
 
     dest = tmp_path / "collected"
-    result = decrypt_to_directory(out, identity, dest)
+    result = decrypt_to_directory(out, identity, dest, engine=age_engine)
     assert sorted(f["name"] for f in result["files"]) == ["ckpt/epoch1/model.pt", "metrics.json"]
     assert "empty-dir" in result["directories"]
     for f in result["files"]:
@@ -245,7 +246,7 @@ def test_age_cli_encrypted_tar_is_readable(tmp_path, keys):
     assert (dest / "empty-dir").is_dir()
 
 
-def test_encrypt_directory_round_trip_and_age_cli(tmp_path, keys):
+def test_encrypt_directory_round_trip_and_age_cli(tmp_path, keys, age_engine):
     identity, recipient = keys
     src = tmp_path / "out"
     (src / "sub").mkdir(parents=True)
@@ -254,7 +255,7 @@ def test_encrypt_directory_round_trip_and_age_cli(tmp_path, keys):
     (src / "best.bin").symlink_to("sub/weights.bin")  # inside: archived as a copy
     enc = tmp_path / "sealed" / "results.tar.age"
     enc.parent.mkdir()
-    res = encrypt_directory(src, recipient, enc)
+    res = encrypt_directory(src, recipient, enc, engine=age_engine)
     assert mode(enc) == 0o600 and res["size"] == enc.stat().st_size
     assert MARKER not in enc.read_bytes()
     assert os.listdir(enc.parent) == ["results.tar.age"]
@@ -266,14 +267,14 @@ def test_encrypt_directory_round_trip_and_age_cli(tmp_path, keys):
     assert set(names.stdout.decode().split()) == {"best.bin", "log.txt", "sub/", "sub/weights.bin"}
 
     dest = tmp_path / "back"
-    back = decrypt_to_directory(enc, AgeIdentity(identity), dest)
+    back = decrypt_to_directory(enc, AgeIdentity(identity), dest, engine=age_engine)
     assert back["files"] == res["files"]
     assert (dest / "best.bin").read_bytes() == (src / "sub" / "weights.bin").read_bytes()
     assert not (dest / "best.bin").is_symlink()
     assert mode(dest / "sub") == 0o700 and mode(dest / "log.txt") == 0o600
 
 
-def test_encrypt_directory_refuses_outside_symlink_and_bad_targets(tmp_path, keys):
+def test_encrypt_directory_refuses_outside_symlink_and_bad_targets(tmp_path, keys, age_engine):
     _, recipient = keys
     src = tmp_path / "out"
     src.mkdir()
@@ -283,22 +284,23 @@ def test_encrypt_directory_refuses_outside_symlink_and_bad_targets(tmp_path, key
     (src / "leak").symlink_to(secret)
     enc = tmp_path / "r.tar.age"
     with pytest.raises(InvalidRequest, match="leak"):
-        encrypt_directory(src, recipient, enc)
+        encrypt_directory(src, recipient, enc, engine=age_engine)
     assert not enc.exists() and not (tmp_path / "r.tar.age.partial").exists()
     (src / "leak").unlink()
     with pytest.raises(InvalidRequest, match="outside the directory"):
-        encrypt_directory(src, recipient, src / "r.tar.age")
+        encrypt_directory(src, recipient, src / "r.tar.age", engine=age_engine)
     enc.write_bytes(b"already here")
     with pytest.raises(Conflict, match="already exists"):
-        encrypt_directory(src, recipient, enc)
+        encrypt_directory(src, recipient, enc, engine=age_engine)
 
 
 # --------------------------------------------------------------------------- staging rules
 
 
-def test_no_plaintext_in_staging_dir(staging_root, keys):
+def test_no_plaintext_in_staging_dir(staging_root, keys, age_engine):
     _, recipient = keys
-    info, _ = stage(staging_root, recipient, extra_members={"script/train.py": MARKER})
+    info, _ = stage(staging_root, recipient, extra_members={"script/train.py": MARKER},
+                    engine=age_engine)
     found = all_files(staging_root)
     assert found == sorted([info.path, info.path.with_name(f"{info.bundle_id}.json")])
     for path in found:
@@ -309,16 +311,16 @@ def test_no_plaintext_in_staging_dir(staging_root, keys):
     assert "SECRET" not in json.dumps(sidecar).upper()
 
 
-def test_modes(staging_root, keys):
+def test_modes(staging_root, keys, age_engine):
     _, recipient = keys
-    info, _ = stage(staging_root, recipient)
+    info, _ = stage(staging_root, recipient, engine=age_engine)
     assert mode(staging_root / "alice") == 0o700
     assert mode(info.path) == 0o600
     assert mode(info.path.with_name(f"{info.bundle_id}.json")) == 0o600
 
 
 @pytest.mark.parametrize("how", ["sha256", "shorter", "longer"])
-def test_changed_file_conflict_leaves_nothing(staging_root, keys, how):
+def test_changed_file_conflict_leaves_nothing(staging_root, keys, how, age_engine):
     _, recipient = keys
     good = sfile("S1/ok.bin", os.urandom(3_000_000))
     data = os.urandom(2_500_000)
@@ -329,7 +331,8 @@ def test_changed_file_conflict_leaves_nothing(staging_root, keys, how):
         bad = StagedFile("S1/changed.bin", stated, hashlib.sha256(data).hexdigest(),
                          lambda: io.BytesIO(data))
     with pytest.raises(Conflict, match="S1/changed.bin") as exc:
-        stage_files([good, bad], staging_dir=staging_root, user="alice", recipient=recipient)
+        stage_files([good, bad], staging_dir=staging_root, user="alice", recipient=recipient,
+                    engine=age_engine)
     assert exc.value.item == "S1/changed.bin" or "S1/changed.bin" in str(exc.value)
     assert os.listdir(staging_root) == ["alice"]
     assert os.listdir(staging_root / "alice") == []
@@ -340,7 +343,7 @@ def helper_threads() -> list[str]:
             if t.name.startswith(("bundle-reader", "age-decrypt"))]
 
 
-def test_source_error_propagates_and_cleans_up(tmp_path, staging_root, keys):
+def test_source_error_propagates_and_cleans_up(tmp_path, staging_root, keys, age_engine):
     identity, recipient = keys
 
     def gone():
@@ -348,80 +351,86 @@ def test_source_error_propagates_and_cleans_up(tmp_path, staging_root, keys):
 
     files = [sfile("a.bin", os.urandom(2_000_000)), StagedFile("b.bin", 10, "0" * 64, gone)]
     with pytest.raises(FileNotFoundError):
-        stage_files(files, staging_dir=staging_root, user="alice", recipient=recipient)
+        stage_files(files, staging_dir=staging_root, user="alice", recipient=recipient,
+                    engine=age_engine)
     assert os.listdir(staging_root / "alice") == []
     assert helper_threads() == []
     # and extraction threads end after a refusal half-way through a large bundle
-    info, _ = stage(staging_root, recipient, data={"big.bin": os.urandom(8_000_000)})
+    info, _ = stage(staging_root, recipient, data={"big.bin": os.urandom(8_000_000)}, engine=age_engine)
     with pytest.raises(Conflict):
-        extract_bundle(info.path, identity, tmp_path / "d", expected_manifest_sha256="2" * 64)
+        extract_bundle(info.path, identity, tmp_path / "d", expected_manifest_sha256="2" * 64,
+                       engine=age_engine)
     assert helper_threads() == []
     assert child_processes() == []  # age reaped, no zombie
 
 
 @pytest.mark.parametrize("name", ["../x", "a/../../x", "/etc/passwd", "a//b", "a/./b", "./a", "a/",
                                   "", "a\\b", "a\x00b", ".."])
-def test_bad_names_refused(staging_root, keys, name):
+def test_bad_names_refused(staging_root, keys, name, age_engine):
     _, recipient = keys
     with pytest.raises(InvalidRequest) as exc:
-        stage_files([sfile(name, b"x")], staging_dir=staging_root, user="alice", recipient=recipient)
+        stage_files([sfile(name, b"x")], staging_dir=staging_root, user="alice", recipient=recipient,
+                    engine=age_engine)
     assert repr(name) in str(exc.value)
     assert os.listdir(staging_root) == []
 
 
 @pytest.mark.parametrize("extra", ["MANIFEST.json", "data/x.py", "../train.py", "/train.py"])
-def test_bad_extra_member_names(staging_root, keys, extra):
+def test_bad_extra_member_names(staging_root, keys, extra, age_engine):
     _, recipient = keys
     with pytest.raises(InvalidRequest):
-        stage(staging_root, recipient, extra_members={extra: b"print(1)"})
+        stage(staging_root, recipient, extra_members={extra: b"print(1)"}, engine=age_engine)
     assert os.listdir(staging_root) == []
 
 
-def test_duplicate_names_and_bad_digests_refused(staging_root, keys):
+def test_duplicate_names_and_bad_digests_refused(staging_root, keys, age_engine):
     _, recipient = keys
     with pytest.raises(InvalidRequest, match="twice"):
         stage_files([sfile("a", b"1"), sfile("a", b"2")], staging_dir=staging_root, user="alice",
-                    recipient=recipient)
+                    recipient=recipient, engine=age_engine)
     with pytest.raises(InvalidRequest, match="sha256"):
         stage_files([StagedFile("a", 1, "not-a-digest", lambda: io.BytesIO(b"1"))],
-                    staging_dir=staging_root, user="alice", recipient=recipient)
+                    staging_dir=staging_root, user="alice", recipient=recipient, engine=age_engine)
     with pytest.raises(InvalidRequest, match="user name"):
-        stage_files([sfile("a", b"1")], staging_dir=staging_root, user="../bob", recipient=recipient)
+        stage_files([sfile("a", b"1")], staging_dir=staging_root, user="../bob", recipient=recipient,
+                    engine=age_engine)
 
 
-def test_group_writable_user_dir_refused(staging_root, keys):
+def test_group_writable_user_dir_refused(staging_root, keys, age_engine):
     _, recipient = keys
     (staging_root / "alice").mkdir()
     os.chmod(staging_root / "alice", 0o770)
     with pytest.raises(PermissionDenied, match="chmod 700"):
-        stage(staging_root, recipient)
+        stage(staging_root, recipient, engine=age_engine)
     with pytest.raises(PermissionDenied):
         find_bundle(staging_root, "alice", "0" * 64)
     assert os.listdir(staging_root / "alice") == []
 
 
-def test_user_dir_of_another_owner_or_symlink_refused(tmp_path, staging_root, keys, monkeypatch):
+def test_user_dir_of_another_owner_or_symlink_refused(tmp_path, staging_root, keys, monkeypatch,
+                                                     age_engine):
     _, recipient = keys
     (staging_root / "alice").mkdir(mode=0o700)
     real_uid = os.geteuid()
     monkeypatch.setattr(os, "geteuid", lambda: real_uid + 4242)
     with pytest.raises(PermissionDenied, match="belongs to uid"):
-        stage(staging_root, recipient)
+        stage(staging_root, recipient, engine=age_engine)
     monkeypatch.undo()
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir(mode=0o700)
     (staging_root / "bob").symlink_to(elsewhere)
     with pytest.raises(PermissionDenied, match="symbolic link"):
-        stage_files([sfile("a", b"1")], staging_dir=staging_root, user="bob", recipient=recipient)
+        stage_files([sfile("a", b"1")], staging_dir=staging_root, user="bob", recipient=recipient,
+                    engine=age_engine)
     assert os.listdir(elsewhere) == []
 
 
-def test_missing_staging_root(tmp_path, keys):
+def test_missing_staging_root(tmp_path, keys, age_engine):
     with pytest.raises(NotFound, match="administrator"):
-        stage(tmp_path / "nope", keys[1])
+        stage(tmp_path / "nope", keys[1], engine=age_engine)
 
 
-def test_progress_called_throttled_and_final(staging_root, keys):
+def test_progress_called_throttled_and_final(staging_root, keys, age_engine):
     _, recipient = keys
     calls: list[tuple] = []
 
@@ -435,7 +444,7 @@ def test_progress_called_throttled_and_final(staging_root, keys):
              for n, b in data.items()]
     start = time.monotonic()
     stage_files(files, staging_dir=staging_root, user="alice", recipient=recipient,
-                progress=lambda *a: calls.append((time.monotonic(), a)))
+                progress=lambda *a: calls.append((time.monotonic(), a)), engine=age_engine)
     elapsed = time.monotonic() - start
     total = sum(len(b) for b in data.values())
     assert calls[-1][1] == (total, 20, total, 20)
@@ -447,7 +456,7 @@ def test_progress_called_throttled_and_final(staging_root, keys):
     assert done == sorted(done)
 
 
-def test_find_bundle_reuse(staging_root, keys):
+def test_find_bundle_reuse(staging_root, keys, age_engine):
     _, recipient = keys
     data = dataset()
     files = [sfile(n, b) for n, b in data.items()]
@@ -455,7 +464,7 @@ def test_find_bundle_reuse(staging_root, keys):
     assert find_bundle(staging_root, "alice", digest) is None  # no user dir yet
     script = {"script/train.py": b"print(1)\n"}
     info = stage_files(files, staging_dir=staging_root, user="alice", recipient=recipient,
-                       extra_members=script)
+                       extra_members=script, engine=age_engine)
     assert find_bundle(staging_root, "alice", digest) == info
     assert find_bundle(staging_root, "alice", "sha256:" + digest.upper()) == info
     assert find_bundle(staging_root, "alice", digest, recipient=recipient) == info
@@ -472,7 +481,7 @@ def test_find_bundle_reuse(staging_root, keys):
     assert find_bundle(staging_root, "alice", digest) is None
 
 
-def test_keys_never_shown(staging_root, keys, caplog):
+def test_keys_never_shown(staging_root, keys, caplog, age_engine):
     identity, recipient = keys
     assert identity.startswith("AGE-SECRET-KEY-1") and recipient.startswith("age1")
     holder = AgeIdentity(identity)
@@ -481,16 +490,16 @@ def test_keys_never_shown(staging_root, keys, caplog):
     with pytest.raises(TypeError):
         pickle.dumps(holder)
     with pytest.raises(InvalidRequest) as exc:
-        stage(staging_root, identity)  # a secret passed as recipient
+        stage(staging_root, identity, engine=age_engine)  # a secret passed as recipient
     assert identity not in str(exc.value)
     with pytest.raises(InvalidRequest) as exc:
         AgeIdentity(identity[:-3] + "QQQ")
     assert identity[20:] not in str(exc.value)
     with pytest.raises(InvalidRequest, match="secret key"):
-        stage(staging_root, recipient, metadata={"oops": identity})
+        stage(staging_root, recipient, metadata={"oops": identity}, engine=age_engine)
     caplog.set_level(logging.DEBUG)
-    info, _ = stage(staging_root, recipient)
-    extract_bundle(info.path, holder, staging_root.parent / "x")
+    info, _ = stage(staging_root, recipient, engine=age_engine)
+    extract_bundle(info.path, holder, staging_root.parent / "x", engine=age_engine)
     assert identity not in caplog.text and identity.lower() not in caplog.text.lower()
 
 
@@ -517,7 +526,7 @@ EVIL = {
 
 
 @pytest.mark.parametrize("kind", sorted(EVIL))
-def test_malicious_members_refused(tmp_path, keys, kind):
+def test_malicious_members_refused(tmp_path, keys, kind, age_engine):
     identity, recipient = keys
     outside = tmp_path / "outside"
     outside.mkdir()
@@ -525,45 +534,45 @@ def test_malicious_members_refused(tmp_path, keys, kind):
     before = sorted(tmp_path.rglob("*"))
     dest = tmp_path / "dest"
     with pytest.raises(InvalidRequest):
-        extract_bundle(bundle, identity, dest)
+        extract_bundle(bundle, identity, dest, engine=age_engine)
     assert not dest.exists()
     assert sorted(tmp_path.rglob("*")) == before and os.listdir(outside) == []
     with pytest.raises(InvalidRequest):
-        decrypt_to_directory(bundle, identity, dest)
+        decrypt_to_directory(bundle, identity, dest, engine=age_engine)
     assert not dest.exists()
     assert sorted(tmp_path.rglob("*")) == before and os.listdir(outside) == []
 
 
-def test_existing_symlink_in_dest_not_followed(tmp_path, staging_root, keys):
+def test_existing_symlink_in_dest_not_followed(tmp_path, staging_root, keys, age_engine):
     identity, recipient = keys
-    info, _ = stage(staging_root, recipient)
+    info, _ = stage(staging_root, recipient, engine=age_engine)
     outside = tmp_path / "outside"
     outside.mkdir()
     dest = tmp_path / "dest"
     dest.mkdir()
     (dest / "data").symlink_to(outside)
     with pytest.raises(InvalidRequest, match="symbolic link"):
-        extract_bundle(info.path, identity, dest)
+        extract_bundle(info.path, identity, dest, engine=age_engine)
     assert os.listdir(outside) == []
     assert os.listdir(dest) == ["data"]  # only what was there before
 
 
-def test_member_not_in_manifest_refused(tmp_path, keys):
+def test_member_not_in_manifest_refused(tmp_path, keys, age_engine):
     identity, recipient = keys
     bundle = evil_bundle(tmp_path / "b.tar.age", recipient,
                          [reg("data/a.bin", b"good data"), reg("data/extra.bin", b"smuggled")])
     with pytest.raises(Conflict, match="not listed"):
-        extract_bundle(bundle, identity, tmp_path / "dest")
+        extract_bundle(bundle, identity, tmp_path / "dest", engine=age_engine)
     assert not (tmp_path / "dest").exists()
     dup = evil_bundle(tmp_path / "d.tar.age", recipient,
                       [reg("data/a.bin", b"good data"), reg("data/a.bin", b"good data")])
     with pytest.raises(Conflict):
-        extract_bundle(dup, identity, tmp_path / "dest")
+        extract_bundle(dup, identity, tmp_path / "dest", engine=age_engine)
     assert not (tmp_path / "dest").exists()
 
 
 @pytest.mark.parametrize("case", ["content", "size", "missing"])
-def test_manifest_mismatch_conflict(tmp_path, keys, case):
+def test_manifest_mismatch_conflict(tmp_path, keys, case, age_engine):
     identity, recipient = keys
     members = {"content": [reg("data/a.bin", b"evil data")],
                "size": [reg("data/a.bin", b"good data, longer")],
@@ -573,55 +582,56 @@ def test_manifest_mismatch_conflict(tmp_path, keys, case):
     dest.mkdir()
     (dest / "keep.txt").write_text("mine")
     with pytest.raises(Conflict, match="a.bin"):
-        extract_bundle(bundle, identity, dest)
+        extract_bundle(bundle, identity, dest, engine=age_engine)
     assert os.listdir(dest) == ["keep.txt"]  # ours removed, the rest untouched
 
 
-def test_expected_manifest_digest(tmp_path, staging_root, keys):
+def test_expected_manifest_digest(tmp_path, staging_root, keys, age_engine):
     identity, recipient = keys
-    info, _ = stage(staging_root, recipient)
+    info, _ = stage(staging_root, recipient, engine=age_engine)
     with pytest.raises(Conflict, match="expected"):
-        extract_bundle(info.path, identity, tmp_path / "d", expected_manifest_sha256="1" * 64)
+        extract_bundle(info.path, identity, tmp_path / "d", expected_manifest_sha256="1" * 64,
+                       engine=age_engine)
     assert not (tmp_path / "d").exists()
 
 
-def test_wrong_identity_clear_error(tmp_path, staging_root, keys):
+def test_wrong_identity_clear_error(tmp_path, staging_root, keys, age_engine):
     _, recipient = keys
-    info, _ = stage(staging_root, recipient)
+    info, _ = stage(staging_root, recipient, engine=age_engine)
     other, _ = generate_keypair()
     with pytest.raises(PermissionDenied, match="identity") as exc:
-        extract_bundle(info.path, other, tmp_path / "d")
+        extract_bundle(info.path, other, tmp_path / "d", engine=age_engine)
     assert other not in str(exc.value)
     assert not (tmp_path / "d").exists()
     with pytest.raises(PermissionDenied, match="identity"):
-        decrypt_to_directory(info.path, other, tmp_path / "d")
+        decrypt_to_directory(info.path, other, tmp_path / "d", engine=age_engine)
     with pytest.raises(InvalidRequest, match="AGE-SECRET-KEY"):
-        extract_bundle(info.path, "not a key", tmp_path / "d")
+        extract_bundle(info.path, "not a key", tmp_path / "d", engine=age_engine)
 
 
-def test_truncated_or_corrupt_bundle(tmp_path, staging_root, keys):
+def test_truncated_or_corrupt_bundle(tmp_path, staging_root, keys, age_engine):
     identity, recipient = keys
-    info, _ = stage(staging_root, recipient, data={"big.bin": os.urandom(1_000_000)})
+    info, _ = stage(staging_root, recipient, data={"big.bin": os.urandom(1_000_000)}, engine=age_engine)
     raw = info.path.read_bytes()
     cut = tmp_path / "cut.tar.age"
     cut.write_bytes(raw[:-70_000])
     with pytest.raises(Conflict):
-        extract_bundle(cut, identity, tmp_path / "d1")
+        extract_bundle(cut, identity, tmp_path / "d1", engine=age_engine)
     assert not (tmp_path / "d1").exists()
     flipped = bytearray(raw)
     flipped[-10] ^= 1
     bad = tmp_path / "bad.tar.age"
     bad.write_bytes(bytes(flipped))
     with pytest.raises(Conflict, match="corrupt"):
-        extract_bundle(bad, identity, tmp_path / "d2")
+        extract_bundle(bad, identity, tmp_path / "d2", engine=age_engine)
     assert not (tmp_path / "d2").exists()
     junk = tmp_path / "junk.tar.age"
     junk.write_bytes(b"not age at all" * 100)
     with pytest.raises(InvalidRequest):
-        extract_bundle(junk, identity, tmp_path / "d3")
+        extract_bundle(junk, identity, tmp_path / "d3", engine=age_engine)
 
 
-def test_not_a_bundle(tmp_path, keys):
+def test_not_a_bundle(tmp_path, keys, age_engine):
     identity, recipient = keys
     plain = tmp_path / "plain.tar.age"
     buf = io.BytesIO()
@@ -630,7 +640,7 @@ def test_not_a_bundle(tmp_path, keys):
         tar.addfile(info, io.BytesIO(content))
     plain.write_bytes(pyrage.encrypt(buf.getvalue(), [pyrage.x25519.Recipient.from_str(recipient)]))
     with pytest.raises(InvalidRequest, match="MANIFEST.json"):
-        extract_bundle(plain, identity, tmp_path / "d")
+        extract_bundle(plain, identity, tmp_path / "d", engine=age_engine)
     assert not (tmp_path / "d").exists()
 
 
@@ -648,10 +658,11 @@ def test_memory_stays_bounded(tmp_path, staging_root, keys, age_engine):
         h = hashlib.sha256()
         for _ in range(256): h.update(bytes(1 << 20))
         ident, rcpt = staging.generate_keypair()
-        staging.engine.PREFERRED = {age_engine!r}
+        engine = staging.engine_by_name({age_engine.name!r})
         f = staging.StagedFile("zeros.bin", size, h.hexdigest(), Zeros)
-        info = staging.stage_files([f], staging_dir={str(staging_root)!r}, user="alice", recipient=rcpt)
-        staging.extract_bundle(info.path, ident, {str(tmp_path / "out")!r})
+        info = staging.stage_files([f], staging_dir={str(staging_root)!r}, user="alice", recipient=rcpt,
+                                   engine=engine)
+        staging.extract_bundle(info.path, ident, {str(tmp_path / "out")!r}, engine=engine)
         for line in open("/proc/self/status"):
             if line.startswith("VmHWM:"):
                 print(int(line.split()[1]) // 1024)
@@ -669,39 +680,34 @@ def test_memory_stays_bounded(tmp_path, staging_root, keys, age_engine):
 def test_engine_selection(tmp_path, staging_root, keys, monkeypatch, age_engine):
     identity, recipient = keys
     monkeypatch.setenv("PATH", str(tmp_path))  # no age on PATH
-    monkeypatch.setattr(staging.engine, "PREFERRED", "auto")
-    assert staging.engine.age_binary() is None  # falls back to pyrage
-    info, data = stage(staging_root, recipient)
+    assert isinstance(staging.engine_by_name("auto"), staging.PyrageEngine)  # falls back to pyrage
+    info, data = stage(staging_root, recipient)  # no engine=: the default engine
     manifest = extract_bundle(info.path, identity, tmp_path / "d")
     assert manifest["file_count"] == len(data)
-    monkeypatch.setattr(staging.engine, "PREFERRED", "cli")
     with pytest.raises(NotFound, match="age command-line tool"):
-        stage(staging_root, recipient)
-    monkeypatch.setattr(staging.engine, "PREFERRED", "bogus")
+        stage(staging_root, recipient, engine=staging.engine_by_name("age-cli"))
     with pytest.raises(ValueError, match="bogus"):
-        staging.engine.age_binary()
+        staging.engine_by_name("bogus")
 
 
 @pytest.mark.parametrize("age_engine", ["cli"], indirect=True)  # only the CLI engine has an age process
-def test_age_process_failure_removes_partial(tmp_path, staging_root, keys, monkeypatch, age_engine):
+def test_age_process_failure_removes_partial(tmp_path, staging_root, keys, age_engine):
     _, recipient = keys
     fake = tmp_path / "bin" / "age"
     fake.parent.mkdir()
     fake.write_text("#!/bin/sh\nhead -c 100000 > /dev/null\necho 'age: error: simulated failure' >&2\n"
                     "exit 3\n")
     fake.chmod(0o700)
-    monkeypatch.setattr(staging.engine, "AGE_BINARY", str(fake))
-    with pytest.raises(staging.engine.CommandFailed, match="simulated failure") as exc:
-        stage(staging_root, recipient, data={"big.bin": os.urandom(4_000_000)})
+    failing = staging.AgeCliEngine(str(fake))
+    with pytest.raises(CommandFailed, match="simulated failure") as exc:
+        stage(staging_root, recipient, data={"big.bin": os.urandom(4_000_000)}, engine=failing)
     assert exc.value.returncode == 3
     assert os.listdir(staging_root / "alice") == []
     assert child_processes() == []
     # a failing decryption process: a clear error, nothing extracted
-    monkeypatch.setattr(staging.engine, "AGE_BINARY", None)
-    info, _ = stage(staging_root, recipient)
-    monkeypatch.setattr(staging.engine, "AGE_BINARY", str(fake))
-    with pytest.raises(staging.engine.CommandFailed, match="simulated failure"):
-        extract_bundle(info.path, keys[0], tmp_path / "d")
+    info, _ = stage(staging_root, recipient, engine=age_engine)
+    with pytest.raises(CommandFailed, match="simulated failure"):
+        extract_bundle(info.path, keys[0], tmp_path / "d", engine=failing)
     assert not (tmp_path / "d").exists()
     assert child_processes() == []
 
@@ -716,11 +722,12 @@ def test_disk_full_removes_partial(tmp_path, keys, age_engine):
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,mode=0755", "tmpfs", str(root)], check=True)
     try:
         with pytest.raises(OSError) as exc:
-            stage(root, recipient, data={"big.bin": os.urandom(3_000_000)})
+            stage(root, recipient, data={"big.bin": os.urandom(3_000_000)}, engine=age_engine)
         assert exc.value.errno == errno.ENOSPC
         assert os.listdir(root / "alice") == []
         assert child_processes() == []
-        info, _ = stage(root, recipient, data={"small.bin": os.urandom(100_000)})  # room again
+        info, _ = stage(root, recipient, data={"small.bin": os.urandom(100_000)},
+                        engine=age_engine)  # room again
         assert info.path.exists()
     finally:
         subprocess.run(["umount", str(root)], check=True)
@@ -728,15 +735,15 @@ def test_disk_full_removes_partial(tmp_path, keys, age_engine):
 
 def test_identity_never_on_age_command_line_or_environment(tmp_path, staging_root, keys, age_engine):
     identity, recipient = keys
-    argv = staging.engine.decrypt_argv("/usr/bin/age", 7)
+    argv = staging.age_cli.decrypt_argv("/usr/bin/age", 7)
     assert argv == ["/usr/bin/age", "-d", "-i", "/dev/fd/7"]
-    assert staging.engine.encrypt_argv("/usr/bin/age", recipient) == ["/usr/bin/age", "-r", recipient]
+    assert staging.age_cli.encrypt_argv("/usr/bin/age", recipient) == ["/usr/bin/age", "-r", recipient]
     with pytest.raises(InvalidRequest):
-        staging.engine.encrypt_argv("/usr/bin/age", identity)
-    if age_engine != "cli":
+        staging.age_cli.encrypt_argv("/usr/bin/age", identity)
+    if not isinstance(age_engine, staging.AgeCliEngine):
         return
-    info, _ = stage(staging_root, recipient, data={"big.bin": os.urandom(8_000_000)})
-    dec = staging.engine.CliDecryptor(age_cli(), info.path, identity)
+    info, _ = stage(staging_root, recipient, data={"big.bin": os.urandom(8_000_000)}, engine=age_engine)
+    dec = staging.age_cli.CliDecryptor(age_cli(), info.path, identity)
     try:
         pid = dec._proc.pid
         secret = identity.encode()
@@ -747,3 +754,13 @@ def test_identity_never_on_age_command_line_or_environment(tmp_path, staging_roo
     finally:
         dec.abort()
     assert child_processes() == []
+
+
+def test_engine_objects_named_and_picklable(age_engine):
+    """The plug point: engines chosen by name, the CLI when installed, small picklable objects."""
+    assert staging.engine_by_name("pyrage") == staging.PyrageEngine()
+    assert staging.engine_by_name("age-cli") == staging.AgeCliEngine()
+    assert staging.default_engine() == staging.AgeCliEngine(shutil.which("age"))
+    assert staging.engine_by_name("auto") == staging.default_engine()
+    assert isinstance(age_engine, staging.AgeEngine)
+    assert pickle.loads(pickle.dumps(age_engine)) == age_engine

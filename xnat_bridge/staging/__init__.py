@@ -40,20 +40,25 @@ Security rules
   file: the tar stream is generated in memory, chunk by chunk, and handed to
   age as it is produced; memory stays bounded (about 1 MiB of data in flight,
   plus a 1 MiB pipe) whatever the dataset size.
-* What runs where (:mod:`.engine`): when the ``age`` CLI is on PATH (Debian
-  package ``age``), this process reads, hashes and frames the tar stream and
-  writes it into a pipe to a child ``age -r <recipient>`` whose stdout is the
-  ``.partial`` file — two cores, like ``tar | age``; only the public recipient
-  is on its command line. Decryption runs ``age -d -i /dev/fd/N`` with the
-  ciphertext on its stdin and the identity written into an anonymous pipe
-  (never a file, an argument or an environment variable; the child gets PATH
-  and LC_ALL only); the tar reader verifies what it reads from age's stdout
-  and requires exit status 0 (the whole stream authenticated). Without the
-  CLI (or with ``engine.PREFERRED = "pyrage"``), pyrage does the same
-  in-process. A failing age process is reaped, its stderr goes into the
-  error (CommandFailed; OSError ENOSPC for a full disk), and the partial file
-  is removed. Writeback of the bundle is started every 32 MiB
-  (``sync_file_range``) so that the final fsync has little left to do.
+* What runs where: the age engine is an object (:class:`AgeEngine`), a plug
+  point: every function that encrypts or decrypts takes ``engine=``
+  (default :func:`default_engine`), and :func:`engine_by_name` maps
+  ``"auto"``, ``"age-cli"`` or ``"pyrage"`` to one. With
+  :class:`AgeCliEngine` (the default when the ``age`` CLI is on PATH,
+  Debian package ``age``) this process reads, hashes and frames the tar
+  stream and writes it into a pipe to a child ``age -r <recipient>`` whose
+  stdout is the ``.partial`` file — two cores, like ``tar | age``; only the
+  public recipient is on its command line. Decryption runs
+  ``age -d -i /dev/fd/N`` with the ciphertext on its stdin and the identity
+  written into an anonymous pipe (never a file, an argument or an
+  environment variable; the child gets PATH and LC_ALL only); the tar reader
+  verifies what it reads from age's stdout and requires exit status 0 (the
+  whole stream authenticated). :class:`PyrageEngine` (the default without
+  the CLI) does the same in-process. A failing age process is reaped, its
+  stderr goes into the error (CommandFailed; OSError ENOSPC for a full
+  disk), and the partial file is removed. Writeback of the bundle is started
+  every 32 MiB (``sync_file_range``) so that the final fsync has little left
+  to do.
 * The ciphertext is written to ``<bundle_id>.tar.age.partial`` (O_CREAT|O_EXCL,
   0600), fsynced, and renamed to its final name only when complete; on any
   error the partial file (and sidecar) is removed and the error re-raised.
@@ -76,11 +81,19 @@ Security rules
   not listed in MANIFEST.json, verifies every size and sha256, reads the age
   stream to its authenticated end, and on any failure removes everything it
   created.
+
+Modules, bottom-up (each imports only from modules earlier in this list):
+:mod:`.common` (constants, chunk-stream items, progress, file helpers) →
+:mod:`.keys`, :mod:`.manifest` (pure) → :mod:`.age_cli`, :mod:`.age_pyrage`
+(the two engines) → :mod:`.engine` (the contract and the choice) →
+:mod:`.stream` (tar writer, encryption into a file) → :mod:`.area`,
+:mod:`.results`, :mod:`.extract` (the entry points).
 """
 
 
 from .area import find_bundle, list_bundles, remove_bundle, stage_files, user_dir
 from .common import FORMAT, FORMAT_VERSION, MANIFEST_NAME, PROGRESS_INTERVAL
+from .engine import ENGINE_NAMES, AgeCliEngine, AgeEngine, PyrageEngine, default_engine, engine_by_name
 from .extract import decrypt_to_directory, extract_bundle
 from .keys import AgeIdentity, generate_keypair
 from .manifest import (
@@ -95,8 +108,10 @@ from .manifest import (
 from .results import encrypt_directory
 
 __all__ = [
-    "AgeIdentity", "BundleInfo", "StagedFile", "FORMAT", "FORMAT_VERSION", "MANIFEST_NAME",
-    "PROGRESS_INTERVAL", "build_manifest", "canonical_json", "contents_sha256", "decrypt_to_directory",
-    "encrypt_directory", "extract_bundle", "file_entries", "find_bundle", "generate_keypair",
-    "list_bundles", "manifest_sha256", "remove_bundle", "stage_files", "user_dir",
+    "AgeCliEngine", "AgeEngine", "AgeIdentity", "BundleInfo", "StagedFile", "FORMAT", "FORMAT_VERSION",
+    "MANIFEST_NAME", "PROGRESS_INTERVAL", "PyrageEngine", "build_manifest", "canonical_json",
+    "contents_sha256", "decrypt_to_directory", "default_engine", "encrypt_directory", "engine_by_name",
+    "ENGINE_NAMES",
+    "extract_bundle", "file_entries", "find_bundle", "generate_keypair", "list_bundles",
+    "manifest_sha256", "remove_bundle", "stage_files", "user_dir",
 ]

@@ -1,11 +1,16 @@
-"""The staging area: per-user 0700 directories, staging and finding bundles."""
+"""The staging area: per-user 0700 directories, staging and finding bundles.
+
+Top layer: builds on :mod:`.manifest`, :mod:`.keys`, :mod:`.stream` and :mod:`.common`.
+"""
 
 from __future__ import annotations
 
 import datetime as _dt
 import hashlib
 import json
+import logging
 import os
+import re
 import secrets
 import stat
 import time
@@ -14,28 +19,27 @@ from pathlib import Path
 
 from ..errors import Conflict, InvalidRequest, NotFound, PermissionDenied
 from .common import (
-    _BUNDLE_ID_RE,
-    _USER_RE,
     DATA_PREFIX,
     INFO_FORMAT,
     MANIFEST_NAME,
     PARTIAL,
     SUFFIX,
+    BytesSource,
+    Progress,
     ProgressCallback,
-    log,
+    Tick,
+    fsync_dir,
+    unlink_quiet,
 )
-from .keys import _as_recipient
-from .manifest import (
-    BundleInfo,
-    StagedFile,
-    _check_extras,
-    _norm_digest,
-    build_manifest,
-    canonical_json,
-)
-from .stream import _encrypt_stream, _Progress, _TarOut, _Tick
+from .engine import AgeEngine
+from .keys import as_recipient
+from .manifest import BundleInfo, StagedFile, build_manifest, canonical_json, check_extras, norm_digest
+from .stream import TarOut, encrypt_stream
 
-# --------------------------------------------------------------------------- staging area
+log = logging.getLogger(__name__)
+
+_USER_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._@+\-]{0,127}$")
+_BUNDLE_ID_RE = re.compile(r"^[0-9a-f]{12}-[0-9a-f]{12}$")
 
 
 def _check_user(user: str) -> str:
@@ -91,21 +95,6 @@ def _now_iso() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
-def _unlink_quiet(path: Path) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write_private_json(path: Path, doc: dict) -> None:
     tmp = path.with_name(path.name + PARTIAL)
     try:
@@ -116,15 +105,15 @@ def _write_private_json(path: Path, doc: dict) -> None:
             os.fsync(f.fileno())
         os.rename(tmp, path)
     except BaseException:
-        _unlink_quiet(tmp)
+        unlink_quiet(tmp)
         raise
 
 
 def _bundle_chunks(manifest_bytes: bytes, files: list[StagedFile], extras: dict[str, bytes],
-                   mtime: float) -> Iterator[bytes | _Tick]:
-    tar = _TarOut(mtime)
+                   mtime: float) -> Iterator[bytes | Tick]:
+    tar = TarOut(mtime)
     yield tar.header(MANIFEST_NAME, len(manifest_bytes))
-    yield from tar.body(_BytesSource(manifest_bytes), len(manifest_bytes), MANIFEST_NAME)
+    yield from tar.body(BytesSource(manifest_bytes), len(manifest_bytes), MANIFEST_NAME)
     for f in files:
         label = f"data file {f.name!r}"
         yield tar.header(DATA_PREFIX + f.name, f.size)
@@ -137,27 +126,16 @@ def _bundle_chunks(manifest_bytes: bytes, files: list[StagedFile], extras: dict[
             raise Conflict(f"{label} does not match its manifest (sha256 {sha[:12]}..., expected "
                            f"{f.sha256.lower()[:12]}...): it changed after the dataset was made; "
                            "re-create the dataset", item=f.name)
-        yield _Tick(0, 1)
+        yield Tick(0, 1)
     for name, content in extras.items():
         yield tar.header(name, len(content))
-        yield from tar.body(_BytesSource(content), len(content), f"extra member {name!r}")
+        yield from tar.body(BytesSource(content), len(content), f"extra member {name!r}")
     yield tar.end()
-
-
-class _BytesSource:
-    """A minimal read() over bytes, without copying them into a BytesIO."""
-
-    def __init__(self, data: bytes):
-        self._data, self._pos = data, 0
-
-    def read(self, n: int) -> bytes:
-        self._pos += n
-        return self._data[self._pos - n:self._pos]
 
 
 def stage_files(files: Iterable[StagedFile], *, staging_dir: str | Path, user: str, recipient,
                 metadata: Mapping | None = None, extra_members: Mapping[str, bytes] | None = None,
-                progress: ProgressCallback | None = None) -> BundleInfo:
+                progress: ProgressCallback | None = None, engine: AgeEngine | None = None) -> BundleInfo:
     """Stream *files* into ``<staging_dir>/<user>/<bundle_id>.tar.age``, encrypted to *recipient*.
 
     *recipient* is an ``age1...`` string (or pyrage recipient); *metadata* a
@@ -166,14 +144,15 @@ def stage_files(files: Iterable[StagedFile], *, staging_dir: str | Path, user: s
     ``progress(bytes_done, files_done, total_bytes, total_files)`` at most every
     0.2 s and once at the end, in the calling thread. Each file's ``open()``
     and reads run in one helper thread (reading and hashing overlap with
-    encryption), one file at a time. Raises InvalidRequest (bad names, digests),
+    encryption), one file at a time. *engine* encrypts (default:
+    :func:`~.engine.default_engine`, the age CLI when installed). Raises InvalidRequest (bad names, digests),
     Conflict (a file does not match its size or sha256; nothing is left behind),
     PermissionDenied (unsafe per-user directory), NotFound (no staging root).
     """
     files = list(files)
     manifest = build_manifest(files, metadata, extra_members)
-    extras = _check_extras(extra_members)
-    rcpt, rcpt_str = _as_recipient(recipient)
+    extras = check_extras(extra_members)
+    rcpt, rcpt_str = as_recipient(recipient)
     manifest_bytes = canonical_json(manifest)
     by_name = {f.name: f for f in files}
     ordered = [by_name[e["name"]] for e in manifest["files"]]
@@ -183,14 +162,14 @@ def stage_files(files: Iterable[StagedFile], *, staging_dir: str | Path, user: s
     final = udir / (bundle_id + SUFFIX)
     partial = udir / (bundle_id + SUFFIX + PARTIAL)
     info_path = udir / (bundle_id + ".json")
-    tracker = _Progress(progress, manifest["total_size"], manifest["file_count"])
+    tracker = Progress(progress, manifest["total_size"], manifest["file_count"])
     log.info("staging bundle %s for user %s: %d files, %d bytes, recipient %s", bundle_id, user,
              manifest["file_count"], manifest["total_size"], rcpt_str)
     started = time.monotonic()
     info_written = False
     try:
         chunks = _bundle_chunks(manifest_bytes, ordered, extras, time.time())
-        size = _encrypt_stream(partial, chunks, rcpt, tracker.add)
+        size = encrypt_stream(partial, chunks, rcpt, tracker.add, engine=engine)
         info = BundleInfo(path=final, bundle_id=bundle_id, manifest_sha256=manifest["manifest_sha256"],
                           recipient=rcpt_str, size=size, created=_now_iso(),
                           contents_sha256=hashlib.sha256(manifest_bytes).hexdigest(),
@@ -198,11 +177,11 @@ def stage_files(files: Iterable[StagedFile], *, staging_dir: str | Path, user: s
         _write_private_json(info_path, info.to_json())
         info_written = True
         os.rename(partial, final)
-        _fsync_dir(udir)
+        fsync_dir(udir)
     except BaseException as e:
-        _unlink_quiet(partial)
+        unlink_quiet(partial)
         if info_written:
-            _unlink_quiet(info_path)
+            unlink_quiet(info_path)
         log.warning("staging bundle %s for user %s failed: %s", bundle_id, user,
                     getattr(e, "message", type(e).__name__))
         raise
@@ -258,9 +237,9 @@ def find_bundle(staging_dir: str | Path, user: str, manifest_sha256: str, *,
     members (e.g. the same training script), and *recipient* to require a
     bundle that the key you hold can open.
     """
-    want = _norm_digest(manifest_sha256)
-    want_contents = _norm_digest(contents_sha256) if contents_sha256 else None
-    want_rcpt = _as_recipient(recipient)[1] if recipient is not None else None
+    want = norm_digest(manifest_sha256)
+    want_contents = norm_digest(contents_sha256) if contents_sha256 else None
+    want_rcpt = as_recipient(recipient)[1] if recipient is not None else None
     for info in reversed(list_bundles(staging_dir, user)):
         if info.manifest_sha256 != want:
             continue
@@ -274,7 +253,5 @@ def find_bundle(staging_dir: str | Path, user: str, manifest_sha256: str, *,
 
 def remove_bundle(info: BundleInfo) -> None:
     """Delete a bundle and its sidecar (missing files are fine)."""
-    _unlink_quiet(Path(info.path))
-    _unlink_quiet(Path(info.path).with_name(info.bundle_id + ".json"))
-
-
+    unlink_quiet(Path(info.path))
+    unlink_quiet(Path(info.path).with_name(info.bundle_id + ".json"))

@@ -1,12 +1,17 @@
-"""Bundle format constants and small shared helpers."""
+"""Bottom layer: bundle format constants, chunk-stream items, progress, small file helpers.
+
+Everything else in :mod:`xnat_bridge.staging` may import from here; this
+module imports nothing from the package.
+"""
 
 from __future__ import annotations
 
-import logging
-import re
+import fcntl
+import os
+import time
 from collections.abc import Callable
-
-log = logging.getLogger(__name__)
+from pathlib import Path
+from typing import NamedTuple
 
 FORMAT = "xnat-hpc-bundle"
 FORMAT_VERSION = 1
@@ -22,12 +27,90 @@ CHUNK = 1 << 20  # reads of staged files, encrypted output buffer, pipe size
 XCHUNK = 64 << 10
 MAX_MANIFEST_BYTES = 64 << 20
 PROGRESS_INTERVAL = 0.2
-
-_SHA_RE = re.compile(r"^[0-9a-f]{64}$")
-_USER_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._@+\-]{0,127}$")
-_BUNDLE_ID_RE = re.compile(r"^[0-9a-f]{12}-[0-9a-f]{12}$")
-_SECRET_PREFIX = "AGE-SECRET-KEY-1"
+#: how an age X25519 identity starts (upper case); never logged, never stored
+SECRET_PREFIX = "AGE-SECRET-KEY-1"
 
 ProgressCallback = Callable[[int, int, int, int], None]
+#: called with (data bytes, data files) passed since the last call
+TickCallback = Callable[[int, int], None]
 
 
+# --------------------------------------------------------------------------- chunk streams
+
+
+class Tick(NamedTuple):
+    """A progress mark in a chunk stream: data bytes and files passed so far.
+
+    Chunk streams (``Iterator[bytes | Tick]``) carry these between the byte
+    chunks; the engine that consumes the stream hands them to its *on_tick*.
+    """
+
+    nbytes: int
+    nfiles: int
+
+
+class BytesSource:
+    """A minimal read() over bytes, without copying them into a BytesIO."""
+
+    def __init__(self, data: bytes):
+        self._data, self._pos = data, 0
+
+    def read(self, n: int) -> bytes:
+        self._pos += n
+        return self._data[self._pos - n:self._pos]
+
+
+class Progress:
+    """Counts data bytes and files and calls *callback* at most every PROGRESS_INTERVAL.
+
+    ``callback(bytes_done, files_done, total_bytes, total_files)``; :meth:`add`
+    fits a :data:`TickCallback`, :meth:`finish` makes the final call.
+    """
+
+    def __init__(self, callback: ProgressCallback | None, total_bytes: int, total_files: int):
+        self.callback = callback
+        self.total_bytes, self.total_files = total_bytes, total_files
+        self.bytes = self.files = 0
+        self._last = -1e9
+
+    def add(self, nbytes: int = 0, nfiles: int = 0) -> None:
+        self.bytes += nbytes
+        self.files += nfiles
+        if self.callback is not None and time.monotonic() - self._last >= PROGRESS_INTERVAL:
+            self._call()
+
+    def finish(self) -> None:
+        if self.callback is not None:
+            self._call()
+
+    def _call(self) -> None:
+        self._last = time.monotonic()
+        self.callback(self.bytes, self.files, self.total_bytes, self.total_files)
+
+
+# --------------------------------------------------------------------------- file helpers
+
+
+def set_pipe_size(fd: int) -> None:
+    """Grow the pipe *fd* to CHUNK bytes where the kernel allows it."""
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, CHUNK)
+    except OSError:
+        pass  # a smaller pipe only costs speed
+
+
+def unlink_quiet(path: Path) -> None:
+    """Remove *path*; a missing file is fine."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def fsync_dir(path: Path) -> None:
+    """fsync the directory *path* (after a rename into it)."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

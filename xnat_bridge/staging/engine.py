@@ -1,236 +1,104 @@
-"""The age engine: the ``age`` command-line tool in a child process, or pyrage in-process.
+"""The age engine, a plug point: what encrypts and decrypts the tar streams.
 
-With the CLI (Debian package ``age``, preferred when it is on PATH), the tar
-stream built and hashed in Python and the encryption run on two cores, like
-``tar | age``. Only public data reaches the child's command line: the
-recipient (``age1...``) to encrypt; to decrypt, the identity goes through an
-anonymous pipe read as ``-i /dev/fd/N`` — never a file, an argument or an
-environment variable. The child gets a minimal environment (PATH only).
+Two implementations, one contract (:class:`AgeEngine`):
 
-:data:`PREFERRED` selects the engine: ``"auto"`` (the CLI if found, else
-pyrage), ``"cli"`` (the CLI, an error if absent) or ``"pyrage"``.
+* :class:`~.age_cli.AgeCliEngine` — the ``age`` command-line tool (Debian
+  package ``age``) in a child process: the tar stream is built and hashed in
+  Python while age encrypts on another core, like ``tar | age``;
+* :class:`~.age_pyrage.PyrageEngine` — pyrage in-process.
+
+Both write and read the same age v1 files. :func:`default_engine` picks the
+CLI when it is on PATH and pyrage otherwise; :func:`engine_by_name` maps a
+configuration value (``"auto"``, ``"age-cli"``, ``"pyrage"``) to an engine.
+Every function of :mod:`xnat_bridge.staging` that encrypts or decrypts takes
+``engine=`` (default: :func:`default_engine`, decided at each call); nothing
+is switched by module state.
 """
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
-import errno
-import fcntl
-import os
 import shutil
-import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO, Protocol, runtime_checkable
 
-from ..errors import CommandFailed, Conflict, InvalidRequest, NotFound, PermissionDenied
-from .common import CHUNK, XCHUNK
+from .age_cli import AgeCliEngine
+from .age_pyrage import PyrageEngine
+from .common import TickCallback
 
-PREFERRED = "auto"
-#: the age binary; None: ``age`` looked up on PATH
-AGE_BINARY: str | None = None
-_ENGINES = ("auto", "cli", "pyrage")
+__all__ = ["AgeCliEngine", "AgeEngine", "Decryptor", "ENGINE_NAMES", "PyrageEngine", "default_engine",
+           "engine_by_name", "resolve_engine"]
 
-
-def age_binary() -> str | None:
-    """The age CLI to use, or None when pyrage is to be used."""
-    if PREFERRED not in _ENGINES:
-        raise ValueError(f"staging engine {PREFERRED!r}: use one of {', '.join(_ENGINES)}")
-    if PREFERRED == "pyrage":
-        return None
-    found = AGE_BINARY or shutil.which("age")
-    if found is None and PREFERRED == "cli":
-        raise NotFound("the age command-line tool is not installed (Debian package age); "
-                       "install it or use the pyrage engine")
-    return found
+#: the names :func:`engine_by_name` accepts
+ENGINE_NAMES = ("auto", "age-cli", "pyrage")
 
 
-def _child_env() -> dict[str, str]:
-    return {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C"}
+class Decryptor(Protocol):
+    """A decryption in progress, from :meth:`AgeEngine.decryptor`.
 
-
-def encrypt_argv(age: str, recipient: str) -> list[str]:
-    """``age -r RECIPIENT``: plaintext on stdin, ciphertext on stdout. Public data only."""
-    if not recipient.startswith("age1"):
-        raise InvalidRequest("only an age1... recipient may reach the age command line")
-    return [age, "-r", recipient]
-
-
-def decrypt_argv(age: str, identity_fd: int) -> list[str]:
-    """``age -d -i /dev/fd/N``: ciphertext on stdin, the identity read from pipe *N*."""
-    return [age, "-d", "-i", f"/dev/fd/{int(identity_fd)}"]
-
-
-def _pipe_size(fd: int) -> None:
-    try:
-        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, CHUNK)
-    except OSError:
-        pass  # a smaller pipe only costs speed
-
-
-def _age_error(what: str, argv: list[str], rc: int, stderr: str) -> BaseException:
-    text = stderr.strip()
-    if "no space left" in text.lower():
-        return OSError(errno.ENOSPC, f"no space left on device while {what} ({text})")
-    return CommandFailed(argv, rc, stderr=text)
-
-
-# --------------------------------------------------------------------------- writeback
-
-
-class _Writeback:
-    """Starts the kernel's writeback of *fd* every 32 MiB, so that the final
-    fsync has little left to do (``sync_file_range(SYNC_FILE_RANGE_WRITE)``;
-    a no-op where libc lacks it)."""
-
-    _fn = None
-    _loaded = False
-    STEP = 32 << 20
-
-    def __init__(self, fd: int):
-        self.fd = fd
-        self._next = self.STEP
-        if not _Writeback._loaded:
-            _Writeback._loaded = True
-            try:
-                libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-                fn = libc.sync_file_range
-                fn.argtypes = (ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong, ctypes.c_uint)
-                _Writeback._fn = fn
-            except (OSError, AttributeError):
-                _Writeback._fn = None
-
-    def written(self, total: int) -> None:
-        if total >= self._next and self._fn is not None:
-            self._next = total + self.STEP
-            self._fn(self.fd, 0, 0, 2)  # SYNC_FILE_RANGE_WRITE: start, do not wait
-
-
-# --------------------------------------------------------------------------- encryption
-
-
-def encrypt_cli(age: str, fd: int, chunks: Iterator, recipient: str,
-                on_tick: Callable[[int, int], None] | None = None) -> None:
-    """Feed *chunks* (bytes-like; ``_Tick`` marks go to *on_tick*) to ``age -r`` writing into *fd*.
-
-    Raises what the chunk source raises (age is killed first), OSError ENOSPC
-    or CommandFailed (with age's stderr) when age fails. Always reaps age.
-    """
-    from .stream import _Tick
-
-    argv = encrypt_argv(age, recipient)
-    proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=fd, stderr=subprocess.PIPE,
-                            bufsize=0, close_fds=True, env=_child_env())
-    wfd = proc.stdin.fileno()
-    _pipe_size(wfd)
-    wb = _Writeback(fd)
-    total = 0
-    broken = False
-    try:
-        for chunk in chunks:
-            if type(chunk) is _Tick:
-                if on_tick is not None:
-                    on_tick(chunk.nbytes, chunk.nfiles)
-                continue
-            view = memoryview(chunk)
-            try:
-                while view:
-                    view = view[os.write(wfd, view):]
-            except BrokenPipeError:
-                broken = True  # age died: its exit status and stderr tell why (below)
-                break
-            total += len(chunk)
-            wb.written(total)
-    except BaseException:
-        proc.kill()  # a source failure: age must not complete a file of a cut stream
-        raise
-    finally:
-        try:
-            proc.stdin.close()
-        except OSError:
-            pass
-        rc = proc.wait()  # reaped in every case
-        stderr = proc.stderr.read(1 << 16).decode("utf-8", "replace")
-        proc.stderr.close()
-    if rc != 0 or broken:
-        raise _age_error("encrypting", argv, rc, stderr)
-
-
-# --------------------------------------------------------------------------- decryption
-
-
-class CliDecryptor:
-    """``age -d`` in a child process: ciphertext on its stdin, plaintext from ``reader``.
-
-    The identity is written into an anonymous pipe (a few dozen bytes, within
-    the pipe buffer) whose read end the child opens as ``/dev/fd/N``; the
-    parent closes both ends before reading anything. :meth:`finish` reads to
-    the end and requires exit status 0 (age authenticated the whole stream);
-    :meth:`abort` closes the reader, so that age stops (SIGPIPE), and reaps it.
+    ``reader`` yields the plaintext. :meth:`finish` reads to the end and
+    raises unless the whole stream was authenticated; :meth:`abort` stops the
+    decryption and releases its thread or process; :meth:`raise_error`
+    raises the decryption's own failure, if any, as a package error
+    (PermissionDenied: another recipient; Conflict: corrupt or truncated;
+    InvalidRequest: not an age file), and does nothing otherwise.
     """
 
-    def __init__(self, age: str, path: Path, secret: str):
-        self.path = path
-        try:
-            src = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            raise NotFound(f"{path} does not exist", item=str(path)) from None
-        try:
-            r, w = os.pipe()
-            try:
-                os.write(w, secret.encode() + b"\n")
-            finally:
-                os.close(w)
-            try:
-                self.argv = decrypt_argv(age, r)
-                self._proc = subprocess.Popen(self.argv, stdin=src, stdout=subprocess.PIPE,
-                                              stderr=subprocess.PIPE, bufsize=XCHUNK, pass_fds=(r,),
-                                              env=_child_env())
-            finally:
-                os.close(r)
-        finally:
-            os.close(src)
-        _pipe_size(self._proc.stdout.fileno())
-        self.reader = self._proc.stdout
-        self.returncode: int | None = None
-        self._stderr = ""
+    reader: BinaryIO
 
-    def _reap(self, timeout: float | None = None) -> None:
-        if self.returncode is not None:
-            return
-        try:
-            self.returncode = self._proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self._proc.kill()
-            self.returncode = self._proc.wait()
-        self._stderr = self._proc.stderr.read(1 << 16).decode("utf-8", "replace").strip()
-        self._proc.stderr.close()
+    def finish(self) -> None: ...
 
-    def finish(self) -> None:
-        while self.reader.read(XCHUNK):
-            pass
-        self.reader.close()
-        self._reap()
-        if self.returncode != 0:
-            self.raise_error(stopped_ok=False)
+    def abort(self) -> None: ...
 
-    def abort(self) -> None:
-        self.reader.close()
-        self._reap(timeout=10)
+    def raise_error(self) -> None: ...
 
-    def raise_error(self, stopped_ok: bool = True) -> None:
-        rc = self.returncode
-        if rc is None or rc == 0 or (rc < 0 and stopped_ok):  # < 0: stopped by us (SIGPIPE)
-            return
-        name, text = self.path.name, self._stderr
-        low = text.lower()
-        if "no identity matched" in low:
-            raise PermissionDenied(f"{name} cannot be decrypted with this identity: it was encrypted "
-                                   "to another recipient; use the identity whose public key the "
-                                   "bundle was staged for", item=name)
-        if "authenticate" in low or "unexpected eof" in low or "truncated" in low:
-            raise Conflict(f"{name} is corrupt or truncated: age could not authenticate it; "
-                           "stage it again", item=name)
-        if "header" in low or "intro" in low:
-            raise InvalidRequest(f"{name} is not a valid age file ({text.splitlines()[0]})", item=name)
-        raise _age_error(f"decrypting {name}", self.argv, rc, text)
+
+@runtime_checkable
+class AgeEngine(Protocol):
+    """Encrypts chunk streams to an age X25519 recipient and decrypts age files.
+
+    ``encrypt(fd, chunks, recipient, on_tick)`` writes the age file for
+    *chunks* (``bytes`` items, with :class:`~.common.Tick` marks that go to
+    *on_tick*) into the open file *fd*, to the pyrage *recipient*; it closes
+    *chunks* whatever happens, raises what the chunk source raises, and
+    OSError ENOSPC or CommandFailed when the encryption itself fails. The
+    caller fsyncs and closes *fd*.
+
+    ``decryptor(path, identity)`` starts decrypting the file *path* with the
+    pyrage *identity* and returns a :class:`Decryptor`; NotFound if *path*
+    does not exist.
+
+    Engines are small frozen objects (picklable, comparable) so that a
+    configuration can name one and a job can carry it.
+    """
+
+    name: str
+
+    def encrypt(self, fd: int, chunks: Iterator, recipient,
+                on_tick: TickCallback | None = None) -> None: ...
+
+    def decryptor(self, path: Path, identity) -> Decryptor: ...
+
+
+def default_engine() -> AgeEngine:
+    """The ``age`` CLI when it is on PATH, pyrage otherwise (looked up at each call)."""
+    found = shutil.which("age")
+    return AgeCliEngine(found) if found is not None else PyrageEngine()
+
+
+def engine_by_name(name: str) -> AgeEngine:
+    """The engine a configuration names: ``"auto"`` (:func:`default_engine`),
+    ``"age-cli"`` (the CLI; using it raises NotFound where age is not
+    installed) or ``"pyrage"``. Anything else: ValueError."""
+    if name == "auto":
+        return default_engine()
+    if name == "age-cli":
+        return AgeCliEngine()
+    if name == "pyrage":
+        return PyrageEngine()
+    raise ValueError(f"staging engine {name!r}: use one of {', '.join(ENGINE_NAMES)}")
+
+
+def resolve_engine(engine: AgeEngine | None) -> AgeEngine:
+    """*engine*, or :func:`default_engine` when it is None (the ``engine=`` default)."""
+    return default_engine() if engine is None else engine

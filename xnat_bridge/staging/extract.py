@@ -1,95 +1,27 @@
-"""Decryption and safe extraction of bundles and result archives."""
+"""Decryption and safe extraction of bundles and result archives.
+
+Top layer: builds on :mod:`.manifest`, :mod:`.keys`, :mod:`.engine` and :mod:`.common`.
+"""
 
 from __future__ import annotations
 
 import errno
-import fcntl
 import hashlib
+import logging
 import os
 import tarfile
-import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
-import pyrage
-
-from ..errors import Conflict, InvalidRequest, NotFound, PermissionDenied
+from ..errors import Conflict, InvalidRequest, NotFound
 from ..files import safe_relpath
-from . import engine
-from .area import _BytesSource
-from .common import CHUNK, DATA_PREFIX, MANIFEST_NAME, MAX_MANIFEST_BYTES, XCHUNK, log
-from .keys import _as_identity
-from .manifest import _norm_digest, _parse_manifest
+from .common import DATA_PREFIX, MANIFEST_NAME, MAX_MANIFEST_BYTES, XCHUNK, BytesSource
+from .engine import AgeEngine, resolve_engine
+from .keys import as_identity
+from .manifest import norm_digest, parse_manifest
 
-# --------------------------------------------------------------------------- extraction
-
-
-class _Decryptor:
-    """``pyrage.decrypt_io`` in a thread, writing plaintext into a pipe (kernel memory).
-
-    ``reader`` is the pipe's read end for the tar reader. :meth:`finish` reads
-    to the end, so that age authenticates the final chunk, and raises a
-    decryption failure; :meth:`abort` closes the pipe, which stops the thread.
-    """
-
-    def __init__(self, path: Path, identity):
-        self.path = path
-        self.error: BaseException | None = None
-        try:
-            self._src = open(path, "rb", buffering=CHUNK)
-        except FileNotFoundError:
-            raise NotFound(f"{path} does not exist", item=str(path)) from None
-        r, w = os.pipe()
-        try:
-            fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, CHUNK)
-        except OSError:
-            pass  # a smaller pipe only costs speed
-        self.reader = os.fdopen(r, "rb", buffering=XCHUNK)
-        self._writer = os.fdopen(w, "wb", buffering=XCHUNK)
-        self._thread = threading.Thread(target=self._run, args=(identity,),
-                                        name=f"age-decrypt {path.name}", daemon=True)
-        self._thread.start()
-
-    def _run(self, identity) -> None:
-        try:
-            pyrage.decrypt_io(self._src, self._writer, [identity])
-            self._writer.flush()
-        except BaseException as e:
-            self.error = e
-        finally:
-            for f in (self._writer, self._src):
-                try:
-                    f.close()
-                except BaseException as e:
-                    self.error = self.error or e
-
-    def finish(self) -> None:
-        while self.reader.read(XCHUNK):
-            pass
-        self._thread.join()
-        self.reader.close()
-        self.raise_error()
-
-    def abort(self) -> None:
-        self.reader.close()
-        self._thread.join()
-
-    def raise_error(self) -> None:
-        err = self.error
-        if err is None or isinstance(err, BrokenPipeError):  # BrokenPipe: we stopped it
-            return
-        name = self.path.name
-        if isinstance(err, pyrage.DecryptError) and "no matching keys" in str(err).lower():
-            raise PermissionDenied(f"{name} cannot be decrypted with this identity: it was encrypted "
-                                   "to another recipient; use the identity whose public key the "
-                                   "bundle was staged for", item=name) from None
-        if isinstance(err, pyrage.DecryptError):
-            raise InvalidRequest(f"{name} is not a valid age file ({err})", item=name) from None
-        if isinstance(err, OSError) and "decryption" in str(err).lower():
-            raise Conflict(f"{name} is corrupt or truncated: age could not authenticate it; "
-                           "stage it again", item=name) from None
-        raise err
+log = logging.getLogger(__name__)
 
 
 def _is_regular(m: tarfile.TarInfo) -> bool:
@@ -237,12 +169,12 @@ def _members(tar: tarfile.TarFile) -> Iterator[tarfile.TarInfo]:
 
 
 def _run_extraction(path: str | Path, identity, dest_dir: str | Path,
-                    body: Callable[[Iterator[tarfile.TarInfo], tarfile.TarFile, _Tree, str], Any]):
-    key = _as_identity(identity)
+                    body: Callable[[Iterator[tarfile.TarInfo], tarfile.TarFile, _Tree, str], Any],
+                    engine: AgeEngine | None):
+    key = as_identity(identity)
     path = Path(path)
     label = path.name
-    age = engine.age_binary()
-    dec = engine.CliDecryptor(age, path, str(key)) if age is not None else _Decryptor(path, key)
+    dec = resolve_engine(engine).decryptor(path, key)
     tree: _Tree | None = None
     ok = False
     try:
@@ -267,7 +199,8 @@ def _run_extraction(path: str | Path, identity, dest_dir: str | Path,
 
 
 def extract_bundle(bundle_path: str | Path, identity, dest_dir: str | Path,
-                   expected_manifest_sha256: str | None = None) -> dict:
+                   expected_manifest_sha256: str | None = None, *,
+                   engine: AgeEngine | None = None) -> dict:
     """Decrypt and unpack a bundle into *dest_dir*; return its MANIFEST.json (a dict).
 
     *dest_dir* is created 0700 if missing (its parent must exist); files land
@@ -276,9 +209,10 @@ def extract_bundle(bundle_path: str | Path, identity, dest_dir: str | Path,
     member: escaping path, link, device, FIFO), Conflict (member not listed,
     size or sha256 mismatch, missing file, digest differs from
     *expected_manifest_sha256*, corrupt ciphertext). On failure everything
-    extracted is removed.
+    extracted is removed. *engine* decrypts (default:
+    :func:`~.engine.default_engine`, the age CLI when installed).
     """
-    want = _norm_digest(expected_manifest_sha256) if expected_manifest_sha256 else None
+    want = norm_digest(expected_manifest_sha256) if expected_manifest_sha256 else None
 
     def body(members, tar, tree, label):
         first = next(members, None)
@@ -289,13 +223,13 @@ def extract_bundle(bundle_path: str | Path, identity, dest_dir: str | Path,
             raise InvalidRequest(f"{label}: {MANIFEST_NAME} is larger than {MAX_MANIFEST_BYTES} bytes",
                                  item=label)
         raw = tar.extractfile(first).read()
-        manifest = _parse_manifest(raw, label)
+        manifest = parse_manifest(raw, label)
         if want is not None and manifest["manifest_sha256"] != want:
             raise Conflict(f"{label} holds dataset {manifest['manifest_sha256'][:12]}..., not the "
                            f"expected {want[:12]}...", item=label)
         expected = {DATA_PREFIX + f["name"]: f for f in manifest["files"]}
         expected.update({f["name"]: f for f in manifest["extra"]})
-        tree.write(MANIFEST_NAME, _BytesSource(raw), len(raw))
+        tree.write(MANIFEST_NAME, BytesSource(raw), len(raw))
         for m in members:
             name = _member_path(m.name, label)
             if not _is_regular(m):
@@ -318,19 +252,21 @@ def extract_bundle(bundle_path: str | Path, identity, dest_dir: str | Path,
                            f"e.g. {missing[0]!r}", item=missing[0])
         return manifest
 
-    manifest = _run_extraction(bundle_path, identity, dest_dir, body)
+    manifest = _run_extraction(bundle_path, identity, dest_dir, body, engine)
     log.info("extracted bundle %s into %s: %d files, %d bytes", Path(bundle_path).name, dest_dir,
              manifest["file_count"], manifest["total_size"])
     return manifest
 
 
-def decrypt_to_directory(path: str | Path, identity, dest_dir: str | Path) -> dict:
+def decrypt_to_directory(path: str | Path, identity, dest_dir: str | Path, *,
+                         engine: AgeEngine | None = None) -> dict:
     """Decrypt an age-encrypted tar (e.g. from :func:`encrypt_directory`) into *dest_dir*.
 
     Same safety rules as :func:`extract_bundle` (no escaping paths, no links,
     devices or FIFOs; files 0600, directories 0700; everything removed on
     failure), without a manifest: regular files and directories are accepted.
-    Returns ``{"files": [{"name", "size", "sha256"}], "directories": [...]}``.
+    *engine* as for :func:`extract_bundle`. Returns
+    ``{"files": [{"name", "size", "sha256"}], "directories": [...]}``.
     """
     def body(members, tar, tree, label):
         files, dirs = [], []
@@ -352,6 +288,6 @@ def decrypt_to_directory(path: str | Path, identity, dest_dir: str | Path) -> di
             files.append({"name": name, "size": m.size, "sha256": sha})
         return {"files": files, "directories": dirs}
 
-    result = _run_extraction(path, identity, dest_dir, body)
+    result = _run_extraction(path, identity, dest_dir, body, engine)
     log.info("decrypted %s into %s: %d files", Path(path).name, dest_dir, len(result["files"]))
     return result

@@ -1,4 +1,7 @@
-"""age key handling: identities never logged, written or pickled."""
+"""age key handling: identities never logged, written or pickled.
+
+Imports :mod:`.common` only (a bottom layer of the package).
+"""
 
 from __future__ import annotations
 
@@ -7,10 +10,7 @@ from typing import Any
 import pyrage
 
 from ..errors import InvalidRequest
-from .common import _SECRET_PREFIX
-
-# --------------------------------------------------------------------------- keys
-
+from .common import SECRET_PREFIX
 
 class AgeIdentity:
     """An age X25519 identity (the dataset or result key), held in memory only.
@@ -59,7 +59,7 @@ def _parse_identity(text: str):
         raise TypeError("an age identity must be a string, an AgeIdentity or a pyrage identity")
     # accept an age key file's content too: "# created: ...", "# public key: ...", the key
     lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
-    keys = [ln for ln in lines if ln.upper().startswith(_SECRET_PREFIX)]
+    keys = [ln for ln in lines if ln.upper().startswith(SECRET_PREFIX)]
     if len(keys) != 1:
         raise InvalidRequest("not an age X25519 identity: expected one line AGE-SECRET-KEY-1...")
     try:
@@ -68,7 +68,8 @@ def _parse_identity(text: str):
         raise InvalidRequest("the age identity is malformed (invalid Bech32 encoding)") from None
 
 
-def _as_identity(identity):
+def as_identity(identity):
+    """The pyrage identity of an :class:`AgeIdentity`, a pyrage identity or an ``AGE-SECRET-KEY-1...`` text."""
     if isinstance(identity, AgeIdentity):
         return identity._key
     if isinstance(identity, pyrage.x25519.Identity):
@@ -76,8 +77,8 @@ def _as_identity(identity):
     return _parse_identity(identity)
 
 
-def _as_recipient(recipient) -> tuple[Any, str]:
-    """(pyrage recipient, its ``age1...`` string)."""
+def as_recipient(recipient) -> tuple[Any, str]:
+    """(pyrage recipient, its ``age1...`` string) of a recipient string, pyrage recipient or AgeIdentity."""
     if isinstance(recipient, AgeIdentity):
         recipient = recipient.recipient
     if isinstance(recipient, pyrage.x25519.Recipient):
@@ -85,7 +86,7 @@ def _as_recipient(recipient) -> tuple[Any, str]:
     if not isinstance(recipient, str):
         raise TypeError("a recipient must be an 'age1...' string or a pyrage recipient")
     text = recipient.strip()
-    if text.upper().startswith(_SECRET_PREFIX):
+    if text.upper().startswith(SECRET_PREFIX):
         raise InvalidRequest("that is an age secret key, not a recipient: pass its public "
                              "key (age1...) and keep the secret in memory")
     try:
@@ -94,5 +95,3 @@ def _as_recipient(recipient) -> tuple[Any, str]:
         shown = text[:16] + ("..." if len(text) > 16 else "")
         raise InvalidRequest(f"{shown!r} is not an age X25519 recipient (age1...)",
                              item=shown) from None
-
-

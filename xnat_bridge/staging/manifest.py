@@ -1,27 +1,23 @@
-"""The bundle's MANIFEST.json: entries, digests, validation (pure)."""
+"""The bundle's MANIFEST.json: entries, digests, validation (pure).
+
+Imports :mod:`.common` only (a bottom layer of the package).
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
 import json
+import re
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import BinaryIO
 
 from ..errors import Conflict, InvalidRequest
 from ..files import safe_relpath
-from .common import (
-    _SECRET_PREFIX,
-    _SHA_RE,
-    DATA_PREFIX,
-    FORMAT,
-    FORMAT_VERSION,
-    INFO_FORMAT,
-    MANIFEST_NAME,
-)
+from .common import DATA_PREFIX, FORMAT, FORMAT_VERSION, INFO_FORMAT, MANIFEST_NAME, SECRET_PREFIX
 
-# --------------------------------------------------------------------------- manifests
+_SHA_RE = re.compile(r"^[0-9a-f]{64}$")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,7 +94,8 @@ def manifest_sha256(files: Iterable[StagedFile] | Iterable[dict]) -> str:
     return hashlib.sha256(canonical_json(entries)).hexdigest()
 
 
-def _check_extras(extra_members: Mapping[str, bytes] | None) -> dict[str, bytes]:
+def check_extras(extra_members: Mapping[str, bytes] | None) -> dict[str, bytes]:
+    """Validated extra members, ``{name: bytes}`` sorted by name (pure)."""
     out: dict[str, bytes] = {}
     for name, content in sorted((extra_members or {}).items()):
         if not isinstance(name, str):
@@ -118,13 +115,13 @@ def build_manifest(files: Iterable[StagedFile], metadata: Mapping | None = None,
                    extra_members: Mapping[str, bytes] | None = None) -> dict:
     """The MANIFEST.json document of a bundle (pure)."""
     entries = file_entries(files)
-    extras = _check_extras(extra_members)
+    extras = check_extras(extra_members)
     meta = dict(metadata or {})
     try:
         meta_json = canonical_json(meta)
     except (TypeError, ValueError) as e:
         raise InvalidRequest(f"bundle metadata must be JSON data: {e}") from None
-    if _SECRET_PREFIX.encode() in meta_json.upper():
+    if SECRET_PREFIX.encode() in meta_json.upper():
         raise InvalidRequest("bundle metadata contains an age secret key; never put a key "
                              "into a bundle")
     return {
@@ -145,7 +142,8 @@ def contents_sha256(files: Iterable[StagedFile], metadata: Mapping | None = None
     return hashlib.sha256(canonical_json(build_manifest(files, metadata, extra_members))).hexdigest()
 
 
-def _parse_manifest(raw: bytes, label: str) -> dict:
+def parse_manifest(raw: bytes, label: str) -> dict:
+    """A bundle's MANIFEST.json bytes, checked (InvalidRequest) and self-consistent (Conflict)."""
     try:
         doc = json.loads(raw)
         if doc.get("format") != FORMAT or doc.get("format_version") != FORMAT_VERSION:
@@ -164,11 +162,10 @@ def _parse_manifest(raw: bytes, label: str) -> dict:
     return doc
 
 
-def _norm_digest(value: str) -> str:
+def norm_digest(value: str) -> str:
+    """A sha256 digest as 64 lower-case hex digits (``sha256:`` prefix allowed), else InvalidRequest."""
     text = value.strip().lower() if isinstance(value, str) else ""
     text = text.removeprefix("sha256:")
     if not _SHA_RE.match(text):
         raise InvalidRequest(f"{value!r} is not a sha256 digest (64 hex digits)")
     return text
-
-

@@ -1,7 +1,11 @@
-"""Results direction: a directory encrypted to the user's recipient."""
+"""Results direction: a directory encrypted to the user's recipient.
+
+Top layer: builds on :mod:`.keys`, :mod:`.stream` and :mod:`.common`.
+"""
 
 from __future__ import annotations
 
+import logging
 import os
 import stat
 import time
@@ -10,12 +14,12 @@ from pathlib import Path
 
 from ..errors import Conflict, InvalidRequest, NotFound
 from ..files import safe_relpath
-from .area import _fsync_dir, _unlink_quiet
-from .common import PARTIAL, log
-from .keys import _as_recipient
-from .stream import _encrypt_stream, _TarOut
+from .common import PARTIAL, fsync_dir, unlink_quiet
+from .engine import AgeEngine
+from .keys import as_recipient
+from .stream import TarOut, encrypt_stream
 
-# --------------------------------------------------------------------------- results out
+log = logging.getLogger(__name__)
 
 
 def _inside(root_real: str, path: str) -> bool:
@@ -33,7 +37,7 @@ def _walk(root_real: str, rel: str = "") -> Iterator[tuple[str, os.DirEntry]]:
 
 
 def _directory_chunks(root_real: str, shown: str, listing: list[dict]) -> Iterator[bytes]:
-    tar = _TarOut(time.time())
+    tar = TarOut(time.time())
     for name, entry in _walk(root_real):
         safe_relpath(name)
         path = entry.path
@@ -65,16 +69,18 @@ def _directory_chunks(root_real: str, shown: str, listing: list[dict]) -> Iterat
     yield tar.end()
 
 
-def encrypt_directory(src_dir: str | Path, recipient, out_path: str | Path) -> dict:
+def encrypt_directory(src_dir: str | Path, recipient, out_path: str | Path, *,
+                      engine: AgeEngine | None = None) -> dict:
     """Tar *src_dir* (PAX, streaming) and encrypt it with age to *recipient* into *out_path*.
 
     Written to ``<out_path>.partial`` (0600) and renamed when complete.
     Symbolic links that lead outside *src_dir* are refused (InvalidRequest);
     links to files inside are archived as copies, links to directories inside
-    and special files are skipped with a warning. Returns ``{"path", "size",
+    and special files are skipped with a warning. *engine* encrypts (default:
+    :func:`~.engine.default_engine`). Returns ``{"path", "size",
     "files": [{"name", "size", "sha256"}]}``.
     """
-    rcpt, _ = _as_recipient(recipient)
+    rcpt, _ = as_recipient(recipient)
     src = Path(src_dir)
     if not src.is_dir():
         raise NotFound(f"{src} is not a directory", item=str(src))
@@ -87,15 +93,14 @@ def encrypt_directory(src_dir: str | Path, recipient, out_path: str | Path) -> d
     partial = out.with_name(out.name + PARTIAL)
     listing: list[dict] = []
     try:
-        size = _encrypt_stream(partial, _directory_chunks(root_real, str(src), listing), rcpt)
+        size = encrypt_stream(partial, _directory_chunks(root_real, str(src), listing), rcpt,
+                              engine=engine)
         if os.path.lexists(out):
             raise Conflict(f"{out} appeared while it was being written", item=str(out))
         os.rename(partial, out)
-        _fsync_dir(out.parent)
+        fsync_dir(out.parent)
     except BaseException:
-        _unlink_quiet(partial)
+        unlink_quiet(partial)
         raise
     log.info("encrypted %s (%d files) into %s, %d bytes", src, len(listing), out, size)
     return {"path": str(out), "size": size, "files": listing}
-
-
