@@ -2,7 +2,9 @@
 
 Parsing and validation live in :mod:`hub_ext.profile_schema`; loading, the
 visibility rules, hot reload and ``check-config`` in :mod:`hub_ext.profiles`,
-which re-exports everything here.
+which re-exports everything here. The ``offload:`` section is the server's own
+model, :class:`xnat_bridge.offload.policy.OffloadPolicy` (one model of the
+limits, handed to servers unchanged).
 """
 
 from __future__ import annotations
@@ -13,11 +15,11 @@ from fnmatch import fnmatchcase
 from typing import Any, Iterable
 
 from xnat_bridge.errors import InvalidRequest, NotFound
+from xnat_bridge.offload.policy import DEFAULT_STAGING_DIR, OffloadPolicy  # noqa: F401  (part of this model)
 from xnat_bridge.units import format_memory, format_walltime  # noqa: F401  (part of this model's API)
 
 BACKENDS = ("local", "slurm", "kubernetes")
 SLUG_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,39}$")
-DEFAULT_STAGING_DIR = "/var/lib/xnat-hpc-hub/staging"
 
 
 # --------------------------------------------------------------------------
@@ -114,43 +116,12 @@ class Profile:
 
 
 @dataclass(frozen=True)
-class OffloadLimits:
-    """The admin's limits for jobs on the secure partition (sizes in bytes, time in seconds)."""
-
-    partition: str = "secure"
-    max_cpus: int | None = None
-    max_memory: int | None = None
-    max_gpus: int | None = None
-    max_walltime: int | None = None
-    exclusive: bool = True
-    staging_dir: str = DEFAULT_STAGING_DIR
-
-    def violations(self, *, cpus: int = 1, memory: int | None = None, gpus: int = 0,
-                   walltime: int | None = None) -> list[str]:
-        """What a job request exceeds, one sentence each (empty when it fits)."""
-        asks = (("cpus", cpus, self.max_cpus, str),
-                ("memory", memory, self.max_memory, format_memory),
-                ("gpus", gpus, self.max_gpus, str),
-                ("walltime", walltime, self.max_walltime, format_walltime))
-        return [f"{name} {fmt(asked)} is above the limit {fmt(limit)} of partition "
-                f"{self.partition!r}; ask for at most {fmt(limit)}"
-                for name, asked, limit, fmt in asks
-                if limit is not None and asked is not None and asked > limit]
-
-    def check_request(self, **asked: Any) -> None:
-        """Raise :class:`InvalidRequest` naming every limit the request exceeds."""
-        problems = self.violations(**asked)
-        if problems:
-            raise InvalidRequest("; ".join(problems))
-
-
-@dataclass(frozen=True)
 class ProfileConfig:
     """A validated profiles file."""
 
     profiles: tuple[Profile, ...]
     hardware_map: dict[str, str] = field(default_factory=dict, hash=False)
-    offload: OffloadLimits = OffloadLimits()
+    offload: OffloadPolicy = OffloadPolicy()  #: the ``offload:`` section (the server's model of it)
     source: str = "<string>"
 
     @property

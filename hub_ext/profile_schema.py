@@ -24,7 +24,7 @@ from .profile_model import (
     DEFAULT_STAGING_DIR,
     SLUG_RE,
     Allow,
-    OffloadLimits,
+    OffloadPolicy,
     Problem,
     Profile,
     ProfileConfig,
@@ -309,6 +309,7 @@ PROFILE_REQUIRED = {"slug": "e.g. 'slug: gpu-large'",
                     "backend": "'backend: local', 'slurm' or 'kubernetes'"}
 NOT_INHERITED = ("slug", "display_name", "default")
 DEFAULTS_SCHEMA: dict[str, Checker] = {**PROFILE_SCHEMA, **dict.fromkeys(NOT_INHERITED, _not_inherited)}
+#: the admin-set fields of :class:`~xnat_bridge.offload.policy.OffloadPolicy` (the rest keep defaults)
 OFFLOAD_SCHEMA: dict[str, Checker] = {
     "partition": _text,
     "max_cpus": _int_at_least(1),
@@ -521,8 +522,8 @@ class _Validator:
             hardware[key] = slug
         return hardware
 
-    def _offload(self, node: _Node | None) -> OffloadLimits:
-        return OffloadLimits(**self.fields(node, OFFLOAD_SCHEMA)) if node is not None else OffloadLimits()
+    def _offload(self, node: _Node | None) -> OffloadPolicy:
+        return OffloadPolicy(**self.fields(node, OFFLOAD_SCHEMA)) if node is not None else OffloadPolicy()
 
 
 def _build_profile(values: dict[str, Any]) -> Profile:

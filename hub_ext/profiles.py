@@ -39,7 +39,7 @@ from .profile_model import (  # noqa: F401  (re-exported)
     DEFAULT_STAGING_DIR,
     SLUG_RE,
     Allow,
-    OffloadLimits,
+    OffloadPolicy,
     Problem,
     Profile,
     ProfileConfig,

@@ -1,22 +1,28 @@
 """Deciding a spawn: pure functions from (request, profiles, XNAT's answers) to a plan.
 
 The mixin gathers the facts from XNAT (:class:`XnatFacts`, asked fresh at
-every start, never from the form) and calls :func:`choose_profile`,
-:func:`scope_mounts` and :func:`server_env`. Each raises a typed error naming
-the problem and the fix; nothing here does I/O.
+every start, never from the form) and calls :func:`check_readable`,
+:func:`choose_profile`, :func:`scope_mounts` and then :func:`build_plan` with
+the backend's :class:`~spawner.plan.DataMount`. Each raises a typed error
+naming the problem and the fix; nothing here does I/O.
+
+Data flows one way: form / REST / XNAT → :class:`~spawner.request.SpawnRequest`
+→ :class:`~spawner.plan.SpawnPlan` (with its :class:`~xnat_bridge.server_env.ServerEnv`)
+→ the backend's pure builder.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Iterable, Mapping
 
 from hub_ext.profiles import Profile, ProfileConfig, profile_allows_projects, visible_profiles
 from xnat_bridge.errors import InvalidRequest, NotFound, PermissionDenied
+from xnat_bridge.offload.policy import OffloadPolicy
 from xnat_bridge.scope import Scope
+from xnat_bridge.server_env import PASS, LaunchItem, ServerEnv
 
-from .plan import DATA_MOUNT, ScopeMount
+from .plan import DATA_MOUNT, DataMount, ScopeMount, SpawnPlan
 from .request import SpawnRequest
 
 ARC = "arc001"
@@ -109,19 +115,25 @@ def scope_mounts(scope: Scope, sessions: Mapping[str, Iterable[Session]]) -> tup
     return tuple(mounts)
 
 
-def server_env(*, xnat_url: str, alias: str, scope: Scope, profile: Profile, offload: dict,
-               with_data: bool, request: SpawnRequest) -> dict[str, str]:
-    """The server's public environment (the alias secret goes separately, as XNAT_PASS)."""
-    env = {
-        "XNAT_HOST": xnat_url,
-        "XNAT_USER": alias,
-        "XNAT_HPC_SCOPE": scope.to_json(),
-        "XNAT_HPC_PROFILE": profile.slug,
-        "XNAT_HPC_OFFLOAD": json.dumps(offload, sort_keys=True),
-    }
-    if with_data:
-        env["XNAT_DATA"] = DATA_MOUNT
-    if request.xnat_item is not None:  # the XNAT plugin's convention
-        env["XNAT_XSI_TYPE"] = request.xnat_item.xsi_type
-        env["XNAT_ITEM_ID"] = request.xnat_item.item_id
-    return env
+def server_env(*, xnat_url: str, alias: str, scope: Scope, profile: Profile, offload: OffloadPolicy,
+               with_data: bool, request: SpawnRequest) -> ServerEnv:
+    """What the server is handed (the alias secret goes separately, as ``XNAT_PASS``)."""
+    item = request.xnat_item
+    return ServerEnv(host=xnat_url, user=alias, scope=scope, profile=profile.slug, offload=offload,
+                     data_dir=DATA_MOUNT if with_data else None,
+                     item=LaunchItem(item.xsi_type, item.item_id) if item is not None else None)
+
+
+def build_plan(*, user: str, server_name: str, request: SpawnRequest, profile: Profile,
+               roles: dict[str, str], mounts: tuple[ScopeMount, ...], data_mount: DataMount,
+               xnat_url: str, alias: str, secret: str, offload: OffloadPolicy) -> SpawnPlan:
+    """The plan, and the one place that decides whether the scope is mounted.
+
+    *mounts* are the scope's directories (:func:`scope_mounts`); *data_mount* is how the
+    backend that runs the server mounts data. With :attr:`DataMount.NONE` the plan has no
+    mounts and no ``XNAT_DATA``; otherwise both.
+    """
+    mounted = tuple(mounts) if data_mount is not DataMount.NONE else ()
+    env = server_env(xnat_url=xnat_url, alias=alias, scope=request.scope, profile=profile,
+                     offload=offload, with_data=bool(mounted), request=request)
+    return SpawnPlan(user, server_name, profile, roles, mounted, env, {PASS: secret})

@@ -27,14 +27,13 @@ from .kube_objects import (
     trait_values,
 )
 from .mixin import XnatScopedSpawner
-from .plan import SpawnPlan
+from .plan import DataMount, SpawnPlan
 
 
 class XnatKubeSpawner(XnatScopedSpawner, KubeSpawner):
     """A pod that sees only its scope of the XNAT archive, read-only."""
 
     backends = ("kubernetes",)
-    mounts_scope = True
 
     xnat_archive_volume = Dict(
         help="""Where the XNAT archive root is reachable in the cluster, mounted read-only
@@ -61,13 +60,17 @@ class XnatKubeSpawner(XnatScopedSpawner, KubeSpawner):
 
     @default("xnat_data_root")
     def _default_data_root(self):
-        """Non-empty when the archive is in the cluster, so that the mixin plans the mounts."""
+        """Where the archive is in the cluster (``pvc:NAME`` / ``nfs:SERVER:PATH``), for the record."""
         archive = ArchiveVolume.from_config(self.xnat_archive_volume)
         if archive is None:
             return ""
         if archive.claim_name:
             return f"pvc:{archive.claim_name}"
         return f"nfs:{archive.nfs_server}:{archive.nfs_path}"
+
+    def data_mount(self) -> DataMount:
+        """``subPath`` mounts of ``xnat_archive_volume``; none (REST only) when it is empty."""
+        return DataMount.VOLUME if ArchiveVolume.from_config(self.xnat_archive_volume) else DataMount.NONE
 
     @property
     def xnat_secret_name(self) -> str:
@@ -77,7 +80,7 @@ class XnatKubeSpawner(XnatScopedSpawner, KubeSpawner):
         if self._xnat_base is None:
             self._xnat_base = {name: copy.deepcopy(getattr(self, name)) for name in MANAGED_TRAITS}
         archive = ArchiveVolume.from_config(self.xnat_archive_volume)
-        if archive is None and plan.mounts:
+        if archive is None:
             self.log.info("No xnat_archive_volume: %s's server reaches its scope through REST only",
                           plan.user)
         self._xnat_settings = pod_settings(plan, archive, secret_name=self.xnat_secret_name,
@@ -87,12 +90,10 @@ class XnatKubeSpawner(XnatScopedSpawner, KubeSpawner):
             setattr(self, name, value)
 
     def get_env(self):
-        """Last word on the plan's variables: secrets stay ``secretKeyRef``, never values."""
+        """Last word on the plan's secrets: they stay ``secretKeyRef``, never values."""
         env = super().get_env()  # the mixin has put plan.secret_env in as plain values
         if self._xnat_settings is not None:
             env.update(self._xnat_settings.environment)
-            if "XNAT_DATA" not in self._xnat_settings.environment:
-                env.pop("XNAT_DATA", None)  # nothing mounted: the server reads through REST
         return env
 
     async def get_pod_manifest(self):

@@ -113,7 +113,7 @@ class KubePodSettings:
 
     ``environment`` holds plain values and, for secrets, ``{"valueFrom": {"secretKeyRef": ...}}``
     entries (kubespawner passes dict values through as ``EnvVar`` specs); it has ``XNAT_DATA``
-    exactly when the scope is mounted.
+    exactly when the plan mounts the scope (the plan decides, :func:`spawner.decide.build_plan`).
     """
 
     image: str | None
@@ -188,9 +188,10 @@ def pod_settings(plan: SpawnPlan, archive: ArchiveVolume | None, *, secret_name:
                  gpu_resource: str = GPU_RESOURCE) -> KubePodSettings:
     """kubespawner trait values for *plan*.
 
-    *archive*: where the archive is in the cluster; ``None`` = no mounts, the scope is
-    reachable through XNAT's REST API only. *secret_name*: the Secret from
-    :func:`make_secret` that ``plan.secret_env`` is read from (required when there is one).
+    *archive*: where the archive is in the cluster; needed when the plan mounts the scope
+    (a backend without one plans no mounts: the scope is reachable through XNAT's REST API
+    only). *secret_name*: the Secret from :func:`make_secret` that ``plan.secret_env`` is
+    read from (required when there is one).
     """
     if plan.profile.backend != "kubernetes":
         raise InvalidRequest(f"profile {plan.profile.slug!r} is for the {plan.profile.backend!r} "
@@ -205,7 +206,10 @@ def pod_settings(plan: SpawnPlan, archive: ArchiveVolume | None, *, secret_name:
     if len(set(targets)) != len(targets):
         raise InvalidRequest("the scope mounts the same directory twice: " + ", ".join(targets))
     volumes, volume_mounts = [], []
-    if archive is not None and mounts:
+    if mounts and archive is None:
+        raise InvalidRequest("the plan mounts the scope but there is no archive volume; set "
+                             "xnat_archive_volume, e.g. {'claim_name': 'xnat-archive'}, or plan no mounts")
+    if mounts:
         volumes.append(archive.volume())
         volume_mounts = [{"name": ARCHIVE_VOLUME, "mountPath": m.target, "subPath": m.source,
                           "readOnly": True} for m in mounts]
@@ -213,10 +217,8 @@ def pod_settings(plan: SpawnPlan, archive: ArchiveVolume | None, *, secret_name:
     _check_secret_keys(plan)
     if plan.secret_env and not (_DNS_SUBDOMAIN.match(secret_name) and len(secret_name) <= 253):
         raise InvalidRequest(f"secret name {secret_name!r} is not a valid Kubernetes object name")
-    environment: dict[str, Any] = {k: str(v) for k, v in plan.env.items()
-                                   if k not in plan.secret_env and k != "XNAT_DATA"}
-    if volume_mounts:  # XNAT_DATA only where the archive really is (else: REST, see xnat_bridge.files)
-        environment["XNAT_DATA"] = DATA_MOUNT
+    environment: dict[str, Any] = {k: str(v) for k, v in plan.server_env.to_env().items()
+                                   if k not in plan.secret_env}
     for key in sorted(plan.secret_env):
         environment[key] = {"name": key, "valueFrom": {"secretKeyRef": {"name": secret_name, "key": key}}}
 

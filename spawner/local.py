@@ -1,14 +1,14 @@
 """``xnat-local``: the server runs as the user's Unix account in a bubblewrap sandbox.
 
 Only the scope's archive directories are bound into the sandbox, read-only,
-at /xnat/data (:mod:`spawner.sandbox`). The user's Unix account must exist
-(``pwd.getpwnam``), as for JupyterHub's LocalProcessSpawner.
+at /xnat/data (:mod:`spawner.sandbox`), when ``xnat_data_root`` is set;
+otherwise nothing is mounted and the server reads through XNAT's REST API.
+The user's Unix account must exist (``pwd.getpwnam``), as for JupyterHub's
+LocalProcessSpawner.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import os
 import pwd
 import shutil
@@ -21,7 +21,7 @@ from traitlets import List, Unicode, default
 import xnat_bridge
 
 from .mixin import XnatScopedSpawner
-from .plan import SpawnPlan
+from .plan import DataMount, SpawnPlan
 from .sandbox import SandboxSpec, bwrap_args
 
 
@@ -36,7 +36,6 @@ class XnatLocalSpawner(XnatScopedSpawner, LocalProcessSpawner):
     """Local process in a bubblewrap sandbox that sees only the chosen XNAT scope."""
 
     backends = ("local",)
-    mounts_scope = True
 
     bwrap_path = Unicode(
         help="Path of the bubblewrap executable (default: ``bwrap`` on PATH).",
@@ -63,14 +62,16 @@ class XnatLocalSpawner(XnatScopedSpawner, LocalProcessSpawner):
     def _default_server_cmd(self):
         return [os.path.join(sys.prefix, "bin", "jupyterhub-singleuser")]
 
+    def data_mount(self) -> DataMount:
+        """Read-only binds of the scope's folders of ``xnat_data_root``; none when it is empty."""
+        return DataMount.HOST_PATH if self.xnat_data_root else DataMount.NONE
+
     def sandbox_spec(self, plan: SpawnPlan) -> SandboxSpec:
         home = pwd.getpwnam(self.user.name).pw_dir
-        staging = json.loads(plan.env.get("XNAT_HPC_OFFLOAD") or "{}").get("staging_dir")
+        staging = plan.server_env.offload.staging_dir
         return SandboxSpec(self.xnat_data_root, home,
                            tuple(_code_roots() + ["/run/munge", *self.sandbox_ro_paths]),
                            (staging,) if staging else (), self.bwrap_path)
 
     def apply_plan(self, plan: SpawnPlan) -> None:
-        if not self.xnat_data_root:
-            plan = dataclasses.replace(plan, mounts=())
         self.cmd = bwrap_args(plan, self.sandbox_spec(plan)) + list(self.server_cmd)

@@ -25,7 +25,7 @@ SYSTEM_RO = ("/usr", "/bin", "/sbin", "/lib", "/lib64", "/etc")
 class SandboxSpec:
     """Host paths the sandbox needs besides the scope."""
 
-    archive_root: str                 #: host path of the XNAT archive (``XNAT_DATA`` of the hub)
+    archive_root: str                 #: host path of the XNAT archive ("" = none: no mounts planned)
     home: str                         #: the user's home, bound read-write
     ro_paths: tuple[str, ...] = ()    #: extra read-only binds (the venv, the code, slurm.conf, munge)
     rw_paths: tuple[str, ...] = ()    #: extra read-write binds (the offload staging directory)
@@ -67,8 +67,8 @@ def bwrap_args(plan: SpawnPlan, spec: SandboxSpec) -> list[str]:
         args += ["--bind-try", path, path]
     home = _abs(spec.home, "home")
     args += ["--bind", home, home]
-    archive = _abs(spec.archive_root, "archive root") if spec.archive_root else ""
-    if archive:
+    if plan.mounts:  # the plan decided to mount (then it also has XNAT_DATA); a root is needed
+        archive = _abs(spec.archive_root, "archive root")
         for mount in sorted(plan.mounts, key=lambda m: m.target):
             args += ["--ro-bind", mount_source(archive, mount), mount.target]
     args += ["--chdir", home, "--"]

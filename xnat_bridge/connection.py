@@ -37,6 +37,7 @@ from .errors import Conflict, PermissionDenied
 from .files import FileAccess, FileRef, choose_access, copy_to
 from .permissions import DEFAULT_TTL_S, PermissionCache
 from .scope import Scope
+from .server_env import data_from_env, host_from_env, scope_from_env, user_from_env
 
 #: shared by all connections of this process, so the TTL bounds revocation delay
 _PERMISSIONS = PermissionCache(DEFAULT_TTL_S)
@@ -68,13 +69,14 @@ class Connection:
                  cache_dir: str | Path | None = None, data_root: str | None = None,
                  ttl: float | None = None, access: FileAccess | None = None):
         self.client = client
-        self.scope = scope if scope is not None else Scope.from_env()
+        self.scope = scope if scope is not None else scope_from_env()
         self.workspace = Path(workspace or os.environ.get("XNAT_HPC_WORKSPACE")
                               or Path.home() / "xnat-hpc")
         cache = Path(cache_dir or Path.home() / ".cache" / "xnat-hpc")
         self.sink = sink or audit.JsonLinesSink(self.workspace / "audit.jsonl")
         self._cache = _PERMISSIONS if ttl is None else PermissionCache(ttl)
-        self.access = access or choose_access(client, data_root, cache / "files")
+        self.access = access or choose_access(
+            client, data_root if data_root is not None else data_from_env(), cache / "files")
         self.hashes = HashCache(cache / "sha256.sqlite3")
         self.datasets = DatasetStore(self.workspace / "datasets")
         self.browser = Browser(client, self.scope, self.permission_info)
@@ -241,6 +243,8 @@ class _progress_bar:
 def connect(host: str | None = None, user: str | None = None, password: str | None = None,
             **kwargs) -> Connection:
     """Connect as in XNAT's Jupyter integration: arguments default to ``XNAT_HOST``,
-    ``XNAT_USER``, ``XNAT_PASS``; the scope to ``XNAT_HPC_SCOPE``. See :class:`Connection`."""
+    ``XNAT_USER``, ``XNAT_PASS``; the scope to ``XNAT_HPC_SCOPE``, the file mount to
+    ``XNAT_DATA`` (:mod:`xnat_bridge.server_env`). See :class:`Connection`."""
     client_kw = {k: kwargs.pop(k) for k in ("verify", "timeout", "retries") if k in kwargs}
-    return Connection(XnatClient(host, user, password, **client_kw), **kwargs)
+    client = XnatClient(host or host_from_env(), user or user_from_env(), password, **client_kw)
+    return Connection(client, **kwargs)

@@ -11,7 +11,8 @@
   cache entry appears under its final name only when complete and verified).
 
 Both return the same bytes for the same :class:`FileRef`; the mode is chosen by
-what the server was given (``XNAT_DATA`` set and readable → mount).
+what the server was given (``XNAT_DATA`` set and readable → mount; the
+connection reads it through :mod:`xnat_bridge.server_env`).
 """
 
 from __future__ import annotations
@@ -173,10 +174,9 @@ class ApiAccess(FileAccess):
 
 def choose_access(client: XnatClient, data_root: str | None = None,
                   cache_dir: str | Path | None = None) -> FileAccess:
-    """``mount`` when *data_root* (default ``XNAT_DATA``) is a readable directory, else ``api``."""
-    root = data_root if data_root is not None else os.environ.get("XNAT_DATA", "")
-    if root and os.path.isdir(root) and os.access(root, os.R_OK | os.X_OK):
-        return MountAccess(root)
+    """``mount`` when *data_root* (the server's ``XNAT_DATA``) is a readable directory, else ``api``."""
+    if data_root and os.path.isdir(data_root) and os.access(data_root, os.R_OK | os.X_OK):
+        return MountAccess(data_root)
     return ApiAccess(client, cache_dir)
 
 

@@ -5,7 +5,8 @@ experiments (by ID or label) in each. Every bridge operation checks the scope
 *first* (an item outside it is refused even when XNAT would allow it) and then
 still asks XNAT (inside it, XNAT decides).
 
-The hub hands the scope to the server as JSON in ``XNAT_HPC_SCOPE``::
+The hub hands the scope to the server as JSON in ``XNAT_HPC_SCOPE`` (read by
+:func:`xnat_bridge.server_env.scope_from_env`)::
 
     {"projects": {"NEURO_MRI": {}, "SLEEP_EEG": {"subjects": ["SLEEP_EEG_S001"]},
                   "CARDIO_ECG": {"experiments": ["XNAT_E00007"]}}}
@@ -18,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import re
 
 from .errors import InvalidRequest, OutOfScope
@@ -84,10 +84,6 @@ class Scope:
         if not isinstance(doc, dict) or "projects" not in doc:
             raise InvalidRequest(f'{ENV} must look like {{"projects": {{...}}}}')
         return cls.of(doc["projects"])
-
-    @classmethod
-    def from_env(cls) -> "Scope":
-        return cls.from_json(os.environ.get(ENV))
 
     def to_json(self) -> str:
         if self.projects is None:

@@ -16,7 +16,9 @@ from xnat_bridge.datasets import (
 from xnat_bridge.errors import Conflict, InvalidRequest, OutOfScope
 from xnat_bridge.files import safe_relpath
 from xnat_bridge.permissions import parse_groups
+from xnat_bridge.offload.policy import OffloadPolicy
 from xnat_bridge.scope import Scope
+from xnat_bridge.server_env import LaunchItem, ServerEnv
 
 
 def test_parse_groups_strongest_role_and_underscored_ids():
@@ -119,3 +121,31 @@ def test_audit_events_and_sink(tmp_path):
         audit.make_event("alice", "download", hashes={"token": "x"})
     with pytest.raises(ValueError):
         audit.make_event("alice", "teleport")
+
+
+def test_server_env_round_trip_in_the_xnat_plugin_convention():
+    full = ServerEnv("https://xnat.example.org", "uuid-alias",
+                     Scope.of({"P": {}, "Q": {"subjects": ["S1"]}}), "slurm-cpu",
+                     OffloadPolicy(max_cpus=8, max_memory="32G", max_walltime="1-00:00:00", account="med"),
+                     "/xnat/data", LaunchItem("xnat:mrSessionData", "XNAT_E00001"))
+    env = full.to_env()
+    assert ServerEnv.from_env(env) == full
+    assert set(env) == {"XNAT_HOST", "XNAT_USER", "XNAT_HPC_SCOPE", "XNAT_HPC_PROFILE", "XNAT_HPC_OFFLOAD",
+                        "XNAT_DATA", "XNAT_XSI_TYPE", "XNAT_ITEM_ID"}  # never XNAT_PASS
+    assert json.loads(env["XNAT_HPC_SCOPE"]) == {"projects": {"P": {}, "Q": {"subjects": ["S1"]}}}
+    assert (env["XNAT_DATA"], env["XNAT_ITEM_ID"], env["XNAT_HPC_PROFILE"]) == (
+        "/xnat/data", "XNAT_E00001", "slurm-cpu")
+    # the limits as the hub has always written them: the profiles file's keys, bytes and seconds,
+    # sorted; the other fields only when they are not the defaults
+    assert env["XNAT_HPC_OFFLOAD"] == json.dumps(
+        {"account": "med", "exclusive": True, "max_cpus": 8, "max_gpus": None, "max_memory": 32 * 2**30,
+         "max_walltime": 86400, "partition": "secure", "staging_dir": "/var/lib/xnat-hpc-hub/staging"},
+        sort_keys=True)
+    # REST only, no launch item, outside the hub: the variables are absent and read back as such
+    plain = ServerEnv("https://xnat.example.org", "alice", Scope.of(["P"]))
+    assert "XNAT_DATA" not in plain.to_env() and "XNAT_ITEM_ID" not in plain.to_env()
+    assert ServerEnv.from_env(plain.to_env()) == plain
+    assert ServerEnv.from_env({}) == ServerEnv("", "")
+    assert not ServerEnv.from_env({}).scope.restricted and "XNAT_HPC_SCOPE" not in ServerEnv("", "").to_env()
+    with pytest.raises(InvalidRequest, match="XNAT_HPC_SCOPE"):
+        ServerEnv.from_env({"XNAT_HPC_SCOPE": "{"})

@@ -30,6 +30,7 @@ from spawner.kube_objects import (
 from spawner.plan import DATA_MOUNT, ScopeMount, SpawnPlan
 from xnat_bridge.errors import InvalidRequest
 from xnat_bridge.scope import Scope
+from xnat_bridge.server_env import ServerEnv
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "config" / "profiles.yaml"
 K8S_VERSION = "1.30"
@@ -50,17 +51,19 @@ def mount(source: str, project: str | None = None, target: str | None = None) ->
 
 
 def make_plan(*, user="alice", profile=None, mounts=None, scope=None, secret_env=None) -> SpawnPlan:
+    """A plan as :func:`spawner.decide.build_plan` makes it: ``XNAT_DATA`` exactly when mounting."""
     scope = scope or Scope.of({"NEURO_MRI": {}, "SLEEP_EEG": {"experiments": ["XNAT_E00007"]}})
+    profile = profile or k8s_profile()
+    mounts = tuple(mounts if mounts is not None else
+                   [mount("SLEEP_EEG/arc001/SLEEP_EEG_E001"), mount("NEURO_MRI")])
     return SpawnPlan(
         user=user,
         server_name="neuro",
-        profile=profile or k8s_profile(),
-        scope=scope,
+        profile=profile,
         roles={"NEURO_MRI": "Owner", "SLEEP_EEG": "Member"},
-        mounts=tuple(mounts if mounts is not None else
-                     [mount("SLEEP_EEG/arc001/SLEEP_EEG_E001"), mount("NEURO_MRI")]),
-        env={"XNAT_HOST": "https://xnat.example.org", "XNAT_USER": user, "XNAT_DATA": DATA_MOUNT,
-             "XNAT_HPC_SCOPE": scope.to_json()},
+        mounts=mounts,
+        server_env=ServerEnv("https://xnat.example.org", user, scope, profile.slug,
+                             data_dir=DATA_MOUNT if mounts else None),
         secret_env={"XNAT_PASS": TOKEN} if secret_env is None else secret_env,
     )
 
@@ -129,22 +132,27 @@ def test_nfs_archive_gpus_and_unset_limits():
                                                           "path": "/data/xnat/archive", "readOnly": True}}]
     assert s.extra_resource_limits == {"nvidia.com/gpu": "2"}
     assert s.image is None and s.cpu_limit is None and s.mem_limit is None
-    s = pod_settings(plan, None, secret_name=SECRET, gpu_resource="amd.com/gpu")
+    rest_only = make_plan(profile=plan.profile, mounts=[])  # no archive volume: the plan mounts nothing
+    s = pod_settings(rest_only, None, secret_name=SECRET, gpu_resource="amd.com/gpu")
     assert s.extra_resource_limits == {"amd.com/gpu": "2"}
 
 
 def test_without_archive_nothing_is_mounted_and_no_xnat_data():
-    s = pod_settings(make_plan(), None, secret_name=SECRET)
+    # without an archive volume the backend plans no mounts (XnatKubeSpawner.data_mount)
+    s = pod_settings(make_plan(mounts=[]), None, secret_name=SECRET)
     assert s.volumes == [] and s.volume_mounts == []
     assert "XNAT_DATA" not in s.environment  # the server falls back to XNAT's REST API
     s = pod_settings(make_plan(mounts=[]), PVC, secret_name=SECRET)
     assert s.volumes == [] and s.volume_mounts == []  # no scope directory: not even the volume
     assert "XNAT_DATA" not in s.environment
+    with pytest.raises(InvalidRequest, match="no archive volume"):  # a plan that mounts needs one
+        pod_settings(make_plan(), None, secret_name=SECRET)
 
 
 def test_xnat_data_is_set_when_mounted_even_if_the_plan_lacks_it():
     plan = make_plan()
-    plan = dataclasses.replace(plan, env={k: v for k, v in plan.env.items() if k != "XNAT_DATA"})
+    with pytest.raises(InvalidRequest, match="XNAT_DATA"):  # a plan cannot lack it while mounting
+        dataclasses.replace(plan, server_env=dataclasses.replace(plan.server_env, data_dir=None))
     assert pod_settings(plan, PVC, secret_name=SECRET).environment["XNAT_DATA"] == DATA_MOUNT
 
 

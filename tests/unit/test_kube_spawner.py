@@ -23,6 +23,7 @@ from traitlets.config import Config
 
 from hub_ext.profiles import load_profiles
 from spawner.kube import XnatKubeSpawner
+from spawner.plan import DataMount
 from tests.unit.test_kube_objects import K8S_VERSION, TOKEN, k8s_profile, make_plan
 from xnat_bridge.errors import InvalidRequest
 
@@ -68,7 +69,7 @@ async def start_manifest(spawner: XnatKubeSpawner, plan) -> dict:
 
 async def test_pod_from_the_spawner_validates_and_keeps_the_token_out(make_spawner):
     spawner = make_spawner(xnat_archive_volume={"claim_name": "xnat-archive"})
-    assert spawner.xnat_data_root == "pvc:xnat-archive"  # so the mixin plans the mounts
+    assert spawner.xnat_data_root == "pvc:xnat-archive"  # where the archive is (data_mount: VOLUME)
     pod = await start_manifest(spawner, make_plan())
     assert kubernetes_validate.validate(pod, K8S_VERSION, strict=True) == K8S_VERSION
     assert TOKEN not in json.dumps(pod)  # the mixin's get_env put it in; ours replaced it
@@ -99,7 +100,8 @@ async def test_a_second_start_does_not_pile_up_and_without_archive_no_xnat_data(
 
     bare = make_spawner()  # no archive in the cluster: REST only
     assert bare.xnat_data_root == ""
-    pod = await start_manifest(bare, make_plan())
+    assert (spawner.data_mount(), bare.data_mount()) == (DataMount.VOLUME, DataMount.NONE)
+    pod = await start_manifest(bare, make_plan(mounts=[]))  # the plan the mixin makes for it
     env = {e["name"] for e in pod["spec"]["containers"][0]["env"]}
     assert "XNAT_DATA" not in env and "XNAT_PASS" in env
     assert [v["name"] for v in pod["spec"]["volumes"]] == ["home"]

@@ -26,6 +26,7 @@ from xnat_bridge.offload.registry import (
     new_job_id,
     now_iso,
 )
+from xnat_bridge.server_env import offload_from_env
 from xnat_bridge.staging import AgeIdentity
 
 
@@ -43,15 +44,15 @@ def test_sizes_and_durations():
 
 
 def test_policy_from_env_and_json():
-    assert OffloadPolicy.from_env({}) == OffloadPolicy()
-    p = OffloadPolicy.from_env({"XNAT_HPC_OFFLOAD": '{"max_memory": "32G", "max_walltime": "1-00:00:00", '
+    assert offload_from_env({}) == OffloadPolicy()
+    p = offload_from_env({"XNAT_HPC_OFFLOAD": '{"max_memory": "32G", "max_walltime": "1-00:00:00", '
                                                     '"max_cpus": 8, "account": "med", "exclusive": false}'})
     assert p.max_memory == 32 * 2**30 and p.max_walltime == 86400 and p.max_cpus == 8
     assert p.to_json()["max_memory"] == 32 * 2**30 and p.to_json()["exclusive"] is False
     with pytest.raises(InvalidRequest, match="unknown keys"):
-        OffloadPolicy.from_env({"XNAT_HPC_OFFLOAD": '{"max_ram": 1}'})
+        offload_from_env({"XNAT_HPC_OFFLOAD": '{"max_ram": 1}'})
     with pytest.raises(InvalidRequest, match="not valid JSON"):
-        OffloadPolicy.from_env({"XNAT_HPC_OFFLOAD": "{"})
+        offload_from_env({"XNAT_HPC_OFFLOAD": "{"})
     assert OffloadPolicy(max_memory="2G").max_memory == 2 * 2**30
 
 

@@ -12,7 +12,7 @@ import pytest
 
 from hub_ext.profiles import (
     Allow,
-    OffloadLimits,
+    OffloadPolicy,
     Problem,
     ProfileConfigError,
     ProfileWatcher,
@@ -74,7 +74,7 @@ def test_example_file_loads_clean():
     assert k8s.backend == "kubernetes" and k8s.resources.image
     assert k8s.resources.tolerations[0]["operator"] == "Equal"
 
-    assert config.offload == OffloadLimits(partition="secure", max_cpus=8, max_memory=32 * GiB, max_gpus=1,
+    assert config.offload == OffloadPolicy(partition="secure", max_cpus=8, max_memory=32 * GiB, max_gpus=1,
                                            max_walltime=24 * 3600, exclusive=True,
                                            staging_dir="/var/lib/xnat-hpc-hub/staging")
     assert config.hardware_map
@@ -107,7 +107,7 @@ def test_good_file_values_and_defaults_of_the_schema():
     assert config.default_profile is a  # none marked: the first
     assert b.slug == "2024" and b.resources.mem_limit == 512 << 20
     assert b.resources.node_selector == {"disk": "ssd"}
-    assert config.offload == OffloadLimits()  # no offload block: the documented defaults
+    assert config.offload == OffloadPolicy()  # no offload block: the documented defaults
     with pytest.raises(NotFound, match="no profile 'zzz'; known profiles: a, 2024"):
         config.by_slug("zzz")
 

@@ -10,14 +10,24 @@ import pytest
 
 from hub_ext.bootstrap import BootstrapRegistry, NotBoundYet
 from hub_ext.profiles import load_profiles
-from spawner.decide import Session, XnatFacts, check_readable, choose_profile, scope_mounts, server_env
+from spawner.decide import (
+    Session,
+    XnatFacts,
+    build_plan,
+    check_readable,
+    choose_profile,
+    scope_mounts,
+    server_env,
+)
 from spawner.form import render_form
-from spawner.plan import DATA_MOUNT, ScopeMount, SpawnPlan
+from spawner.plan import DATA_MOUNT, DataMount, ScopeMount, SpawnPlan
 from spawner.request import parse_form, parse_request
 from spawner.sandbox import SandboxSpec, bwrap_args
 from spawner.slurm_script import SlurmSettings, batch_script, split_env
 from xnat_bridge.errors import InvalidRequest, NotFound, PermissionDenied
+from xnat_bridge.offload.policy import OffloadPolicy
 from xnat_bridge.scope import Scope
+from xnat_bridge.server_env import ServerEnv
 
 CONFIG = load_profiles("""
 profiles:
@@ -130,10 +140,39 @@ def test_mounts_cover_whole_projects_or_the_selected_sessions():
 def test_environment_follows_the_xnat_convention_and_keeps_the_secret_out():
     req = parse_request({"xsiType": "xnat:subjectData", "itemId": "S1", "projectId": "P"})
     env = server_env(xnat_url="http://x", alias="uuid-alias", scope=req.scope, profile=CONFIG.profiles[0],
-                     offload={"partition": "secure"}, with_data=True, request=req)
+                     offload=OffloadPolicy(partition="secure"), with_data=True, request=req).to_env()
     assert env["XNAT_HOST"] == "http://x" and env["XNAT_USER"] == "uuid-alias"
     assert env["XNAT_DATA"] == DATA_MOUNT and env["XNAT_ITEM_ID"] == "S1"
     assert "XNAT_PASS" not in env
+
+
+@pytest.mark.parametrize("data_mount", list(DataMount))
+def test_one_place_decides_the_data_mount_and_xnat_data(data_mount):
+    req = parse_request({"profile": "small", "projects": ["NEURO_MRI"]})
+    mounts = scope_mounts(req.scope, ALICE.sessions)
+    plan = build_plan(user="alice", server_name="", request=req, profile=CONFIG.profiles[0],
+                      roles={"NEURO_MRI": "Owner"}, mounts=mounts, data_mount=data_mount,
+                      xnat_url="http://x", alias="uuid-alias", secret="s3cret",
+                      offload=OffloadPolicy(staging_dir="/srv/staging"))
+    env = plan.server_env.to_env()
+    if data_mount is DataMount.NONE:  # e.g. Slurm, or local/kube without an archive: REST only
+        assert plan.mounts == () and "XNAT_DATA" not in env
+        assert "--ro-bind" not in bwrap_args(plan, SandboxSpec("", "/home/alice"))
+    else:
+        assert plan.mounts == mounts and env["XNAT_DATA"] == DATA_MOUNT
+    assert plan.secret_env == {"XNAT_PASS": "s3cret"} and "s3cret" not in json.dumps(env)
+    assert json.loads(env["XNAT_HPC_OFFLOAD"])["staging_dir"] == "/srv/staging"
+    assert (plan.scope, env["XNAT_HPC_PROFILE"]) == (req.scope, "small")
+
+
+def test_a_plan_whose_xnat_data_disagrees_with_its_mounts_is_refused():
+    mount = ScopeMount("NEURO_MRI", "NEURO_MRI", f"{DATA_MOUNT}/NEURO_MRI")
+    with pytest.raises(InvalidRequest, match="XNAT_DATA is None but 1 directories are mounted"):
+        SpawnPlan("alice", "", CONFIG.profiles[0], {}, (mount,), ServerEnv("http://x", "a", Scope.of(["P"])))
+    with pytest.raises(InvalidRequest, match="XNAT_DATA is '/xnat/data' but 0"):
+        SpawnPlan("alice", "", CONFIG.profiles[0], {}, (), ServerEnv("http://x", "a", data_dir=DATA_MOUNT))
+    with pytest.raises(InvalidRequest, match="archive root"):  # a plan with mounts needs the archive
+        bwrap_args(_plan([mount]), SandboxSpec("", "/home/alice"))
 
 
 # -- form -------------------------------------------------------------------------
@@ -153,8 +192,9 @@ def test_form_lists_profiles_and_projects_escaped_and_labelled():
 
 # -- sandbox and batch script --------------------------------------------------------
 def _plan(mounts=(), server="", profile=0) -> SpawnPlan:
-    return SpawnPlan("alice", server, CONFIG.profiles[profile], Scope.of(["NEURO_MRI"]), {"NEURO_MRI": "Owner"},
-                     tuple(mounts), {"XNAT_HOST": "http://x"}, {"XNAT_PASS": "s3cret"})
+    env = ServerEnv("http://x", "alice", Scope.of(["NEURO_MRI"]), data_dir=DATA_MOUNT if mounts else None)
+    return SpawnPlan("alice", server, CONFIG.profiles[profile], {"NEURO_MRI": "Owner"},
+                     tuple(mounts), env, {"XNAT_PASS": "s3cret"})
 
 
 def test_bwrap_binds_only_the_scope_read_only():
@@ -237,14 +277,15 @@ def test_owner_page_filters_by_owned_projects_and_escapes():
 def test_owner_page_finds_the_audit_log_where_the_admin_configured_it():
     from traitlets.config import Config
 
-    from hub_ext.owner import audit_log_path
-    from spawner.profiles import XnatProfilesSpawner
+    from hub_ext.owner import hub_audit_log
+    from spawner.dispatch import XnatProfilesSpawner
     from spawner.slurm import XnatSlurmSpawner
 
     c = Config()
-    assert audit_log_path(c, XnatProfilesSpawner) == "xnat-hpc-audit.jsonl"
-    c.XnatScopedSpawner.audit_log = "/var/log/a.jsonl"
-    assert audit_log_path(c, XnatProfilesSpawner) == "/var/log/a.jsonl"
-    c.XnatSlurmSpawner.audit_log = "/var/log/slurm.jsonl"  # the most specific section wins
-    assert audit_log_path(c, XnatSlurmSpawner) == "/var/log/slurm.jsonl"
-    assert audit_log_path(c, XnatProfilesSpawner) == "/var/log/a.jsonl"
+    assert hub_audit_log({"config": c}).path == "xnat-hpc-audit.jsonl"
+    c.HubAuditLog.path = "/var/log/a.jsonl"
+    assert hub_audit_log({"config": c}).path == "/var/log/a.jsonl"
+    assert XnatProfilesSpawner(config=c).hub_audit_log.path == "/var/log/a.jsonl"  # where the spawners write
+    c.HubAuditLog.path = "/var/log/slurm.jsonl"  # one setting for the page and every spawner class
+    assert XnatSlurmSpawner(config=c).hub_audit_log.path == "/var/log/slurm.jsonl"
+    assert hub_audit_log({"config": c}).path == "/var/log/slurm.jsonl"

@@ -1,7 +1,9 @@
 """Admin limits for offloaded jobs and the resources a researcher asks for (pure).
 
-The spawner passes the site's limits to the user's server as JSON in the
-environment variable ``XNAT_HPC_OFFLOAD``::
+:class:`OffloadPolicy` is the one model of the site's limits: the hub builds it
+from the ``offload:`` section of the profiles file, and the spawner hands it to
+the user's server as JSON in the environment variable ``XNAT_HPC_OFFLOAD``
+(written and read by :mod:`xnat_bridge.server_env`)::
 
     XNAT_HPC_OFFLOAD='{"partition": "secure", "max_cpus": 16, "max_memory": "64G",
                        "max_gpus": 1, "max_walltime": "1-00:00:00", "exclusive": true,
@@ -17,7 +19,6 @@ the allowed maximum, so a person can fix all of them at once.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import re
 from collections.abc import Mapping
@@ -26,6 +27,7 @@ from .. import units
 from ..errors import InvalidRequest
 
 ENV = "XNAT_HPC_OFFLOAD"
+DEFAULT_STAGING_DIR = "/var/lib/xnat-hpc-hub/staging"
 _BYTES_SUFFIX = re.compile(r"(?<=[KMGT])I?B$", re.IGNORECASE)  # "4GiB", "4GB" -> "4G"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
 
@@ -134,7 +136,11 @@ class ResourceRequest:
 
 @dataclasses.dataclass(frozen=True)
 class OffloadPolicy:
-    """The site's limits (None = no limit); the spawner sets them in ``XNAT_HPC_OFFLOAD``."""
+    """The site's limits (None = no limit); the spawner sets them in ``XNAT_HPC_OFFLOAD``.
+
+    Sizes are bytes and durations seconds; the constructor also takes ``"32G"`` and
+    ``"1:00:00"``. The profiles file sets the first seven fields (``offload:``).
+    """
 
     partition: str = "secure"
     max_cpus: int | None = None
@@ -142,7 +148,7 @@ class OffloadPolicy:
     max_gpus: int | None = None
     max_walltime: int | None = None  # seconds
     exclusive: bool = True
-    staging_dir: str = "/var/lib/xnat-hpc-hub/staging"
+    staging_dir: str = DEFAULT_STAGING_DIR
     account: str | None = None
     qos: str | None = None
     default_cpus: int = 1
@@ -194,17 +200,6 @@ class OffloadPolicy:
             raise InvalidRequest(f"{ENV}: partition must name a Slurm partition")
         return cls(**kw)
 
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] = os.environ) -> OffloadPolicy:
-        text = environ.get(ENV, "").strip()
-        if not text:
-            return cls()
-        try:
-            doc = json.loads(text)
-        except ValueError as e:
-            raise InvalidRequest(f"{ENV} is not valid JSON: {e}") from None
-        return cls.from_json(doc)
-
     def to_json(self) -> dict:
         """For ``GET /xnat-hpc/api/limits``: memory in bytes, walltime in seconds."""
         return dataclasses.asdict(self)
@@ -230,3 +225,25 @@ class OffloadPolicy:
             raise InvalidRequest("the requested resources are outside the site's limits: "
                                  + "; ".join(problems))
         return request
+
+    def violations(self, *, cpus: int = 1, memory: int | None = None, gpus: int = 0,
+                   walltime: int | None = None) -> list[str]:
+        """What a job of these sizes exceeds, one sentence each (empty when it fits).
+
+        The admin-side form of :meth:`check` (keyword sizes in bytes and seconds, e.g.
+        for checking a profiles file); ``None`` = not asked.
+        """
+        asks = (("cpus", cpus, self.max_cpus, str),
+                ("memory", memory, self.max_memory, units.format_memory),
+                ("gpus", gpus, self.max_gpus, str),
+                ("walltime", walltime, self.max_walltime, units.format_walltime))
+        return [f"{name} {fmt(asked)} is above the limit {fmt(limit)} of partition "
+                f"{self.partition!r}; ask for at most {fmt(limit)}"
+                for name, asked, limit, fmt in asks
+                if limit is not None and asked is not None and asked > limit]
+
+    def check_request(self, **asked) -> None:
+        """Raise :class:`InvalidRequest` naming every limit :meth:`violations` finds."""
+        problems = self.violations(**asked)
+        if problems:
+            raise InvalidRequest("; ".join(problems))
