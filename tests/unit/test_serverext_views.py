@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from xnat_bridge.errors import InvalidRequest, NotFound
+from xnat_bridge.offload.inputs import check_client_token, resolve_script
 from xnat_bridge.serverext import views
 
 
@@ -25,6 +26,7 @@ def test_job_ids():
 
 
 def test_resolve_script(tmp_path):
+    # the REST API's script rules, now the one resolver of offload.inputs (root dir = the only base)
     root = tmp_path / "root"
     (root / "sub").mkdir(parents=True)
     (root / "sub" / "train.py").write_text("x = 1\n")
@@ -33,14 +35,14 @@ def test_resolve_script(tmp_path):
     outside.write_text("x = 1\n")
     (root / "out.py").symlink_to(outside)
     (root / "sub" / "up").symlink_to(tmp_path)
-    assert views.resolve_script(root, "sub/train.py") == root / "sub" / "train.py"
-    assert views.resolve_script(root, "inner.py") == root / "sub" / "train.py"  # a link inside: fine
+    assert resolve_script("sub/train.py", [root]).source == root / "sub" / "train.py"
+    assert resolve_script("inner.py", [root]).source == root / "sub" / "train.py"  # a link inside: fine
     for bad, words in (("", "relative"), ("/etc/x.py", "absolute"), ("~/x.py", "absolute"),
                        ("sub/../../evil.py", "'..'"), ("out.py", "outside"), ("sub/up/evil.py", "outside"),
                        ("sub", "not a Python file"), ("nope.py", "does not exist"), ("a\x00.py", "NUL"),
                        (None, "relative")):
         with pytest.raises(InvalidRequest, match=words):
-            views.resolve_script(root, bad)
+            resolve_script(bad, [root])
 
 
 def test_list_scripts_depth_limit_and_skips(tmp_path):
@@ -62,10 +64,13 @@ def test_parse_job_body():
     for body, words in (([], "JSON object"), ({"script": "t.py"}, "needs a dataset"),
                         ({"dataset": "d", "script": "t.py", "cpus": True}, "cpus must be an integer"),
                         ({"dataset": "d", "script": "t.py", "memory": 1.5}, "memory must be"),
-                        ({"dataset": "d", "script": "t.py", "x": 1}, "unknown fields"),
-                        ({"dataset": "d", "script": "t.py", "client_token": "a b"}, "client_token")):
+                        ({"dataset": "d", "script": "t.py", "x": 1}, "unknown fields")):
         with pytest.raises(InvalidRequest, match=words):
             views.parse_job_body(body)
+    # the client_token's syntax is the manager's (OffloadManager.submit_once) one check
+    with pytest.raises(InvalidRequest, match="client_token"):
+        check_client_token(views.parse_job_body({"dataset": "d", "script": "t.py", "client_token": "a b"})
+                           ["client_token"])
 
 
 def test_display_path(tmp_path):

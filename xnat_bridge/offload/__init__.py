@@ -6,13 +6,15 @@ Modules, one concern each:
 
 ``policy``     admin limits (``XNAT_HPC_OFFLOAD``) and resource requests (pure)
 ``registry``   job states and records in ``<workspace>/jobs.sqlite``
-``inputs``     checking the script and the dataset before anything is staged
+``inputs``     the one script resolver, the client-token syntax, the dataset checks
 ``bundles``    encrypted bundles of this process (identities in memory only)
 ``jobscript``  the ``SLURMCluster`` options and job-script prologue (pure)
+``slurm``      ``squeue``/``scancel`` and dask-jobqueue's ``sbatch``, through ``procs``
 ``keyrelease`` releasing a dataset identity once, to the right Slurm job
 ``worker``     the task that runs on the node (decrypt, run, encrypt, wipe)
+``context``    :class:`OffloadContext`, the frozen collaborators of a job run
 ``runner``     one job's background thread (stage → submit → run → collect)
-``manager``    :class:`OffloadManager`, the server's offload service
+``manager``    :class:`OffloadManager`, the server's offload service (idempotency included)
 ``api``        ``submit``/``jobs``/``Job`` for notebooks; ``cli`` for ``xnat-hpc-hub jobs``
 
 Workspace layout: ``jobs.sqlite``, ``jobs/<id>/log.txt`` (the script's live

@@ -16,12 +16,16 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import functools
 import logging
 import threading
 import time
+from collections.abc import Callable
+from typing import BinaryIO
 
 from ..errors import XnatHpcError
 from ..staging import (
+    AgeEngine,
     AgeIdentity,
     BundleInfo,
     StagedFile,
@@ -30,6 +34,7 @@ from ..staging import (
     remove_bundle,
     stage_files,
 )
+from .inputs import Script, audit_items
 
 log = logging.getLogger(__name__)
 
@@ -43,54 +48,53 @@ class StagingFailed(XnatHpcError):
 
 @dataclasses.dataclass
 class Bundle:
+    """One staged bundle of this process, its identity (memory only) and how many jobs use it."""
+
     info: BundleInfo
     identity: AgeIdentity
     contents: str
     users: int = 0
 
 
-class _CancellableReader:
-    """A file object whose reads stop with the job's cancellation."""
-
-    def __init__(self, src, run):
-        self._src, self._run = src, run
-
-    def read(self, n: int = -1) -> bytes:
-        self._run.check_cancel()
-        return self._src.read(n)
-
-    def close(self) -> None:
-        self._src.close()
+#: ``opener(manifest_file)`` → a binary file object of that file's bytes (the caller's
+#: file access, wrapped as it likes: e.g. a reader that stops when its job is cancelled)
+Opener = Callable[[object], BinaryIO]
 
 
-def staged_files(run) -> list[StagedFile]:
-    access = run.m.connection.access
-
-    def opener(f):
-        return lambda: _CancellableReader(access.open(f.ref()), run)
-
-    return [StagedFile(f.name, f.size, f.sha256, opener(f)) for f in run.manifest.files]
+def staged_files(manifest, opener: Opener) -> list[StagedFile]:
+    """The manifest's files as :class:`StagedFile` entries read through *opener*."""
+    return [StagedFile(f.name, f.size, f.sha256, functools.partial(opener, f)) for f in manifest.files]
 
 
-def bundle_metadata(run) -> dict:
+def bundle_metadata(manifest, script: Script) -> dict:
     """What MANIFEST.json carries besides the files: public facts, no job id (reuse key)."""
-    m = run.manifest
+    m = manifest
     return {"dataset": m.name, "dataset_version": m.version, "dataset_digest": m.digest,
-            "xnat_host": m.xnat_host, "script": run.script.member, "script_sha256": run.script.sha256}
+            "xnat_host": m.xnat_host, "script": script.member, "script_sha256": script.sha256}
 
 
 class BundleCache:
-    def __init__(self, staging_dir: str, user: str, audit):
+    """The bundles this process staged, by the sha256 of their plaintext (see the module docstring)."""
+
+    def __init__(self, staging_dir: str, user: str, audit, engine: AgeEngine | None = None):
         self.staging_dir, self.user, self.audit = staging_dir, user, audit
+        #: the age engine bundles are encrypted with (None: :func:`~xnat_bridge.staging.default_engine`)
+        self.engine = engine
         self._by_contents: dict[str, Bundle] = {}
         self._locks: dict[str, threading.Lock] = {}
         self._lock = threading.Lock()
 
-    def obtain(self, run) -> Bundle:
-        """The bundle for *run* (reused when this process staged the same contents), users += 1."""
-        files = staged_files(run)
-        extras = {run.script.member: run.script.content}
-        meta = bundle_metadata(run)
+    def obtain(self, job_id: str, manifest, script: Script, opener: Opener,
+               report: Callable[[str], None] = lambda message: None) -> Bundle:
+        """The bundle of *manifest* + *script* for job *job_id*, users += 1.
+
+        Reused when this process staged the same contents and the bundle is still
+        there; else staged afresh through *opener*. *report* receives progress
+        messages for the job's record.
+        """
+        files = staged_files(manifest, opener)
+        extras = {script.member: script.content}
+        meta = bundle_metadata(manifest, script)
         contents = contents_sha256(files, meta, extras)
         with self._lock:
             key_lock = self._locks.setdefault(contents, threading.Lock())
@@ -101,58 +105,53 @@ class BundleCache:
                                                   recipient=cached.identity.recipient,
                                                   contents_sha256=contents) is not None:
                 cached.users += 1
-                run.bundle = cached
-                run.update(message=f"reusing staged bundle {cached.info.bundle_id}")
+                report(f"reusing staged bundle {cached.info.bundle_id}")
                 return cached
             identity = AgeIdentity.generate()
-            info = self._stage(run, files, identity, meta, extras)
+            info = self._stage(job_id, manifest, files, identity, meta, extras, report)
             bundle = Bundle(info, identity, contents, users=1)
             with self._lock:
                 self._by_contents[contents] = bundle
-            run.bundle = bundle
             return bundle
 
-    def _stage(self, run, files, identity, meta, extras) -> BundleInfo:
+    def _stage(self, job_id, manifest, files, identity, meta, extras, report) -> BundleInfo:
         started = time.monotonic()
 
         def progress(done_bytes, done_files, total_bytes, total_files):
             rate = done_bytes / max(time.monotonic() - started, 1e-6) / 1e6
-            run.update(message=f"staging {done_files}/{total_files} files, {rate:.0f} MB/s")
+            report(f"staging {done_files}/{total_files} files, {rate:.0f} MB/s")
 
         total = sum(f.size for f in files)
         try:
             info = stage_files(files, staging_dir=self.staging_dir, user=self.user,
                                recipient=identity.recipient, metadata=meta, extra_members=extras,
-                               progress=progress)
+                               progress=progress, engine=self.engine)
         except OSError as e:
             what = ("is full" if e.errno in (errno.ENOSPC, errno.EDQUOT)
                     else f"is not writable ({e.strerror})")
             self.audit("stage", "failed", files=len(files), bytes=total,
-                       detail=f"job {run.id}: staging area {what}")
+                       detail=f"job {job_id}: staging area {what}")
             raise StagingFailed(f"the staging area {self.staging_dir} {what}; the partial bundle was "
                                 "removed and nothing in your workspace changed — ask an administrator, "
                                 "then submit again") from None
         except XnatHpcError as e:
-            self.audit("stage", "failed", files=len(files), bytes=total, detail=f"job {run.id}: {e.message}")
+            self.audit("stage", "failed", files=len(files), bytes=total, detail=f"job {job_id}: {e.message}")
             raise
-        self.audit("stage", items=run.m.items(run.manifest), files=info.file_count, bytes=info.total_size,
+        self.audit("stage", items=audit_items(manifest), files=info.file_count, bytes=info.total_size,
                    hashes={"manifest": info.manifest_sha256, "contents": info.contents_sha256},
-                   detail=f"job {run.id} bundle {info.bundle_id} ({info.size} bytes encrypted) in "
+                   detail=f"job {job_id} bundle {info.bundle_id} ({info.size} bytes encrypted) in "
                           f"{time.monotonic() - started:.1f} s")
         return info
 
-    def release(self, run) -> None:
-        bundle = getattr(run, "bundle", None)
-        if bundle is None:
-            return
-        run.bundle = None
+    def release(self, bundle: Bundle, *, drop: bool = False, job_id: str = "-") -> None:
+        """Job *job_id* no longer uses *bundle*; with *drop* (the node could not use it) remove it
+        at once and never reuse it."""
         with self._lock:
             bundle.users -= 1
-            drop = run.bundle_suspect
             if drop and self._by_contents.get(bundle.contents) is bundle:
                 del self._by_contents[bundle.contents]
         if drop:
-            log.warning("job %s: removing bundle %s, the node could not use it", run.id, bundle.info.bundle_id)
+            log.warning("job %s: removing bundle %s, the node could not use it", job_id, bundle.info.bundle_id)
             remove_bundle(bundle.info)
 
     def close(self) -> None:

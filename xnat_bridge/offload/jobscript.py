@@ -23,12 +23,8 @@ Site settings read from the environment of the user's server:
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import os
 import shlex
-import signal
-import sys
-import threading
 from collections.abc import Mapping
 
 from .policy import ResourceRequest, format_walltime
@@ -62,31 +58,6 @@ class ClusterSpec:
                    scheduler_host=host, worker_interface=iface,
                    node_tmpdir=environ.get("XNAT_HPC_NODE_TMPDIR", "").strip() or NODE_TMP_DEFAULT,
                    death_timeout=int(environ.get("XNAT_HPC_DEATH_TIMEOUT", "").strip() or 60))
-
-
-_IMPORT_LOCK = threading.Lock()
-
-
-def load_slurm_cluster():
-    """``dask_jobqueue.SLURMCluster``, imported without its import-time side effect.
-
-    dask-jobqueue 0.9 installs ``SIGINT → sys.exit()`` when imported (its
-    ``runner`` module): that fails outside the main thread and would replace
-    the jupyter server's own Ctrl-C handling. The handler is not installed.
-    """
-    with _IMPORT_LOCK:
-        if "dask_jobqueue" not in sys.modules:
-            original = signal.signal
-
-            def keep_handlers(signum, handler):
-                return signal.getsignal(signum)
-
-            signal.signal = keep_handlers
-            try:
-                importlib.import_module("dask_jobqueue")
-            finally:
-                signal.signal = original
-    return sys.modules["dask_jobqueue"].SLURMCluster
 
 
 def node_job_dir(node_tmpdir: str) -> str:

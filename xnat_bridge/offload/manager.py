@@ -1,17 +1,24 @@
 """The user's server's offload service: :class:`OffloadManager`.
 
 One manager per server process and workspace. :meth:`OffloadManager.submit`
-validates everything synchronously (script, dataset, scope, XNAT access,
-resources, staging area) and returns a record in state STAGING; a background
-thread per job (:class:`~.runner.JobRun`) stages, submits, follows and
-collects. No call of the manager waits on Slurm or on the job, except
+validates everything synchronously (client token, resources, script, dataset,
+scope, XNAT access, staging area) and returns a record in state STAGING; a
+background thread per job (:class:`~.runner.JobRun`, built from the job's
+inputs and the manager's :class:`~.context.OffloadContext`) stages, submits,
+follows and collects. No call of the manager waits on Slurm or on the job, except
 :meth:`wait`: the jupyter-server extension can call ``list``/``get``/``logs``/
 ``cancel``/``active`` from its handlers, and should call ``submit`` in an
 executor (it reads the script, the manifest and asks XNAT once).
+
+Idempotency lives here and nowhere else: a ``client_token`` is checked
+(:func:`~.inputs.check_client_token`) and looked up by :meth:`submit_once`,
+and the registry keeps it unique when two submits race.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import os
 import socket
@@ -22,19 +29,14 @@ from pathlib import Path
 
 from .. import audit as audit_mod
 from ..errors import Conflict, InvalidRequest, NotFound
-from ..staging import manifest_sha256, user_dir
+from ..staging import AgeEngine, manifest_sha256, user_dir
 from .bundles import BundleCache
-from .inputs import check_dataset, resolve_script
+from .context import OffloadContext, job_dir
+from .inputs import check_client_token, check_dataset, resolve_script
 from .policy import OffloadPolicy, ResourceRequest
-from .registry import (
-    JobRecord,
-    JobRegistry,
-    JobState,
-    check_job_id,
-    new_job_id,
-    now_iso,
-)
-from .runner import JobRun, scancel
+from .registry import JobRecord, JobRegistry, JobState, new_job_id, now_iso
+from .runner import JobRun
+from .slurm import make_slurm_cluster, scancel
 
 log = logging.getLogger(__name__)
 
@@ -58,12 +60,31 @@ def _private_dir(path: Path) -> Path:
     return path
 
 
+@dataclasses.dataclass(frozen=True)
+class Submission:
+    """What :meth:`OffloadManager.submit_once` did: the job, and whether this call created it
+    (False: its ``client_token`` named a job submitted before)."""
+
+    record: JobRecord
+    created: bool
+
+
 class OffloadManager:
-    """Submit, follow, cancel and collect offloaded training jobs of one user."""
+    """Submit, follow, cancel and collect offloaded training jobs of one user.
+
+    *cluster_factory* builds the dask cluster of one job from ``SLURMCluster``
+    keyword arguments (default :func:`~.slurm.make_slurm_cluster`: dask-jobqueue's
+    ``SLURMCluster`` with its ``sbatch``/``scancel`` through :mod:`xnat_bridge.procs`).
+    *staging_engine* is the age engine that encrypts bundles and decrypts results in
+    this server (:mod:`xnat_bridge.staging.engine`; default: the ``age`` CLI when
+    installed, else pyrage). The worker on the compute node decrypts with its node's
+    default engine: both engines read and write the same age files.
+    """
 
     def __init__(self, connection=None, *, workspace: Path | None = None,
                  policy: OffloadPolicy | None = None, sink: audit_mod.AuditSink | None = None,
-                 root_dir: Path | None = None):
+                 root_dir: Path | None = None, cluster_factory=None,
+                 staging_engine: AgeEngine | None = None):
         self.connection = connection
         if workspace is None:
             if connection is None:
@@ -71,13 +92,18 @@ class OffloadManager:
             workspace = connection.workspace
         self.workspace = _private_dir(Path(workspace))
         self.root_dir = Path(root_dir or os.environ.get("XNAT_HPC_ROOT_DIR") or self.workspace)
-        self.policy = policy or OffloadPolicy.from_env()
+        if policy is None:  # the hub's XNAT_HPC_OFFLOAD (imported here: server_env imports offload)
+            from ..server_env import offload_from_env
+            policy = offload_from_env()
+        self.policy = policy
         self.sink = sink or (connection.sink if connection is not None
                              else audit_mod.JsonLinesSink(self.workspace / "audit.jsonl"))
         self.user = connection.user if connection is not None else (
             os.environ.get("JUPYTERHUB_USER") or os.environ.get("USER") or "unknown")
         self.registry = JobRegistry(self.workspace)
-        self.bundles = BundleCache(self.policy.staging_dir, self.user, self.audit)
+        self.bundles = BundleCache(self.policy.staging_dir, self.user, self.audit, engine=staging_engine)
+        self.cluster_factory = cluster_factory or make_slurm_cluster
+        self._context: OffloadContext | None = None
         self.owner = f"{_HOST}:{os.getpid()}:{os.urandom(6).hex()}"
         self._runs: dict[str, JobRun] = {}
         self._lock = threading.Lock()
@@ -92,14 +118,21 @@ class OffloadManager:
         except Exception:
             log.exception("audit event %s for %s could not be emitted", action, self.user)
 
-    @staticmethod
-    def items(manifest) -> list[str]:
-        return ["/".join(str(v) for v in item.values()) for item in manifest.selection]
-
     def job_dir(self, job_id: str) -> Path:
-        return self.workspace / "jobs" / check_job_id(job_id)
+        return job_dir(self.workspace, job_id)
 
-    def finished(self, run: JobRun) -> None:
+    def context(self) -> OffloadContext:
+        """The collaborators every job run of this manager gets (needs the XNAT connection)."""
+        conn = self._connection()
+        with self._lock:
+            if self._context is None or self._context.files is not conn.access:
+                self._context = OffloadContext(
+                    registry=self.registry, files=conn.access, policy=self.policy, audit=self.audit,
+                    workspace=self.workspace, bundles=self.bundles, cluster_factory=self.cluster_factory,
+                    on_finished=self._finished, engine=self.bundles.engine)
+            return self._context
+
+    def _finished(self, run: JobRun) -> None:
         with self._lock:
             if self._runs.get(run.id) is run:
                 del self._runs[run.id]
@@ -130,19 +163,31 @@ class OffloadManager:
     def submit(self, dataset: str, script: str, *, dataset_version: int | None = None, partition=None,
                cpus=None, mem=None, gpus=None, walltime=None, account=None, qos=None,
                client_token: str | None = None) -> JobRecord:
-        """Validate everything, record the job (STAGING) and continue in the background."""
+        """Validate everything, record the job (STAGING) and continue in the background.
+
+        *script* is relative to the server's root directory (or an absolute path inside it
+        or the workspace); a known *client_token* returns the job it named instead.
+        """
+        return self.submit_once(dataset, script, dataset_version=dataset_version, partition=partition,
+                                cpus=cpus, mem=mem, gpus=gpus, walltime=walltime, account=account,
+                                qos=qos, client_token=client_token).record
+
+    def submit_once(self, dataset: str, script: str, *, dataset_version: int | None = None,
+                    partition=None, cpus=None, mem=None, gpus=None, walltime=None, account=None,
+                    qos=None, client_token: str | None = None) -> Submission:
+        """:meth:`submit`, saying whether this call created the job (False: a known *client_token*)."""
         if self._closed:
             raise Conflict("this offload manager is closed")
+        check_client_token(client_token)
         if client_token is not None:
-            if not isinstance(client_token, str) or not 1 <= len(client_token) <= 128:
-                raise InvalidRequest("client_token must be a string of 1-128 characters")
             existing = self.registry.by_token(client_token)
             if existing is not None:
-                return existing
+                return Submission(existing, created=False)
         request = self.policy.check(ResourceRequest.parse(
             self.policy, partition=partition, cpus=cpus, mem=mem, gpus=gpus, walltime=walltime,
             account=account, qos=qos))
-        conn = self._connection()
+        ctx = self.context()
+        conn = self.connection
         script_obj = resolve_script(script, [self.root_dir, self.workspace])
         manifest = check_dataset(conn, dataset, dataset_version)
         udir = user_dir(self.policy.staging_dir, self.user, create=True)
@@ -157,15 +202,15 @@ class OffloadManager:
             ended=None, exit_code=None, message="staging", client_token=client_token)
         stored = self.registry.add(rec, self.owner)
         if stored.id != rec.id:  # the same client_token won a race
-            return stored
+            return Submission(stored, created=False)
         _private_dir(self.job_dir(rec.id))
-        run = JobRun(self, rec, manifest, script_obj, request)
+        run = JobRun(rec, manifest, script_obj, request, ctx)
         with self._lock:
             self._runs[rec.id] = run
         log.info("job %s of %s: dataset %s v%d, script %s, %s", rec.id, self.user, manifest.name,
                  manifest.version, script_obj.path, request)
         run.start()
-        return rec
+        return Submission(rec, created=True)
 
     def resubmit(self, job_id: str, client_token: str | None = None) -> JobRecord:
         """Submit a finished job again (same dataset version, script path and resources)."""
@@ -263,8 +308,6 @@ class OffloadManager:
         for p in sorted(out.rglob("*")):
             if p.is_file() and not p.is_symlink():
                 files.append({"name": p.relative_to(out).as_posix(), "size": p.stat().st_size})
-        import json
-
         prov_path = self.job_dir(job_id) / "provenance.json"
         provenance = json.loads(prov_path.read_text()) if prov_path.exists() else {}
         return {"path": str(out), "files": files, "provenance": provenance}

@@ -1,12 +1,16 @@
 """One offloaded job, followed in a background thread: stage → submit → run → collect.
 
-A :class:`JobRun` owns everything secret about its job — the dataset
-identity (unless the bundle is shared through the manager's in-memory bundle
+A :class:`JobRun` is built from its own inputs — the job's record, manifest,
+resolved script and resource request — and one :class:`~.context.OffloadContext`
+(registry, file access, policy, audit, workspace, bundle cache, cluster
+factory); it holds no reference to the manager. It owns everything secret about
+its job — the dataset identity (unless the bundle is shared through the bundle
 cache) and the result identity — and every temporary thing: the per-job
 ``shared_temp_directory`` with dask-jobqueue's TLS files, the dask cluster,
 the Slurm job, the encrypted results archive. Its ``finally`` removes them
-whatever the outcome. The registry record is its only output besides the
-job's directory ``<workspace>/jobs/<id>/`` (log.txt, results/, provenance.json).
+whatever the outcome and then calls the context's ``on_finished``. The registry
+record is its only output besides the job's directory ``<workspace>/jobs/<id>/``
+(log.txt, results/, provenance.json).
 """
 
 from __future__ import annotations
@@ -20,13 +24,17 @@ import threading
 import time
 from pathlib import Path
 
-from .. import procs
-from ..errors import CommandFailed, XnatHpcError
+from ..errors import SlurmError, XnatHpcError
 from ..staging import AgeIdentity, decrypt_to_directory
 from . import worker as worker_mod
-from .jobscript import ClusterSpec, cluster_options, load_slurm_cluster
+from .bundles import Bundle
+from .context import OffloadContext
+from .inputs import Script, audit_items
+from .jobscript import ClusterSpec, cluster_options
 from .keyrelease import KeyRelease
+from .policy import ResourceRequest
 from .registry import JobRecord, JobState, now_iso
+from .slurm import scancel, slurm_state, wait_gone
 
 log = logging.getLogger(__name__)
 
@@ -38,50 +46,46 @@ class Cancelled(Exception):
     """The job was cancelled (by the user, another process, or a refused key claim)."""
 
 
+class JobEnded(XnatHpcError):
+    """The job ended without results (the script failed, the node could not use the bundle, ...)."""
+
+    def __init__(self, message: str, exit_code: int | None = None):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
 def write_private(path: Path, data: bytes) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     with os.fdopen(fd, "wb") as f:
         f.write(data)
 
 
-def slurm_state(slurm_job_id: str) -> str | None:
-    """The job's Slurm state (``RUNNING``, ``COMPLETED``, ...) or None when Slurm forgot it."""
-    try:
-        out = procs.run(["squeue", "-h", "-j", slurm_job_id, "-o", "%T"], timeout=20).stdout.strip()
-    except CommandFailed:
-        return None
-    return out.splitlines()[0].strip() if out else None
+class CancellableReader:
+    """A file object whose reads stop with the job's cancellation (*check_cancel* raises)."""
 
+    def __init__(self, src, check_cancel):
+        self._src, self._check_cancel = src, check_cancel
 
-def wait_gone(slurm_job_id: str | None, timeout: float = 30) -> bool:
-    """Wait until Slurm no longer lists the job as pending/running (its traps have run)."""
-    deadline = time.monotonic() + timeout
-    while slurm_job_id and time.monotonic() < deadline:
-        if slurm_state(slurm_job_id) in (None, "COMPLETED", "CANCELLED", "FAILED", "TIMEOUT",
-                                         "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE", "PREEMPTED"):
-            return True
-        time.sleep(0.2)
-    return not slurm_job_id
+    def read(self, n: int = -1) -> bytes:
+        self._check_cancel()
+        return self._src.read(n)
 
-
-def scancel(slurm_job_id: str | None) -> None:
-    if slurm_job_id:
-        try:
-            procs.run(["scancel", str(slurm_job_id)], timeout=30)
-        except CommandFailed as e:
-            log.warning("scancel %s failed: %s", slurm_job_id, e.message)
+    def close(self) -> None:
+        self._src.close()
 
 
 class JobRun:
     """The background life of one job (see the module docstring)."""
 
-    def __init__(self, manager, record: JobRecord, manifest, script, request):
-        self.m = manager
+    def __init__(self, record: JobRecord, manifest, script: Script, request: ResourceRequest,
+                 ctx: OffloadContext):
+        self.ctx = ctx
         self.id = record.id
+        self.manifest_sha = record.manifest_sha256
         self.manifest = manifest
         self.script = script
         self.request = request
-        self.job_dir = manager.job_dir(record.id)
+        self.job_dir = ctx.job_dir(record.id)
         self.cancel_event = threading.Event()
         self.fail_reason: str | None = None
         self.cluster = None
@@ -91,14 +95,14 @@ class JobRun:
         self.tls_dir: str | None = None
         self.results_archive: Path | None = None
         self.result_identity = AgeIdentity.generate()
-        self.bundle = None
+        self.bundle: Bundle | None = None
         self.bundle_suspect = False  # the node could not use the bundle: do not reuse it
         self._log_lock = threading.Lock()
         self.thread = threading.Thread(target=self._main, name=f"offload-{record.id}", daemon=True)
 
     # -- helpers ---------------------------------------------------------------
     def update(self, **fields) -> JobRecord:
-        return self.m.registry.update(self.id, **fields)
+        return self.ctx.registry.update(self.id, **fields)
 
     def append_log(self, text: str) -> None:
         with self._log_lock:
@@ -111,7 +115,7 @@ class JobRun:
     def check_cancel(self) -> None:
         if self.cancel_event.is_set():
             raise Cancelled(self.fail_reason or "cancelled by user")
-        rec = self.m.registry.get(self.id)
+        rec = self.ctx.registry.get(self.id)
         if rec.terminal:  # cancelled from another process (CLI)
             self.cancel_event.set()
             raise Cancelled(rec.message or f"job {rec.state.value} elsewhere")
@@ -127,7 +131,8 @@ class JobRun:
 
     def _main(self) -> None:
         try:
-            bundle = self.m.bundles.obtain(self)
+            bundle = self.bundle = self.ctx.bundles.obtain(self.id, self.manifest, self.script, self._open,
+                                                           report=lambda message: self.update(message=message))
             self.check_cancel()
             self._submit(bundle)
             result = self._follow(bundle)
@@ -146,20 +151,22 @@ class JobRun:
         finally:
             self._cleanup()
 
-    def _submit(self, bundle) -> None:
-        SLURMCluster = load_slurm_cluster()
+    def _open(self, f):
+        return CancellableReader(self.ctx.files.open(f.ref()), self.check_cancel)
+
+    def _submit(self, bundle: Bundle) -> None:
         staging_user_dir = Path(bundle.info.path).parent
         self.tls_dir = tempfile.mkdtemp(prefix=f".tls-{self.id}-", dir=staging_user_dir)
         os.chmod(self.tls_dir, 0o700)
         slurm_logs = self.job_dir / "slurm"
         slurm_logs.mkdir(mode=0o700, exist_ok=True)
-        spec = ClusterSpec.from_env(self.id, self.request, self.m.policy.exclusive, self.tls_dir,
+        spec = ClusterSpec.from_env(self.id, self.request, self.ctx.policy.exclusive, self.tls_dir,
                                     str(slurm_logs))
         self.key = KeyRelease(self.id, bundle.identity, lambda: self.slurm_job_id,
                               self._key_released, self._key_refused)
         self.update(state=JobState.QUEUED, message="submitting to Slurm")
         try:
-            self.cluster = SLURMCluster(**cluster_options(spec))
+            self.cluster = self.ctx.cluster_factory(**cluster_options(spec))
             self.cluster.scheduler.handlers[worker_mod.CLAIM_HANDLER] = self.key.handler
             # scale(1) by hand, so that an sbatch failure is raised here (scale() only logs it)
             self.cluster.worker_spec.update(self.cluster.new_worker_spec())
@@ -169,40 +176,36 @@ class JobRun:
             detail = str(e).strip().splitlines()
             reason = next((ln for ln in reversed(detail) if "sbatch" in ln.lower() or "error" in ln.lower()),
                           detail[-1] if detail else type(e).__name__)
-            self.m.audit("submit", "failed", detail=f"job {self.id}: {reason}"[:500])
-            raise _SubmitFailed(f"Slurm did not accept the job: {reason.strip()}. Nothing ran; "
-                                "submit it again when Slurm is back (the staged bundle is reused)") from None
+            self.ctx.audit("submit", "failed", detail=f"job {self.id}: {reason}"[:500])
+            raise SlurmError(f"Slurm did not accept the job: {reason.strip()}. Nothing ran; "
+                             "submit it again when Slurm is back (the staged bundle is reused)") from None
         self.slurm_job_id = next((j for j in jobs if j), None)
         if not self.slurm_job_id:
-            raise _SubmitFailed("Slurm did not return a job id; submit the job again")
+            raise SlurmError("Slurm did not return a job id; submit the job again")
         self.update(slurm_job_id=self.slurm_job_id,
                     message=f"queued as Slurm job {self.slurm_job_id} on partition {self.request.partition}")
-        self.m.audit("submit", items=self.m.items(self.manifest), files=len(self.manifest.files),
-                     bytes=self.manifest.total_size, hashes={"manifest": bundle.info.manifest_sha256,
-                                                             "script": self.script.sha256},
-                     detail=f"job {self.id} slurm {self.slurm_job_id} partition {self.request.partition}")
+        self.ctx.audit("submit", items=audit_items(self.manifest), files=len(self.manifest.files),
+                       bytes=self.manifest.total_size, hashes={"manifest": bundle.info.manifest_sha256,
+                                                               "script": self.script.sha256},
+                       detail=f"job {self.id} slurm {self.slurm_job_id} partition {self.request.partition}")
 
     def _key_released(self, slurm_job_id: str) -> None:
         self.update(state=JobState.RUNNING, started=now_iso(),
                     message=f"running as Slurm job {slurm_job_id}")
-        self.m.audit("key_release", hashes={"manifest": self.manifest_sha},
-                     detail=f"job {self.id} slurm {slurm_job_id}")
+        self.ctx.audit("key_release", hashes={"manifest": self.manifest_sha},
+                       detail=f"job {self.id} slurm {slurm_job_id}")
 
     def _key_refused(self, slurm_job_id: str, reason: str) -> None:
-        self.m.audit("key_release", "denied", hashes={"manifest": self.manifest_sha},
-                     detail=f"job {self.id}: {reason}")
+        self.ctx.audit("key_release", "denied", hashes={"manifest": self.manifest_sha},
+                       detail=f"job {self.id}: {reason}")
         self.cancel(f"security: {reason}; the job was stopped")
-
-    @property
-    def manifest_sha(self) -> str:
-        return self.m.registry.get(self.id).manifest_sha256
 
     def _log_event(self, event) -> None:
         _time, msg = event
         if isinstance(msg, dict) and msg.get("job") == self.id and isinstance(msg.get("text"), str):
             self.append_log(msg["text"])
 
-    def _follow(self, bundle) -> dict:
+    def _follow(self, bundle: Bundle) -> dict:
         from distributed import Client
 
         self.client = Client(self.cluster, set_as_default=False)
@@ -221,9 +224,9 @@ class JobRun:
                 if self.fail_reason is None and slurm_state(self.slurm_job_id) is None:
                     time.sleep(1.0)  # the result may be on its way
                     if not fut.done():
-                        raise _Ended(f"Slurm job {self.slurm_job_id} ended before the script finished "
-                                     "(walltime, node failure or scancel); see "
-                                     f"{self.job_dir / 'slurm'}")
+                        raise JobEnded(f"Slurm job {self.slurm_job_id} ended before the script finished "
+                                       "(walltime, node failure or scancel); see "
+                                       f"{self.job_dir / 'slurm'}")
             time.sleep(POLL)
         self.check_cancel()
         try:
@@ -231,23 +234,24 @@ class JobRun:
         except Exception as e:  # noqa: BLE001 - whatever failed on the node fails the job
             self.bundle_suspect = True
             if isinstance(e, worker_mod.KeyRefused):
-                raise _Ended(f"the worker did not get the dataset key: {e}") from None
+                raise JobEnded(f"the worker did not get the dataset key: {e}") from None
             if isinstance(e, XnatHpcError):
-                raise _Ended(f"on the node: {e.message}") from None
-            raise _Ended(f"on the node: {type(e).__name__}: {e}") from None
+                raise JobEnded(f"on the node: {e.message}") from None
+            raise JobEnded(f"on the node: {type(e).__name__}: {e}") from None
 
     def _collect(self, result: dict) -> None:
         rc = int(result["exit_code"])
         if rc != 0:
             tail = "".join(result.get("tail") or []).strip()[-1500:]
-            raise _Ended(f"the script exited with code {rc}" + (f"; last output:\n{tail}" if tail else ""),
-                         exit_code=rc)
+            raise JobEnded(f"the script exited with code {rc}" + (f"; last output:\n{tail}" if tail else ""),
+                           exit_code=rc)
         self.update(state=JobState.COLLECTING, exit_code=0, message="decrypting results")
         out = self.job_dir / "results"
         if out.exists():
             shutil.rmtree(out)
-        listing = decrypt_to_directory(self.results_archive, self.result_identity, out)
-        rec = self.m.registry.get(self.id)
+        listing = decrypt_to_directory(self.results_archive, self.result_identity, out,
+                                       engine=self.ctx.engine)
+        rec = self.ctx.registry.get(self.id)
         ended = now_iso()
         prov = {
             "format": "xnat-hpc-provenance", "format_version": 1,
@@ -261,17 +265,17 @@ class JobRun:
             "results": listing["files"],
         }
         write_private(self.job_dir / "provenance.json", json.dumps(prov, indent=1, sort_keys=True).encode())
-        self.m.audit("result_retrieve", items=self.m.items(self.manifest), files=len(listing["files"]),
-                     bytes=sum(f["size"] for f in listing["files"]),
-                     hashes={"manifest": rec.manifest_sha256, "script": rec.script_sha256},
-                     detail=f"job {self.id} slurm {self.slurm_job_id}")
+        self.ctx.audit("result_retrieve", items=audit_items(self.manifest), files=len(listing["files"]),
+                       bytes=sum(f["size"] for f in listing["files"]),
+                       hashes={"manifest": rec.manifest_sha256, "script": rec.script_sha256},
+                       detail=f"job {self.id} slurm {self.slurm_job_id}")
         self.update(state=JobState.DONE, exit_code=0, ended=ended,
                     message=f"done: {len(listing['files'])} result file(s)")
 
     def _cleanup(self) -> None:
         if self.key is not None:
             self.key.forget()
-        if self.m.registry.get(self.id).state != JobState.DONE:
+        if self.ctx.registry.get(self.id).state != JobState.DONE:
             scancel(self.slurm_job_id)  # stop the node first: its script and worker end now
         for closer in (self.client, self.cluster):
             if closer is not None:
@@ -290,16 +294,7 @@ class JobRun:
                     os.unlink(p)
                 except FileNotFoundError:
                     pass
-        self.m.bundles.release(self)
-        self.m.finished(self)
-
-
-class _SubmitFailed(XnatHpcError):
-    status = 502
-    reason = "slurm_error"
-
-
-class _Ended(XnatHpcError):
-    def __init__(self, message: str, exit_code: int | None = None):
-        super().__init__(message)
-        self.exit_code = exit_code
+        if self.bundle is not None:
+            bundle, self.bundle = self.bundle, None
+            self.ctx.bundles.release(bundle, drop=self.bundle_suspect, job_id=self.id)
+        self.ctx.on_finished(self)

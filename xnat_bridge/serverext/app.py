@@ -7,8 +7,11 @@ are traits (``c.XnatHpcExtension.…`` in ``jupyter_server_config.py``):
 * ``connection_factory`` — builds the user's XNAT
   :class:`~xnat_bridge.connection.Connection` (default :func:`xnat_bridge.connect`,
   from ``XNAT_HOST``/``XNAT_USER``/``XNAT_PASS``/``XNAT_HPC_SCOPE``);
-* ``manager_class`` — the offload manager (default
-  :class:`xnat_bridge.offload.manager.OffloadManager`);
+* ``manager_class`` — the offload manager, :class:`xnat_bridge.offload.manager.OffloadManager`
+  or a subclass (``Type`` trait), shared by the handlers through :class:`.state.ServerState`;
+* ``staging_engine`` — the age engine that encrypts bundles and decrypts
+  results in this server (``auto``, ``age-cli``, ``pyrage``;
+  :mod:`xnat_bridge.staging.engine`);
 * ``workspace`` — datasets, jobs, audit log (default ``XNAT_HPC_WORKSPACE`` or
   ``~/xnat-hpc``).
 
@@ -27,8 +30,10 @@ from pathlib import Path
 
 from jupyter_server.extension.application import ExtensionApp
 from jupyter_server.utils import import_item
-from traitlets import Any, Float, TraitError, Type, Unicode, default, validate
+from traitlets import Any, CaselessStrEnum, Float, TraitError, Type, Unicode, default, validate
 
+from ..offload.manager import OffloadManager
+from ..staging import ENGINE_NAMES, engine_by_name
 from .handlers import url_handlers
 from .state import ServerState
 
@@ -57,16 +62,26 @@ class XnatHpcExtension(ExtensionApp):
     ).tag(config=True)
 
     manager_class = Type(
-        default_value=None,
-        allow_none=True,
-        klass=object,
-        help="""Offload manager class (or its dotted import name), instantiated once per
-        server on the first job request as manager_class(connection, workspace=PATH,
-        policy=OffloadPolicy). None (the default) means
-        xnat_bridge.offload.manager.OffloadManager, imported only then, so the server
-        starts even where the offload layer cannot be imported.
+        default_value=OffloadManager,
+        klass=OffloadManager,
+        help="""Offload manager class (or its dotted import name): OffloadManager or a
+        subclass of it. Instantiated once per server, on the first job request, as
+        manager_class(connection, workspace=PATH, policy=OffloadPolicy, root_dir=PATH,
+        staging_engine=AgeEngine) — root_dir is the server's root directory, which job
+        script paths are relative to. Example: c.XnatHpcExtension.manager_class = "mysite.offload.AuditedManager".
         It owns the dask scheduler of the user's jobs, so the server stays alive
         (and reports activity to the hub) while they run.""",
+    ).tag(config=True)
+
+    staging_engine = CaselessStrEnum(
+        ENGINE_NAMES,
+        default_value="auto",
+        help="""The age engine that encrypts dataset bundles into the staging area and
+        decrypts results in this server: "age-cli" (the age command-line tool in a child
+        process, so encryption runs on a second core; needs the Debian package age),
+        "pyrage" (in-process, no extra package), or "auto" (age-cli when age is on PATH,
+        else pyrage). Both write the same age v1 files. Example:
+        c.XnatHpcExtension.staging_engine = "pyrage".""",
     ).tag(config=True)
 
     workspace = Unicode(
@@ -104,7 +119,8 @@ class XnatHpcExtension(ExtensionApp):
     def initialize_settings(self):
         self.state = ServerState(self.connection_factory, self.manager_class,
                                  Path(self.workspace).expanduser(), self.serverapp.root_dir,
-                                 needs_env=self.connection_factory is _default_connect)
+                                 needs_env=self.connection_factory is _default_connect,
+                                 staging_engine=engine_by_name(self.staging_engine))
         self.submit_lock = asyncio.Lock()
         self._activity_task: asyncio.Task | None = None
         self.log.info("xnat-hpc: REST API at %sxnat-hpc/api/ (workspace %s)",

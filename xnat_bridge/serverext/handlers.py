@@ -240,27 +240,18 @@ class JobsHandler(XnatHpcHandler):
     @endpoint
     async def post(self):
         req = views.parse_job_body(self.json_body())
-        token = req.get("client_token")
-        # one submit at a time per server: a double-clicked Submit with the same client_token
-        # then gets the first job and status 200, never a second job
+        # the manager checks every value (script, resources, dataset) and the client_token;
+        # one submit at a time per server keeps staging-space checks and submits in order
         async with self.extensionapp.submit_lock:
-            def work():
-                views.resolve_script(self.root_dir, req["script"])  # 400 naming the problem
-                manager = self.state.manager()
-                if token is not None:
-                    for job in manager.list():
-                        if job.client_token == token:
-                            return job, False
-                job = manager.submit(
-                    req["dataset"], req["script"], dataset_version=req.get("dataset_version"),
-                    partition=req.get("partition"), cpus=req.get("cpus"), mem=req.get("memory"),
-                    gpus=req.get("gpus"), walltime=req.get("walltime"), client_token=token)
-                return job, True
-
-            job, created = await self.blocking(work)
+            done = await self.blocking(lambda: self.state.manager().submit_once(
+                req["dataset"], req["script"], dataset_version=req.get("dataset_version"),
+                partition=req.get("partition"), cpus=req.get("cpus"), mem=req.get("memory"),
+                gpus=req.get("gpus"), walltime=req.get("walltime"),
+                client_token=req.get("client_token")))
+        job = done.record
         log.info("xnat-hpc: job %s %s for %s (dataset %s, script %s)", job.id,
-                 "submitted" if created else "already exists", job.user, job.dataset, job.script)
-        self.reply(job.to_json(), status=202 if created else 200)
+                 "submitted" if done.created else "already exists", job.user, job.dataset, job.script)
+        self.reply(job.to_json(), status=202 if done.created else 200)
 
 
 class JobHandler(XnatHpcHandler):

@@ -10,7 +10,6 @@ the handlers (see :meth:`handlers.XnatHpcHandler.blocking`).
 
 from __future__ import annotations
 
-import inspect
 import logging
 import os
 import threading
@@ -19,6 +18,9 @@ from pathlib import Path
 
 from ..datasets import DatasetStore
 from ..errors import XnatUnavailable
+from ..offload.manager import OffloadManager
+from ..server_env import host_from_env, offload_from_env
+from ..staging import AgeEngine
 
 log = logging.getLogger(__name__)
 
@@ -29,20 +31,24 @@ class ServerState:
     """Lazily created Connection, OffloadManager and policy for one server process.
 
     *connection_factory* is called as ``factory(workspace=...)`` and returns a
-    Connection; *manager_class* is called as ``manager_class(connection,
-    workspace=..., policy=...)`` (plus ``root_dir=`` when it accepts one: the
-    directory client script paths are relative to). *needs_env* says whether the factory reads
+    Connection; *manager_class* (:class:`~xnat_bridge.offload.manager.OffloadManager`
+    or a subclass) is called as ``manager_class(connection, workspace=...,
+    policy=..., root_dir=..., staging_engine=...)``, *root_dir* being the directory
+    client script paths are relative to, *staging_engine* the age engine
+    (None: the default). *needs_env* says whether the factory reads
     ``XNAT_HOST`` (the default :func:`xnat_bridge.connect` does): then a missing
     ``XNAT_HOST`` is reported as 503 without trying.
     """
 
-    def __init__(self, connection_factory: Callable, manager_class, workspace: str | Path,
-                 root_dir: str | Path, *, needs_env: bool = True):
+    def __init__(self, connection_factory: Callable, manager_class: type[OffloadManager],
+                 workspace: str | Path, root_dir: str | Path, *, needs_env: bool = True,
+                 staging_engine: AgeEngine | None = None):
         self.connection_factory = connection_factory
         self.manager_class = manager_class
         self.workspace = Path(workspace)
         self.root_dir = Path(root_dir)
         self.needs_env = needs_env
+        self.staging_engine = staging_engine
         self._lock = threading.Lock()
         self._connection = None
         self._manager = None
@@ -53,25 +59,21 @@ class ServerState:
         """The user's Connection (created on first use; XnatUnavailable when not configured)."""
         with self._lock:
             if self._connection is None:
-                if self.needs_env and not os.environ.get("XNAT_HOST"):
+                if self.needs_env and not host_from_env():
                     raise XnatUnavailable(NOT_CONFIGURED)
                 self._connection = self.connection_factory(workspace=self.workspace)
                 log.info("xnat-hpc: connected to %s as %s (workspace %s)",
                          self._connection.client.host, self._connection.user, self.workspace)
             return self._connection
 
-    def manager(self):
+    def manager(self) -> OffloadManager:
         """The offload manager (created on first use, on top of :meth:`connection`)."""
         conn = self.connection()
         with self._lock:
             if self._manager is None:
-                cls = self.manager_class
-                if cls is None:
-                    from ..offload.manager import OffloadManager as cls
-                kwargs = {"workspace": self.workspace, "policy": self._load_policy()}
-                if "root_dir" in inspect.signature(cls).parameters:
-                    kwargs["root_dir"] = self.root_dir  # scripts are relative to the root dir
-                self._manager = cls(conn, **kwargs)
+                self._manager = self.manager_class(conn, workspace=self.workspace,
+                                                   policy=self._load_policy(), root_dir=self.root_dir,
+                                                   staging_engine=self.staging_engine)
                 log.info("xnat-hpc: offload manager ready for %s", conn.user)
             return self._manager
 
@@ -80,9 +82,7 @@ class ServerState:
 
     def _load_policy(self):
         if self._policy is None:
-            from ..offload.policy import OffloadPolicy
-
-            self._policy = OffloadPolicy.from_env()
+            self._policy = offload_from_env()
         return self._policy
 
     def policy(self):

@@ -24,7 +24,6 @@ SCRIPT_LIMIT = 500
 _SKIP_DIRS = {"__pycache__", "node_modules", "site-packages"}
 
 JOB_ID_RE = re.compile(r"^j[0-9a-f]{12}$")
-CLIENT_TOKEN_RE = re.compile(r"^[A-Za-z0-9_.:\-]{1,128}$")
 _JOB_FIELDS = {"dataset": str, "dataset_version": int, "script": str, "partition": str,
                "cpus": int, "memory": (str, int), "gpus": int, "walltime": (str, int),
                "client_token": str}
@@ -120,41 +119,6 @@ def parse_dataset_body(body) -> tuple[str, list]:
 
 # -- scripts --------------------------------------------------------------------
 
-def resolve_script(root_dir: str | Path, rel: str) -> Path:
-    """The real path of script *rel* (relative to *root_dir*), or InvalidRequest saying why not.
-
-    Refused: non-strings, empty, absolute paths, ``..`` segments, NUL, paths
-    that are not ``.py``, missing files, non-regular files, and symlinks (at
-    any level) that lead outside *root_dir*.
-    """
-    if not isinstance(rel, str) or not rel.strip():
-        raise InvalidRequest("script must be a path relative to the server's root directory",
-                             item="script")
-    item = rel[:200]
-    if "\x00" in rel or "\\" in rel:
-        raise InvalidRequest(f"script path {item!r} contains a NUL or backslash", item=item)
-    if rel.startswith(("/", "~")):
-        raise InvalidRequest(f"script path {item!r} is absolute; give it relative to the "
-                             "server's root directory", item=item)
-    if ".." in rel.split("/"):
-        raise InvalidRequest(f"script path {item!r} contains '..'; it must stay inside the "
-                             "server's root directory", item=item)
-    if not rel.endswith(".py"):
-        raise InvalidRequest(f"script {item!r} is not a Python file (.py)", item=item)
-    root = Path(os.path.realpath(root_dir))
-    path = root / rel
-    if not os.path.lexists(path):
-        raise InvalidRequest(f"script {item!r} does not exist in the server's root directory",
-                             item=item)
-    real = Path(os.path.realpath(path))
-    if root not in real.parents:
-        raise InvalidRequest(f"script {item!r} is a link that leads outside the server's root "
-                             "directory", item=item)
-    if not real.is_file():
-        raise InvalidRequest(f"script {item!r} is not a regular file", item=item)
-    return real
-
-
 def list_scripts(root_dir: str | Path, *, depth: int = SCRIPT_DEPTH, limit: int = SCRIPT_LIMIT,
                  skip: tuple[str | Path, ...] = ()) -> list[dict]:
     """``.py`` files under *root_dir* (in directories at most *depth* levels down), sorted.
@@ -188,7 +152,13 @@ def list_scripts(root_dir: str | Path, *, depth: int = SCRIPT_DEPTH, limit: int 
 # -- jobs ---------------------------------------------------------------------
 
 def parse_job_body(body) -> dict:
-    """Validate ``POST jobs`` (types only; the manager checks values against the policy)."""
+    """Validate the shape of ``POST jobs``: a JSON object, known fields, JSON types.
+
+    Values are the manager's to check (:meth:`OffloadManager.submit_once`): the
+    resources against the policy, the script with the one resolver
+    (:func:`xnat_bridge.offload.inputs.resolve_script`), the client_token's syntax
+    and whether it names a job already.
+    """
     if not isinstance(body, dict):
         raise InvalidRequest('the body must be a JSON object {"dataset": ..., "script": ...}')
     unknown = set(body) - set(_JOB_FIELDS)
@@ -207,10 +177,6 @@ def parse_job_body(body) -> dict:
             want = names.replace("str", "a string").replace("int", "an integer")
             raise InvalidRequest(f"{key} must be {want}, got {value!r}", item=key)
         out[key] = value
-    token = out.get("client_token")
-    if token is not None and not CLIENT_TOKEN_RE.match(token):
-        raise InvalidRequest("client_token must be 1-128 letters, digits, '_', '.', ':' or '-'",
-                             item="client_token")
     return out
 
 

@@ -1,0 +1,117 @@
+"""Every Slurm command of the offload layer, through the project's gateway :mod:`xnat_bridge.procs`.
+
+* :func:`slurm_state`, :func:`wait_gone`, :func:`scancel` — what the server
+  asks Slurm about one job (``squeue``, ``scancel``);
+* :func:`make_slurm_cluster` — the default cluster factory of
+  :class:`~.context.OffloadContext`: dask-jobqueue's ``SLURMCluster`` whose
+  job class runs ``sbatch`` and ``scancel`` through :func:`procs.arun`
+  instead of its own ``Job._call``;
+* :func:`load_slurm_cluster` — ``dask_jobqueue.SLURMCluster``, imported
+  without its import-time side effect.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import signal
+import sys
+import threading
+import time
+
+from .. import procs
+from ..errors import CommandFailed
+
+log = logging.getLogger(__name__)
+
+#: seconds one ``sbatch``/``scancel`` of dask-jobqueue may take (slurmctld retries while it is down)
+SLURM_COMMAND_TIMEOUT = 120
+_ENDED = ("COMPLETED", "CANCELLED", "FAILED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL",
+          "DEADLINE", "PREEMPTED")
+_IMPORT_LOCK = threading.Lock()
+_JOB_CLASS = None
+
+
+def slurm_state(slurm_job_id: str) -> str | None:
+    """The job's Slurm state (``RUNNING``, ``COMPLETED``, ...) or None when Slurm forgot it."""
+    try:
+        out = procs.run(["squeue", "-h", "-j", slurm_job_id, "-o", "%T"], timeout=20).stdout.strip()
+    except CommandFailed:
+        return None
+    return out.splitlines()[0].strip() if out else None
+
+
+def wait_gone(slurm_job_id: str | None, timeout: float = 30) -> bool:
+    """Wait until Slurm no longer lists the job as pending/running (its traps have run)."""
+    deadline = time.monotonic() + timeout
+    while slurm_job_id and time.monotonic() < deadline:
+        if slurm_state(slurm_job_id) in (None, *_ENDED):
+            return True
+        time.sleep(0.2)
+    return not slurm_job_id
+
+
+def scancel(slurm_job_id: str | None) -> None:
+    """``scancel`` the job (nothing without an id); a failure is logged, never raised."""
+    if slurm_job_id:
+        try:
+            procs.run(["scancel", str(slurm_job_id)], timeout=30)
+        except CommandFailed as e:
+            log.warning("scancel %s failed: %s", slurm_job_id, e.message)
+
+
+def load_slurm_cluster():
+    """``dask_jobqueue.SLURMCluster``, imported without its import-time side effect.
+
+    dask-jobqueue 0.9 installs ``SIGINT → sys.exit()`` when imported (its
+    ``runner`` module): that fails outside the main thread and would replace
+    the jupyter server's own Ctrl-C handling. The handler is not installed.
+    """
+    with _IMPORT_LOCK:
+        if "dask_jobqueue" not in sys.modules:
+            original = signal.signal
+
+            def keep_handlers(signum, handler):
+                return signal.getsignal(signum)
+
+            signal.signal = keep_handlers
+            try:
+                importlib.import_module("dask_jobqueue")
+            finally:
+                signal.signal = original
+    return sys.modules["dask_jobqueue"].SLURMCluster
+
+
+def gateway_job_class():
+    """dask-jobqueue's ``SLURMJob`` with ``sbatch``/``scancel`` run by :func:`procs.arun`.
+
+    dask-jobqueue's contract for ``Job._call`` is kept: it returns stdout and
+    raises ``RuntimeError`` (with the exit code, command, stdout and stderr,
+    as dask-jobqueue words it) when the command fails — ``Job._close_job``
+    suppresses exactly that for a job that is already gone.
+    """
+    global _JOB_CLASS
+    base = load_slurm_cluster().job_cls
+    with _IMPORT_LOCK:
+        if _JOB_CLASS is None:
+            class GatewaySLURMJob(base):
+                @staticmethod
+                async def _call(cmd, *, shell=False, **kwargs):
+                    if shell or kwargs:
+                        raise ValueError("the offload layer runs Slurm commands as argument lists only")
+                    try:
+                        proc = await procs.arun(cmd, timeout=SLURM_COMMAND_TIMEOUT)
+                    except CommandFailed as e:
+                        raise RuntimeError(
+                            "Command exited with non-zero exit code.\n"
+                            f"Exit code: {e.returncode}\nCommand:\n{' '.join(e.cmd)}\n"
+                            f"stdout:\n{e.stdout}\nstderr:\n{e.stderr}\n") from None
+                    return proc.stdout
+
+            _JOB_CLASS = GatewaySLURMJob
+        return _JOB_CLASS
+
+
+def make_slurm_cluster(**options):
+    """A ``SLURMCluster(**options)`` whose Slurm commands go through :mod:`xnat_bridge.procs`."""
+    return load_slurm_cluster()(job_cls=gateway_job_class(), **options)
