@@ -1,8 +1,14 @@
 # Example JupyterHub configuration for a site running xnat-hpc-hub.
-# `xnat-hpc-hub demo` writes its own variant of this file (hub_ext/demo.py: hub_config).
+# `xnat-hpc-hub demo` writes its own variant of this file (devstack/demo.py: hub_config).
 # Every option below is documented in docs/admin.md; check the profiles with
 #   xnat-hpc-hub check-config /etc/xnat-hpc-hub/profiles.yaml
+from hub_ext.handlers import xnat_hpc_handlers
+
 c = get_config()  # noqa
+
+# The hub's own pages and APIs: /hub/xnat-hpc/owner (project owners' audit page) and
+# /hub/api/xnat-hpc/bootstrap (Slurm servers fetch their secrets; Slurm starts fail without it).
+c.JupyterHub.extra_handlers = xnat_hpc_handlers()
 
 # Log in with XNAT credentials (or an XNAT alias token); the hub keeps an alias token per
 # user in encrypted auth_state: set JUPYTERHUB_CRYPT_KEY (openssl rand -hex 32) for the hub.
@@ -15,7 +21,7 @@ c.JupyterHub.spawner_class = "xnat"
 c.JupyterHub.allow_named_servers = True            # one server per scope is natural
 c.XnatScopedSpawner.profiles_file = "/etc/xnat-hpc-hub/profiles.yaml"
 c.XnatScopedSpawner.xnat_data_root = "/data/xnat/archive"   # XNAT's archivePath as the hub sees it
-c.XnatScopedSpawner.audit_log = "/var/log/xnat-hpc-hub/audit.jsonl"
+c.HubAuditLog.path = "/var/log/xnat-hpc-hub/audit.jsonl"   # every spawn, allowed or denied
 
 # Slurm backend: node names must be reachable from the hub's proxy, or set an address.
 # c.XnatSlurmSpawner.server_host = ""

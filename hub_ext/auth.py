@@ -24,11 +24,11 @@ from __future__ import annotations
 import re
 
 from jupyterhub.auth import Authenticator
-from tornado import web
 from traitlets import Bool, Float, Unicode, default, validate
 
 from xnat_bridge.errors import AuthenticationFailed, PermissionDenied, TokenExpired, XnatUnavailable
 
+from .errors import http_error, login_error, misconfigured
 from .xnat_api import AliasToken, XnatHubClient, token_is_expiring
 
 #: XNAT login names: letters, digits and ``_ - . @`` (alias tokens are UUIDs, which fit)
@@ -111,16 +111,9 @@ class XnatAuthenticator(Authenticator):
     @property
     def client(self) -> XnatHubClient:
         if not self.xnat_url:
-            raise web.HTTPError(500, "XnatAuthenticator.xnat_url is not configured")
+            raise misconfigured("XnatAuthenticator.xnat_url is not configured", logger=self.log)
         return XnatHubClient(self.xnat_url, timeout=self.request_timeout,
                              validate_cert=self.validate_cert)
-
-    def _unavailable(self, exc: XnatUnavailable) -> web.HTTPError:
-        self.log.error("XNAT unavailable: %s", exc.message)
-        return web.HTTPError(
-            503, "XNAT is not reachable at the moment, so nobody can log in. "
-            "Please try again in a few minutes."
-        )
 
     async def authenticate(self, handler, data):
         username = (data or {}).get("username", "").strip()
@@ -139,16 +132,14 @@ class XnatAuthenticator(Authenticator):
             self.log.warning("login refused by XNAT for %r", username)
             return None
         except XnatUnavailable as e:
-            raise self._unavailable(e) from None
+            raise login_error(e, logger=self.log) from None
         if not self._role_ok(roles):
             await client.invalidate_token(token)
             self.log.warning("login refused for %r: lacks XNAT role %r", xnat_user,
                              self.required_role)
-            raise web.HTTPError(
-                403,
+            raise http_error(PermissionDenied(
                 f"Your XNAT account does not have the '{self.required_role}' role that "
-                "this hub requires. Ask your XNAT administrator to grant it.",
-            )
+                "this hub requires. Ask your XNAT administrator to grant it."))
         self.log.info("XNAT login ok for %r (roles %s)", xnat_user, roles)
         return {
             "name": xnat_user,

@@ -11,7 +11,9 @@ unused and issued for exactly that Slurm job, records the server's port (this
 replaces batchspawner's ``/api/batchspawner`` handler, which sets *any*
 attribute a job sends), and answers the secrets once. A second claim, a wrong
 job id or an expired code is refused and logged; a code seen later in
-Slurm's state is worthless.
+Slurm's state is worthless. The route is installed with the hub's other routes
+by ``c.JupyterHub.extra_handlers`` (:mod:`hub_ext.handlers`); without it Slurm
+servers cannot start, and the Slurm backend says so at start.
 """
 
 from __future__ import annotations
@@ -26,8 +28,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from jupyterhub.apihandlers import APIHandler, default_handlers
-from tornado import web
+from jupyterhub.apihandlers import APIHandler
+
+from xnat_bridge.errors import InvalidRequest, PermissionDenied
+
+from .errors import map_errors
 
 log = logging.getLogger(__name__)
 
@@ -107,14 +112,15 @@ class BootstrapHandler(APIHandler):
     def check_xsrf_cookie(self):  # no cookie is involved: the one-time code authenticates
         return
 
+    @map_errors
     async def post(self):
         try:
             body = json.loads(self.request.body or b"{}")
             code, job_id, port = str(body["code"]), str(body["job_id"]), int(body["port"])
         except (ValueError, KeyError, TypeError):
-            raise web.HTTPError(400, "expected JSON {code, job_id, port}") from None
+            raise InvalidRequest("expected JSON {code, job_id, port}") from None
         if not 1024 <= port <= 65535 or not job_id.isdigit():
-            raise web.HTTPError(400, "port must be 1024-65535 and job_id a Slurm job id")
+            raise InvalidRequest("port must be 1024-65535 and job_id a Slurm job id")
         try:
             for _ in range(100):  # up to ~10 s for sbatch's answer to reach the hub
                 try:
@@ -127,13 +133,9 @@ class BootstrapHandler(APIHandler):
         except PermissionError as exc:
             log.warning("refused server bootstrap from %s for Slurm job %s: %s",
                         self.request.remote_ip, job_id, exc)
-            raise web.HTTPError(403, "bootstrap refused") from None
+            raise PermissionDenied("bootstrap refused") from None
         spawner.port = port
         log.info("Slurm job %s of %s claimed its secrets; server port %s", job_id,
                  getattr(spawner, "_log_name", "?"), port)
         self.set_header("Content-Type", "application/json")
         self.finish(json.dumps({"env": secret_env}))
-
-
-if (ROUTE, BootstrapHandler) not in default_handlers:
-    default_handlers.append((ROUTE, BootstrapHandler))

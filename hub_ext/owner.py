@@ -2,10 +2,11 @@
 
 ``GET /hub/xnat-hpc/owner`` (logged-in users; ``?format=json`` for scripts)
 lists the hub's audit events (every spawn, allowed or denied, with its scope;
-file ``XnatScopedSpawner.audit_log``) about the projects the visitor **owns in
-XNAT right now** — asked of XNAT with the visitor's own alias token, never
-taken from the hub. Site administrators see every project. The page also
-says whether the log's hash chain is intact.
+:class:`~hub_ext.audit_log.HubAuditLog`, ``c.HubAuditLog.path``) about the projects
+the visitor **owns in XNAT right now** — asked of XNAT with the visitor's own alias
+token, never taken from the hub. Site administrators see every project. The page
+also says whether the log's hash chain is intact. Installed with the hub's other
+routes by ``c.JupyterHub.extra_handlers`` (:mod:`hub_ext.handlers`).
 """
 
 from __future__ import annotations
@@ -15,29 +16,28 @@ import html
 import json
 import os
 
-from jupyterhub.handlers import BaseHandler, default_handlers
+from jupyterhub.handlers import BaseHandler
 from tornado import web
 
-from xnat_bridge.audit import verify_chain
 from xnat_bridge.client import XnatClient
-from xnat_bridge.errors import XnatHpcError
+from xnat_bridge.errors import PermissionDenied
 from xnat_bridge.permissions import fetch_permissions
 
+from .audit_log import HubAuditLog
+from .errors import map_errors
 from .xnat_api import AliasToken
 
 ROUTE = r"/xnat-hpc/owner"
 MAX_EVENTS = 500
 
 
-def audit_log_path(config, spawner_class) -> str:
-    """The spawners' ``audit_log`` as configured for *spawner_class* (the most specific class
-    section that sets it, as traitlets resolves it), else its default."""
-    for klass in getattr(spawner_class, "__mro__", ()):
-        section = config.get(klass.__name__) if config is not None else None
-        if section and "audit_log" in section:
-            return section["audit_log"]
-    trait = getattr(spawner_class, "class_traits", lambda: {})().get("audit_log")
-    return trait.default_value if trait is not None else "xnat-hpc-audit.jsonl"
+def hub_audit_log(settings: dict, log=None) -> HubAuditLog:
+    """The hub's audit log as the hub's configuration (Tornado ``settings["config"]``) sets it:
+    the file the spawners write (``c.HubAuditLog.path``)."""
+    audit_log = HubAuditLog(config=settings.get("config"))
+    if log is not None:
+        audit_log.log = log
+    return audit_log
 
 
 def owned_projects(roles: dict[str, str], site_admin: bool) -> set[str]:
@@ -73,37 +73,26 @@ class OwnerAuditHandler(BaseHandler):
     """Only XNAT decides which projects a visitor owns."""
 
     @web.authenticated
+    @map_errors
     async def get(self):
         user = self.current_user
         state = await user.get_auth_state() or {}
         token = AliasToken.from_state(state.get("xnat_token"))
         if token is None:
-            raise web.HTTPError(403, "log in with your XNAT account to see your projects' audit")
+            raise PermissionDenied("log in with your XNAT account to see your projects' audit")
         xnat_url = getattr(self.authenticator, "xnat_url", "") or os.environ.get("XNAT_HOST", "")
-        path = os.path.abspath(audit_log_path(self.config, self.settings.get("spawner_class")))
+        audit_log = hub_audit_log(self.settings, self.log)
 
         def ask() -> tuple[set[str], list[dict], str]:
             with XnatClient(xnat_url, token.alias, token.secret, retries=1, timeout=15) as client:
                 perms = fetch_permissions(client, user.name)
             projects = owned_projects(perms.roles, perms.site_admin)
-            if not os.path.exists(path):
-                return projects, [], "no events yet"
-            with open(path, encoding="utf-8") as f:
-                events = [json.loads(line) for line in f if line.strip()]
-            count, problem = verify_chain(path)
-            chain = problem or f"hash chain intact ({count} events)"
+            events, chain = audit_log.snapshot()
             return projects, events_for(events, projects), chain
 
-        try:
-            projects, events, chain = await asyncio.to_thread(ask)
-        except XnatHpcError as exc:
-            raise web.HTTPError(exc.status if exc.status < 500 else 503, exc.message) from None
+        projects, events, chain = await asyncio.to_thread(ask)
         if self.get_argument("format", "") == "json":
             self.set_header("Content-Type", "application/json")
             self.finish(json.dumps({"owned": sorted(projects), "chain": chain, "events": events}))
             return
         self.finish(render(user.name, projects, events, chain))
-
-
-if (ROUTE, OwnerAuditHandler) not in default_handlers:
-    default_handlers.append((ROUTE, OwnerAuditHandler))

@@ -6,6 +6,10 @@ backend (it is an :class:`~spawner.mixin.XnatScopedSpawner` too), and then
 hands the already-checked plan to a child spawner of the profile's backend
 (``backend_classes``), delegating start, poll, stop and state to it — the
 pattern of wrapspawner's ProfilesSpawner, with validation before the choice.
+
+The child gets the plan (``xnat_plan``) and this start's progress channel
+(``spawn_progress``, :mod:`spawner.progress`) explicitly; JupyterHub reads the
+progress from this spawner, the child reports into the same channel.
 """
 
 from __future__ import annotations
@@ -14,10 +18,12 @@ from jupyterhub.spawner import Spawner
 from traitlets import Any, Dict, Unicode
 from traitlets.utils.importstring import import_item
 
+from hub_ext.errors import spawn_error
 from xnat_bridge.errors import XnatHpcError
 
-from .mixin import XnatScopedSpawner, _items, spawn_error
-from .plan import SpawnPlan
+from .mixin import XnatScopedSpawner
+from .plan import DataMount, SpawnPlan
+from .progress import SpawnProgress
 
 #: traits the child must share with the spawner JupyterHub created
 _SHARED = ("user", "orm_spawner", "hub", "authenticator", "proxy_spec", "oauth_client_id",
@@ -49,20 +55,19 @@ class XnatProfilesSpawner(XnatScopedSpawner, Spawner):
         kwargs = {name: getattr(self, name) for name in _SHARED
                   if self.has_trait(name) and cls.class_traits().get(name) is not None}
         child = cls(config=self.config, _deprecated_db_session=self.db, **kwargs)
-        child.__dict__["_xnat_parent"] = self
         self.child, self._child_backend = child, backend
         return child
 
+    def data_mount_for(self, profile) -> DataMount:
+        """The profile's backend says how it mounts data; it becomes this server's child."""
+        return self._make_child(profile.backend).data_mount()
+
     async def start(self):
-        self.__dict__["_xnat_events"] = []
-        try:
-            plan: SpawnPlan = await self.make_plan()
-        except XnatHpcError as exc:
-            self.xnat_audit("spawn", "denied", items=_items(self.user_options), detail=exc.message)
-            self.log.warning("spawn of %s refused: %s", self._log_name, exc.message)
-            raise spawn_error(exc) from None
-        child = self._make_child(plan.profile.backend)
+        self.spawn_progress = SpawnProgress()
+        plan: SpawnPlan = await self.checked_plan()
+        child = self.child  # made for the profile's backend while planning (data_mount_for)
         child.xnat_plan = plan
+        child.spawn_progress = self.spawn_progress
         child.api_token = self.api_token
         return await child.start()
 
@@ -70,8 +75,11 @@ class XnatProfilesSpawner(XnatScopedSpawner, Spawner):
         return await self.child.poll() if self.child is not None else 0
 
     async def stop(self, now=False):
-        if self.child is not None:
-            await self.child.stop(now=now)
+        try:
+            if self.child is not None:
+                await self.child.stop(now=now)
+        finally:
+            self.spawn_progress = None
 
     def get_state(self):
         state = super().get_state()

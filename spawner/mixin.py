@@ -1,7 +1,8 @@
 """``XnatScopedSpawner``: everything the XNAT-scoped backends share.
 
 A backend is ``class XnatFooSpawner(XnatScopedSpawner, FooSpawner)`` with a
-``backends`` class attribute and an :meth:`~XnatScopedSpawner.apply_plan`
+``backends`` class attribute, a :meth:`~XnatScopedSpawner.data_mount` (how it
+mounts the scope, if at all) and an :meth:`~XnatScopedSpawner.apply_plan`
 that turns the :class:`~spawner.plan.SpawnPlan` into its own settings through
 a pure builder. The mixin provides:
 
@@ -12,43 +13,46 @@ a pure builder. The mixin provides:
   "Start Jupyter" (:mod:`spawner.request`) — in :meth:`start`, so both paths
   go through the same checks, against XNAT's answers at that moment
   (:mod:`spawner.decide`), never the form's;
-* the server's **environment** (``XNAT_HOST``, ``XNAT_USER``/``XNAT_PASS`` =
-  the alias token, ``XNAT_DATA``, ``XNAT_HPC_SCOPE``, ``XNAT_HPC_OFFLOAD``);
-* **progress** events and **audit** events (allowed and denied spawns).
+* the server's **environment**: the plan's :class:`~xnat_bridge.server_env.ServerEnv`
+  (``XNAT_HOST``, ``XNAT_USER``, ``XNAT_HPC_SCOPE``, ``XNAT_HPC_OFFLOAD``, ``XNAT_DATA``
+  when mounted, ...) plus ``XNAT_PASS`` = the alias token's secret;
+* **progress** events (:class:`~spawner.progress.SpawnProgress`, one per start,
+  shared with the dispatcher's backend) and **audit** events (allowed and denied
+  spawns, :class:`~hub_ext.audit_log.HubAuditLog`).
 
 Async contract: :meth:`start` awaits :meth:`make_plan` (XNAT requests run in a
-thread, never on the hub's event loop), calls the synchronous
-:meth:`apply_plan`, then awaits the base spawner's ``start``. Domain errors
-become ``web.HTTPError`` with the status of the error class and a
-``jupyterhub_message`` the user reads on the spawn page or in the REST reply.
+thread, never on the hub's event loop), awaits the audit log (its file work runs
+in a thread), calls the synchronous :meth:`apply_plan`, then awaits the base
+spawner's ``start``. Domain errors become what :func:`hub_ext.errors.spawn_error`
+makes of them: the status of the error class and a ``jupyterhub_message`` the
+user reads on the spawn page or in the REST reply.
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import html
 import os
 import time
 from typing import ClassVar
 
-from tornado import web
-from traitlets import Any, Bool, Float, Unicode, default
+from traitlets import Any, Bool, Float, Instance, Unicode, default
 from traitlets.config import LoggingConfigurable
 
-from hub_ext import owner as _owner_page  # noqa: F401  (registers /hub/xnat-hpc/owner)
+from hub_ext.audit_log import HubAuditLog
+from hub_ext.errors import spawn_error
 from hub_ext.profiles import ProfileConfig, ProfileWatcher, visible_profiles
 from hub_ext.xnat_api import AliasToken
-from xnat_bridge import audit
 from xnat_bridge.browse import Browser
 from xnat_bridge.client import XnatClient
 from xnat_bridge.errors import AuthenticationFailed, XnatHpcError
 from xnat_bridge.permissions import fetch_permissions
 from xnat_bridge.scope import Scope
 
-from .decide import Session, XnatFacts, check_readable, choose_profile, scope_mounts, server_env
+from .decide import Session, XnatFacts, build_plan, check_readable, choose_profile, scope_mounts
 from .form import render_form
-from .plan import DATA_MOUNT, SpawnPlan
+from .plan import DataMount, SpawnPlan
+from .progress import SpawnProgress, follow
 from .request import SpawnRequest, parse_form, parse_request
 
 _watchers: dict[str, ProfileWatcher] = {}
@@ -62,20 +66,11 @@ def profiles_from(path: str) -> ProfileConfig:
     return watcher.current()
 
 
-def spawn_error(exc: XnatHpcError) -> web.HTTPError:
-    """The one place where a domain error becomes what JupyterHub shows the user."""
-    err = web.HTTPError(exc.status if exc.status < 500 else 503, exc.message)
-    err.jupyterhub_message = exc.message
-    return err
-
-
 class XnatScopedSpawner(LoggingConfigurable):
     """Mixin for XNAT-scoped spawners; put it first in the bases."""
 
     #: profile backends this spawner runs (a dispatcher sets all three)
     backends: ClassVar[tuple[str, ...]] = ()
-    #: whether the scope can be mounted read-only in the server (sets ``XNAT_DATA``)
-    mounts_scope: ClassVar[bool] = False
 
     profiles_file = Unicode(
         "config/profiles.yaml",
@@ -106,12 +101,15 @@ class XnatScopedSpawner(LoggingConfigurable):
         15.0, help="Seconds to wait for each XNAT request during form rendering and start.",
     ).tag(config=True)
 
-    audit_log = Unicode(
-        "xnat-hpc-audit.jsonl",
-        help="""JSON-lines file (created 0600, append-only) for the hub's audit events: every
-        spawn with its scope, allowed or denied. Relative paths are relative to the hub's
-        working directory.""",
-    ).tag(config=True)
+    hub_audit_log = Instance(
+        HubAuditLog,
+        help="""The hub's audit log, built from the hub's configuration: set its file with
+        ``c.HubAuditLog.path`` (the owners' page reads the same file).""",
+    )
+
+    @default("hub_audit_log")
+    def _default_hub_audit_log(self):
+        return HubAuditLog(config=self.config, log=self.log)
 
     ready_check_interval = Float(
         0.1,
@@ -121,13 +119,19 @@ class XnatScopedSpawner(LoggingConfigurable):
 
     xnat_plan = Any(None, help="The validated plan of the current start (set by start).")
 
+    spawn_progress = Instance(
+        SpawnProgress, allow_none=True,
+        help="""Progress channel of the current start: made by :meth:`start` of the spawner
+        JupyterHub knows, handed by the dispatcher to the backend spawner it starts, read by
+        :meth:`progress`.""",
+    )
+
     # ------------------------------------------------------------------ helpers
     def xnat_profiles(self) -> ProfileConfig:
         return profiles_from(os.path.abspath(self.profiles_file))
 
-    def xnat_audit(self, action: str, outcome: str, *, items=(), detail: str = "") -> None:
-        sink = audit.JsonLinesSink(os.path.abspath(self.audit_log))
-        sink.emit(audit.make_event(self.user.name, action, outcome, items=items, detail=detail))
+    async def xnat_audit(self, action: str, outcome: str, *, items=(), detail: str = "") -> None:
+        await self.hub_audit_log.record(self.user.name, action, outcome, items=items, detail=detail)
 
     async def _alias_token(self) -> AliasToken:
         state = await self.user.get_auth_state() or {}
@@ -155,16 +159,9 @@ class XnatScopedSpawner(LoggingConfigurable):
                     for e in browser.all_experiments(project))
         return XnatFacts(perms.user, dict(perms.roles), tuple(perms.site_roles), sessions)
 
-    def xnat_owner(self):
-        """The spawner JupyterHub knows: the dispatcher when this one runs under it, else self."""
-        return self.__dict__.get("_xnat_parent") or self
-
     def _progress(self, progress: int, message: str) -> None:
-        owner = self.xnat_owner()
-        owner.__dict__.setdefault("_xnat_events", []).append({"progress": progress, "message": message})
-        changed = owner.__dict__.get("_xnat_changed")
-        if changed is not None:
-            changed.set()
+        if self.spawn_progress is not None:
+            self.spawn_progress.emit(progress, message)
 
     @default("apply_user_options")
     def _default_apply_user_options(self):
@@ -196,6 +193,15 @@ class XnatScopedSpawner(LoggingConfigurable):
                            selected_projects=previous.get("projects") or ())
 
     # ------------------------------------------------------------------ start
+    async def checked_plan(self) -> SpawnPlan:
+        """:meth:`make_plan`; a refusal is audited, logged and raised as :func:`spawn_error`."""
+        try:
+            return await self.make_plan()
+        except XnatHpcError as exc:
+            await self.xnat_audit("spawn", "denied", items=_items(self.user_options), detail=exc.message)
+            self.log.warning("spawn of %s refused: %s", self._log_name, exc.message)
+            raise spawn_error(exc) from None
+
     async def make_plan(self) -> SpawnPlan:
         """Validate ``user_options`` against XNAT now; the plan or a typed error."""
         self._progress(5, "Checking your XNAT permissions")
@@ -206,39 +212,33 @@ class XnatScopedSpawner(LoggingConfigurable):
         roles = check_readable(request.scope, facts.project_roles)
         profile = choose_profile(config, request, facts, groups=[g.name for g in self.user.groups],
                                  backends=self.backends or None)
-        mounts = scope_mounts(request.scope, facts.sessions)
-        env = server_env(xnat_url=self.xnat_url, alias=token.alias, scope=request.scope, profile=profile,
-                         offload=dataclasses.asdict(config.offload), with_data=False, request=request)
-        return SpawnPlan(self.user.name, self.name, profile, request.scope, roles, mounts, env,
-                         {"XNAT_PASS": token.secret})
+        mounts = scope_mounts(request.scope, facts.sessions)  # also checks a narrowed scope
+        return build_plan(user=self.user.name, server_name=self.name, request=request, profile=profile,
+                          roles=roles, mounts=mounts, data_mount=self.data_mount_for(profile),
+                          xnat_url=self.xnat_url, alias=token.alias, secret=token.secret,
+                          offload=config.offload)
 
-    def data_mounted(self) -> bool:
-        """Whether this backend mounts the scope (then ``XNAT_DATA`` points at it)."""
-        return self.mounts_scope and bool(self.xnat_data_root)
+    def data_mount(self) -> DataMount:
+        """Backend hook: how this backend gives a server its scope's files (default: not at all,
+        the server reads through XNAT's REST API). Asked once per start, by :meth:`make_plan`."""
+        return DataMount.NONE
+
+    def data_mount_for(self, profile) -> DataMount:
+        """The :meth:`data_mount` of the spawner that will run *profile*'s server: this one
+        (a dispatcher asks its backend of the profile). Called last in :meth:`make_plan`."""
+        return self.data_mount()
 
     def apply_plan(self, plan: SpawnPlan) -> None:
         """Backend hook: set this spawner's own settings from *plan* (pure builder + assignment)."""
         raise NotImplementedError(f"{type(self).__name__} must implement apply_plan")
 
     async def start(self):
-        if self.xnat_owner() is self:
-            self.__dict__["_xnat_events"] = []
-        self.__dict__["_xnat_started_at"] = time.monotonic()
-        if self.xnat_plan is None:
-            try:
-                plan = await self.make_plan()
-            except XnatHpcError as exc:
-                self.xnat_audit("spawn", "denied", items=_items(self.user_options), detail=exc.message)
-                self.log.warning("spawn of %s refused: %s", self._log_name, exc.message)
-                raise spawn_error(exc) from None
-            self.xnat_plan = plan
+        if self.xnat_plan is None:  # JupyterHub's call (the dispatcher hands its backend plan + channel)
+            self.spawn_progress = SpawnProgress()
+            self.xnat_plan = await self.checked_plan()
         plan = self.xnat_plan
-        env = {k: v for k, v in plan.env.items() if k != "XNAT_DATA"}
-        if self.data_mounted():
-            env["XNAT_DATA"] = DATA_MOUNT
-        plan = self.xnat_plan = dataclasses.replace(plan, env=env)
-        self.xnat_audit("spawn", "allowed", items=plan.projects,
-                        detail=f"profile {plan.profile.slug}; scope {plan.scope.to_json()}")
+        await self.xnat_audit("spawn", "allowed", items=plan.projects,
+                              detail=f"profile {plan.profile.slug}; scope {plan.scope.to_json()}")
         self.log.info("starting %s with profile %s, scope %s", self._log_name, plan.profile.slug,
                       plan.scope.to_json())
         self._progress(20, f"Permissions checked: {', '.join(f'{p} ({r})' for p, r in plan.roles.items())}"
@@ -281,32 +281,21 @@ class XnatScopedSpawner(LoggingConfigurable):
         try:
             return await super().stop(now=now)
         finally:
-            self.xnat_plan = None
+            self.xnat_plan = self.spawn_progress = None
 
     def get_env(self):
+        """The base spawner's environment, then the plan's ``ServerEnv`` and its secret."""
         env = super().get_env()
         plan = self.xnat_plan
         if plan is not None:
-            env.update(plan.env)
+            env.update(plan.server_env.to_env())
             env.update(plan.secret_env)
         return env
 
     async def progress(self):
-        """Our events as they happen, then the backend's own."""
-        changed = self.__dict__["_xnat_changed"] = asyncio.Event()
-        sent = 0
-        while self._spawn_pending or sent < len(self.__dict__.get("_xnat_events", [])):
-            events = self.__dict__.get("_xnat_events", [])
-            while sent < len(events):
-                yield events[sent]
-                sent += 1
-            if not self._spawn_pending:
-                break
-            changed.clear()
-            try:
-                await asyncio.wait_for(changed.wait(), 1.0)
-            except asyncio.TimeoutError:
-                pass
+        """The current start's events as they happen (ours and the dispatcher's backend's)."""
+        async for event in follow(lambda: self.spawn_progress, lambda: self._spawn_pending):
+            yield event
 
 
 def _items(options) -> list[str]:

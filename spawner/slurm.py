@@ -8,14 +8,19 @@ Differences from plain batchspawner, on purpose:
   token and the XNAT alias token are fetched by the job from the hub with a
   one-time code bound to its job id (:mod:`hub_ext.bootstrap`), which also
   records the server's port instead of batchspawner's set-any-attribute API;
-* ``sbatch`` runs as the user (``runuser`` when the hub is root), argument
-  list, no shell;
+* ``sbatch`` runs as the user (``runuser`` when the hub is root); ``squeue`` and
+  ``scancel`` run as the hub. All three go through the project's subprocess
+  gateway (:func:`xnat_bridge.procs.arun`): argument lists, no shell, logged at
+  debug (batchspawner's ``exec_prefix``, ``batch_submit_cmd``, ``batch_query_cmd``
+  and ``batch_cancel_cmd`` shell templates are not used; its ``state_*_re``
+  patterns still read ``squeue``'s answer);
+* the hub must serve the bootstrap API (``c.JupyterHub.extra_handlers``,
+  :mod:`hub_ext.handlers`): a start without it fails at once, saying so;
 * progress events say what Slurm is doing (submitted, pending with reason, running).
 """
 
 from __future__ import annotations
 
-import asyncio
 import os
 import pwd
 import shutil
@@ -26,20 +31,35 @@ from batchspawner.batchspawner import JobStatus
 from traitlets import Float, List, Unicode, default
 
 from hub_ext import bootstrap
-from xnat_bridge.errors import SlurmError
+from hub_ext.errors import spawn_error
+from hub_ext.handlers import CONFIG_LINE, missing_routes
+from xnat_bridge import procs
+from xnat_bridge.errors import CommandFailed, SlurmError, XnatHpcError
 
 from .mixin import XnatScopedSpawner
-from .plan import SpawnPlan
+from .plan import DataMount, SpawnPlan
 from .slurm_script import SlurmSettings, batch_script, split_env
 
-_SBIN = ("/usr/sbin", "/sbin")
+#: ``squeue`` output format: state and node, what batchspawner's SlurmSpawner patterns read
+SQUEUE_FORMAT = "%T %B"
+
+
+def squeue_argv(job_id: str) -> list[str]:
+    """The query of one job's state and node (``RUNNING node1``)."""
+    return ["squeue", "-h", "-j", job_id, "-o", SQUEUE_FORMAT]
+
+
+def scancel_argv(job_id: str) -> list[str]:
+    return ["scancel", job_id]
 
 
 class XnatSlurmSpawner(XnatScopedSpawner, SlurmSpawner):
     """A Slurm job per server; resources from the admin's profile only."""
 
     backends = ("slurm",)
-    mounts_scope = False  # compute nodes read XNAT through its REST API
+
+    def data_mount(self) -> DataMount:
+        return DataMount.NONE  # compute nodes read XNAT through its REST API
 
     server_host = Unicode(
         "",
@@ -65,18 +85,32 @@ class XnatSlurmSpawner(XnatScopedSpawner, SlurmSpawner):
     def _default_poll(self):
         return 0.1
 
-    @default("exec_prefix")
-    def _default_exec_prefix(self):
-        return ""  # squeue/scancel as the hub; sbatch goes through submit_batch_script below
-
     bootstrap_ttl = Float(
         900.0, help="Seconds a job has to fetch its secrets from the hub after submission.",
     ).tag(config=True)
 
+    #: the last queue state reported as progress in this start (see :meth:`query_job_status`)
+    reported_status: JobStatus | None = None
+
     def apply_plan(self, plan: SpawnPlan) -> None:
         """Nothing to set: :meth:`submit_batch_script` builds the script from the plan itself.
         Only the queue-state reporting of :meth:`query_job_status` starts afresh."""
-        self.__dict__["_xnat_reported"] = None
+        self.reported_status = None
+
+    def check_bootstrap_route(self) -> None:
+        """Refuse to start when the hub does not serve the bootstrap API: the job could
+        never fetch its secrets (checked at each start, not at import)."""
+        if missing_routes(self.config, [(bootstrap.ROUTE, bootstrap.BootstrapHandler)]):
+            self.log.error("cannot start Slurm servers: JupyterHub.extra_handlers lacks %s; add to "
+                           "jupyterhub_config.py: %s", bootstrap.ROUTE, CONFIG_LINE)
+            raise spawn_error(XnatHpcError(
+                "This hub is not set up to start servers on Slurm: its bootstrap API "
+                f"(/hub{bootstrap.ROUTE}) is missing. Hub administrators: add "
+                f"`{CONFIG_LINE}` to jupyterhub_config.py and restart the hub."))
+
+    async def start(self):
+        self.check_bootstrap_route()
+        return await super().start()
 
     def _home(self) -> str:
         try:
@@ -98,33 +132,52 @@ class XnatSlurmSpawner(XnatScopedSpawner, SlurmSpawner):
         script = batch_script(plan, settings, list(public))
         argv = [shutil.which("sbatch") or "sbatch", "--parsable"]
         if os.geteuid() == 0 and self.user.name != "root":
-            runuser = shutil.which("runuser", path=os.pathsep.join((os.environ.get("PATH", ""), *_SBIN)))
-            argv = [runuser or "/usr/sbin/runuser", "-u", self.user.name, "--", *argv]
+            argv = [procs.which("runuser") or "/usr/sbin/runuser", "-u", self.user.name, "--", *argv]
         self.log.debug("submitting server job for %s: %s", self._log_name, argv)
-        proc = await asyncio.create_subprocess_exec(
-            *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE, env=public, cwd=home)
-        out, err = await proc.communicate(script.encode())
-        if proc.returncode != 0:
+        try:
+            done = await procs.arun(argv, input=script.encode(), env=public, cwd=home, timeout=None)
+        except CommandFailed as exc:
             bootstrap.registry.revoke(self)
-            message = err.decode(errors="replace").strip() or f"exit code {proc.returncode}"
-            raise SlurmError(f"Slurm refused the server job: {message}")
-        self.job_id = out.decode().strip().split(";")[0]
+            message = exc.stderr.strip() or f"exit code {exc.returncode}"
+            raise SlurmError(f"Slurm refused the server job: {message}") from None
+        self.job_id = done.stdout.strip().split(";")[0]
         bootstrap.registry.bind(code, self.job_id)
         self._progress(40, f"Submitted Slurm job {self.job_id} "
                            f"(partition {plan.profile.resources.partition or 'default'})")
         return self.job_id
 
     async def query_job_status(self):
-        status = await super().query_job_status()
-        seen = self.__dict__.get("_xnat_reported")
-        if status != seen and self.xnat_owner()._spawn_pending:
-            self.__dict__["_xnat_reported"] = status
+        """The job's state from ``squeue`` (batchspawner's JobStatus); reported as progress
+        while a start is under way."""
+        if not self.job_id:
+            self.job_status = ""
+            return JobStatus.NOTFOUND
+        try:
+            self.job_status = (await procs.arun(squeue_argv(self.job_id), timeout=None)).stdout.strip()
+        except CommandFailed as exc:  # e.g. "slurm_load_jobs error: ..." (state_unknown_re)
+            self.job_status = exc.stderr.strip()
+        except Exception:  # noqa: BLE001 - as batchspawner: an unreadable state is "not found"
+            self.log.exception("error querying Slurm job %s of %s", self.job_id, self._log_name)
+            self.job_status = ""
+        if self.state_isrunning():
+            status = JobStatus.RUNNING
+        elif self.state_ispending():
+            status = JobStatus.PENDING
+        elif self.state_isunknown():
+            status = JobStatus.UNKNOWN
+        else:
+            status = JobStatus.NOTFOUND
+        if status != self.reported_status and self.spawn_progress is not None:
+            self.reported_status = status
             if status == JobStatus.PENDING:
                 self._progress(50, f"Slurm job {self.job_id} is pending in the queue")
             elif status == JobStatus.RUNNING:
                 self._progress(70, f"Slurm job {self.job_id} is running; starting JupyterLab")
         return status
+
+    async def cancel_batch_job(self):
+        self.log.info("cancelling Slurm job %s of %s", self.job_id, self._log_name)
+        await procs.arun(scancel_argv(self.job_id), timeout=None)
 
     def state_gethost(self):
         return self.server_host or super().state_gethost()

@@ -334,3 +334,24 @@ def test_owners_see_their_projects_audit_trail(hub):
     assert carol["owned"] == [] and carol["events"] == []
     anonymous = requests.get(f"{hub.url}/hub/xnat-hpc/owner", allow_redirects=False, timeout=30)
     assert anonymous.status_code == 302 and "/hub/login" in anonymous.headers["Location"]
+
+
+def test_bootstrap_api_answers_mapped_errors_at_its_url(hub):
+    url = f"{hub.url}/hub/api/xnat-hpc/bootstrap"
+    r = requests.post(url, data=b"not json", timeout=30)
+    assert r.status_code == 400 and r.json()["message"] == "expected JSON {code, job_id, port}"
+    r = requests.post(url, json={"code": "forged", "job_id": "1", "port": 40000}, timeout=30)
+    assert r.status_code == 403 and r.json()["message"] == "bootstrap refused"
+
+
+def test_slurm_start_without_the_hub_routes_says_what_to_add(shared_devxnat, unix_users, staging, tmp_path):
+    h = make_hub(tmp_path / "hub", shared_devxnat, "xnat", staging=staging,
+                 extra="c.JupyterHub.extra_handlers = []\n")
+    try:
+        h.login("alice", "alice-demo")
+        r = h.api("POST", "/users/alice/servers/", json={"profile": "slurm-cpu", "projects": ["NEURO_MRI"]})
+        assert r.status_code == 503, r.text
+        assert "c.JupyterHub.extra_handlers = xnat_hpc_handlers()" in r.json()["message"]
+        assert "" not in h.api("GET", "/users/alice").json()["servers"]
+    finally:
+        h.stop()

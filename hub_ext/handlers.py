@@ -1,0 +1,49 @@
+"""The hub's own pages and APIs, for ``c.JupyterHub.extra_handlers``.
+
+JupyterHub puts each route under its hub prefix, so with the default base URL::
+
+    /hub/xnat-hpc/owner            the project owners' audit page (hub_ext.owner)
+    /hub/api/xnat-hpc/bootstrap    Slurm jobs fetch their secrets (hub_ext.bootstrap)
+
+In ``jupyterhub_config.py``::
+
+    from hub_ext.handlers import xnat_hpc_handlers
+    c.JupyterHub.extra_handlers = xnat_hpc_handlers()
+
+Importing this module registers nothing; only the configuration does. The Slurm
+backend refuses to start a server when the bootstrap route is missing
+(:func:`missing_routes`), since its job could never fetch its secrets.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .bootstrap import BootstrapHandler
+from .bootstrap import ROUTE as BOOTSTRAP_ROUTE
+from .owner import ROUTE as OWNER_ROUTE
+from .owner import OwnerAuditHandler
+
+#: how the configuration line reads (for messages that tell an admin what to add)
+CONFIG_LINE = ("from hub_ext.handlers import xnat_hpc_handlers; "
+               "c.JupyterHub.extra_handlers = xnat_hpc_handlers()")
+
+
+def xnat_hpc_handlers() -> list[tuple[str, type]]:
+    """The hub's routes (relative to the hub prefix), a new list each call."""
+    return [(OWNER_ROUTE, OwnerAuditHandler), (BOOTSTRAP_ROUTE, BootstrapHandler)]
+
+
+def configured_handlers(config: Any) -> list:
+    """``JupyterHub.extra_handlers`` as *config* (the hub's traitlets ``Config``) sets it."""
+    section = config.get("JupyterHub") if config is not None else None
+    value = section.get("extra_handlers", []) if section is not None else []
+    if hasattr(value, "get_value"):  # c.JupyterHub.extra_handlers.extend(...): a lazy value
+        value = value.get_value([])
+    return list(value or ())
+
+
+def missing_routes(config: Any, handlers: list[tuple[str, type]] | None = None) -> list[str]:
+    """The routes of *handlers* (default: all of ours) that *config* does not install."""
+    installed = {(h[0], h[1]) for h in configured_handlers(config) if len(h) >= 2}
+    return [route for route, klass in (handlers or xnat_hpc_handlers()) if (route, klass) not in installed]
