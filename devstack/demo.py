@@ -7,6 +7,10 @@ profiles from ``config/demo/profiles.yaml``), prints what runs and how to reach
 it, and stops what it started on Ctrl-C (Slurm is left running if it was
 already up). It creates Unix accounts for the demo users (``useradd``) when
 they are missing: the local and Slurm backends run each server as its user.
+
+The run directory is 0700 and every log it writes (``devxnat.log``,
+``jupyterhub.log``) 0600: logs name users, projects and requests, and are no
+business of the demo users' accounts.
 """
 
 from __future__ import annotations
@@ -43,12 +47,32 @@ DEMO_USERS = (
 )
 
 
+def private_dir(path: Path) -> Path:
+    """*path* created if missing and made 0700 (owner only); a symbolic link is refused."""
+    path.mkdir(parents=True, exist_ok=True)
+    if path.is_symlink():
+        raise XnatHpcError(f"{path} is a symbolic link; give the demo a real directory")
+    os.chmod(path, 0o700)
+    return path
+
+
+def open_private_log(path: Path):
+    """*path* opened for appending, created 0600 (an existing file is made 0600 too); a
+    symbolic link is not followed."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    os.fchmod(fd, 0o600)
+    return os.fdopen(fd, "ab")
+
+
 def start_devxnat(
     data_dir: Path, port: int, demo_size: str, log_path: Path, timeout: float = 300
 ) -> tuple[subprocess.Popen, str]:
-    """Start devxnat with the demo archive; return (process, base URL) once it listens."""
+    """Start devxnat with the demo archive; return (process, base URL) once it listens.
+    Its log (*log_path*) is 0600: devxnat masks token secrets in it, but it still names
+    users and requests."""
     data_dir.mkdir(parents=True, exist_ok=True)
-    log_f = open(log_path, "ab")
+    os.chmod(data_dir, 0o700)
+    log_f = open_private_log(log_path)
     cmd = [
         sys.executable, "-m", "devxnat",
         "--data", str(data_dir), "--port", str(port), "--demo", "--demo-size", demo_size,
@@ -139,7 +163,7 @@ def start_hub(run_dir: Path, xnat_url: str, archive: Path, port: int) -> tuple[s
            "CONFIGPROXY_AUTH_TOKEN": secrets.token_hex(16),
            "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"}
     log_path = run_dir / "jupyterhub.log"
-    with open(log_path, "ab") as log_f:
+    with open_private_log(log_path) as log_f:
         proc = subprocess.Popen([str(Path(sys.executable).parent / "jupyterhub"), "-f", str(config)],
                                 cwd=hub_dir, stdout=log_f, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"
@@ -173,8 +197,7 @@ Press Ctrl-C to stop.
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    run_dir: Path = args.run_dir
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir: Path = private_dir(args.run_dir)
     slurm = SlurmDev(args.slurm_run_dir)
     slurm_was_up = slurm.is_up() if not slurm.missing_programs() else False
     print("starting the local Slurm ...", flush=True)
@@ -191,7 +214,10 @@ def run_demo(args: argparse.Namespace) -> int:
         if created:
             print(f"created Unix accounts for the demo users: {', '.join(created)}", flush=True)
         for user in unix_users:  # the bundled example training script, in each demo home
-            install_file(user, EXAMPLE_SCRIPT, "examples/train_example.py")
+            try:
+                install_file(user, EXAMPLE_SCRIPT, "examples/train_example.py")
+            except XnatHpcError as e:  # e.g. a symbolic link where the script goes: left alone
+                print(f"warning: {e.message}", file=sys.stderr, flush=True)
         archive = run_dir / "xnat" / "archive"
         prepare_shared_dirs(archive, (run_dir, run_dir / "xnat"))
         print("starting JupyterHub ...", flush=True)

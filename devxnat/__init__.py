@@ -29,7 +29,7 @@ import sys
 from pathlib import Path
 
 from .app import make_app
-from .store import Store
+from .store import Store, make_private
 
 __all__ = ["main", "make_app", "Store", "open_data_dir"]
 
@@ -37,12 +37,14 @@ log = logging.getLogger(__name__)
 
 
 def open_data_dir(data: Path) -> tuple[Store, Path]:
-    """The store and archive directory of a devxnat data directory (created if new)."""
+    """The store and archive directory of a devxnat data directory (created if new): the
+    directory 0700, ``devxnat.sqlite3`` 0600."""
     data = Path(data)
     data.mkdir(parents=True, exist_ok=True)
     os.chmod(data, 0o700)
     archive = data / "archive"
     archive.mkdir(exist_ok=True)
+    make_private(data / "devxnat.sqlite3")  # 0600, before the first connection
     return Store(data / "devxnat.sqlite3"), archive
 
 

@@ -7,9 +7,12 @@ Routes (each the XNAT 1.8 path of the same name):
 * site: ``/data/version`` (404, as XNAT ≥ 1.7), ``/xapi/siteConfig/buildInfo``,
   ``/xapi/schemas``, ``/xapi/schemas/{xnat,xdat}``
 * alias tokens: ``/data/services/tokens/issue[/user/{u}]``,
-  ``/validate/{alias}/{secret}``, ``/invalidate/{alias}/{secret}``
-* users: ``/xapi/users``, ``/xapi/users/{u}/roles[/{role}]``, ``/xapi/users/{u}/groups``,
-  ``/xapi/users/{u}/enabled/{true|false}``
+  ``/validate/{alias}/{secret}``, ``/invalidate/{alias}[/{secret}]``
+* users: ``/xapi/users``, ``/xapi/users/username`` (who is asking), ``/xapi/users/{u}/roles[/{role}]``,
+  ``/xapi/users/{u}/groups``, ``/xapi/users/{u}/enabled/{true|false}``
+
+The access log masks token secrets in paths and credentials in query strings
+(:mod:`.redact`).
 * archive: ``/data/...`` (see :mod:`.routes`), handled in :mod:`.data_api`
 
 Authentication, errors and JSON answers are :class:`.handler.BaseHandler`'s.
@@ -28,7 +31,7 @@ from tornado import web
 from . import shapes
 from .data_api import DataHandler
 from .errors import BadRequest, Forbidden, NotFound, Unauthorized
-from .handler import BaseHandler
+from .handler import BaseHandler, log_request
 from .store import GROUP_SUFFIX, Store
 
 
@@ -170,15 +173,21 @@ class TokenValidateHandler(BaseHandler):
 
 
 class TokenInvalidateHandler(BaseHandler):
-    def get(self, alias: str, secret: str):
+    """``/data/services/tokens/invalidate/{alias}[/{secret}]`` → ``{"result": "OK"}``.
+
+    As XNAT's ``AliasTokenRestlet``: the caller must be logged in (e.g. with the token
+    itself as Basic credentials) and own the token, or be a site administrator; the
+    secret segment, when given, is not needed and not checked."""
+
+    def get(self, alias: str, _secret: str | None = None):
         tok = self.store.token(alias)
         if tok is None:
-            raise NotFound("no such alias token")
-        owner = self.store.validate_token(alias, secret)
-        if owner is None and not (tok["login"] == self.login or self.access().admin):
-            raise Forbidden("that alias token is not yours to invalidate")
+            raise NotFound(f"Can't find an alias token with the alias {alias}")
+        if tok["login"] != self.login and not self.access().admin:
+            raise Forbidden("Non-admin users can only request operations on alias tokens for "
+                            "their own account")
         self.store.invalidate_token(alias)
-        self.write_json({})
+        self.write_json({"result": "OK"})
 
     delete = put = post = get
 
@@ -229,6 +238,15 @@ class XapiUserHandler(BaseHandler):
             raise NotFound(self.request.path)
         self.store.remove_role(username, arg)
         self.write_json({})
+
+
+class XapiUsernameHandler(BaseHandler):
+    """``GET /xapi/users/username``: the logged-in user's name, as text (XNAT's ``UsersApi``).
+    With an alias token as Basic credentials this says whose token it is."""
+
+    def get(self):
+        self.set_header("Content-Type", "text/plain;charset=UTF-8")
+        self.finish(self.login)
 
 
 class XapiUsersHandler(BaseHandler):
@@ -305,10 +323,12 @@ def make_app(store: Store, archive: Path) -> web.Application:
             (r"/data/services/tokens/issue/?", TokenIssueHandler),
             (rf"/data/services/tokens/issue/user/{tok}", TokenIssueHandler),
             (rf"/data/services/tokens/validate/{tok}/{tok}", TokenValidateHandler),
+            (rf"/data/services/tokens/invalidate/{tok}/?", TokenInvalidateHandler),
             (rf"/data/services/tokens/invalidate/{tok}/{tok}", TokenInvalidateHandler),
             (r"/data/search/elements/?", SearchElementsHandler),
             (r"/data/search/elements/([A-Za-z]+:[A-Za-z]+)", SearchElementsHandler),
             (r"/xapi/users/?", XapiUsersHandler),
+            (r"/xapi/users/username/?", XapiUsernameHandler),
             (rf"/xapi/users/{tok}/(roles|groups|enabled)/?", XapiUserHandler),
             (rf"/xapi/users/{tok}/(roles|enabled)/{tok}", XapiUserHandler),
             (r"/(?:data|REST)/.*", DataHandler),
@@ -317,6 +337,7 @@ def make_app(store: Store, archive: Path) -> web.Application:
         archive=archive,
         default_handler_class=_NotFoundHandler,
         xsrf_cookies=False,
+        log_function=log_request,
     )
 
 

@@ -19,9 +19,22 @@ from tornado import web
 
 from .access import Access
 from .errors import HttpError, Unauthorized
+from .redact import redact_uri
 from .store import Store
 
 log = logging.getLogger(__name__)
+access_log = logging.getLogger("tornado.access")
+
+
+def log_request(handler: web.RequestHandler) -> None:
+    """The access log line of one request (the application's ``log_function``): status,
+    method, the URI with token secrets and credentials masked (:func:`.redact.redact_uri`),
+    client address, time."""
+    status = handler.get_status()
+    level = logging.INFO if status < 400 else logging.WARNING if status < 500 else logging.ERROR
+    req = handler.request
+    access_log.log(level, "%d %s %s (%s) %.2fms", status, req.method, redact_uri(req.uri or ""),
+                   req.remote_ip, 1000.0 * req.request_time())
 
 
 class BaseHandler(web.RequestHandler):
@@ -108,11 +121,14 @@ class BaseHandler(web.RequestHandler):
         super()._handle_request_exception(e)
 
     def log_exception(self, typ, value, tb) -> None:
+        """Errors are logged with the redacted URI only (never a token secret in a path)."""
+        where = f"{self.request.method} {redact_uri(self.request.uri or '')}"
         if isinstance(value, HttpError):
-            log.info("%s %s -> %s: %s", self.request.method, self.request.path, value.status,
-                     value.message)
-            return
-        super().log_exception(typ, value, tb)
+            log.info("%s -> %s: %s", where, value.status, value.message)
+        elif isinstance(value, web.HTTPError):
+            log.warning("%s -> %s: %s", where, value.status_code, value.log_message or "")
+        else:
+            log.error("uncaught exception in %s", where, exc_info=(typ, value, tb))
 
 
 def _status_page(code: int, reason: str, message: str) -> str:

@@ -4,6 +4,7 @@ resources and files.
 
 One database file, ``DATA/devxnat.sqlite3``, in WAL mode; every write is one
 transaction, so a server killed mid-write loses nothing that was committed.
+The file (and SQLite's -wal/-shm files) is 0600 (:func:`make_private`, at server start).
 Passwords are stored as scrypt hashes with a per-user salt; alias-token
 secrets and session ids only as SHA-256 digests (they are high-entropy random
 strings, returned once at issue time).
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import os
 import secrets
 import sqlite3
 import threading
@@ -462,6 +464,25 @@ class Store:
         return self.db.execute(
             "SELECT * FROM files WHERE resource_id=? AND path=?", (resource_id, path)
         ).fetchone()
+
+
+def make_private(path: Path | str) -> None:
+    """Create the database file *path* 0600 if missing, and make it and SQLite's companion
+    files (-wal, -shm, -journal) 0600: it holds password hashes and token digests. SQLite
+    gives the files it creates the database file's mode, so they stay 0600.
+
+    Call it before this process opens the database (the server does, at start): opening
+    and closing a descriptor of a file on which SQLite holds POSIX locks would drop them."""
+    path = str(path)
+    fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
+    for suffix in ("-wal", "-shm", "-journal"):
+        companion = Path(path + suffix)
+        if companion.exists() and not companion.is_symlink():
+            companion.chmod(0o600)
 
 
 class _Tx:

@@ -11,29 +11,65 @@
   XNAT is briefly unreachable, sessions are kept and the failure is logged.
 * ``required_role`` gates login on an XNAT site role (like XNAT's own
   ``Jupyter`` role).
+* **Names are never folded.** XNAT logins are case-sensitive; JupyterHub's default
+  ``normalize_username`` lower-cases, which would make XNAT's ``ALICE`` the hub user
+  ``alice`` (her server, home and ``auth_state``). Here the hub name is the XNAT login
+  unchanged, or what ``username_map`` maps it to — an explicit, one-to-one table the
+  admin writes. A login whose hub name does not match ``name_pattern`` (by default a
+  lower-case Unix account name) is refused, saying how to map it; so is an unmapped
+  login whose name the map gives to another XNAT account. Refusing is the default
+  because guessing (folding case, replacing characters) is how two accounts become one.
+* **No system accounts.** A hub name whose Unix account has a uid below
+  ``c.UnixAccounts.min_uid`` (default 1000) is refused at login
+  (:mod:`hub_ext.unix_accounts`; the local and Slurm backends check it again at start).
 
 Configuration (``jupyterhub_config.py``)::
 
     c.JupyterHub.authenticator_class = "xnat"
     c.XnatAuthenticator.xnat_url = "https://xnat.example.org"
     c.XnatAuthenticator.required_role = "Jupyter"   # optional
+    c.XnatAuthenticator.username_map = {"J.Doe": "jdoe"}   # optional: XNAT login -> hub name
 """
 
 from __future__ import annotations
 
+import asyncio
 import re
 
 from jupyterhub.auth import Authenticator
-from traitlets import Bool, Float, Unicode, default, validate
+from traitlets import Bool, Dict, Float, TraitError, Unicode, default, validate
 
 from xnat_bridge.errors import AuthenticationFailed, PermissionDenied, TokenExpired, XnatUnavailable
 
 from .errors import http_error, login_error, misconfigured
+from .unix_accounts import UnixAccounts
 from .xnat_api import AliasToken, XnatHubClient, token_is_expiring
 
 #: XNAT login names: letters, digits and ``_ - . @`` (alias tokens are UUIDs, which fit)
 _USERNAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,254}$")
 SITE_ADMIN_ROLE = "Administrator"
+#: a portable lower-case Unix account name (useradd's default rule, plus ``.``), 1-32 characters
+DEFAULT_NAME_PATTERN = r"[a-z_][a-z0-9_.-]{0,31}"
+
+
+def hub_name_problem(xnat_user: str, hub_name: str, *, pattern: str, mapping: dict[str, str]) -> str:
+    """Why the XNAT login *xnat_user* may not be the hub user *hub_name*; "" when it may (pure).
+
+    *hub_name* is what ``normalize_username`` made of the login (``mapping`` or unchanged)."""
+    if xnat_user not in mapping:
+        owner = next((k for k, v in mapping.items() if v == hub_name), None)
+        if owner is not None:
+            return (f"The XNAT account {xnat_user!r} cannot log in here because this hub's "
+                    f"username_map gives the hub name {hub_name!r} to the XNAT account {owner!r}.")
+    if not re.fullmatch(pattern, hub_name):
+        how = ("map it to one with c.XnatAuthenticator.username_map" if xnat_user not in mapping
+               else "correct its entry in c.XnatAuthenticator.username_map")
+        rule = ("lower-case letters, digits, '_', '.' and '-', at most 32 characters"
+                if pattern == DEFAULT_NAME_PATTERN else f"it must match {pattern}")
+        return (f"The XNAT account {xnat_user!r} cannot log in here because {hub_name!r} is not a "
+                f"valid user name on this hub ({rule}; names are never changed silently, the "
+                f"hub's administrators can {how}).")
+    return ""
 
 
 class XnatAuthenticator(Authenticator):
@@ -83,6 +119,51 @@ class XnatAuthenticator(Authenticator):
         XNAT does). Off by default: hub admins can act as any user.""",
     ).tag(config=True)
 
+    name_pattern = Unicode(
+        DEFAULT_NAME_PATTERN,
+        help=f"""Regular expression (matched in full) that a hub user name must match: the XNAT
+        login itself, or its entry in ``username_map``. The local and Slurm backends run
+        servers as the Unix account of that name, so the default is a lower-case Unix
+        account name, ``{DEFAULT_NAME_PATTERN}``. A login whose name does not match is
+        refused with a message saying so — never lower-cased or otherwise changed, because
+        XNAT logins are case-sensitive and folding them would make two XNAT accounts one hub
+        user. Widen it only where the hub's spawners accept such names (e.g. Kubernetes
+        only: ``[A-Za-z0-9_.@-]{{1,64}}``).""",
+    ).tag(config=True)
+
+    @validate("name_pattern")
+    def _validate_name_pattern(self, proposal):
+        try:
+            re.compile(proposal["value"])
+        except re.error as e:
+            raise TraitError(f"XnatAuthenticator.name_pattern is not a regular expression: {e}") from None
+        return proposal["value"]
+
+    username_map = Dict(
+        help="""Explicit XNAT login → hub user name table, e.g. ``{"J.Doe": "jdoe", "ALICE":
+        "alice2"}``. Keys are XNAT logins exactly as XNAT spells them (case-sensitive; nothing
+        is lower-cased first, unlike JupyterHub's default). One-to-one: two logins mapped to
+        the same hub name are refused when the hub starts. A hub name used here is reserved:
+        the XNAT account of that name, if unmapped, cannot log in. Changing an entry logs the
+        affected user out at the next refresh. Unmapped logins keep their name and must match
+        ``name_pattern``.""",
+    ).tag(config=True)
+
+    @validate("username_map")
+    def _validate_username_map(self, proposal):
+        mapping = proposal["value"]
+        seen: dict[str, str] = {}
+        for xnat_name, hub_name in mapping.items():
+            if not isinstance(xnat_name, str) or not isinstance(hub_name, str) or not hub_name:
+                raise TraitError("XnatAuthenticator.username_map maps XNAT logins (str) to hub "
+                                 f"names (non-empty str), got {xnat_name!r}: {hub_name!r}")
+            if hub_name in seen:
+                raise TraitError(f"XnatAuthenticator.username_map gives the hub name {hub_name!r} "
+                                 f"to both {seen[hub_name]!r} and {xnat_name!r}; each hub name "
+                                 "must belong to one XNAT account")
+            seen[hub_name] = xnat_name
+        return mapping
+
     token_renew_margin = Float(
         3600.0,
         help="""Seconds before the XNAT alias token expires at which ``refresh_user``
@@ -107,6 +188,19 @@ class XnatAuthenticator(Authenticator):
     @default("refresh_pre_spawn")
     def _default_refresh_pre_spawn(self):
         return True
+
+    def normalize_username(self, username: str) -> str:
+        """XNAT login → hub name: its ``username_map`` entry, else the login unchanged.
+
+        Replaces JupyterHub's default, which lower-cases (XNAT logins are case-sensitive:
+        ``ALICE`` is not ``alice``). Whether the result may log in is decided in
+        :meth:`authenticate` (:func:`hub_name_problem`, ``name_pattern``)."""
+        return self.username_map.get(username, username)
+
+    def validate_username(self, username: str) -> bool:
+        """JupyterHub's checks, and ``name_pattern``: the same rule for logins, names created
+        through the REST API and ``allowed_users``/``admin_users``."""
+        return super().validate_username(username) and bool(re.fullmatch(self.name_pattern, username))
 
     @property
     def client(self) -> XnatHubClient:
@@ -140,7 +234,19 @@ class XnatAuthenticator(Authenticator):
             raise http_error(PermissionDenied(
                 f"Your XNAT account does not have the '{self.required_role}' role that "
                 "this hub requires. Ask your XNAT administrator to grant it."))
-        self.log.info("XNAT login ok for %r (roles %s)", xnat_user, roles)
+        hub_name = self.normalize_username(xnat_user)
+        try:
+            problem = hub_name_problem(xnat_user, hub_name, pattern=self.name_pattern,
+                                       mapping=self.username_map)
+            if problem:
+                raise PermissionDenied(problem)
+            accounts = UnixAccounts(config=self.config, log=self.log)
+            await asyncio.to_thread(accounts.lookup, hub_name)  # a system account: refused
+        except PermissionDenied as e:
+            await client.invalidate_token(token)
+            self.log.warning("login refused for XNAT account %r: %s", xnat_user, e.message)
+            raise http_error(e) from None
+        self.log.info("XNAT login ok for %r as hub user %r (roles %s)", xnat_user, hub_name, roles)
         return {
             "name": xnat_user,
             "admin": (SITE_ADMIN_ROLE in roles) if self.admin_from_xnat else None,
@@ -164,8 +270,8 @@ class XnatAuthenticator(Authenticator):
         client = self.client
         try:
             xnat_user = await client.validate_token(token.alias, token.secret)
-            if xnat_user != state.get("xnat_user"):
-                return False
+            if xnat_user != state.get("xnat_user") or self.normalize_username(xnat_user) != user.name:
+                return False  # another account's token, or username_map changed: log in again
             roles = await client.roles(xnat_user, token)
             if not self._role_ok(roles):
                 self.log.warning("%s lost XNAT role %r: logging out", xnat_user,

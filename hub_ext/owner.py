@@ -7,6 +7,10 @@ the visitor **owns in XNAT right now** — asked of XNAT with the visitor's own 
 token, never taken from the hub. Site administrators see every project. The page
 also says whether the log's hash chain is intact. Installed with the hub's other
 routes by ``c.JupyterHub.extra_handlers`` (:mod:`hub_ext.handlers`).
+
+An event about several projects (a start whose scope spans projects of different
+owners) is shown to each owner as their part only (:func:`visible_part`): the
+projects they own, and neither the detail nor the file hashes, which name the others.
 """
 
 from __future__ import annotations
@@ -44,9 +48,23 @@ def owned_projects(roles: dict[str, str], site_admin: bool) -> set[str]:
     return set(roles) if site_admin else {p for p, r in roles.items() if r == "Owner"}
 
 
+#: what replaces the detail of an event that also concerns projects the visitor does not own
+WITHHELD = "details withheld: this event also concerns projects you do not own"
+
+
+def visible_part(event: dict, projects: set[str]) -> dict:
+    """*event* as a visitor owning *projects* may see it (pure): unchanged when all its
+    items are theirs; otherwise only their items, and the detail and file hashes (free text
+    and paths naming the other projects) withheld."""
+    items = list(event.get("items") or ())
+    if set(items) <= projects:
+        return event
+    return {**event, "items": [i for i in items if i in projects], "detail": WITHHELD, "hashes": {}}
+
+
 def events_for(events: list[dict], projects: set[str], limit: int = MAX_EVENTS) -> list[dict]:
-    """Events touching one of *projects*, newest first (pure)."""
-    hits = [e for e in events if projects.intersection(e.get("items") or ())]
+    """Events touching one of *projects*, newest first, each cut to its :func:`visible_part` (pure)."""
+    hits = [visible_part(e, projects) for e in events if projects.intersection(e.get("items") or ())]
     return list(reversed(hits))[:limit]
 
 

@@ -9,9 +9,13 @@ package's typed errors:
 * XNAT says no (401/403) → :class:`AuthenticationFailed` / :class:`TokenExpired`
 * XNAT does not answer, times out, or answers 5xx → :class:`XnatUnavailable`
 
-Credentials travel only in the ``Authorization`` header (never in a URL that
-could be logged), except for XNAT's token-validation endpoint whose path *is*
-``/validate/{alias}/{secret}``; that URL is never logged here.
+Credentials travel only in the ``Authorization`` header, never in a URL: XNAT
+(Tomcat's access log, a proxy's log) writes request paths to files. XNAT's own
+``/data/services/tokens/validate/{alias}/{secret}`` puts the secret in the path,
+so it is not used: a token is checked by authenticating with it, as XNAT accepts
+an alias token as HTTP Basic user (alias) and password (secret) on every REST
+call, and asking ``GET /xapi/users/username`` who that is; it is ended with
+``/data/services/tokens/invalidate/{alias}`` authenticated the same way.
 """
 
 from __future__ import annotations
@@ -71,8 +75,8 @@ class XnatHubClient:
         self.validate_cert = validate_cert
 
     async def _fetch(self, method: str, path: str, *, auth: tuple[str, str] | None = None,
-                     what: str = "") -> bytes:
-        headers = {"Accept": "application/json"}
+                     what: str = "", accept: str = "application/json") -> bytes:
+        headers = {"Accept": accept}
         if auth:
             headers["Authorization"] = _basic(*auth)
         req = HTTPRequest(
@@ -120,29 +124,27 @@ class XnatHubClient:
         return AliasToken(str(data["alias"]), str(data["secret"]), expires)
 
     async def validate_token(self, alias: str, secret: str) -> str:
-        """The username the token belongs to; TokenExpired when XNAT says no."""
-        path = f"/data/services/tokens/validate/{quote(alias, safe='')}/{quote(secret, safe='')}"
+        """The username the token belongs to; TokenExpired when XNAT says no.
+
+        Authenticates with the token (Basic alias:secret) and asks XNAT who that is
+        (``GET /xapi/users/username``, text): XNAT answers 401 for an unknown, expired or
+        invalidated token and for a disabled account. The secret is never in the URL."""
         try:
-            body = await self._fetch("GET", path, auth=(alias, secret), what="token validation")
+            body = await self._fetch("GET", "/xapi/users/username", auth=(alias, secret),
+                                     what="token validation", accept="text/plain, */*")
         except (AuthenticationFailed, PermissionDenied):
             raise TokenExpired("the XNAT alias token is no longer valid; log in again") from None
-        try:
-            data = json.loads(body)
-        except ValueError:
-            data = {}
-        user = data.get("valid") if isinstance(data, dict) else None
-        if not user:
+        user = body.decode("utf-8", errors="replace").strip()
+        if not user or user.lower() == "guest":
             raise TokenExpired("the XNAT alias token is no longer valid; log in again")
-        return str(user)
+        return user
 
     async def invalidate_token(self, token: AliasToken) -> None:
-        path = (
-            f"/data/services/tokens/invalidate/{quote(token.alias, safe='')}"
-            f"/{quote(token.secret, safe='')}"
-        )
+        """End *token* in XNAT (``/data/services/tokens/invalidate/{alias}``, authenticated
+        with the token itself); a token XNAT no longer accepts is already ended."""
         try:
-            await self._fetch("GET", path, auth=(token.alias, token.secret),
-                              what="token invalidation")
+            await self._fetch("GET", f"/data/services/tokens/invalidate/{quote(token.alias, safe='')}",
+                              auth=(token.alias, token.secret), what="token invalidation")
         except (AuthenticationFailed, PermissionDenied, TokenExpired):
             pass  # already invalid: the goal is reached
 

@@ -3,14 +3,14 @@
 Only the scope's archive directories are bound into the sandbox, read-only,
 at /xnat/data (:mod:`spawner.sandbox`), when ``xnat_data_root`` is set;
 otherwise nothing is mounted and the server reads through XNAT's REST API.
-The user's Unix account must exist (``pwd.getpwnam``), as for JupyterHub's
+The user's Unix account must exist and not be a system account
+(:func:`hub_ext.unix_accounts.unix_account`, ``c.UnixAccounts.min_uid``), as for JupyterHub's
 LocalProcessSpawner.
 """
 
 from __future__ import annotations
 
 import os
-import pwd
 import shutil
 import sys
 from pathlib import Path
@@ -19,6 +19,7 @@ from jupyterhub.spawner import LocalProcessSpawner
 from traitlets import List, Unicode, default
 
 import xnat_bridge
+from hub_ext.unix_accounts import unix_account
 
 from .mixin import XnatScopedSpawner
 from .plan import DataMount, SpawnPlan
@@ -67,7 +68,7 @@ class XnatLocalSpawner(XnatScopedSpawner, LocalProcessSpawner):
         return DataMount.HOST_PATH if self.xnat_data_root else DataMount.NONE
 
     def sandbox_spec(self, plan: SpawnPlan) -> SandboxSpec:
-        home = pwd.getpwnam(self.user.name).pw_dir
+        home = unix_account(self.user.name, self.config).pw_dir  # no system accounts
         staging = plan.server_env.offload.staging_dir
         return SandboxSpec(self.xnat_data_root, home,
                            tuple(_code_roots() + ["/run/munge", *self.sandbox_ro_paths]),

@@ -22,7 +22,6 @@ Differences from plain batchspawner, on purpose:
 from __future__ import annotations
 
 import os
-import pwd
 import shutil
 import sys
 
@@ -33,6 +32,7 @@ from traitlets import Float, List, Unicode, default
 from hub_ext import bootstrap
 from hub_ext.errors import spawn_error
 from hub_ext.handlers import CONFIG_LINE, missing_routes
+from hub_ext.unix_accounts import unix_account
 from xnat_bridge import procs
 from xnat_bridge.errors import CommandFailed, SlurmError, XnatHpcError
 
@@ -113,11 +113,7 @@ class XnatSlurmSpawner(XnatScopedSpawner, SlurmSpawner):
         return await super().start()
 
     def _home(self) -> str:
-        try:
-            return pwd.getpwnam(self.user.name).pw_dir
-        except KeyError:
-            raise SlurmError(f"there is no Unix account {self.user.name!r} on this hub for Slurm jobs; "
-                             "ask the admin to create it") from None
+        return unix_account(self.user.name, self.config).pw_dir  # exists, not a system account
 
     async def submit_batch_script(self):
         plan: SpawnPlan = self.xnat_plan

@@ -44,6 +44,13 @@ def test_demo_starts_prints_and_stops(slurm, tmp_path):
     with pytest.raises(requests.ConnectionError):
         requests.get(f"http://127.0.0.1:{port}/xapi/siteConfig/buildInfo", timeout=2)
     assert subprocess.run(["sinfo"], capture_output=True).returncode == 0
+    # its run directory, logs and devxnat's state are the hub admin's alone
+    demo = tmp_path / "demo"
+    assert demo.stat().st_mode & 0o077 & ~0o011 == 0, oct(demo.stat().st_mode)  # at most traversable
+    for private in ("devxnat.log", "jupyterhub.log", "xnat/devxnat.sqlite3"):
+        assert (demo / private).stat().st_mode & 0o777 == 0o600, private
+    for private_dir in ("hub", "xnat"):
+        assert (demo / private_dir).stat().st_mode & 0o066 == 0, private_dir
     # the archive it generated is in XNAT's layout
     archive = list((tmp_path / "demo" / "xnat").rglob("arc001"))
     assert archive, "no {archive}/{project}/arc001 directory generated"

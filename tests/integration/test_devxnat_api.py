@@ -108,10 +108,30 @@ def test_alias_token_issue_validate_invalidate(devxnat):
     assert devxnat.get("/data/auth", alias, secret).text == "User 'bob' is logged in"
     assert ids(devxnat.get("/data/projects", alias, secret)) == {"NEURO_MRI", "CARDIO_ECG"}
     r = devxnat.get(f"/data/services/tokens/invalidate/{alias}/{secret}", alias, secret)
-    assert r.status_code == 200
+    assert r.status_code == 200 and r.json() == {"result": "OK"}
     assert devxnat.get("/data/projects", alias, secret).status_code == 401
     assert devxnat.get(f"/data/services/tokens/validate/{alias}/{secret}", None).json() == {}
     assert devxnat.get(f"/data/services/tokens/validate/{alias}/wrong", None).json() == {}
+
+
+def test_token_checked_and_ended_without_its_secret_in_a_url(devxnat):
+    """What the hub does (as XNAT allows): authenticate with the token, ask who that is;
+    end it by its alias alone."""
+    alias, secret = devxnat.token("bob")
+    r = devxnat.get("/xapi/users/username", alias, secret)
+    assert r.status_code == 200 and r.text == "bob" and r.headers["Content-Type"].startswith("text/plain")
+    assert devxnat.get("/xapi/users/username", alias, "wrong").status_code == 401
+    assert devxnat.get("/xapi/users/username", None).status_code == 401
+    assert devxnat.get("/xapi/users/username", "alice").text == "alice"  # a password login too
+    # only the owner (or an admin) ends a token; the alias alone names it
+    assert devxnat.get(f"/data/services/tokens/invalidate/{alias}", "alice").status_code == 403
+    assert devxnat.get("/data/services/tokens/invalidate/no-such-alias", "alice").status_code == 404
+    r = devxnat.get(f"/data/services/tokens/invalidate/{alias}", alias, secret)
+    assert r.status_code == 200 and r.json() == {"result": "OK"}
+    assert devxnat.get("/xapi/users/username", alias, secret).status_code == 401
+    alias, secret = devxnat.token("dave")
+    assert devxnat.get(f"/data/services/tokens/invalidate/{alias}", "admin").json() == {"result": "OK"}
+    assert devxnat.get("/xapi/users/username", alias, secret).status_code == 401
 
 
 def test_disabled_account_cannot_log_in_and_its_tokens_stop(devxnat):
