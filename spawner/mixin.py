@@ -22,7 +22,9 @@ a pure builder. The mixin provides:
 
 Async contract: :meth:`start` awaits :meth:`make_plan` (XNAT requests run in a
 thread, never on the hub's event loop), awaits the audit log (its file work runs
-in a thread), calls the synchronous :meth:`apply_plan`, then awaits the base
+in a thread), awaits :meth:`prepare_host` (the backend's privileged host-side work,
+e.g. the per-user staging directory; blocking calls in a thread), calls the
+synchronous :meth:`apply_plan`, then awaits the base
 spawner's ``start``. Domain errors become what :func:`hub_ext.errors.spawn_error`
 makes of them: the status of the error class and a ``jupyterhub_message`` the
 user reads on the spawn page or in the REST reply.
@@ -36,7 +38,7 @@ import os
 import time
 from typing import ClassVar
 
-from traitlets import Any, Bool, Float, Instance, Unicode, default
+from traitlets import Any, Bool, Float, Instance, Integer, Unicode, default
 from traitlets.config import LoggingConfigurable
 
 from hub_ext.audit_log import HubAuditLog
@@ -115,6 +117,14 @@ class XnatScopedSpawner(LoggingConfigurable):
         0.1,
         help="""Seconds between checks that a starting server accepts connections; start()
         returns as soon as it does, so the hub's first HTTP check finds it up.""",
+    ).tag(config=True)
+
+    hub_auth_cache_max_age = Integer(
+        60,
+        help="""Seconds a user's server may trust the hub's answer about a token or login
+        (``HubOAuth.cache_max_age`` of jupyterhub-singleuser, whose default is 300): a token
+        deleted on the hub, or a user removed, stops opening the server within this time.
+        The default matches XNAT permissions' cache (60 s); 0 asks the hub on every request.""",
     ).tag(config=True)
 
     xnat_plan = Any(None, help="The validated plan of the current start (set by start).")
@@ -228,6 +238,11 @@ class XnatScopedSpawner(LoggingConfigurable):
         (a dispatcher asks its backend of the profile). Called last in :meth:`make_plan`."""
         return self.data_mount()
 
+    async def prepare_host(self, plan: SpawnPlan) -> None:
+        """Backend hook: what the hub itself must do on the host before *plan*'s server starts
+        (the local and Slurm backends create the user's staging directory as root); raise an
+        :class:`~xnat_bridge.errors.XnatHpcError` to refuse the start. Default: nothing."""
+
     def apply_plan(self, plan: SpawnPlan) -> None:
         """Backend hook: set this spawner's own settings from *plan* (pure builder + assignment)."""
         raise NotImplementedError(f"{type(self).__name__} must implement apply_plan")
@@ -244,6 +259,7 @@ class XnatScopedSpawner(LoggingConfigurable):
         self._progress(20, f"Permissions checked: {', '.join(f'{p} ({r})' for p, r in plan.roles.items())}"
                            f"; profile {plan.profile.display_name}")
         try:
+            await self.prepare_host(plan)
             self.apply_plan(plan)
             address = await super().start()
         except XnatHpcError as exc:
@@ -282,6 +298,10 @@ class XnatScopedSpawner(LoggingConfigurable):
             return await super().stop(now=now)
         finally:
             self.xnat_plan = self.spawn_progress = None
+
+    def get_args(self):
+        """The base spawner's arguments, and how long the server may cache the hub's answers."""
+        return [*super().get_args(), f"--HubOAuth.cache_max_age={int(self.hub_auth_cache_max_age)}"]
 
     def get_env(self):
         """The base spawner's environment, then the plan's ``ServerEnv`` and its secret."""

@@ -40,6 +40,10 @@ API_PREFIX = "xnat-hpc/api"
 AUTH_RESOURCE = "xnat-hpc"
 _HTTP_REASONS = {400: "invalid_request", 401: "authentication_failed", 403: "forbidden",
                  404: "not_found", 405: "method_not_allowed", 409: "conflict"}
+#: the 403 of a request that no token or login of this server's owner authenticated (no
+#: credentials, another user's token, a token without access to this server, a deleted one)
+NOT_AUTHENTICATED = ("access to this server refused: the request carries no JupyterHub token or "
+                     "hub login with access to it (only the server's owner has access)")
 
 
 def endpoint(method):
@@ -92,12 +96,21 @@ class XnatHpcHandler(ExtensionHandlerMixin, APIHandler):
             message = self._reason
             if exc is not None and exc.log_message:
                 message = exc.log_message % exc.args if exc.args else exc.log_message
+            if status_code == 403 and not self._authenticated():
+                message = NOT_AUTHENTICATED  # rather than "Forbidden" or "'_xsrf' argument missing"
             body = {"error": _HTTP_REASONS.get(status_code, "error"), "message": message}
         else:
             self.set_status(500)
             body = {"error": "error", "message": "internal error; see the server log"}
         self.set_header("Content-Type", "application/json")
         self.finish(json.dumps(body))
+
+    def _authenticated(self) -> bool:
+        """Whether ``prepare`` found a user this server accepts."""
+        try:
+            return self.current_user is not None
+        except Exception:  # noqa: BLE001 - not resolved yet: not authenticated
+            return False
 
     def log_exception(self, typ, value, tb) -> None:
         if isinstance(value, XnatHpcError):
