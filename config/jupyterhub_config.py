@@ -21,6 +21,10 @@ c.JupyterHub.spawner_class = "xnat"
 c.JupyterHub.allow_named_servers = True            # one server per scope is natural
 c.XnatScopedSpawner.profiles_file = "/etc/xnat-hpc-hub/profiles.yaml"
 c.XnatScopedSpawner.xnat_data_root = "/data/xnat/archive"   # XNAT's archivePath as the hub sees it
+# Local backend (the hub runs as root): the archive is closed to users' accounts — group
+# xnat-archive, dirs 0750 / files 0640, under a directory only root can traverse (0700) —
+# and a local server gets this group only inside its sandbox, where only its scope exists.
+c.XnatLocalSpawner.archive_group = "xnat-archive"
 c.HubAuditLog.path = "/var/log/xnat-hpc-hub/audit.jsonl"   # every spawn, allowed or denied
 
 # Slurm backend: node names must be reachable from the hub's proxy, or set an address.

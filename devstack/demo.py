@@ -10,12 +10,17 @@ they are missing: the local and Slurm backends run each server as its user.
 
 The run directory is 0700 and every log it writes (``devxnat.log``,
 ``jupyterhub.log``) 0600: logs name users, projects and requests, and are no
-business of the demo users' accounts.
+business of the demo users' accounts. The archive is closed to those accounts
+too (root and the group ``xnat-archive``, under devxnat's 0700 data directory):
+a local server reads its scope through the binds root makes in its sandbox, a
+Slurm server and the offload jobs through XNAT's REST API. The staging area's
+root is root's (0755); the hub makes each user's directory in it.
 """
 
 from __future__ import annotations
 
 import argparse
+import grp
 import os
 import secrets
 import shutil
@@ -27,6 +32,7 @@ import threading
 import time
 from pathlib import Path
 
+from xnat_bridge import procs
 from xnat_bridge.errors import XnatHpcError
 
 from .accounts import ensure_accounts, install_file
@@ -37,6 +43,8 @@ CONFIG_DIR = Path(__file__).resolve().parents[1] / "config"
 DEMO_PROFILES = CONFIG_DIR / "demo" / "profiles.yaml"
 EXAMPLE_SCRIPT = CONFIG_DIR.parent / "examples" / "train_example.py"
 STAGING_DIR = Path("/var/lib/xnat-hpc-hub/staging")
+#: the Unix group that may read the archive (``c.XnatLocalSpawner.archive_group``)
+ARCHIVE_GROUP = "xnat-archive"
 
 DEMO_USERS = (
     ("admin", "site administrator (sees every project)"),
@@ -134,18 +142,53 @@ def _wait_http(url: str, proc: subprocess.Popen, timeout: float, what: str, log_
     raise XnatHpcError(f"{what} did not answer within {timeout:.0f} s; see {log_path}")
 
 
-def prepare_shared_dirs(archive: Path, traverse: tuple[Path, ...] = (), staging: Path = STAGING_DIR) -> None:
-    """The archive readable by the demo users' accounts (as a site's XNAT mount: the local
-    backend binds the scope's folders of it into each sandbox), the directories above it
-    traversable, and the staging area (1777 + sticky: each user gets a 0700 directory in it)."""
+def ensure_group(name: str) -> int:
+    """The gid of the Unix group *name*, created as a system group (``groupadd --system``,
+    no members) when missing."""
+    try:
+        return grp.getgrnam(name).gr_gid
+    except KeyError:
+        procs.run(["groupadd", "--system", name])
+        return grp.getgrnam(name).gr_gid
+
+
+def close_archive(archive: Path, group: str = ARCHIVE_GROUP) -> None:
+    """The archive closed to the users' accounts, as a site keeps it (docs/admin.md): its
+    parent directory root's alone (0700), so nobody else can look up anything beneath it;
+    the archive owned by root and *group* (created without members), directories 0750,
+    files 0640. Only root (devxnat; the hub's ``bwrap``, which binds a server's scope into
+    its sandbox and grants *group* there only) reads it. Symbolic links are not followed."""
+    gid = ensure_group(group)
+    parent = archive.parent
+    os.chown(parent, 0, 0, follow_symlinks=False)
+    os.chmod(parent, 0o700)  # first: nothing beneath is reachable while the modes change
     for root, _dirs, files in os.walk(archive):
-        os.chmod(root, 0o755)
+        os.chown(root, 0, gid, follow_symlinks=False)
+        os.chmod(root, 0o750)
         for name in files:
-            os.chmod(os.path.join(root, name), 0o644)
-    for directory in traverse:
-        os.chmod(directory, os.stat(directory).st_mode | 0o011)
+            path = os.path.join(root, name)
+            if os.path.islink(path):
+                continue
+            os.chown(path, 0, gid, follow_symlinks=False)
+            os.chmod(path, 0o640)
+
+
+def prepare_staging_root(staging: Path = STAGING_DIR) -> None:
+    """The staging area's root: root's, 0755 — no user can create a directory in it (nor
+    another user's first); the hub makes each user's 0700 directory when their server starts
+    (:mod:`spawner.userdirs`). A symbolic link is refused."""
     staging.mkdir(parents=True, exist_ok=True)
-    os.chmod(staging, 0o1777)
+    if staging.is_symlink():
+        raise XnatHpcError(f"{staging} is a symbolic link; give the demo a real directory")
+    os.chown(staging, 0, 0)
+    os.chmod(staging, 0o755)
+
+
+def prepare_shared_dirs(archive: Path, staging: Path = STAGING_DIR, group: str = ARCHIVE_GROUP) -> None:
+    """The archive closed to the demo users' accounts (:func:`close_archive`) and the staging
+    area's root not writable by them (:func:`prepare_staging_root`)."""
+    close_archive(archive, group)
+    prepare_staging_root(staging)
 
 
 def start_hub(run_dir: Path, xnat_url: str, archive: Path, port: int) -> tuple[subprocess.Popen, str]:
@@ -219,7 +262,7 @@ def run_demo(args: argparse.Namespace) -> int:
             except XnatHpcError as e:  # e.g. a symbolic link where the script goes: left alone
                 print(f"warning: {e.message}", file=sys.stderr, flush=True)
         archive = run_dir / "xnat" / "archive"
-        prepare_shared_dirs(archive, (run_dir, run_dir / "xnat"))
+        prepare_shared_dirs(archive)
         print("starting JupyterHub ...", flush=True)
         hub_proc, hub_url = start_hub(run_dir, xnat_url, archive, args.hub_port)
         text = format_status(statuses, slurm.cfg.run_dir)

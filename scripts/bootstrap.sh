@@ -14,8 +14,12 @@ set -euo pipefail
 
 VENV=${VENV:-/opt/xnat-hpc-hub/venv}
 HERE=$(cd "$(dirname "$0")/.." && pwd)
-DEB_PACKAGES=(slurm-wlm munge bubblewrap age python3-venv python3-dev
+# util-linux: setpriv, with which a local server drops from root to its user inside its sandbox
+DEB_PACKAGES=(slurm-wlm munge bubblewrap util-linux age python3-venv python3-dev
               nodejs npm chromium curl ca-certificates)
+# the group that may read the XNAT archive: granted only inside local servers' sandboxes,
+# never a member's (c.XnatLocalSpawner.archive_group; docs/admin.md)
+ARCHIVE_GROUP=${ARCHIVE_GROUP:-xnat-archive}
 
 log() { printf '[bootstrap] %s\n' "$*"; }
 
@@ -45,6 +49,12 @@ system() {
     apt-get install -y -qq --no-install-recommends "${missing[@]}"
   else
     log "Debian packages present"
+  fi
+  if ! getent group "$ARCHIVE_GROUP" >/dev/null; then
+    log "creating the system group $ARCHIVE_GROUP (reads the XNAT archive; no members)"
+    groupadd --system "$ARCHIVE_GROUP"
+  else
+    log "group $ARCHIVE_GROUP present"
   fi
   if ! command -v configurable-http-proxy >/dev/null; then
     log "installing configurable-http-proxy (npm)"

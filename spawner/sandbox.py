@@ -6,11 +6,21 @@ directories, read-only**, under :data:`~spawner.plan.DATA_MOUNT` (the archive
 root itself is never bound, so other projects do not exist there). Network is
 shared (the hub's proxy must reach the server); PID, IPC and UTS namespaces
 are private, and the sandbox dies with the spawner's process.
+
+The archive is closed to the users' accounts (files of a dedicated group,
+under a directory only root can traverse), so the hub runs ``bwrap`` as root:
+root sets up the read-only binds of the scope, and only then, inside the
+sandbox, :func:`setpriv_args` drops to the user — their uid, gid and groups
+plus the archive group (only when the scope is mounted), no capabilities
+(none inheritable, an empty bounding set) and ``no_new_privs``. The archive
+group is thus held only by processes that see nothing of the archive but the
+scope; a shell, a batch job or a Slurm server of the same user does not have it.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 import posixpath
 
 from xnat_bridge.errors import InvalidRequest
@@ -32,6 +42,16 @@ class SandboxSpec:
     bwrap: str = "bwrap"
 
 
+@dataclasses.dataclass(frozen=True)
+class RunAs:
+    """Whom the server runs as inside the sandbox (``bwrap`` itself runs as root)."""
+
+    uid: int
+    gid: int
+    groups: tuple[int, ...] = ()      #: supplementary groups: the user's, plus the archive group
+    setpriv: str = "setpriv"          #: util-linux ``setpriv``
+
+
 def _abs(path: str, what: str) -> str:
     if not path.startswith("/") or "\x00" in path or "\n" in path:
         raise InvalidRequest(f"{what} must be an absolute path, got {path!r}")
@@ -51,25 +71,77 @@ def mount_source(archive_root: str, mount: ScopeMount) -> str:
     return posixpath.join(archive_root, mount.source)
 
 
+class _Tree:
+    """What exists in the sandbox so far: bound trees (their contents come from the host)
+    and directories made in it (``--dir``, tmpfs mounts)."""
+
+    def __init__(self) -> None:
+        self.binds: set[str] = set()
+        self.dirs: set[str] = {"/", "/proc", "/dev", "/tmp", "/run", "/xnat", DATA_MOUNT}
+
+    def parents(self, target: str) -> list[str]:
+        """``--dir`` for each directory above *target* that is not there yet: made 0755
+        explicitly, because ``bwrap`` run as root makes missing parents 0700, which the
+        user could not traverse."""
+        out: list[str] = []
+        current = posixpath.dirname(target)
+        missing = []
+        while current not in self.dirs and not any(current == b or current.startswith(b + "/")
+                                                   for b in self.binds):
+            missing.append(current)
+            current = posixpath.dirname(current)
+        for directory in reversed(missing):
+            self.dirs.add(directory)
+            out += ["--dir", directory]
+        return out
+
+    def bind(self, option: str, source: str, target: str) -> list[str]:
+        args = self.parents(target) + [option, source, target]
+        self.binds.add(target)
+        return args
+
+
 def bwrap_args(plan: SpawnPlan, spec: SandboxSpec) -> list[str]:
-    """``bwrap ... --`` for *plan*; the server command follows the ``--``."""
+    """``bwrap ... --`` for *plan*; the server command follows the ``--``. Every directory
+    above a bind that the sandbox lacks is made with ``--dir`` (0755) first."""
     args = [spec.bwrap, "--die-with-parent", "--new-session", "--unshare-pid", "--unshare-ipc",
             "--unshare-uts", "--unshare-cgroup-try"]
+    tree = _Tree()
     for path in SYSTEM_RO:
-        args += ["--ro-bind-try", path, path]
+        args += tree.bind("--ro-bind-try", path, path)
     args += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--tmpfs", "/run",
              "--tmpfs", "/xnat", "--dir", DATA_MOUNT]
     for path in spec.ro_paths:  # after the tmpfs mounts, so that e.g. /run/munge shows through
         path = _abs(path, "read-only path")
-        args += ["--ro-bind-try", path, path]
+        args += tree.bind("--ro-bind-try", path, path)
     for path in spec.rw_paths:
         path = _abs(path, "read-write path")
-        args += ["--bind-try", path, path]
+        args += tree.bind("--bind-try", path, path)
     home = _abs(spec.home, "home")
-    args += ["--bind", home, home]
+    args += tree.bind("--bind", home, home)
     if plan.mounts:  # the plan decided to mount (then it also has XNAT_DATA); a root is needed
         archive = _abs(spec.archive_root, "archive root")
         for mount in sorted(plan.mounts, key=lambda m: m.target):
-            args += ["--ro-bind", mount_source(archive, mount), mount.target]
+            args += tree.bind("--ro-bind", mount_source(archive, mount), mount.target)
     args += ["--chdir", home, "--"]
     return args
+
+
+def setpriv_args(run_as: RunAs) -> list[str]:
+    """``setpriv ... --``: from root inside the sandbox to the user, for good (the server
+    command follows the ``--``). Never root: uid or gid 0 is refused."""
+    if run_as.uid <= 0 or run_as.gid <= 0 or any(g <= 0 for g in run_as.groups):
+        raise InvalidRequest(f"a server may not run as root or with group 0 (uid {run_as.uid}, "
+                             f"gid {run_as.gid}, groups {list(run_as.groups)}); ask the hub's "
+                             "administrators to take the account out of group 0")
+    groups = sorted(set(run_as.groups))
+    return [run_as.setpriv, f"--reuid={run_as.uid}", f"--regid={run_as.gid}",
+            f"--groups={','.join(map(str, groups))}" if groups else "--clear-groups",
+            "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs", "--"]
+
+
+def closed_to_users(ancestors: list[os.stat_result]) -> bool:
+    """Whether a path is closed to every account but root: one of its directories (*ancestors*:
+    ``stat`` of the path and each directory above it) belongs to root and grants group and
+    others nothing (0700), so nobody else can look up anything beneath it (pure)."""
+    return any(st.st_uid == 0 and not st.st_mode & 0o077 for st in ancestors)

@@ -16,11 +16,15 @@ Differences from plain batchspawner, on purpose:
   patterns still read ``squeue``'s answer);
 * the hub must serve the bootstrap API (``c.JupyterHub.extra_handlers``,
   :mod:`hub_ext.handlers`): a start without it fails at once, saying so;
-* progress events say what Slurm is doing (submitted, pending with reason, running).
+* progress events say what Slurm is doing (submitted, pending with reason, running);
+* before submitting, the hub (root) creates the user's staging directory, 0700 and
+  owned by the user (:mod:`spawner.userdirs`); the job itself never reads the
+  archive (XNAT's REST API only: ``DataMount.NONE``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import sys
@@ -39,6 +43,7 @@ from xnat_bridge.errors import CommandFailed, SlurmError, XnatHpcError
 from .mixin import XnatScopedSpawner
 from .plan import DataMount, SpawnPlan
 from .slurm_script import SlurmSettings, batch_script, split_env
+from .userdirs import prepare_staging
 
 #: ``squeue`` output format: state and node, what batchspawner's SlurmSpawner patterns read
 SQUEUE_FORMAT = "%T %B"
@@ -97,6 +102,10 @@ class XnatSlurmSpawner(XnatScopedSpawner, SlurmSpawner):
         Only the queue-state reporting of :meth:`query_job_status` starts afresh."""
         self.reported_status = None
 
+    async def prepare_host(self, plan: SpawnPlan) -> None:
+        """As root: the user's staging directory, before the job is submitted."""
+        await prepare_staging(self, plan, await asyncio.to_thread(self._account))
+
     def check_bootstrap_route(self) -> None:
         """Refuse to start when the hub does not serve the bootstrap API: the job could
         never fetch its secrets (checked at each start, not at import)."""
@@ -112,8 +121,11 @@ class XnatSlurmSpawner(XnatScopedSpawner, SlurmSpawner):
         self.check_bootstrap_route()
         return await super().start()
 
+    def _account(self):
+        return unix_account(self.user.name, self.config)  # exists, not a system account
+
     def _home(self) -> str:
-        return unix_account(self.user.name, self.config).pw_dir  # exists, not a system account
+        return self._account().pw_dir
 
     async def submit_batch_script(self):
         plan: SpawnPlan = self.xnat_plan

@@ -1,8 +1,10 @@
 """`xnat-hpc-hub demo` brings up devxnat with the demo archive, the local Slurm
 and JupyterHub, prints how to reach them, and stops what it started."""
 
+import grp
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import requests
@@ -54,3 +56,12 @@ def test_demo_starts_prints_and_stops(slurm, tmp_path):
     # the archive it generated is in XNAT's layout
     archive = list((tmp_path / "demo" / "xnat").rglob("arc001"))
     assert archive, "no {archive}/{project}/arc001 directory generated"
+    # closed to the demo users' accounts: root and xnat-archive, under a root-only directory;
+    # the staging area's root is root's, 0755 (the hub makes each user's directory)
+    gid = grp.getgrnam("xnat-archive").gr_gid
+    assert (demo / "xnat").stat().st_mode & 0o777 == 0o700 and (demo / "xnat").stat().st_uid == 0
+    some_file = next(p for p in archive[0].rglob("*") if p.is_file())
+    assert (some_file.stat().st_gid, some_file.stat().st_mode & 0o777) == (gid, 0o640)
+    assert (archive[0].stat().st_gid, archive[0].stat().st_mode & 0o777) == (gid, 0o750)
+    staging = Path("/var/lib/xnat-hpc-hub/staging").stat()
+    assert (staging.st_uid, staging.st_mode & 0o777) == (0, 0o755)

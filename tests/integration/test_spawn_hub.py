@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from devstack.demo import prepare_staging_root
 from tests.fixtures.spawn import make_hub
 
 pytestmark = [pytest.mark.devxnat]
@@ -27,9 +28,9 @@ c.JupyterHub.tornado_settings = {"slow_spawn_timeout": 0}
 
 @pytest.fixture(scope="module")
 def staging(public_dir):
+    """The staging area's root as the demo makes it: root's, 0755 (the hub makes each user's)."""
     path = public_dir / "staging"
-    path.mkdir(exist_ok=True)
-    os.chmod(path, 0o1777)
+    prepare_staging_root(path)
     return path
 
 
@@ -140,13 +141,31 @@ def test_user_removed_from_project_between_form_and_start_is_refused(hub, shared
     assert "" not in hub.api("GET", "/users/bob").json()["servers"]
 
 
-def _server_process(user: str) -> int:
+def _ppid(pid: str) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+def _server_process(user: str, srv: dict | None = None) -> int:
+    """The server process of *user*; with *srv* (the hub's server model, state included)
+    the one below that server's spawned process (other tests' hubs may run servers of the
+    same user at the same time)."""
     uid = pwd.getpwnam(user).pw_uid
+    child = ((srv or {}).get("state") or {}).get("child") or {}
+    top, job_id = child.get("pid"), child.get("job_id")
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
             if os.stat(f"/proc/{pid}").st_uid != uid:
                 continue
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            if top:
+                chain, current = set(), int(pid)
+                while current > 1 and current not in chain:
+                    chain.add(current)
+                    current = _ppid(str(current))
+                if int(top) not in chain:
+                    continue
+            if job_id and _environ(int(pid)).get("SLURM_JOB_ID") != str(job_id):
+                continue
         except OSError:
             continue
         args = cmdline.split(b"\0")
@@ -165,8 +184,7 @@ def test_local_server_sees_only_its_scope_read_only(hub, shared_devxnat):
     r = hub.api("POST", "/users/alice/servers/sleep", json={"profile": "local-small", "projects": ["SLEEP_EEG"]})
     assert r.status_code in (201, 202), r.text
     try:
-        wait_ready(hub, "alice", "sleep")
-        pid = _server_process("alice")
+        pid = _server_process("alice", wait_ready(hub, "alice", "sleep"))
         root = Path(f"/proc/{pid}/root")
         assert sorted(os.listdir(root / "xnat/data")) == ["SLEEP_EEG"]
         sessions = os.listdir(root / "xnat/data/SLEEP_EEG/arc001")
@@ -204,8 +222,7 @@ def test_xnat_start_jupyter_request_scopes_to_the_experiment(hub, shared_devxnat
     r = hub.api("POST", "/users/alice/servers/xnat-item", json=options)
     assert r.status_code in (201, 202), r.text
     try:
-        wait_ready(hub, "alice", "xnat-item")
-        pid = _server_process("alice")
+        pid = _server_process("alice", wait_ready(hub, "alice", "xnat-item"))
         root = Path(f"/proc/{pid}/root/xnat/data")
         assert os.listdir(root) == ["NEURO_MRI"]
         assert os.listdir(root / "NEURO_MRI/arc001") == [exp["label"]]
@@ -244,7 +261,7 @@ def test_slurm_server_starts_without_secrets_in_slurm_and_stops(hub, slurm):
         assert "xnat_bridge.launch" in script
         stored = _read_all(slurm.run_dir / "state") + script.encode()
         assert secret.encode() not in stored
-        api_token = _environ(_server_process("bob"))["JUPYTERHUB_API_TOKEN"]
+        api_token = _environ(_server_process("bob", srv))["JUPYTERHUB_API_TOKEN"]
         assert api_token and api_token.encode() not in stored
         assert b"XNAT_HPC_BOOTSTRAP" in stored  # the one-time code is there, and already spent
         r = requests.get(f"{hub.url}/user/bob/gpu/api/status", headers={"Authorization": f"token {hub.api_token}"},

@@ -1,10 +1,13 @@
-"""The spawners' pure builders: request parsing, form, decisions, bwrap arguments,
-the sbatch script and the bootstrap registry — no hub, no XNAT, no Slurm."""
+"""The spawners' pure builders: request parsing, form, decisions, bwrap and setpriv
+arguments, the per-user directory decisions, the sbatch script and the bootstrap
+registry — no hub, no XNAT, no Slurm."""
 
 from __future__ import annotations
 
 import json
+import os
 import re
+import stat
 
 import pytest
 
@@ -22,8 +25,9 @@ from spawner.decide import (
 from spawner.form import render_form
 from spawner.plan import DATA_MOUNT, DataMount, ScopeMount, SpawnPlan
 from spawner.request import parse_form, parse_request
-from spawner.sandbox import SandboxSpec, bwrap_args
+from spawner.sandbox import RunAs, SandboxSpec, bwrap_args, closed_to_users, setpriv_args
 from spawner.slurm_script import SlurmSettings, batch_script, split_env
+from spawner.userdirs import root_problem, staging_name, user_dir_problem
 from xnat_bridge.errors import InvalidRequest, NotFound, PermissionDenied
 from xnat_bridge.offload.policy import OffloadPolicy
 from xnat_bridge.scope import Scope
@@ -214,6 +218,68 @@ def test_bwrap_binds_only_the_scope_read_only():
             bwrap_args(_plan([bad]), SandboxSpec("/srv/archive", "/home/alice"))
     with pytest.raises(InvalidRequest, match="may not be bound"):
         bwrap_args(plan, SandboxSpec("/srv/archive", "/home/alice", ("/",)))
+
+
+def test_bwrap_run_as_root_makes_the_parents_of_binds_traversable():
+    """bwrap as root makes missing parents 0700; the user could not reach home or the scope."""
+    plan = _plan([ScopeMount("NEURO_MRI", "NEURO_MRI/arc001/MR_1", f"{DATA_MOUNT}/NEURO_MRI/arc001/MR_1")])
+    args = bwrap_args(plan, SandboxSpec("/srv/archive", "/home/alice", ("/opt/venv", "/usr/share/x"),
+                                        ("/srv/staging",)))
+    joined = " ".join(args)
+    assert "--dir /opt --ro-bind-try /opt/venv /opt/venv" in joined
+    assert "--dir /srv --bind-try /srv/staging" in joined and "--dir /home --bind /home/alice" in joined
+    assert ("--dir /xnat/data/NEURO_MRI --dir /xnat/data/NEURO_MRI/arc001 --ro-bind "
+            "/srv/archive/NEURO_MRI/arc001/MR_1 /xnat/data/NEURO_MRI/arc001/MR_1") in joined
+    assert "--dir /usr" not in joined and args.count("--dir") == 6  # inside a bind: from the host
+
+
+def test_setpriv_drops_to_the_user_for_good():
+    args = setpriv_args(RunAs(1001, 1001, (1001, 998, 27, 998), "/usr/bin/setpriv"))
+    assert args == ["/usr/bin/setpriv", "--reuid=1001", "--regid=1001", "--groups=27,998,1001",
+                    "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs", "--"]
+    assert setpriv_args(RunAs(1001, 1001))[3] == "--clear-groups"
+    for bad in (RunAs(0, 1001), RunAs(1001, 0), RunAs(1001, 1001, (0,)), RunAs(-1, 1001)):
+        with pytest.raises(InvalidRequest, match="may not run as root"):
+            setpriv_args(bad)
+    # the sandbox and the drop compose: bwrap's "--" then setpriv's "--" then the server
+    plan = _plan([ScopeMount("NEURO_MRI", "NEURO_MRI", f"{DATA_MOUNT}/NEURO_MRI")])
+    cmd = bwrap_args(plan, SandboxSpec("/srv/archive", "/home/alice")) + args + ["jupyterhub-singleuser"]
+    assert cmd.index("/usr/bin/setpriv") == cmd.index("--") + 1 and cmd[-2:] == ["--", "jupyterhub-singleuser"]
+
+
+def _st(mode: int, uid: int = 0) -> os.stat_result:
+    return os.stat_result((mode, 1, 1, 1, uid, 0, 0, 0, 0, 0))
+
+
+def test_archive_is_closed_only_below_a_root_only_directory():
+    site = [_st(stat.S_IFDIR | 0o750), _st(stat.S_IFDIR | 0o700), _st(stat.S_IFDIR | 0o755)]
+    assert closed_to_users(site)  # archive 0750 root:xnat-archive under a 0700 root directory
+    assert not closed_to_users([_st(stat.S_IFDIR | 0o750), _st(stat.S_IFDIR | 0o755)])
+    assert not closed_to_users([_st(stat.S_IFDIR | 0o700, uid=1001)])  # a user's 0700 is theirs
+    assert not closed_to_users([_st(stat.S_IFDIR | 0o710)])  # group may traverse
+
+
+@pytest.mark.parametrize("st, problem", [
+    (_st(stat.S_IFDIR | 0o700, 1003), ""),
+    (_st(stat.S_IFDIR | 0o700, 1002), "belongs to uid 1002, not to the user (uid 1003)"),
+    (_st(stat.S_IFDIR | 0o755, 1003), "has mode 0755, not 0700"),
+    (_st(stat.S_IFDIR | 0o1700, 1003), "has mode 1700, not 0700"),
+    (_st(stat.S_IFLNK | 0o777, 1003), "is a symbolic link"),
+    (_st(stat.S_IFREG | 0o700, 1003), "is not a directory"),
+])
+def test_only_the_users_own_private_directory_is_accepted(st, problem):
+    assert user_dir_problem(st, 1003) == problem
+
+
+def test_staging_root_writable_by_others_is_named():
+    assert root_problem(_st(stat.S_IFDIR | 0o755)) == root_problem(_st(stat.S_IFDIR | 0o711)) == ""
+    assert "mode 1777" in root_problem(_st(stat.S_IFDIR | 0o1777))
+    assert "another user's name" in root_problem(_st(stat.S_IFDIR | 0o775))
+
+
+def test_staging_directory_is_named_by_the_xnat_login():
+    assert staging_name({"xnat_user": "J.Doe"}, "jdoe") == "J.Doe"  # what the server's connection uses
+    assert staging_name(None, "alice") == staging_name({}, "alice") == "alice"
 
 
 def test_batch_script_has_profile_resources_and_no_secret():
