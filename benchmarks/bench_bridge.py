@@ -1,18 +1,22 @@
 """Benchmarks of devxnat and xnat_bridge, side by side with plain tools.
 
-    python benchmarks/bench_bridge.py [--download-size 1GB] [--files 10000]
+    python benchmarks/bench_bridge.py [--download-size 1GB] [--rounds 5]
 
 Builds a throw-away devxnat data directory in a temp dir (nothing in the repo),
-starts devxnat on a free port of 127.0.0.1, and measures in one run:
+starts devxnat on a free port of 127.0.0.1, and measures in one run (ours and
+plain alternated, medians and spread (min–max) of ``--rounds`` rounds):
 
 1. devxnat latency of a 1,000-experiment project listing (ours vs the same
    request through ``curl``);
 2. permission lookup for a user in 1,000 projects: cold (asks XNAT) and warm
    (cached), goal < 300 ms / < 5 ms;
-3. manifest of N files (default 10,000): time and peak memory (RSS delta);
-4. ``api``-mode download of ~1 GB in many files with xnat_bridge (verified,
-   4 workers) vs ``curl --parallel`` of the same URLs; prints the ratio
-   curl_time / ours_time (goal ≥ 0.9).
+3. the researcher's explicit download (``Connection.download(ds, DIR)``, REST
+   streams verified against size and XNAT's md5, sha256 computed, 4 workers)
+   of ~1 GB in 5 MB files vs ``curl --parallel`` (4) of the same URLs; prints
+   the ratio curl_time / ours_time (goal ≥ 0.9).
+
+Dataset creation (the manifest of 10,000 files) is measured by
+``bench_datasets.py``, staging by ``bench_staging.py``.
 """
 
 from __future__ import annotations
@@ -20,7 +24,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -32,12 +35,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchlib import alternate  # noqa: E402
 from devxnat import open_data_dir  # noqa: E402
 from devxnat.archive import resource_dir  # noqa: E402
 from devxnat.demo import parse_size  # noqa: E402
 
 
-def build(data: Path, n_files: int, download_bytes: int) -> None:
+def build(data: Path, download_bytes: int) -> None:
     st, archive = open_data_dir(data)
     st.add_user("bench", "bench-pass")
     with st.tx() as db:
@@ -51,8 +55,8 @@ def build(data: Path, n_files: int, download_bytes: int) -> None:
     sid = st.add_subject("BIG", "BIG_S1")
     for i in range(1000):
         st.add_experiment("BIG", sid, f"BIG_E{i:04d}", "xnat:mrSessionData", date="2025-01-01")
-    # N small files (manifest) and ~download_bytes in 5 MB files (download)
-    for pid, count, size in (("FILES", n_files, 1024), ("DL", max(1, download_bytes // (5 << 20)), 5 << 20)):
+    # ~download_bytes in 5 MB files (download)
+    for pid, count, size in (("DL", max(1, download_bytes // (5 << 20)), 5 << 20),):
         st.add_project(pid, pid)
         st.set_member(pid, "bench", "Members")
         sub = st.add_subject(pid, f"{pid}_S1")
@@ -90,14 +94,16 @@ def best_of(fn, n=5) -> float:
     return min(times)
 
 
-def rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+def timed(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
 
 
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--download-size", default="1GB")
-    ap.add_argument("--files", type=int, default=10000)
+    ap.add_argument("--rounds", type=int, default=5, help="alternated rounds of ours and curl (5)")
     args = ap.parse_args()
     import xnat_bridge
     from xnat_bridge.audit import MemorySink
@@ -108,7 +114,7 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="xnat-hpc-bench-"))
     try:
         t = time.perf_counter()
-        build(tmp / "data", args.files, parse_size(args.download_size))
+        build(tmp / "data", parse_size(args.download_size))
         print(f"setup: {time.perf_counter() - t:.1f} s")
         proc, url = start(tmp / "data")
         try:
@@ -116,13 +122,18 @@ def main() -> int:
             alias = client.get_json("/data/services/tokens/issue")
             auth = f"{alias['alias']}:{alias['secret']}"
 
-            # 1. listing latency
-            ours = best_of(lambda: client.result("/data/projects/BIG/experiments"))
-            curl = best_of(lambda: subprocess.run(
-                ["curl", "-sf", "-u", auth, "-o", "/dev/null",
-                 f"{url}/data/projects/BIG/experiments?format=json"], check=True))
-            print(f"1,000-experiment listing: bridge {ours * 1000:.1f} ms, curl {curl * 1000:.1f} ms "
-                  f"(curl includes process start)")
+            # 1. listing latency (curl with the alias token from a 0600 config, not the command line)
+            auth_cfg = tmp / "auth.cfg"
+            with open(os.open(auth_cfg, os.O_WRONLY | os.O_CREAT, 0o600), "w") as f:
+                f.write(f'user = "{auth}"\n')
+            listing = alternate(max(args.rounds, 5), {
+                "ours": lambda: timed(lambda: client.result("/data/projects/BIG/experiments")),
+                "curl": lambda: timed(lambda: subprocess.run(
+                    ["curl", "-sf", "-K", str(auth_cfg), "-o", "/dev/null",
+                     f"{url}/data/projects/BIG/experiments?format=json"], check=True)),
+            }, warmup=1)
+            print(f"1,000-experiment listing: bridge {listing['ours'].spread('ms')}, "
+                  f"curl {listing['curl'].spread('ms')} (curl includes process start)")
 
             # 2. permissions
             cold = best_of(lambda: fetch_permissions(client))
@@ -136,38 +147,30 @@ def main() -> int:
                   f"warm {warm * 1e6:.1f} µs (goal < 5 ms)")
 
             conn = xnat_bridge.connect(url, alias["alias"], alias["secret"], sink=MemorySink(),
-                                       workspace=tmp / "ws", cache_dir=tmp / "cache",
-                                       scope=Scope.unrestricted())
-            # 3. manifest of N files
-            before = rss_mb()
-            t = time.perf_counter()
-            m = conn.resolve("bench files", [{"project": "FILES"}])
-            took = time.perf_counter() - t
-            print(f"manifest of {len(m.files)} files: {took:.2f} s, peak RSS +{rss_mb() - before:.0f} MB "
-                  f"(sha256 computed through the api cache)")
-
-            # 4. download vs curl
+                                       workspace=tmp / "ws", scope=Scope.unrestricted(), data_root="")
+            # 3. explicit download vs curl
             dl = conn.resolve("bench dl", [{"project": "DL"}])
-            shutil.rmtree(tmp / "cache" / "files", ignore_errors=True)
-            conn.access.cache_dir.mkdir(parents=True, exist_ok=True)
-            total = dl.total_size
-            t = time.perf_counter()
-            conn.access.fetch([f.ref() for f in dl.files], workers=4)
-            ours = time.perf_counter() - t
             cfg = tmp / "curl.cfg"
-            out = tmp / "curl-out"
-            out.mkdir()
+            out = tmp / "out"
             with open(os.open(cfg, os.O_WRONLY | os.O_CREAT, 0o600), "w") as f:
                 f.write(f'user = "{auth}"\n')
                 for i, mf in enumerate(dl.files):
                     f.write(f'url = "{url}{mf.uri}"\noutput = "{out}/{i}.bin"\n')
-            t = time.perf_counter()
-            subprocess.run(["curl", "-sf", "--no-progress-meter", "--parallel", "--parallel-max", "4", "-K", str(cfg)], check=True)
-            curl = time.perf_counter() - t
-            mb = total / 1e6
-            print(f"api download {mb:.0f} MB in {len(dl.files)} files: bridge {mb / ours:.0f} MB/s "
-                  f"(md5-verified, atomic), curl --parallel {mb / curl:.0f} MB/s; "
-                  f"ratio bridge/curl throughput = {curl / ours:.2f} (goal ≥ 0.9)")
+
+            def curl_download() -> float:
+                out.mkdir()
+                return timed(lambda: subprocess.run(["curl", "-sf", "--no-progress-meter", "--parallel",
+                                                     "--parallel-max", "4", "-K", str(cfg)], check=True))
+
+            dl_stats = alternate(args.rounds, {
+                "ours": lambda: timed(lambda: conn.download(dl, out, workers=4, progress=False, check=False)),
+                "curl": curl_download,
+            }, after=lambda name, result: shutil.rmtree(out, ignore_errors=True), warmup=1)
+            mb = dl.total_size / 1e6
+            o, c = dl_stats["ours"], dl_stats["curl"]
+            print(f"api download {mb:.0f} MB in {len(dl.files)} files: bridge {o.rate(mb)} "
+                  f"(verified, atomic); curl --parallel {c.rate(mb)}; "
+                  f"ratio bridge/curl throughput = {c.median / o.median:.2f} (goal ≥ 0.9)")
             conn.close()
             client.close()
         finally:

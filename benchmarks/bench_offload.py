@@ -142,7 +142,7 @@ def main() -> int:
     proc = None
     try:
         proc, url = start_devxnat(work / "xnat", 0, "3MB", work / "xnat.log")
-        conn = xnat_bridge.connect(url, "alice", "alice-demo", workspace=work / "ws", cache_dir=work / "cache",
+        conn = xnat_bridge.connect(url, "alice", "alice-demo", workspace=work / "ws", data_root="",
                                    sink=MemorySink(), scope=Scope.unrestricted())
         conn.create_dataset("bench", [{"project": "NEURO_MRI"}])
         (work / "staging").mkdir()

@@ -36,6 +36,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from devstack.accounts import ensure_accounts
+from devstack.demo import close_archive, prepare_staging_root
 from tests.fixtures.devxnat import start_devxnat
 from tests.fixtures.hub import start_hub
 from tests.fixtures.spawn import make_hub
@@ -134,13 +135,9 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="xnat-hpc-bench-", dir="/var/tmp"))
     os.chmod(work, 0o755)
     staging = work / "staging"
-    staging.mkdir()
-    os.chmod(staging, 0o1777)
+    prepare_staging_root(staging)  # root's 0755: the hub makes each user's directory
     dx = start_devxnat(work / "devxnat", demo_size="3MB")
-    for root, _dirs, files in os.walk(dx.data_dir):
-        os.chmod(root, 0o755)
-        for f in files:
-            os.chmod(os.path.join(root, f), 0o644)
+    close_archive(dx.archive)  # as a site keeps it: only the hub's sandbox grants the scope
     hubs = []
     try:
         ours = make_hub(work / "hub-ours", dx, "xnat", staging=staging)

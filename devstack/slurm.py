@@ -54,21 +54,28 @@ class SlurmDevConfig:
     slurmd_port: int = 6818
     interactive_max_time: str = "8:00:00"
     secure_max_time: str = "2-00:00:00"
+    #: the node-local scratch a job may fill (``TmpDisk``, MB = MiB, of ``TmpFS``); 0 = not declared
+    tmp_disk_mb: int = 0
+    tmp_fs: str = "/tmp"
 
     @classmethod
     def for_this_machine(cls, run_dir: Path) -> "SlurmDevConfig":
-        """CPUs and memory of this machine (leaving 512 MB to the system)."""
+        """CPUs and memory of this machine (leaving 512 MB to the system), and the size of its
+        /tmp file system as the node's TmpDisk (whole GiB, never above what slurmd finds, so
+        the node is not drained for "Low TmpDisk")."""
         mem_kb = 0
         with open("/proc/meminfo") as f:
             for line in f:
                 if line.startswith("MemTotal:"):
                     mem_kb = int(line.split()[1])
                     break
+        st = os.statvfs(cls.tmp_fs)
         return cls(
             run_dir=Path(run_dir),
             controller_host=socket.gethostname().split(".")[0],
             cpus=os.cpu_count() or 1,
             memory_mb=max(256, mem_kb // 1024 - 512),
+            tmp_disk_mb=st.f_blocks * st.f_frsize // 2**30 * 1024,
         )
 
     # paths under the run directory
@@ -134,8 +141,11 @@ def slurm_conf(cfg: SlurmDevConfig) -> str:
         f"SlurmdLogFile={cfg.log_file('slurmd')}",
         "SlurmctldDebug=info",
         "SlurmdDebug=info",
+        f"TmpFS={cfg.tmp_fs}",
         f"NodeName={cfg.node_name} NodeAddr=127.0.0.1 NodeHostname={cfg.controller_host}"
-        f" CPUs={cfg.cpus} RealMemory={cfg.memory_mb} State=UNKNOWN",
+        f" CPUs={cfg.cpus} RealMemory={cfg.memory_mb}"
+        + (f" TmpDisk={cfg.tmp_disk_mb}" if cfg.tmp_disk_mb > 0 else "")
+        + " State=UNKNOWN",
         f"PartitionName=interactive Nodes={cfg.node_name} Default=YES"
         f" MaxTime={cfg.interactive_max_time} State=UP",
         f"PartitionName=secure Nodes={cfg.node_name} Default=NO"

@@ -5,6 +5,8 @@ Files are served from the archive directory only after their real path (all
 symlinks followed) is checked to lie inside the archive; single files honour
 HTTP ``Range`` (resumable downloads); ``.../files?format=zip`` streams a zip in
 XNAT's layout (``{session}/scans/{id}-{type}/resources/{label}/files/{path}``).
+As in XNAT, ``/experiments/{E1},{E2},…/scans/ALL/files`` lists the scan files of
+several image sessions in one answer.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from tornado.iostream import StreamClosedError
 from . import archive as arc
 from . import routes, shapes
 from .access import ROLE_OF_GROUP
-from .errors import BadRequest, MethodNotAllowed, NotFound
+from .errors import BadRequest, Forbidden, MethodNotAllowed, NotFound
 from .handler import BaseHandler
 from .store import GROUP_SUFFIX, GROUPS
 
@@ -234,6 +236,9 @@ class DataHandler(BaseHandler):
 
     def _resources_for_files(self, route):
         """[(experiment, resource)] a ``.../files`` route covers (scan lists and ALL too)."""
+        if route.experiment is not None and "," in route.experiment and route.scan is not None \
+                and route.resource is None:
+            return self._sessions_scan_resources(route)
         if route.resource is not None:
             return [self._resource(route)]
         if route.experiment is None:
@@ -252,6 +257,30 @@ class DataHandler(BaseHandler):
                 raise NotFound(f"Unable to find scan {missing[0]} of {e['label']}")
             scans = [sc for sc in scans if sc["scan_id"] in wanted]
         return [(e, r) for sc in scans for r in self.store.resources(e["id"], sc["scan_id"])]
+
+    def _sessions_scan_resources(self, route):
+        """``/experiments/{E1},{E2},…/scans/{ALL|ids}/files``: XNAT's FileList takes a
+        comma-separated list of image sessions and lists the scan files of those the
+        user may read (sessions not found or not readable are left out, as XNAT's
+        ``XNATTemplate`` does); 404 when none is left."""
+        acc = self.access()
+        sessions = []
+        for part in route.experiment.split(","):
+            e = self.store.experiment(part, route.project)
+            if e is None:
+                continue
+            try:
+                acc.readable_project(e["project"])
+            except (NotFound, Forbidden):
+                continue
+            sessions.append(e)
+        if not sessions:
+            raise NotFound(f"Unable to find experiment {route.experiment}")
+        everything = route.scan.upper() == "ALL"
+        wanted = set(route.scan.split(","))
+        return [(e, r) for e in sessions for sc in self.store.scans(e["id"])
+                if everything or sc["scan_id"] in wanted
+                for r in self.store.resources(e["id"], sc["scan_id"])]
 
     def _get_files(self, route):
         rows = []

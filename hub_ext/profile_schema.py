@@ -318,6 +318,9 @@ OFFLOAD_SCHEMA: dict[str, Checker] = {
     "max_walltime": _walltime,
     "exclusive": _flag,
     "staging_dir": _abs_path,
+    "node_scratch": _memory,
+    "staging_threads": _int_at_least(1),
+    "staging_buffer": _memory,
 }
 TOP_SCHEMA: dict[str, Checker] = {
     "defaults": _map_node, "profiles": _seq_node, "offload": _map_node, "xnat_hardware": _map_node,

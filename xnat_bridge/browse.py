@@ -13,6 +13,7 @@ so a user-supplied value can never reach another XNAT path.
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Generic, TypeVar
 
 from .client import XnatClient
@@ -22,6 +23,9 @@ from .scope import Scope, check_id
 
 T = TypeVar("T")
 MAX_LIMIT = 1000
+#: the most characters of experiment IDs in one batched file listing (URLs stay well below 8 KB)
+MAX_IDS_CHARS = 3000
+_EXPERIMENT_IN_URI = re.compile(r"/experiments/([^/]+)/")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -236,8 +240,12 @@ class Browser:
     def files(self, project: str, experiment: str, scan: str | None = None,
               resource: str | None = None) -> list[FileInfo]:
         """Files of one resource, of a scan (all its resources), or of an experiment's scans."""
-        e = self.experiment(project, experiment)
-        base = f"/data/projects/{project}/experiments/{e.id}"
+        return self.experiment_files(self.experiment(project, experiment), scan, resource)
+
+    def experiment_files(self, e: ExperimentInfo, scan: str | None = None,
+                         resource: str | None = None) -> list[FileInfo]:
+        """:meth:`files` of an experiment already looked up (and scope-checked) with :meth:`experiment`."""
+        base = f"/data/projects/{e.project}/experiments/{e.id}"
         if scan is not None:
             check_id(scan, "scan")
             base += f"/scans/{scan}"
@@ -247,10 +255,44 @@ class Browser:
             check_id(resource, "resource")
             base += f"/resources/{resource}"
         rows = self.client.result(base + "/files", what=f"files of {e.label}")
-        out = []
-        for r in rows:
-            uri = r["URI"]
-            path = uri.split("/files/", 1)[1] if "/files/" in uri else r.get("Name", "")
-            out.append(FileInfo(uri, path, _int(r.get("Size")), r.get("digest", ""),
-                                r.get("collection", "")))
+        return [_file_info(r) for r in rows]
+
+    def scan_files(self, experiments: list[ExperimentInfo]) -> dict[str, list[FileInfo]]:
+        """The files of every scan of *experiments* (from :meth:`all_experiments`, so
+        readable and in scope), by experiment ID.
+
+        One request per batch of experiments, as XNAT lists them:
+        ``/data/experiments/{ID},{ID},…/scans/ALL/files`` (a comma-separated list of
+        image sessions, see XNAT's ``XNATTemplate``), instead of one request per
+        experiment; batches keep the URL below :data:`MAX_IDS_CHARS`.
+        """
+        wanted = {e.id: e for e in experiments}
+        out: dict[str, list[FileInfo]] = {e.id: [] for e in experiments}
+        for batch in _batches([check_id(e.id, "experiment") for e in experiments]):
+            rows = self.client.result(f"/data/experiments/{','.join(batch)}/scans/ALL/files",
+                                      what=f"files of {len(batch)} experiments")
+            for r in rows:
+                f = _file_info(r)
+                m = _EXPERIMENT_IN_URI.search(f.uri)
+                if m is None or m.group(1) not in wanted:
+                    continue  # never anything we did not ask for
+                out[m.group(1)].append(f)
         return out
+
+
+def _file_info(r: dict) -> FileInfo:
+    uri = r["URI"]
+    path = uri.split("/files/", 1)[1] if "/files/" in uri else r.get("Name", "")
+    return FileInfo(uri, path, _int(r.get("Size")), r.get("digest", ""), r.get("collection", ""))
+
+
+def _batches(ids: list[str]) -> list[list[str]]:
+    out: list[list[str]] = []
+    size = MAX_IDS_CHARS + 1
+    for i in ids:
+        if size + len(i) + 1 > MAX_IDS_CHARS:
+            out.append([])
+            size = 0
+        out[-1].append(i)
+        size += len(i) + 1
+    return out

@@ -43,6 +43,9 @@ from .errors import (
 
 log = logging.getLogger(__name__)
 
+#: connections kept open to XNAT (shared by all threads; more are opened and dropped when needed)
+POOL_SIZE = 32
+
 _ALIAS_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 _H3_RE = re.compile(r"<h3>(.*?)</h3>", re.S)
 
@@ -60,8 +63,11 @@ def _xnat_message(resp: requests.Response) -> str:
 class XnatClient:
     """One logged-in user on one XNAT server.
 
-    Thread-safe for concurrent requests (``requests.Session`` per thread would
-    lose the session cookie; a lock guards only the re-login).
+    Thread-safe for concurrent requests: ``requests.Session`` is not, so each
+    thread gets its own session (:attr:`_http`), and all of them share one
+    cookie jar (the XNAT session, ``JSESSIONID``; ``http.cookiejar`` locks
+    itself) and one connection pool (urllib3's pool is thread-safe). A lock
+    guards only the re-login.
     """
 
     def __init__(self, host: str | None = None, user: str | None = None,
@@ -83,11 +89,9 @@ class XnatClient:
         self.verify = verify
         self.timeout = timeout
         self.retries = retries
-        self._http = requests.Session()
-        self._http.verify = verify
-        adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=16)
-        self._http.mount("http://", adapter)
-        self._http.mount("https://", adapter)
+        self._cookies = requests.cookies.RequestsCookieJar()
+        self._adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=POOL_SIZE)
+        self._sessions = threading.local()  # a thread's session goes with the thread
         self._login_lock = threading.Lock()
         self._login_generation = 0
         self._xnat = None
@@ -95,6 +99,19 @@ class XnatClient:
 
     def __repr__(self) -> str:
         return f"XnatClient(host={self.host!r}, user={self.username!r})"
+
+    @property
+    def _http(self) -> requests.Session:
+        """This thread's session (shared cookies and connection pool)."""
+        session = getattr(self._sessions, "session", None)
+        if session is None:
+            session = requests.Session()
+            session.verify = self.verify
+            session.cookies = self._cookies
+            session.mount("http://", self._adapter)
+            session.mount("https://", self._adapter)
+            self._sessions.session = session
+        return session
 
     @property
     def uses_token(self) -> bool:
@@ -142,10 +159,13 @@ class XnatClient:
     # -- requests -------------------------------------------------------------
     def request(self, method: str, path: str, *, params: dict | None = None, what: str = "",
                 stream: bool = False, headers: dict | None = None,
-                timeout: float | None = None) -> requests.Response:
+                timeout: float | tuple[float, float] | None = None,
+                accept: tuple[int, ...] = ()) -> requests.Response:
         """One XNAT REST call; returns the 2xx response or raises a typed error.
 
-        *what* names the item for error messages (``project NEURO_MRI``).
+        *what* names the item for error messages (``project NEURO_MRI``);
+        *accept* lists error statuses returned to the caller instead of raised
+        (e.g. ``416`` for a range request).
         """
         url = self.host + path
         idempotent = method.upper() in ("GET", "HEAD", "PUT", "DELETE")
@@ -171,6 +191,8 @@ class XnatClient:
                 resp.close()
                 time.sleep(0.2 * 2 ** attempt)
                 continue
+            if resp.status_code in accept:
+                return resp
             return self._check(resp, what or path)
         raise XnatUnavailable(f"XNAT at {self.host} kept failing ({what or path})")
 
@@ -228,7 +250,7 @@ class XnatClient:
             self._http.delete(self.host + "/data/JSESSION", timeout=5)
         except requests.RequestException:
             pass
-        self._http.close()
+        self._adapter.close()  # the connections of every thread's session
 
     def __enter__(self):
         return self

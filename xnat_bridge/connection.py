@@ -4,17 +4,21 @@
     conn = xnat_bridge.connect()             # XNAT_HOST / XNAT_USER / XNAT_PASS / XNAT_HPC_SCOPE
     conn.permissions()                        # {"NEURO_MRI": "Owner", "SLEEP_EEG": "Member"}
     conn.projects(); conn.subjects("NEURO_MRI").items; conn.scans("NEURO_MRI", "XNAT_E00001")
-    ds = conn.create_dataset("t1-all", [{"project": "NEURO_MRI"}])
-    paths = conn.download(ds)                 # tqdm progress bar, verified, cached
+    ds = conn.create_dataset("t1-all", [{"project": "NEURO_MRI"}])   # metadata only, no download
+    with conn.open(ds.files[0]) as f: f.read()                        # a verified stream
+    paths = conn.download(ds, "data/t1")      # explicit: plaintext into the directory you name
 
 Every call checks the server's scope first, then XNAT's permissions (cached
 for ``ttl`` seconds), and records an audit event for every data-access
-decision, denials included.
+decision, denials included. Nothing here keeps a copy of a file: creating a
+dataset reads XNAT's listings only, :meth:`Connection.open` streams, and
+:meth:`Connection.download` writes only where the researcher asks.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 import os
 from pathlib import Path
 from typing import Callable
@@ -24,20 +28,21 @@ from .browse import Browser
 from .client import XnatClient
 from .datasets import (
     DatasetStore,
-    HashCache,
     Manifest,
     ManifestFile,
     diff_files,
     files_digest,
-    hash_files,
     list_files,
     now_iso,
 )
-from .errors import Conflict, PermissionDenied
-from .files import FileAccess, FileRef, choose_access, copy_to
+from .download import download_files
+from .errors import Conflict, InvalidRequest, NotFound, PermissionDenied, XnatHpcError
+from .files import DEFAULT_RETRY_WINDOW, FileAccess, FileRef, choose_access
 from .permissions import DEFAULT_TTL_S, PermissionCache
 from .scope import Scope
 from .server_env import data_from_env, host_from_env, scope_from_env, user_from_env
+
+log = logging.getLogger(__name__)
 
 #: shared by all connections of this process, so the TTL bounds revocation delay
 _PERMISSIONS = PermissionCache(DEFAULT_TTL_S)
@@ -66,18 +71,19 @@ class Connection:
 
     def __init__(self, client: XnatClient, *, scope: Scope | None = None,
                  sink: audit.AuditSink | None = None, workspace: str | Path | None = None,
-                 cache_dir: str | Path | None = None, data_root: str | None = None,
-                 ttl: float | None = None, access: FileAccess | None = None):
+                 data_root: str | None = None, ttl: float | None = None,
+                 access: FileAccess | None = None, retry_window: float = DEFAULT_RETRY_WINDOW):
+        """*retry_window*: seconds a REST file stream keeps resuming after a drop. Nothing
+        is cached (an admin may give servers a node-local cache:
+        ``c.XnatHpcExtension.file_cache_dir``)."""
         self.client = client
         self.scope = scope if scope is not None else scope_from_env()
         self.workspace = Path(workspace or os.environ.get("XNAT_HPC_WORKSPACE")
                               or Path.home() / "xnat-hpc")
-        cache = Path(cache_dir or Path.home() / ".cache" / "xnat-hpc")
         self.sink = sink or audit.JsonLinesSink(self.workspace / "audit.jsonl")
         self._cache = _PERMISSIONS if ttl is None else PermissionCache(ttl)
         self.access = access or choose_access(
-            client, data_root if data_root is not None else data_from_env(), cache / "files")
-        self.hashes = HashCache(cache / "sha256.sqlite3")
+            client, data_root if data_root is not None else data_from_env(), retry_window=retry_window)
         self.datasets = DatasetStore(self.workspace / "datasets")
         self.browser = Browser(client, self.scope, self.permission_info)
 
@@ -133,14 +139,14 @@ class Connection:
     # -- datasets -----------------------------------------------------------
     @_denials_audited("dataset_create")
     def resolve(self, name: str, selection: list[dict], *, progress: bool = False) -> Manifest:
-        """Resolve *selection* to a manifest (not saved); sha256 computed once and cached."""
+        """Resolve *selection* to a manifest (not saved) from XNAT's file listings: no
+        file is read, ``sha256`` is "" until the first staging records it.
+        (*progress* is accepted for old callers; listing needs no progress bar.)"""
         from .datasets import check_name, check_selection
 
         check_name(name)
         selection = check_selection(selection)
         files = list_files(self.browser, selection)
-        with _progress_bar(progress, sum(f.size for f in files), f"hashing {name}") as tick:
-            files = hash_files(files, self.access, self.hashes, self.client.host, progress=tick)
         return Manifest(name, self.datasets.next_version(name), now_iso(), self.user,
                         self.client.host, selection, files, files_digest(files))
 
@@ -149,13 +155,18 @@ class Connection:
         m = self.resolve(name, selection, progress=progress)
         if m.version > 1:
             latest = self.datasets.load(name)
-            if latest.digest == m.digest and latest.selection == m.selection:
+            if latest.identity == m.identity and latest.selection == m.selection:
                 return latest
         self.datasets.save(m)
         self._audit("dataset_create", items=_items(selection), files=len(m.files),
                     bytes=m.total_size, hashes={"manifest": m.digest},
                     detail=f"{m.name} v{m.version}")
         return m
+
+    def record_sha256(self, manifest: Manifest, sha256_by_name: dict[str, str]) -> Manifest:
+        """Record computed sha256s into *manifest*'s saved version (see
+        :meth:`DatasetStore.record_sha256`); the updated manifest."""
+        return self.datasets.record_sha256(manifest.name, manifest.version, sha256_by_name)
 
     def load_dataset(self, name: str, version: int | None = None) -> Manifest:
         return self.datasets.load(name, version)
@@ -181,32 +192,64 @@ class Connection:
 
     @_denials_audited("open")
     def open(self, f: ManifestFile | FileRef):
+        """A verified stream of one file (size and XNAT's md5 checked at its end); nothing is
+        written to disk."""
         ref = f.ref() if isinstance(f, ManifestFile) else f
         self._check_file(ref)
         self._audit("open", items=[ref.archive_path], files=1, bytes=ref.size)
         return self.access.open(ref)
 
     @_denials_audited("download")
-    def download(self, manifest: Manifest, dest: str | Path | None = None, *, workers: int = 4,
+    def download(self, manifest: Manifest, dest: str | Path, *, workers: int = 4,
                  progress: bool = True, check: bool = True) -> list[Path]:
-        """Fetch every file of *manifest* (verified); copy to *dest* under dataset names if given.
+        """Write every file of *manifest* in plaintext to ``dest/<file name>``; the paths.
 
-        *check* first asks XNAT whether the manifest still matches (Conflict if not).
+        An explicit, audited action: *dest* is the directory you name (created 0700
+        when missing; choose private storage). Each file streams into
+        ``name.part`` (0600), is verified (size, XNAT's md5, the recorded sha256 if
+        any) and renamed; *workers* files at a time. A failure removes its ``.part``
+        and names the file. *check* first asks XNAT whether the manifest still
+        matches (Conflict if not). Computed sha256s are recorded into the saved
+        dataset version.
         """
+        if dest is None or str(dest).strip() == "":
+            raise InvalidRequest("download needs a directory: conn.download(ds, 'data/t1'); the files "
+                                 "are written there in plaintext, so choose private storage")
+        dest = Path(dest).expanduser()
         for f in manifest.files:
             self._check_file(f.ref())
         if check:
             self.check_current(manifest)
-        with _progress_bar(progress, manifest.total_size, f"downloading {manifest.name}") as tick:
-            paths = self.access.fetch([f.ref() for f in manifest.files], workers=workers, progress=tick)
-        self._audit("download", items=_items(manifest.selection), files=len(paths),
-                    bytes=manifest.total_size, hashes={"manifest": manifest.digest},
-                    detail=f"{manifest.name} v{manifest.version} via {self.access.mode}")
-        if dest is None:
-            return paths
-        return copy_to([(p, f.name) for p, f in zip(paths, manifest.files)], Path(dest))
+        detail = f"{manifest.name} v{manifest.version} via {self.access.mode} into {dest}"
+        try:
+            with _progress_bar(progress, manifest.total_size, f"downloading {manifest.name}") as tick:
+                done = download_files(self.access, [(f.ref(), f.name) for f in manifest.files], dest,
+                                      workers=workers, progress=tick)
+        except XnatHpcError as e:
+            self._audit("download", "failed", items=_items(manifest.selection),
+                        files=len(manifest.files), bytes=manifest.total_size,
+                        hashes={"manifest": manifest.digest}, detail=f"{detail}: {e.message}")
+            raise
+        self._audit("download", items=_items(manifest.selection), files=len(done),
+                    bytes=manifest.total_size, hashes={"manifest": manifest.digest}, detail=detail)
+        self._record_downloaded(manifest, {f.name: sha for f, (_, sha) in zip(manifest.files, done)})
+        return [path for path, _ in done]
+
+    def _record_downloaded(self, manifest: Manifest, sha256_by_name: dict[str, str]) -> None:
+        """Record sha256s a download computed, when *manifest* is a saved version."""
+        try:
+            saved = self.datasets.load(manifest.name, manifest.version)
+        except (NotFound, InvalidRequest, Conflict):
+            return
+        if saved.identity == manifest.identity and not saved.hashed:
+            try:
+                self.datasets.record_sha256(manifest.name, manifest.version, sha256_by_name)
+            except XnatHpcError as e:  # the files are verified and written; only the record failed
+                log.warning("could not record the sha256s of %s v%d: %s", manifest.name,
+                            manifest.version, e.message)
 
     def close(self) -> None:
+        self.access.close()
         self.client.close()
 
     def __enter__(self):

@@ -9,35 +9,48 @@ A **selection** is a list of items, each one of::
     {"project": "P", "experiment": "E", "scan": "1", "resource": "NIFTI"}
     {"project": "P", "experiment": "E", "resource": "NOTES"} a session resource
 
-A **manifest** resolves a selection to every file: XNAT URI, archive-relative
-path, dataset-relative name, size, XNAT md5 and sha256 (computed streaming,
-once, cached by XNAT digest + size). It is saved as versioned JSON in the
-user's workspace (``~/xnat-hpc/datasets/{name}/v{N}.json``) and carries a
-digest of its file list, so a hand-edited manifest is detected on load;
-:meth:`Manifest.changes` re-resolves the selection and reports files that
-changed in XNAT, so a stale manifest is reported, never silently used.
+A **manifest** resolves a selection to every file from XNAT's file listings
+alone, with no file read: XNAT URI, archive-relative path, dataset-relative
+name, size and XNAT's digest (md5, "" where XNAT has none). A file's
+``sha256`` is "" until the first staging (or download) computed it while
+streaming the file; :meth:`DatasetStore.record_sha256` then writes it into the
+same version, and later bundles and jobs verify against it.
+
+Manifests are saved as versioned JSON in the user's workspace
+(``~/xnat-hpc/datasets/{name}/v{N}.json``, 0600). Format 2 carries a
+``digest`` of the files' **identity** (name, uri, archive_path, size, md5), so
+recording sha256s does not change what the dataset is, and a hand-edited
+identity is detected on load. Format 1 manifests (digest over every field,
+sha256 included) load and verify with their own rule.
+:meth:`xnat_bridge.connection.Connection.changes` re-lists the selection and
+reports files whose size or XNAT digest changed, so a stale manifest is
+reported, never silently used.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
+import fcntl
 import hashlib
 import json
 import os
 import re
-import sqlite3
-import threading
+import secrets
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Callable
 
 from .browse import Browser
 from .errors import Conflict, InvalidRequest, NotFound
-from .files import FileAccess, FileRef, safe_relpath
+from .files import FileRef, safe_relpath
 from .scope import check_id
 
 FORMAT = "xnat-hpc-manifest"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+#: the format versions :meth:`Manifest.from_json` reads
+READABLE_VERSIONS = (1, 2)
+IDENTITY_FIELDS = ("name", "uri", "archive_path", "size", "md5")
+_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.\-]{0,63}$")
 _SELECTION_KEYS = {"project", "subject", "experiment", "scan", "resource"}
 
@@ -77,16 +90,32 @@ class ManifestFile:
     archive_path: str
     size: int
     md5: str
-    sha256: str
+    sha256: str = ""
 
     def ref(self) -> FileRef:
         return FileRef(self.uri, self.archive_path, self.size, self.md5, self.sha256)
 
 
 def files_digest(files: list[ManifestFile]) -> str:
-    """sha256 of the canonical JSON of the file list (pure)."""
+    """The identity digest (format 2): sha256 of the canonical JSON of every file's
+    name, uri, archive_path, size and md5 — not its sha256 (pure)."""
+    canon = json.dumps([{k: getattr(f, k) for k in IDENTITY_FIELDS} for f in files],
+                       sort_keys=True, separators=(",", ":"))
+    return "sha256:" + hashlib.sha256(canon.encode()).hexdigest()
+
+
+def files_digest_v1(files: list[ManifestFile]) -> str:
+    """The digest of format 1: over every field, sha256 included (pure)."""
     canon = json.dumps([dataclasses.asdict(f) for f in files], sort_keys=True, separators=(",", ":"))
     return "sha256:" + hashlib.sha256(canon.encode()).hexdigest()
+
+
+def check_sha256(value, name: str) -> str:
+    """A lower-case sha256 hex digest; InvalidRequest naming the file otherwise."""
+    if not isinstance(value, str) or not _SHA256_RE.match(value.lower()):
+        raise InvalidRequest(f"the sha256 of {name} must be 64 hex digits, got {str(value)[:80]!r}",
+                             item=name)
+    return value.lower()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,14 +128,50 @@ class Manifest:
     selection: list[dict]
     files: list[ManifestFile]
     digest: str
+    format_version: int = FORMAT_VERSION
 
     @property
     def total_size(self) -> int:
         return sum(f.size for f in self.files)
 
+    @property
+    def identity(self) -> str:
+        """The identity digest of the files (format 2's ``digest``, whatever the format)."""
+        return files_digest(self.files)
+
+    @property
+    def hashed(self) -> bool:
+        """Whether every file's sha256 is known."""
+        return all(f.sha256 for f in self.files)
+
+    def with_sha256(self, sha256_by_name: Mapping[str, str]) -> "Manifest":
+        """This manifest with the sha256s of *sha256_by_name* filled in (pure).
+
+        InvalidRequest for a name not in the manifest or a malformed digest;
+        Conflict, naming the file, for a digest that differs from one already known.
+        """
+        if not isinstance(sha256_by_name, Mapping):
+            raise InvalidRequest("sha256_by_name must map file names to sha256 hex digests")
+        by_name = {f.name: f for f in self.files}
+        unknown = sorted(n for n in sha256_by_name if n not in by_name)
+        if unknown:
+            raise InvalidRequest(f"dataset {self.name!r} v{self.version} has no file {unknown[0]!r}"
+                                 + (f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else ""),
+                                 item=str(unknown[0])[:200])
+        new = {n: check_sha256(v, n) for n, v in sha256_by_name.items()}
+        for n, sha in sorted(new.items()):
+            known = by_name[n].sha256
+            if known and known.lower() != sha:
+                raise Conflict(f"{n} has sha256 {sha[:12]}…, but dataset {self.name!r} v{self.version} "
+                               f"recorded {known[:12]}…: the file changed in XNAT; create the dataset "
+                               "again", item=n)
+        files = [dataclasses.replace(f, sha256=new[f.name]) if f.name in new and not f.sha256 else f
+                 for f in self.files]
+        return dataclasses.replace(self, files=files)
+
     def to_json(self) -> str:
         return json.dumps({
-            "format": FORMAT, "format_version": FORMAT_VERSION, "name": self.name,
+            "format": FORMAT, "format_version": self.format_version, "name": self.name,
             "version": self.version, "created": self.created, "user": self.user,
             "xnat_host": self.xnat_host, "selection": self.selection,
             "file_count": len(self.files), "total_size": self.total_size,
@@ -117,54 +182,31 @@ class Manifest:
     def from_json(cls, text: str, source: str = "manifest") -> "Manifest":
         try:
             doc = json.loads(text)
-            if doc.get("format") != FORMAT or doc.get("format_version") != FORMAT_VERSION:
-                raise InvalidRequest(f"{source} is not an {FORMAT} v{FORMAT_VERSION} file")
+            version = doc.get("format_version") if isinstance(doc, dict) else None
+            if not isinstance(doc, dict) or doc.get("format") != FORMAT or version not in READABLE_VERSIONS:
+                raise InvalidRequest(f"{source} is not an {FORMAT} file of format "
+                                     f"{' or '.join(map(str, READABLE_VERSIONS))}")
             files = [ManifestFile(**{k: f[k] for k in ("name", "uri", "archive_path", "size",
                                                          "md5", "sha256")}) for f in doc["files"]]
             m = cls(check_name(doc["name"]), int(doc["version"]), str(doc["created"]),
                     str(doc["user"]), str(doc["xnat_host"]), check_selection(doc["selection"]),
-                    files, str(doc["digest"]))
+                    files, str(doc["digest"]), int(version))
         except (ValueError, KeyError, TypeError) as e:
             raise InvalidRequest(f"{source} is not a valid manifest: {e}") from None
         for f in m.files:
             safe_relpath(f.name)
             safe_relpath(f.archive_path)
-        if files_digest(m.files) != m.digest:
+            if f.sha256:
+                check_sha256(f.sha256, f.name)
+        expected = files_digest(m.files) if m.format_version >= 2 else files_digest_v1(m.files)
+        if expected != m.digest:
             raise Conflict(f"{source} was modified after it was created (its digest does not match "
                            "its files); create the dataset again instead of editing it", item=source)
         return m
 
 
-class HashCache:
-    """sha256 of XNAT files, keyed by host + URI + XNAT md5 + size (SQLite, per user)."""
-
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self._local = threading.local()
-        self._db().execute("CREATE TABLE IF NOT EXISTS h (k TEXT PRIMARY KEY, sha256 TEXT NOT NULL)")
-
-    def _db(self) -> sqlite3.Connection:
-        db = getattr(self._local, "db", None)
-        if db is None:
-            db = self._local.db = sqlite3.connect(self.path, isolation_level=None, timeout=10)
-            db.execute("PRAGMA journal_mode=WAL")
-        return db
-
-    @staticmethod
-    def key(host: str, ref: FileRef) -> str:
-        return f"{host}\n{ref.uri}\n{ref.md5}\n{ref.size}"
-
-    def get(self, key: str) -> str | None:
-        row = self._db().execute("SELECT sha256 FROM h WHERE k=?", (key,)).fetchone()
-        return row[0] if row else None
-
-    def put(self, key: str, sha: str) -> None:
-        self._db().execute("INSERT OR REPLACE INTO h VALUES (?,?)", (key, sha))
-
-
 def _archive_path(project: str, session_label: str, uri: str, resource_label: str, path: str) -> str:
-    m = re.search(r"/scans/([^/]+)/resources/", uri)
+    m = re.search(r"/scans/([^/]+)/_?resources/", uri)
     if m:
         return f"{project}/arc001/{session_label}/SCANS/{m.group(1)}/{resource_label}/{path}"
     return f"{project}/arc001/{session_label}/RESOURCES/{resource_label}/{path}"
@@ -176,52 +218,31 @@ def _name(project: str, subject_label: str, session_label: str, archive_path: st
 
 
 def list_files(browser: Browser, selection: list[dict]) -> list[ManifestFile]:
-    """Resolve a selection to its files (without sha256 yet), deduplicated, sorted."""
+    """Resolve a selection to its files from XNAT's listings (no file is read; sha256
+    stays ""), deduplicated, sorted by name.
+
+    Whole projects and subjects are listed with one request for their experiments
+    and one file listing per batch of experiments (:meth:`Browser.scan_files`).
+    """
     seen: dict[str, ManifestFile] = {}
     for item in check_selection(selection):
         project = item["project"]
         if "experiment" in item:
-            exps = [browser.experiment(project, item["experiment"])]
+            e = browser.experiment(project, item["experiment"])
+            groups = [(e, browser.experiment_files(e, item.get("scan"), item.get("resource")))]
         else:
             exps = browser.all_experiments(project, item.get("subject"))
-        for e in exps:
-            subject_label = e.subject_label
-            if not subject_label:
-                subject_label = item.get("subject", "") or e.subject_id
-            for f in browser.files(project, e.id, item.get("scan"), item.get("resource")):
+            by_id = browser.scan_files(exps)
+            groups = [(e, by_id[e.id]) for e in exps]
+        for e, files in groups:
+            subject_label = e.subject_label or item.get("subject", "") or e.subject_id
+            for f in files:
                 ap = _archive_path(project, e.label, f.uri, f.resource, f.path)
                 seen[f.uri] = ManifestFile(_name(project, subject_label, e.label, ap), f.uri, ap,
                                            f.size, f.md5, "")
     if not seen:
         raise NotFound("the selection contains no files")
     return sorted(seen.values(), key=lambda f: f.name)
-
-
-def hash_files(files: list[ManifestFile], access: FileAccess, cache: HashCache, host: str,
-               *, workers: int = 4, progress: Callable[[int], None] | None = None) -> list[ManifestFile]:
-    """Fill in sha256 for every file: from the cache, else streaming through *access*."""
-    import concurrent.futures as cf
-
-    def one(f: ManifestFile) -> ManifestFile:
-        key = HashCache.key(host, f.ref())
-        sha = cache.get(key)
-        if sha is None:
-            h = hashlib.sha256()
-            size = 0
-            with access.open(f.ref()) as stream:
-                while chunk := stream.read(1 << 20):
-                    h.update(chunk)
-                    size += len(chunk)
-            if size != f.size:
-                raise Conflict(f"{f.archive_path} has {size} bytes, XNAT says {f.size}", item=f.name)
-            sha = h.hexdigest()
-            cache.put(key, sha)
-        if progress:
-            progress(f.size)
-        return dataclasses.replace(f, sha256=sha)
-
-    with cf.ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        return list(pool.map(one, files))
 
 
 def now_iso() -> str:
@@ -267,17 +288,35 @@ class DatasetStore:
         d = self._dir(m.name)
         d.mkdir(parents=True, exist_ok=True, mode=0o700)
         path = d / f"v{m.version}.json"
-        tmp = d / f".v{m.version}.json.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(m.to_json())
-            f.flush()
-            os.fsync(f.fileno())
-        if path.exists():
-            tmp.unlink()
-            raise Conflict(f"dataset {m.name!r} version {m.version} already exists", item=m.name)
-        os.replace(tmp, path)
+        with self._locked(d):
+            if path.exists():
+                raise Conflict(f"dataset {m.name!r} version {m.version} already exists", item=m.name)
+            _write_atomic(path, m.to_json())
         return path
+
+    def record_sha256(self, name: str, version: int, sha256_by_name: Mapping[str, str]) -> Manifest:
+        """Record the sha256 of files of dataset *name* version *version*; the updated manifest.
+
+        Called after a staging (or a download) computed them. The version's file is
+        rewritten atomically (temporary file, fsync, rename, 0600) under a lock;
+        its digest (the files' identity) does not change. InvalidRequest for a
+        name that is not in the manifest; Conflict naming the file for a sha256
+        that differs from one already recorded; nothing is written then.
+        """
+        d = self._dir(name)
+        with self._locked(d):
+            m = self.load(name, version)
+            updated = m.with_sha256(sha256_by_name)
+            if updated.files != m.files:
+                if m.format_version < FORMAT_VERSION:  # format 1's digest covered the sha256s
+                    updated = dataclasses.replace(updated, digest=files_digest(updated.files),
+                                                  format_version=FORMAT_VERSION)
+                _write_atomic(d / f"v{m.version}.json", updated.to_json())
+            return updated
+
+    @staticmethod
+    def _locked(d: Path):
+        return _DirLock(d)
 
     def delete(self, name: str) -> int:
         versions = self.versions(name)
@@ -303,3 +342,45 @@ def diff_files(old: list[ManifestFile], new: list[ManifestFile]) -> dict[str, li
         "changed": sorted(b[u].name for u in a.keys() & b.keys()
                           if (a[u].size, a[u].md5) != (b[u].size, b[u].md5)),
     }
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Write *text* to *path* through a temporary file (0600, fsync, rename, directory fsync)."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+class _DirLock:
+    """An exclusive ``flock`` on a dataset's directory (writers of the same dataset, any process)."""
+
+    def __init__(self, d: Path):
+        self.d = d
+        self.fd = -1
+
+    def __enter__(self):
+        try:
+            self.fd = os.open(self.d, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise NotFound(f"no dataset named {self.d.name!r}", item=self.d.name) from None
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc):
+        os.close(self.fd)

@@ -15,7 +15,10 @@ with no arguments:
                        no restriction beyond XNAT (a notebook outside the hub)
 ``XNAT_HPC_PROFILE``   slug of the admin profile the server was started with
 ``XNAT_HPC_OFFLOAD``   the site's offload limits as a JSON object
-                       (:class:`~xnat_bridge.offload.policy.OffloadPolicy`);
+                       (:class:`~xnat_bridge.offload.policy.OffloadPolicy`:
+                       partition and resource limits, staging area, the
+                       nodes' ``node_scratch`` in bytes when the site sets it,
+                       ``staging_threads``/``staging_buffer``);
                        absent = the documented defaults
 ``XNAT_DATA``          where the scope's archive directories are mounted
                        read-only inside the server; absent = nothing mounted,
@@ -48,8 +51,9 @@ DATA = "XNAT_DATA"
 XSI_TYPE = "XNAT_XSI_TYPE"
 ITEM_ID = "XNAT_ITEM_ID"
 
-#: offload keys the hub has always written (the profiles file's ``offload:`` keys); the
-#: policy's other fields are written only when they differ from their defaults
+#: offload keys the hub always writes; the policy's other fields (``node_scratch``,
+#: ``staging_threads``, ``staging_buffer``, account, qos, defaults) only when they differ from
+#: their defaults — so ``node_scratch`` travels whenever the site set it
 _OFFLOAD_KEYS = ("partition", "max_cpus", "max_memory", "max_gpus", "max_walltime", "exclusive",
                  "staging_dir")
 

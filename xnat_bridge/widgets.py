@@ -201,7 +201,7 @@ class DatasetPicker(w.VBox):
         def work():
             if not self.items:
                 self.on_add()
-            self.status.value = _message(f"resolving {len(self.items)} item(s) and hashing files …")
+            self.status.value = _message(f"listing the files of {len(self.items)} item(s) in XNAT …")
             m = self._connection().create_dataset(self.name.value.strip(), list(self.items))
             self.manifest = m
             self.status.value = _message(f"dataset {m.name} v{m.version}: {len(m.files)} files, "

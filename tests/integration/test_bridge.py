@@ -1,5 +1,6 @@
 """xnat_bridge against devxnat over real HTTP: sessions, permissions, scope,
-browsing, datasets and manifests, both file-access modes, audit events."""
+browsing, datasets and manifests, both file-access modes, audit events.
+(Streams, faults and the file cache: test_file_streams.py.)"""
 
 import hashlib
 import json
@@ -29,13 +30,12 @@ pytestmark = pytest.mark.devxnat
 def conn_for(devxnat, tmp_path):
     made = []
 
-    def make(user="alice", password=None, **kw):
+    def make(user="alice", password=None, url=None, **kw):
         kw.setdefault("workspace", tmp_path / f"ws-{user}")
-        kw.setdefault("cache_dir", tmp_path / f"cache-{user}")
         kw.setdefault("sink", audit.MemorySink())
         kw.setdefault("ttl", 60)
         kw.setdefault("scope", Scope.unrestricted())
-        c = xnat_bridge.connect(devxnat.url, user, password or f"{user}-demo", **kw)
+        c = xnat_bridge.connect(url or devxnat.url, user, password or f"{user}-demo", **kw)
         made.append(c)
         return c
 
@@ -53,7 +53,7 @@ def test_connect_from_environment_with_alias_token(devxnat, monkeypatch, tmp_pat
     monkeypatch.setenv("XNAT_PASS", secret)
     monkeypatch.setenv("XNAT_HPC_SCOPE", json.dumps({"projects": {"CARDIO_ECG": {}}}))
     monkeypatch.setenv("XNAT_HPC_WORKSPACE", str(tmp_path / "ws"))
-    with xnat_bridge.connect(cache_dir=tmp_path / "c") as c:
+    with xnat_bridge.connect() as c:
         assert c.user == "bob"
         assert c.permissions() == {"CARDIO_ECG": "Member"}  # NEURO_MRI is outside the scope
         assert [p.id for p in c.projects()] == ["CARDIO_ECG"]
@@ -164,8 +164,15 @@ def test_dataset_manifest_versioned_and_verified(conn_for, devxnat):
     sel = [{"project": "NEURO_MRI", "experiment": exp.label}]
     m = c.create_dataset("first set", sel)
     assert m.version == 1 and m.files and m.digest.startswith("sha256:")
-    for f in m.files:
+    for f in m.files:  # metadata from XNAT's listing; the sha256 is not known before a staging
         assert f.archive_path.startswith(f"NEURO_MRI/arc001/{exp.label}/")
+        raw = (devxnat.archive / f.archive_path).read_bytes()
+        assert len(raw) == f.size and hashlib.md5(raw).hexdigest() == f.md5 and f.sha256 == ""
+    # a staging records each file's sha256 into the same version; the dataset stays the same
+    with_sha = c.record_sha256(m, {f.name: hashlib.sha256((devxnat.archive / f.archive_path)
+                                                           .read_bytes()).hexdigest() for f in m.files})
+    assert with_sha.digest == m.digest and c.load_dataset("first set", 1) == with_sha
+    for f in c.load_dataset("first set", 1).files:
         raw = (devxnat.archive / f.archive_path).read_bytes()
         assert hashlib.sha256(raw).hexdigest() == f.sha256 and len(raw) == f.size
     assert c.create_dataset("first set", sel).version == 1  # unchanged: same version
@@ -188,7 +195,7 @@ def test_hand_edited_manifest_is_detected(conn_for):
     del m
 
 
-def test_file_changed_in_xnat_is_reported(conn_for, devxnat):
+def test_file_changed_in_xnat_is_reported(conn_for, devxnat, tmp_path):
     c = conn_for("alice")
     exp = c.experiments("SLEEP_EEG").items[0]
     m = c.create_dataset("will change", [{"project": "SLEEP_EEG", "experiment": exp.id}])
@@ -204,7 +211,10 @@ def test_file_changed_in_xnat_is_reported(conn_for, devxnat):
                       (len(original) + 7, hashlib.md5(original + b"changed").hexdigest(), rid, path))
         assert c.changes(m)["changed"] == [f.name]
         with pytest.raises(Conflict, match="no longer matches"):
-            c.download(m, progress=False)
+            c.download(m, tmp_path / "dl", progress=False)
+        with pytest.raises(Conflict, match="changed in XNAT") as e:  # a stream refuses it too
+            c.open(f)
+        assert e.value.item == f.archive_path
     finally:
         disk.write_bytes(original)
         st.db.execute("UPDATE files SET size=?, md5=? WHERE resource_id=? AND path=?",
@@ -226,29 +236,42 @@ def test_bad_selection_and_names(conn_for):
 
 # -- file access -----------------------------------------------------------------
 
-def test_api_download_resumes_and_verifies(conn_for, tmp_path):
-    c = conn_for("bob")
+@pytest.fixture
+def proxy(devxnat):
+    from ..fixtures.faultproxy import FaultProxy
+
+    p = FaultProxy(devxnat.url)
+    yield p
+    p.close()
+
+
+def test_api_download_resumes_and_verifies(conn_for, devxnat, proxy, tmp_path):
+    c = conn_for("bob", url=proxy.url)
     m = c.create_dataset("ecg", [{"project": "CARDIO_ECG"}])
     f = max(m.files, key=lambda x: x.size)
-    part_final = c.access.cache_path(f.ref())
-    part = part_final.with_name(part_final.name + ".part")
-    part.parent.mkdir(parents=True, exist_ok=True)
-    good = c.open(f).read()  # fetch once to know the bytes, then simulate an interrupted download
-    part_final.unlink()
-    part.write_bytes(good[: len(good) // 2])
+    name = f.uri.rsplit("/", 1)[-1]
+    proxy.cut(name + "$", after=f.size // 2)  # the connection drops in the middle of the file
     paths = c.download(m, tmp_path / "out", progress=False)
+    assert proxy.ranges(name)[-1].startswith("bytes=")  # resumed with a range request
     assert len(paths) == len(m.files)
     by_name = {p.relative_to(tmp_path / "out").as_posix(): p for p in paths}
-    for mf in m.files:
+    for mf in c.load_dataset("ecg").files:  # the download recorded the sha256s it computed
+        raw = (devxnat.archive / mf.archive_path).read_bytes()
         assert hashlib.sha256(by_name[mf.name].read_bytes()).hexdigest() == mf.sha256
-    assert not part.exists()
-    # a corrupt partial download is discarded, never served as complete
-    part_final.unlink()
-    part.write_bytes(b"X" * (len(good) // 2))
-    with pytest.raises(Conflict):
-        c.download(m, progress=False, check=False)
-    assert not part.exists() and not part_final.exists()
-    assert c.download(m, progress=False)  # and a retry succeeds
+        assert hashlib.sha256(raw).hexdigest() == mf.sha256
+    assert not list((tmp_path / "out").rglob("*.part"))
+    # bytes that do not match XNAT's digest are discarded, never left as complete
+    disk = devxnat.archive / f.archive_path
+    good = disk.read_bytes()
+    target = tmp_path / "again" / f.name
+    try:
+        disk.write_bytes(b"X" * len(good))
+        with pytest.raises(Conflict):
+            c.download(m, tmp_path / "again", progress=False, check=False)
+    finally:
+        disk.write_bytes(good)
+    assert not target.exists() and not target.with_name(target.name + ".part").exists()
+    assert c.download(m, tmp_path / "again", progress=False)  # and a retry succeeds
 
 
 def test_mount_mode_gives_the_same_bytes_and_refuses_symlinks_out(conn_for, devxnat, tmp_path):
@@ -273,10 +296,11 @@ def test_mount_mode_gives_the_same_bytes_and_refuses_symlinks_out(conn_for, devx
         link.unlink()
 
 
-def test_out_of_scope_download_is_refused_and_audited(conn_for):
+def test_out_of_scope_download_is_refused_and_audited(conn_for, tmp_path):
     m = conn_for("alice").create_dataset("neuro", [{"project": "NEURO_MRI"}])
     scoped = conn_for("alice", scope=Scope.of(["SLEEP_EEG"]))
     with pytest.raises(OutOfScope):
-        scoped.download(m, progress=False)
+        scoped.download(m, tmp_path / "dl", progress=False)
+    assert not (tmp_path / "dl").exists()
     ev = scoped.sink.events[-1]
     assert ev.action == "permission_denied" and ev.outcome == "denied" and "download" in ev.detail

@@ -305,8 +305,8 @@ import xnat_bridge
 from xnat_bridge.audit import MemorySink
 from xnat_bridge.offload import OffloadManager, OffloadPolicy
 from xnat_bridge.scope import Scope
-url, ws, cache, staging, script = sys.argv[1:6]
-conn = xnat_bridge.connect(url, "alice", "alice-demo", workspace=ws, cache_dir=cache, sink=MemorySink(),
+url, ws, staging, script = sys.argv[1:5]
+conn = xnat_bridge.connect(url, "alice", "alice-demo", workspace=ws, sink=MemorySink(),
                            scope=Scope.unrestricted())
 m = OffloadManager(conn, workspace=ws, policy=OffloadPolicy(staging_dir=staging, exclusive=False,
                    default_memory=512 * 2**20), sink=MemorySink())
@@ -326,7 +326,7 @@ def test_server_killed_mid_job_is_marked_lost_and_leaves_nothing(slurm, offload_
     env = offload_env
     env.script("sleeper.py", SLEEPER)
     proc = subprocess.Popen([sys.executable, "-c", SERVER, devxnat.url, str(env.workspace),
-                             str(env.tmp / "cache2"), str(env.staging), "sleeper.py"],
+                             str(env.staging), "sleeper.py"],
                             stdout=subprocess.PIPE, text=True, env=os.environ.copy())
     try:
         job_id = proc.stdout.readline().strip()

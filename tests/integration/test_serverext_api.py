@@ -203,14 +203,15 @@ def test_unknown_items_and_bad_ids(api):
 
 # -- datasets ----------------------------------------------------------------------------
 
-def test_dataset_lifecycle(api):
+def test_dataset_lifecycle(api, xnat_env, devxnat):
     _, exps = api("GET", "projects/NEURO_MRI/experiments", params={"limit": 1}, expect=200)
     exp = exps["items"][0]
     sel = [{"project": "NEURO_MRI", "experiment": exp["label"]}]
     code, ds = api("POST", "datasets", body={"name": "t1 set", "selection": sel})
     assert code == 201, ds
     assert ds["name"] == "t1 set" and ds["version"] == 1 and ds["versions"] == [1]
-    assert ds["file_count"] > 0 and ds["total_size"] > 0 and len(ds["manifest_sha256"]) == 64
+    # metadata only: the content hash is known once a staging recorded every file's sha256
+    assert ds["file_count"] > 0 and ds["total_size"] > 0 and ds["manifest_sha256"] == ""
     assert ds["selection"] == sel and ds["created"]
     _, listing = api("GET", "datasets", expect=200)
     assert [d["name"] for d in listing["items"]] == ["t1 set"]
@@ -219,6 +220,19 @@ def test_dataset_lifecycle(api):
     assert len(detail["files"]) == ds["file_count"]
     assert set(detail["files"][0]) == {"name", "uri", "size", "sha256"}
     assert sum(f["size"] for f in detail["files"]) == ds["total_size"]
+    assert all(f["sha256"] == "" for f in detail["files"])
+    # what a staging does: record the sha256s; the dataset's content hash is then known
+    import hashlib
+
+    from xnat_bridge.datasets import DatasetStore
+
+    store = DatasetStore(xnat_env["workspace"] / "datasets")
+    archive = {f.name: (devxnat.archive / f.archive_path).read_bytes() for f in store.load("t1 set").files}
+    store.record_sha256("t1 set", 1, {n: hashlib.sha256(b).hexdigest() for n, b in archive.items()})
+    _, ds = api("GET", "datasets/t1 set", expect=200)
+    assert len(ds["manifest_sha256"]) == 64 and ds["version"] == 1
+    assert {f["name"]: f["sha256"] for f in ds["files"]} == {
+        n: hashlib.sha256(b).hexdigest() for n, b in archive.items()}
     _, v1 = api("GET", "datasets/t1 set", params={"version": 1}, expect=200)
     assert v1["version"] == 1
     code, err = api("GET", "datasets/t1 set", params={"version": 7})
@@ -407,6 +421,10 @@ def test_job_submit_run_logs_results(slurm, api, run, neuro_dataset, jp_serverap
 
     done = _wait(api, run, job["id"])
     assert done["state"] == "done", done["message"]
+    # the staging recorded every file's sha256 into the dataset version: its content hash is the job's
+    _, staged = api("GET", "datasets/mri", expect=200)
+    assert staged["version"] == neuro_dataset["version"] and all(f["sha256"] for f in staged["files"])
+    assert len(staged["manifest_sha256"]) == 64 and staged["manifest_sha256"] == done["manifest_sha256"]
     assert done["exit_code"] == 0 and done["slurm_job_id"] and done["started"] and done["ended"]
     _, jobs = api("GET", "jobs", expect=200)
     assert [j["id"] for j in jobs["items"]] == [job["id"]]

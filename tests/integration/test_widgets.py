@@ -34,8 +34,7 @@ def test_pure_helpers():
 @pytest.fixture
 def conn(devxnat, tmp_path):
     c = xnat_bridge.connect(devxnat.url, "alice", "alice-demo", workspace=tmp_path / "ws",
-                            cache_dir=tmp_path / "cache", sink=MemorySink(), ttl=60,
-                            scope=Scope.of(["NEURO_MRI", "CARDIO_ECG"]))
+                            sink=MemorySink(), ttl=60, scope=Scope.of(["NEURO_MRI", "CARDIO_ECG"]))
     yield c
     c.close()
 

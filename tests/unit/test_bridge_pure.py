@@ -6,14 +6,16 @@ import pytest
 
 from xnat_bridge import audit
 from xnat_bridge.datasets import (
+    DatasetStore,
     Manifest,
     ManifestFile,
     check_name,
     check_selection,
     diff_files,
     files_digest,
+    files_digest_v1,
 )
-from xnat_bridge.errors import Conflict, InvalidRequest, OutOfScope
+from xnat_bridge.errors import Conflict, InvalidRequest, NotFound, OutOfScope
 from xnat_bridge.files import safe_relpath
 from xnat_bridge.permissions import parse_groups
 from xnat_bridge.offload.policy import OffloadPolicy
@@ -73,8 +75,8 @@ def test_dataset_names(name, ok):
             check_name(name)
 
 
-def mf(name, size=1, md5="m"):
-    return ManifestFile(name, f"/data/x/{name}", f"P/arc001/{name}", size, md5, "s")
+def mf(name, size=1, md5="m", sha256=""):
+    return ManifestFile(name, f"/data/x/{name}", f"P/arc001/{name}", size, md5, sha256)
 
 
 def test_manifest_json_round_trip_and_tamper_detection():
@@ -93,6 +95,112 @@ def test_manifest_json_round_trip_and_tamper_detection():
         Manifest.from_json(json.dumps(doc))
     with pytest.raises(InvalidRequest):
         Manifest.from_json("not json")
+
+
+SHA_A, SHA_B = "a" * 64, "b" * 64
+
+
+def _manifest(files, **kw):
+    return Manifest("ds", 1, "2026-01-01T00:00:00Z", "alice", "http://x", [{"project": "P"}],
+                    files, files_digest(files), **kw)
+
+
+def test_manifest_v2_digest_is_the_identity_only():
+    m = _manifest([mf("a"), mf("b")])
+    assert json.loads(m.to_json())["format_version"] == 2
+    assert not m.hashed and all(f.sha256 == "" for f in m.files)
+    hashed = m.with_sha256({"a": SHA_A.upper(), "b": SHA_B})
+    assert [f.sha256 for f in hashed.files] == [SHA_A, SHA_B] and hashed.hashed
+    # recording sha256s does not change what the dataset is
+    assert hashed.digest == m.digest == files_digest(hashed.files) and hashed.identity == m.identity
+    assert Manifest.from_json(hashed.to_json()) == hashed
+    # ... while its identity fields stay covered
+    doc = json.loads(hashed.to_json())
+    doc["files"][1]["md5"] = "other"
+    with pytest.raises(Conflict, match="modified"):
+        Manifest.from_json(json.dumps(doc))
+    doc = json.loads(hashed.to_json())
+    doc["files"][1]["sha256"] = "not hex"
+    with pytest.raises(InvalidRequest, match="64 hex"):
+        Manifest.from_json(json.dumps(doc))
+
+
+def test_with_sha256_refuses_unknown_names_and_differing_digests():
+    m = _manifest([mf("a"), mf("b")]).with_sha256({"a": SHA_A})
+    with pytest.raises(InvalidRequest, match="no file 'zz'"):
+        m.with_sha256({"zz": SHA_A})
+    with pytest.raises(Conflict, match="'?a'? has sha256|a has sha256") as e:
+        m.with_sha256({"a": SHA_B})
+    assert e.value.item == "a"
+    with pytest.raises(InvalidRequest, match="64 hex"):
+        m.with_sha256({"b": "123"})
+    assert m.with_sha256({"a": SHA_A}) == m  # the same digest again: nothing changes
+
+
+def test_format_1_manifest_still_loads_with_its_own_digest():
+    files = [mf("a", sha256=SHA_A), mf("b", sha256=SHA_B)]
+    v1 = _manifest(files, format_version=1)
+    doc = json.loads(v1.to_json())
+    doc["digest"] = files_digest_v1(files)  # format 1: the digest covers every field, sha256 too
+    text = json.dumps(doc)
+    loaded = Manifest.from_json(text)
+    assert loaded.format_version == 1 and loaded.files == files and loaded.hashed
+    doc["files"][0]["sha256"] = SHA_B  # in format 1 an edited sha256 is an edit
+    with pytest.raises(Conflict, match="modified"):
+        Manifest.from_json(json.dumps(doc))
+    doc = json.loads(text)
+    doc["format_version"] = 3
+    with pytest.raises(InvalidRequest, match="format 1 or 2"):
+        Manifest.from_json(json.dumps(doc))
+
+
+def test_record_sha256_rewrites_the_version_atomically(tmp_path):
+    store = DatasetStore(tmp_path / "datasets")
+    m = _manifest([mf("a"), mf("b")])
+    path = store.save(m)
+    assert path.stat().st_mode & 0o777 == 0o600
+    out = store.record_sha256("ds", 1, {"b": SHA_B})
+    assert [f.sha256 for f in out.files] == ["", SHA_B] and out.digest == m.digest
+    assert store.load("ds", 1) == out and path.stat().st_mode & 0o777 == 0o600
+    before = path.read_bytes()
+    with pytest.raises(Conflict) as e:
+        store.record_sha256("ds", 1, {"a": SHA_A, "b": SHA_A})
+    assert e.value.item == "b" and "b" in e.value.message
+    with pytest.raises(InvalidRequest, match="no file 'c'"):
+        store.record_sha256("ds", 1, {"c": SHA_A})
+    assert path.read_bytes() == before  # a refusal writes nothing
+    with pytest.raises(NotFound):
+        store.record_sha256("ds", 2, {"a": SHA_A})
+    with pytest.raises(NotFound):
+        store.record_sha256("other", 1, {"a": SHA_A})
+    assert sorted(p.name for p in path.parent.iterdir()) == ["v1.json"]  # no temporary left
+    # a format 1 version (all sha256 known) accepts its own digests and is not rewritten
+    files = [mf("x", sha256=SHA_A)]
+    doc = json.loads(Manifest("old", 1, "t", "alice", "http://x", [{"project": "P"}], files,
+                              files_digest_v1(files), 1).to_json())
+    (store.root / "old").mkdir()
+    (store.root / "old" / "v1.json").write_text(json.dumps(doc))
+    assert store.record_sha256("old", 1, {"x": SHA_A}).format_version == 1
+    with pytest.raises(Conflict):
+        store.record_sha256("old", 1, {"x": SHA_B})
+
+
+def test_cache_root_refuses_the_home_directory(tmp_path, monkeypatch):
+    from xnat_bridge.filecache import check_cache_root
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    (tmp_path / "home" / "cache").mkdir(parents=True)
+    for bad in (tmp_path / "home", tmp_path / "home" / "cache", "relative/dir"):
+        with pytest.raises(InvalidRequest, match="home directory|absolute"):
+            check_cache_root(bad)
+    (tmp_path / "local").mkdir()
+    (tmp_path / "home" / "link").symlink_to(tmp_path / "local")
+    assert check_cache_root(tmp_path / "home" / "link") == tmp_path / "local"  # the real place counts
+    (tmp_path / "local" / "into-home").symlink_to(tmp_path / "home" / "cache")
+    with pytest.raises(InvalidRequest, match="home directory"):
+        check_cache_root(tmp_path / "local" / "into-home")
+    with pytest.raises(NotFound):
+        check_cache_root(tmp_path / "missing")
 
 
 def test_diff_files():

@@ -1,5 +1,6 @@
 """The generated slurm.conf (pure builder) and the `slurm` CLI's refusals."""
 
+import os
 from pathlib import Path
 
 import pytest
@@ -50,9 +51,22 @@ def test_example_config_matches_builder():
     """config/slurm-dev.conf is the builder's output for a documented example."""
     example = Path(__file__).parents[2] / "config" / "slurm-dev.conf"
     cfg = slurm.SlurmDevConfig(
-        run_dir=slurm.DEFAULT_RUN_DIR, controller_host="HOSTNAME", cpus=2, memory_mb=23552
+        run_dir=slurm.DEFAULT_RUN_DIR, controller_host="HOSTNAME", cpus=2, memory_mb=23552,
+        tmp_disk_mb=20480,
     )
     assert example.read_text() == slurm.slurm_conf(cfg)
+
+
+def test_node_declares_its_node_local_scratch():
+    """TmpDisk (issue 11): the offload layer refuses datasets too large for the node's scratch."""
+    assert "TmpDisk" not in slurm.slurm_conf(CFG)  # 0: not declared
+    conf = slurm.slurm_conf(slurm.SlurmDevConfig(run_dir=Path("/r"), controller_host="vm", tmp_disk_mb=4096))
+    node = next(l for l in conf.splitlines() if l.startswith("NodeName="))
+    assert "TmpDisk=4096" in node and conf_dict(conf)["TmpFS"] == "/tmp"
+    mine = slurm.SlurmDevConfig.for_this_machine(Path("/r"))
+    st = os.statvfs("/tmp")
+    assert 0 < mine.tmp_disk_mb <= st.f_blocks * st.f_frsize // 2**20  # never above what slurmd finds
+    assert mine.tmp_disk_mb % 1024 == 0
 
 
 def test_up_without_packages_names_the_install_command(monkeypatch, tmp_path):

@@ -3,6 +3,7 @@ options, key release, script checks, registry, CLI table."""
 
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
@@ -180,3 +181,64 @@ def test_registry_states_tokens_and_restart(tmp_path):
 def test_format_table():
     text = format_table([_record("j0123456789ab")])
     assert text.splitlines()[0].startswith("ID") and text.splitlines()[1].split()[:5] == ["j0123456789ab", "staging", "t1", "v1", "train.py"]
+
+
+# --------------------------------------------------------------------------- node-local scratch (issue 11)
+
+
+def test_node_scratch_rule_and_its_message():
+    from xnat_bridge.offload.policy import SCRATCH_RESERVE_MIN, scratch_needed
+
+    assert scratch_needed(0) == SCRATCH_RESERVE_MIN == 512 * 2**20
+    assert scratch_needed(100 * 2**30) == 110 * 2**30  # the data plus 10 % for results
+    nothing = OffloadPolicy()
+    assert nothing.check_scratch("'mri' v1", 10**15, None) is None  # unknown: nothing to check
+    assert nothing.check_scratch("'mri' v1", 10**15, 0) is None  # TmpDisk=0: not declared
+    slurm = 20 * 2**30
+    assert nothing.check_scratch("'mri' v1", 2 * 2**30, slurm) == slurm
+    with pytest.raises(InvalidRequest) as e:
+        nothing.check_scratch("'mri' v1", 19 * 2**30, slurm)
+    for part in ("'mri' v1", "partition 'secure'", "20.9 GiB", "19.0 GiB of data", "1.9 GiB for results",
+                 "20.0 GiB (Slurm's TmpDisk", "smaller dataset"):
+        assert part in e.value.message, e.value.message
+    site = OffloadPolicy(node_scratch="1G")
+    assert site.node_scratch == 2**30
+    with pytest.raises(InvalidRequest, match=r"1.0 GiB \(the site's offload.node_scratch\)"):
+        site.check_scratch("'mri' v1", 600 * 2**20, slurm)  # the site's value wins over Slurm's
+    assert site.check_scratch("'mri' v1", 100 * 2**20, None) == 2**30
+
+
+def test_offload_json_carries_the_scratch_and_staging_settings():
+    from xnat_bridge.server_env import offload_to_env
+
+    p = OffloadPolicy(node_scratch="200G", staging_threads=16, staging_buffer="128M")
+    doc = json.loads(offload_to_env(p))
+    assert doc["node_scratch"] == 200 * 2**30 and doc["staging_threads"] == 16
+    assert doc["staging_buffer"] == 128 * 2**20
+    assert offload_from_env({"XNAT_HPC_OFFLOAD": offload_to_env(p)}) == p
+    assert "node_scratch" not in json.loads(offload_to_env(OffloadPolicy()))  # default: ask Slurm
+    back = OffloadPolicy.from_json({"node_scratch": "50G", "staging_threads": "4", "staging_buffer": 2**25})
+    assert (back.node_scratch, back.staging_threads, back.staging_buffer) == (50 * 2**30, 4, 2**25)
+    with pytest.raises(InvalidRequest, match="staging_threads"):
+        OffloadPolicy.from_json({"staging_threads": 0})
+    with pytest.raises(InvalidRequest, match="node_scratch"):
+        OffloadPolicy.from_json({"node_scratch": "lots"})
+
+
+def test_profiles_offload_section_takes_the_scratch_keys():
+    from hub_ext.profiles import load_profiles
+
+    cfg = load_profiles("profiles:\n  - slug: a\n    backend: local\n"
+                        "offload:\n  node_scratch: 400G\n  staging_threads: 4\n  staging_buffer: 32M\n")
+    assert cfg.offload.node_scratch == 400 * 2**30
+    assert (cfg.offload.staging_threads, cfg.offload.staging_buffer) == (4, 32 * 2**20)
+    with pytest.raises(InvalidRequest, match="node_scratch"):
+        load_profiles("profiles:\n  - slug: a\n    backend: local\noffload:\n  node_scratch: plenty\n")
+
+
+def test_tmp_disk_from_sinfo():
+    from xnat_bridge.offload.slurm import parse_tmp_disk
+
+    assert parse_tmp_disk("0\n") is None and parse_tmp_disk("") is None
+    assert parse_tmp_disk("204800\n") == 200 * 2**30
+    assert parse_tmp_disk("500000\n102400+\n") == 100 * 2**30  # the smallest node group

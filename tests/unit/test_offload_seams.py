@@ -84,7 +84,8 @@ class _Bundles:
         self.staging, self.released = staging, []
 
     def obtain(self, job_id, manifest, script, opener, report=lambda message: None):
-        info = SimpleNamespace(path=self.staging / "b1.tar.age", bundle_id="b1", manifest_sha256="a" * 64)
+        info = SimpleNamespace(path=self.staging / "b1.tar.age", bundle_id="b1", manifest_sha256="a" * 64,
+                               contents_sha256="c" * 64, file_sha256={})
         return Bundle(info, AgeIdentity.generate(), "c" * 64, users=1)
 
     def release(self, bundle, *, drop=False, job_id="-"):
@@ -165,7 +166,7 @@ def test_the_extension_hands_its_staging_engine_to_the_manager(tmp_path):
         def __init__(self, connection, **kwargs):
             self.kwargs = kwargs
 
-    conn = SimpleNamespace(client=SimpleNamespace(host="http://xnat"), user="alice")
+    conn = SimpleNamespace(client=SimpleNamespace(host="http://xnat"), user="alice", access=None)
     state = ServerState(lambda workspace: conn, RecordingManager, tmp_path / "ws", tmp_path,
                         needs_env=False, staging_engine=engine_by_name("pyrage"))
     assert state.manager().kwargs["staging_engine"] == PyrageEngine()

@@ -140,15 +140,21 @@ def write_keyfile(tmp_path: Path, identity: str) -> Path:
 
 
 def evil_bundle(path: Path, recipient: str, members: list[tuple[tarfile.TarInfo, bytes]],
-                manifest_files: list[dict] | None = None) -> Path:
-    """A hand-made bundle: a valid MANIFEST.json (listing data/a.bin), then *members*."""
+                manifest_files: list[dict] | None = None, *, trailer: bool = True) -> Path:
+    """A hand-made bundle (format 2): a valid MANIFEST.json (listing data/a.bin), then *members*,
+    then (with *trailer*) a HASHES.json with the sha256 of the good data."""
     good = b"good data"
     files = manifest_files if manifest_files is not None else [
         {"name": "a.bin", "size": len(good), "sha256": hashlib.sha256(good).hexdigest()}]
-    manifest = {"format": staging.FORMAT, "format_version": staging.FORMAT_VERSION, "files": files,
-                "manifest_sha256": staging.manifest_sha256(files), "extra": [], "metadata": {},
-                "file_count": len(files), "total_size": sum(f["size"] for f in files)}
-    raw = staging.canonical_json(manifest)
+    head = {"format": staging.FORMAT, "format_version": staging.FORMAT_VERSION,
+            "files": [{"name": f["name"], "size": f["size"], "md5": f.get("md5", "")} for f in files],
+            "extra": [], "metadata": {}, "file_count": len(files),
+            "total_size": sum(f["size"] for f in files)}
+    raw = staging.canonical_json(head)
+    hashes = {"format": "xnat-hpc-bundle-hashes", "format_version": staging.FORMAT_VERSION,
+              "contents_sha256": hashlib.sha256(raw).hexdigest(),
+              "manifest_sha256": staging.manifest_sha256(files),
+              "files": [{"name": f["name"], "sha256": f["sha256"]} for f in files]}
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
         info = tarfile.TarInfo(staging.MANIFEST_NAME)
@@ -156,6 +162,9 @@ def evil_bundle(path: Path, recipient: str, members: list[tuple[tarfile.TarInfo,
         tar.addfile(info, io.BytesIO(raw))
         for info, content in members:
             tar.addfile(info, io.BytesIO(content) if info.isreg() else None)
+        if trailer:
+            info, content = reg(staging.HASHES_NAME, staging.canonical_json(hashes))
+            tar.addfile(info, io.BytesIO(content))
     path.write_bytes(pyrage.encrypt(buf.getvalue(), [pyrage.x25519.Recipient.from_str(recipient)]))
     return path
 
@@ -216,7 +225,9 @@ def test_age_cli_lists_our_bundle(tmp_path, staging_root, keys, age_engine):
     listing = subprocess.run(["tar", "-t"], input=dec, capture_output=True, check=True)
     names = listing.stdout.decode().splitlines()
     assert names[0] == "MANIFEST.json"
-    assert names[1:] == [f"data/{n}" for n in sorted(data)] + ["script/train.py"]
+    # format 2: the sha256 of every file, computed while staging, follows the data
+    assert names[1:-1] == [f"data/{n}" for n in sorted(data)] + ["script/train.py"]
+    assert names[-1] == "HASHES.json"
     # and GNU tar reads the same bytes back
     one = "S1/E1/scans/1/NIFTI/t1.nii.gz"
     out = subprocess.run(["tar", "-xO", f"data/{one}"], input=dec, capture_output=True, check=True)
@@ -340,7 +351,7 @@ def test_changed_file_conflict_leaves_nothing(staging_root, keys, how, age_engin
 
 def helper_threads() -> list[str]:
     return [t.name for t in threading.enumerate()
-            if t.name.startswith(("bundle-reader", "age-decrypt"))]
+            if t.name.startswith(("bundle-reader", "age-decrypt", "bundle-fetch", "bundle-md5"))]
 
 
 def test_source_error_propagates_and_cleans_up(tmp_path, staging_root, keys, age_engine):

@@ -1,5 +1,11 @@
 """Staged bundles of this server process, and their identities, in memory only.
 
+Staging is one pass over the data (issue 11): every file is read once, through
+the job's opener, several at a time; a sha256 the dataset version does not know
+yet is computed on the way and comes back in ``bundle.info.file_sha256`` for the
+run to record; a recorded one is verified (a file that changed is refused with
+its name).
+
 Decision (issue 5, "a staged bundle can be reused"): a bundle is encrypted to
 an X25519 identity that is **never written anywhere**; it lives in this
 process's memory. So a bundle can be reused only within one server lifetime:
@@ -25,6 +31,8 @@ from typing import BinaryIO
 
 from ..errors import XnatHpcError
 from ..staging import (
+    FETCH_BUFFER,
+    FETCH_THREADS,
     AgeEngine,
     AgeIdentity,
     BundleInfo,
@@ -62,8 +70,21 @@ Opener = Callable[[object], BinaryIO]
 
 
 def staged_files(manifest, opener: Opener) -> list[StagedFile]:
-    """The manifest's files as :class:`StagedFile` entries read through *opener*."""
-    return [StagedFile(f.name, f.size, f.sha256, functools.partial(opener, f)) for f in manifest.files]
+    """The manifest's files as :class:`StagedFile` entries read through *opener*: size, XNAT's
+    md5 and the sha256 where the dataset version has one (``""``: computed while staging)."""
+    return [StagedFile(f.name, f.size, getattr(f, "sha256", "") or "", functools.partial(opener, f),
+                       md5=getattr(f, "md5", "") or "")
+            for f in manifest.files]
+
+
+def _recorded_differs(manifest, info: BundleInfo) -> str | None:
+    """The first file whose sha256 recorded in *manifest* differs from the one *info* staged."""
+    staged = info.file_sha256
+    for f in manifest.files:
+        known = (getattr(f, "sha256", "") or "").lower()
+        if known and staged.get(f.name, known) != known:
+            return f.name
+    return None
 
 
 def bundle_metadata(manifest, script: Script) -> dict:
@@ -76,10 +97,13 @@ def bundle_metadata(manifest, script: Script) -> dict:
 class BundleCache:
     """The bundles this process staged, by the sha256 of their plaintext (see the module docstring)."""
 
-    def __init__(self, staging_dir: str, user: str, audit, engine: AgeEngine | None = None):
+    def __init__(self, staging_dir: str, user: str, audit, engine: AgeEngine | None = None, *,
+                 threads: int = FETCH_THREADS, buffer_bytes: int = FETCH_BUFFER):
         self.staging_dir, self.user, self.audit = staging_dir, user, audit
         #: the age engine bundles are encrypted with (None: :func:`~xnat_bridge.staging.default_engine`)
         self.engine = engine
+        #: files read concurrently while staging, and the memory their data may hold
+        self.threads, self.buffer_bytes = threads, buffer_bytes
         self._by_contents: dict[str, Bundle] = {}
         self._locks: dict[str, threading.Lock] = {}
         self._lock = threading.Lock()
@@ -88,9 +112,12 @@ class BundleCache:
                report: Callable[[str], None] = lambda message: None) -> Bundle:
         """The bundle of *manifest* + *script* for job *job_id*, users += 1.
 
-        Reused when this process staged the same contents and the bundle is still
-        there; else staged afresh through *opener*. *report* receives progress
-        messages for the job's record.
+        Reused when this process staged the same contents (names, sizes, XNAT md5,
+        script, metadata: :func:`~xnat_bridge.staging.contents_sha256`, known before
+        staging) and the bundle is still there and agrees with every sha256 the
+        dataset version recorded; else staged afresh through *opener*, which
+        computes every unknown sha256 (``bundle.info.file_sha256``). *report*
+        receives progress messages for the job's record.
         """
         files = staged_files(manifest, opener)
         extras = {script.member: script.content}
@@ -101,6 +128,10 @@ class BundleCache:
         with key_lock:
             with self._lock:
                 cached = self._by_contents.get(contents)
+            if cached is not None and _recorded_differs(manifest, cached.info) is not None:
+                log.warning("job %s: bundle %s disagrees with the sha256s recorded for dataset %s v%s; "
+                            "staging afresh", job_id, cached.info.bundle_id, manifest.name, manifest.version)
+                cached = None
             if cached is not None and find_bundle(self.staging_dir, self.user, cached.info.manifest_sha256,
                                                   recipient=cached.identity.recipient,
                                                   contents_sha256=contents) is not None:
@@ -125,15 +156,19 @@ class BundleCache:
         try:
             info = stage_files(files, staging_dir=self.staging_dir, user=self.user,
                                recipient=identity.recipient, metadata=meta, extra_members=extras,
-                               progress=progress, engine=self.engine)
+                               progress=progress, engine=self.engine, threads=self.threads,
+                               buffer_bytes=self.buffer_bytes)
         except OSError as e:
-            what = ("is full" if e.errno in (errno.ENOSPC, errno.EDQUOT)
-                    else f"is not writable ({e.strerror})")
+            if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                what = "is full" if e.errno == errno.ENOSPC else "is over your quota"
+            else:
+                what = f"is not writable ({e.strerror or e})"
             self.audit("stage", "failed", files=len(files), bytes=total,
                        detail=f"job {job_id}: staging area {what}")
-            raise StagingFailed(f"the staging area {self.staging_dir} {what}; the partial bundle was "
-                                "removed and nothing in your workspace changed — ask an administrator, "
-                                "then submit again") from None
+            raise StagingFailed(f"the staging area {self.staging_dir} {what} (dataset {manifest.name} "
+                                f"v{manifest.version}, {total} bytes); the partial bundle was removed and "
+                                "nothing in your workspace changed — ask an administrator, then submit "
+                                "again") from None
         except XnatHpcError as e:
             self.audit("stage", "failed", files=len(files), bytes=total, detail=f"job {job_id}: {e.message}")
             raise
@@ -142,6 +177,11 @@ class BundleCache:
                    detail=f"job {job_id} bundle {info.bundle_id} ({info.size} bytes encrypted) in "
                           f"{time.monotonic() - started:.1f} s")
         return info
+
+    def staged(self) -> list[Bundle]:
+        """The bundles this process staged and still holds (for audits and tests)."""
+        with self._lock:
+            return list(self._by_contents.values())
 
     def release(self, bundle: Bundle, *, drop: bool = False, job_id: str = "-") -> None:
         """Job *job_id* no longer uses *bundle*; with *drop* (the node could not use it) remove it

@@ -9,7 +9,7 @@ connection. What it tells the manager goes through :attr:`OffloadContext.on_fini
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,10 @@ class OffloadContext:
     ``SLURMCluster`` (default :func:`~.slurm.make_slurm_cluster`);
     ``on_finished(run)`` is called once, at the end of the run's clean-up;
     ``engine`` is the age engine for what the server decrypts (the results; None:
-    :func:`~xnat_bridge.staging.default_engine`).
+    :func:`~xnat_bridge.staging.default_engine`);
+    ``record_hashes(dataset, version, {name: sha256})`` writes the sha256s that a
+    staging computed into that dataset version and returns the updated manifest
+    (the connection's ``DatasetStore.record_sha256``; None: nothing is recorded).
     """
 
     registry: JobRegistry
@@ -46,6 +49,7 @@ class OffloadContext:
     cluster_factory: Callable[..., Any]
     on_finished: Callable[[Any], None]
     engine: AgeEngine | None = None
+    record_hashes: Callable[[str, int, Mapping[str, str]], Any] | None = None
 
     def job_dir(self, job_id: str) -> Path:
         return job_dir(self.workspace, job_id)

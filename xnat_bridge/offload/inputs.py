@@ -132,17 +132,16 @@ def check_client_token(token) -> str | None:
 
 
 def check_dataset(conn, name: str, version: int | None):
-    """Load dataset *name* (NotFound), refuse an empty one, check scope and XNAT read access."""
+    """Load dataset *name* (NotFound), refuse an empty one, check scope and XNAT read access.
+
+    Files whose sha256 is not known yet are fine: staging computes it (one pass over the data)."""
     if version is not None and (isinstance(version, bool) or not isinstance(version, int) or version < 1):
         raise InvalidRequest(f"dataset_version must be a positive integer, not {version!r}")
     manifest = conn.load_dataset(name, version)
     if not manifest.files:
         raise InvalidRequest(f"dataset {name!r} v{manifest.version} has no files; nothing to train on",
                              item=name)
-    missing = [f.name for f in manifest.files if not f.sha256]
-    if missing:
-        raise InvalidRequest(f"dataset {name!r} v{manifest.version} lacks sha256 for {missing[0]!r}; "
-                             "create it again", item=name)
+    # a file's sha256 may still be unknown (""): the first staging computes and records it
     for project in sorted({f.archive_path.split("/", 1)[0] for f in manifest.files}):
         conn.scope.check_project(project)
         conn.permission_info().require_read(project)

@@ -2,7 +2,8 @@
 
 One manager per server process and workspace. :meth:`OffloadManager.submit`
 validates everything synchronously (client token, resources, script, dataset,
-scope, XNAT access, staging area) and returns a record in state STAGING; a
+scope, XNAT access, the partition's node-local scratch, staging area) and
+returns a record in state STAGING; a
 background thread per job (:class:`~.runner.JobRun`, built from the job's
 inputs and the manager's :class:`~.context.OffloadContext`) stages, submits,
 follows and collects. No call of the manager waits on Slurm or on the job, except
@@ -36,7 +37,7 @@ from .inputs import check_client_token, check_dataset, resolve_script
 from .policy import OffloadPolicy, ResourceRequest
 from .registry import JobRecord, JobRegistry, JobState, new_job_id, now_iso
 from .runner import JobRun
-from .slurm import make_slurm_cluster, scancel
+from .slurm import make_slurm_cluster, partition_tmp_disk, scancel
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +102,9 @@ class OffloadManager:
         self.user = connection.user if connection is not None else (
             os.environ.get("JUPYTERHUB_USER") or os.environ.get("USER") or "unknown")
         self.registry = JobRegistry(self.workspace)
-        self.bundles = BundleCache(self.policy.staging_dir, self.user, self.audit, engine=staging_engine)
+        self.bundles = BundleCache(self.policy.staging_dir, self.user, self.audit, engine=staging_engine,
+                                   threads=self.policy.staging_threads,
+                                   buffer_bytes=self.policy.staging_buffer)
         self.cluster_factory = cluster_factory or make_slurm_cluster
         self._context: OffloadContext | None = None
         self.owner = f"{_HOST}:{os.getpid()}:{os.urandom(6).hex()}"
@@ -129,8 +132,13 @@ class OffloadManager:
                 self._context = OffloadContext(
                     registry=self.registry, files=conn.access, policy=self.policy, audit=self.audit,
                     workspace=self.workspace, bundles=self.bundles, cluster_factory=self.cluster_factory,
-                    on_finished=self._finished, engine=self.bundles.engine)
+                    on_finished=self._finished, engine=self.bundles.engine,
+                    record_hashes=self._record_hashes)
             return self._context
+
+    def _record_hashes(self, name: str, version: int, sha256_by_name) -> object:
+        """The sha256s a staging computed, into dataset *name* v*version* (the connection's store)."""
+        return self._connection().datasets.record_sha256(name, version, sha256_by_name)
 
     def _finished(self, run: JobRun) -> None:
         with self._lock:
@@ -190,13 +198,18 @@ class OffloadManager:
         conn = self.connection
         script_obj = resolve_script(script, [self.root_dir, self.workspace])
         manifest = check_dataset(conn, dataset, dataset_version)
+        self.policy.check_scratch(f"{manifest.name!r} v{manifest.version}", manifest.total_size,
+                                  None if self.policy.node_scratch is not None
+                                  else partition_tmp_disk(request.partition))
         udir = user_dir(self.policy.staging_dir, self.user, create=True)
         self._check_space(udir, manifest.total_size)
         now = now_iso()
         rec = JobRecord(
             id=new_job_id(), user=self.user, dataset=manifest.name, dataset_version=manifest.version,
-            manifest_sha256=manifest_sha256([{"name": f.name, "size": f.size, "sha256": f.sha256}
-                                             for f in manifest.files]),
+            # known once every file's sha256 is (else set by the run after its first staging)
+            manifest_sha256=(manifest_sha256([{"name": f.name, "size": f.size, "sha256": f.sha256}
+                                              for f in manifest.files])
+                             if all(f.sha256 for f in manifest.files) else ""),
             script=script_obj.path, script_sha256=script_obj.sha256, resources=request.to_json(),
             state=JobState.STAGING, slurm_job_id=None, created=now, updated=now, started=None,
             ended=None, exit_code=None, message="staging", client_token=client_token)

@@ -9,6 +9,15 @@ the user's server as JSON in the environment variable ``XNAT_HPC_OFFLOAD``
                        "max_gpus": 1, "max_walltime": "1-00:00:00", "exclusive": true,
                        "staging_dir": "/shared/xnat-hpc/staging", "account": "med"}'
 
+``node_scratch`` (a size) is the node-local scratch a job may fill on the
+partition's nodes; without it the server asks Slurm (``sinfo -h -p PART -o %d``,
+the nodes' ``TmpDisk``). :meth:`OffloadPolicy.check_scratch` refuses a dataset
+that does not fit, before anything is staged: a job needs the dataset's bytes
+plus a reserve for its results and temporary files (:func:`scratch_needed`:
+10 % of the dataset, at least 512 MiB). ``staging_threads`` and
+``staging_buffer`` tune staging: files read concurrently ahead of the
+encryption, and the memory their data may hold.
+
 Memory is ``int`` bytes or a string with a binary unit (``"512M"``, ``"32G"``,
 ``"1T"``; ``K``/``M``/``G``/``T`` mean KiB/MiB/GiB/TiB as in Slurm); walltime
 is ``int`` seconds or ``"HH:MM:SS"`` / ``"D-HH:MM:SS"``. :meth:`OffloadPolicy.check`
@@ -100,6 +109,25 @@ def _name(value, what: str) -> str | None:
     return value
 
 
+#: the reserve for results and temporary files on the node: 10 % of the dataset, at least this
+SCRATCH_RESERVE_MIN = 512 * 2**20
+_SIZE_FIELDS = ("max_memory", "default_memory", "node_scratch", "staging_buffer")
+
+
+def size_text(n: int) -> str:
+    """Bytes for a message: ``"3.1 MiB"``, ``"258.0 GiB"`` (binary units, as Slurm's MB)."""
+    for unit, factor in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= factor:
+            return f"{n / factor:.1f} {unit}"
+    return f"{n} bytes"
+
+
+def scratch_needed(data_bytes: int) -> int:
+    """Node-local scratch a job on *data_bytes* of data needs: the decrypted dataset plus a
+    reserve for the script's results and temporary files (10 %, at least 512 MiB)."""
+    return data_bytes + max(data_bytes // 10, SCRATCH_RESERVE_MIN)
+
+
 @dataclasses.dataclass(frozen=True)
 class ResourceRequest:
     """What one job asks for: memory in bytes, walltime in seconds."""
@@ -155,10 +183,16 @@ class OffloadPolicy:
     default_memory: int = 2 * 1024**3
     default_gpus: int = 0
     default_walltime: int = 3600
+    #: bytes of node-local scratch per job on the partition's nodes; None = ask Slurm (TmpDisk)
+    node_scratch: int | None = None
+    #: files read concurrently ahead of the encryption while staging
+    staging_threads: int = 8
+    #: bytes of file data staging may hold in memory (the readers' buffers)
+    staging_buffer: int = 64 * 2**20
 
     def __post_init__(self):
         """Accept ``"32G"`` / ``"1:00:00"`` in the constructor too (normalised to bytes / seconds)."""
-        for key in ("max_memory", "default_memory"):
+        for key in _SIZE_FIELDS:
             value = getattr(self, key)
             if isinstance(value, str):
                 object.__setattr__(self, key, parse_memory(value, key))
@@ -180,11 +214,11 @@ class OffloadPolicy:
         for key, value in doc.items():
             if value is None:
                 kw[key] = None
-            elif key in ("max_memory", "default_memory"):
+            elif key in _SIZE_FIELDS:
                 kw[key] = parse_memory(value, key)
             elif key in ("max_walltime", "default_walltime"):
                 kw[key] = parse_walltime(value, key)
-            elif key in ("max_cpus", "max_gpus", "default_cpus", "default_gpus"):
+            elif key in ("max_cpus", "max_gpus", "default_cpus", "default_gpus", "staging_threads"):
                 kw[key] = _count(value, key, 0 if "gpus" in key else 1)
             elif key == "exclusive":
                 if not isinstance(value, bool):
@@ -225,6 +259,30 @@ class OffloadPolicy:
             raise InvalidRequest("the requested resources are outside the site's limits: "
                                  + "; ".join(problems))
         return request
+
+    def check_scratch(self, dataset: str, data_bytes: int, slurm_tmp_disk: int | None) -> int | None:
+        """Refuse (InvalidRequest, with the sizes) a dataset too large for the node-local scratch.
+
+        The scratch is :attr:`node_scratch` when the site set it, else *slurm_tmp_disk*
+        (bytes, the smallest ``TmpDisk`` of the partition's nodes; None or 0 = unknown:
+        nothing to check). Returns the scratch size that was checked against, or None.
+        """
+        scratch, source = ((self.node_scratch, "the site's offload.node_scratch")
+                           if self.node_scratch is not None
+                           else (slurm_tmp_disk or None, "Slurm's TmpDisk of its nodes"))
+        if scratch is None:
+            return None
+        need = scratch_needed(data_bytes)
+        if need > scratch:
+            reserve = need - data_bytes
+            raise InvalidRequest(
+                f"dataset {dataset} is too large for the node-local scratch of partition "
+                f"{self.partition!r}: a job needs about {size_text(need)} "
+                f"({size_text(data_bytes)} of data plus {size_text(reserve)} for "
+                f"results and temporary files), the nodes have {size_text(scratch)} "
+                f"({source}); train on a smaller dataset (fewer subjects or resources) or ask an "
+                "administrator for a partition with more node-local scratch", item=dataset)
+        return scratch
 
     def violations(self, *, cpus: int = 1, memory: int | None = None, gpus: int = 0,
                    walltime: int | None = None) -> list[str]:

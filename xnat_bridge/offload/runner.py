@@ -3,8 +3,10 @@
 A :class:`JobRun` is built from its own inputs — the job's record, manifest,
 resolved script and resource request — and one :class:`~.context.OffloadContext`
 (registry, file access, policy, audit, workspace, bundle cache, cluster
-factory); it holds no reference to the manager. It owns everything secret about
-its job — the dataset identity (unless the bundle is shared through the bundle
+factory, how to record hashes); it holds no reference to the manager. After
+staging it records the sha256s the staging computed into the dataset version
+(``record_hashes``) and sets the job's ``manifest_sha256`` to the bundle's.
+It owns everything secret about its job — the dataset identity (unless the bundle is shared through the bundle
 cache) and the result identity — and every temporary thing: the per-job
 ``shared_temp_directory`` with dask-jobqueue's TLS files, the dask cluster,
 the Slurm job, the encrypted results archive. Its ``finally`` removes them
@@ -40,6 +42,7 @@ log = logging.getLogger(__name__)
 
 POLL = 0.25
 SQUEUE_EVERY = 3.0
+READ_CHECK_EVERY = 0.5
 
 
 class Cancelled(Exception):
@@ -61,7 +64,11 @@ def write_private(path: Path, data: bytes) -> None:
 
 
 class CancellableReader:
-    """A file object whose reads stop with the job's cancellation (*check_cancel* raises)."""
+    """A file object whose reads stop with the job's cancellation (*check_cancel* raises).
+
+    Several of them are read at once by the staging readers; *check_cancel* must be cheap
+    (see :meth:`JobRun.check_cancel_reading`).
+    """
 
     def __init__(self, src, check_cancel):
         self._src, self._check_cancel = src, check_cancel
@@ -69,6 +76,10 @@ class CancellableReader:
     def read(self, n: int = -1) -> bytes:
         self._check_cancel()
         return self._src.read(n)
+
+    def readinto(self, buffer) -> int:
+        self._check_cancel()
+        return self._src.readinto(buffer)
 
     def close(self) -> None:
         self._src.close()
@@ -98,6 +109,7 @@ class JobRun:
         self.bundle: Bundle | None = None
         self.bundle_suspect = False  # the node could not use the bundle: do not reuse it
         self._log_lock = threading.Lock()
+        self._next_registry_check = 0.0
         self.thread = threading.Thread(target=self._main, name=f"offload-{record.id}", daemon=True)
 
     # -- helpers ---------------------------------------------------------------
@@ -120,6 +132,16 @@ class JobRun:
             self.cancel_event.set()
             raise Cancelled(rec.message or f"job {rec.state.value} elsewhere")
 
+    def check_cancel_reading(self) -> None:
+        """:meth:`check_cancel` for the staging readers: the event at every read, the registry
+        (a cancel from another process) at most every READ_CHECK_EVERY seconds."""
+        if self.cancel_event.is_set():
+            raise Cancelled(self.fail_reason or "cancelled by user")
+        now = time.monotonic()
+        if now >= self._next_registry_check:
+            self._next_registry_check = now + READ_CHECK_EVERY
+            self.check_cancel()
+
     def cancel(self, reason: str | None = None) -> None:
         if reason and not self.fail_reason:
             self.fail_reason = reason
@@ -133,6 +155,7 @@ class JobRun:
         try:
             bundle = self.bundle = self.ctx.bundles.obtain(self.id, self.manifest, self.script, self._open,
                                                            report=lambda message: self.update(message=message))
+            self._record_hashes(bundle)
             self.check_cancel()
             self._submit(bundle)
             result = self._follow(bundle)
@@ -152,7 +175,21 @@ class JobRun:
             self._cleanup()
 
     def _open(self, f):
-        return CancellableReader(self.ctx.files.open(f.ref()), self.check_cancel)
+        return CancellableReader(self.ctx.files.open(f.ref()), self.check_cancel_reading)
+
+    def _record_hashes(self, bundle: Bundle) -> None:
+        """Write the sha256s this staging computed into the dataset version, so that later
+        bundles and jobs verify against them; the job's record gets the bundle's digest."""
+        staged = bundle.info.file_sha256
+        new = {f.name: staged[f.name] for f in self.manifest.files
+               if not getattr(f, "sha256", "") and f.name in staged}
+        if new and self.ctx.record_hashes is not None:
+            self.manifest = self.ctx.record_hashes(self.manifest.name, self.manifest.version, new)
+            log.info("job %s: recorded the sha256 of %d file(s) in dataset %s v%d", self.id, len(new),
+                     self.manifest.name, self.manifest.version)
+        if self.manifest_sha != bundle.info.manifest_sha256:
+            self.manifest_sha = bundle.info.manifest_sha256
+            self.update(manifest_sha256=self.manifest_sha)
 
     def _submit(self, bundle: Bundle) -> None:
         staging_user_dir = Path(bundle.info.path).parent
@@ -215,7 +252,7 @@ class JobRun:
         fut = self.client.submit(
             worker_mod.run_training, self.id, str(bundle.info.path), bundle.info.manifest_sha256,
             self.script.member, str(self.results_archive), self.result_identity.recipient,
-            self.request.cpus, key=f"xnat-hpc-{self.id}", pure=False)
+            self.request.cpus, bundle.info.contents_sha256, key=f"xnat-hpc-{self.id}", pure=False)
         next_check = time.monotonic() + SQUEUE_EVERY
         while not fut.done():
             self.check_cancel()

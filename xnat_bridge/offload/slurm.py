@@ -2,6 +2,8 @@
 
 * :func:`slurm_state`, :func:`wait_gone`, :func:`scancel` — what the server
   asks Slurm about one job (``squeue``, ``scancel``);
+* :func:`partition_tmp_disk` — the node-local scratch of a partition's nodes
+  (``sinfo -o %d``, their ``TmpDisk``), checked before a job is submitted;
 * :func:`make_slurm_cluster` — the default cluster factory of
   :class:`~.context.OffloadContext`: dask-jobqueue's ``SLURMCluster`` whose
   job class runs ``sbatch`` and ``scancel`` through :func:`procs.arun`
@@ -58,6 +60,29 @@ def scancel(slurm_job_id: str | None) -> None:
             procs.run(["scancel", str(slurm_job_id)], timeout=30)
         except CommandFailed as e:
             log.warning("scancel %s failed: %s", slurm_job_id, e.message)
+
+
+def parse_tmp_disk(text: str) -> int | None:
+    """Bytes of the smallest ``TmpDisk`` in ``sinfo -h -o %d`` output (MB per line, Slurm's MB
+    being MiB; a ``+`` marks a range's lower bound); None when no node declares one (pure)."""
+    sizes = []
+    for line in text.split():
+        value = line.strip().rstrip("+")
+        if value.isdigit() and int(value) > 0:
+            sizes.append(int(value))
+    return min(sizes) * 2**20 if sizes else None
+
+
+def partition_tmp_disk(partition: str) -> int | None:
+    """The node-local scratch of *partition*'s nodes in bytes (the smallest ``TmpDisk``), or
+    None when Slurm cannot say (no ``TmpDisk`` declared, ``sinfo`` failing: nothing to check)."""
+    try:
+        out = procs.run(["sinfo", "-h", "-p", partition, "-o", "%d"], timeout=20).stdout
+    except CommandFailed as e:
+        log.info("sinfo for partition %s failed (%s): the node-local scratch is not checked",
+                 partition, e.message)
+        return None
+    return parse_tmp_disk(out)
 
 
 def load_slurm_cluster():

@@ -3,9 +3,12 @@
 1. claims the dataset identity from the scheduler (handler ``xnat_hpc_claim_key``,
    over the job's TLS comm, with this node's ``SLURM_JOB_ID``) — the key is
    held in this function's memory only;
-2. decrypts and verifies the bundle (``extract_bundle``) into a private 0700
+2. decrypts and verifies the bundle (``extract_bundle``: every file's size,
+   XNAT md5 and sha256 against the bundle's MANIFEST.json and HASHES.json, and
+   the data and contents digests the server expects) into a private 0700
    directory under the job's node-local directory (``$XNAT_HPC_JOB_DIR`` from
    the job script prologue, which also wipes it on exit/TERM), umask 077;
+   the script starts only once the whole bundle verified;
 3. runs ``python script`` with ``DATASET_DIR`` and ``OUTPUT_DIR`` and a small
    environment, streaming its stdout+stderr lines to the scheduler (handler
    ``xnat_hpc_log``) while it runs;
@@ -112,8 +115,13 @@ def _run_script(cmd: list[str], env: dict, cwd: Path, job_id: str, tail: collect
 
 
 def run_training(job_id: str, bundle_path: str, manifest_sha256: str, script_member: str,
-                 results_path: str, result_recipient: str, threads: int = 1) -> dict:
-    """The task of one offloaded job (runs in the dask worker on the Slurm node)."""
+                 results_path: str, result_recipient: str, threads: int = 1,
+                 contents_sha256: str | None = None) -> dict:
+    """The task of one offloaded job (runs in the dask worker on the Slurm node).
+
+    *manifest_sha256* and *contents_sha256* are the digests the server staged: the bundle's
+    data and its MANIFEST.json (script and metadata included) must match both.
+    """
     from ..staging import encrypt_directory, extract_bundle
 
     slurm_job_id = os.environ.get("SLURM_JOB_ID", "")
@@ -127,7 +135,10 @@ def run_training(job_id: str, bundle_path: str, manifest_sha256: str, script_mem
     tail: collections.deque = collections.deque(maxlen=TAIL_LINES)
     try:
         bundle_dir = work / "bundle"
-        extract_bundle(bundle_path, reply.pop("identity"), bundle_dir, manifest_sha256)
+        # nothing reaches the script before the whole bundle verified (sizes, XNAT md5,
+        # sha256 against HASHES.json, both digests): extract_bundle removes everything otherwise
+        extract_bundle(bundle_path, reply.pop("identity"), bundle_dir, manifest_sha256,
+                       expected_contents_sha256=contents_sha256)
         del reply
         out_dir, tmp_dir = work / "output", work / "tmp"
         out_dir.mkdir(mode=0o700)

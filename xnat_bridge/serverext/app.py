@@ -13,7 +13,11 @@ are traits (``c.XnatHpcExtension.…`` in ``jupyter_server_config.py``):
   results in this server (``auto``, ``age-cli``, ``pyrage``;
   :mod:`xnat_bridge.staging.engine`);
 * ``workspace`` — datasets, jobs, audit log (default ``XNAT_HPC_WORKSPACE`` or
-  ``~/xnat-hpc``).
+  ``~/xnat-hpc``);
+* ``file_cache_dir`` — the admin's opt-in node-local file cache (default "":
+  none; :mod:`xnat_bridge.filecache`), created at start-up and wiped at stop;
+* ``file_retry_window`` — how long a file stream from XNAT keeps resuming;
+* ``mount_check_md5`` — whether reads from the archive mount verify XNAT's md5.
 
 Nothing connects to XNAT at start-up: a server without XNAT settings starts
 and its endpoints answer 503. While offload jobs run, the extension marks the
@@ -30,8 +34,11 @@ from pathlib import Path
 
 from jupyter_server.extension.application import ExtensionApp
 from jupyter_server.utils import import_item
-from traitlets import Any, CaselessStrEnum, Float, TraitError, Type, Unicode, default, validate
+from traitlets import Any, Bool, CaselessStrEnum, Float, TraitError, Type, Unicode, default, validate
 
+from ..errors import XnatHpcError
+from ..filecache import FileCache, check_cache_root
+from ..files import DEFAULT_RETRY_WINDOW
 from ..offload.manager import OffloadManager
 from ..staging import ENGINE_NAMES, engine_by_name
 from .handlers import url_handlers
@@ -90,6 +97,35 @@ class XnatHpcExtension(ExtensionApp):
         Created 0700 on first use; keep it on the user's private storage.""",
     ).tag(config=True)
 
+    file_cache_dir = Unicode(
+        "",
+        help="""Node-local directory for a per-server cache of XNAT files read through
+        REST, or "" (the default): no cache, every read streams from XNAT. Cached files
+        are PLAINTEXT: give storage local to the node the server runs on, never shared
+        storage; a path in the home directory is refused. Each server uses a
+        subdirectory of its own (0700, xnat-hpc-cache-UID-PID-RANDOM), wiped when the
+        server stops; directories of this user's servers that died are wiped when the
+        next one starts. The directory must exist (e.g. mkdir -m 1777 /local/scratch/xnat-hpc).
+        Example: c.XnatHpcExtension.file_cache_dir = "/local/scratch/xnat-hpc".""",
+    ).tag(config=True)
+
+    file_retry_window = Float(
+        DEFAULT_RETRY_WINDOW,
+        help="""Seconds a file stream from XNAT's REST API keeps resuming (HTTP Range
+        requests from the byte it reached) after a dropped connection or a read that
+        timed out, before the read fails naming the file. 0 = fail at the first
+        error. Example: c.XnatHpcExtension.file_retry_window = 300.0.""",
+    ).tag(config=True)
+
+    mount_check_md5 = Bool(
+        False,
+        help="""Whether reads from the read-only archive mount (XNAT_DATA) also verify
+        XNAT's md5 of every file (the size is always checked). Off by default: on a
+        2-core node md5 cost 10-20 % of staging throughput, a known sha256 is verified
+        while staging, and the offload worker verifies XNAT's md5 of every file it
+        unpacks. Example: c.XnatHpcExtension.mount_check_md5 = True.""",
+    ).tag(config=True)
+
     activity_interval = Float(
         60.0,
         help="""Seconds between activity reports while offload jobs are running
@@ -111,16 +147,35 @@ class XnatHpcExtension(ExtensionApp):
             raise TraitError(f"connection_factory must be callable, got {value!r}")
         return value
 
+    @validate("file_cache_dir")
+    def _validate_file_cache_dir(self, proposal):
+        value = (proposal["value"] or "").strip()
+        if value:
+            try:
+                check_cache_root(value)
+            except XnatHpcError as e:
+                raise TraitError(f"XnatHpcExtension.file_cache_dir: {e.message}") from None
+        return value
+
+    @validate("file_retry_window")
+    def _validate_file_retry_window(self, proposal):
+        if proposal["value"] < 0:
+            raise TraitError("XnatHpcExtension.file_retry_window must be ≥ 0 seconds")
+        return proposal["value"]
+
     @default("workspace")
     def _default_workspace(self):
         return os.environ.get("XNAT_HPC_WORKSPACE") or str(Path.home() / "xnat-hpc")
 
     # -- set-up -----------------------------------------------------------------
     def initialize_settings(self):
+        file_cache = FileCache(self.file_cache_dir) if self.file_cache_dir else None
         self.state = ServerState(self.connection_factory, self.manager_class,
                                  Path(self.workspace).expanduser(), self.serverapp.root_dir,
                                  needs_env=self.connection_factory is _default_connect,
-                                 staging_engine=engine_by_name(self.staging_engine))
+                                 staging_engine=engine_by_name(self.staging_engine),
+                                 file_cache=file_cache, file_retry_window=self.file_retry_window,
+                                 mount_check_md5=self.mount_check_md5)
         self.submit_lock = asyncio.Lock()
         self._activity_task: asyncio.Task | None = None
         self.log.info("xnat-hpc: REST API at %sxnat-hpc/api/ (workspace %s)",

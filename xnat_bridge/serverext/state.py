@@ -11,13 +11,14 @@ the handlers (see :meth:`handlers.XnatHpcHandler.blocking`).
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
 
 from ..datasets import DatasetStore
 from ..errors import XnatUnavailable
+from ..filecache import CachedAccess, FileCache
+from ..files import ApiAccess, MountAccess
 from ..offload.manager import OffloadManager
 from ..server_env import host_from_env, offload_from_env
 from ..staging import AgeEngine
@@ -37,18 +38,25 @@ class ServerState:
     client script paths are relative to, *staging_engine* the age engine
     (None: the default). *needs_env* says whether the factory reads
     ``XNAT_HOST`` (the default :func:`xnat_bridge.connect` does): then a missing
-    ``XNAT_HOST`` is reported as 503 without trying.
+    ``XNAT_HOST`` is reported as 503 without trying. *file_cache* (the admin's
+    node-local :class:`~xnat_bridge.filecache.FileCache`, or None) is put in front
+    of the connection's REST file access and wiped by :meth:`close`;
+    *file_retry_window* is set on a REST file access, *mount_check_md5* on a mount.
     """
 
     def __init__(self, connection_factory: Callable, manager_class: type[OffloadManager],
                  workspace: str | Path, root_dir: str | Path, *, needs_env: bool = True,
-                 staging_engine: AgeEngine | None = None):
+                 staging_engine: AgeEngine | None = None, file_cache: FileCache | None = None,
+                 file_retry_window: float | None = None, mount_check_md5: bool | None = None):
         self.connection_factory = connection_factory
         self.manager_class = manager_class
         self.workspace = Path(workspace)
         self.root_dir = Path(root_dir)
         self.needs_env = needs_env
         self.staging_engine = staging_engine
+        self.file_cache = file_cache
+        self.file_retry_window = file_retry_window
+        self.mount_check_md5 = mount_check_md5
         self._lock = threading.Lock()
         self._connection = None
         self._manager = None
@@ -61,10 +69,24 @@ class ServerState:
             if self._connection is None:
                 if self.needs_env and not host_from_env():
                     raise XnatUnavailable(NOT_CONFIGURED)
-                self._connection = self.connection_factory(workspace=self.workspace)
+                conn = self.connection_factory(workspace=self.workspace)
+                self._configure_files(conn)
+                self._connection = conn
                 log.info("xnat-hpc: connected to %s as %s (workspace %s)",
                          self._connection.client.host, self._connection.user, self.workspace)
             return self._connection
+
+    def _configure_files(self, conn) -> None:
+        """The admin's file settings on the connection's file access."""
+        access = conn.access
+        if isinstance(access, MountAccess) and self.mount_check_md5 is not None:
+            access.check_md5 = bool(self.mount_check_md5)
+        if not isinstance(access, ApiAccess):
+            return  # the read-only mount: nothing to resume, nothing to cache
+        if self.file_retry_window is not None:
+            access.retry_window = float(self.file_retry_window)
+        if self.file_cache is not None:
+            conn.access = CachedAccess(access, self.file_cache, conn.client.host)
 
     def manager(self) -> OffloadManager:
         """The offload manager (created on first use, on top of :meth:`connection`)."""
@@ -115,3 +137,5 @@ class ServerState:
                 conn.close()
             except Exception:
                 log.exception("xnat-hpc: closing the XNAT connection failed")
+        if self.file_cache is not None:
+            self.file_cache.close()  # wipes the server's cache directory

@@ -86,9 +86,12 @@ def scope_json(user: str, host: str, scope, data_mode: str) -> dict:
 
 def manifest_sha256(manifest) -> str:
     """The dataset's content hash as the offload layer records it (``JobRecord.manifest_sha256``):
-    sha256 hex of the canonical list of file names, sizes and sha256s."""
+    sha256 hex of the canonical list of file names, sizes and sha256s — "" until every file's
+    sha256 is known (a dataset is metadata until its first staging records them)."""
     from ..staging import manifest_sha256 as digest
 
+    if not all(f.sha256 for f in manifest.files):
+        return ""
     return digest([{"name": f.name, "size": f.size, "sha256": f.sha256} for f in manifest.files])
 
 

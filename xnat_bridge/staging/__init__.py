@@ -13,22 +13,40 @@ recipient (``age1...``) — ChaCha20-Poly1305 STREAM in 64 KiB authenticated
 chunks, readable by the ``age`` command-line tool
 (``age -d -i KEYFILE bundle.tar.age | tar -t``). Its plaintext is a PAX
 (POSIX.1-2001) tar stream of regular files only (mode 0600, uid/gid 0, no
-directories, no links), in this order:
+directories, no links), in this order (format version 2):
 
-1. ``MANIFEST.json``, canonical JSON (sorted keys, no spaces)::
+1. ``MANIFEST.json``, the *head*: canonical JSON (sorted keys, no spaces) of
+   what is known before any data is read::
 
-       {"format": "xnat-hpc-bundle", "format_version": 1,
-        "files": [{"name": "S1/E1/1/NIFTI/t1.nii.gz", "size": 123, "sha256": "..."}, ...],
-        "manifest_sha256": "<sha256 of the canonical JSON of files>",
+       {"format": "xnat-hpc-bundle", "format_version": 2,
+        "files": [{"name": "S1/E1/1/NIFTI/t1.nii.gz", "size": 123, "md5": "<XNAT's md5 or ''>"}, ...],
         "extra": [{"name": "script/train.py", "size": 456, "sha256": "..."}],
         "metadata": {...what the caller passed, e.g. the training script's hash...},
         "file_count": 1, "total_size": 123}
 
-   ``files`` is sorted by name; ``manifest_sha256`` identifies the data (the
-   key of :func:`find_bundle`). MANIFEST.json holds no time stamp, so the
-   sha256 of its bytes (``contents_sha256``) identifies the whole plaintext.
+   ``files`` is sorted by name. The head holds no time stamp and no data
+   digest, so the sha256 of its bytes (``contents_sha256``) identifies the
+   bundle's inputs *before* staging: the bundle cache's key.
 2. every data file as ``data/<name>``, in the order of ``files``;
-3. the extra members (e.g. ``script/train.py``), sorted by name.
+3. the extra members (e.g. ``script/train.py``), sorted by name;
+4. ``HASHES.json``, the *trailer*: the sha256 of every data file, computed
+   while it streamed into the bundle (the dataset's first staging is where a
+   file's sha256 becomes known)::
+
+       {"format": "xnat-hpc-bundle-hashes", "format_version": 2,
+        "contents_sha256": "<sha256 of MANIFEST.json>",
+        "files": [{"name": "S1/E1/1/NIFTI/t1.nii.gz", "sha256": "..."}, ...],
+        "manifest_sha256": "<sha256 of the canonical JSON of [{name, size, sha256}]>"}
+
+Why a head and a trailer rather than one manifest at the end: the extractor
+learns every member's name and size (and XNAT's md5) from the first member,
+so it refuses an unlisted, duplicate, oversized or non-regular member as it
+arrives, before writing it; only the sha256s wait for the trailer, and
+:func:`extract_bundle` returns (and writes the *final manifest* —
+MANIFEST.json with the sha256s filled in) only after every file matched it.
+``manifest_sha256`` — the digest of the final manifest's file list — is
+what the server hands the worker to check it got the right data;
+``contents_sha256`` checks the rest (script, metadata).
 
 Next to the bundle, ``<bundle_id>.json`` (mode 0600) holds public facts only —
 format, bundle id, manifest and contents digests, recipient public key, size
@@ -37,9 +55,12 @@ in bytes, creation time — for :func:`find_bundle`.
 Security rules
 --------------
 * No plaintext byte is ever written to the staging area, not even a temporary
-  file: the tar stream is generated in memory, chunk by chunk, and handed to
-  age as it is produced; memory stays bounded (about 1 MiB of data in flight,
-  plus a 1 MiB pipe) whatever the dataset size.
+  file: each file is read once (:class:`~.fetch.Prefetcher`: several threads
+  open and read the files ahead of the tar writer, in manifest order), hashed
+  as it streams, framed into the tar stream in memory and handed to age as
+  it is produced. Memory stays bounded whatever the dataset size: at most
+  ``buffer_bytes`` (64 MiB by default) of queued file data, plus one chunk
+  per reader thread and a 1 MiB pipe.
 * What runs where: the age engine is an object (:class:`AgeEngine`), a plug
   point: every function that encrypts or decrypts takes ``engine=``
   (default :func:`default_engine`), and :func:`engine_by_name` maps
@@ -65,11 +86,19 @@ Security rules
 * The per-user directory is created 0700; an existing one that is a symlink,
   belongs to another uid or is open to group/others is refused. The staging
   root must exist (an administrator creates it).
-* Each file is hashed (sha256) as it streams and compared with its manifest
-  entry, sizes included: a file that changed raises
-  :class:`~xnat_bridge.errors.Conflict` naming it. Names are checked with
-  :func:`xnat_bridge.files.safe_relpath` (relative, no ``..``/``.``/empty
-  segments, no NUL, no backslash) → :class:`~xnat_bridge.errors.InvalidRequest`.
+* Each file is hashed (sha256) as it streams; its size is checked, and a
+  sha256 known beforehand (recorded in the dataset version by an earlier
+  staging) must match: a file that changed raises
+  :class:`~xnat_bridge.errors.Conflict` naming it, and nothing is left
+  behind. XNAT's md5 is checked by the source (:mod:`xnat_bridge.files`
+  streams verify it at their end) or, with ``verify_md5=True``, by the
+  readers. Names are checked with :func:`xnat_bridge.files.safe_relpath`
+  (relative, no ``..``/``.``/empty segments, no NUL, no backslash) →
+  :class:`~xnat_bridge.errors.InvalidRequest`.
+* The first error of any reader (a file that changed, a transfer that cannot
+  resume, a cancelled job) stops every reader thread, closes every open
+  stream and removes the partial bundle; so does a full staging area
+  (OSError ENOSPC/EDQUOT).
 * Identities (``AGE-SECRET-KEY-1...``) are never logged and never written to a
   file by this module; :class:`AgeIdentity` hides its secret in ``repr`` and
   refuses to be pickled. Only recipients (public keys) reach the sidecar.
@@ -77,24 +106,34 @@ Security rules
   ``pyrage.decrypt_io`` into a pipe; the tar reader takes from the pipe) and writes through directory file
   descriptors with O_NOFOLLOW, files 0600 and directories 0700 (umask 077
   without touching the process-wide umask). It refuses members that would
-  escape the destination, links, devices, FIFOs and — for bundles — anything
-  not listed in MANIFEST.json, verifies every size and sha256, reads the age
-  stream to its authenticated end, and on any failure removes everything it
-  created.
+  escape the destination, links, devices, FIFOs, anything not listed in
+  MANIFEST.json or listed twice, anything after HASHES.json and a bundle
+  without it; verifies every size, XNAT md5 and sha256 and the expected
+  digests, reads the age stream to its authenticated end, and on any
+  failure removes everything it created.
 
 Modules, bottom-up (each imports only from modules earlier in this list):
 :mod:`.common` (constants, chunk-stream items, progress, file helpers) →
-:mod:`.keys`, :mod:`.manifest` (pure) → :mod:`.age_cli`, :mod:`.age_pyrage`
-(the two engines) → :mod:`.engine` (the contract and the choice) →
-:mod:`.stream` (tar writer, encryption into a file) → :mod:`.area`,
-:mod:`.results`, :mod:`.extract` (the entry points).
+:mod:`.keys`, :mod:`.manifest` (pure) → :mod:`.fetch` (the reader pool),
+:mod:`.age_cli`, :mod:`.age_pyrage` (the two engines) → :mod:`.engine` (the
+contract and the choice) → :mod:`.stream` (tar writer, encryption into a
+file) → :mod:`.area`, :mod:`.results`, :mod:`.extract` (the entry points).
 """
 
 
 from .area import find_bundle, list_bundles, remove_bundle, stage_files, user_dir
-from .common import FORMAT, FORMAT_VERSION, MANIFEST_NAME, PROGRESS_INTERVAL
+from .common import (
+    FETCH_BUFFER,
+    FETCH_THREADS,
+    FORMAT,
+    FORMAT_VERSION,
+    HASHES_NAME,
+    MANIFEST_NAME,
+    PROGRESS_INTERVAL,
+)
 from .engine import ENGINE_NAMES, AgeCliEngine, AgeEngine, PyrageEngine, default_engine, engine_by_name
 from .extract import decrypt_to_directory, extract_bundle
+from .fetch import Prefetcher
 from .keys import AgeIdentity, generate_keypair
 from .manifest import (
     BundleInfo,
@@ -108,8 +147,8 @@ from .manifest import (
 from .results import encrypt_directory
 
 __all__ = [
-    "AgeCliEngine", "AgeEngine", "AgeIdentity", "BundleInfo", "StagedFile", "FORMAT", "FORMAT_VERSION",
-    "MANIFEST_NAME", "PROGRESS_INTERVAL", "PyrageEngine", "build_manifest", "canonical_json",
+    "AgeCliEngine", "AgeEngine", "AgeIdentity", "BundleInfo", "StagedFile", "FETCH_BUFFER", "FETCH_THREADS",
+    "FORMAT", "FORMAT_VERSION", "HASHES_NAME", "MANIFEST_NAME", "PROGRESS_INTERVAL", "Prefetcher", "PyrageEngine", "build_manifest", "canonical_json",
     "contents_sha256", "decrypt_to_directory", "default_engine", "encrypt_directory", "engine_by_name",
     "ENGINE_NAMES",
     "extract_bundle", "file_entries", "find_bundle", "generate_keypair", "list_bundles",

@@ -73,6 +73,8 @@ class _Prefetch:
     def _run(self, chunks) -> None:
         try:
             for chunk in chunks:
+                if type(chunk) is not bytes and type(chunk) is not Tick:
+                    chunk = bytes(chunk)  # a view is valid until the next item only: keep a copy
                 if not self._put(chunk):
                     return
             self._put(self._END)

@@ -1,6 +1,6 @@
 """The staging area: per-user 0700 directories, staging and finding bundles.
 
-Top layer: builds on :mod:`.manifest`, :mod:`.keys`, :mod:`.stream` and :mod:`.common`.
+Top layer: builds on :mod:`.manifest`, :mod:`.keys`, :mod:`.fetch`, :mod:`.stream` and :mod:`.common`.
 """
 
 from __future__ import annotations
@@ -17,9 +17,12 @@ import time
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
-from ..errors import Conflict, InvalidRequest, NotFound, PermissionDenied
+from ..errors import InvalidRequest, NotFound, PermissionDenied
 from .common import (
     DATA_PREFIX,
+    FETCH_BUFFER,
+    FETCH_THREADS,
+    HASHES_NAME,
     INFO_FORMAT,
     MANIFEST_NAME,
     PARTIAL,
@@ -32,8 +35,18 @@ from .common import (
     unlink_quiet,
 )
 from .engine import AgeEngine
+from .fetch import Prefetcher
 from .keys import as_recipient
-from .manifest import BundleInfo, StagedFile, build_manifest, canonical_json, check_extras, norm_digest
+from .manifest import (
+    BundleInfo,
+    StagedFile,
+    build_hashes,
+    build_manifest,
+    canonical_json,
+    check_extras,
+    final_manifest,
+    norm_digest,
+)
 from .stream import TarOut, encrypt_stream
 
 log = logging.getLogger(__name__)
@@ -109,71 +122,99 @@ def _write_private_json(path: Path, doc: dict) -> None:
         raise
 
 
-def _bundle_chunks(manifest_bytes: bytes, files: list[StagedFile], extras: dict[str, bytes],
-                   mtime: float) -> Iterator[bytes | Tick]:
+def _bundle_chunks(head: dict, head_bytes: bytes, files: list[StagedFile], extras: dict[str, bytes],
+                   mtime: float, fetcher: Prefetcher, result: dict) -> Iterator[bytes | Tick]:
+    """The bundle's tar stream; puts its final manifest into ``result["final"]`` at the end."""
     tar = TarOut(mtime)
-    yield tar.header(MANIFEST_NAME, len(manifest_bytes))
-    yield from tar.body(BytesSource(manifest_bytes), len(manifest_bytes), MANIFEST_NAME)
-    for f in files:
-        label = f"data file {f.name!r}"
+    yield tar.header(MANIFEST_NAME, len(head_bytes))
+    yield from tar.body(BytesSource(head_bytes), len(head_bytes), MANIFEST_NAME)
+    sha256_by_name: dict[str, str] = {}
+    for index, f in enumerate(files):
         yield tar.header(DATA_PREFIX + f.name, f.size)
-        src = f.open()
-        try:
-            sha = yield from tar.body(src, f.size, label, tick=True)
-        finally:
-            src.close()
-        if sha != f.sha256.lower():
-            raise Conflict(f"{label} does not match its manifest (sha256 {sha[:12]}..., expected "
-                           f"{f.sha256.lower()[:12]}...): it changed after the dataset was made; "
-                           "re-create the dataset", item=f.name)
+        chunks = fetcher.read(index)
+        while True:
+            try:
+                chunk = next(chunks)
+            except StopIteration as end:
+                sha256_by_name[f.name] = end.value.sha256
+                break
+            yield chunk
+            yield Tick(len(chunk), 0)
+        pad = tar.pad(f.size)
+        if pad:
+            yield pad
         yield Tick(0, 1)
     for name, content in extras.items():
         yield tar.header(name, len(content))
         yield from tar.body(BytesSource(content), len(content), f"extra member {name!r}")
+    final = final_manifest(head, hashlib.sha256(head_bytes).hexdigest(), sha256_by_name)
+    trailer = canonical_json(build_hashes(final))
+    yield tar.header(HASHES_NAME, len(trailer))
+    yield from tar.body(BytesSource(trailer), len(trailer), HASHES_NAME)
     yield tar.end()
+    result["final"] = final
 
 
 def stage_files(files: Iterable[StagedFile], *, staging_dir: str | Path, user: str, recipient,
                 metadata: Mapping | None = None, extra_members: Mapping[str, bytes] | None = None,
-                progress: ProgressCallback | None = None, engine: AgeEngine | None = None) -> BundleInfo:
+                progress: ProgressCallback | None = None, engine: AgeEngine | None = None,
+                threads: int = FETCH_THREADS, buffer_bytes: int = FETCH_BUFFER,
+                verify_md5: bool = False) -> BundleInfo:
     """Stream *files* into ``<staging_dir>/<user>/<bundle_id>.tar.age``, encrypted to *recipient*.
 
-    *recipient* is an ``age1...`` string (or pyrage recipient); *metadata* a
-    JSON mapping stored in MANIFEST.json; *extra_members* small in-memory
-    members, e.g. ``{"script/train.py": b"..."}``; *progress* is called as
-    ``progress(bytes_done, files_done, total_bytes, total_files)`` at most every
-    0.2 s and once at the end, in the calling thread. Each file's ``open()``
-    and reads run in one helper thread (reading and hashing overlap with
-    encryption), one file at a time. *engine* encrypts (default:
-    :func:`~.engine.default_engine`, the age CLI when installed). Raises InvalidRequest (bad names, digests),
-    Conflict (a file does not match its size or sha256; nothing is left behind),
-    PermissionDenied (unsafe per-user directory), NotFound (no staging root).
+    One pass over the data: each file is read once (:class:`~.fetch.Prefetcher`:
+    *threads* readers ahead of the tar writer, at most about *buffer_bytes*
+    queued), its size checked, its sha256 computed (and compared where the
+    StagedFile knows it), and its bytes go through the tar writer into age.
+    *verify_md5* also checks XNAT's md5 (for sources that do not, e.g. the
+    archive mount). *recipient* is an ``age1...`` string (or pyrage
+    recipient); *metadata* a JSON mapping stored in MANIFEST.json;
+    *extra_members* small in-memory members, e.g. ``{"script/train.py":
+    b"..."}``; *progress* is called as ``progress(bytes_done, files_done,
+    total_bytes, total_files)`` at most every 0.2 s and once at the end, in
+    the calling thread. *engine* encrypts (default:
+    :func:`~.engine.default_engine`, the age CLI when installed).
+
+    Returns the :class:`BundleInfo` with every file's sha256 (``file_sha256``).
+    Raises InvalidRequest (bad names, digests), Conflict (a file does not
+    match its size or known sha256), what a source raises (a file that cannot
+    be read or resumed), OSError ENOSPC/EDQUOT (staging area full),
+    PermissionDenied (unsafe per-user directory), NotFound (no staging root);
+    in every failure the partial bundle and its sidecar are removed and every
+    reader thread and stream is closed.
     """
     files = list(files)
-    manifest = build_manifest(files, metadata, extra_members)
+    head = build_manifest(files, metadata, extra_members)
     extras = check_extras(extra_members)
     rcpt, rcpt_str = as_recipient(recipient)
-    manifest_bytes = canonical_json(manifest)
+    head_bytes = canonical_json(head)
+    contents = hashlib.sha256(head_bytes).hexdigest()
     by_name = {f.name: f for f in files}
-    ordered = [by_name[e["name"]] for e in manifest["files"]]
+    ordered = [by_name[e["name"]] for e in head["files"]]
+    fetcher = Prefetcher(ordered, threads=threads, buffer_bytes=buffer_bytes, verify_md5=verify_md5)
     udir = user_dir(staging_dir, user, create=True)
 
-    bundle_id = f"{manifest['manifest_sha256'][:12]}-{secrets.token_hex(6)}"
+    bundle_id = f"{contents[:12]}-{secrets.token_hex(6)}"
     final = udir / (bundle_id + SUFFIX)
     partial = udir / (bundle_id + SUFFIX + PARTIAL)
     info_path = udir / (bundle_id + ".json")
-    tracker = Progress(progress, manifest["total_size"], manifest["file_count"])
-    log.info("staging bundle %s for user %s: %d files, %d bytes, recipient %s", bundle_id, user,
-             manifest["file_count"], manifest["total_size"], rcpt_str)
+    tracker = Progress(progress, head["total_size"], head["file_count"])
+    log.info("staging bundle %s for user %s: %d files, %d bytes, recipient %s, %d readers",
+             bundle_id, user, head["file_count"], head["total_size"], rcpt_str, fetcher.threads)
     started = time.monotonic()
     info_written = False
+    result: dict = {}
     try:
-        chunks = _bundle_chunks(manifest_bytes, ordered, extras, time.time())
-        size = encrypt_stream(partial, chunks, rcpt, tracker.add, engine=engine)
-        info = BundleInfo(path=final, bundle_id=bundle_id, manifest_sha256=manifest["manifest_sha256"],
-                          recipient=rcpt_str, size=size, created=_now_iso(),
-                          contents_sha256=hashlib.sha256(manifest_bytes).hexdigest(),
-                          file_count=manifest["file_count"], total_size=manifest["total_size"])
+        try:
+            chunks = _bundle_chunks(head, head_bytes, ordered, extras, time.time(), fetcher.start(), result)
+            size = encrypt_stream(partial, chunks, rcpt, tracker.add, engine=engine)
+        finally:
+            fetcher.close()
+        done = result["final"]
+        info = BundleInfo(path=final, bundle_id=bundle_id, manifest_sha256=done["manifest_sha256"],
+                          recipient=rcpt_str, size=size, created=_now_iso(), contents_sha256=contents,
+                          file_count=head["file_count"], total_size=head["total_size"],
+                          file_sha256={e["name"]: e["sha256"] for e in done["files"]})
         _write_private_json(info_path, info.to_json())
         info_written = True
         os.rename(partial, final)
@@ -183,11 +224,11 @@ def stage_files(files: Iterable[StagedFile], *, staging_dir: str | Path, user: s
         if info_written:
             unlink_quiet(info_path)
         log.warning("staging bundle %s for user %s failed: %s", bundle_id, user,
-                    getattr(e, "message", type(e).__name__))
+                    getattr(e, "message", None) or f"{type(e).__name__}: {e}")
         raise
     tracker.finish()
-    log.info("staged bundle %s for user %s: %d bytes in %.1f s", bundle_id, user, size,
-             time.monotonic() - started)
+    log.info("staged bundle %s for user %s: %d bytes in %.1f s (at most %d MiB queued)", bundle_id, user,
+             size, time.monotonic() - started, fetcher.peak_bytes >> 20)
     return info
 
 

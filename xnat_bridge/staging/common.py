@@ -14,13 +14,20 @@ from pathlib import Path
 from typing import NamedTuple
 
 FORMAT = "xnat-hpc-bundle"
-FORMAT_VERSION = 1
+#: 2: MANIFEST.json first (what is known before the data is read: names, sizes, XNAT md5,
+#: extras, metadata), HASHES.json last (every data file's sha256, computed while streaming)
+FORMAT_VERSION = 2
+HASHES_FORMAT = "xnat-hpc-bundle-hashes"
 INFO_FORMAT = "xnat-hpc-bundle-info"
 MANIFEST_NAME = "MANIFEST.json"
+HASHES_NAME = "HASHES.json"
 DATA_PREFIX = "data/"
 SUFFIX = ".tar.age"
 PARTIAL = ".partial"
 CHUNK = 1 << 20  # reads of staged files, encrypted output buffer, pipe size
+#: files read concurrently ahead of the tar writer, and the data they may hold in memory
+FETCH_THREADS = 8
+FETCH_BUFFER = 64 << 20
 # extraction reads: below glibc's initial mmap threshold (128 KiB), so that the
 # per-chunk bytes objects come from the heap, not from a fresh mmap each time
 # (with 1 MiB chunks a new process extracts ~30 % slower)

@@ -58,8 +58,11 @@ class AgeEngine(Protocol):
     """Encrypts chunk streams to an age X25519 recipient and decrypts age files.
 
     ``encrypt(fd, chunks, recipient, on_tick)`` writes the age file for
-    *chunks* (``bytes`` items, with :class:`~.common.Tick` marks that go to
-    *on_tick*) into the open file *fd*, to the pyrage *recipient*; it closes
+    *chunks* (bytes-like items, with :class:`~.common.Tick` marks that go to
+    *on_tick*) into the open file *fd*, to the pyrage *recipient*. An item
+    that is not ``bytes`` (a view of a reader's buffer) is valid only until
+    the next item is requested: an engine that keeps items longer copies
+    them. It closes
     *chunks* whatever happens, raises what the chunk source raises, and
     OSError ENOSPC or CommandFailed when the encryption itself fails. The
     caller fsyncs and closes *fd*.

@@ -9,17 +9,19 @@ import errno
 import hashlib
 import logging
 import os
+import queue
 import tarfile
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from ..errors import Conflict, InvalidRequest, NotFound
 from ..files import safe_relpath
-from .common import DATA_PREFIX, MANIFEST_NAME, MAX_MANIFEST_BYTES, XCHUNK, BytesSource
+from .common import DATA_PREFIX, HASHES_NAME, MANIFEST_NAME, MAX_MANIFEST_BYTES, XCHUNK, BytesSource
 from .engine import AgeEngine, resolve_engine
 from .keys import as_identity
-from .manifest import norm_digest, parse_manifest
+from .manifest import canonical_json, final_manifest, norm_digest, parse_hashes, parse_manifest
 
 log = logging.getLogger(__name__)
 
@@ -102,8 +104,8 @@ class _Tree:
     def mkdirs(self, rel: str) -> None:
         self._dir_fd(rel.split("/"))
 
-    def write(self, rel: str, src: BinaryIO, size: int) -> str:
-        """Copy *src* into the new file *rel* (0600); return its sha256."""
+    def write(self, rel: str, src: BinaryIO, size: int, *, md5: bool = False) -> tuple[str, str]:
+        """Copy *src* into the new file *rel* (0600); return its sha256 and (with *md5*) md5."""
         parts = rel.split("/")
         parent = self._dir_fd(parts[:-1])
         try:
@@ -114,18 +116,26 @@ class _Tree:
                            item=rel) from None
         self.created.append((rel, False))
         digest = hashlib.sha256()
+        side = _SideHash(size) if md5 else None
         done = 0
-        with os.fdopen(fd, "wb") as out:
-            while True:
-                chunk = src.read(XCHUNK)
-                if not chunk:
-                    break
-                digest.update(chunk)
-                out.write(chunk)
-                done += len(chunk)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                while True:
+                    chunk = src.read(XCHUNK)
+                    if not chunk:
+                        break
+                    digest.update(chunk)
+                    if side is not None:
+                        side.update(chunk)
+                    out.write(chunk)
+                    done += len(chunk)
+            md5_hex = side.hexdigest() if side is not None else ""
+        finally:
+            if side is not None:
+                side.stop()
         if done != size:
             raise Conflict(f"{rel}: {done} bytes in the archive, {size} expected", item=rel)
-        return digest.hexdigest()
+        return digest.hexdigest(), md5_hex
 
     def remove_created(self) -> None:
         for rel, is_dir in reversed(self.created):
@@ -148,6 +158,42 @@ class _Tree:
             os.close(self._cached[1])
             self._cached = None
         os.close(self.fd)
+
+
+class _SideHash:
+    """XNAT's md5 of a file, computed beside its sha256: in a helper thread for large files
+    (hashlib releases the GIL, so both digests run on two cores), inline for small ones."""
+
+    THREAD_FROM = 8 << 20
+    _END = None
+
+    def __init__(self, size: int):
+        self._md5 = hashlib.md5()
+        self._queue: queue.Queue | None = None
+        if size >= self.THREAD_FROM:
+            self._queue = queue.Queue(maxsize=64)
+            self._thread = threading.Thread(target=self._run, name="bundle-md5", daemon=True)
+            self._thread.start()
+
+    def _run(self) -> None:
+        while (chunk := self._queue.get()) is not self._END:
+            self._md5.update(chunk)
+
+    def update(self, chunk: bytes) -> None:
+        if self._queue is None:
+            self._md5.update(chunk)
+        else:
+            self._queue.put(chunk)
+
+    def hexdigest(self) -> str:
+        self.stop()
+        return self._md5.hexdigest()
+
+    def stop(self) -> None:
+        if self._queue is not None:
+            self._queue.put(self._END)
+            self._thread.join()
+            self._queue = None
 
 
 def _member_path(name: str, label: str) -> str:
@@ -198,64 +244,109 @@ def _run_extraction(path: str | Path, identity, dest_dir: str | Path,
             tree.close()
 
 
+def _read_small(tar: tarfile.TarFile, m: tarfile.TarInfo, what: str, label: str) -> bytes:
+    if m.size > MAX_MANIFEST_BYTES:
+        raise InvalidRequest(f"{label}: {what} is larger than {MAX_MANIFEST_BYTES} bytes", item=label)
+    return tar.extractfile(m).read()
+
+
 def extract_bundle(bundle_path: str | Path, identity, dest_dir: str | Path,
                    expected_manifest_sha256: str | None = None, *,
+                   expected_contents_sha256: str | None = None,
                    engine: AgeEngine | None = None) -> dict:
-    """Decrypt and unpack a bundle into *dest_dir*; return its MANIFEST.json (a dict).
+    """Decrypt, unpack and verify a bundle into *dest_dir*; return its final manifest (a dict).
 
     *dest_dir* is created 0700 if missing (its parent must exist); files land
-    as ``MANIFEST.json``, ``data/<name>`` and the extra members, 0600. Raises
+    as ``data/<name>`` and the extra members, 0600, and ``MANIFEST.json`` —
+    the final manifest (MANIFEST.json of the bundle with every file's sha256
+    from its HASHES.json, ``manifest_sha256`` and ``contents_sha256``) — is
+    written last, once everything verified. Members are checked as they
+    arrive against the bundle's first member, MANIFEST.json (listed, once,
+    regular file, size, XNAT md5, extra members' sha256); HASHES.json must be
+    the last member and every data file's sha256 must match it, as must
+    *expected_manifest_sha256* and *expected_contents_sha256*. Raises
     PermissionDenied (wrong identity), InvalidRequest (not a bundle; unsafe
-    member: escaping path, link, device, FIFO), Conflict (member not listed,
-    size or sha256 mismatch, missing file, digest differs from
-    *expected_manifest_sha256*, corrupt ciphertext). On failure everything
-    extracted is removed. *engine* decrypts (default:
-    :func:`~.engine.default_engine`, the age CLI when installed).
+    member: escaping path, link, device, FIFO), Conflict (member not listed
+    or twice, size, md5 or sha256 mismatch, missing file or HASHES.json, a
+    digest differs from the expected one, corrupt ciphertext). Nothing is
+    usable before this function returns: on failure everything extracted is
+    removed. *engine* decrypts (default: :func:`~.engine.default_engine`, the
+    age CLI when installed).
     """
     want = norm_digest(expected_manifest_sha256) if expected_manifest_sha256 else None
+    want_contents = norm_digest(expected_contents_sha256) if expected_contents_sha256 else None
 
     def body(members, tar, tree, label):
         first = next(members, None)
         if first is None or first.name != MANIFEST_NAME or not _is_regular(first):
             raise InvalidRequest(f"{label} is not a staging bundle: its first member must be "
                                  f"{MANIFEST_NAME}", item=label)
-        if first.size > MAX_MANIFEST_BYTES:
-            raise InvalidRequest(f"{label}: {MANIFEST_NAME} is larger than {MAX_MANIFEST_BYTES} bytes",
-                                 item=label)
-        raw = tar.extractfile(first).read()
-        manifest = parse_manifest(raw, label)
-        if want is not None and manifest["manifest_sha256"] != want:
-            raise Conflict(f"{label} holds dataset {manifest['manifest_sha256'][:12]}..., not the "
-                           f"expected {want[:12]}...", item=label)
-        expected = {DATA_PREFIX + f["name"]: f for f in manifest["files"]}
-        expected.update({f["name"]: f for f in manifest["extra"]})
-        tree.write(MANIFEST_NAME, BytesSource(raw), len(raw))
+        raw = _read_small(tar, first, MANIFEST_NAME, label)
+        head = parse_manifest(raw, label)
+        contents = hashlib.sha256(raw).hexdigest()
+        if want_contents is not None and contents != want_contents:
+            raise Conflict(f"{label} holds bundle contents {contents[:12]}..., not the expected "
+                           f"{want_contents[:12]}...", item=label)
+        data = {DATA_PREFIX + f["name"]: f for f in head["files"]}
+        extras = {f["name"]: f for f in head["extra"]}
+        computed: dict[str, str] = {}
+        final = None
         for m in members:
             name = _member_path(m.name, label)
             if not _is_regular(m):
                 raise InvalidRequest(f"{label}: member {name!r} is {_kind(m)}; bundles hold regular "
                                      "files only", item=name)
-            entry = expected.pop(name, None)
+            if final is not None:
+                raise Conflict(f"{label}: member {name!r} follows {HASHES_NAME}, which must be the "
+                               "last member", item=name)
+            if name == HASHES_NAME:
+                _require_all(label, data, extras)
+                shas = parse_hashes(_read_small(tar, m, HASHES_NAME, label), label, head, contents)
+                for f in head["files"]:
+                    if shas[f["name"]] != computed[f["name"]]:
+                        raise Conflict(f"{label}: {DATA_PREFIX + f['name']!r} does not match its "
+                                       f"sha256 in {HASHES_NAME}", item=DATA_PREFIX + f["name"])
+                final = final_manifest(head, contents, shas)
+                if want is not None and final["manifest_sha256"] != want:
+                    raise Conflict(f"{label} holds dataset {final['manifest_sha256'][:12]}..., not the "
+                                   f"expected {want[:12]}...", item=label)
+                continue
+            entry = data.pop(name, None) or extras.pop(name, None)
             if entry is None:
                 raise Conflict(f"{label}: member {name!r} is not listed in {MANIFEST_NAME} (or "
                                "appears twice)", item=name)
             if m.size != entry["size"]:
                 raise Conflict(f"{label}: {name!r} has {m.size} bytes, {MANIFEST_NAME} says "
                                f"{entry['size']}", item=name)
-            sha = tree.write(name, tar.extractfile(m), m.size)
-            if sha != entry["sha256"]:
+            xnat_md5 = entry.get("md5", "")
+            sha, md5 = tree.write(name, tar.extractfile(m), m.size, md5=bool(xnat_md5))
+            if xnat_md5 and md5 != xnat_md5:
+                raise Conflict(f"{label}: {name!r} does not match XNAT's md5 in {MANIFEST_NAME}",
+                               item=name)
+            if "md5" in entry:  # a data file: its sha256 is checked against HASHES.json
+                computed[entry["name"]] = sha
+            elif sha != entry["sha256"]:
                 raise Conflict(f"{label}: {name!r} does not match its sha256 in {MANIFEST_NAME}",
                                item=name)
-        if expected:
-            missing = sorted(expected)
-            raise Conflict(f"{label}: {len(missing)} file(s) listed in {MANIFEST_NAME} are missing, "
-                           f"e.g. {missing[0]!r}", item=missing[0])
-        return manifest
+        if final is None:
+            _require_all(label, data, extras)
+            raise Conflict(f"{label} is incomplete: it ends without {HASHES_NAME}, the sha256 of its "
+                           "files; stage it again", item=label)
+        doc = canonical_json(final)
+        tree.write(MANIFEST_NAME, BytesSource(doc), len(doc))
+        return final
 
     manifest = _run_extraction(bundle_path, identity, dest_dir, body, engine)
     log.info("extracted bundle %s into %s: %d files, %d bytes", Path(bundle_path).name, dest_dir,
              manifest["file_count"], manifest["total_size"])
     return manifest
+
+
+def _require_all(label: str, data: dict, extras: dict) -> None:
+    missing = sorted([*data, *extras])
+    if missing:
+        raise Conflict(f"{label}: {len(missing)} file(s) listed in {MANIFEST_NAME} are missing, "
+                       f"e.g. {missing[0]!r}", item=missing[0])
 
 
 def decrypt_to_directory(path: str | Path, identity, dest_dir: str | Path, *,
@@ -284,7 +375,7 @@ def decrypt_to_directory(path: str | Path, identity, dest_dir: str | Path, *,
             if not _is_regular(m):
                 raise InvalidRequest(f"{label}: member {name!r} is {_kind(m)}; only regular files "
                                      "and directories are extracted", item=name)
-            sha = tree.write(name, tar.extractfile(m), m.size)
+            sha, _ = tree.write(name, tar.extractfile(m), m.size)
             files.append({"name": name, "size": m.size, "sha256": sha})
         return {"files": files, "directories": dirs}
 

@@ -70,6 +70,12 @@ class TarOut:
         self.offset += size + pad
         return digest.hexdigest()
 
+    def pad(self, size: int) -> bytes:
+        """The padding after a member of *size* bytes whose data the caller yielded itself."""
+        pad = -size % tarfile.BLOCKSIZE
+        self.offset += size + pad
+        return bytes(pad)
+
     def end(self) -> bytes:
         n = 2 * tarfile.BLOCKSIZE
         n += -(self.offset + n) % tarfile.RECORDSIZE
