@@ -32,7 +32,7 @@ import requests
 from devstack.demo import prepare_staging_root
 from devstack.hubconfig import xnat_hub_config
 from tests.fixtures.hub import start_hub
-from tests.fixtures.plaintext import add_random_project, find_plaintext, windows
+from tests.fixtures.plaintext import add_random_project, find_plaintext, remove_members, windows
 from tests.fixtures.slurm import RUN_DIR
 from tests.fixtures.spawn import HUB_TIMEOUTS
 
@@ -164,9 +164,12 @@ def squeue_ids() -> set[str]:
 
 
 @pytest.mark.parametrize("profile, user", [("local-scan", "alice"), ("slurm-scan", "bob")])
-def test_no_plaintext_outside_the_jobs_scratch(hub, shared_devxnat, staging, public_dir, profile, user):
+def test_no_plaintext_outside_the_jobs_scratch(hub, shared_devxnat, staging, public_dir, profile, user,
+                                               request):
     project = f"PLAIN_{profile.split('-')[0].upper()}_{secrets.token_hex(3).upper()}"
     content = add_random_project(shared_devxnat, project, {user: "Members"})
+    # the shared devxnat outlives this test: later tests expect the demo users' projects only
+    request.addfinalizer(lambda: remove_members(shared_devxnat, project, [user]))
     needles = [w for blob in content.values() for w in windows(blob)]
     home = Path(pwd.getpwnam(user).pw_dir)
     excluded = [shared_devxnat.archive / project]  # the data source itself
@@ -212,7 +215,7 @@ def test_no_plaintext_outside_the_jobs_scratch(hub, shared_devxnat, staging, pub
         assert rec["state"] == "running" and slurm_job, rec
 
         # while the job runs: the data is in its node-local scratch, and nowhere else
-        scratch = f"/xnat-hpc-slurm-{slurm_job}/"
+        scratch = f"/xnat-hpc-slurm-{slurm_job}."  # mktemp -d: <base>/xnat-hpc-slurm-<id>.<random>/
         hits = scan(sandbox)
         inside = [h for h in hits if scratch in h]
         outside = [h for h in hits if scratch not in h]
