@@ -11,7 +11,22 @@ every Slurm client (``sbatch``, ``squeue``; batchspawner and dask-jobqueue run
 them as various Unix users) reads that path. A file there that this tool did
 not write is never overwritten: ``up`` refuses and says why.
 
-This is a development cluster: ``SlurmUser=root``, no accounting, no cgroups.
+This is a development cluster: ``SlurmUser=root``, no accounting. It uses the
+isolation a secure partition needs (docs/admin.md, "A secure partition") where
+this machine allows it, and says in ``slurm.conf`` what it leaves out and why:
+
+* ``ProctrackType=proctrack/cgroup``, ``TaskPlugin=task/cgroup`` (a
+  ``cgroup.conf`` next to ``slurm.conf``: cores, memory and devices constrained)
+  when the cgroup v1 controllers are mounted and writable by root
+  (:func:`probe_cgroups`; cgroup v2 alone would need systemd here);
+* ``JobContainerType=job_container/tmpfs`` with ``PrologFlags=Contain`` (a
+  ``job_container.conf``: every job gets a private ``/tmp`` and ``/dev/shm``,
+  made under ``<run dir>/jobtmp`` and removed by Slurm when the job ends) when
+  root can make a mount namespace (:func:`probe_mount_namespaces`);
+* never ``OverSubscribe=EXCLUSIVE``: the one node carries both partitions, so a
+  notebook server in ``interactive`` that submits to ``secure`` would wait for
+  its own node forever.
+
 Production sites point the hub at their own Slurm.
 """
 
@@ -57,6 +72,12 @@ class SlurmDevConfig:
     #: the node-local scratch a job may fill (``TmpDisk``, MB = MiB, of ``TmpFS``); 0 = not declared
     tmp_disk_mb: int = 0
     tmp_fs: str = "/tmp"
+    #: ``proctrack/cgroup`` + ``task/cgroup`` (with ``cgroup.conf``)
+    cgroups: bool = True
+    #: ``job_container/tmpfs`` (with ``job_container.conf``) + ``PrologFlags=Contain``
+    job_container: bool = True
+    #: why a setting of a secure partition is not used on this machine (comments in slurm.conf)
+    not_used: tuple[str, ...] = ()
 
     @classmethod
     def for_this_machine(cls, run_dir: Path) -> "SlurmDevConfig":
@@ -70,12 +91,21 @@ class SlurmDevConfig:
                     mem_kb = int(line.split()[1])
                     break
         st = os.statvfs(cls.tmp_fs)
+        no_cgroups, no_namespaces = probe_cgroups(), probe_mount_namespaces()
+        not_used = []
+        if no_cgroups:
+            not_used.append(f"proctrack/cgroup, task/cgroup: {no_cgroups}")
+        if no_namespaces:
+            not_used.append(f"job_container/tmpfs: {no_namespaces}")
         return cls(
             run_dir=Path(run_dir),
             controller_host=socket.gethostname().split(".")[0],
             cpus=os.cpu_count() or 1,
             memory_mb=max(256, mem_kb // 1024 - 512),
             tmp_disk_mb=st.f_blocks * st.f_frsize // 2**30 * 1024,
+            cgroups=no_cgroups is None,
+            job_container=no_namespaces is None,
+            not_used=tuple(not_used),
         )
 
     # paths under the run directory
@@ -99,6 +129,19 @@ class SlurmDevConfig:
     def pid_dir(self) -> Path:
         return self.run_dir / "run"
 
+    @property
+    def job_tmp_dir(self) -> Path:
+        """``BasePath`` of job_container/tmpfs: the jobs' private /tmp live below it."""
+        return self.run_dir / "jobtmp"
+
+    @property
+    def cgroup_conf_path(self) -> Path:
+        return self.conf_path.parent / "cgroup.conf"
+
+    @property
+    def job_container_conf_path(self) -> Path:
+        return self.conf_path.parent / "job_container.conf"
+
     def pid_file(self, daemon: str) -> Path:
         return self.pid_dir / f"{daemon}.pid"
 
@@ -106,8 +149,81 @@ class SlurmDevConfig:
         return self.log_dir / f"{daemon}.log"
 
 
+def _fs_type(path: Path) -> str | None:
+    """The type of the file system mounted exactly at *path*, or None."""
+    found = None
+    try:
+        with open("/proc/self/mountinfo") as f:
+            for line in f:
+                fields = line.split()
+                if len(fields) > 4 and fields[4] == str(path) and "-" in fields:
+                    found = fields[fields.index("-") + 1]
+    except OSError:
+        return None
+    return found
+
+
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+CGROUP_V1_CONTROLLERS = ("freezer", "cpuset", "memory", "devices")
+
+
+def probe_cgroups(root: Path = CGROUP_ROOT) -> str | None:
+    """None when Slurm's cgroup plugins can run on this machine, else why not (one sentence).
+
+    Slurm 22.05 (Debian 12) uses cgroup v1 here: the controllers it needs must be mounted
+    under *root* and root must be able to make a cgroup in each. Its cgroup/v2 plugin needs
+    systemd to delegate a subtree to slurmd, so a cgroup-v2-only machine without systemd
+    cannot use them."""
+    fs = _fs_type(root)
+    if fs == "cgroup2":
+        if Path("/run/systemd/system").is_dir():
+            return None
+        return (f"{root} is cgroup v2 only and systemd is not running; Slurm 22.05's cgroup/v2 "
+                "plugin needs systemd to delegate a cgroup to slurmd")
+    if fs is None:
+        return f"no cgroup file system is mounted at {root}"
+    if os.geteuid() != 0:
+        return "only root can tell whether cgroups are usable"
+    for ctrl in CGROUP_V1_CONTROLLERS:
+        where = root / ctrl
+        if _fs_type(where) != "cgroup":
+            return f"the cgroup v1 controller {ctrl!r} is not mounted at {where}"
+        probe = where / f"xnat-hpc-probe-{os.getpid()}"
+        try:
+            probe.mkdir()
+            probe.rmdir()
+        except OSError as e:
+            return f"root cannot create a cgroup in {where} ({e.strerror})"
+    return None
+
+
+def probe_mount_namespaces() -> str | None:
+    """None when root can make a private mount namespace (job_container/tmpfs needs one per
+    job), else why not."""
+    if os.geteuid() != 0:
+        return "only root can tell whether mount namespaces are usable"
+    unshare = which("unshare")
+    if unshare is None:
+        return "unshare (util-linux) is not installed to check for mount namespaces"
+    try:
+        run([unshare, "--mount", "--propagation", "private", "true"], timeout=10)
+    except CommandFailed as e:
+        return f"root cannot make a mount namespace here ({e.message.strip()[:200]})"
+    return None
+
+
 def slurm_conf(cfg: SlurmDevConfig) -> str:
     """The ``slurm.conf`` text for *cfg* (pure; golden-tested)."""
+    isolation = ["# secure-partition isolation (docs/admin.md, \"A secure partition\"); cgroup.conf and",
+                 "# job_container.conf lie next to this file"]
+    isolation += [f"# not used on this machine: {why}" for why in cfg.not_used]
+    isolation += [
+        "ProctrackType=" + ("proctrack/cgroup" if cfg.cgroups else "proctrack/linuxproc"),
+        "TaskPlugin=" + ("task/cgroup" if cfg.cgroups else "task/none"),
+        "JobContainerType=" + ("job_container/tmpfs" if cfg.job_container else "job_container/none"),
+    ]
+    if cfg.job_container or cfg.cgroups:
+        isolation.append("PrologFlags=Contain")
     lines = [
         MANAGED_MARKER,
         f"# run directory: {cfg.run_dir}",
@@ -120,8 +236,7 @@ def slurm_conf(cfg: SlurmDevConfig) -> str:
         "AuthType=auth/munge",
         "CredType=cred/munge",
         "MpiDefault=none",
-        "ProctrackType=proctrack/linuxproc",
-        "TaskPlugin=task/none",
+        *isolation,
         "JobAcctGatherType=jobacct_gather/none",
         "AccountingStorageType=accounting_storage/none",
         "SchedulerType=sched/backfill",
@@ -148,11 +263,36 @@ def slurm_conf(cfg: SlurmDevConfig) -> str:
         + " State=UNKNOWN",
         f"PartitionName=interactive Nodes={cfg.node_name} Default=YES"
         f" MaxTime={cfg.interactive_max_time} State=UP",
+        "# not OverSubscribe=EXCLUSIVE: one node carries both partitions, and a server in",
+        "# 'interactive' that submits a job to 'secure' would wait for its own node forever",
         f"PartitionName=secure Nodes={cfg.node_name} Default=NO"
         f" MaxTime={cfg.secure_max_time} State=UP",
         "",
     ]
     return "\n".join(lines)
+
+
+def cgroup_conf(cfg: SlurmDevConfig) -> str:
+    """``cgroup.conf`` (pure): jobs held to their cores, memory and devices (GPUs)."""
+    return "\n".join([
+        MANAGED_MARKER,
+        "CgroupPlugin=autodetect",
+        f"CgroupMountpoint={CGROUP_ROOT}",
+        "ConstrainCores=yes",
+        "ConstrainRAMSpace=yes",
+        "ConstrainDevices=yes",
+        "",
+    ])
+
+
+def job_container_conf(cfg: SlurmDevConfig) -> str:
+    """``job_container.conf`` (pure): where the jobs' private /tmp and /dev/shm are made."""
+    return "\n".join([
+        MANAGED_MARKER,
+        "AutoBasePath=true",
+        f"BasePath={cfg.job_tmp_dir}",
+        "",
+    ])
 
 
 @dataclasses.dataclass
@@ -231,9 +371,11 @@ class SlurmDev:
         """Start whatever is not running; wait until the node accepts jobs."""
         self._require_programs()
         cfg = self.cfg
-        for d in (cfg.state_dir, cfg.spool_dir, cfg.log_dir, cfg.pid_dir, cfg.conf_path.parent):
+        for d in (cfg.state_dir, cfg.spool_dir, cfg.log_dir, cfg.pid_dir, cfg.conf_path.parent,
+                  cfg.job_tmp_dir):
             d.mkdir(parents=True, exist_ok=True)
         os.chmod(cfg.run_dir, 0o755)
+        os.chmod(cfg.job_tmp_dir, 0o700)  # the jobs' private /tmp; Slurm mounts them as root
         os.chmod(cfg.state_dir, 0o700)  # job scripts and environments live here
         os.chmod(cfg.spool_dir, 0o755)  # slurmd makes a 0700 job dir per job in it, owned by the user
         os.chmod(cfg.log_dir, 0o700)
@@ -263,15 +405,21 @@ class SlurmDev:
                 "already has a Slurm configuration; point the hub at that cluster instead "
                 "of starting the development one (or move the file away)"
             )
-        old = self.cfg.conf_path.read_text() if self.cfg.conf_path.exists() else None
-        sys_old = SYSTEM_CONF.read_text() if SYSTEM_CONF.exists() else None
-        for path in (self.cfg.conf_path, SYSTEM_CONF):
+        # slurmd (-f) and slurmstepd read cgroup.conf and job_container.conf next to the
+        # slurm.conf they were started with; the clients need neither
+        files = {self.cfg.conf_path: text, SYSTEM_CONF: text,
+                 self.cfg.cgroup_conf_path: cgroup_conf(self.cfg),
+                 self.cfg.job_container_conf_path: job_container_conf(self.cfg)}
+        changed = False
+        for path, content in files.items():
+            old = path.read_text() if path.exists() else None
+            changed = changed or old != content
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(".conf.tmp")
-            tmp.write_text(text)
+            tmp.write_text(content)
             os.chmod(tmp, 0o644)
             os.replace(tmp, path)
-        return old != text or sys_old != text
+        return changed
 
     def _start_munged(self) -> None:
         if self._munged_pid() and self._munge_works():

@@ -37,14 +37,57 @@ def test_conf_keeps_everything_under_run_dir():
     assert conf["SlurmctldHost"] == "vm(127.0.0.1)"
 
 
-def test_conf_node_resources_and_no_cgroups():
+def test_conf_node_resources_and_secure_partition_isolation():
     text = slurm.slurm_conf(CFG)
     node = next(l for l in text.splitlines() if l.startswith("NodeName="))
     assert "CPUs=2" in node and "RealMemory=2048" in node and "NodeAddr=127.0.0.1" in node
     conf = conf_dict(text)
-    assert conf["ProctrackType"] == "proctrack/linuxproc"
-    assert conf["TaskPlugin"] == "task/none"
+    assert conf["ProctrackType"] == "proctrack/cgroup"
+    assert conf["TaskPlugin"] == "task/cgroup"
+    assert conf["JobContainerType"] == "job_container/tmpfs"
+    assert conf["PrologFlags"] == "Contain"
     assert text.startswith(slurm.MANAGED_MARKER)
+    # one node carries both partitions: exclusive nodes would deadlock a server and its job
+    assert "OverSubscribe" not in conf_dict(text) and "# not OverSubscribe=EXCLUSIVE" in text
+    cg = conf_dict(slurm.cgroup_conf(CFG))
+    assert (cg["ConstrainCores"], cg["ConstrainRAMSpace"], cg["ConstrainDevices"]) == ("yes", "yes", "yes")
+    jc = conf_dict(slurm.job_container_conf(CFG))
+    assert jc["BasePath"] == "/var/lib/x/slurm/jobtmp" and jc["AutoBasePath"] == "true"
+
+
+def test_conf_without_what_the_machine_lacks_says_why():
+    import dataclasses
+
+    cfg = dataclasses.replace(CFG, cgroups=False, job_container=False,
+                              not_used=("proctrack/cgroup, task/cgroup: no cgroup file system is mounted",))
+    text = slurm.slurm_conf(cfg)
+    conf = conf_dict(text)
+    assert (conf["ProctrackType"], conf["TaskPlugin"], conf["JobContainerType"]) == (
+        "proctrack/linuxproc", "task/none", "job_container/none")
+    assert "PrologFlags" not in conf
+    assert "# not used on this machine: proctrack/cgroup, task/cgroup: no cgroup file system" in text
+
+
+def test_probes_on_this_machine():
+    """What this machine allows (docs/admin.md lists it): each probe returns None or a reason."""
+    for probe in (slurm.probe_cgroups, slurm.probe_mount_namespaces):
+        why = probe()
+        assert why is None or (isinstance(why, str) and why)
+    mine = slurm.SlurmDevConfig.for_this_machine(Path("/r"))
+    assert mine.cgroups == (slurm.probe_cgroups() is None)
+    assert mine.job_container == (slurm.probe_mount_namespaces() is None)
+    assert len(mine.not_used) == (not mine.cgroups) + (not mine.job_container)
+    assert slurm.probe_cgroups(Path("/nonexistent-cgroup-root")).startswith("no cgroup file system")
+
+
+def test_write_conf_puts_the_plugin_files_next_to_slurm_conf(monkeypatch, tmp_path):
+    monkeypatch.setattr(slurm, "SYSTEM_CONF", tmp_path / "etc-slurm" / "slurm.conf")
+    dev = slurm.SlurmDev(cfg=slurm.SlurmDevConfig(run_dir=tmp_path / "run", controller_host="vm"))
+    assert dev._write_conf() is True
+    etc = tmp_path / "run" / "etc"
+    assert (etc / "cgroup.conf").read_text() == slurm.cgroup_conf(dev.cfg)
+    assert (etc / "job_container.conf").read_text() == slurm.job_container_conf(dev.cfg)
+    assert dev._write_conf() is False  # unchanged: no restart
 
 
 def test_example_config_matches_builder():
@@ -55,6 +98,8 @@ def test_example_config_matches_builder():
         tmp_disk_mb=20480,
     )
     assert example.read_text() == slurm.slurm_conf(cfg)
+    for name, build in (("cgroup-dev.conf", slurm.cgroup_conf), ("job_container-dev.conf", slurm.job_container_conf)):
+        assert (example.parent / name).read_text() == build(cfg), name
 
 
 def test_node_declares_its_node_local_scratch():

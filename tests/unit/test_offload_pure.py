@@ -106,8 +106,12 @@ def test_cluster_spec_from_env_and_prologue():
     assert (s.scheduler_host, s.worker_interface, s.python, s.death_timeout) == ("10.0.0.5", None,
                                                                                 "/opt/py/bin/python", 30)
     lines = "\n".join(prologue(s))
-    assert "umask 077" in lines and "/local/scratch/xnat-hpc-slurm-$SLURM_JOB_ID" in lines
-    assert "trap 'rm -rf -- \"$XNAT_HPC_JOB_DIR\"' EXIT" in lines and "TERM" in lines
+    assert "umask 077" in lines
+    # a fresh directory with a random name (mktemp -d), never `mkdir -p` of a predictable one
+    assert 'XNAT_HPC_JOB_DIR=$(mktemp -d /local/scratch/xnat-hpc-slurm-"$SLURM_JOB_ID".XXXXXXXXXXXX)' in lines
+    assert "mkdir -p" not in lines
+    assert "trap '[ -z \"$XNAT_HPC_JOB_DIR\" ] || rm -rf -- \"$XNAT_HPC_JOB_DIR\"' EXIT" in lines
+    assert "TERM" in lines
     assert "AGE-SECRET" not in lines
 
 

@@ -12,6 +12,8 @@ Modules, one concern each:
 ``slurm``      ``squeue``/``scancel`` and dask-jobqueue's ``sbatch``, through ``procs``
 ``keyrelease`` releasing a dataset identity once, to the right Slurm job
 ``worker``     the task that runs on the node (decrypt, run, encrypt, wipe)
+``jobdir``     the job's node-local directory: checked, used and wiped through descriptors
+``nodeguard``  the job's main process on the node: checks the directory, wipes it on every exit
 ``context``    :class:`OffloadContext`, the frozen collaborators of a job run
 ``runner``     one job's background thread (stage → submit → run → collect)
 ``manager``    :class:`OffloadManager`, the server's offload service (idempotency included)

@@ -7,6 +7,13 @@ worker command with the *paths* of the per-job TLS files, and a prologue that
 creates the job's node-local directory and wipes it on exit or termination.
 Never a key: the dataset identity travels later, over the TLS comm.
 
+The node-local directory is made by ``mktemp -d``: a name nobody can predict
+(``xnat-hpc-slurm-<Slurm job id>.<12 random characters>``), mode 0700, and
+``mkdir`` fails rather than accept an entry that exists — another account
+cannot prepare it, or a symbolic link, where the job will look. The node guard
+and the worker then check it and everything above it
+(:mod:`xnat_bridge.offload.jobdir`) before anything is decrypted.
+
 ``--export=NONE`` keeps the server's environment (which holds the user's XNAT
 alias token) out of ``sbatch``: slurmctld would store it with the job.
 
@@ -32,6 +39,8 @@ from .policy import ResourceRequest, format_walltime
 DEFAULT_PYTHON = "/opt/xnat-hpc-hub/venv/bin/python"
 NODE_TMP_DEFAULT = "${SLURM_TMPDIR:-${TMPDIR:-/tmp}}"
 JOB_DIR_VAR = "XNAT_HPC_JOB_DIR"
+#: mktemp's template tail: 12 random characters of [A-Za-z0-9], about 71 bits
+JOB_DIR_RANDOM = "X" * 12
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,20 +69,30 @@ class ClusterSpec:
                    death_timeout=int(environ.get("XNAT_HPC_DEATH_TIMEOUT", "").strip() or 60))
 
 
-def node_job_dir(node_tmpdir: str) -> str:
-    """The shell expression of the job's node-local directory."""
-    base = node_tmpdir if node_tmpdir == NODE_TMP_DEFAULT else shlex.quote(node_tmpdir)
-    return f"{base}/xnat-hpc-slurm-$SLURM_JOB_ID"
+def node_job_dir_template(node_tmpdir: str) -> str:
+    """The shell word given to ``mktemp -d``: the node-local base, the job's name, 12 X."""
+    base = f'"{node_tmpdir}"' if node_tmpdir == NODE_TMP_DEFAULT else shlex.quote(node_tmpdir)
+    return f'{base}/xnat-hpc-slurm-"$SLURM_JOB_ID".{JOB_DIR_RANDOM}'
 
 
 def prologue(spec: ClusterSpec) -> list[str]:
-    """Shell lines run before the worker: private umask, job dir, wipe traps."""
+    """Shell lines run before the worker: private umask, wipe traps, a fresh job dir.
+
+    The traps come first, so that a signal between ``mktemp`` and the worker wipes too;
+    ``rm -rf`` removes a link, never what it points to. They cover the script until it
+    ``exec``s the node guard (:func:`cluster_options`), which wipes from then on.
+    """
+    wipe = f'[ -z "${JOB_DIR_VAR}" ] || rm -rf -- "${JOB_DIR_VAR}"'
     return [
         "umask 077",
-        f'export {JOB_DIR_VAR}="{node_job_dir(spec.node_tmpdir)}"',
-        f'mkdir -p -m 700 "${JOB_DIR_VAR}"',
-        f"trap 'rm -rf -- \"${JOB_DIR_VAR}\"' EXIT",
-        f"trap 'rm -rf -- \"${JOB_DIR_VAR}\"; exit 143' TERM INT HUP",
+        f"{JOB_DIR_VAR}=",
+        f"trap '{wipe}' EXIT",
+        f"trap '{wipe}; exit 143' TERM INT HUP",
+        f"{JOB_DIR_VAR}=$(mktemp -d {node_job_dir_template(spec.node_tmpdir)}) || "
+        "{ echo \"xnat-hpc: cannot create the job's node-local directory (mktemp said why above): "
+        "set XNAT_HPC_NODE_TMPDIR to a directory that exists on every node of the partition\" >&2; "
+        "exit 1; }",
+        f"export {JOB_DIR_VAR}",
     ]
 
 
@@ -96,7 +115,10 @@ def cluster_options(spec: ClusterSpec) -> dict:
         "memory": f"{max(1, r.memory // 2**20)}MiB",
         "walltime": format_walltime(r.walltime),
         "job_name": f"xnat-hpc-{spec.job_id}",
-        "python": f"{spec.python} -m xnat_bridge.offload.nodeguard {spec.python}",
+        # exec: the guard *is* the batch step's task, so that it receives Slurm's SIGTERM itself;
+        # with proctrack/cgroup Slurm signals only that process before its SIGKILL to all, and
+        # bash runs a trap only after its foreground child has exited
+        "python": f"exec {spec.python} -m xnat_bridge.offload.nodeguard {spec.python}",
         "security": True,
         "shared_temp_directory": spec.shared_temp_directory,
         "log_directory": spec.log_directory,

@@ -48,20 +48,35 @@ def _kind(m: tarfile.TarInfo) -> str:
 
 class _Tree:
     """Creates files and directories under *root* through directory file
-    descriptors, never following a symlink, and remembers what it created."""
+    descriptors, never following a symlink, and remembers what it created.
 
-    def __init__(self, root: str | Path):
+    With *parent_fd*, *root* is a name in that directory: it is made and
+    opened relative to the descriptor (the node's job directory, whose path
+    is not trusted)."""
+
+    def __init__(self, root: str | Path, parent_fd: int | None = None):
         self.root = Path(root)
+        self.parent_fd = parent_fd
+        if parent_fd is not None and (len(self.root.parts) != 1 or str(self.root) in (".", "..")):
+            raise InvalidRequest(f"{root!r} must be one name in the directory it is made in",
+                                 item=str(root))
+        at = {} if parent_fd is None else {"dir_fd": parent_fd}
         self.created_root = False
         try:
-            os.mkdir(self.root, 0o700)
+            os.mkdir(self.root, 0o700, **at)
             self.created_root = True
         except FileExistsError:
             pass
         except FileNotFoundError:
             raise NotFound(f"cannot create {self.root}: its parent does not exist",
                            item=str(self.root)) from None
-        self.fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            self.fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, **at)
+        except OSError as e:
+            if e.errno in (errno.ELOOP, errno.ENOTDIR):
+                raise InvalidRequest(f"{self.root} is a symbolic link or not a directory; refusing to "
+                                     "extract into it", item=str(self.root)) from None
+            raise
         self.created: list[tuple[str, bool]] = []  # (relative path, is_dir)
         self._cached: tuple[str, int] | None = None
 
@@ -104,8 +119,10 @@ class _Tree:
     def mkdirs(self, rel: str) -> None:
         self._dir_fd(rel.split("/"))
 
-    def write(self, rel: str, src: BinaryIO, size: int, *, md5: bool = False) -> tuple[str, str]:
-        """Copy *src* into the new file *rel* (0600); return its sha256 and (with *md5*) md5."""
+    def write(self, rel: str, src: BinaryIO, size: int, *, md5: bool = False,
+              keep: bytearray | None = None) -> tuple[str, str]:
+        """Copy *src* into the new file *rel* (0600); return its sha256 and (with *md5*) md5.
+        With *keep*, the bytes are also appended to it (what was hashed is what is kept)."""
         parts = rel.split("/")
         parent = self._dir_fd(parts[:-1])
         try:
@@ -127,6 +144,8 @@ class _Tree:
                     digest.update(chunk)
                     if side is not None:
                         side.update(chunk)
+                    if keep is not None:
+                        keep += chunk
                     out.write(chunk)
                     done += len(chunk)
             md5_hex = side.hexdigest() if side is not None else ""
@@ -149,7 +168,7 @@ class _Tree:
         self.created.clear()
         if self.created_root:
             try:
-                os.rmdir(self.root)
+                os.rmdir(self.root, **({} if self.parent_fd is None else {"dir_fd": self.parent_fd}))
             except OSError:
                 log.warning("could not remove %s", self.root)
 
@@ -216,7 +235,7 @@ def _members(tar: tarfile.TarFile) -> Iterator[tarfile.TarInfo]:
 
 def _run_extraction(path: str | Path, identity, dest_dir: str | Path,
                     body: Callable[[Iterator[tarfile.TarInfo], tarfile.TarFile, _Tree, str], Any],
-                    engine: AgeEngine | None):
+                    engine: AgeEngine | None, dir_fd: int | None = None):
     key = as_identity(identity)
     path = Path(path)
     label = path.name
@@ -224,7 +243,7 @@ def _run_extraction(path: str | Path, identity, dest_dir: str | Path,
     tree: _Tree | None = None
     ok = False
     try:
-        tree = _Tree(dest_dir)
+        tree = _Tree(dest_dir, dir_fd)
         try:
             with tarfile.open(fileobj=dec.reader, mode="r|", bufsize=XCHUNK) as tar:
                 result = body(_members(tar), tar, tree, label)
@@ -253,7 +272,8 @@ def _read_small(tar: tarfile.TarFile, m: tarfile.TarInfo, what: str, label: str)
 def extract_bundle(bundle_path: str | Path, identity, dest_dir: str | Path,
                    expected_manifest_sha256: str | None = None, *,
                    expected_contents_sha256: str | None = None,
-                   engine: AgeEngine | None = None) -> dict:
+                   engine: AgeEngine | None = None, dir_fd: int | None = None,
+                   hold: dict[str, bytes] | None = None) -> dict:
     """Decrypt, unpack and verify a bundle into *dest_dir*; return its final manifest (a dict).
 
     *dest_dir* is created 0700 if missing (its parent must exist); files land
@@ -272,9 +292,16 @@ def extract_bundle(bundle_path: str | Path, identity, dest_dir: str | Path,
     usable before this function returns: on failure everything extracted is
     removed. *engine* decrypts (default: :func:`~.engine.default_engine`, the
     age CLI when installed).
+
+    With *dir_fd*, *dest_dir* is one name in that directory, made and opened
+    relative to the descriptor. *hold* names extra members (its keys, e.g. the
+    training script) whose verified bytes are put into it as its values once
+    the whole bundle verified (a name that is no extra member is removed) — so that a caller runs what was verified rather
+    than re-reading a file that could have changed since.
     """
     want = norm_digest(expected_manifest_sha256) if expected_manifest_sha256 else None
     want_contents = norm_digest(expected_contents_sha256) if expected_contents_sha256 else None
+    held: dict[str, bytes] = {}
 
     def body(members, tar, tree, label):
         first = next(members, None)
@@ -319,7 +346,8 @@ def extract_bundle(bundle_path: str | Path, identity, dest_dir: str | Path,
                 raise Conflict(f"{label}: {name!r} has {m.size} bytes, {MANIFEST_NAME} says "
                                f"{entry['size']}", item=name)
             xnat_md5 = entry.get("md5", "")
-            sha, md5 = tree.write(name, tar.extractfile(m), m.size, md5=bool(xnat_md5))
+            keep = bytearray() if hold and "md5" not in entry and name in hold else None
+            sha, md5 = tree.write(name, tar.extractfile(m), m.size, md5=bool(xnat_md5), keep=keep)
             if xnat_md5 and md5 != xnat_md5:
                 raise Conflict(f"{label}: {name!r} does not match XNAT's md5 in {MANIFEST_NAME}",
                                item=name)
@@ -328,6 +356,8 @@ def extract_bundle(bundle_path: str | Path, identity, dest_dir: str | Path,
             elif sha != entry["sha256"]:
                 raise Conflict(f"{label}: {name!r} does not match its sha256 in {MANIFEST_NAME}",
                                item=name)
+            elif keep is not None:
+                held[name] = bytes(keep)
         if final is None:
             _require_all(label, data, extras)
             raise Conflict(f"{label} is incomplete: it ends without {HASHES_NAME}, the sha256 of its "
@@ -336,7 +366,11 @@ def extract_bundle(bundle_path: str | Path, identity, dest_dir: str | Path,
         tree.write(MANIFEST_NAME, BytesSource(doc), len(doc))
         return final
 
-    manifest = _run_extraction(bundle_path, identity, dest_dir, body, engine)
+    manifest = _run_extraction(bundle_path, identity, dest_dir, body, engine, dir_fd)
+    if hold is not None:
+        for name in [n for n in hold if n not in held]:
+            del hold[name]  # not an extra member of this bundle
+        hold.update(held)
     log.info("extracted bundle %s into %s: %d files, %d bytes", Path(bundle_path).name, dest_dir,
              manifest["file_count"], manifest["total_size"])
     return manifest
