@@ -147,12 +147,7 @@ class JobDir:
                                        "not a directory; refusing to use it", item=path) from None
                 raise UnsafeJobDir(f"the job's node-local directory {path} cannot be opened "
                                    f"({e.strerror}); {_FIX}", item=path) from None
-            try:
-                cls._check(fd, path, uid)
-                return cls(os.path.join(os.path.realpath(parent), name), parent_fd, name, fd)
-            except BaseException:
-                os.close(fd)
-                raise
+            return cls._checked(os.path.join(os.path.realpath(parent), name), parent_fd, name, fd, uid)
         except BaseException:
             os.close(parent_fd)
             raise
@@ -176,14 +171,19 @@ class JobDir:
             else:
                 raise UnsafeJobDir(f"could not create a fresh directory in {real}", item=real)
             fd = os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
-            try:
-                cls._check(fd, os.path.join(real, name), uid)
-                return cls(os.path.join(real, name), parent_fd, name, fd)
-            except BaseException:
-                os.close(fd)
-                raise
+            return cls._checked(os.path.join(real, name), parent_fd, name, fd, uid)
         except BaseException:
             os.close(parent_fd)
+            raise
+
+    @classmethod
+    def _checked(cls, path: str, parent_fd: int, name: str, fd: int, uid: int) -> JobDir:
+        """The open directory *fd* once :meth:`_check` passed; *fd* is closed if it does not."""
+        try:
+            cls._check(fd, path, uid)
+            return cls(path, parent_fd, name, fd)
+        except BaseException:
+            os.close(fd)
             raise
 
     @staticmethod
