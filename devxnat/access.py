@@ -6,6 +6,11 @@
 * ``public`` projects are readable by every logged-in user; ``protected``
   projects are *listed* for everyone but their data stays closed; ``private``
   projects are invisible to outsiders.
+* XNAT's site-wide data groups: ``ALL_DATA_ACCESS`` reads every project,
+  ``ALL_DATA_ADMIN`` reads, edits and deletes in every project, and so (as XNAT's
+  ``canDelete(project)``) manages its users too.
+* A project's user list is readable by its Owners and site admins only (XNAT's
+  ``ProjectUserListResource``); Members and Collaborators get 403.
 * Items that exist but may not be read answer 403; items that do not exist 404.
 """
 
@@ -27,19 +32,24 @@ class Access:
         row = store.user(login)
         self.admin = bool(row and row["admin"])
         self._groups = store.memberships(login)
+        self.site_groups = set(store.site_groups(login)) if row else set()
+        #: reads every project (site admin, ALL_DATA_ACCESS, ALL_DATA_ADMIN)
+        self.all_data = self.admin or bool(self.site_groups)
 
     def group(self, project: str) -> str | None:
         return self._groups.get(project)
 
     def can_read(self, project_row) -> bool:
-        return (self.admin or project_row["id"] in self._groups
+        return (self.all_data or project_row["id"] in self._groups
                 or project_row["accessibility"] == "public")
 
     def can_list(self, project_row) -> bool:
         return self.can_read(project_row) or project_row["accessibility"] == "protected"
 
     def can_manage(self, project_row) -> bool:
-        return self.admin or self._groups.get(project_row["id"]) == "Owners"
+        """XNAT's ``canDelete(project)``: site admins, ALL_DATA_ADMIN, the project's Owners."""
+        return (self.admin or "ALL_DATA_ADMIN" in self.site_groups
+                or self._groups.get(project_row["id"]) == "Owners")
 
     def readable_project(self, pid: str):
         """The project row if it exists and may be read; else NotFound/Forbidden."""
@@ -49,6 +59,11 @@ class Access:
         if not self.can_read(row):
             raise Forbidden(f"User {self.login} has no access to project {pid}")
         return row
+
+    def can_edit(self, project_row) -> bool:
+        """Edit the project's data: admins, ALL_DATA_ADMIN, the project's Owners and Members."""
+        return (self.admin or "ALL_DATA_ADMIN" in self.site_groups
+                or self._groups.get(project_row["id"]) in ("Owners", "Members"))
 
     def managed_project(self, pid: str):
         row = self.readable_project(pid)

@@ -14,6 +14,9 @@ Routes (each the XNAT 1.8 path of the same name):
 The access log masks token secrets in paths and credentials in query strings
 (:mod:`.redact`).
 * archive: ``/data/...`` (see :mod:`.routes`), handled in :mod:`.data_api`
+* XNAT's JupyterHub plugin: ``/xapi/jupyterhub/...``, ``/xapi/event_tracking/{key}``,
+  compute-environment and hardware configs (:mod:`.jupyterhub_plugin`,
+  :mod:`.jupyterhub_service`)
 
 Authentication, errors and JSON answers are :class:`.handler.BaseHandler`'s.
 """
@@ -28,10 +31,11 @@ from pathlib import Path
 
 from tornado import web
 
-from . import shapes
+from . import jupyterhub_plugin, shapes
 from .data_api import DataHandler
 from .errors import BadRequest, Forbidden, NotFound, Unauthorized
 from .handler import BaseHandler, log_request
+from .plugin_state import PluginState
 from .store import GROUP_SUFFIX, Store
 
 
@@ -214,7 +218,8 @@ class XapiUserHandler(BaseHandler):
             self.write_json(self.store.roles(username))
         elif what == "groups" and arg is None:
             groups = self.store.memberships(username)
-            self.write_json(sorted(f"{p}_{GROUP_SUFFIX[g]}" for p, g in groups.items()))
+            self.write_json(sorted([f"{p}_{GROUP_SUFFIX[g]}" for p, g in groups.items()]
+                                   + self.store.site_groups(username)))
         elif what == "enabled" and arg is None:
             self.write_json(bool(self.store.user(username)["enabled"]))
         else:
@@ -307,10 +312,14 @@ class SearchElementsHandler(BaseHandler):
         self.write_json(shapes.result_set(rows, title="Fields"))
 
 
-def make_app(store: Store, archive: Path) -> web.Application:
+def make_app(store: Store, archive: Path, *, plugin_state: PluginState | None = None,
+             site_url: str | None = None) -> web.Application:
+    """The application; *plugin_state* holds the JupyterHub plugin's preferences (a fresh
+    :class:`.plugin_state.PluginState` over *store* when None); *site_url* is XNAT's address
+    as the plugin hands it to notebooks (``XNAT_HOST``; default: the address a start came to)."""
     tok = r"([^/]+)"
     return web.Application(
-        [
+        jupyterhub_plugin.routes() + [
             (r"/", RootHandler),
             (r"/app/(.*)", RootHandler),
             (r"/data/services/auth/?", AuthServiceHandler),
@@ -335,6 +344,9 @@ def make_app(store: Store, archive: Path) -> web.Application:
         ],
         store=store,
         archive=archive,
+        plugin_state=plugin_state or PluginState(
+            store, defaults={"workspacePath": str(Path(archive).resolve().parent / "workspaces")}),
+        site_url=site_url,
         default_handler_class=_NotFoundHandler,
         xsrf_cookies=False,
         log_function=log_request,

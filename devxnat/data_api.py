@@ -22,7 +22,7 @@ from pathlib import Path
 from tornado.iostream import StreamClosedError
 
 from . import archive as arc
-from . import routes, shapes
+from . import listing_formats, routes, shapes
 from .access import ROLE_OF_GROUP
 from .errors import BadRequest, Forbidden, MethodNotAllowed, NotFound
 from .handler import BaseHandler
@@ -30,6 +30,14 @@ from .store import GROUP_SUFFIX, GROUPS
 
 CHUNK = 1 << 20
 _RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)$")
+
+
+def group_name(project: str, group: str) -> str | None:
+    """XNAT's project group named by display name or group id → the display name."""
+    for g in GROUPS:
+        if group in (g, GROUP_SUFFIX[g], f"{project}_{GROUP_SUFFIX[g]}"):
+            return g
+    return None
 
 
 class DataHandler(BaseHandler):
@@ -44,9 +52,18 @@ class DataHandler(BaseHandler):
         if route.kind == "files" and fmt == "zip":
             await self._send_zip(route)
             return
-        if fmt not in ("json", ""):
-            raise BadRequest(f"format={fmt} is not supported by the development server; use json")
-        self.write_json(getattr(self, f"_get_{route.kind}")(route))
+        if fmt not in ("json", "", "csv", "xml"):
+            raise BadRequest(f"format={fmt} is not supported by the development server; "
+                             "use json, csv or xml")
+        doc = getattr(self, f"_get_{route.kind}")(route)
+        if fmt in ("csv", "xml"):
+            if "ResultSet" not in doc:
+                raise BadRequest(f"format={fmt} is answered for listings only by the development "
+                                 "server; use json for single items")
+            self.set_header("Content-Type", listing_formats.CONTENT_TYPES[fmt])
+            self.finish(listing_formats.render(doc, fmt))
+            return
+        self.write_json(doc)
 
     async def head(self):
         route = routes.parse(self.request.path)
@@ -80,7 +97,11 @@ class DataHandler(BaseHandler):
         return shapes.items_doc(shapes.project_item(self.access().readable_project(route.project)))
 
     def _get_users(self, route):
-        self.access().readable_project(route.project)
+        acc = self.access()
+        row = acc.readable_project(route.project)
+        if not acc.can_manage(row):  # ProjectUserListResource: owners and site admins only
+            raise Forbidden(f"User {self.login} may not list the users of project {route.project}: "
+                            "only its owners and site administrators may")
         rows = []
         for m in self.store.project_members(route.project):
             rows.append({
@@ -102,20 +123,37 @@ class DataHandler(BaseHandler):
         raise NotFound(self.request.path)
 
     def _change_member(self, route, *, add: bool) -> None:
+        """``ProjectMemberResource``: the group by id (``{P}_owner``), short id (``owner``) or
+        display name (``Owners``); users (comma-separated) by login, xdat_user_id or email;
+        who may ``canDelete`` the project (owners, ALL_DATA_ADMIN, site admins). 404 when the
+        group is unknown or none of the users is known; unknown users among known ones are left
+        out (XNAT e-mails them an invitation; devxnat sends no mail)."""
         acc = self.access()
         acc.managed_project(route.project)
-        if route.group not in GROUPS:
-            raise BadRequest(f"unknown group {route.group!r}; use one of {', '.join(GROUPS)}")
-        if self.store.user(route.user) is None:
+        group = group_name(route.project, route.group)
+        if group is None:
+            raise NotFound(f"Unable to identify group {route.group} of project {route.project}; use "
+                           f"{', '.join(GROUPS)} or "
+                           f"{', '.join(route.project + '_' + GROUP_SUFFIX[g] for g in GROUPS)}")
+        logins = [lg for lg in (self._find_user(u.strip()) for u in route.user.split(",") if u.strip())
+                  if lg is not None]
+        if not logins:
             raise NotFound(f"Unable to find user {route.user}")
-        if add:
-            self.store.set_member(route.project, route.user, route.group)
-        else:
-            current = self.store.group_of(route.project, route.user)
-            if current != route.group:
-                raise NotFound(f"{route.user} is not in {route.project} {route.group}")
-            self.store.remove_member(route.project, route.user)
+        for login in logins:
+            if add:
+                self.store.set_member(route.project, login, group)
+            elif self.store.group_of(route.project, login) == group:
+                self.store.remove_member(route.project, login)
         self.write_json({})
+
+    def _find_user(self, ident: str) -> str | None:
+        if ident.isdigit():
+            row = next((u for u in self.store.users() if u["xdat_user_id"] == int(ident)), None)
+            return row["login"] if row else None
+        if self.store.user(ident) is not None:
+            return ident
+        row = next((u for u in self.store.users() if u["email"] == ident), None)
+        return row["login"] if row else None
 
     # -- subjects and experiments ---------------------------------------------
     def _subject(self, route):

@@ -50,3 +50,9 @@ class MethodNotAllowed(HttpError):
     """The path exists but does not answer this method (405)."""
 
     status = 405
+
+
+class InternalError(HttpError):
+    """The server failed, e.g. a call it made to another service (500)."""
+
+    status = 500

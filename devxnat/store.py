@@ -29,6 +29,8 @@ GROUPS = ("Owners", "Members", "Collaborators")
 #: group → XNAT group-id suffix (``{P}_owner`` ...)
 GROUP_SUFFIX = {"Owners": "owner", "Members": "member", "Collaborators": "collaborator"}
 ACCESSIBILITY = ("private", "protected", "public")
+#: XNAT's site-wide data access groups: read every project / read and edit every project
+SITE_GROUPS = ("ALL_DATA_ACCESS", "ALL_DATA_ADMIN")
 
 #: XNAT's default alias-token lifetime (``aliasTokenTimeout``: 2 days)
 DEFAULT_TOKEN_TTL_S = 48 * 3600
@@ -53,6 +55,11 @@ CREATE TABLE IF NOT EXISTS roles (
     login TEXT NOT NULL REFERENCES users(login),
     role TEXT NOT NULL,
     PRIMARY KEY (login, role)
+);
+CREATE TABLE IF NOT EXISTS site_groups (
+    login TEXT NOT NULL REFERENCES users(login),
+    grp TEXT NOT NULL,
+    PRIMARY KEY (login, grp)
 );
 CREATE TABLE IF NOT EXISTS sessions (
     sid_hash TEXT PRIMARY KEY,
@@ -247,6 +254,26 @@ class Store:
         if row["admin"]:
             names.add("Administrator")
         return sorted(names)
+
+    def set_password(self, login: str, password: str) -> None:
+        salt = secrets.token_bytes(16)
+        with self.tx() as db:
+            db.execute("UPDATE users SET salt=?, pw_hash=? WHERE login=?",
+                       (salt, hash_password(password, salt), login))
+
+    # -- site-wide data groups (``ALL_DATA_ACCESS``, ``ALL_DATA_ADMIN``) ---
+    def add_site_group(self, login: str, group: str) -> None:
+        if group not in SITE_GROUPS:
+            raise ValueError(f"site group must be one of {SITE_GROUPS}, not {group!r}")
+        with self.tx() as db:
+            db.execute("INSERT OR IGNORE INTO site_groups(login, grp) VALUES (?,?)", (login, group))
+
+    def remove_site_group(self, login: str, group: str) -> bool:
+        with self.tx() as db:
+            return db.execute("DELETE FROM site_groups WHERE login=? AND grp=?", (login, group)).rowcount > 0
+
+    def site_groups(self, login: str) -> list[str]:
+        return sorted(r[0] for r in self.db.execute("SELECT grp FROM site_groups WHERE login=?", (login,)))
 
     # -- sessions (JSESSIONID) --------------------------------------------
     def new_session(self, login: str, ttl_s: float = DEFAULT_SESSION_TTL_S) -> str:

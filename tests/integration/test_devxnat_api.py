@@ -222,7 +222,8 @@ def test_owner_manages_users_member_cannot(devxnat):
     finally:
         assert devxnat.request("DELETE", path, "alice").status_code == 200
     assert devxnat.get("/data/projects/NEURO_MRI", "carol").status_code == 403
-    assert devxnat.request("PUT", "/data/projects/NEURO_MRI/users/Admins/carol", "alice").status_code == 400
+    # XNAT's ProjectMemberResource: a group it cannot identify is 404
+    assert devxnat.request("PUT", "/data/projects/NEURO_MRI/users/Admins/carol", "alice").status_code == 404
     assert devxnat.request("PUT", "/data/projects/NEURO_MRI/users/Members/nobody", "alice").status_code == 404
 
 
@@ -291,3 +292,68 @@ def test_state_survives_a_kill(devxnat_factory, tmp_path):
     again = devxnat_factory(tmp_path / "d1")
     assert again.get("/data/auth", alias, secret).text == "User 'alice' is logged in"
     assert "NEURO_MRI" in ids(again.get("/data/projects", "carol"))
+
+
+# -- issue 13 item 4: XNAT fidelity found with other clients ----------------------------
+
+def test_listings_in_csv_and_xml_have_the_json_columns(devxnat):
+    js = devxnat.get("/data/projects/NEURO_MRI/experiments?format=json").json()["ResultSet"]["Result"]
+    r = devxnat.get("/data/projects/NEURO_MRI/experiments?format=csv")
+    assert r.status_code == 200 and r.headers["Content-Type"].startswith("text/csv")
+    lines = r.text.rstrip("\n").split("\n")
+    assert lines[0].split(",") == list(js[0])
+    assert len(lines) == 1 + len(js) and lines[1].split(",")[0] == js[0]["ID"]
+    r = devxnat.get("/data/projects?format=xml", "alice")
+    assert r.status_code == 200 and r.headers["Content-Type"].startswith("text/xml")
+    import xml.etree.ElementTree as ET
+
+    root = ET.fromstring(r.text)
+    assert root.tag == "ResultSet" and root.get("title") == "Projects"
+    cols = [c.text for c in root.find("results/columns")]
+    rows = [[c.text or "" for c in row] for row in root.find("results/rows")]
+    pj = devxnat.get("/data/projects", "alice").json()["ResultSet"]["Result"]
+    assert cols == list(pj[0]) and [dict(zip(cols, row)) for row in rows] == pj
+    # scans and files too; single items stay JSON-only here
+    e = js[0]["ID"]
+    assert devxnat.get(f"/data/experiments/{e}/scans?format=csv").text.startswith("xsiType,")
+    assert devxnat.get(f"/data/experiments/{e}/scans/ALL/files?format=csv").text.startswith("Name,Size,URI")
+    assert devxnat.get(f"/data/experiments/{e}?format=xml").status_code == 400
+    assert devxnat.get("/data/projects?format=pdf").status_code == 400
+
+
+def test_project_users_are_listed_to_owners_and_admins_only(devxnat):
+    assert devxnat.get("/data/projects/NEURO_MRI/users", "alice").status_code == 200   # owner
+    assert devxnat.get("/data/projects/NEURO_MRI/users", "admin").status_code == 200
+    assert devxnat.get("/data/projects/NEURO_MRI/users", "bob").status_code == 403     # collaborator
+    assert devxnat.get("/data/projects/SLEEP_EEG/users", "alice").status_code == 403   # member
+    assert devxnat.get("/data/projects/NEURO_MRI/users", "carol").status_code == 403   # outsider
+    r = devxnat.get("/data/projects/NEURO_MRI/users?format=csv", "alice")
+    assert r.status_code == 200 and "login" in r.text.split("\n")[0]
+
+
+def test_member_changes_by_group_id_and_user_id(devxnat):
+    carol = devxnat.store().user("carol")
+    for group, user in (("NEURO_MRI_member", "carol"), ("member", str(carol["xdat_user_id"])),
+                        ("Members", carol["email"])):
+        path = f"/data/projects/NEURO_MRI/users/{group}/{user}"
+        assert devxnat.request("PUT", path, "alice").status_code == 200
+        assert devxnat.store().group_of("NEURO_MRI", "carol") == "Members"
+        assert devxnat.request("DELETE", path, "alice").status_code == 200
+        assert devxnat.store().group_of("NEURO_MRI", "carol") is None
+    assert devxnat.request("DELETE", "/data/projects/NEURO_MRI/users/Members/nobody", "alice").status_code == 404
+
+
+def test_site_wide_data_groups(devxnat):
+    st = devxnat.store()
+    st.add_site_group("carol", "ALL_DATA_ACCESS")
+    try:
+        assert devxnat.get("/data/projects/NEURO_MRI/experiments", "carol").status_code == 200
+        assert "ALL_DATA_ACCESS" in devxnat.get("/xapi/users/carol/groups", "carol").json()
+        assert devxnat.request("PUT", "/data/projects/NEURO_MRI/users/Members/dave", "carol").status_code == 403
+        st.add_site_group("carol", "ALL_DATA_ADMIN")
+        assert devxnat.request("PUT", "/data/projects/NEURO_MRI/users/Members/dave", "carol").status_code == 200
+        assert devxnat.request("DELETE", "/data/projects/NEURO_MRI/users/Members/dave", "carol").status_code == 200
+    finally:
+        st.remove_site_group("carol", "ALL_DATA_ACCESS")
+        st.remove_site_group("carol", "ALL_DATA_ADMIN")
+    assert devxnat.get("/data/projects/NEURO_MRI/experiments", "carol").status_code == 403

@@ -1,0 +1,302 @@
+"""The XNAT side of NrgXnat/xnat-jupyterhub-plugin: its REST API (``JupyterHubApi``,
+``JupyterHubPreferencesApi``), its start/stop service (``DefaultJupyterHubService``) and the
+XNAT APIs its UI reads (event tracking, compute-environment and hardware configs).
+
+Routes (XNAT's paths)::
+
+    GET        /xapi/jupyterhub/version                       hub version (any logged-in user)
+    GET        /xapi/jupyterhub/info | /users                 admins
+    GET|POST   /xapi/jupyterhub/users/{u}                     the hub's user / create it
+    GET|POST|DELETE /xapi/jupyterhub/users/{u}/server[/{name}]   server state / start / stop
+    GET        /xapi/jupyterhub/users/{u}/server[/{name}]/user-options   JupyterHub role, admins
+    GET        /xapi/jupyterhub/users/{u}/server/events       admins
+    POST       /xapi/jupyterhub/users/{u}/tokens              a hub token for the user's servers
+    GET|POST   /xapi/jupyterhub/preferences[/{name}]          the plugin's preferences
+    GET        /xapi/event_tracking/{key}                     XNAT's event tracking data
+    GET        /xapi/compute-environment-configs[/available|/{id}], /xapi/hardware-configs[/{id}]
+
+``{u}`` must be the caller or the caller a site administrator (XNAT's ``@Username`` with
+``AccessLevel.User``). A start is answered at once; the rest runs as a task on devxnat's
+loop (:mod:`.jupyterhub_service`) and reports through event tracking.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from . import plugin_configs as pc
+from .access import Access
+from .errors import BadRequest, Forbidden, InternalError, MethodNotAllowed, NotFound
+from .handler import BaseHandler
+from .jupyterhub_service import JupyterHubService, as_int, can_read_item
+from .plugin_state import PluginState
+
+log = logging.getLogger(__name__)
+
+
+def _state(settings) -> PluginState:
+    return settings["plugin_state"]
+
+
+# -- handlers ------------------------------------------------------------------------
+
+class PluginHandler(BaseHandler):
+    def state(self) -> PluginState:
+        return _state(self.settings)
+
+    def service(self) -> JupyterHubService:
+        return JupyterHubService(self.settings)
+
+    def target_user(self, username: str):
+        """XNAT's ``@Username`` check: the caller, or any user for a site administrator."""
+        if username != self.login and not self.access().admin:
+            raise Forbidden(f"User {self.login} is not authorized to access user {username}")
+        row = self.store.user(username)
+        if row is None:
+            raise NotFound(f"Unable to find user {username}")
+        return row
+
+    def require_admin(self) -> None:
+        if not self.access().admin:
+            raise Forbidden(f"User {self.login} is not authorized to access this resource")
+
+    def json_body(self) -> dict:
+        try:
+            body = json.loads(self.request.body or b"null")
+        except ValueError:
+            raise BadRequest("The request body is not valid JSON") from None
+        if not isinstance(body, dict):
+            raise BadRequest("The request body must be a JSON object")
+        return body
+
+    def write_nothing(self) -> None:
+        """A ``void`` controller method: 200 and no body."""
+        self.set_status(200)
+        self.finish()
+
+    async def hub_call(self, coro):
+        try:
+            return await coro
+        except Exception as e:  # noqa: BLE001 - XNAT answers 500 when the hub call throws
+            raise InternalError(f"JupyterHub request failed: {e}") from None
+
+
+class HubInfoHandler(PluginHandler):
+    """``/version`` (any logged-in user), ``/info`` and ``/users`` (admins)."""
+
+    async def get(self, what: str):
+        hub = self.service().client()
+        if what == "version":
+            self.write_json(await self.hub_call(hub.version()))
+            return
+        self.require_admin()
+        if what == "info":
+            self.write_json(await self.hub_call(hub.info()))
+        else:
+            self.write_json([pc.hub_user_view(u) for u in await self.hub_call(hub.users())])
+
+
+class HubUserHandler(PluginHandler):
+    async def get(self, username: str):
+        self.target_user(username)
+        user = await self.hub_call(self.service().client().get_user(username))
+        if user is None:
+            raise NotFound(f"No user with name {username}exists on JupyterHub.")
+        self.write_json(pc.hub_user_view(user))
+
+    async def post(self, username: str):
+        self.target_user(username)
+        await self.hub_call(self.service().client().create_user(username))
+        self.write_nothing()
+
+
+class ServerHandler(PluginHandler):
+    """``/users/{u}/server[/{name}]``: GET the hub's server, POST start, DELETE stop."""
+
+    async def get(self, username: str, servername: str | None = None):
+        self.target_user(username)
+        server = await self.hub_call(self.service().client().get_server(username, servername or ""))
+        if server is None:  # the plugin returns null: Spring answers 200 with no body
+            self.write_nothing()
+            return
+        self.write_json(pc.hub_server_view(server))
+
+    def post(self, username: str, servername: str | None = None):
+        self.target_user(username)
+        req = self.json_body()
+        if servername is not None and servername != req.get("servername"):
+            raise BadRequest("Server name in path does not match server name in request body.")
+        if req.get("dashboardConfigId") is None:
+            st, roles = self.state(), self.store.roles(self.login)
+            if not st.flag("allUsersCanStartJupyter") and pc.JUPYTER_ROLE not in roles:
+                raise Forbidden(f"User {self.login} has insufficient privileges")
+        errors = pc.validate_start_request(self.login, req)
+        if errors:
+            raise BadRequest(", ".join(errors))
+        host = self.settings.get("site_url") or f"{self.request.protocol}://{self.request.host}"
+        self.service().start(self.login, self.access(), req, host)
+        self.write_nothing()
+
+    def delete(self, username: str, servername: str | None = None):
+        self.target_user(username)
+        key = self.get_argument("eventTrackingId", None)
+        if not key:
+            raise BadRequest("Required String parameter 'eventTrackingId' is not present")
+        self.service().stop(username, servername or "", key)
+        self.write_nothing()
+
+
+class UserOptionsHandler(PluginHandler):
+    """The stored options, for the hub's service account (``JupyterHub`` role) and admins;
+    404 when none are stored or the user can no longer read the item."""
+
+    def get(self, username: str, servername: str | None = None):
+        roles = self.store.roles(self.login)
+        if pc.JUPYTERHUB_ROLE not in roles and "Administrator" not in roles:
+            raise Forbidden(f"User {self.login} is not authorized to access this resource")
+        row = self.store.user(username)
+        if row is None:
+            raise NotFound(f"Unable to find user {username}")
+        doc = self.state().options(row["xdat_user_id"], servername or "")
+        if doc is None or not can_read_item(self.store, Access(self.store, username), doc.get("projectId"),
+                                             doc.get("itemId", ""), doc.get("xsiType", "")):
+            raise NotFound("User options not found." if servername is not None
+                           else "Jupyter server configuration not found.")
+        self.write_json(doc)
+
+
+class ServerEventsHandler(PluginHandler):
+    def get(self, username: str):
+        self.require_admin()
+        row = self.store.user(username)
+        doc = self.state().options(row["xdat_user_id"], "") if row else None
+        if doc is None:
+            raise NotFound("Cannot find event tracking ID")
+        data = self.state().tracking(doc["eventTrackingId"], row["xdat_user_id"])
+        if data is None:
+            raise NotFound("Cannot find event tracking data")
+        self.write_json({"eventTrackingId": doc["eventTrackingId"], "payload": data["payload"],
+                         "succeeded": str(data["succeeded"]).lower(), "finalMessage": data["finalMessage"],
+                         "lastUpdated": ""})
+
+
+class TokensHandler(PluginHandler):
+    async def post(self, username: str):
+        self.target_user(username)
+        note, expires = self.get_argument("note", None), self.get_argument("expiresIn", None)
+        if note is None or expires is None or as_int(expires) is None:
+            raise BadRequest("Required parameters 'note' and 'expiresIn' (an integer) are missing")
+        token = {"note": note, "expires_in": int(expires),
+                 "scopes": [f"access:servers!user={username}"]}
+        self.write_json(await self.hub_call(self.service().client().create_token(username, token)))
+
+
+class PreferencesHandler(PluginHandler):
+    """``JupyterHubPreferencesApi``: everyone reads ``allUsersCanStartJupyter``; admins and the
+    JupyterHub role read all (the hub token included, as the plugin does); admins write."""
+
+    def _privileged(self) -> bool:
+        roles = self.store.roles(self.login)
+        return "Administrator" in roles or pc.JUPYTERHUB_ROLE in roles
+
+    def get(self, name: str | None = None):
+        st = self.state()
+        if name is None:
+            prefs = st.prefs()
+            if not self._privileged():
+                prefs = {k: v for k, v in prefs.items() if k in pc.PUBLIC_PREFERENCES}
+            self.write_json(prefs)
+            return
+        if name not in st.defaults:
+            raise NotFound(f"No JupyterHub plugin preference named {name}")
+        if name in pc.SECRET_PREFERENCES and not self._privileged():
+            raise Forbidden("You do not have sufficient permissions.")
+        value = st.pref(name)
+        kind = pc.TYPED_PREFERENCES.get(name)
+        if kind is bool:
+            value = st.flag(name)
+        elif kind is int:
+            value = int(st.num(name))
+        self.write_json({name: value})
+
+    def post(self, name: str | None = None):
+        self.require_admin()
+        st = self.state()
+        if name is not None:
+            if name not in st.defaults:
+                raise BadRequest(f"Invalid preference name {name}")
+            st.set_pref(name, self.request.body.decode("utf-8"))
+            self.write_nothing()
+            return
+        ctype = self.request.headers.get("Content-Type", "")
+        if ctype.startswith("application/x-www-form-urlencoded"):
+            body = {k: v[-1].decode("utf-8") for k, v in self.request.body_arguments.items()}
+        else:
+            body = self.json_body()
+        for key, value in body.items():
+            if key not in st.defaults:
+                log.error("Got an invalid preference name error for the preference: %s", key)
+                continue
+            st.set_pref(key, json.dumps(value) if isinstance(value, (list, dict)) else
+                        (str(value).lower() if isinstance(value, bool) else str(value)))
+        self.write_nothing()
+
+    def put(self, name: str | None = None):
+        raise MethodNotAllowed("Request method 'PUT' not supported")
+
+
+class EventTrackingHandler(PluginHandler):
+    """``GET /xapi/event_tracking/{key}``: the caller's tracking data for that key."""
+
+    def get(self, key: str):
+        data = self.state().tracking(key, self.store.user(self.login)["xdat_user_id"])
+        if data is None:
+            raise NotFound(f"No event tracking data for key {key}")
+        self.write_json(data)
+
+
+class ComputeConfigsHandler(PluginHandler):
+    """The compute-environment and hardware configs the plugin's UI offers."""
+
+    def get(self, kind: str, which: str | None = None):
+        if kind == "hardware-configs":
+            items = pc.HARDWARE_CONFIGS
+            if which is None:
+                self.write_json(items)
+                return
+            found = next((h for h in items if str(h["id"]) == which), None)
+        else:
+            if which == "available":
+                self.write_json(pc.available_compute_environments(
+                    pc.COMPUTE_ENVIRONMENT_CONFIGS, config_type=self.get_argument("type", None)))
+                return
+            items = pc.COMPUTE_ENVIRONMENT_CONFIGS
+            if which is None:
+                self.write_json(items)
+                return
+            found = next((c for c in items if str(c["id"]) == which), None)
+        if found is None:
+            raise NotFound(f"No {kind[:-1]} with id {which}")
+        self.write_json(found)
+
+
+def routes() -> list:
+    """The tornado routes of the plugin (more specific paths first)."""
+    u = r"([^/]+)"
+    base = r"/xapi/jupyterhub"
+    return [
+        (rf"{base}/(version|info|users)/?", HubInfoHandler),
+        (rf"{base}/users/{u}/server/user-options/?", UserOptionsHandler),
+        (rf"{base}/users/{u}/server/events/?", ServerEventsHandler),
+        (rf"{base}/users/{u}/server/{u}/user-options/?", UserOptionsHandler),
+        (rf"{base}/users/{u}/server/?", ServerHandler),
+        (rf"{base}/users/{u}/server/{u}/?", ServerHandler),
+        (rf"{base}/users/{u}/tokens/?", TokensHandler),
+        (rf"{base}/users/{u}/?", HubUserHandler),
+        (rf"{base}/preferences/?", PreferencesHandler),
+        (rf"{base}/preferences/{u}/?", PreferencesHandler),
+        (r"/xapi/event_tracking/([^/]+)/?", EventTrackingHandler),
+        (r"/xapi/(compute-environment-configs|hardware-configs)/?", ComputeConfigsHandler),
+        (r"/xapi/(compute-environment-configs|hardware-configs)/([^/]+)/?", ComputeConfigsHandler),
+    ]
