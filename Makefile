@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 RUN_DIR ?= /var/lib/xnat-hpc-hub
 PYTEST_ARGS ?=
 
-.PHONY: demo test install system venv lab lint clean-run bench
+.PHONY: demo test install system venv lab dist lint clean-run bench
 
 install: system venv
 
@@ -19,9 +19,14 @@ venv:
 	@VENV=$(VENV) scripts/bootstrap.sh venv
 
 # the JupyterLab extension (labextension/ -> xnat_bridge/labextension/, linked into $(VENV));
-# `make venv` runs it too
+# `make venv` runs it too. The wheel build runs the same `npm run build:prod` (pyproject.toml)
 lab:
 	@VENV=$(VENV) scripts/build-labextension.sh
+
+# what a site installs: dist/xnat_hpc_hub-<version>.tar.gz and -py3-none-any.whl, the lab
+# extension built into both (docs/admin.md, "Installing"); `pip install 'dist/...whl[hub]'`
+dist: install
+	$(PY) -m build --outdir dist .
 
 demo: install
 	$(VENV)/bin/xnat-hpc-hub demo --run-dir $(RUN_DIR)/demo

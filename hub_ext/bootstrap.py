@@ -28,11 +28,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from jupyterhub.apihandlers import APIHandler
-
 from xnat_bridge.errors import InvalidRequest, PermissionDenied
+from xnat_bridge.extras import needs_extra
 
 from .errors import map_errors
+
+with needs_extra("hub", "the hub's bootstrap API (hub_ext.bootstrap)"):
+    from jupyterhub.apihandlers import APIHandler
 
 log = logging.getLogger(__name__)
 

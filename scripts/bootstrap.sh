@@ -2,7 +2,7 @@
 # Install everything xnat-hpc-hub needs on a fresh Debian 12 machine, as root.
 # Idempotent: each step checks first and does nothing when already done.
 #
-#   scripts/bootstrap.sh system   Debian packages + configurable-http-proxy (npm)
+#   scripts/bootstrap.sh system   Debian packages + configurable-http-proxy $CHP_VERSION (npm)
 #   scripts/bootstrap.sh venv     virtualenv outside /root, from Debian's python3, and the
 #                                 JupyterLab extension (scripts/build-labextension.sh)
 #   scripts/bootstrap.sh all      both (default)
@@ -17,6 +17,10 @@ HERE=$(cd "$(dirname "$0")/.." && pwd)
 # util-linux: setpriv, with which a local server drops from root to its user inside its sandbox
 DEB_PACKAGES=(slurm-wlm munge bubblewrap util-linux age python3-venv python3-dev
               nodejs npm chromium curl ca-certificates)
+# configurable-http-proxy, JupyterHub's proxy, exactly this release: it and its whole dependency
+# tree accept Node 18 (Debian 12's nodejs) and 20. 5.2.0 needs Node 20; 5.3.0 pulls commander 15,
+# which wants Node 22.12 (npm's EBADENGINE warning). Re-installed when another version is there.
+CHP_VERSION=5.1.0
 # the group that may read the XNAT archive: granted only inside local servers' sandboxes,
 # never a member's (c.XnatLocalSpawner.archive_group; docs/admin.md)
 ARCHIVE_GROUP=${ARCHIVE_GROUP:-xnat-archive}
@@ -56,11 +60,15 @@ system() {
   else
     log "group $ARCHIVE_GROUP present"
   fi
-  if ! command -v configurable-http-proxy >/dev/null; then
-    log "installing configurable-http-proxy (npm)"
-    npm install -g --no-fund --no-audit configurable-http-proxy@5 >/dev/null
+  local chp=""
+  if command -v configurable-http-proxy >/dev/null; then
+    chp=$(configurable-http-proxy --version 2>/dev/null || true)
+  fi
+  if [ "$chp" != "$CHP_VERSION" ]; then
+    log "installing configurable-http-proxy $CHP_VERSION (npm)${chp:+, replacing $chp}"
+    npm install -g --no-fund --no-audit --no-update-notifier configurable-http-proxy@"$CHP_VERSION" >/dev/null
   else
-    log "configurable-http-proxy present"
+    log "configurable-http-proxy $CHP_VERSION present"
   fi
 }
 
@@ -83,10 +91,13 @@ venv() {
   # makes it again): pip must not write the wheel's shared data through it into that checkout
   local lab_link="$VENV/share/jupyter/labextensions/xnat-hpc-hub"
   if [ -L "$lab_link" ]; then rm -f "$lab_link"; fi
-  # demo: numpy + scikit-learn for devxnat's demo archive and examples/ (the checkout's
-  # devxnat/ and devstack/ come with the editable install); test: what the tests need
-  log "installing xnat-hpc-hub (editable, with the demo and test extras) into $VENV"
-  pip_q install -q -e "$HERE[demo,test]"
+  # the development venv holds both roles (hub: the JupyterHub side; server: the researcher's
+  # server), demo: numpy + scikit-learn for devxnat's demo archive and examples/ (the checkout's
+  # devxnat/ and devstack/ come with the editable install), test: what the tests need.
+  # SKIP_JUPYTER_BUILDER: the wheel build's lab extension hook is not needed for an editable
+  # install; scripts/build-labextension.sh (next step) builds the extension and links it
+  log "installing xnat-hpc-hub (editable, with the hub, server, demo and test extras) into $VENV"
+  SKIP_JUPYTER_BUILDER=1 pip_q install -q -e "$HERE[hub,server,demo,test]"
   chmod -R a+rX "$(dirname "$VENV")"
   echo "$want" > "$stamp"
 }

@@ -6,7 +6,8 @@
 #
 # Idempotent, prints what it did:
 #   - `npm ci` when labextension/node_modules is missing or older than package-lock.json
-#   - `tsc` + `jupyter labextension build` when a source changed since the last build
+#   - `npm run build:prod` (tsc + `jupyter-builder build`, as the wheel build's hook runs it)
+#     when a source changed since the last build
 #   - the symlink $VENV/share/jupyter/labextensions/xnat-hpc-hub -> xnat_bridge/labextension
 #
 #   VENV=/opt/xnat-hpc-hub/venv scripts/build-labextension.sh [--force]
@@ -22,7 +23,16 @@ FORCE=${1:-}
 log() { printf '[labextension] %s\n' "$*"; }
 
 command -v npm >/dev/null || { echo "build-labextension: npm not found (scripts/bootstrap.sh system installs it)" >&2; exit 1; }
-[ -x "$VENV/bin/jupyter" ] || { echo "build-labextension: $VENV/bin/jupyter missing (run scripts/bootstrap.sh venv)" >&2; exit 1; }
+# the bundler of @jupyter/builder (rspack 2, in package-lock.json) needs Node ^20.19 or >=22.12:
+# say so here rather than let npm warn (EBADENGINE) and the build fail later
+if ! node -e 'const [a, b] = process.versions.node.split(".").map(Number);
+              process.exit((a === 20 && b >= 19) || (a === 22 && b >= 12) || a > 22 ? 0 : 1)'; then
+  echo "build-labextension: Node $(node --version) is too old for the lab extension's build (rspack 2 needs" \
+       "Node 20.19+ or 22.12+); install a newer nodejs, or build the wheel on a machine that has one" \
+       "(a site installing the wheel needs no Node: docs/admin.md, \"Installing\")" >&2
+  exit 1
+fi
+[ -x "$VENV/bin/jupyter-builder" ] || { echo "build-labextension: $VENV/bin/jupyter-builder missing (run scripts/bootstrap.sh venv)" >&2; exit 1; }
 
 cd "$EXT"
 export npm_config_fund=false npm_config_audit=false npm_config_update_notifier=false
@@ -46,12 +56,11 @@ src_hash=$(find src style package.json package-lock.json tsconfig.json -type f !
              -print0 | sort -z | xargs -0 sha256sum | sha256sum | cut -d' ' -f1)
 if [ "$FORCE" = --force ] || [ ! -f "$OUT/package.json" ] || [ ! -f "$build_stamp" ] \
    || [ "$(cat "$build_stamp")" != "$src_hash" ]; then
-  log "tsc + jupyter labextension build -> ${OUT#$HERE/}"
-  npx --no-install tsc
-  # jupyter labextension build runs the venv's jupyter-builder: the venv's bin must be on PATH
-  PATH="$VENV/bin:$PATH" "$VENV/bin/jupyter" labextension build . 2>&1 \
-    | grep -v -e "'jupyter labextension build' is deprecated" -e $'^ *\e\\[0m$' || true
-  [ -f "$OUT/package.json" ] || { echo "build-labextension: build failed (no $OUT/package.json)" >&2; exit 1; }
+  # the same build as the wheel's (pyproject.toml's jupyter-builder hook): package.json's
+  # build:prod = tsc + `jupyter-builder build .` (+ install.json), with the venv's jupyter-builder
+  log "npm run build:prod (tsc + jupyter-builder build) -> ${OUT#$HERE/}"
+  PATH="$VENV/bin:$PATH" npm run --silent build:prod
+  [ -f "$OUT/static/style.js" ] || { echo "build-labextension: build failed (no $OUT/static/style.js)" >&2; exit 1; }
   echo "$src_hash" > "$build_stamp"
 else
   log "built output up to date (${OUT#$HERE/})"
@@ -69,4 +78,17 @@ else
   rm -rf "$LINK"
   ln -s "$OUT" "$LINK"
   log "linked $LINK -> $OUT"
+fi
+
+# 4. the lab's settings defaults (no "Jupyter news" prompt, no update check), as the wheel's
+#    shared-data installs them; the site's own overrides.json still wins
+SETTINGS_SRC="$HERE/jupyter-config/lab/settings/overrides.d/xnat-hpc-hub.json"
+SETTINGS_LINK="$VENV/share/jupyter/lab/settings/overrides.d/xnat-hpc-hub.json"
+mkdir -p "$(dirname "$SETTINGS_LINK")"
+if [ -L "$SETTINGS_LINK" ] && [ "$(readlink "$SETTINGS_LINK")" = "$SETTINGS_SRC" ]; then
+  log "lab settings link up to date"
+else
+  rm -f "$SETTINGS_LINK"
+  ln -s "$SETTINGS_SRC" "$SETTINGS_LINK"
+  log "linked $SETTINGS_LINK -> $SETTINGS_SRC"
 fi

@@ -14,16 +14,19 @@ progress from this spawner, the child reports into the same channel.
 
 from __future__ import annotations
 
-from jupyterhub.spawner import Spawner
 from traitlets import Any, Dict, Unicode
 from traitlets.utils.importstring import import_item
 
 from hub_ext.errors import spawn_error
 from xnat_bridge.errors import XnatHpcError
+from xnat_bridge.extras import needs_extra
 
 from .mixin import XnatScopedSpawner
 from .plan import DataMount, SpawnPlan
 from .progress import SpawnProgress
+
+with needs_extra("hub", "the XNAT spawner (spawner.dispatch)"):
+    from jupyterhub.spawner import Spawner
 
 #: traits the child must share with the spawner JupyterHub created
 _SHARED = ("user", "orm_spawner", "hub", "authenticator", "proxy_spec", "oauth_client_id",

@@ -236,7 +236,10 @@ class XnatClient:
     def xnat(self):
         """A real xnatpy session for the same user (built on first use)."""
         if self._xnat is None:
-            import xnat
+            from .extras import needs_extra
+
+            with needs_extra("server", "an xnatpy session (XnatClient.xnat)"):
+                import xnat
 
             self._xnat = xnat.connect(self.host, user=self.user, password=self._password,
                                       verify=self.verify, loglevel="WARNING")

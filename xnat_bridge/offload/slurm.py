@@ -23,6 +23,7 @@ import time
 
 from .. import procs
 from ..errors import CommandFailed
+from ..extras import needs_extra
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +102,8 @@ def load_slurm_cluster():
 
             signal.signal = keep_handlers
             try:
-                importlib.import_module("dask_jobqueue")
+                with needs_extra("server", "offloading to Slurm (xnat_bridge.offload)"):
+                    importlib.import_module("dask_jobqueue")
             finally:
                 signal.signal = original
     return sys.modules["dask_jobqueue"].SLURMCluster
