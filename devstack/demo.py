@@ -20,6 +20,7 @@ root is root's (0755); the hub makes each user's directory in it.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import grp
 import os
 import secrets
@@ -36,7 +37,7 @@ from xnat_bridge import procs
 from xnat_bridge.errors import XnatHpcError
 
 from .accounts import ensure_accounts, install_file
-from .hubconfig import loopback_hub_config, xnat_hub_config
+from .hubconfig import loopback_hub_config, xnat_hub_config, xnat_plugin_hub_config
 from .slurm import SlurmDev, format_status
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "config"
@@ -73,7 +74,8 @@ def open_private_log(path: Path):
 
 
 def start_devxnat(
-    data_dir: Path, port: int, demo_size: str, log_path: Path, timeout: float = 300
+    data_dir: Path, port: int, demo_size: str, log_path: Path, timeout: float = 300,
+    extra_args: tuple[str, ...] = (),
 ) -> tuple[subprocess.Popen, str]:
     """Start devxnat with the demo archive; return (process, base URL) once it listens.
     Its log (*log_path*) is 0600: devxnat masks token secrets in it, but it still names
@@ -84,6 +86,7 @@ def start_devxnat(
     cmd = [
         sys.executable, "-m", "devxnat",
         "--data", str(data_dir), "--port", str(port), "--demo", "--demo-size", demo_size,
+        *extra_args,
     ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log_f)
     url_box: list[str] = []
@@ -112,12 +115,55 @@ def start_devxnat(
 
 
 def hub_config(*, xnat_url: str, hub_dir: Path, port: int, proxy_api_port: int, hub_port: int,
-               profiles: Path, archive: Path, audit_log: Path) -> str:
-    """The demo's ``jupyterhub_config.py`` (pure; config/jupyterhub_config.py is the site example)."""
-    return ("# written by `xnat-hpc-hub demo`; see config/jupyterhub_config.py for a site configuration\n"
+               profiles: Path, archive: Path, audit_log: Path, plugin: PluginSecrets | None = None) -> str:
+    """The demo's ``jupyterhub_config.py`` (pure; config/jupyterhub_config.py is the site example);
+    with *plugin*, XNAT's "Start Jupyter" (devxnat's plugin endpoints) drives this hub."""
+    text = ("# written by `xnat-hpc-hub demo`; see config/jupyterhub_config.py for a site configuration\n"
             + loopback_hub_config(hub_dir=hub_dir, port=port, hub_port=hub_port, proxy_api_port=proxy_api_port)
             + "c.Spawner.start_timeout = 120\nc.Spawner.http_timeout = 90\n"
             + xnat_hub_config(xnat_url=xnat_url, profiles=profiles, archive=archive, audit_log=audit_log))
+    if plugin is not None:
+        text += xnat_plugin_hub_config(token_file=plugin.token_file, password_file=plugin.password_file,
+                                       account=plugin.account)
+    return text
+
+
+@dataclasses.dataclass(frozen=True)
+class PluginSecrets:
+    """The two secrets shared by devxnat's JupyterHub plugin and the demo hub, each in a 0600
+    file of the run directory (never on a command line): the hub's API token of the service
+    ``xnat`` (XNAT's ``jupyterHubToken``) and the password of XNAT's ``jupyterhub`` account."""
+
+    token_file: Path
+    password_file: Path
+    account: str = "jupyterhub"
+
+    def devxnat_args(self, hub_url: str) -> tuple[str, ...]:
+        """devxnat's options that point its plugin at the hub at *hub_url*."""
+        return ("--jupyterhub-api-url", f"{hub_url}/hub/api", "--jupyterhub-host-url", hub_url,
+                "--jupyterhub-token-file", str(self.token_file),
+                "--jupyterhub-password-file", str(self.password_file))
+
+
+def write_secret(path: Path, value: str) -> None:
+    """Write *value* to *path* as a new 0600 file (an old one is replaced; a link is not followed)."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        os.write(fd, (value + "\n").encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+def plugin_secrets(run_dir: Path) -> PluginSecrets:
+    """Fresh plugin secrets for this run, in ``RUN_DIR/secrets`` (0700, files 0600)."""
+    directory = private_dir(run_dir / "secrets")
+    found = PluginSecrets(directory / "xnat-service-token", directory / "jupyterhub-password")
+    write_secret(found.token_file, secrets.token_hex(32))
+    write_secret(found.password_file, secrets.token_urlsafe(24))
+    return found
 
 
 def _free_port() -> int:
@@ -191,7 +237,8 @@ def prepare_shared_dirs(archive: Path, staging: Path = STAGING_DIR, group: str =
     prepare_staging_root(staging)
 
 
-def start_hub(run_dir: Path, xnat_url: str, archive: Path, port: int) -> tuple[subprocess.Popen, str]:
+def start_hub(run_dir: Path, xnat_url: str, archive: Path, port: int,
+              plugin: PluginSecrets | None = None) -> tuple[subprocess.Popen, str]:
     """JupyterHub + configurable-http-proxy with the demo profiles; (process, URL) once it answers."""
     hub_dir = run_dir / "hub"
     hub_dir.mkdir(parents=True, exist_ok=True)
@@ -199,7 +246,7 @@ def start_hub(run_dir: Path, xnat_url: str, archive: Path, port: int) -> tuple[s
     config = hub_dir / "jupyterhub_config.py"
     config.write_text(hub_config(xnat_url=xnat_url, hub_dir=hub_dir, port=port, proxy_api_port=_free_port(),
                                  hub_port=_free_port(), profiles=DEMO_PROFILES, archive=archive,
-                                 audit_log=run_dir / "audit.jsonl"))
+                                 audit_log=run_dir / "audit" / "audit.db", plugin=plugin))
     if not shutil.which("configurable-http-proxy"):
         raise XnatHpcError("configurable-http-proxy is not installed; run `make demo` (it installs it)")
     env = {**os.environ, "JUPYTERHUB_CRYPT_KEY": secrets.token_hex(32),
@@ -221,6 +268,13 @@ def summary(xnat_url: str, slurm_text: str, run_dir: Path, slurm_dir: Path, hub_
     log in as alice / alice-demo, pick a profile and projects, start; JupyterLab's XNAT
     panel browses the scope, "Train on secure HPC..." submits examples/train_example.py
     project owners (e.g. dave / dave-demo): {hub_url}/hub/xnat-hpc/owner
+    XNAT's "Start Jupyter" (the JupyterHub plugin's API, as XNAT's UI calls it):
+      curl -u bob:bob-demo -H 'Content-Type: application/json' -X POST \\
+        {xnat_url}/xapi/jupyterhub/users/bob/server/ecg -d '{{"username": "bob",
+        "servername": "ecg", "xsiType": "xnat:projectData", "itemId": "CARDIO_ECG",
+        "itemLabel": "CARDIO_ECG", "projectId": "CARDIO_ECG", "eventTrackingId": "demo-1",
+        "computeEnvironmentConfigId": 1, "hardwareConfigId": 1}}'
+      then {xnat_url}/xapi/event_tracking/demo-1 and {hub_url}/hub/home
 """ if hub_url else "")
     return f"""
 xnat-hpc-hub demo is running (everything on 127.0.0.1; run directory {run_dir})
@@ -234,7 +288,7 @@ xnat-hpc-hub demo is running (everything on 127.0.0.1; run directory {run_dir})
 {slurm_text}
     try: sbatch -p secure --wrap 'hostname'; squeue
 
-Logs: {run_dir}/devxnat.log, {run_dir}/jupyterhub.log, {slurm_dir}/log/; audit: {run_dir}/audit.jsonl
+Logs: {run_dir}/devxnat.log, {run_dir}/jupyterhub.log, {slurm_dir}/log/; audit trail: {run_dir}/audit/audit.db (check: xnat-hpc-hub audit verify --store {run_dir}/audit/audit.db)
 Press Ctrl-C to stop.
 """
 
@@ -247,8 +301,11 @@ def run_demo(args: argparse.Namespace) -> int:
     statuses = slurm.up()
     print("starting the XNAT development server (first run generates the demo archive) ...",
           flush=True)
+    plugin = plugin_secrets(run_dir)
+    hub_url = f"http://127.0.0.1:{args.hub_port}"
     xnat_proc, xnat_url = start_devxnat(
-        run_dir / "xnat", args.xnat_port, args.demo_size, run_dir / "devxnat.log"
+        run_dir / "xnat", args.xnat_port, args.demo_size, run_dir / "devxnat.log",
+        extra_args=plugin.devxnat_args(hub_url),
     )
     hub_proc = None
     try:
@@ -264,7 +321,7 @@ def run_demo(args: argparse.Namespace) -> int:
         archive = run_dir / "xnat" / "archive"
         prepare_shared_dirs(archive)
         print("starting JupyterHub ...", flush=True)
-        hub_proc, hub_url = start_hub(run_dir, xnat_url, archive, args.hub_port)
+        hub_proc, hub_url = start_hub(run_dir, xnat_url, archive, args.hub_port, plugin)
         text = format_status(statuses, slurm.cfg.run_dir)
         print(summary(xnat_url, text, run_dir, slurm.cfg.run_dir, hub_url), flush=True)
         if not args.exit_when_ready:

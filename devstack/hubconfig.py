@@ -22,6 +22,26 @@ c.XnatScopedSpawner.xnat_data_root = "{archive}"
 c.HubAuditLog.path = "{audit_log}"
 c.XnatSlurmSpawner.server_host = "127.0.0.1"
 c.Spawner.default_url = "/lab"
+from hub_ext.audit_log import open_at_start
+open_at_start(c)
+'''
+
+
+#: the scopes XNAT's plugin needs as the hub service ``xnat`` (docs/admin.md says which call
+#: needs which; ``tokens`` only for the plugin's ``POST /users/{u}/tokens``)
+XNAT_SERVICE_SCOPES = ("admin:users", "admin:servers", "read:hub", "tokens")
+
+
+def xnat_plugin_hub_config(*, token_file: Path, password_file: Path, account: str = "jupyterhub") -> str:
+    """The lines that let XNAT's JupyterHub plugin start servers on this hub (pure): the service
+    ``xnat`` with its token read from *token_file* (0600; the same value as XNAT's
+    ``jupyterHubToken`` preference), its role, and the XNAT account (site role ``JupyterHub``)
+    whose password (*password_file*, 0600) the hub uses to read each start's settings back."""
+    scopes = ", ".join(f'"{s}"' for s in XNAT_SERVICE_SCOPES)
+    return f'''c.JupyterHub.services.append({{"name": "xnat", "api_token": open("{token_file}").read().strip()}})
+c.JupyterHub.load_roles.append({{"name": "xnat", "services": ["xnat"], "scopes": [{scopes}]}})
+c.XnatScopedSpawner.xnat_service_user = "{account}"
+c.XnatScopedSpawner.xnat_service_password_file = "{password_file}"
 '''
 
 
@@ -30,7 +50,9 @@ def loopback_hub_config(*, hub_dir: Path, port: int, hub_port: int, proxy_api_po
     (pure; the demo's and the tests')."""
     return f'''c = get_config()  # noqa
 from hub_ext.handlers import xnat_hpc_handlers  # noqa: E402
+from hub_ext.revocation import user_notice  # noqa: E402
 c.JupyterHub.extra_handlers = xnat_hpc_handlers()
+c.JupyterHub.template_vars = {{"announcement_home": user_notice, "announcement_spawn": user_notice}}
 c.JupyterHub.ip = "127.0.0.1"
 c.JupyterHub.port = {port}
 c.JupyterHub.hub_ip = "127.0.0.1"

@@ -113,6 +113,10 @@ class Profile:
     default: bool = False
     resources: Resources = Resources()
     allow: Allow = Allow()
+    #: where the scope appears in the server: ``xnat`` (``/xnat/data/{P}/arc001/...``), ``plugin``
+    #: (XNAT's JupyterHub plugin: ``/data/projects/{P}/experiments/...``); None = plugin for starts
+    #: from XNAT's "Start Jupyter", xnat otherwise
+    data_layout: str | None = None
 
 
 @dataclass(frozen=True)

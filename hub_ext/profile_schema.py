@@ -304,6 +304,7 @@ PROFILE_SCHEMA: dict[str, Checker] = {
     "default": _flag,
     "resources": _map_node,
     "allow": _map_node,
+    "data_layout": _choice(("xnat", "plugin"), "data layout"),
 }
 PROFILE_REQUIRED = {"slug": "e.g. 'slug: gpu-large'",
                     "backend": "'backend: local', 'slurm' or 'kubernetes'"}

@@ -16,6 +16,11 @@ so it is not used: a token is checked by authenticating with it, as XNAT accepts
 an alias token as HTTP Basic user (alias) and password (secret) on every REST
 call, and asking ``GET /xapi/users/username`` who that is; it is ended with
 ``/data/services/tokens/invalidate/{alias}`` authenticated the same way.
+
+For XNAT's JupyterHub plugin, :meth:`XnatHubClient.plugin_user_options` reads the user
+options XNAT stored for a server (``GET /xapi/jupyterhub/users/{u}/server[/{name}]/user-options``)
+as an account with the plugin's ``JupyterHub`` role (HTTP Basic, as the plugin's own
+hub configuration does).
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 
 from xnat_bridge.errors import (
     AuthenticationFailed,
+    NotFound,
     PermissionDenied,
     TokenExpired,
     XnatUnavailable,
@@ -75,7 +81,8 @@ class XnatHubClient:
         self.validate_cert = validate_cert
 
     async def _fetch(self, method: str, path: str, *, auth: tuple[str, str] | None = None,
-                     what: str = "", accept: str = "application/json") -> bytes:
+                     what: str = "", accept: str = "application/json",
+                     missing: NotFound | None = None) -> bytes:
         headers = {"Accept": accept}
         if auth:
             headers["Authorization"] = _basic(*auth)
@@ -101,6 +108,8 @@ class XnatHubClient:
                 raise AuthenticationFailed("XNAT rejected the username or password") from None
             if e.code == 403:
                 raise PermissionDenied(f"XNAT refused {what or 'the request'}") from None
+            if e.code == 404 and missing is not None:
+                raise missing from None
             if e.code >= 500:
                 raise XnatUnavailable(
                     f"XNAT at {self.url} failed with HTTP {e.code} ({what})"
@@ -156,6 +165,37 @@ class XnatHubClient:
         )
         data = json.loads(body)
         return [str(r) for r in data] if isinstance(data, list) else []
+
+
+    async def plugin_user_options(self, username: str, server_name: str,
+                                  account: tuple[str, str]) -> dict:
+        """The plugin's ``XnatUserOptions`` that XNAT stored for *username*'s server *server_name*
+        ("" = the default server), read as *account* (user, password) holding XNAT's ``JupyterHub``
+        role. :class:`NotFound` when XNAT has none — no start from XNAT for that server, or the
+        user can no longer read the item (the plugin answers 404 then)."""
+        server = f"/{quote(server_name, safe='')}" if server_name else ""
+        path = f"/xapi/jupyterhub/users/{quote(username, safe='')}/server{server}/user-options"
+        missing = NotFound(f"XNAT has no Jupyter start for {username}'s server {server_name or '(default)'}, "
+                           "or you can no longer read the item it was started from; start it again "
+                           "from XNAT", item=server_name or username)
+        try:
+            body = await self._fetch("GET", path, auth=account, what="the plugin's user options",
+                                     missing=missing)
+        except AuthenticationFailed:
+            raise AuthenticationFailed(
+                "XNAT refused the hub's JupyterHub service account (c.XnatScopedSpawner.xnat_service_user); "
+                "check its password file and that it holds XNAT's JupyterHub role") from None
+        except PermissionDenied:
+            raise PermissionDenied(
+                "XNAT refused the hub's JupyterHub service account: give it XNAT's JupyterHub role") from None
+        try:
+            data = json.loads(body)
+        except ValueError:
+            raise XnatUnavailable("XNAT answered the plugin's user options with something other "
+                                  "than JSON; is the JupyterHub plugin installed?") from None
+        if not isinstance(data, dict):
+            raise XnatUnavailable("XNAT's user options are not a JSON object")
+        return data
 
 
 def token_is_expiring(token: AliasToken, margin: float = 3600.0, now: float | None = None) -> bool:

@@ -22,10 +22,8 @@ from xnat_bridge.offload.policy import OffloadPolicy
 from xnat_bridge.scope import Scope
 from xnat_bridge.server_env import PASS, LaunchItem, ServerEnv
 
-from .plan import DATA_MOUNT, DataMount, ScopeMount, SpawnPlan
+from .plan import ARC, DataLayout, DataMount, ScopeMount, SpawnPlan, mount_target
 from .request import SpawnRequest
-
-ARC = "arc001"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,12 +95,32 @@ def _selected(scope: Scope, project: str, sessions: Iterable[Session]) -> list[S
             or ps.subjects.intersection((s.subject_id, s.subject_label))]
 
 
-def scope_mounts(scope: Scope, sessions: Mapping[str, Iterable[Session]]) -> tuple[ScopeMount, ...]:
-    """One read-only mount per whole project, or per session of a narrowed one."""
+def data_layout(profile: Profile, request: SpawnRequest) -> DataLayout:
+    """The profile's ``data_layout``; unset: the plugin's layout for starts from XNAT's
+    "Start Jupyter" (notebooks written for the plugin run unchanged), this hub's otherwise."""
+    if profile.data_layout is not None:
+        return DataLayout(profile.data_layout)
+    return DataLayout.PLUGIN if request.source == "xnat" else DataLayout.XNAT
+
+
+def scope_mounts(scope: Scope, sessions: Mapping[str, Iterable[Session]],
+                 layout: DataLayout = DataLayout.XNAT) -> tuple[ScopeMount, ...]:
+    """The scope's read-only mounts in *layout*: a whole project is one mount (xnat) or its
+    sessions, resources and subjects folders (plugin); a narrowed one is one mount per
+    session (plus, in the plugin's layout, each selected subject's resources folder)."""
     mounts = []
+
+    def add(project: str, source: str, optional: bool = False) -> None:
+        mounts.append(ScopeMount(project, source, mount_target(layout, source), optional))
+
     for project, ps in sorted((scope.projects or {}).items()):
         if ps.whole:
-            mounts.append(ScopeMount(project, project, f"{DATA_MOUNT}/{project}"))
+            if layout is DataLayout.XNAT:
+                add(project, project)
+            else:
+                add(project, f"{project}/{ARC}")
+                add(project, f"{project}/resources", True)
+                add(project, f"{project}/subjects", True)
             continue
         chosen = _selected(scope, project, sessions.get(project, ()))
         if not chosen:
@@ -110,30 +128,36 @@ def scope_mounts(scope: Scope, sessions: Mapping[str, Iterable[Session]]) -> tup
             raise NotFound(f"{', '.join(wanted)} matches no experiment of project {project} "
                            "that you can read", item=wanted[0])
         for s in sorted(chosen, key=lambda s: s.label):
-            source = f"{project}/{ARC}/{s.label}"
-            mounts.append(ScopeMount(project, source, f"{DATA_MOUNT}/{source}"))
+            add(project, f"{project}/{ARC}/{s.label}")
+        if layout is DataLayout.PLUGIN:
+            subjects = {s.subject_label for s in chosen
+                        if ps.subjects.intersection((s.subject_id, s.subject_label))}
+            for label in sorted(subjects):
+                add(project, f"{project}/subjects/{label}", True)
     return tuple(mounts)
 
 
 def server_env(*, xnat_url: str, alias: str, scope: Scope, profile: Profile, offload: OffloadPolicy,
-               with_data: bool, request: SpawnRequest) -> ServerEnv:
+               with_data: bool, request: SpawnRequest, layout: DataLayout = DataLayout.XNAT) -> ServerEnv:
     """What the server is handed (the alias secret goes separately, as ``XNAT_PASS``)."""
     item = request.xnat_item
     return ServerEnv(host=xnat_url, user=alias, scope=scope, profile=profile.slug, offload=offload,
-                     data_dir=DATA_MOUNT if with_data else None,
+                     data_dir=layout.root if with_data else None,
                      item=LaunchItem(item.xsi_type, item.item_id) if item is not None else None)
 
 
 def build_plan(*, user: str, server_name: str, request: SpawnRequest, profile: Profile,
                roles: dict[str, str], mounts: tuple[ScopeMount, ...], data_mount: DataMount,
-               xnat_url: str, alias: str, secret: str, offload: OffloadPolicy) -> SpawnPlan:
+               xnat_url: str, alias: str, secret: str, offload: OffloadPolicy,
+               layout: DataLayout = DataLayout.XNAT) -> SpawnPlan:
     """The plan, and the one place that decides whether the scope is mounted.
 
     *mounts* are the scope's directories (:func:`scope_mounts`); *data_mount* is how the
     backend that runs the server mounts data. With :attr:`DataMount.NONE` the plan has no
-    mounts and no ``XNAT_DATA``; otherwise both.
+    mounts and no ``XNAT_DATA``; otherwise both, ``XNAT_DATA`` being *layout*'s root (the
+    mounts' targets are *layout*'s, :func:`scope_mounts`).
     """
     mounted = tuple(mounts) if data_mount is not DataMount.NONE else ()
     env = server_env(xnat_url=xnat_url, alias=alias, scope=request.scope, profile=profile,
-                     offload=offload, with_data=bool(mounted), request=request)
-    return SpawnPlan(user, server_name, profile, roles, mounted, env, {PASS: secret})
+                     offload=offload, with_data=bool(mounted), request=request, layout=layout)
+    return SpawnPlan(user, server_name, profile, roles, mounted, env, {PASS: secret}, layout)

@@ -12,10 +12,14 @@ from __future__ import annotations
 import asyncio
 import copy
 
-from jupyterhub.utils import exponential_backoff
-from kubernetes_asyncio.client.rest import ApiException
-from kubespawner import KubeSpawner
 from traitlets import Dict, Unicode, default, validate
+
+from xnat_bridge.extras import needs_extra
+
+with needs_extra("hub", "the Kubernetes backend (spawner.kube)"):
+    from jupyterhub.utils import exponential_backoff
+    from kubernetes_asyncio.client.rest import ApiException
+    from kubespawner import KubeSpawner
 
 from .kube_objects import (
     GPU_RESOURCE,

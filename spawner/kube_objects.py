@@ -28,7 +28,7 @@ from typing import Any
 
 from xnat_bridge.errors import InvalidRequest
 
-from .plan import DATA_MOUNT, ScopeMount, SpawnPlan
+from .plan import DataLayout, ScopeMount, SpawnPlan, mount_target
 
 #: name of the archive volume in the pod
 ARCHIVE_VOLUME = "xnat-archive"
@@ -145,12 +145,13 @@ def label_value(text: str) -> str:
     return f"{clean}-{digest}" if clean else digest
 
 
-def check_mount(mount: ScopeMount, projects: list[str]) -> ScopeMount:
+def check_mount(mount: ScopeMount, projects: list[str], layout: DataLayout = DataLayout.XNAT) -> ScopeMount:
     """Refuse a mount whose ``subPath`` could leave its project's archive directory.
 
     ``source`` must be relative, made of plain directory names (no ``..``, ``.``,
     empty part or leading ``/``) and start with the mount's project, which must be
-    in the scope; ``target`` must be ``DATA_MOUNT/source``.
+    in the scope; ``target`` must be where *layout* puts ``source``
+    (:func:`spawner.plan.mount_target`; ``DATA_MOUNT/source`` in the xnat layout).
     """
     parts = mount.source.split("/")
     if mount.source.startswith("/") or not all(_PATH_PART.match(p) and p not in (".", "..") for p in parts):
@@ -159,9 +160,9 @@ def check_mount(mount: ScopeMount, projects: list[str]) -> ScopeMount:
     if parts[0] != mount.project or mount.project not in projects:
         raise InvalidRequest(f"scope path {mount.source!r} is not inside project {mount.project!r} "
                              "of the scope", item=mount.project)
-    if mount.target != posixpath.join(DATA_MOUNT, mount.source):
-        raise InvalidRequest(f"scope mount target {mount.target!r} is not {DATA_MOUNT}/{mount.source}",
-                             item=mount.project)
+    want = mount_target(layout, mount.source)
+    if mount.target != want:
+        raise InvalidRequest(f"scope mount target {mount.target!r} is not {want}", item=mount.project)
     return mount
 
 
@@ -201,7 +202,9 @@ def pod_settings(plan: SpawnPlan, archive: ArchiveVolume | None, *, secret_name:
                              "is never spawned")
     res = plan.profile.resources
     projects = plan.projects
-    mounts = sorted((check_mount(m, projects) for m in plan.mounts), key=lambda m: m.target)
+    # optional folders (a project's resources/subjects) are left out: a missing subPath fails the pod
+    mounts = sorted((check_mount(m, projects, plan.layout) for m in plan.mounts if not m.optional),
+                    key=lambda m: m.target)
     targets = [m.target for m in mounts]
     if len(set(targets)) != len(targets):
         raise InvalidRequest("the scope mounts the same directory twice: " + ", ".join(targets))

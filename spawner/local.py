@@ -27,17 +27,20 @@ import shutil
 import sys
 from pathlib import Path
 
-from jupyterhub.spawner import LocalProcessSpawner
 from traitlets import Any, List, Unicode, default
 
 import xnat_bridge
 from hub_ext.unix_accounts import unix_account
 from xnat_bridge.errors import XnatHpcError
+from xnat_bridge.extras import needs_extra
 
 from .mixin import XnatScopedSpawner
 from .plan import DataMount, SpawnPlan
 from .sandbox import RunAs, SandboxSpec, bwrap_args, closed_to_users, setpriv_args
 from .userdirs import prepare_staging
+
+with needs_extra("hub", "the local backend (spawner.local)"):
+    from jupyterhub.spawner import LocalProcessSpawner
 
 #: archive roots already found open to users (warned about once per hub process)
 _warned_open: set[str] = set()

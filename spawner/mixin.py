@@ -33,8 +33,10 @@ user reads on the spawn page or in the REST reply.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import html
 import os
+import stat
 import time
 from typing import ClassVar
 
@@ -44,18 +46,19 @@ from traitlets.config import LoggingConfigurable
 from hub_ext.audit_log import HubAuditLog
 from hub_ext.errors import spawn_error
 from hub_ext.profiles import ProfileConfig, ProfileWatcher, visible_profiles
-from hub_ext.xnat_api import AliasToken
+from hub_ext.xnat_api import AliasToken, XnatHubClient
 from xnat_bridge.browse import Browser
 from xnat_bridge.client import XnatClient
-from xnat_bridge.errors import AuthenticationFailed, XnatHpcError
+from xnat_bridge.errors import AuthenticationFailed, PermissionDenied, TokenExpired, XnatHpcError
 from xnat_bridge.permissions import fetch_permissions
 from xnat_bridge.scope import Scope
 
-from .decide import Session, XnatFacts, build_plan, check_readable, choose_profile, scope_mounts
+from .decide import Session, XnatFacts, build_plan, check_readable, choose_profile, data_layout, scope_mounts
 from .form import render_form
 from .plan import DataMount, SpawnPlan
 from .progress import SpawnProgress, follow
-from .request import SpawnRequest, parse_form, parse_request
+from .request import SpawnRequest, flat_options, parse_form, parse_request, selected_projects
+from .xnat_launch import XnatLaunch, apply_hardware, parse_launch
 
 _watchers: dict[str, ProfileWatcher] = {}
 
@@ -127,6 +130,25 @@ class XnatScopedSpawner(LoggingConfigurable):
         The default matches XNAT permissions' cache (60 s); 0 asks the hub on every request.""",
     ).tag(config=True)
 
+    xnat_service_user = Unicode(
+        "",
+        help="""XNAT account the hub reads the JupyterHub plugin's user options with
+        (``GET /xapi/jupyterhub/users/{u}/server/{name}/user-options``) when XNAT's
+        "Start Jupyter" starts a server. It must hold XNAT's ``JupyterHub`` site role (the
+        plugin creates the account ``jupyterhub`` with it). Its password is read from
+        ``xnat_service_password_file``. Empty (the default): starts from XNAT are refused
+        with a message naming these two options.""",
+    ).tag(config=True)
+
+    xnat_service_password_file = Unicode(
+        "",
+        help="""File holding the password of ``xnat_service_user`` (one line; surrounding
+        whitespace ignored). It must be owned by the hub's user and not readable by group or
+        others (``chmod 0600``); otherwise starts from XNAT are refused. Read at every such
+        start (so a rotated password applies at once); never logged. Example:
+        ``/etc/xnat-hpc-hub/xnat-service-password``.""",
+    ).tag(config=True)
+
     xnat_plan = Any(None, help="The validated plan of the current start (set by start).")
 
     spawn_progress = Instance(
@@ -141,7 +163,8 @@ class XnatScopedSpawner(LoggingConfigurable):
         return profiles_from(os.path.abspath(self.profiles_file))
 
     async def xnat_audit(self, action: str, outcome: str, *, items=(), detail: str = "") -> None:
-        await self.hub_audit_log.record(self.user.name, action, outcome, items=items, detail=detail)
+        await self.hub_audit_log.record(self.user.name, action, outcome, items=items, detail=detail,
+                                        server=self.name or "")
 
     async def _alias_token(self) -> AliasToken:
         state = await self.user.get_auth_state() or {}
@@ -200,7 +223,7 @@ class XnatScopedSpawner(LoggingConfigurable):
                     if not self.backends or p.backend in self.backends]
         previous = self.user_options or {}
         return render_form(profiles, facts.project_roles, selected_profile=previous.get("profile"),
-                           selected_projects=previous.get("projects") or ())
+                           selected_projects=selected_projects(previous))
 
     # ------------------------------------------------------------------ start
     async def checked_plan(self) -> SpawnPlan:
@@ -216,17 +239,80 @@ class XnatScopedSpawner(LoggingConfigurable):
         """Validate ``user_options`` against XNAT now; the plan or a typed error."""
         self._progress(5, "Checking your XNAT permissions")
         request: SpawnRequest = parse_request(self.user_options)
+        self._store_flat(request)
         config = self.xnat_profiles()
-        token = await self._alias_token()
+        launch = None
+        if request.source == "xnat":
+            launch = await self.xnat_launch(request)
+            request = dataclasses.replace(request, hardware=launch.hardware)
+        token = await self._launch_token(launch) if launch and launch.token else await self._alias_token()
         facts = await asyncio.to_thread(self._facts, token, request.scope)
         roles = check_readable(request.scope, facts.project_roles)
         profile = choose_profile(config, request, facts, groups=[g.name for g in self.user.groups],
                                  backends=self.backends or None)
-        mounts = scope_mounts(request.scope, facts.sessions)  # also checks a narrowed scope
+        if launch is not None:
+            profile, notes = apply_hardware(profile, launch)
+            for note in notes:
+                self.log.info("XNAT start of %s: %s", self._log_name, note)
+        layout = data_layout(profile, request)
+        mounts = scope_mounts(request.scope, facts.sessions, layout)  # also checks a narrowed scope
         return build_plan(user=self.user.name, server_name=self.name, request=request, profile=profile,
                           roles=roles, mounts=mounts, data_mount=self.data_mount_for(profile),
                           xnat_url=self.xnat_url, alias=token.alias, secret=token.secret,
-                          offload=config.offload)
+                          offload=config.offload, layout=layout)
+
+    def _store_flat(self, request: SpawnRequest) -> None:
+        """Keep ``user_options`` flat (string or null values) for XNAT's ``Map<String,String>``
+        readers, whatever shape the start came in (form, REST or XNAT)."""
+        flat = flat_options(request)
+        if self.user_options != flat:
+            self.user_options = flat
+            if getattr(self, "orm_spawner", None) is not None:
+                self.orm_spawner.user_options = flat  # committed by JupyterHub with the start
+
+    def _service_account(self) -> tuple[str, str]:
+        """``(xnat_service_user, password)``; blocking (run in a thread)."""
+        path = self.xnat_service_password_file
+        if not self.xnat_service_user or not path:
+            raise PermissionDenied("this hub is not set up for XNAT's \"Start Jupyter\": the hub admin must "
+                                   "set c.XnatScopedSpawner.xnat_service_user and xnat_service_password_file")
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError as e:
+            raise PermissionDenied(f"cannot read c.XnatScopedSpawner.xnat_service_password_file "
+                                   f"{path}: {e.strerror}; the hub admin must fix it") from None
+        with os.fdopen(fd) as f:
+            st = os.fstat(f.fileno())
+            if stat.S_IMODE(st.st_mode) & 0o077 or st.st_uid != os.geteuid():
+                raise PermissionDenied(f"{path} (c.XnatScopedSpawner.xnat_service_password_file) must be "
+                                       "owned by the hub's user and not readable by others: chmod 0600")
+            password = f.read().strip()
+        if not password:
+            raise PermissionDenied(f"{path} (c.XnatScopedSpawner.xnat_service_password_file) is empty")
+        return self.xnat_service_user, password
+
+    async def xnat_launch(self, request: SpawnRequest) -> XnatLaunch:
+        """Fetch what XNAT stored for this start (as the ``JupyterHub``-role account) and parse it."""
+        self._progress(8, "Reading the start's settings from XNAT")
+        account = await asyncio.to_thread(self._service_account)
+        client = XnatHubClient(self.xnat_url, timeout=self.xnat_timeout, validate_cert=self.xnat_validate_cert)
+        doc = await client.plugin_user_options(self.user.name, self.name, account)
+        return parse_launch(doc, request)
+
+    async def _launch_token(self, launch: XnatLaunch) -> AliasToken:
+        """The alias token XNAT issued for this start, checked with XNAT to be the user's."""
+        client = XnatHubClient(self.xnat_url, timeout=self.xnat_timeout, validate_cert=self.xnat_validate_cert)
+        try:
+            owner = await client.validate_token(launch.token.alias, launch.token.secret)
+        except TokenExpired:
+            raise AuthenticationFailed("the XNAT token of this start is no longer valid; start Jupyter "
+                                       "again from XNAT") from None
+        normalize = getattr(self.authenticator, "normalize_username", None)
+        hub_name = normalize(owner) if normalize is not None else owner
+        if hub_name != self.user.name:
+            raise PermissionDenied(f"the XNAT token of this start belongs to another XNAT account, "
+                                   f"not {self.user.name}; start Jupyter again from XNAT as yourself")
+        return launch.token
 
     def data_mount(self) -> DataMount:
         """Backend hook: how this backend gives a server its scope's files (default: not at all,
@@ -252,6 +338,7 @@ class XnatScopedSpawner(LoggingConfigurable):
             self.spawn_progress = SpawnProgress()
             self.xnat_plan = await self.checked_plan()
         plan = self.xnat_plan
+        _start_revocation_watch(self)
         await self.xnat_audit("spawn", "allowed", items=plan.projects,
                               detail=f"profile {plan.profile.slug}; scope {plan.scope.to_json()}")
         self.log.info("starting %s with profile %s, scope %s", self._log_name, plan.profile.slug,
@@ -326,8 +413,25 @@ def _items(options) -> list[str]:
 
 
 def _checked_in_start(spawner, user_options) -> None:
-    """``user_options`` are parsed and checked against XNAT in :meth:`XnatScopedSpawner.start`."""
+    """``user_options`` are parsed and checked against XNAT in :meth:`XnatScopedSpawner.start`;
+    here they are only made flat, before JupyterHub commits the start to its database (so the
+    stored defaults of the next start are the flat form too). A malformed request is left as it
+    is: :meth:`~XnatScopedSpawner.make_plan` refuses it with the same message."""
+    try:
+        spawner._store_flat(parse_request(user_options))
+    except (XnatHpcError, TypeError, AttributeError):
+        pass
 
 
 async def _options_form(spawner) -> str:
     return await spawner.render_options_form()
+
+
+def _start_revocation_watch(spawner) -> None:
+    """The hub's periodic re-check of running servers' scopes (``c.OwnerAccess.recheck_interval``)
+    runs once anything of ours is used after a hub start: the first start, event or page."""
+    settings = getattr(spawner.user, "settings", None)
+    if isinstance(settings, dict) and settings.get("config") is not None:
+        from hub_ext.revocation_watch import ensure_watch
+
+        ensure_watch(settings)

@@ -23,8 +23,54 @@ from xnat_bridge.errors import InvalidRequest
 from xnat_bridge.scope import Scope
 from xnat_bridge.server_env import ServerEnv
 
-#: where the scope's archive directories appear inside a server (read-only)
+#: where the scope's archive directories appear inside a server (read-only), in this hub's layout
 DATA_MOUNT = "/xnat/data"
+#: ``XNAT_DATA`` of XNAT's JupyterHub plugin, and the root of its layout
+PLUGIN_DATA = "/data"
+#: the archive's folder of a project's sessions (XNAT's ``currentArc``)
+ARC = "arc001"
+
+
+class DataLayout(enum.Enum):
+    """Where a mounted scope appears inside the server (a profile's ``data_layout``).
+
+    * ``xnat``: the archive's own paths under :data:`DATA_MOUNT`: ``/xnat/data/{P}`` (a whole
+      project), ``/xnat/data/{P}/arc001/{session}`` (a narrowed one).
+    * ``plugin``: XNAT's JupyterHub plugin's paths under :data:`PLUGIN_DATA`, so notebooks
+      written for the plugin run unchanged: ``/data/projects/{P}/experiments`` (the project's
+      sessions), ``/data/projects/{P}/resources``, ``/data/projects/{P}/subjects`` (a whole
+      project), ``/data/projects/{P}/experiments/{session}`` and
+      ``/data/projects/{P}/subject-resources/{subject}`` (a narrowed one), and the user's
+      workspace at ``/workspace/{user}`` (local backend: the home directory, read-write).
+    """
+
+    XNAT = "xnat"
+    PLUGIN = "plugin"
+
+    @property
+    def root(self) -> str:
+        """``XNAT_DATA`` when something is mounted."""
+        return PLUGIN_DATA if self is DataLayout.PLUGIN else DATA_MOUNT
+
+
+def mount_target(layout: DataLayout, source: str) -> str:
+    """Where the archive sub-path *source* appears in a server with *layout* (pure); refuses a
+    source the layout has no place for. The one rule backends check every mount against."""
+    parts = source.split("/")
+    if source.startswith("/") or any(p in ("", ".", "..") for p in parts):
+        raise InvalidRequest(f"scope path {source!r} is not a clean archive sub-path")
+    if layout is DataLayout.XNAT:
+        return f"{DATA_MOUNT}/{source}"
+    project, rest = parts[0], parts[1:]
+    if rest == [ARC]:
+        return f"{PLUGIN_DATA}/projects/{project}/experiments"
+    if len(rest) == 2 and rest[0] == ARC:
+        return f"{PLUGIN_DATA}/projects/{project}/experiments/{rest[1]}"
+    if rest in (["resources"], ["subjects"]):
+        return f"{PLUGIN_DATA}/projects/{project}/{rest[0]}"
+    if len(rest) == 2 and rest[0] == "subjects":
+        return f"{PLUGIN_DATA}/projects/{project}/subject-resources/{rest[1]}"
+    raise InvalidRequest(f"scope path {source!r} has no place in the plugin's data layout")
 
 
 class DataMount(enum.Enum):
@@ -49,6 +95,9 @@ class ScopeMount:
     project: str
     source: str
     target: str
+    #: the directory may be missing from the archive (a project's resources/subjects folders):
+    #: bound only where it exists (local), left out where a missing one fails the start (Kubernetes)
+    optional: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,12 +117,17 @@ class SpawnPlan:
     server_env: ServerEnv             #: what the server is handed (scope, offload, XNAT_DATA, ...)
     secret_env: dict[str, str] = dataclasses.field(default_factory=dict, repr=False)
     #: ^ XNAT_PASS (the alias token secret): given to the process, never to a file or sbatch
+    layout: DataLayout = DataLayout.XNAT  #: where the mounts are (their targets follow it)
 
     def __post_init__(self) -> None:
-        want = DATA_MOUNT if self.mounts else None
+        want = self.layout.root if self.mounts else None
         if self.server_env.data_dir != want:
             raise InvalidRequest(f"spawn plan of {self.user}: XNAT_DATA is {self.server_env.data_dir!r} "
                                  f"but {len(self.mounts)} directories are mounted; it must be {want!r}")
+        for mount in self.mounts:
+            if mount.target != mount_target(self.layout, mount.source):
+                raise InvalidRequest(f"spawn plan of {self.user}: mount target {mount.target!r} is not "
+                                     f"where the {self.layout.value} layout puts {mount.source!r}")
 
     @property
     def scope(self) -> Scope:

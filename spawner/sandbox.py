@@ -25,7 +25,7 @@ import posixpath
 
 from xnat_bridge.errors import InvalidRequest
 
-from .plan import DATA_MOUNT, ScopeMount, SpawnPlan
+from .plan import DATA_MOUNT, PLUGIN_DATA, DataLayout, ScopeMount, SpawnPlan, mount_target
 
 #: the operating system, read-only (``-try``: skipped when absent)
 SYSTEM_RO = ("/usr", "/bin", "/sbin", "/lib", "/lib64", "/etc")
@@ -61,13 +61,15 @@ def _abs(path: str, what: str) -> str:
     return norm
 
 
-def mount_source(archive_root: str, mount: ScopeMount) -> str:
-    """Host path of one scope directory; refuses anything that is not a clean sub-path."""
+def mount_source(archive_root: str, mount: ScopeMount, layout: DataLayout = DataLayout.XNAT) -> str:
+    """Host path of one scope directory; refuses anything that is not a clean sub-path or
+    whose target is not where *layout* puts it."""
     parts = mount.source.split("/")
     if mount.source.startswith("/") or any(p in ("", ".", "..") for p in parts):
         raise InvalidRequest(f"scope path {mount.source!r} is not a clean archive sub-path")
-    if mount.target != posixpath.join(DATA_MOUNT, mount.source):
-        raise InvalidRequest(f"scope mount target {mount.target!r} is not under {DATA_MOUNT}")
+    if mount.target != mount_target(layout, mount.source):
+        raise InvalidRequest(f"scope mount target {mount.target!r} is not where the {layout.value} "
+                             f"layout puts {mount.source!r}")
     return posixpath.join(archive_root, mount.source)
 
 
@@ -111,6 +113,9 @@ def bwrap_args(plan: SpawnPlan, spec: SandboxSpec) -> list[str]:
         args += tree.bind("--ro-bind-try", path, path)
     args += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--tmpfs", "/run",
              "--tmpfs", "/xnat", "--dir", DATA_MOUNT]
+    if plan.layout is DataLayout.PLUGIN:  # an empty /data, whatever the host has there
+        args += ["--tmpfs", PLUGIN_DATA]
+        tree.dirs.add(PLUGIN_DATA)
     for path in spec.ro_paths:  # after the tmpfs mounts, so that e.g. /run/munge shows through
         path = _abs(path, "read-only path")
         args += tree.bind("--ro-bind-try", path, path)
@@ -119,10 +124,13 @@ def bwrap_args(plan: SpawnPlan, spec: SandboxSpec) -> list[str]:
         args += tree.bind("--bind-try", path, path)
     home = _abs(spec.home, "home")
     args += tree.bind("--bind", home, home)
+    if plan.layout is DataLayout.PLUGIN:  # the plugin's workspace: the user's home, read-write
+        args += tree.bind("--bind", home, posixpath.join("/workspace", plan.user))
     if plan.mounts:  # the plan decided to mount (then it also has XNAT_DATA); a root is needed
         archive = _abs(spec.archive_root, "archive root")
         for mount in sorted(plan.mounts, key=lambda m: m.target):
-            args += tree.bind("--ro-bind", mount_source(archive, mount), mount.target)
+            option = "--ro-bind-try" if mount.optional else "--ro-bind"
+            args += tree.bind(option, mount_source(archive, mount, plan.layout), mount.target)
     args += ["--chdir", home, "--"]
     return args
 

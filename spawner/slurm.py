@@ -29,8 +29,6 @@ import os
 import shutil
 import sys
 
-from batchspawner import SlurmSpawner
-from batchspawner.batchspawner import JobStatus
 from traitlets import Float, List, Unicode, default
 
 from hub_ext import bootstrap
@@ -39,11 +37,16 @@ from hub_ext.handlers import CONFIG_LINE, missing_routes
 from hub_ext.unix_accounts import unix_account
 from xnat_bridge import procs
 from xnat_bridge.errors import CommandFailed, SlurmError, XnatHpcError
+from xnat_bridge.extras import needs_extra
 
 from .mixin import XnatScopedSpawner
 from .plan import DataMount, SpawnPlan
 from .slurm_script import SlurmSettings, batch_script, split_env
 from .userdirs import prepare_staging
+
+with needs_extra("hub", "the Slurm backend (spawner.slurm)"):
+    from batchspawner import SlurmSpawner
+    from batchspawner.batchspawner import JobStatus
 
 #: ``squeue`` output format: state and node, what batchspawner's SlurmSpawner patterns read
 SQUEUE_FORMAT = "%T %B"

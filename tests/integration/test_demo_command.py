@@ -65,3 +65,82 @@ def test_demo_starts_prints_and_stops(slurm, tmp_path):
     assert (archive[0].stat().st_gid, archive[0].stat().st_mode & 0o777) == (gid, 0o750)
     staging = Path("/var/lib/xnat-hpc-hub/staging").stat()
     assert (staging.st_uid, staging.st_mode & 0o777) == (0, 0o755)
+
+
+def test_start_jupyter_from_xnat_works_in_the_demo(slurm, tmp_path):
+    """`make demo` wires devxnat's JupyterHub plugin to the demo hub (service token and the
+    `jupyterhub` account's password in 0600 files): XNAT's "Start Jupyter" on a project starts
+    a server scoped to it, and XNAT's stop removes it."""
+    import os
+    import signal
+    import threading
+    import time
+
+    port, hub_port = free_port(), free_port()
+    run_dir = tmp_path / "demo"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hub_ext.cli", "demo", "--run-dir", str(run_dir),
+         "--slurm-run-dir", str(RUN_DIR), "--xnat-port", str(port), "--hub-port", str(hub_port),
+         "--demo-size", "5MB"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    ready, lines = threading.Event(), []
+
+    def pump():
+        for line in proc.stdout:
+            lines.append(line)
+            if "Press Ctrl-C to stop." in line:
+                ready.set()
+        ready.set()
+
+    threading.Thread(target=pump, daemon=True).start()
+    try:
+        assert ready.wait(300) and proc.poll() is None, "".join(lines)
+        xnat, hub = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{hub_port}"
+        assert "/xapi/jupyterhub/users/bob/server/ecg" in "".join(lines)  # the summary says how
+        secrets_dir = run_dir / "secrets"
+        for name in ("xnat-service-token", "jupyterhub-password"):
+            assert (secrets_dir / name).stat().st_mode & 0o777 == 0o600, name
+        assert secrets_dir.stat().st_mode & 0o777 == 0o700
+        token = (secrets_dir / "xnat-service-token").read_text().strip()
+        assert token not in (run_dir / "hub" / "jupyterhub_config.py").read_text()
+
+        bob = ("bob", "bob-demo")
+        body = {"username": "bob", "servername": "ecg", "xsiType": "xnat:projectData",
+                "itemId": "CARDIO_ECG", "itemLabel": "CARDIO_ECG", "projectId": "CARDIO_ECG",
+                "eventTrackingId": "demo-start-1", "computeEnvironmentConfigId": 1, "hardwareConfigId": 1}
+        r = requests.post(f"{xnat}/xapi/jupyterhub/users/bob/server/ecg", json=body, auth=bob, timeout=30)
+        assert r.status_code == 200, r.text
+
+        def final(key, timeout):
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                e = requests.get(f"{xnat}/xapi/event_tracking/{key}", auth=bob, timeout=30)
+                if e.status_code == 200 and e.json()["succeeded"] is not None:
+                    return e.json()
+                time.sleep(1)
+            raise AssertionError(f"no final event for {key}: {''.join(lines)[-3000:]}")
+
+        done = final("demo-start-1", 240)
+        assert done["succeeded"] is True and "available at" in done["finalMessage"], done
+        user = requests.get(f"{hub}/hub/api/users/bob", headers={"Authorization": f"token {token}"},
+                            timeout=30).json()
+        server = user["servers"]["ecg"]
+        assert server["ready"] is True
+        assert server["user_options"]["itemId"] == "CARDIO_ECG"
+        assert all(v is None or isinstance(v, str) for v in server["user_options"].values())
+
+        r = requests.delete(f"{xnat}/xapi/jupyterhub/users/bob/server/ecg?eventTrackingId=demo-stop-1",
+                            auth=bob, timeout=30)
+        assert r.status_code == 200, r.text
+        assert final("demo-stop-1", 120)["succeeded"] is True
+        user = requests.get(f"{hub}/hub/api/users/bob", headers={"Authorization": f"token {token}"},
+                            timeout=30).json()
+        assert "ecg" not in user["servers"]
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()

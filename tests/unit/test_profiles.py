@@ -79,7 +79,7 @@ def test_example_file_loads_clean():
                                            staging_dir="/var/lib/xnat-hpc-hub/staging")
     assert config.hardware_map
     assert all(slug in config.slugs for slug in config.hardware_map.values())
-    assert config.profile_for_hardware(1).slug == "local-small"
+    assert config.profile_for_hardware("small").slug == "slurm-cpu"
     assert config.profile_for_hardware("unknown") is None
 
 

@@ -4,6 +4,7 @@ registry — no hub, no XNAT, no Slurm."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -24,7 +25,7 @@ from spawner.decide import (
 )
 from spawner.form import render_form
 from spawner.plan import DATA_MOUNT, DataMount, ScopeMount, SpawnPlan
-from spawner.request import parse_form, parse_request
+from spawner.request import flat_options, parse_form, parse_request, selected_projects
 from spawner.sandbox import RunAs, SandboxSpec, bwrap_args, closed_to_users, setpriv_args
 from spawner.slurm_script import SlurmSettings, batch_script, split_env
 from spawner.userdirs import root_problem, staging_name, user_dir_problem
@@ -56,9 +57,12 @@ BOB = XnatFacts("bob", {"NEURO_MRI": "Collaborator"})
 
 
 # -- requests ---------------------------------------------------------------
-def test_form_data_becomes_rest_options():
-    assert parse_form({"profile": ["small"], "project": ["NEURO_MRI", "SLEEP_EEG"], "_xsrf": ["x"]}) == \
-        {"profile": "small", "projects": ["NEURO_MRI", "SLEEP_EEG"]}
+def test_form_data_becomes_flat_rest_options():
+    options = parse_form({"profile": ["small"], "project": ["NEURO_MRI", "SLEEP_EEG"], "_xsrf": ["x"]})
+    assert options == {"profile": "small", "projects": "NEURO_MRI,SLEEP_EEG"}
+    assert parse_request(options).projects == ["NEURO_MRI", "SLEEP_EEG"]
+    assert selected_projects(options) == ["NEURO_MRI", "SLEEP_EEG"]
+    assert selected_projects({"nonsense": 1}) == []
 
 
 @pytest.mark.parametrize("form, words", [
@@ -85,10 +89,20 @@ def test_rest_request_shapes():
         parse_request({"projects": ["P"], "profile": {"a": 1}})
 
 
+def plugin_body(xsi_type="xnat:mrSessionData", item="XNAT_E00001", project="NEURO_MRI", **over):
+    """The body XNAT's plugin POSTs (XnatUserOptions, every key, nulls included)."""
+    body = {"userId": 12, "servername": "", "xsiType": xsi_type, "itemId": item, "itemLabel": "MR_1",
+            "projectId": project, "eventTrackingId": "1700000000000", "dashboardConfigId": None,
+            "task_template": None}
+    return {**body, **over}
+
+
 def test_xnat_launch_requests_scope_to_the_item():
-    exp = parse_request({"xsiType": "xnat:mrSessionData", "itemId": "XNAT_E00001", "itemLabel": "MR_1",
-                         "projectId": "NEURO_MRI", "eventTrackingId": "123", "hardwareConfigId": 2})
-    assert exp.source == "xnat" and exp.hardware == "2" and exp.xnat_item.kind == "experiment"
+    exp = parse_request(plugin_body())
+    assert exp.source == "xnat" and exp.hardware is None and exp.xnat_item.kind == "experiment"
+    assert exp.xnat_item.user_id == "12" and exp.xnat_item.label == "MR_1"
+    generic = parse_request(plugin_body("xnat:experimentData"))
+    assert generic.xnat_item.kind == "experiment" and generic.scope == exp.scope
     assert json.loads(exp.scope.to_json()) == {"projects": {"NEURO_MRI": {"experiments": ["XNAT_E00001"]}}}
     subj = parse_request({"xsiType": "xnat:subjectData", "itemId": "S1", "projectId": "P"})
     assert subj.scope.projects["P"].subjects == frozenset({"S1"})
@@ -98,9 +112,38 @@ def test_xnat_launch_requests_scope_to_the_item():
                        ({"xsiType": "xnat:mrScanData", "itemId": "1", "projectId": "P"}, "not supported"),
                        ({"xsiType": "xnat:mrSessionData", "itemId": "E"}, "lacks projectId"),
                        ({"xsiType": "<script>", "itemId": "E", "projectId": "P"}, "not an XNAT data type"),
-                       ({"xsiType": "xnat:mrSessionData", "itemId": "E", "projectId": "P", "x": 1}, "unknown")]:
+                       ({"xsiType": "xnat:mrSessionData", "itemId": "E", "projectId": "P", "x": 1}, "unknown"),
+                       (plugin_body(hardwareConfigId=2), "unknown options in XNAT launch request: hardwareConfigId"),
+                       (plugin_body(profile="small"), "unknown options in XNAT launch request: profile"),
+                       (plugin_body(dashboardConfigId=3), "dashboards are not supported on this hub"),
+                       (plugin_body("xdat:stored_search", "xs123"), "stored search is not supported"),
+                       (plugin_body(userId="12; rm"), "numeric user id"),
+                       (plugin_body(task_template={"container_spec": {}}), "fetches it from XNAT")]:
         with pytest.raises(InvalidRequest, match=words):
             parse_request(bad)
+
+
+@pytest.mark.parametrize("options", [
+    {"profile": "small", "projects": ["NEURO_MRI", "SLEEP_EEG"]},
+    {"projects": "NEURO_MRI"},
+    {"profile": "small", "projects": {"SLEEP_EEG": {"subjects": ["S1"]}, "NEURO_MRI": {}}},
+    plugin_body(), plugin_body("xnat:subjectData", "S1"), plugin_body("xnat:projectData", "NEURO_MRI"),
+])
+def test_stored_user_options_are_flat_and_read_back(options):
+    request = parse_request(options)
+    flat = flat_options(request)
+    assert all(v is None or isinstance(v, str) for v in flat.values()), flat
+    assert parse_request(flat) == request
+    assert flat_options(parse_request(flat)) == flat
+
+
+def test_flat_scope_text_is_checked():
+    with pytest.raises(InvalidRequest, match="either projects or scope"):
+        parse_request({"projects": "P", "scope": '{"projects": {"P": {}}}'})
+    with pytest.raises(InvalidRequest, match="JSON string"):
+        parse_request({"scope": {"projects": {}}})
+    with pytest.raises(InvalidRequest, match="at least one"):
+        parse_request({"projects": " , "})
 
 
 # -- decisions ----------------------------------------------------------------
@@ -113,11 +156,11 @@ def test_profile_choice_follows_visibility_roles_and_hardware_map():
         choose_profile(CONFIG, parse_request({"profile": "owners", "projects": ["SLEEP_EEG"]}), ALICE)
     with pytest.raises(PermissionDenied, match="not available to you"):
         choose_profile(CONFIG, parse_request({"profile": "jupyter-role", "projects": ["NEURO_MRI"]}), BOB)
-    launch = parse_request({"xsiType": "xnat:projectData", "itemId": "NEURO_MRI", "projectId": "NEURO_MRI",
-                            "hardwareConfigId": "2"})
+    start = parse_request(plugin_body("xnat:projectData", "NEURO_MRI"))
+    assert choose_profile(CONFIG, start, ALICE).slug == "small"  # no XNAT_HPC_HARDWARE: the default
+    launch = dataclasses.replace(start, hardware="2")
     assert choose_profile(CONFIG, launch, ALICE).slug == "owners"
-    unmapped = parse_request({"xsiType": "xnat:projectData", "itemId": "NEURO_MRI", "projectId": "NEURO_MRI",
-                              "hardwareConfigId": "9"})
+    unmapped = dataclasses.replace(start, hardware="9")
     with pytest.raises(InvalidRequest, match="not mapped"):
         choose_profile(CONFIG, unmapped, ALICE)
     with pytest.raises(PermissionDenied):
@@ -329,14 +372,14 @@ def test_bootstrap_code_is_one_time_and_bound_to_the_job():
 
 
 def test_owner_page_filters_by_owned_projects_and_escapes():
-    from hub_ext.owner import events_for, owned_projects, render
+    from hub_ext.owner_render import events_for, owned_projects, simple_page
 
     assert owned_projects({"A": "Owner", "B": "Member"}, False) == {"A"}
     assert owned_projects({"A": "Owner", "B": "Member"}, True) == {"A", "B"}
     events = [{"items": ["A"], "user": "u1"}, {"items": ["B"], "user": "u2"}, {"items": ["A", "B"], "user": "u3"}]
     assert [e["user"] for e in events_for(events, {"A"})] == ["u3", "u1"]
     assert events_for(events, set()) == []
-    page = render("alice", {"A"}, [{"items": ["A"], "user": "<script>", "detail": "x&y"}], "intact")
+    page = simple_page("alice", {"A"}, [{"items": ["A"], "user": "<script>", "detail": "x&y"}], "intact")
     assert "&lt;script&gt;" in page and "<script>" not in page and "x&amp;y" in page
 
 
@@ -348,7 +391,7 @@ def test_owner_page_finds_the_audit_log_where_the_admin_configured_it():
     from spawner.slurm import XnatSlurmSpawner
 
     c = Config()
-    assert hub_audit_log({"config": c}).path == "xnat-hpc-audit.jsonl"
+    assert hub_audit_log({"config": c}).path == "xnat-hpc-audit/audit.db"
     c.HubAuditLog.path = "/var/log/a.jsonl"
     assert hub_audit_log({"config": c}).path == "/var/log/a.jsonl"
     assert XnatProfilesSpawner(config=c).hub_audit_log.path == "/var/log/a.jsonl"  # where the spawners write
