@@ -26,9 +26,11 @@ import threading
 import time
 import uuid
 
-import ipywidgets as w
-
 from .errors import XnatHpcError
+from .extras import needs_extra
+
+with needs_extra("server", "the notebook widgets (xnat_bridge.widgets)"):
+    import ipywidgets as w
 
 log = logging.getLogger(__name__)
 
@@ -250,6 +252,9 @@ class OffloadForm(w.VBox):
         self.submit = w.Button(description="Submit", button_style="primary", icon="rocket")
         self.status = w.HTML()
         self.state = w.HTML()
+        #: the bundle's staging progress (bytes, files, rate, time left), shown while the job stages
+        self.progress = w.IntProgress(value=0, min=0, max=100, description="Staging",
+                                      layout=w.Layout(display="none"))
         self.log_tail = w.Textarea(layout=w.Layout(width="100%", height="12em"), disabled=True)
         self.cancel = w.Button(description="Cancel job", button_style="danger", disabled=True)
         self.results = w.HTML()
@@ -264,7 +269,7 @@ class OffloadForm(w.VBox):
         super().__init__([
             self.dataset, self.script, self.partition, w.HBox([self.cpus, self.gpus]),
             w.HBox([self.memory, self.walltime]), w.HTML(_message(f"limits: {limits or 'none'}")),
-            self.submit, self.status, self.state, self.log_tail, self.cancel, self.results])
+            self.submit, self.status, self.state, self.progress, self.log_tail, self.cancel, self.results])
 
     def _datasets(self) -> list[str]:
         try:
@@ -337,8 +342,17 @@ class OffloadForm(w.VBox):
             self.log_tail.value = "\n".join(self._log_lines)
         state = _state(rec)
         slurm = f", Slurm job {rec.slurm_job_id}" if rec.slurm_job_id else ""
-        self.state.value = _message(f"{rec.id}: {state} — {elapsed(rec)}{slurm} — {rec.message}",
+        from .offload.progress import progress_percent, progress_text
+
+        live = self._staging_progress(rec.id) if state == "staging" else None
+        detail = progress_text(live) if live else rec.message
+        self.state.value = _message(f"{rec.id}: {state} — {elapsed(rec)}{slurm} — {detail}",
                                     error=state in ("failed", "lost"))
+        if live:
+            self.progress.value = progress_percent(live)
+            self.progress.layout.display = None
+        else:
+            self.progress.layout.display = "none"
         self.cancel.disabled = state in TERMINAL
         if state == "done" and not self.results.value:
             try:
@@ -348,6 +362,10 @@ class OffloadForm(w.VBox):
             except XnatHpcError as e:
                 self.results.value = _message(e.message, error=True)
         return state
+
+    def _staging_progress(self, job_id: str) -> dict | None:
+        of = getattr(self.manager, "progress", None)
+        return of(job_id) if of is not None else None
 
     def start_monitor(self) -> threading.Thread:
         """Refresh every ``interval`` seconds in a thread until the job has ended."""

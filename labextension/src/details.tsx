@@ -9,10 +9,15 @@ import * as React from 'react';
 
 import { errorMessage, XnatHpcClient } from './api';
 import { formatElapsed, formatMemory, formatSize, formatWalltime, jobElapsed } from './format';
+import { jobStateInfo } from './jobs';
+import { jobStaging, StagingBar } from './progress';
 import { ACTIVE_STATES, IJob, IResults } from './types';
 
 /** Log text kept in the view (the newest part; the file on disk has it all). */
 export const MAX_LOG_CHARS = 1_000_000;
+/** ms between polls of the record and the log; faster while the job is staging. */
+export const INTERVAL = 1000;
+export const STAGING_INTERVAL = 500;
 
 export class JobDetails extends ReactWidget {
   job: IJob | null = null;
@@ -22,6 +27,7 @@ export class JobDetails extends ReactWidget {
   resultFiles: IResults['files'] | null = null;
   private readonly poll: Poll;
   private ended = false;
+  private fast = false;
 
   constructor(
     readonly jobId: string,
@@ -32,10 +38,11 @@ export class JobDetails extends ReactWidget {
     super();
     this.addClass('xnat-hpc-job-details');
     this.node.dataset.testid = 'xnat-hpc-job-details';
+    this.node.dataset.jobId = jobId;
     this.poll = new Poll({
       auto: true,
       name: `xnat-hpc:job:${jobId}`,
-      frequency: { interval: 1000, backoff: true, max: 30000 },
+      frequency: { interval: INTERVAL, backoff: true, max: 30000 },
       standby: () => !this.isVisible || 'when-hidden',
       factory: () => this.tick()
     });
@@ -52,6 +59,12 @@ export class JobDetails extends ReactWidget {
       this.offset = chunk.offset;
       this.error = null;
       this.onChange(job);
+      // poll faster while the job is staging: its progress moves several times a second
+      const fast = job.state === 'staging';
+      if (fast !== this.fast && !this.ended) {
+        this.fast = fast;
+        this.poll.frequency = { interval: fast ? STAGING_INTERVAL : INTERVAL, backoff: true, max: 30000 };
+      }
       const done = !ACTIVE_STATES.has(job.state);
       if (done && !chunk.text) {
         if (!this.ended) {
@@ -125,13 +138,15 @@ export class JobDetails extends ReactWidget {
     }
     const active = ACTIVE_STATES.has(job.state);
     const r = job.resources || ({} as IJob['resources']);
+    const info = jobStateInfo(job);
+    const staging = jobStaging(job);
     return (
       <div className="xnat-hpc-job-view">
         <div className="xnat-hpc-job-head">
-          <span className={`xnat-hpc-job-state xnat-hpc-state-${job.state}`} data-testid="xnat-hpc-job-state">
-            {job.state}
+          <span className={`xnat-hpc-job-state xnat-hpc-state-${job.state}`} data-testid="xnat-hpc-job-state" title={info.tooltip}>
+            {info.label}
           </span>
-          <strong>{job.script}</strong> on <strong>{job.dataset}</strong> v{job.dataset_version}
+          <strong className="xnat-hpc-wrap">{job.script}</strong> on <strong className="xnat-hpc-wrap">{job.dataset}</strong> v{job.dataset_version}
           <span className="xnat-hpc-job-elapsed">{formatElapsed(jobElapsed(job))}</span>
         </div>
         <dl className="xnat-hpc-job-facts">
@@ -152,6 +167,14 @@ export class JobDetails extends ReactWidget {
           )}
           <dt>Status</dt>
           <dd>{job.message || '–'}</dd>
+          {staging && (
+            <>
+              <dt>Staging</dt>
+              <dd>
+                <StagingBar progress={staging} />
+              </dd>
+            </>
+          )}
           {this.resultFiles && (
             <>
               <dt>Results</dt>

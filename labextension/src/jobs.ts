@@ -4,7 +4,57 @@
  * re-renders only rows that changed), and shows the newest 200 with
  * "show more" so hundreds of jobs stay responsive.
  */
-import { ACTIVE_STATES, IJob } from './types';
+import { Activity } from './poller';
+import { sameProgress } from './progress';
+import { ACTIVE_STATES, IJob, JobState } from './types';
+
+/** How the list and the details show a state: its label and a tooltip in words. */
+export interface IStateInfo {
+  label: string;
+  tooltip: string;
+}
+
+/**
+ * The one table of job states → label and tooltip. A new state (e.g. one held for
+ * review) is one more entry here; an unknown state shows as itself.
+ */
+export const STATE_INFO: { readonly [state: string]: IStateInfo } = {
+  staging: { label: 'staging', tooltip: 'The server reads the dataset from XNAT and encrypts it into a bundle' },
+  queued: { label: 'queued', tooltip: 'Submitted to Slurm, waiting for a node' },
+  running: { label: 'running', tooltip: 'The script runs on a compute node' },
+  collecting: { label: 'collecting', tooltip: 'The encrypted results come back and are decrypted' },
+  done: { label: 'done', tooltip: 'Finished: the results are in your workspace' },
+  failed: { label: 'failed', tooltip: 'Ended without results: see the status and the log' },
+  cancelled: { label: 'cancelled', tooltip: 'Cancelled: the Slurm job was stopped and the node wiped' },
+  lost: { label: 'lost', tooltip: 'The server restarted while the job ran: submit it again' }
+};
+
+/** The label and tooltip of *state* (an unknown state shows its own name). */
+export function stateInfo(state: JobState | string): IStateInfo {
+  return STATE_INFO[state] || { label: String(state), tooltip: String(state) };
+}
+
+/**
+ * The label and tooltip of a job: its state's, except for a done job whose results are
+ * held for the owners' review ("held for review") or were rejected ("rejected: reason").
+ */
+export function jobStateInfo(job: Pick<IJob, 'state' | 'review'>): IStateInfo {
+  const review = job.review;
+  if (job.state === 'done' && review && review.state === 'held') {
+    const who = (review.pending.length ? review.pending : review.projects).join(', ');
+    return {
+      label: 'held for review',
+      tooltip: `The results stay encrypted until the owners of ${who} approve them (held since ${review.since})`
+    };
+  }
+  if (job.state === 'done' && review && review.state === 'rejected') {
+    return {
+      label: `rejected: ${review.reason}`,
+      tooltip: 'An owner of the data rejected the results; they were deleted'
+    };
+  }
+  return stateInfo(job.state);
+}
 
 export interface IJobsDiff {
   added: string[];
@@ -21,7 +71,9 @@ export function jobChanged(a: IJob, b: IJob): boolean {
     a.slurm_job_id !== b.slurm_job_id ||
     a.started !== b.started ||
     a.ended !== b.ended ||
-    a.exit_code !== b.exit_code
+    a.exit_code !== b.exit_code ||
+    !sameProgress(a.progress, b.progress) ||
+    JSON.stringify(a.review ?? null) !== JSON.stringify(b.review ?? null)
   );
 }
 
@@ -71,6 +123,16 @@ export class JobListModel {
   /** Whether any job is still moving (staging, queued, running, collecting). */
   get hasActive(): boolean {
     return this._jobs.some(j => ACTIVE_STATES.has(j.state));
+  }
+
+  /** Whether any job is staging (the poller then polls fastest, for its progress). */
+  get hasStaging(): boolean {
+    return this._jobs.some(j => j.state === 'staging');
+  }
+
+  /** How fast the list should be polled now. */
+  get activity(): Activity {
+    return this.hasStaging ? 'staging' : this.hasActive ? 'active' : 'idle';
   }
 
   subscribe(fn: () => void): () => void {

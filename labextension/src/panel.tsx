@@ -8,8 +8,10 @@ import * as React from 'react';
 import { errorMessage, XnatHpcClient } from './api';
 import { DatasetsModel } from './datasets';
 import { formatCount, formatElapsed, formatSize, jobElapsed } from './format';
-import { JobListModel } from './jobs';
+import { JobListModel, jobStateInfo } from './jobs';
+import { Trunc } from './labels';
 import { JobsPoller } from './poller';
+import { jobStaging, StagingBar, stagingText } from './progress';
 import { TreeModel } from './tree';
 import { TreeView } from './tree-view';
 import { ACTIVE_STATES, IDataset, IJob } from './types';
@@ -58,7 +60,7 @@ function DatasetList(props: { model: DatasetsModel; onDelete: (d: IDataset) => v
         {!model.items.length && !model.loading && <li className="xnat-hpc-status">No dataset yet: select items above.</li>}
         {model.items.map(d => (
           <li key={d.name} className="xnat-hpc-dataset" data-name={d.name}>
-            <span className="xnat-hpc-dataset-name">{d.name}</span>
+            <Trunc className="xnat-hpc-dataset-name" text={d.name} />
             <span className="xnat-hpc-detail">v{d.version}</span>
             <span className="xnat-hpc-size">
               {formatCount(d.file_count)}, {formatSize(d.total_size)}
@@ -78,18 +80,25 @@ function DatasetList(props: { model: DatasetsModel; onDelete: (d: IDataset) => v
 
 const JobRow = React.memo(function JobRow(props: { job: IJob; now: number; onOpen: (id: string) => void }): JSX.Element {
   const { job } = props;
+  const info = jobStateInfo(job);
+  const staging = jobStaging(job);
+  const what = `${job.script} · ${job.dataset}`;
   return (
     <li className="xnat-hpc-job" data-job-id={job.id}>
-      <button className="xnat-hpc-job-open" onClick={() => props.onOpen(job.id)} title={job.message} aria-label={`Job ${job.id}: ${job.state}, ${job.script} on ${job.dataset}`}>
-        <span className={`xnat-hpc-job-state xnat-hpc-state-${job.state}`} data-testid="xnat-hpc-job-state">
-          {job.state}
+      <button
+        className="xnat-hpc-job-open"
+        onClick={() => props.onOpen(job.id)}
+        title={[what, job.message].filter(Boolean).join('\n')}
+        aria-label={`Job ${job.id}: ${info.label}, ${job.script} on ${job.dataset}${staging ? `, ${stagingText(staging)}` : ''}`}
+      >
+        <span className={`xnat-hpc-job-state xnat-hpc-state-${job.state}`} data-testid="xnat-hpc-job-state" title={info.tooltip}>
+          {info.label}
         </span>
-        <span className="xnat-hpc-job-what">
-          {job.script} · {job.dataset}
-        </span>
+        <Trunc className="xnat-hpc-job-what" text={what} />
         <span className="xnat-hpc-job-elapsed">{formatElapsed(jobElapsed(job, props.now))}</span>
         <span className="xnat-hpc-detail">{job.slurm_job_id ? `Slurm ${job.slurm_job_id}` : job.id}</span>
       </button>
+      {staging && <StagingBar progress={staging} compact />}
     </li>
   );
 });
@@ -195,7 +204,7 @@ export class XnatPanel extends ReactWidget {
       isVisible: () => this.isVisible,
       tick: async () => {
         this.jobs.update((await options.client.jobs()).items);
-        return this.jobs.hasActive;
+        return this.jobs.activity;
       },
       onError: err => this.setStatus(`Jobs: ${errorMessage(err)}`, true),
       onRecover: () => this.setStatus(null)

@@ -7,6 +7,8 @@
 import { IPoll, Poll } from '@lumino/polling';
 
 export interface IPollConfig {
+  /** ms between polls while a job is staging (its progress moves; the server updates it ≤ 4/s). */
+  staging?: number;
   /** ms between polls while a job is active. */
   active: number;
   /** ms between polls when no job is active. */
@@ -15,16 +17,25 @@ export interface IPollConfig {
   max: number;
 }
 
-export const DEFAULT_POLL: IPollConfig = { active: 500, idle: 15000, max: 60000 };
+export const DEFAULT_POLL: IPollConfig = { staging: 250, active: 500, idle: 15000, max: 60000 };
 
-/** The poll frequency for the current situation (pure). */
-export function frequencyFor(active: boolean, cfg: IPollConfig = DEFAULT_POLL): IPoll.Frequency {
-  return { interval: active ? cfg.active : cfg.idle, backoff: true, max: cfg.max };
+/** What the jobs list holds: a staging job, another active job, or nothing moving. */
+export type Activity = 'staging' | 'active' | 'idle';
+
+function asActivity(a: boolean | Activity): Activity {
+  return a === true ? 'active' : a === false ? 'idle' : a;
+}
+
+/** The poll frequency for the current situation (pure; `true`/`false` mean active/idle). */
+export function frequencyFor(activity: boolean | Activity, cfg: IPollConfig = DEFAULT_POLL): IPoll.Frequency {
+  const a = asActivity(activity);
+  const interval = a === 'staging' ? (cfg.staging ?? Math.min(cfg.active, DEFAULT_POLL.staging!)) : a === 'active' ? cfg.active : cfg.idle;
+  return { interval, backoff: true, max: cfg.max };
 }
 
 export interface IJobsPollerOptions {
-  /** Fetch once; resolves whether any job is active (rejects on error). */
-  tick: () => Promise<boolean>;
+  /** Fetch once; resolves whether any job is active, or the activity (rejects on error). */
+  tick: () => Promise<boolean | Activity>;
   /** Whether the view is visible (false → standby, no requests). */
   isVisible: () => boolean;
   /** Called with each error (for the status line). */
@@ -36,7 +47,7 @@ export interface IJobsPollerOptions {
 
 export class JobsPoller {
   readonly poll: Poll;
-  private active = false;
+  private activity: Activity = 'idle';
   private readonly cfg: IPollConfig;
 
   constructor(options: IJobsPollerOptions) {
@@ -47,7 +58,7 @@ export class JobsPoller {
       frequency: frequencyFor(false, this.cfg),
       standby: () => !options.isVisible() || 'when-hidden',
       factory: async () => {
-        let active: boolean;
+        let active: boolean | Activity;
         try {
           active = await options.tick();
         } catch (err) {
@@ -63,11 +74,12 @@ export class JobsPoller {
     });
   }
 
-  /** Switch between the active and idle frequency. */
-  setActive(active: boolean): void {
-    if (active !== this.active) {
-      this.active = active;
-      this.poll.frequency = frequencyFor(active, this.cfg);
+  /** Switch between the staging, active and idle frequency. */
+  setActive(active: boolean | Activity): void {
+    const a = asActivity(active);
+    if (a !== this.activity) {
+      this.activity = a;
+      this.poll.frequency = frequencyFor(a, this.cfg);
     }
   }
 

@@ -2,6 +2,7 @@
 import * as React from 'react';
 
 import { formatCount, formatSize } from './format';
+import { labelTitle } from './labels';
 import { ITreeNode, TreeModel } from './tree';
 
 function useModel(model: { subscribe(fn: () => void): () => void }): void {
@@ -55,12 +56,20 @@ const Row = React.memo(function Row(props: IRowProps): JSX.Element {
           disabled={covered}
           onChange={e => model.setSelected(node, e.currentTarget.checked)}
         />
-        <label htmlFor={`xnat-hpc-cb-${node.key}`} className="xnat-hpc-tree-label" title={node.key}>
+        <label htmlFor={`xnat-hpc-cb-${node.key}`} className="xnat-hpc-tree-label xnat-hpc-trunc" title={labelTitle(node.label, node.detail, node.key)}>
           {node.label}
         </label>
         {node.role && <span className={`xnat-hpc-badge xnat-hpc-role-${node.role.toLowerCase()}`}>{node.role}</span>}
-        {node.detail && <span className="xnat-hpc-detail">{node.detail}</span>}
-        {(size || count) && <span className="xnat-hpc-size">{[count, size].filter(Boolean).join(', ')}</span>}
+        {node.detail && (
+          <span className="xnat-hpc-detail xnat-hpc-trunc" title={node.detail}>
+            {node.detail}
+          </span>
+        )}
+        {(size || count) && (
+          <span className="xnat-hpc-size" title={[count, size].filter(Boolean).join(', ')}>
+            {[count, size].filter(Boolean).join(', ')}
+          </span>
+        )}
         {error && (
           <span className="xnat-hpc-error" role="alert">
             {error}

@@ -159,6 +159,32 @@ export interface IJob {
   exit_code: number | null;
   message: string;
   client_token: string | null;
+  /** Live staging progress while the job is staging (kept in the server's memory), else null. */
+  progress?: IStagingProgress | null;
+  /** Results review of a done job on a project that needs it (openapi.yaml: Review), else null. */
+  review?: IReview | null;
+}
+
+/** `GET jobs` → `review`: held for the owners' review, approved, or rejected with a reason. */
+export interface IReview {
+  state: 'held' | 'approved' | 'rejected';
+  reason: string;
+  since: string;
+  projects: string[];
+  pending: string[];
+}
+
+/** `GET jobs` → `progress` of a staging job (openapi.yaml: StagingProgress). */
+export interface IStagingProgress {
+  phase: 'staging';
+  bytes_done: number;
+  bytes_total: number;
+  files_done: number;
+  files_total: number;
+  /** bytes/s over the last seconds; null until known */
+  rate: number | null;
+  /** seconds left at that rate; null while unknown */
+  eta_s: number | null;
 }
 
 export interface ISubmitRequest {

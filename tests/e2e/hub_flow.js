@@ -5,7 +5,11 @@
  * create a dataset, submit the bundled example training script with "Train on secure
  * HPC…" (double click: one job), follow the job to done and open its results.
  *
- *   node tests/e2e/hub_flow.js HUB_URL USER PASSWORD SHOTS_DIR DATASET_NAME
+ *   node tests/e2e/hub_flow.js HUB_URL USER PASSWORD SHOTS_DIR DATASET_NAME [BIG_DATASET_NAME]
+ *
+ * With BIG_DATASET_NAME (a long name): a dataset of the whole project under that name, a job on
+ * it whose staging progress shows in its row and tab (then cancelled), the long name whole in a
+ * title; and no "Jupyter news" prompt at any point.
  *
  * Prints one JSON object of facts on the last line; exits non-zero on failure.
  * Run by tests/e2e/test_lab_e2e.py (NODE_PATH points at labextension/node_modules).
@@ -14,7 +18,12 @@ const { chromium } = require('playwright-core');
 const fs = require('fs');
 const path = require('path');
 
-const [hub, user, password, shots, dataset] = process.argv.slice(2);
+const [hub, user, password, shots, dataset, bigDataset] = process.argv.slice(2);
+
+/** Whether the page shows JupyterLab's "get notified about Jupyter news?" prompt. */
+async function newsPrompt(page) {
+  return page.evaluate(() => /Jupyter news/i.test(document.body.innerText));
+}
 
 async function main() {
   fs.mkdirSync(shots, { recursive: true });
@@ -114,6 +123,25 @@ async function main() {
     } else {
       facts.jobMessage = await page.locator('.xnat-hpc-job-facts').innerText().catch(() => '');
     }
+    facts.newsPromptSeen = facts.newsPromptSeen || (await newsPrompt(page));
+    if (bigDataset) {
+      await stagingProgress(page, facts, shot, tab);
+    }
+    // 9. no "Jupyter news" prompt, and the lab's settings say why: the package's overrides
+    facts.newsPromptSeen = facts.newsPromptSeen || (await newsPrompt(page));
+    facts.notificationSettings = await page.evaluate(async base => {
+      // as JupyterLab's own ServerConnection does: the _xsrf cookie as X-XSRFToken
+      const xsrf = (document.cookie.match(/(?:^|;\s*)_xsrf=([^;]*)/) || [])[1];
+      const r = await fetch(`${base}/lab/api/settings/@jupyterlab/apputils-extension:notification`,
+        { headers: xsrf ? { 'X-XSRFToken': decodeURIComponent(xsrf) } : {}, credentials: 'same-origin' });
+      const text = await r.text();
+      try {
+        const p = JSON.parse(text).schema.properties;
+        return { fetchNews: p.fetchNews.default, checkForUpdates: p.checkForUpdates.default };
+      } catch (e) {
+        return { status: r.status, body: text.slice(0, 300) };
+      }
+    }, `${hub}/user/${user}`);
   } catch (err) {
     await shot('99-failure').catch(() => {});
     facts.error = String(err && err.stack || err);
@@ -121,6 +149,93 @@ async function main() {
   await browser.close();
   console.log(JSON.stringify(facts));
   process.exit(facts.error ? 1 : 0);
+}
+
+/**
+ * 8. A dataset of the whole project under a long name; a job on it shows its staging progress
+ * (bar + "Staging … · n/m files · rate · time left") in its row and in its tab; then it is cancelled.
+ */
+async function stagingProgress(page, facts, shot, tab) {
+  if (!(await page.locator('#xnat-hpc-panel').isVisible())) {
+    await tab.click();
+  }
+  await page.waitForSelector('[role="treeitem"][aria-level="1"]', { timeout: 30000 });
+  await page.locator('[role="treeitem"][aria-level="1"]').first().locator('input[type="checkbox"]').check();
+  await page.click('[data-testid="xnat-hpc-create-dataset"]');
+  await page.fill('.jp-Dialog input', bigDataset);
+  await page.click('.jp-Dialog .jp-mod-accept');
+  const item = page.locator(`[data-testid="xnat-hpc-dataset-list"] [data-name="${bigDataset}"]`);
+  await item.waitFor({ timeout: 180000 });
+  // the long name: cut by CSS in the narrow panel, whole in its title
+  facts.longLabel = await item.locator('.xnat-hpc-dataset-name').evaluate(el => ({
+    text: el.textContent, title: el.title, truncated: el.scrollWidth > el.clientWidth
+  }));
+  facts.treeTitles = await page.$$eval('.xnat-hpc-tree-label', els =>
+    els.map(e => ({ text: e.textContent, title: e.title, truncated: e.scrollWidth > e.clientWidth })));
+  await shot('08-long-label');
+  await page.click(`button[aria-label="Train on dataset ${bigDataset}"]`);
+  await page.waitForSelector('[data-testid="xnat-hpc-submit"]');
+  await page.selectOption('#xnat-hpc-train-script', 'examples/train_example.py');
+  await page.fill('#xnat-hpc-train-cpus', '1');
+  const rowsBefore = await page.$$eval('[data-testid="xnat-hpc-jobs"] li[data-job-id]', els => els.map(e => e.dataset.jobId));
+  await page.click('[data-testid="xnat-hpc-submit"]');
+  await page.waitForSelector('[data-testid="xnat-hpc-submit"]', { state: 'detached', timeout: 120000 });
+  await page.waitForFunction(before => [...document.querySelectorAll('[data-testid="xnat-hpc-jobs"] li[data-job-id]')]
+    .some(e => !before.includes(e.dataset.jobId)), rowsBefore, { timeout: 30000 });
+  const jobId = await page.$$eval('[data-testid="xnat-hpc-jobs"] li[data-job-id]',
+    (els, before) => els.map(e => e.dataset.jobId).find(id => !before.includes(id)), rowsBefore);
+  facts.bigJob = jobId;
+  if (!(await page.locator('#xnat-hpc-panel').isVisible())) {
+    await tab.click();
+  }
+  const row = page.locator(`[data-testid="xnat-hpc-jobs"] li[data-job-id="${jobId}"]`);
+  const bar = row.locator('[data-testid="xnat-hpc-staging-progress"] [role="progressbar"]');
+  facts.rowProgress = [];
+  facts.tabProgress = [];
+  const details = page.locator(`[data-testid="xnat-hpc-job-details"][data-job-id="${jobId}"]`);
+  const deadline = Date.now() + 120000;
+  let shotTaken = false;
+  while (Date.now() < deadline) {
+    const state = (await row.locator('[data-testid="xnat-hpc-job-state"]').innerText().catch(() => '')).trim();
+    if (state && state !== 'staging') {
+      break;
+    }
+    if (await bar.count()) {
+      const p = await bar.evaluate(el => ({
+        now: Number(el.getAttribute('aria-valuenow')), max: Number(el.getAttribute('aria-valuemax')),
+        valuetext: el.getAttribute('aria-valuetext'), text: el.parentElement.textContent
+      })).catch(() => null);
+      if (p) {
+        facts.rowProgress.push(p);
+        if (facts.rowProgress.length === 1) {
+          await row.scrollIntoViewIfNeeded().catch(() => {});
+          await shot('09-staging-progress-row'); // the row and the tab while staging
+        } else if (!shotTaken && p.now > 0 && p.now < 100) {
+          shotTaken = true;
+          await shot('09b-staging-progress-mid'); // staging may end before this one
+        }
+      }
+      const t = await details.locator('[data-testid="xnat-hpc-staging-progress"]').innerText().catch(() => '');
+      if (t) {
+        facts.tabProgress.push(t);
+      }
+    }
+    facts.newsPromptSeen = facts.newsPromptSeen || (await newsPrompt(page));
+    await page.waitForTimeout(150);
+  }
+  // cancel the big job from its tab (nothing needs to run)
+  const cancel = details.locator('[data-testid="xnat-hpc-cancel"]');
+  if (await cancel.count()) {
+    await cancel.click();
+    await page.click('.jp-Dialog .jp-mod-warn');
+  }
+  await page.waitForFunction(id => {
+    const el = document.querySelector(`[data-testid="xnat-hpc-jobs"] li[data-job-id="${id}"] [data-testid="xnat-hpc-job-state"]`);
+    return el && ['cancelled', 'failed', 'done', 'lost'].includes(el.textContent.trim());
+  }, jobId, { timeout: 120000 });
+  facts.bigJobFinal = (await row.locator('[data-testid="xnat-hpc-job-state"]').innerText()).trim();
+  facts.bigJobRowTitle = await row.locator('.xnat-hpc-job-what').getAttribute('title');
+  await shot('10-staging-cancelled');
 }
 
 main();

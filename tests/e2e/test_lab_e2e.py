@@ -1,12 +1,16 @@
 """End to end in a real browser against the `xnat-hpc-hub demo` stack (hub +
 configurable-http-proxy, devxnat, the local Slurm): log in, spawn, browse,
 create a dataset, submit the example script to the secure partition, see it
-done, open the results. Screenshots go to test-artifacts/e2e/."""
+done, open the results; then a job on a larger dataset (the whole NEURO_MRI
+project, ≈ 200 MB, under a long name) shows its staging progress in its row and
+tab, the long name is whole in a title, and JupyterLab never asks about Jupyter
+news. Screenshots go to test-artifacts/e2e/."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import pwd
 import secrets
 import signal
@@ -23,6 +27,10 @@ ARTIFACTS = REPO / "test-artifacts" / "e2e"
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slurm, pytest.mark.devxnat]
 
+#: the demo archive: NEURO_MRI holds half of it, the "larger dataset" whose staging shows progress
+DEMO_SIZE = os.environ.get("XNAT_HPC_E2E_DEMO_SIZE", "400MB")
+STAGING_RE = re.compile(r"^Staging [\d.]+ [KMGT]?i?B / [\d.]+ [KMGT]?i?B · \d+/\d+ files( · [\d.]+ [KMGT]?i?B/s)?( · \S+( \S+)? left)?$")
+
 
 def _free_port() -> int:
     with socket.socket() as s:
@@ -38,7 +46,7 @@ def demo_stack(public_dir, slurm):
     log = open(public_dir / "demo.out", "wb")
     proc = subprocess.Popen(
         [sys.executable, "-m", "hub_ext.cli", "demo", "--run-dir", str(run_dir), "--hub-port", str(hub_port),
-         "--xnat-port", str(xnat_port), "--demo-size", "5MB"], stdout=log, stderr=subprocess.STDOUT)
+         "--xnat-port", str(xnat_port), "--demo-size", DEMO_SIZE], stdout=log, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 300
     out = public_dir / "demo.out"
     while "Press Ctrl-C to stop." not in out.read_text(errors="replace"):
@@ -58,9 +66,10 @@ def demo_stack(public_dir, slurm):
 def test_researcher_flow_in_the_browser(demo_stack):
     hub_url, run_dir = demo_stack
     dataset = f"e2e {secrets.token_hex(3)}"
+    big = f"e2e {secrets.token_hex(3)} whole NEURO_MRI cohort baseline T1w T2w all"  # 56 characters
     env = {**os.environ, "NODE_PATH": str(REPO / "labextension" / "node_modules")}
     proc = subprocess.run(["node", str(REPO / "tests" / "e2e" / "hub_flow.js"), hub_url, "alice", "alice-demo",
-                           str(ARTIFACTS), dataset], capture_output=True, text=True, timeout=900, env=env)
+                           str(ARTIFACTS), dataset, big], capture_output=True, text=True, timeout=900, env=env)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     assert lines, f"no result from the browser script:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     facts = json.loads(lines[-1])
@@ -77,6 +86,31 @@ def test_researcher_flow_in_the_browser(demo_stack):
     metrics = sorted(home.glob("xnat-hpc/jobs/*/results/metrics.json"), key=lambda p: p.stat().st_mtime)
     assert metrics and json.loads(metrics[-1].read_text())
     assert not facts["problems"], facts["problems"]
+    # a job on the larger dataset showed its staging progress in its row (bar + words) and tab
+    rows = facts["rowProgress"]
+    assert rows, f"no staging progress seen in the job row: {facts.get('bigJobFinal')}"
+    for p in rows:
+        assert p["max"] == 100 and 0 <= p["now"] <= 100, p
+        assert STAGING_RE.match(p["valuetext"]) and p["text"] == p["valuetext"], p
+    assert any(0 < p["now"] < 100 for p in rows) or len(rows) == 1, rows
+    assert facts["tabProgress"] and all(t.startswith("Staging ") for t in facts["tabProgress"])
+    # cancelled from its tab once staged (a fast node may have finished it before the click)
+    assert facts["bigJobFinal"] in ("cancelled", "done"), facts["bigJobFinal"]
+    # the long name: truncated in the panel, whole in its title (and in the job row's)
+    assert facts["longLabel"]["text"] == big and facts["longLabel"]["title"] == big
+    assert facts["longLabel"]["truncated"], facts["longLabel"]
+    assert big in facts["bigJobRowTitle"]
+    assert facts["treeTitles"] and all(t["title"].startswith(t["text"]) for t in facts["treeTitles"])
+    # a label that fits the panel is never cut (details and sizes give way first)
+    short = [t for t in facts["treeTitles"] if len(t["text"]) <= 18]
+    assert short and not [t for t in short if t["truncated"]], short
+    # no "get notified about Jupyter news?" prompt: the package's lab settings turn it off
+    assert not facts["newsPromptSeen"]
+    assert facts["notificationSettings"] == {"fetchNews": "false", "checkForUpdates": False}
     # the whole flow was audited by the hub
-    events = [json.loads(line) for line in (run_dir / "audit.jsonl").read_text().splitlines()]
+    import sqlite3
+
+    db = sqlite3.connect(f"file:{run_dir / 'audit' / 'audit.db'}?mode=ro", uri=True)
+    events = [json.loads(body) for (body,) in db.execute("SELECT body FROM events ORDER BY seq")]
+    db.close()
     assert any(e["action"] == "spawn" and e["outcome"] == "allowed" and e["user"] == "alice" for e in events)

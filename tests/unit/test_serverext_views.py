@@ -79,3 +79,30 @@ def test_display_path(tmp_path):
     assert views.display_path(root / "xnat-hpc" / "jobs", root) == "xnat-hpc/jobs"
     assert views.display_path(tmp_path / "elsewhere", root) == str(tmp_path / "elsewhere")
     assert views.display_path(tmp_path / "home2", root) == str(tmp_path / "home2")  # not a prefix match
+
+
+def _record(job_id: str, state: str):
+    from xnat_bridge.offload.registry import JobRecord, JobState
+
+    return JobRecord(id=job_id, user="alice", dataset="d", dataset_version=1, manifest_sha256="",
+                     script="train.py", script_sha256="0" * 64, resources={}, state=JobState(state),
+                     slurm_job_id=None, created="2026-11-26T00:00:00.000Z", updated="2026-11-26T00:00:00.000Z",
+                     started=None, ended=None, exit_code=None, message="", client_token=None)
+
+
+def test_job_json_carries_progress_only_while_staging():
+    live = {"phase": "staging", "bytes_done": 5, "bytes_total": 10, "files_done": 1, "files_total": 2,
+            "rate": 2.0, "eta_s": 2.5}
+    staging, running = _record("j000000000001", "staging"), _record("j000000000002", "running")
+    assert views.job_json(staging, live)["progress"] == live
+    assert views.job_json(staging)["progress"] is None
+    assert views.job_json(running, live)["progress"] is None  # a stale tracker never shows
+    asked = []
+
+    def progress_of(job_id):
+        asked.append(job_id)
+        return live
+
+    out = views.jobs_json([staging, running], progress_of)
+    assert [j["progress"] for j in out["items"]] == [live, None]
+    assert asked == ["j000000000001"]  # only staging jobs are asked

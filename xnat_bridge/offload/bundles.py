@@ -42,6 +42,7 @@ from ..staging import (
     remove_bundle,
     stage_files,
 )
+from ..staging.common import ProgressCallback
 from .inputs import Script, audit_items
 
 log = logging.getLogger(__name__)
@@ -109,7 +110,8 @@ class BundleCache:
         self._lock = threading.Lock()
 
     def obtain(self, job_id: str, manifest, script: Script, opener: Opener,
-               report: Callable[[str], None] = lambda message: None) -> Bundle:
+               report: Callable[[str], None] = lambda message: None,
+               progress: ProgressCallback | None = None) -> Bundle:
         """The bundle of *manifest* + *script* for job *job_id*, users += 1.
 
         Reused when this process staged the same contents (names, sizes, XNAT md5,
@@ -117,7 +119,11 @@ class BundleCache:
         staging) and the bundle is still there and agrees with every sha256 the
         dataset version recorded; else staged afresh through *opener*, which
         computes every unknown sha256 (``bundle.info.file_sha256``). *report*
-        receives progress messages for the job's record.
+        receives the messages for the job's record (a few per staging, never a
+        tick); *progress* receives every staging tick as ``progress(bytes_done,
+        files_done, bytes_total, files_total)`` (at most every 0.2 s, in the
+        staging thread: keep it cheap and in memory, e.g.
+        :meth:`~.progress.StagingTracker.update`).
         """
         files = staged_files(manifest, opener)
         extras = {script.member: script.content}
@@ -139,20 +145,16 @@ class BundleCache:
                 report(f"reusing staged bundle {cached.info.bundle_id}")
                 return cached
             identity = AgeIdentity.generate()
-            info = self._stage(job_id, manifest, files, identity, meta, extras, report)
+            info = self._stage(job_id, manifest, files, identity, meta, extras, report, progress)
             bundle = Bundle(info, identity, contents, users=1)
             with self._lock:
                 self._by_contents[contents] = bundle
             return bundle
 
-    def _stage(self, job_id, manifest, files, identity, meta, extras, report) -> BundleInfo:
+    def _stage(self, job_id, manifest, files, identity, meta, extras, report, progress) -> BundleInfo:
         started = time.monotonic()
-
-        def progress(done_bytes, done_files, total_bytes, total_files):
-            rate = done_bytes / max(time.monotonic() - started, 1e-6) / 1e6
-            report(f"staging {done_files}/{total_files} files, {rate:.0f} MB/s")
-
         total = sum(f.size for f in files)
+        report(f"staging {len(files)} files ({total} bytes)")
         try:
             info = stage_files(files, staging_dir=self.staging_dir, user=self.user,
                                recipient=identity.recipient, metadata=meta, extra_members=extras,

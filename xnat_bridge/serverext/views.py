@@ -183,6 +183,20 @@ def parse_job_body(body) -> dict:
     return out
 
 
+def job_json(record, progress: dict | None = None) -> dict:
+    """A job as the REST API shows it: the registry's record plus ``progress``, the live staging
+    progress (:meth:`OffloadManager.progress`) while the job is staging, else null."""
+    out = record.to_json()
+    out["progress"] = progress if out.get("state") == "staging" and progress else None
+    return out
+
+
+def jobs_json(records, progress_of) -> dict:
+    """``GET jobs``: every record, ``progress_of(job_id)`` asked only for staging jobs."""
+    return {"items": [job_json(r, progress_of(r.id) if getattr(r.state, "value", r.state) == "staging"
+                               else None) for r in records]}
+
+
 def display_path(path: str | Path, root_dir: str | Path) -> str:
     """*path* relative to *root_dir* when inside it, else absolute."""
     real = os.path.realpath(path)
