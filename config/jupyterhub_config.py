@@ -25,7 +25,22 @@ c.XnatScopedSpawner.xnat_data_root = "/data/xnat/archive"   # XNAT's archivePath
 # xnat-archive, dirs 0750 / files 0640, under a directory only root can traverse (0700) —
 # and a local server gets this group only inside its sandbox, where only its scope exists.
 c.XnatLocalSpawner.archive_group = "xnat-archive"
-c.HubAuditLog.path = "/var/log/xnat-hpc-hub/audit.jsonl"   # every spawn, allowed or denied
+c.HubAuditLog.path = "/var/lib/xnat-hpc-hub/audit/audit.db"  # the site's audit trail (SQLite, keyed chain)
+c.HubAuditLog.key_file = "/etc/xnat-hpc-hub/audit.key"          # created 0600 at first start; back it up apart
+from hub_ext.audit_log import open_at_start  # noqa: E402
+open_at_start(c)  # the hub refuses to start on a store or key others can read or write (after the lines above)
+c.ReviewStore.path = "/var/lib/xnat-hpc-hub/review/review.db"             # results review: marks, held jobs, decisions
+c.ReviewStore.identity_file = "/var/lib/xnat-hpc-hub/review/review-key.txt"  # the hub's review key; back it up with the db
+
+# Owners grant and revoke access on /hub/xnat-hpc/owner/access (docs/owner.md). A revoked
+# user's servers on the project are stopped ("narrow": left to the server's 60 s permission
+# TTL), their offload jobs cancelled (the hub runs scancel: root, or SlurmUser/an operator)
+# and bundles removed; revocations done in XNAT's UI are found every recheck_interval s.
+c.OwnerAccess.on_revoke = "stop"
+c.OwnerAccess.recheck_interval = 300
+# what a revocation did, shown to the user on the hub's home and spawn pages
+from hub_ext.revocation import user_notice  # noqa: E402
+c.JupyterHub.template_vars = {"announcement_home": user_notice, "announcement_spawn": user_notice}
 
 # Slurm backend: node names must be reachable from the hub's proxy, or set an address.
 # c.XnatSlurmSpawner.server_host = ""
@@ -35,6 +50,24 @@ c.HubAuditLog.path = "/var/log/xnat-hpc-hub/audit.jsonl"   # every spawn, allowe
 # Kubernetes backend: where the archive is in the cluster (read-only, subPath per scope item).
 # c.XnatKubeSpawner.xnat_archive_volume = {"claim_name": "xnat-archive"}
 
+# XNAT's own "Start Jupyter" (XNAT's JupyterHub plugin, docs/admin.md): XNAT calls the hub as the
+# service "xnat" with this token (the same value as XNAT's jupyterHubToken preference), from a
+# file only root reads (chmod 0600; `openssl rand -hex 32`), never written inline here.
+# Scopes: the least the plugin's calls need (docs/admin.md says which call needs which).
+c.JupyterHub.services = [{
+    "name": "xnat",
+    "api_token": open("/etc/xnat-hpc-hub/xnat-service-token").read().strip(),
+}]
+c.JupyterHub.load_roles = [{
+    "name": "xnat",
+    "services": ["xnat"],
+    "scopes": ["admin:users", "admin:servers", "read:hub", "tokens"],
+}]
+# The hub reads each start's settings back from XNAT as XNAT's "jupyterhub" account (site role
+# JupyterHub): its password in a 0600 file owned by the hub's user.
+c.XnatScopedSpawner.xnat_service_user = "jupyterhub"
+c.XnatScopedSpawner.xnat_service_password_file = "/etc/xnat-hpc-hub/xnat-service-password"
+
 c.Spawner.default_url = "/lab"
-c.Spawner.start_timeout = 300          # Slurm queues can be slow
+c.Spawner.start_timeout = 300          # Slurm queues can be slow; keep XNAT's startTimeout longer
 c.Spawner.http_timeout = 120

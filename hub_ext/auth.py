@@ -34,16 +34,21 @@ Configuration (``jupyterhub_config.py``)::
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 
-from jupyterhub.auth import Authenticator
 from traitlets import Bool, Dict, Float, TraitError, Unicode, default, validate
 
 from xnat_bridge.errors import AuthenticationFailed, PermissionDenied, TokenExpired, XnatUnavailable
+from xnat_bridge.extras import needs_extra
 
 from .errors import http_error, login_error, misconfigured
 from .unix_accounts import UnixAccounts
 from .xnat_api import AliasToken, XnatHubClient, token_is_expiring
+
+with needs_extra("hub", "the XNAT authenticator (hub_ext.auth)"):
+    from jupyterhub import orm
+    from jupyterhub.auth import Authenticator
 
 #: XNAT login names: letters, digits and ``_ - . @`` (alias tokens are UUIDs, which fit)
 _USERNAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,254}$")
@@ -210,6 +215,26 @@ class XnatAuthenticator(Authenticator):
                              validate_cert=self.validate_cert)
 
     async def authenticate(self, handler, data):
+        """:meth:`_check_login`, audited: every success and failure goes to the hub's trail
+        (``login``; the attempted name, never the password; failures from one address capped
+        at :data:`LOGIN_AUDIT_PER_MINUTE` a minute, the rest counted in the next record)."""
+        attempted = "".join(ch for ch in str((data or {}).get("username", "")).strip()[:64] if ch.isprintable())
+        remote = getattr(getattr(handler, "request", None), "remote_ip", "") or ""
+        try:
+            result = await self._check_login(handler, data)
+        except Exception as exc:
+            reason = getattr(exc, "log_message", "") or type(exc).__name__
+            outcome = "failed" if getattr(exc, "status_code", 0) >= 500 else "denied"
+            await _audit_login(self, attempted, outcome, f"from {remote}: {reason}", remote)
+            raise
+        if result:
+            await _audit_login(self, result["name"], "allowed", f"from {remote}", remote)
+        else:
+            await _audit_login(self, attempted or "(empty)", "denied",
+                               f"from {remote}: wrong name or password, or refused by XNAT", remote)
+        return result
+
+    async def _check_login(self, handler, data):
         username = (data or {}).get("username", "").strip()
         password = (data or {}).get("password", "")
         if not username or not password:
@@ -266,7 +291,10 @@ class XnatAuthenticator(Authenticator):
         state = await user.get_auth_state() or {}
         token = AliasToken.from_state(state.get("xnat_token"))
         if token is None:
-            return False
+            # A user who never logged in to the hub, started by XNAT's "Start Jupyter" (a
+            # service posting the plugin's body): the spawner checks the alias token XNAT
+            # issued for this start instead (spawner.xnat_launch), or refuses the start.
+            return _is_xnat_plugin_start(handler)
         client = self.client
         try:
             xnat_user = await client.validate_token(token.alias, token.secret)
@@ -295,3 +323,49 @@ class XnatAuthenticator(Authenticator):
         if self.admin_from_xnat:
             result["admin"] = SITE_ADMIN_ROLE in roles
         return result
+
+
+def _is_xnat_plugin_start(handler) -> bool:
+    """True when *handler* is a service's ``POST …/users/{u}/server[s/{name}]`` with the XNAT
+    plugin's body (``xsiType``): the start then carries its own XNAT credential."""
+    if handler is None or getattr(handler.request, "method", "") != "POST":
+        return False
+    requester = getattr(handler, "current_user", None)
+    if not isinstance(requester, orm.Service) or "/server" not in handler.request.path:
+        return False
+    try:
+        body = json.loads(handler.request.body or b"{}")
+    except ValueError:
+        return False
+    return isinstance(body, dict) and "xsiType" in body
+
+
+#: failed logins from one address recorded per minute (the rest are counted, not recorded)
+LOGIN_AUDIT_PER_MINUTE = 20
+_login_failures: dict[str, list[float]] = {}
+
+
+async def _audit_login(auth: Authenticator, name: str, outcome: str, detail: str, remote: str) -> None:
+    """One ``login`` event on the hub's trail; never fails the login itself."""
+    import time
+
+    from .audit_log import HubAuditLog
+
+    if outcome != "allowed":
+        now = time.monotonic()
+        window = _login_failures.setdefault(remote, [now, 0, 0])  # [start, recorded, suppressed]
+        if now - window[0] > 60:
+            window[:] = [now, 0, window[2]]
+        if window[1] >= LOGIN_AUDIT_PER_MINUTE:
+            window[2] += 1
+            return
+        window[1] += 1
+        if window[2]:
+            detail, window[2] = f"{detail} (+{window[2]} failed logins from {remote} not recorded one by one)", 0
+        if len(_login_failures) > 10000:
+            _login_failures.clear()
+    try:
+        await HubAuditLog(config=auth.config, log=auth.log).record(name or "(empty)", "login", outcome,
+                                                                   detail=detail[:300])
+    except Exception:  # noqa: BLE001 - the trail must not decide who logs in; the admin must know
+        auth.log.exception("could not audit the login of %r", name)

@@ -5,7 +5,9 @@
     xnat-hpc-hub check-config FILE...        validate admin profiles YAML (exit 1 on problems)
     xnat-hpc-hub slurm up|down|status        the single-node development Slurm
     xnat-hpc-hub jobs list|show ID|cancel ID offloaded training jobs of a workspace
-    xnat-hpc-hub audit verify FILE...        check the hash chain of audit logs (exit 1 if broken)
+    xnat-hpc-hub audit verify [FILE...]      check audit trails (exit 1 if broken): no FILE = the hub's
+                                             store (--config / --store, --key); a FILE = a researcher's
+                                             JSON-lines log, or a hub store (SQLite) with its key
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from xnat_bridge.errors import XnatHpcError
 SLURM_RUN_DIR = Path("/var/lib/xnat-hpc-hub/slurm")
 CHECKOUT_HINT = (
     "`xnat-hpc-hub {verb}` is development tooling: it needs a source checkout of "
-    "xnat-hpc-hub installed with the `demo` extra (cd xnat-hpc-hub && pip install -e '.[demo]')"
+    "xnat-hpc-hub installed with the `demo` extra (cd xnat-hpc-hub && pip install -e '.[hub,server,demo]')"
 )
 
 
@@ -72,12 +74,54 @@ def _check_config(args: argparse.Namespace) -> int:
     return check_config_main([str(f) for f in args.files])
 
 
+def _hub_store_paths(args: argparse.Namespace) -> tuple[Path, Path]:
+    """The hub store and key that ``audit verify`` checks: --store/--key, else the hub's config."""
+    if args.store is not None:
+        return args.store, args.key or args.store.with_name("audit.key")
+    from traitlets.config import PyFileConfigLoader
+
+    from .audit_log import HubAuditLog
+
+    config = args.config
+    if not config.exists():
+        raise CheckoutRequired(f"no hub configuration at {config}: name it with --config FILE, or the store "
+                               "with --store PATH (and --key FILE)")
+    cfg = PyFileConfigLoader(config.name, path=str(config.parent.absolute())).load_config()
+    log = HubAuditLog(config=cfg)
+    return Path(log.abspath), Path(args.key or log.key_path)
+
+
+def _verify_hub_store(store: Path, key_path: Path) -> int:
+    from .audit_store import AuditStoreError, load_key, verify_store
+
+    try:
+        key = load_key(key_path, create=False)
+    except AuditStoreError as e:
+        print(f"{store}: cannot verify: {e.message}")
+        return 1
+    except OSError as e:
+        print(f"{store}: cannot read the key {key_path}: {e.strerror or e}")
+        return 1
+    verdict = verify_store(store, key)
+    print(f"{store}: {'OK, ' if verdict.ok else 'BROKEN: '}{verdict.sentence}")
+    return 0 if verdict.ok else 1
+
+
 def _audit(args: argparse.Namespace) -> int:
     from xnat_bridge.audit import verify_chain
 
+    from .audit_store import SQLITE_MAGIC
+
+    if not args.files:
+        return _verify_hub_store(*_hub_store_paths(args))
     status = 0
     for path in args.files:
         try:
+            with open(path, "rb") as f:
+                is_hub_store = f.read(16) == SQLITE_MAGIC
+            if is_hub_store:
+                status = _verify_hub_store(path, args.key or path.with_name("audit.key")) or status
+                continue
             count, problem = verify_chain(path)
         except OSError as exc:
             print(f"{path}: cannot read: {exc.strerror or exc}")
@@ -130,9 +174,15 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("files", nargs="+", type=Path, metavar="FILE")
     c.set_defaults(func=_check_config)
 
-    a = sub.add_parser("audit", help="audit logs: verify FILE... checks their hash chains")
+    a = sub.add_parser("audit", help="audit trails: verify [FILE...] checks the hub's store or the files given")
     a.add_argument("action", choices=["verify"])
-    a.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    a.add_argument("files", nargs="*", type=Path, metavar="FILE",
+                   help="researchers' JSON-lines logs or hub stores; none: the hub's store")
+    a.add_argument("--config", type=Path, default=Path("jupyterhub_config.py"),
+                   help="the hub's configuration, for c.HubAuditLog.path and key_file (default ./jupyterhub_config.py)")
+    a.add_argument("--store", type=Path, default=None, help="the hub's audit store (instead of --config)")
+    a.add_argument("--key", type=Path, default=None,
+                   help="the store's key file (default: c.HubAuditLog.key_file, else audit.key next to the store)")
     a.set_defaults(func=_audit)
 
     j = sub.add_parser("jobs", help="offloaded training jobs: list | show ID | cancel ID")

@@ -4,6 +4,10 @@ JupyterHub puts each route under its hub prefix, so with the default base URL::
 
     /hub/xnat-hpc/owner            the project owners' audit page (hub_ext.owner)
     /hub/api/xnat-hpc/bootstrap    Slurm jobs fetch their secrets (hub_ext.bootstrap)
+    /hub/api/xnat-hpc/audit        servers send their audit events (hub_ext.audit_api)
+    /hub/xnat-hpc/owner/access     owners grant and revoke access (hub_ext.owner_access)
+    /hub/xnat-hpc/review           owners review held results (hub_ext.review), with
+    /hub/api/xnat-hpc/review/...   its API for the researchers' servers
 
 In ``jupyterhub_config.py``::
 
@@ -19,10 +23,16 @@ from __future__ import annotations
 
 from typing import Any
 
+from .audit_api import ROUTE as AUDIT_ROUTE
+from .audit_api import AuditIngestHandler
 from .bootstrap import BootstrapHandler
 from .bootstrap import ROUTE as BOOTSTRAP_ROUTE
 from .owner import ROUTE as OWNER_ROUTE
 from .owner import OwnerAuditHandler
+from .owner_access import ROUTE as ACCESS_ROUTE
+from .owner_access import OwnerAccessHandler
+from .routes import configured_handlers
+from .review import review_handlers
 
 #: how the configuration line reads (for messages that tell an admin what to add)
 CONFIG_LINE = ("from hub_ext.handlers import xnat_hpc_handlers; "
@@ -31,16 +41,8 @@ CONFIG_LINE = ("from hub_ext.handlers import xnat_hpc_handlers; "
 
 def xnat_hpc_handlers() -> list[tuple[str, type]]:
     """The hub's routes (relative to the hub prefix), a new list each call."""
-    return [(OWNER_ROUTE, OwnerAuditHandler), (BOOTSTRAP_ROUTE, BootstrapHandler)]
-
-
-def configured_handlers(config: Any) -> list:
-    """``JupyterHub.extra_handlers`` as *config* (the hub's traitlets ``Config``) sets it."""
-    section = config.get("JupyterHub") if config is not None else None
-    value = section.get("extra_handlers", []) if section is not None else []
-    if hasattr(value, "get_value"):  # c.JupyterHub.extra_handlers.extend(...): a lazy value
-        value = value.get_value([])
-    return list(value or ())
+    return [(OWNER_ROUTE, OwnerAuditHandler), (BOOTSTRAP_ROUTE, BootstrapHandler),
+            (AUDIT_ROUTE, AuditIngestHandler), (ACCESS_ROUTE, OwnerAccessHandler), *review_handlers()]
 
 
 def missing_routes(config: Any, handlers: list[tuple[str, type]] | None = None) -> list[str]:

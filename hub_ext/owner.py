@@ -1,90 +1,123 @@
-"""The project owners' page: who started servers on my projects, and was anyone refused.
+"""The project owners' page: everything the hub's trail says about my projects.
 
-``GET /hub/xnat-hpc/owner`` (logged-in users; ``?format=json`` for scripts)
-lists the hub's audit events (every spawn, allowed or denied, with its scope;
-:class:`~hub_ext.audit_log.HubAuditLog`, ``c.HubAuditLog.path``) about the projects
-the visitor **owns in XNAT right now** — asked of XNAT with the visitor's own alias
-token, never taken from the hub. Site administrators see every project. The page
-also says whether the log's hash chain is intact. Installed with the hub's other
-routes by ``c.JupyterHub.extra_handlers`` (:mod:`hub_ext.handlers`).
+``GET /hub/xnat-hpc/owner`` (logged-in users) shows, for each project the visitor **owns
+in XNAT right now** (asked of XNAT with the visitor's own alias token, never taken from
+the hub; site administrators see every project):
 
-An event about several projects (a start whose scope spans projects of different
-owners) is shown to each owner as their part only (:func:`visible_part`): the
-projects they own, and neither the detail nor the file hashes, which name the others.
+* who has access and with which role (XNAT's ``GET /data/projects/{P}/users``, as the
+  visitor), with links to grant and revoke (:mod:`hub_ext.owner_access`) and to the
+  results review (:mod:`hub_ext.review`) where the hub installs them;
+* the servers running now whose scope includes the project (the trail's latest allowed
+  ``spawn`` of each running server, joined with the hub's active spawners);
+* offload jobs on the project's data (who, when, dataset, files, bytes, manifest and
+  script sha256, Slurm job id, state, results retrieved) and downloads;
+* the trail's events, filtered by the query string (``project``, ``user``, ``action``,
+  ``since``, ``until``: UTC dates or date-times; ``page``, ``per_page``), exported with
+  ``format=csv`` or ``format=json`` (the same filters, up to :data:`MAX_EXPORT` events);
+* whether the trail verifies (:meth:`HubAuditLog.status`, refreshed in the background).
+
+An event about several projects shows each owner only their part
+(:func:`hub_ext.owner_render.visible_part`). Rendering is pure
+(:mod:`hub_ext.owner_render`); this module gathers the data.
 """
 
 from __future__ import annotations
 
 import asyncio
-import html
+import datetime as _dt
 import json
 import os
+from collections.abc import Callable
 
-from jupyterhub.handlers import BaseHandler
 from tornado import web
 
 from xnat_bridge.client import XnatClient
-from xnat_bridge.errors import PermissionDenied
+from xnat_bridge.errors import InvalidRequest, PermissionDenied, XnatHpcError
+from xnat_bridge.extras import needs_extra
 from xnat_bridge.permissions import fetch_permissions
 
+from . import owner_render as R
 from .audit_log import HubAuditLog
 from .errors import map_errors
+from .revocation_watch import ensure_watch
+from .routes import installed
+from .owner_render import WITHHELD, owned_projects, visible_part  # noqa: F401
 from .xnat_api import AliasToken
 
+with needs_extra("hub", "the owner page (hub_ext.owner)"):
+    from jupyterhub import orm
+    from jupyterhub.handlers import BaseHandler
+
 ROUTE = r"/xnat-hpc/owner"
-MAX_EVENTS = 500
+MAX_EXPORT = 100_000
+JOB_ACTIONS = ("key_release", "result_retrieve", "cancel", "job_state")
+
+#: hooks that add owner actions to a project's section: ``hook(handler, project) -> html``
+#: (grant/revoke, results review); each returns trusted HTML or "".
+project_action_hooks: list[Callable[[BaseHandler, str], str]] = []
 
 
 def hub_audit_log(settings: dict, log=None) -> HubAuditLog:
-    """The hub's audit log as the hub's configuration (Tornado ``settings["config"]``) sets it:
-    the file the spawners write (``c.HubAuditLog.path``)."""
+    """The hub's audit trail as the hub's configuration (Tornado ``settings["config"]``) sets it."""
     audit_log = HubAuditLog(config=settings.get("config"))
     if log is not None:
         audit_log.log = log
     return audit_log
 
 
-def owned_projects(roles: dict[str, str], site_admin: bool) -> set[str]:
-    return set(roles) if site_admin else {p for p, r in roles.items() if r == "Owner"}
+def project_actions_html(handler: BaseHandler, project: str) -> str:
+    """The owner actions of *project*'s section: links to the hub's grant/revoke and review
+    pages when the configuration installs them, then every :data:`project_action_hooks` entry."""
+    from urllib.parse import quote
+
+    base = handler.hub.base_url.rstrip("/")
+    cfg = handler.settings.get("config")
+    links = []
+    if installed(cfg, "/xnat-hpc/owner/access"):
+        links.append(f'<a href="{base}/xnat-hpc/owner/access?project={quote(project)}">Grant or revoke access '
+                     f'to {R._e(project)}</a>')
+    if installed(cfg, "/xnat-hpc/review"):
+        links.append(f'<a href="{base}/xnat-hpc/review">Results held for review</a>')
+    parts = [f'<p class="owner-actions">{" · ".join(links)}</p>'] if links else []
+    for hook in project_action_hooks:
+        try:
+            parts.append(hook(handler, project) or "")
+        except Exception:  # noqa: BLE001 - a hook's failure must not take the page down
+            handler.log.exception("owner page hook %r failed for %s", hook, project)
+    return "\n".join(parts)
 
 
-#: what replaces the detail of an event that also concerns projects the visitor does not own
-WITHHELD = "details withheld: this event also concerns projects you do not own"
+def _active_servers(db) -> list[tuple[str, str, str]]:
+    """(user, server name, started) of every spawner with a server (on the event loop: the ORM)."""
+    out = []
+    for sp in db.query(orm.Spawner).filter(orm.Spawner.server_id.isnot(None)):
+        started = sp.started.replace(tzinfo=_dt.timezone.utc).isoformat(timespec="seconds") if sp.started else ""
+        out.append((sp.user.name, sp.name or "", started.replace("+00:00", "Z")))
+    return out
 
 
-def visible_part(event: dict, projects: set[str]) -> dict:
-    """*event* as a visitor owning *projects* may see it (pure): unchanged when all its
-    items are theirs; otherwise only their items, and the detail and file hashes (free text
-    and paths naming the other projects) withheld."""
-    items = list(event.get("items") or ())
-    if set(items) <= projects:
-        return event
-    return {**event, "items": [i for i in items if i in projects], "detail": WITHHELD, "hashes": {}}
-
-
-def events_for(events: list[dict], projects: set[str], limit: int = MAX_EVENTS) -> list[dict]:
-    """Events touching one of *projects*, newest first, each cut to its :func:`visible_part` (pure)."""
-    hits = [visible_part(e, projects) for e in events if projects.intersection(e.get("items") or ())]
-    return list(reversed(hits))[:limit]
-
-
-def render(user: str, projects: set[str], events: list[dict], chain: str) -> str:
-    rows = "\n".join(
-        "<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in (
-            e.get("time", ""), e.get("user", ""), e.get("action", ""), e.get("outcome", ""),
-            ", ".join(e.get("items") or ()), e.get("detail", ""))) + "</tr>" for e in events)
-    owned = ", ".join(sorted(projects)) or "none"
-    return f"""<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">
-<title>XNAT projects: audit</title></head><body>
-<h1>Audit of your XNAT projects</h1>
-<p>{html.escape(user)}, you own: <strong id="owned">{html.escape(owned)}</strong> (as XNAT says now).</p>
-<p id="chain">Audit log: {html.escape(chain)}</p>
-<table id="events"><caption>Server starts on your projects, newest first</caption>
-<thead><tr><th scope="col">time (UTC)</th><th scope="col">user</th><th scope="col">action</th>
-<th scope="col">outcome</th><th scope="col">projects</th><th scope="col">detail</th></tr></thead>
-<tbody>
-{rows}
-</tbody></table></body></html>"""
+def collect(audit_log: HubAuditLog, owned: set[str], scope: set[str], f: R.Filters, query: dict,
+            active: list[tuple[str, str, str]],
+            members: Callable[[str], tuple[list[dict] | None, str]]) -> tuple[list[dict], int, list[R.ProjectView]]:
+    """What the page shows (blocking: the store and XNAT; run it in a thread): the filtered
+    events of this page, their count, and a :class:`~hub_ext.owner_render.ProjectView` per
+    project of *scope* (*members(project)* asks XNAT who has access)."""
+    events = audit_log.query(**query, limit=f.per_page, offset=(f.page - 1) * f.per_page)
+    total = audit_log.count(**query)
+    views = []
+    for p in sorted(scope):
+        people, problem = members(p)
+        submits = [visible_part(e, owned) for e in audit_log.query(projects={p}, actions={"submit"}, limit=100)]
+        submitters = {s["user"] for s in submits}
+        first = min((s.get("time", "") for s in submits), default="") or None
+        follow = (audit_log.query(user=submitters, actions=set(JOB_ACTIONS), since=first, limit=1000)
+                  if submitters else [])
+        running = {u for u, _, _ in active}
+        spawns = audit_log.query(projects={p}, user=running, actions={"spawn"}, limit=1000) if running else []
+        downloads = [visible_part(e, owned) for e in audit_log.query(projects={p}, actions={"download"}, limit=50)]
+        views.append(R.ProjectView(p, people, problem, R.active_servers(spawns, active, p),
+                                   R.jobs_from_events(submits, follow), downloads))
+    return [visible_part(e, owned) for e in events], total, views
 
 
 class OwnerAuditHandler(BaseHandler):
@@ -93,6 +126,7 @@ class OwnerAuditHandler(BaseHandler):
     @web.authenticated
     @map_errors
     async def get(self):
+        ensure_watch(self.settings)
         user = self.current_user
         state = await user.get_auth_state() or {}
         token = AliasToken.from_state(state.get("xnat_token"))
@@ -100,17 +134,57 @@ class OwnerAuditHandler(BaseHandler):
             raise PermissionDenied("log in with your XNAT account to see your projects' audit")
         xnat_url = getattr(self.authenticator, "xnat_url", "") or os.environ.get("XNAT_HOST", "")
         audit_log = hub_audit_log(self.settings, self.log)
+        fmt = self.get_argument("format", "")
+        args = {k: self.get_argument(k, "") for k in ("project", "user", "action", "since", "until",
+                                                       "page", "per_page")}
+        active = _active_servers(self.db)
 
-        def ask() -> tuple[set[str], list[dict], str]:
-            with XnatClient(xnat_url, token.alias, token.secret, retries=1, timeout=15) as client:
-                perms = fetch_permissions(client, user.name)
-            projects = owned_projects(perms.roles, perms.site_admin)
-            events, chain = audit_log.snapshot()
-            return projects, events_for(events, projects), chain
+        def client():
+            return XnatClient(xnat_url, token.alias, token.secret, retries=1, timeout=15)
 
-        projects, events, chain = await asyncio.to_thread(ask)
-        if self.get_argument("format", "") == "json":
-            self.set_header("Content-Type", "application/json")
-            self.finish(json.dumps({"owned": sorted(projects), "chain": chain, "events": events}))
+        with client() as c:
+            perms = await asyncio.to_thread(fetch_permissions, c, user.name)
+        owned = owned_projects(perms.roles, perms.site_admin)
+        try:
+            f = R.parse_filters(args, owned)
+        except ValueError as e:
+            raise InvalidRequest(f"{e}; fix the filter in the address") from None
+        scope = {f.project} if f.project else owned
+        query = dict(projects=scope, user=f.user or None, actions={f.action} if f.action else None,
+                     since=f.since or None, until=f.until or None)
+
+        if fmt in ("csv", "json"):
+            events = await asyncio.to_thread(audit_log.query, **query, limit=MAX_EXPORT)
+            events = [visible_part(e, owned) for e in events]
+            stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+            if fmt == "csv":
+                self.set_header("Content-Type", "text/csv; charset=utf-8")
+                self.set_header("Content-Disposition", f'attachment; filename="xnat-hpc-audit-{stamp}.csv"')
+                self.finish(R.to_csv(events))
+            else:
+                ok, sentence = await asyncio.to_thread(audit_log.verify)  # an export states the chain now
+                checked = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+                self.set_header("Content-Type", "application/json")
+                self.set_header("Content-Disposition", f'inline; filename="xnat-hpc-audit-{stamp}.json"')
+                self.finish(json.dumps({"owned": sorted(owned), "chain": sentence, "chain_ok": ok,
+                                        "chain_checked": checked, "filters": f.query_args(),
+                                        "events": events}))
             return
-        self.finish(render(user.name, projects, events, chain))
+
+        def members(project: str) -> tuple[list[dict] | None, str]:
+            from .owner_access import project_members
+
+            try:
+                with client() as c:
+                    return project_members(c, project), ""
+            except XnatHpcError as e:
+                return None, e.message
+
+        events, total, views = await asyncio.to_thread(collect, audit_log, owned, scope, f, query, active, members)
+        for v in views:
+            v.actions_html = project_actions_html(self, v.project)
+        ok, sentence, checked = audit_log.status()
+        users = sorted({e.get("user", "") for e in events} - {""})
+        page = R.PageView(user.name, sorted(owned), ok, sentence, checked, f, events, total, views, users,
+                          self.hub.base_url.rstrip("/") + "/xnat-hpc/owner")
+        self.finish(R.render_page(page))

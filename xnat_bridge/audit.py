@@ -31,7 +31,9 @@ log = logging.getLogger(__name__)
 
 ACTIONS = ("login", "spawn", "browse", "dataset_create", "dataset_resolve", "download",
            "open", "stage", "submit", "key_release", "result_retrieve", "cancel",
-           "permission_denied")
+           "permission_denied", "grant", "revoke", "server_stopped",
+           "review_policy", "review_hold", "review_approve", "review_reject", "review_delete",
+           "job_state")
 OUTCOMES = ("allowed", "denied", "failed")
 _SECRET_WORDS = ("password", "secret", "token", "identity", "key")
 
@@ -48,29 +50,59 @@ class AuditEvent:
     detail: str = ""
     time: str = ""
     server: str = ""
+    extra: dict = dataclasses.field(default_factory=dict)
 
-    def to_json(self) -> str:
+    def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["items"] = list(self.items)
-        return json.dumps(d, sort_keys=True, separators=(",", ":"))
+        if not d["extra"]:
+            del d["extra"]  # events without structured fields keep the version-1 shape (and chain)
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
 
 
 def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+#: the largest ``extra`` (canonical JSON, characters) an event may carry
+MAX_EXTRA = 2000
+
+
+def _check_keys(doc, where: str) -> None:
+    if isinstance(doc, dict):
+        for k, v in doc.items():
+            if any(w in str(k).lower() for w in _SECRET_WORDS):
+                raise ValueError(f"audit {where} must not carry secrets ({k!r})")
+            _check_keys(v, where)
+    elif isinstance(doc, (list, tuple)):
+        for v in doc:
+            _check_keys(v, where)
+
+
 def make_event(user: str, action: str, outcome: str = "allowed", *, items=(), files: int = 0,
-               bytes: int = 0, hashes: dict | None = None, detail: str = "") -> AuditEvent:
+               bytes: int = 0, hashes: dict | None = None, detail: str = "", server: str | None = None,
+               extra: dict | None = None) -> AuditEvent:
+    """One event. *extra* holds structured fields for the owners' page (``job``,
+    ``slurm_job_id``, ``resources``, ``state``, ``dataset`` …): JSON values, no key that looks
+    like a secret, at most :data:`MAX_EXTRA` characters. *server* defaults to this server's
+    name (``JUPYTERHUB_SERVER_NAME``) or the host name."""
     if action not in ACTIONS:
         raise ValueError(f"unknown audit action {action!r}")
     if outcome not in OUTCOMES:
         raise ValueError(f"unknown audit outcome {outcome!r}")
-    for k in (hashes or {}):
-        if any(w in k.lower() for w in _SECRET_WORDS):
-            raise ValueError(f"audit hashes must not carry secrets ({k!r})")
+    _check_keys(dict(hashes or {}), "hashes")
+    extra = dict(extra or {})
+    _check_keys(extra, "extra fields")
+    if len(json.dumps(extra, sort_keys=True, separators=(",", ":"), default=str)) > MAX_EXTRA:
+        raise ValueError(f"audit extra fields are longer than {MAX_EXTRA} characters")
+    extra = json.loads(json.dumps(extra, default=str))
+    if server is None:
+        server = os.environ.get("JUPYTERHUB_SERVER_NAME") or socket.gethostname()
     return AuditEvent(user, action, outcome, tuple(str(i) for i in items), int(files), int(bytes),
-                      dict(hashes or {}), detail[:500], _now(),
-                      os.environ.get("JUPYTERHUB_SERVER_NAME") or socket.gethostname())
+                      dict(hashes or {}), detail[:500], _now(), server, extra)
 
 
 class AuditSink:

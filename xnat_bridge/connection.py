@@ -23,7 +23,7 @@ import os
 from pathlib import Path
 from typing import Callable
 
-from . import audit
+from . import audit, audit_outbox
 from .browse import Browser
 from .client import XnatClient
 from .datasets import (
@@ -80,7 +80,7 @@ class Connection:
         self.scope = scope if scope is not None else scope_from_env()
         self.workspace = Path(workspace or os.environ.get("XNAT_HPC_WORKSPACE")
                               or Path.home() / "xnat-hpc")
-        self.sink = sink or audit.JsonLinesSink(self.workspace / "audit.jsonl")
+        self.sink = sink or audit_outbox.default_sink(self.workspace)
         self._cache = _PERMISSIONS if ttl is None else PermissionCache(ttl)
         self.access = access or choose_access(
             client, data_root if data_root is not None else data_from_env(), retry_window=retry_window)

@@ -52,7 +52,8 @@ READABLE_VERSIONS = (1, 2)
 IDENTITY_FIELDS = ("name", "uri", "archive_path", "size", "md5")
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.\-]{0,63}$")
-_SELECTION_KEYS = {"project", "subject", "experiment", "scan", "resource"}
+_SELECTION_ORDER = ("project", "subject", "experiment", "scan", "resource")
+_SELECTION_KEYS = set(_SELECTION_ORDER)
 
 
 def check_name(name: str) -> str:
@@ -74,7 +75,9 @@ def check_selection(items: list[dict]) -> list[dict]:
         unknown = set(item) - _SELECTION_KEYS
         if unknown:
             raise InvalidRequest(f"selection item {i} has unknown keys {sorted(unknown)}")
-        norm = {k: check_id(str(v), k) for k, v in item.items() if v not in (None, "")}
+        # keys in XNAT's hierarchy order, whatever order the caller used: audit items read
+        # PROJECT/SUBJECT/EXPERIMENT/... (the hub indexes events by their first part)
+        norm = {k: check_id(str(item[k]), k) for k in _SELECTION_ORDER if item.get(k) not in (None, "")}
         if ("scan" in norm or "resource" in norm) and "experiment" not in norm:
             raise InvalidRequest(f"selection item {i}: a scan or resource needs its experiment")
         if "subject" in norm and "experiment" in norm:

@@ -127,7 +127,7 @@ def test_launch_tls_context_verifies():
 # -- the owners' page -------------------------------------------------------------------------
 
 def test_owner_sees_only_their_part_of_an_event_about_several_projects():
-    from hub_ext.owner import WITHHELD, events_for, render, visible_part
+    from hub_ext.owner_render import WITHHELD, events_for, simple_page, visible_part
 
     spanning = {"user": "u", "items": ["PROJ_A", "PROJ_B"],
                 "detail": 'profile p; scope {"projects": {"PROJ_A": {}, "PROJ_B": {}}}',
@@ -139,4 +139,4 @@ def test_owner_sees_only_their_part_of_an_event_about_several_projects():
     assert visible_part(spanning, {"PROJ_A", "PROJ_B"}) is spanning  # owner of both, site admin: all
     shown = events_for([own, spanning], {"PROJ_B"})
     assert [e["items"] for e in shown] == [["PROJ_B"]]
-    assert "PROJ_A" not in render("dave", {"PROJ_B"}, shown, "intact")
+    assert "PROJ_A" not in simple_page("dave", {"PROJ_B"}, shown, "intact")

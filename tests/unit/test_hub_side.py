@@ -20,7 +20,6 @@ from hub_ext import errors
 from hub_ext.audit_log import HubAuditLog
 from hub_ext.handlers import configured_handlers, missing_routes, xnat_hpc_handlers
 from spawner.progress import SpawnProgress, follow
-from xnat_bridge.audit import verify_chain
 from xnat_bridge.errors import (
     CommandFailed,
     InvalidRequest,
@@ -95,43 +94,53 @@ def test_routes_keep_their_urls_under_the_hub_prefix_and_import_registers_nothin
     ours = xnat_hpc_handlers()
     assert xnat_hpc_handlers() is not ours  # a new list each call
     routes = [r for r, _ in JupyterHub.add_url_prefix("/hub/", list(ours))]
-    assert routes == ["/hub/xnat-hpc/owner", "/hub/api/xnat-hpc/bootstrap"]
+    assert routes == ["/hub/xnat-hpc/owner", "/hub/api/xnat-hpc/bootstrap", "/hub/api/xnat-hpc/audit",
+                      "/hub/xnat-hpc/owner/access", "/hub/xnat-hpc/review", "/hub/xnat-hpc/review/projects",
+                      "/hub/xnat-hpc/review/jobs/([^/]{1,200})/(j[0-9a-f]{12})",
+                      "/hub/api/xnat-hpc/review/policy", "/hub/api/xnat-hpc/review/jobs/(j[0-9a-f]{12})"]
     installed = {h[1] for h in handlers.default_handlers + apihandlers.default_handlers}
     assert not installed.intersection(klass for _, klass in ours)
 
 
 def test_missing_routes_reads_the_hub_configuration():
     c = Config()
-    assert missing_routes(c) == ["/xnat-hpc/owner", "/api/xnat-hpc/bootstrap"]
+    assert missing_routes(c)[:4] == ["/xnat-hpc/owner", "/api/xnat-hpc/bootstrap", "/api/xnat-hpc/audit",
+                                     "/xnat-hpc/owner/access"]
+    assert "/xnat-hpc/review" in missing_routes(c) and "/api/xnat-hpc/review/policy" in missing_routes(c)
     c.JupyterHub.extra_handlers = xnat_hpc_handlers()
-    assert missing_routes(c) == [] and len(configured_handlers(c)) == 2
+    assert missing_routes(c) == [] and len(configured_handlers(c)) == len(xnat_hpc_handlers())
     lazy = Config()
     lazy.JupyterHub.extra_handlers.extend(xnat_hpc_handlers())  # the `+=` style of config files
     assert missing_routes(lazy) == []
 
 
 # -- audit log ----------------------------------------------------------------------------
-async def test_hub_audit_log_appends_a_chain_off_the_event_loop(tmp_path, monkeypatch):
-    log = HubAuditLog(path=str(tmp_path / "logs" / "audit.jsonl"))
-    assert log.snapshot() == ([], "no events yet")
+async def test_hub_audit_log_appends_a_keyed_chain_off_the_event_loop(tmp_path, monkeypatch):
+    from hub_ext import audit_store
+
+    log = HubAuditLog(path=str(tmp_path / "logs" / "audit.db"))
+    assert log.query() == [] and log.verify() == (True, "no events yet")
     loop_thread = threading.get_ident()
     writers = []
-    emit = log.sink().emit.__func__
+    append = audit_store.AuditStore.append_groups
 
-    def spy(sink, event):
+    def spy(store, groups):
         writers.append(threading.get_ident())
-        emit(sink, event)
+        return append(store, groups)
 
-    monkeypatch.setattr("xnat_bridge.audit.JsonLinesSink.emit", spy)
-    await log.record("alice", "spawn", "allowed", items=["P1"], detail="profile small")
-    await log.record("bob", "spawn", "denied", items=["P2"])
+    monkeypatch.setattr(audit_store.AuditStore, "append_groups", spy)
+    assert await log.record("alice", "spawn", "allowed", items=["P1"], detail="profile small") == 1
+    assert await log.record("bob", "spawn", "denied", items=["P2"]) == 2
     assert writers and loop_thread not in writers
-    events, chain = log.snapshot()
-    assert [(e["user"], e["outcome"], e["items"]) for e in events] == \
-        [("alice", "allowed", ["P1"]), ("bob", "denied", ["P2"])]
-    assert chain == "hash chain intact (2 events)" and verify_chain(log.abspath) == (2, None)
-    assert (tmp_path / "logs" / "audit.jsonl").stat().st_mode & 0o777 == 0o600
-    assert json.loads((tmp_path / "logs" / "audit.jsonl").read_text().splitlines()[0])["prev"] == "0" * 64
+    events = log.query()
+    assert [(e["seq"], e["user"], e["outcome"], e["items"], e["source"]) for e in events] == \
+        [(2, "bob", "denied", ["P2"], "hub"), (1, "alice", "allowed", ["P1"], "hub")]
+    ok, sentence = log.verify()
+    assert ok and "intact (2 records" in sentence
+    for name in ("logs/audit.db", "logs/audit.key", "logs/audit.db.checkpoint"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o600
+    assert (tmp_path / "logs").stat().st_mode & 0o777 == 0o700
+    log.close()
 
 
 # -- progress ------------------------------------------------------------------------------
@@ -264,3 +273,37 @@ async def test_sbatch_refusal_is_a_slurm_error_and_spends_the_code(monkeypatch, 
     with pytest.raises(SlurmError, match="Slurm refused the server job: sbatch: error: invalid partition"):
         await spawner.submit_batch_script()
     assert issued == revoked == [spawner]
+
+
+# -- refresh_user and XNAT's "Start Jupyter" -------------------------------------------------
+def _handler(requester, method="POST", path="/hub/api/users/bob/servers/x", body=None):
+    request = types.SimpleNamespace(method=method, path=path,
+                                    body=json.dumps(body if body is not None else {"xsiType": "x"}).encode())
+    return types.SimpleNamespace(current_user=requester, request=request)
+
+
+def test_only_a_services_plugin_start_passes_refresh_without_a_hub_login():
+    from jupyterhub.orm import Service
+
+    from hub_ext.auth import XnatAuthenticator, _is_xnat_plugin_start
+
+    assert _is_xnat_plugin_start(_handler(Service(name="xnat")))
+    assert _is_xnat_plugin_start(_handler(Service(name="xnat"), path="/hub/api/users/bob/server"))
+    assert not _is_xnat_plugin_start(None)
+    assert not _is_xnat_plugin_start(_handler(types.SimpleNamespace(name="admin")))   # a user, not a service
+    assert not _is_xnat_plugin_start(_handler(Service(name="xnat"), body={"projects": ["P"]}))   # not the plugin's body
+    assert not _is_xnat_plugin_start(_handler(Service(name="xnat"), method="GET"))
+    assert not _is_xnat_plugin_start(_handler(Service(name="xnat"), path="/hub/api/users/bob/tokens"))
+    bad = _handler(Service(name="xnat"))
+    bad.request.body = b"{not json"
+    assert not _is_xnat_plugin_start(bad)
+
+    class NoState:
+        name = "bob"
+
+        async def get_auth_state(self):
+            return None
+
+    auth = XnatAuthenticator(xnat_url="http://xnat.invalid")
+    assert asyncio.run(auth.refresh_user(NoState(), _handler(Service(name="xnat")))) is True
+    assert asyncio.run(auth.refresh_user(NoState(), _handler(types.SimpleNamespace(name="bob")))) is False

@@ -83,7 +83,7 @@ class _Bundles:
     def __init__(self, staging: Path):
         self.staging, self.released = staging, []
 
-    def obtain(self, job_id, manifest, script, opener, report=lambda message: None):
+    def obtain(self, job_id, manifest, script, opener, report=lambda message: None, progress=None):
         info = SimpleNamespace(path=self.staging / "b1.tar.age", bundle_id="b1", manifest_sha256="a" * 64,
                                contents_sha256="c" * 64, file_sha256={})
         return Bundle(info, AgeIdentity.generate(), "c" * 64, users=1)
@@ -120,7 +120,8 @@ def test_job_run_works_from_its_inputs_and_context_only(tmp_path):
     got = registry.get(rec.id)
     assert got.state == JobState.FAILED and got.slurm_job_id is None
     assert got.message.startswith("Slurm did not accept the job: sbatch: error: invalid partition")
-    assert events[-1][0] == ("submit", "failed") and rec.id in events[-1][1]["detail"]
+    assert events[-2][0] == ("submit", "failed") and rec.id in events[-2][1]["detail"]
+    assert events[-1][0] == ("job_state", "failed") and events[-1][1]["extra"]["state"] == "failed"
     assert bundles.released == [("b1", False, rec.id)] and run.bundle is None
     assert finished == [run]
     assert not [p for p in staging.iterdir() if p.name.startswith(".tls-")]  # TLS directory removed

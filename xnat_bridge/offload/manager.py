@@ -29,13 +29,15 @@ import weakref
 from pathlib import Path
 
 from .. import audit as audit_mod
-from ..errors import Conflict, InvalidRequest, NotFound
+from ..audit_outbox import default_sink
+from ..errors import Conflict, InvalidRequest, NotFound, XnatHpcError
 from ..staging import AgeEngine, manifest_sha256, user_dir
 from .bundles import BundleCache
 from .context import OffloadContext, job_dir
 from .inputs import check_client_token, check_dataset, resolve_script
 from .policy import OffloadPolicy, ResourceRequest
 from .registry import JobRecord, JobRegistry, JobState, new_job_id, now_iso
+from . import review as review_mod
 from .runner import JobRun
 from .slurm import make_slurm_cluster, partition_tmp_disk, scancel
 
@@ -98,7 +100,7 @@ class OffloadManager:
             policy = offload_from_env()
         self.policy = policy
         self.sink = sink or (connection.sink if connection is not None
-                             else audit_mod.JsonLinesSink(self.workspace / "audit.jsonl"))
+                             else default_sink(self.workspace))
         self.user = connection.user if connection is not None else (
             os.environ.get("JUPYTERHUB_USER") or os.environ.get("USER") or "unknown")
         self.registry = JobRegistry(self.workspace)
@@ -106,6 +108,9 @@ class OffloadManager:
                                    threads=self.policy.staging_threads,
                                    buffer_bytes=self.policy.staging_buffer)
         self.cluster_factory = cluster_factory or make_slurm_cluster
+        #: the hub's review API (results review of sensitive projects); None outside a hub
+        self.review_client = review_mod.ReviewClient.from_env()
+        self._review_lock = threading.Lock()  # one opening of held results at a time
         self._context: OffloadContext | None = None
         self.owner = f"{_HOST}:{os.getpid()}:{os.urandom(6).hex()}"
         self._runs: dict[str, JobRun] = {}
@@ -198,6 +203,7 @@ class OffloadManager:
         conn = self.connection
         script_obj = resolve_script(script, [self.root_dir, self.workspace])
         manifest = check_dataset(conn, dataset, dataset_version)
+        review = self._review_policy(manifest)
         self.policy.check_scratch(f"{manifest.name!r} v{manifest.version}", manifest.total_size,
                                   None if self.policy.node_scratch is not None
                                   else partition_tmp_disk(request.partition))
@@ -218,6 +224,7 @@ class OffloadManager:
             return Submission(stored, created=False)
         _private_dir(self.job_dir(rec.id))
         run = JobRun(rec, manifest, script_obj, request, ctx)
+        run.review = review
         with self._lock:
             self._runs[rec.id] = run
         log.info("job %s of %s: dataset %s v%d, script %s, %s", rec.id, self.user, manifest.name,
@@ -235,6 +242,42 @@ class OffloadManager:
                            partition=r.get("partition"), cpus=r.get("cpus"), mem=r.get("memory"),
                            gpus=r.get("gpus"), walltime=r.get("walltime"), account=r.get("account"),
                            qos=r.get("qos"), client_token=client_token)
+
+    def _review_policy(self, manifest) -> dict | None:
+        """The hub's answer for the dataset's projects when one needs results review, else None
+        (no hub: None; a hub that cannot answer refuses the submission: fail closed)."""
+        if self.review_client is None:
+            return None
+        answer = self.review_client.policy(review_mod.dataset_projects(manifest))
+        if not answer.get("review"):
+            return None
+        return {"recipient": str(answer["recipient"]), "review": list(answer["review"]),
+                "client": self.review_client}
+
+    def review(self, job_id: str, refresh: bool = True) -> dict | None:
+        """The job's ``review`` state (``{"state", "reason", "since", "projects", "pending"}``)
+        or None when its results were not held; *refresh* asks the hub about a held job."""
+        held = review_mod.HeldResults(self.job_dir(job_id))
+        if not held.exists():
+            return None
+        if refresh:
+            try:
+                state, _share = review_mod.refresh(self.review_client, held, job_id, self.audit)
+            except XnatHpcError as e:
+                log.warning("job %s: review state not refreshed: %s", job_id, e.message)
+                state = held.load()
+        else:
+            state = held.load()
+        return review_mod.HeldResults.public(state)
+
+    def _open_held(self, job_id: str) -> None:
+        """Results held for review: open them once approved, else say why not (typed errors)."""
+        held = review_mod.HeldResults(self.job_dir(job_id))
+        if not held.exists():
+            return
+        with self._review_lock:
+            review_mod.open_held(self.review_client, held, job_id, self.audit, self.get(job_id),
+                                 engine=self.bundles.engine)
 
     def _connection(self):
         if self.connection is None:
@@ -257,6 +300,13 @@ class OffloadManager:
 
     def get(self, job_id: str) -> JobRecord:
         return self.registry.get(job_id)
+
+    def progress(self, job_id: str) -> dict | None:
+        """The live staging progress of *job_id* (bytes, files, rate, eta_s), from memory; None when
+        this process is not staging it (:class:`~.progress.StagingTracker`, never in the registry)."""
+        with self._lock:
+            run = self._runs.get(job_id)
+        return run.progress.snapshot() if run is not None else None
 
     def logs(self, job_id: str, offset: int = 0) -> tuple[str, int]:
         self.get(job_id)
@@ -314,6 +364,7 @@ class OffloadManager:
         if rec.state != JobState.DONE:
             raise Conflict(f"job {job_id} is {rec.state.value}, not done: no results"
                            + (f" ({rec.message[:200]})" if rec.message else ""), item=job_id)
+        self._open_held(job_id)
         out = self.job_dir(job_id) / "results"
         if not out.is_dir():
             raise NotFound(f"the results of job {job_id} were removed from {out}", item=job_id)

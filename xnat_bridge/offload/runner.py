@@ -28,6 +28,7 @@ from pathlib import Path
 
 from ..errors import SlurmError, XnatHpcError
 from ..staging import AgeIdentity, decrypt_to_directory
+from . import review as review_mod
 from . import worker as worker_mod
 from .bundles import Bundle
 from .context import OffloadContext
@@ -35,6 +36,7 @@ from .inputs import Script, audit_items
 from .jobscript import ClusterSpec, cluster_options
 from .keyrelease import KeyRelease
 from .policy import ResourceRequest
+from .progress import StagingTracker
 from .registry import JobRecord, JobState, now_iso
 from .slurm import scancel, slurm_state, wait_gone
 
@@ -108,6 +110,11 @@ class JobRun:
         self.result_identity = AgeIdentity.generate()
         self.bundle: Bundle | None = None
         self.bundle_suspect = False  # the node could not use the bundle: do not reuse it
+        #: the hub's review policy when the dataset needs results review (set by the manager):
+        #: {"recipient": hub's age recipient, "review": [projects], "client": ReviewClient}
+        self.review: dict | None = None
+        #: live staging progress, in memory only (the REST API reads :meth:`StagingTracker.snapshot`)
+        self.progress = StagingTracker()
         self._log_lock = threading.Lock()
         self._next_registry_check = 0.0
         self.thread = threading.Thread(target=self._main, name=f"offload-{record.id}", daemon=True)
@@ -153,8 +160,10 @@ class JobRun:
 
     def _main(self) -> None:
         try:
+            self.progress.start(self.manifest.total_size, len(self.manifest.files))
             bundle = self.bundle = self.ctx.bundles.obtain(self.id, self.manifest, self.script, self._open,
-                                                           report=lambda message: self.update(message=message))
+                                                           report=lambda message: self.update(message=message),
+                                                           progress=self.progress.update)
             self._record_hashes(bundle)
             self.check_cancel()
             self._submit(bundle)
@@ -172,7 +181,22 @@ class JobRun:
             log.exception("job %s failed unexpectedly", self.id)
             self.update(state=JobState.FAILED, message=f"internal error: {type(e).__name__}: {e}")
         finally:
+            self._audit_end()
             self._cleanup()
+
+    def _audit_end(self) -> None:
+        """A ``job_state`` audit event for a job that ended failed or cancelled (a done job's
+        end is its ``result_retrieve``), for the owners' jobs table."""
+        try:
+            rec = self.ctx.registry.get(self.id)
+            state = JobState(rec.state)
+        except Exception:  # noqa: BLE001 - no record, no event; the job's own error is reported already
+            return
+        if state in (JobState.FAILED, JobState.CANCELLED):
+            self.ctx.audit("job_state", "failed" if state == JobState.FAILED else "allowed",
+                           items=audit_items(self.manifest),
+                           detail=f"job {self.id} slurm {self.slurm_job_id or '-'}: {(rec.message or '')[:300]}",
+                           extra={"job": self.id, "slurm_job_id": self.slurm_job_id or "", "state": state.value})
 
     def _open(self, f):
         return CancellableReader(self.ctx.files.open(f.ref()), self.check_cancel_reading)
@@ -224,17 +248,21 @@ class JobRun:
         self.ctx.audit("submit", items=audit_items(self.manifest), files=len(self.manifest.files),
                        bytes=self.manifest.total_size, hashes={"manifest": bundle.info.manifest_sha256,
                                                                "script": self.script.sha256},
-                       detail=f"job {self.id} slurm {self.slurm_job_id} partition {self.request.partition}")
+                       detail=f"job {self.id} slurm {self.slurm_job_id} partition {self.request.partition}",
+                       extra={"job": self.id, "slurm_job_id": self.slurm_job_id, "dataset": self.manifest.name,
+                              "resources": self.request.to_json()})
 
     def _key_released(self, slurm_job_id: str) -> None:
         self.update(state=JobState.RUNNING, started=now_iso(),
                     message=f"running as Slurm job {slurm_job_id}")
-        self.ctx.audit("key_release", hashes={"manifest": self.manifest_sha},
-                       detail=f"job {self.id} slurm {slurm_job_id}")
+        self.ctx.audit("key_release", items=audit_items(self.manifest), hashes={"manifest": self.manifest_sha},
+                       detail=f"job {self.id} slurm {slurm_job_id}",
+                       extra={"job": self.id, "slurm_job_id": slurm_job_id})
 
     def _key_refused(self, slurm_job_id: str, reason: str) -> None:
-        self.ctx.audit("key_release", "denied", hashes={"manifest": self.manifest_sha},
-                       detail=f"job {self.id}: {reason}")
+        self.ctx.audit("key_release", "denied", items=audit_items(self.manifest),
+                       hashes={"manifest": self.manifest_sha}, detail=f"job {self.id}: {reason}",
+                       extra={"job": self.id, "slurm_job_id": slurm_job_id})
         self.cancel(f"security: {reason}; the job was stopped")
 
     def _log_event(self, event) -> None:
@@ -252,7 +280,9 @@ class JobRun:
         fut = self.client.submit(
             worker_mod.run_training, self.id, str(bundle.info.path), bundle.info.manifest_sha256,
             self.script.member, str(self.results_archive), self.result_identity.recipient,
-            self.request.cpus, bundle.info.contents_sha256, key=f"xnat-hpc-{self.id}", pure=False)
+            self.request.cpus, bundle.info.contents_sha256,
+            review_recipient=self.review["recipient"] if self.review else None,
+            key=f"xnat-hpc-{self.id}", pure=False)
         next_check = time.monotonic() + SQUEUE_EVERY
         while not fut.done():
             self.check_cancel()
@@ -282,6 +312,9 @@ class JobRun:
             tail = "".join(result.get("tail") or []).strip()[-1500:]
             raise JobEnded(f"the script exited with code {rc}" + (f"; last output:\n{tail}" if tail else ""),
                            exit_code=rc)
+        if result.get("review"):  # sealed for review: kept encrypted until the owners decide
+            self._hold(result)
+            return
         self.update(state=JobState.COLLECTING, exit_code=0, message="decrypting results")
         out = self.job_dir / "results"
         if out.exists():
@@ -290,7 +323,18 @@ class JobRun:
                                        engine=self.ctx.engine)
         rec = self.ctx.registry.get(self.id)
         ended = now_iso()
-        prov = {
+        prov = self._provenance(rec, ended, listing["files"])
+        write_private(self.job_dir / "provenance.json", json.dumps(prov, indent=1, sort_keys=True).encode())
+        self.ctx.audit("result_retrieve", items=audit_items(self.manifest), files=len(listing["files"]),
+                       bytes=sum(f["size"] for f in listing["files"]),
+                       hashes={"manifest": rec.manifest_sha256, "script": rec.script_sha256},
+                       detail=f"job {self.id} slurm {self.slurm_job_id}",
+                       extra={"job": self.id, "slurm_job_id": self.slurm_job_id})
+        self.update(state=JobState.DONE, exit_code=0, ended=ended,
+                    message=f"done: {len(listing['files'])} result file(s)")
+
+    def _provenance(self, rec: JobRecord, ended: str, files: list[dict]) -> dict:
+        return {
             "format": "xnat-hpc-provenance", "format_version": 1,
             "job_id": self.id, "user": rec.user, "slurm_job_id": self.slurm_job_id,
             "xnat_host": self.manifest.xnat_host, "dataset": rec.dataset,
@@ -299,15 +343,18 @@ class JobRun:
             "total_size": self.manifest.total_size, "script": rec.script,
             "script_sha256": rec.script_sha256, "resources": rec.resources,
             "created": rec.created, "started": rec.started, "ended": ended, "exit_code": 0,
-            "results": listing["files"],
+            "results": files,
         }
-        write_private(self.job_dir / "provenance.json", json.dumps(prov, indent=1, sort_keys=True).encode())
-        self.ctx.audit("result_retrieve", items=audit_items(self.manifest), files=len(listing["files"]),
-                       bytes=sum(f["size"] for f in listing["files"]),
-                       hashes={"manifest": rec.manifest_sha256, "script": rec.script_sha256},
-                       detail=f"job {self.id} slurm {self.slurm_job_id}")
+
+    def _hold(self, result: dict) -> None:
+        """The results stay sealed in the staging area; the owners decide (:mod:`.review`)."""
+        ended = now_iso()
+        prov = self._provenance(self.ctx.registry.get(self.id), ended, result["results"]["files"])
+        state = review_mod.hold(self, result, prov, ended)
+        waiting = ", ".join(state["pending"])
         self.update(state=JobState.DONE, exit_code=0, ended=ended,
-                    message=f"done: {len(listing['files'])} result file(s)")
+                    message=f"done: {len(prov['results'])} result file(s), held for review by the "
+                            f"owners of {waiting}")
 
     def _cleanup(self) -> None:
         if self.key is not None:

@@ -200,11 +200,14 @@ def _same_dir(path: str, dir_fd: int, name: str) -> bool:
 
 def run_training(job_id: str, bundle_path: str, manifest_sha256: str, script_member: str,
                  results_path: str, result_recipient: str, threads: int = 1,
-                 contents_sha256: str | None = None) -> dict:
+                 contents_sha256: str | None = None, review_recipient: str | None = None) -> dict:
     """The task of one offloaded job (runs in the dask worker on the Slurm node).
 
     *manifest_sha256* and *contents_sha256* are the digests the server staged: the bundle's
-    data and its MANIFEST.json (script and metadata included) must match both.
+    data and its MANIFEST.json (script and metadata included) must match both. With
+    *review_recipient* (the hub's review key: a project of the dataset needs results review)
+    the results are sealed by :func:`~xnat_bridge.offload.review.seal_held_results` and the
+    return value carries the wrapped shares and previews under ``"review"``.
     """
     from ..staging import encrypt_directory, extract_bundle
 
@@ -255,7 +258,12 @@ def run_training(job_id: str, bundle_path: str, manifest_sha256: str, script_mem
         finally:
             os.close(script_fd)
         result = {"exit_code": rc, "tail": list(tail), "slurm_job_id": slurm_job_id, "results": None}
-        if rc == 0:
+        if rc == 0 and review_recipient:
+            from .review import seal_held_results
+
+            result["results"], result["review"] = seal_held_results(out_dir, results_path,
+                                                                    result_recipient, review_recipient)
+        elif rc == 0:
             result["results"] = encrypt_directory(out_dir, result_recipient, results_path)
         return result
     finally:

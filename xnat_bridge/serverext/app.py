@@ -32,17 +32,21 @@ import asyncio
 import os
 from pathlib import Path
 
-from jupyter_server.extension.application import ExtensionApp
-from jupyter_server.utils import import_item
 from traitlets import Any, Bool, CaselessStrEnum, Float, TraitError, Type, Unicode, default, validate
 
+from ..audit_outbox import hub_sender, stop_senders
 from ..errors import XnatHpcError
+from ..extras import needs_extra
 from ..filecache import FileCache, check_cache_root
 from ..files import DEFAULT_RETRY_WINDOW
 from ..offload.manager import OffloadManager
 from ..staging import ENGINE_NAMES, engine_by_name
 from .handlers import url_handlers
 from .state import ServerState
+
+with needs_extra("server", "the server extension (xnat_bridge.serverext)"):
+    from jupyter_server.extension.application import ExtensionApp
+    from jupyter_server.utils import import_item
 
 ACTIVITY_KEY = "xnat_hpc_jobs"
 
@@ -126,6 +130,15 @@ class XnatHpcExtension(ExtensionApp):
         unpacks. Example: c.XnatHpcExtension.mount_check_md5 = True.""",
     ).tag(config=True)
 
+    audit_to_hub = Bool(
+        True,
+        help="""Send every audit event of this server (and of its kernels) to the hub's trail
+        (POST $JUPYTERHUB_API_URL/xnat-hpc/audit with the server's own hub token), through a
+        durable outbox in the workspace (audit-outbox.jsonl, 0600) that keeps them while the hub
+        is unreachable. The researcher's own audit.jsonl is kept as their copy either way.
+        Only has an effect when the server runs under a hub (JUPYTERHUB_API_URL set).""",
+    ).tag(config=True)
+
     activity_interval = Float(
         60.0,
         help="""Seconds between activity reports while offload jobs are running
@@ -178,6 +191,8 @@ class XnatHpcExtension(ExtensionApp):
                                  mount_check_md5=self.mount_check_md5)
         self.submit_lock = asyncio.Lock()
         self._activity_task: asyncio.Task | None = None
+        # the audit sender first: connections built later pick it up (audit_outbox.default_sink)
+        self.audit_sender = hub_sender(self.state.workspace) if self.audit_to_hub else None
         self.log.info("xnat-hpc: REST API at %sxnat-hpc/api/ (workspace %s)",
                       self.serverapp.base_url, self.state.workspace)
 
@@ -217,3 +232,5 @@ class XnatHpcExtension(ExtensionApp):
         if self._activity_task is not None:
             self._activity_task.cancel()
         await asyncio.get_running_loop().run_in_executor(None, self.state.close)
+        if self.audit_sender is not None:  # one last delivery of what is queued
+            await asyncio.get_running_loop().run_in_executor(None, stop_senders)

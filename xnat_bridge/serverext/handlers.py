@@ -25,14 +25,17 @@ import json
 import logging
 import re
 
-from jupyter_server.auth.decorator import authorized
-from jupyter_server.base.handlers import APIHandler
-from jupyter_server.extension.handler import ExtensionHandlerMixin
 from tornado import web
 from tornado.ioloop import IOLoop
 
 from ..errors import InvalidRequest, NotFound, XnatHpcError
+from ..extras import needs_extra
 from . import views
+
+with needs_extra("server", "the server extension (xnat_bridge.serverext)"):
+    from jupyter_server.auth.decorator import authorized
+    from jupyter_server.base.handlers import APIHandler
+    from jupyter_server.extension.handler import ExtensionHandlerMixin
 
 log = logging.getLogger(__name__)
 
@@ -244,11 +247,30 @@ class ScriptsHandler(XnatHpcHandler):
         self.reply({"items": items})
 
 
+def _progress(manager, job_id: str) -> dict | None:
+    """The manager's live staging progress of *job_id* (a ``manager_class`` without it: none)."""
+    of = getattr(manager, "progress", None)
+    return of(job_id) if of is not None else None
+
+
+def _review(manager, doc: dict) -> dict:
+    """*doc* (a job's JSON) with ``review``: held / approved / rejected and why, or None when
+    its results were not held (:meth:`OffloadManager.review`; asks the hub about held jobs)."""
+    of = getattr(manager, "review", None)
+    doc["review"] = of(doc["id"]) if of is not None and doc.get("state") == "done" else None
+    return doc
+
+
 class JobsHandler(XnatHpcHandler):
     @endpoint
     async def get(self):
-        jobs = await self.blocking(lambda: self.state.manager().list())
-        self.reply({"items": [j.to_json() for j in jobs]})
+        def work():
+            m = self.state.manager()
+            out = views.jobs_json(m.list(), lambda job_id: _progress(m, job_id))
+            out["items"] = [_review(m, doc) for doc in out["items"]]
+            return out
+
+        self.reply(await self.blocking(work))
 
     @endpoint
     async def post(self):
@@ -264,15 +286,18 @@ class JobsHandler(XnatHpcHandler):
         job = done.record
         log.info("xnat-hpc: job %s %s for %s (dataset %s, script %s)", job.id,
                  "submitted" if done.created else "already exists", job.user, job.dataset, job.script)
-        self.reply(job.to_json(), status=202 if done.created else 200)
+        self.reply(views.job_json(job), status=202 if done.created else 200)
 
 
 class JobHandler(XnatHpcHandler):
     @endpoint
     async def get(self, job_id):
         views.check_job_id(job_id)
-        job = await self.blocking(lambda: self.state.manager().get(job_id))
-        self.reply(job.to_json())
+        def work():
+            m = self.state.manager()
+            return _review(m, views.job_json(m.get(job_id), _progress(m, job_id)))
+
+        self.reply(await self.blocking(work))
 
 
 class JobLogsHandler(XnatHpcHandler):
@@ -296,7 +321,7 @@ class JobCancelHandler(XnatHpcHandler):
         views.check_job_id(job_id)
         job = await self.blocking(lambda: self.state.manager().cancel(job_id))
         log.info("xnat-hpc: job %s cancel requested by %s -> %s", job_id, job.user, job.state)
-        self.reply(job.to_json())
+        self.reply(views.job_json(job))
 
 
 class JobResultsHandler(XnatHpcHandler):

@@ -1,0 +1,242 @@
+"""Results review for sensitive projects: the owners' page and the servers' API.
+
+Routes (relative to the hub prefix, installed by :func:`hub_ext.handlers.xnat_hpc_handlers`)::
+
+    GET  /xnat-hpc/review                      the owner's page (logged-in users, no JavaScript)
+    POST /xnat-hpc/review/projects             mark / unmark a project (form: project, review=on|off)
+    POST /xnat-hpc/review/jobs/{user}/{job}    decide (form: decision=approve|reject, reason)
+    GET  /api/xnat-hpc/review/policy?projects=A,B   which need review + the hub's review recipient
+    POST /api/xnat-hpc/review/jobs/{job}       a server registers its held job
+    GET  /api/xnat-hpc/review/jobs/{job}       its state; once approved, ``?share=1``: the hub's key share
+
+Who may do what is decided here and nowhere else: the page's forms are XSRF-checked
+(JupyterHub's cookie check) and act only on projects the visitor **owns in XNAT
+right now** (asked of XNAT with the visitor's own alias token; site admins are not
+owners); the API answers a job only to a token of the job's own user, the share only
+after approval. Every change and every refusal is audited on the hub's trail
+(``review_policy``, ``review_hold``, ``review_approve``, ``review_reject``, ``key_release``).
+The store and the review key: :mod:`hub_ext.review_store`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import re
+
+from jupyterhub.apihandlers import APIHandler
+from jupyterhub.handlers import BaseHandler
+from tornado import web
+
+from xnat_bridge.client import XnatClient
+from xnat_bridge.errors import InvalidRequest, PermissionDenied
+from xnat_bridge.permissions import fetch_permissions
+
+from .audit_log import HubAuditLog
+from .errors import map_errors
+from .review_page import render_page
+from .review_store import ReviewStore, decidable
+from .xnat_api import AliasToken
+
+PAGE_ROUTE = r"/xnat-hpc/review"
+PROJECT_ROUTE = r"/xnat-hpc/review/projects"
+DECIDE_ROUTE = r"/xnat-hpc/review/jobs/([^/]{1,200})/(j[0-9a-f]{12})"
+POLICY_ROUTE = r"/api/xnat-hpc/review/policy"
+JOB_ROUTE = r"/api/xnat-hpc/review/jobs/(j[0-9a-f]{12})"
+_PROJECT_RE = re.compile(r"^[A-Za-z0-9_\-]{1,100}$")
+
+
+def review_store(settings: dict, log=None) -> ReviewStore:
+    store = ReviewStore(config=settings.get("config"))
+    if log is not None:
+        store.log = log
+    return store
+
+
+async def audit(settings: dict, user: str, action: str, outcome: str, *, items=(), detail: str = "",
+                extra: dict | None = None) -> None:
+    await HubAuditLog(config=settings.get("config")).record(user, action, outcome, items=items,
+                                                            detail=detail, extra=extra)
+
+
+class _OwnerMixin:
+    async def owned_now(self) -> set[str]:
+        """The projects the logged-in visitor owns in XNAT now (their own alias token)."""
+        user = self.current_user
+        state = await user.get_auth_state() or {}
+        token = AliasToken.from_state(state.get("xnat_token"))
+        if token is None:
+            raise PermissionDenied("log in with your XNAT account to review your projects' results")
+        xnat_url = getattr(self.authenticator, "xnat_url", "") or os.environ.get("XNAT_HOST", "")
+
+        def ask() -> set[str]:
+            with XnatClient(xnat_url, token.alias, token.secret, retries=1, timeout=15) as client:
+                perms = fetch_permissions(client, user.name)
+            return {p for p, r in perms.roles.items() if r == "Owner"}
+
+        return await asyncio.to_thread(ask)
+
+    def page_url(self, notice: str = "") -> str:
+        url = self.hub.base_url + PAGE_ROUTE.lstrip("/")
+        return url + (f"?notice={notice}" if notice else "")
+
+
+NOTICES = {"marked": "The project's results now need review.",
+           "unmarked": "The project's results no longer need review.",
+           "approve": "Approved.", "reject": "Rejected: the results were deleted."}
+
+
+class ReviewPageHandler(_OwnerMixin, BaseHandler):
+    @web.authenticated
+    @map_errors
+    async def get(self):
+        owned = await self.owned_now()
+        store = review_store(self.settings, self.log)
+
+        def read():
+            jobs = store.jobs_for(owned)
+            previews = {(j["user"], j["job"]): store.previews(j["user"], j["job"])
+                        for j in jobs if j["state"] == "held" and decidable(j["projects"], owned)}
+            return store.marked(owned), jobs, previews
+
+        marked, jobs, previews = await asyncio.to_thread(read)
+        notice = NOTICES.get(self.get_argument("notice", ""), "")
+        self.set_header("Cache-Control", "no-store")  # previews of held results: never cached
+        self.finish(render_page(self.current_user.name, sorted(owned), marked, jobs, previews,
+                                self.xsrf_token.decode("ascii"), notice))
+
+
+class ReviewProjectHandler(_OwnerMixin, BaseHandler):
+    @web.authenticated
+    @map_errors
+    async def post(self):
+        project, review = self.get_body_argument("project", ""), self.get_body_argument("review", "")
+        if not _PROJECT_RE.match(project) or review not in ("on", "off"):
+            raise InvalidRequest("expected project=<XNAT project id> and review=on|off")
+        owned = await self.owned_now()
+        name = self.current_user.name
+        if project not in owned:
+            await audit(self.settings, name, "review_policy", "denied", items=[project],
+                        detail=f"not an owner of {project}: review setting unchanged")
+            raise PermissionDenied(f"only an owner of {project} (in XNAT) changes its results review")
+        store = review_store(self.settings, self.log)
+        changed = await asyncio.to_thread(store.mark, project, name, review == "on")
+        if changed:
+            await audit(self.settings, name, "review_policy", "allowed", items=[project],
+                        detail=f"results review {'required' if review == 'on' else 'no longer required'}",
+                        extra={"review": review})
+        self.redirect(self.page_url("marked" if review == "on" else "unmarked"))
+
+
+class ReviewDecisionHandler(_OwnerMixin, BaseHandler):
+    @web.authenticated
+    @map_errors
+    async def post(self, job_user: str, job_id: str):
+        decision = self.get_body_argument("decision", "")
+        reason = self.get_body_argument("reason", "")
+        if decision not in ("approve", "reject"):
+            raise InvalidRequest("decision must be approve or reject")
+        action = f"review_{decision}"
+        owned = await self.owned_now()
+        name = self.current_user.name
+        store = review_store(self.settings, self.log)
+        job = await asyncio.to_thread(store.job, job_user, job_id)
+        mine = decidable(job["projects"], owned)
+        if not mine:
+            await audit(self.settings, name, action, "denied", items=job["projects"],
+                        detail=f"job {job_id} of {job_user}: not an owner of its projects",
+                        extra={"job": job_id, "job_user": job_user})
+            raise PermissionDenied(f"only an owner of {', '.join(job['projects'])} decides about job {job_id}")
+        job = await asyncio.to_thread(store.record_decision, job_user, job_id, mine, name, decision, reason)
+        await audit(self.settings, name, action, "allowed", items=mine,
+                    detail=(f"job {job_id} of {job_user}: {decision}d for {', '.join(mine)}"
+                            + (f": {reason.strip()[:300]}" if decision == "reject" else "")
+                            + f"; job now {job['state']}"),
+                    extra={"job": job_id, "job_user": job_user, "state": job["state"],
+                           "manifest_sha256": job["manifest_sha256"], "script_sha256": job["script_sha256"]})
+        self.redirect(self.page_url(decision))
+
+
+class _ServerAPI(APIHandler):
+    def user_from_token(self) -> str:
+        """The job's user: a token of a hub user, in the Authorization header (never a cookie)."""
+        auth = self.request.headers.get("Authorization", "")
+        user = self.current_user
+        if not auth.lower().startswith(("token ", "bearer ")) or user is None \
+                or getattr(user, "kind", "user") != "user":
+            raise PermissionDenied("the review API takes a user's or server's hub token "
+                                   "(Authorization: token ...)")
+        return user.name
+
+    def check_xsrf_cookie(self):  # token-authenticated only (user_from_token): no cookie involved
+        return
+
+    def reply(self, data: dict, status: int = 200) -> None:
+        self.set_status(status)
+        self.set_header("Content-Type", "application/json")
+        self.set_header("Cache-Control", "no-store")
+        self.finish(json.dumps(data))
+
+
+class ReviewPolicyAPIHandler(_ServerAPI):
+    @map_errors
+    async def get(self):
+        self.user_from_token()
+        projects = [p for p in self.get_argument("projects", "").split(",") if p]
+        if not projects or not all(_PROJECT_RE.match(p) for p in projects):
+            raise InvalidRequest("projects=A,B: the XNAT projects of the job's dataset")
+        store = review_store(self.settings, self.log)
+
+        def read():
+            return sorted(store.marked(projects)), store.recipient()
+
+        review, recipient = await asyncio.to_thread(read)
+        self.reply({"projects": sorted(set(projects)), "review": review, "recipient": recipient})
+
+
+class ReviewJobAPIHandler(_ServerAPI):
+    @map_errors
+    async def post(self, job_id: str):
+        user = self.user_from_token()
+        try:
+            body = json.loads(self.request.body or b"{}")
+        except ValueError:
+            raise InvalidRequest("expected a JSON body") from None
+        store = review_store(self.settings, self.log)
+        try:
+            job = await asyncio.to_thread(store.register, user, job_id, body)
+        except PermissionDenied as e:  # a share or preview sealed to another key: refused, audited
+            await audit(self.settings, user, "review_hold", "denied", items=body.get("projects") or (),
+                        detail=f"job {job_id}: {e.message}"[:500], extra={"job": job_id})
+            raise
+        await audit(self.settings, user, "review_hold", "allowed", items=job["projects"],
+                    detail=f"job {job_id}: {len(job['results'])} result file(s) held for review",
+                    extra={"job": job_id, "slurm_job_id": job["slurm_job_id"],
+                           "manifest_sha256": job["manifest_sha256"], "script_sha256": job["script_sha256"]})
+        self.reply(_public(job), status=201)
+
+    @map_errors
+    async def get(self, job_id: str):
+        user = self.user_from_token()
+        store = review_store(self.settings, self.log)
+        job = await asyncio.to_thread(store.job, user, job_id)
+        out = _public(job)
+        if job["state"] == "approved" and self.get_argument("share", "") == "1":
+            share = await asyncio.to_thread(store.release_share, user, job_id)
+            out["share"] = base64.b64encode(share).decode("ascii")
+            await audit(self.settings, user, "key_release", "allowed", items=job["projects"],
+                        detail=f"job {job_id}: the hub's share of the approved results key",
+                        extra={"job": job_id, "slurm_job_id": job["slurm_job_id"]})
+        self.reply(out)
+
+
+def _public(job: dict) -> dict:
+    return {k: job[k] for k in ("job", "projects", "state", "reason", "by", "since", "decided", "pending")}
+
+
+def review_handlers() -> list[tuple[str, type]]:
+    return [(PAGE_ROUTE, ReviewPageHandler), (PROJECT_ROUTE, ReviewProjectHandler),
+            (DECIDE_ROUTE, ReviewDecisionHandler), (POLICY_ROUTE, ReviewPolicyAPIHandler),
+            (JOB_ROUTE, ReviewJobAPIHandler)]
