@@ -26,13 +26,11 @@ from __future__ import annotations
 import asyncio
 import datetime as _dt
 import json
-import os
 from collections.abc import Callable
 
 from tornado import web
 
-from xnat_bridge.client import XnatClient
-from xnat_bridge.errors import InvalidRequest, PermissionDenied, XnatHpcError
+from xnat_bridge.errors import InvalidRequest, XnatHpcError
 from xnat_bridge.extras import needs_extra
 from xnat_bridge.permissions import fetch_permissions
 
@@ -42,7 +40,7 @@ from .errors import map_errors
 from .revocation_watch import ensure_watch
 from .routes import installed
 from .owner_render import WITHHELD, owned_projects, visible_part  # noqa: F401
-from .xnat_api import AliasToken
+from .visitor import visitor_client, visitor_token
 
 with needs_extra("hub", "the owner page (hub_ext.owner)"):
     from jupyterhub import orm
@@ -128,11 +126,7 @@ class OwnerAuditHandler(BaseHandler):
     async def get(self):
         ensure_watch(self.settings)
         user = self.current_user
-        state = await user.get_auth_state() or {}
-        token = AliasToken.from_state(state.get("xnat_token"))
-        if token is None:
-            raise PermissionDenied("log in with your XNAT account to see your projects' audit")
-        xnat_url = getattr(self.authenticator, "xnat_url", "") or os.environ.get("XNAT_HOST", "")
+        token = await visitor_token(self, "see your projects' audit")
         audit_log = hub_audit_log(self.settings, self.log)
         fmt = self.get_argument("format", "")
         args = {k: self.get_argument(k, "") for k in ("project", "user", "action", "since", "until",
@@ -140,7 +134,7 @@ class OwnerAuditHandler(BaseHandler):
         active = _active_servers(self.db)
 
         def client():
-            return XnatClient(xnat_url, token.alias, token.secret, retries=1, timeout=15)
+            return visitor_client(self, token)
 
         with client() as c:
             perms = await asyncio.to_thread(fetch_permissions, c, user.name)

@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import html
-import os
 import re
 from collections.abc import Mapping
 from urllib.parse import quote
@@ -43,6 +42,7 @@ from .audit_log import HubAuditLog
 from .errors import map_errors, status_for
 from .revocation import RevocationReport
 from .revocation_watch import ensure_watch, revoke_effects
+from .visitor import visitor_client, visitor_token
 from .xnat_api import AliasToken
 
 ROUTE = r"/xnat-hpc/owner/access"
@@ -216,18 +216,11 @@ def change_member(client: XnatClient, change: AccessChange) -> str:
 class OwnerAccessHandler(BaseHandler):
     """Grant and revoke, as the owner, through XNAT."""
 
-    def _xnat_url(self) -> str:
-        return getattr(self.authenticator, "xnat_url", "") or os.environ.get("XNAT_HOST", "")
-
     async def _token(self) -> AliasToken:
-        state = await self.current_user.get_auth_state() or {}
-        token = AliasToken.from_state(state.get("xnat_token"))
-        if token is None:
-            raise PermissionDenied("log in with your XNAT account to manage access to your projects")
-        return token
+        return await visitor_token(self, "manage access to your projects")
 
     def _client(self, token: AliasToken) -> XnatClient:
-        return XnatClient(self._xnat_url(), token.alias, token.secret, retries=1, timeout=15)
+        return visitor_client(self, token)
 
     def _audit_log(self) -> HubAuditLog:
         return HubAuditLog(config=self.settings.get("config"), log=self.log)
@@ -316,10 +309,13 @@ class OwnerAccessHandler(BaseHandler):
 
     # -- what a revocation does --------------------------------------------------------------
     async def revoke_effects(self, target: str, project: str, reason: str) -> RevocationReport:
-        """Stop, cancel and wipe what *target* still runs on *project* (:mod:`hub_ext.revocation`)."""
-        user = self.find_user(target)
+        """Stop, cancel and wipe what the XNAT account *target* still runs on *project*
+        (:mod:`hub_ext.revocation`): on the hub it is the name the authenticator gives that
+        login (``c.XnatAuthenticator.username_map``, else the login itself)."""
+        hub_name = self.authenticator.normalize_username(target)
+        user = self.find_user(hub_name)
 
         async def stop(name: str) -> None:
             await self.stop_single_user(user, name)
 
-        return await revoke_effects(self.settings, user, target, project, reason, stop)
+        return await revoke_effects(self.settings, user, hub_name, project, reason, stop)

@@ -23,22 +23,19 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import os
 import re
 
 from jupyterhub.apihandlers import APIHandler
 from jupyterhub.handlers import BaseHandler
 from tornado import web
 
-from xnat_bridge.client import XnatClient
-from xnat_bridge.errors import InvalidRequest, PermissionDenied
-from xnat_bridge.permissions import fetch_permissions
+from xnat_bridge.errors import InvalidRequest, NotFound, PermissionDenied
 
 from .audit_log import HubAuditLog
 from .errors import map_errors
 from .review_page import render_page
 from .review_store import ReviewStore, decidable
-from .xnat_api import AliasToken
+from .visitor import visitor_permissions
 
 PAGE_ROUTE = r"/xnat-hpc/review"
 PROJECT_ROUTE = r"/xnat-hpc/review/projects"
@@ -63,20 +60,10 @@ async def audit(settings: dict, user: str, action: str, outcome: str, *, items=(
 
 class _OwnerMixin:
     async def owned_now(self) -> set[str]:
-        """The projects the logged-in visitor owns in XNAT now (their own alias token)."""
-        user = self.current_user
-        state = await user.get_auth_state() or {}
-        token = AliasToken.from_state(state.get("xnat_token"))
-        if token is None:
-            raise PermissionDenied("log in with your XNAT account to review your projects' results")
-        xnat_url = getattr(self.authenticator, "xnat_url", "") or os.environ.get("XNAT_HOST", "")
-
-        def ask() -> set[str]:
-            with XnatClient(xnat_url, token.alias, token.secret, retries=1, timeout=15) as client:
-                perms = fetch_permissions(client, user.name)
-            return {p for p, r in perms.roles.items() if r == "Owner"}
-
-        return await asyncio.to_thread(ask)
+        """The projects the logged-in visitor owns in XNAT now (their own alias token): their
+        Owners groups only, so a site admin reviews no project they do not own themselves."""
+        perms = await visitor_permissions(self, "review your projects' results")
+        return perms.owned()
 
     def page_url(self, notice: str = "") -> str:
         url = self.hub.base_url + PAGE_ROUTE.lstrip("/")
@@ -148,7 +135,9 @@ class ReviewDecisionHandler(_OwnerMixin, BaseHandler):
             await audit(self.settings, name, action, "denied", items=job["projects"],
                         detail=f"job {job_id} of {job_user}: not an owner of its projects",
                         extra={"job": job_id, "job_user": job_user})
-            raise PermissionDenied(f"only an owner of {', '.join(job['projects'])} decides about job {job_id}")
+            # the same answer as for a job that does not exist: a visitor who owns none of its
+            # projects learns neither that it exists nor which projects it is about
+            raise NotFound(f"no held results of job {job_id} of {job_user}", item=job_id)
         job = await asyncio.to_thread(store.record_decision, job_user, job_id, mine, name, decision, reason)
         await audit(self.settings, name, action, "allowed", items=mine,
                     detail=(f"job {job_id} of {job_user}: {decision}d for {', '.join(mine)}"
@@ -161,13 +150,16 @@ class ReviewDecisionHandler(_OwnerMixin, BaseHandler):
 
 class _ServerAPI(APIHandler):
     def user_from_token(self) -> str:
-        """The job's user: a token of a hub user, in the Authorization header (never a cookie)."""
+        """The job's user, from a hub token in the Authorization header (never a cookie) that
+        may report activity for them (``users:activity!user=NAME``): what a server's own
+        ``JUPYTERHUB_API_TOKEN`` holds, and a token limited to anything less does not."""
         auth = self.request.headers.get("Authorization", "")
         user = self.current_user
         if not auth.lower().startswith(("token ", "bearer ")) or user is None \
-                or getattr(user, "kind", "user") != "user":
-            raise PermissionDenied("the review API takes a user's or server's hub token "
-                                   "(Authorization: token ...)")
+                or getattr(user, "kind", "user") != "user" \
+                or not self.has_scope(f"users:activity!user={user.name}"):
+            raise PermissionDenied("the review API takes a server's hub token (its JUPYTERHUB_API_TOKEN, "
+                                   "as Authorization: token ...; scope users:activity for its user)")
         return user.name
 
     def check_xsrf_cookie(self):  # token-authenticated only (user_from_token): no cookie involved

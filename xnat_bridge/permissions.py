@@ -39,6 +39,13 @@ class Permissions:
     site_admin: bool = False
     site_roles: tuple[str, ...] = ()
     fetched_at: float = 0.0
+    #: the roles XNAT's project groups give (``roles`` less what being a site admin adds)
+    member_roles: dict[str, str] = dataclasses.field(default_factory=dict)
+
+    def owned(self) -> set[str]:
+        """The projects whose Owners group the user is in: a site admin owns only those
+        (answering for a project's data is an owner's, not the site's)."""
+        return {p for p, r in self.member_roles.items() if r == "Owner"}
 
     def role(self, project: str) -> str | None:
         return self.roles.get(project)
@@ -78,13 +85,14 @@ def fetch_permissions(client: XnatClient, user: str | None = None) -> Permission
     q = quote(user, safe="")
     groups = client.get_json(f"/xapi/users/{q}/groups", what=f"the groups of {user}")
     site_roles = tuple(client.get_json(f"/xapi/users/{q}/roles", what=f"the roles of {user}"))
-    roles = parse_groups(groups if isinstance(groups, list) else [])
+    member_roles = parse_groups(groups if isinstance(groups, list) else [])
+    roles = dict(member_roles)
     admin = SITE_ADMIN in site_roles
     if admin:
         for row in client.result("/data/projects", params={"accessible": "true", "columns": "ID"},
                                  what="projects"):
             roles.setdefault(row["ID"], "Owner")
-    return Permissions(user, roles, admin, site_roles, time.time())
+    return Permissions(user, roles, admin, site_roles, time.time(), member_roles)
 
 
 class PermissionCache:

@@ -17,7 +17,23 @@ or cookie); ``no project access`` (a project outside the server's scope and unre
 in XNAT, or a user in no project); ``revoked`` (alice on SLEEP_EEG after dave removed
 her, or carol after dave granted and took back ownership of CARDIO_ECG);
 ``out of scope`` (bob on NEURO_MRI, which XNAT lets him read but his server's scope
-does not hold); ``owner`` (alice on her project, or dave on his).
+does not hold); ``owner`` (alice on her project, or dave on his); ``server's own token``
+(the ``JUPYTERHUB_API_TOKEN`` the hub gave alice's running server).
+
+The hub's routes (``hub_ext.handlers.xnat_hpc_handlers``): the owners' audit page (HTML
+and JSON); the bootstrap API; the spawn REST API and form; the owners' access page
+(``/hub/xnat-hpc/owner/access``: the page, ``?project=``, grant and revoke forms — a refused
+change leaves XNAT's user list of the project as it was, asked as XNAT's admin); results
+review (``/hub/xnat-hpc/review``: the page, the mark and decide forms — a refused one
+leaves the review policy and the held job as they were — and the servers' API
+``/hub/api/xnat-hpc/review/policy`` and ``…/review/jobs/{job}``: a job and its key share
+only to its own user's token); the audit ingest (``/hub/api/xnat-hpc/audit``: only a
+running server's own token; a refused batch appends nothing to the hub's trail). For the
+review cells the fixture has dave mark CARDIO_ECG for review, registers held jobs of bob
+(CARDIO_ECG) and alice (NEURO_MRI, which she then approves) through that API with their
+servers' tokens, and carries previews whose markers must not reach another owner's page.
+XNAT's own plugin starting servers as the ``xnat`` service is tested in
+``test_xnat_plugin_hub.py``.
 
 What every cell asserts (docs/security.md, docs/architecture.md): XNAT decides; the
 status is exactly the expected one (a denial is 401/403/404, never 500, and a JSON
@@ -29,7 +45,8 @@ none was deleted or cancelled). A cell that shows a product gap not fixed yet ca
 
 The revoked cells of the server API come last and wait (once) until the servers'
 permission cache (60 s) has expired since the revocation: XNAT's revocation takes effect
-within that TTL by design. One run takes about two minutes.
+within that TTL by design. One run takes about one and a half minutes: 253 cells (113 on
+the hub's routes, 140 on the server API), none of them an open finding.
 """
 
 from __future__ import annotations
@@ -46,7 +63,9 @@ import pytest
 import requests
 
 from devstack.accounts import install_file
-from tests.fixtures.spawn import make_hub
+from tests.fixtures.spawn import audit_events, make_hub, process_environ, server_process
+from xnat_bridge.offload import review as rv
+from xnat_bridge.staging import AgeIdentity
 
 pytestmark = [pytest.mark.devxnat, pytest.mark.slurm]
 
@@ -67,7 +86,7 @@ ALICE_DATASETS = ("authz-mri", "authz-sleep", "authz-doomed", "authz-cell")
 class Who:
     label: str
     user: str | None = None
-    cred: str = "token"  # none | token | limited | deleted | used | cookie
+    cred: str = "token"  # none | token | limited | deleted | used | server | cookie
 
 
 NOBODY = Who("no auth", cred="none")
@@ -104,6 +123,7 @@ class World:
     revoked_at: float
     jobs: set[str] = dataclasses.field(default_factory=set)  # alice's job ids once the fixture is done
     values: dict[str, str] = dataclasses.field(default_factory=dict)
+    members: dict[str, set] = dataclasses.field(default_factory=dict)  # XNAT's users of each project
 
     def fmt(self, text: str) -> str:
         return text.format(**self.values)
@@ -123,6 +143,17 @@ class World:
     def alice(self, method: str, path: str, **kw):
         """alice's own server as alice (for set-up and after-checks)."""
         return self.server_api("alice", method, path, **kw)
+
+    def review_api(self, user: str, method: str, path: str, **kw):
+        """The hub's review API with *user*'s own token (set-up and after-checks)."""
+        return requests.request(method, f"{self.hub.url}/hub/api/xnat-hpc/review/{path}",
+                                headers={"Authorization": f"token {self.tokens[user]}"}, timeout=60, **kw)
+
+    def post_form(self, user: str, path: str, **data) -> requests.Response:
+        """A form of the hub's pages posted by *user* (logged in), with their _xsrf."""
+        session = self.sessions[user]
+        data["_xsrf"] = session.cookies.get("_xsrf") or ""
+        return session.post(f"{self.hub.url}{path}", data=data, allow_redirects=False, timeout=60)
 
     def wait_for_revocation(self) -> None:
         """A server trusts XNAT's answer for PERMISSION_TTL s: revocation holds after that."""
@@ -259,6 +290,10 @@ def world(shared_devxnat, unix_users, staging, slurm, tmp_path_factory):
         assert r.status_code == 200, r.text
         restore.append(("PUT", "/data/projects/SLEEP_EEG/users/Members/alice", "dave"))
         world.revoked_at = time.monotonic()
+        # for the owners' grant/revoke cells: XNAT's user lists as they are now
+        restore.append(("DELETE", f"/data/projects/NEURO_MRI/users/{GRANT_GROUP}/carol", "alice"))
+        world.members = {p: project_members(xnat, p) for p in DEMO_PROJECTS}
+        _review_setup(world)
         yield world
     finally:
         for method, path, as_user in reversed(restore):
@@ -272,6 +307,48 @@ def world(shared_devxnat, unix_users, staging, slurm, tmp_path_factory):
         for user, server in started:
             _stop(hub, user, server)
         hub.stop()
+
+
+#: the role alice grants carol on NEURO_MRI in the grant cell (revoked again in the next cell)
+GRANT_GROUP = "Collaborators"
+#: held jobs registered for the review cells: bob's on CARDIO_ECG (dave reviews, still held),
+#: alice's on NEURO_MRI (she owns it and approved it: its share is released to her token only)
+BOB_REVIEW, ALICE_REVIEW = "jb0b000000001", "ja11ce0000001"
+BOB_REVIEW_ADMIN = "jb0b000000002"  # another of bob's, for the site admin's decision cell only
+BOB_RESULT, ALICE_RESULT = "bob-held-result.csv", "alice-held-result.csv"
+BOB_PREVIEW, ALICE_PREVIEW = "BOB-PREVIEW-7c1e", "ALICE-PREVIEW-5d2f"
+
+
+def project_members(devxnat, project: str) -> set[tuple[str, str]]:
+    """XNAT's users of *project*, ``{(login, group)}``, asked as the site admin."""
+    r = devxnat.get(f"/data/projects/{project}/users?format=json", "admin")
+    assert r.status_code == 200, r.text
+    return {(row["login"], row["displayname"]) for row in r.json()["ResultSet"]["Result"]}
+
+
+def _review_setup(world: World) -> None:
+    """Servers' tokens; dave marks CARDIO_ECG for review; bob's and alice's jobs held; alice
+    approves hers (her own project) through the hub's form."""
+    for user in ("alice", "bob"):
+        srv = world.hub.api("GET", f"/users/{user}").json()["servers"][SERVER]
+        world.tokens[f"{user}-server"] = process_environ(server_process(user, srv))["JUPYTERHUB_API_TOKEN"]
+    r = world.post_form("dave", "/hub/xnat-hpc/review/projects", project="CARDIO_ECG", review="on")
+    assert r.status_code == 302, r.text
+    recipient = world.review_api("bob", "GET", "policy?projects=CARDIO_ECG").json()["recipient"]
+    for user, job, project, result, preview in (("bob", BOB_REVIEW, "CARDIO_ECG", BOB_RESULT, BOB_PREVIEW),
+                                                ("bob", BOB_REVIEW_ADMIN, "CARDIO_ECG", BOB_RESULT, BOB_PREVIEW),
+                                                ("alice", ALICE_REVIEW, "NEURO_MRI", ALICE_RESULT, ALICE_PREVIEW)):
+        r = world.review_api(f"{user}-server", "POST", f"jobs/{job}", json={
+            "projects": [project], "dataset": f"authz-{user}", "dataset_version": 1, "slurm_job_id": "4242",
+            "results": [{"name": result, "size": len(preview), "sha256": "0" * 64}],
+            "share": rv.wrap(os.urandom(32), recipient), "previews": {result: rv.wrap(preview.encode(), recipient)}})
+        assert r.status_code == 201, r.text
+    r = world.post_form("alice", f"/hub/xnat-hpc/review/jobs/alice/{ALICE_REVIEW}", decision="approve")
+    assert r.status_code == 302, r.text
+    assert world.review_api("alice", "GET", f"jobs/{ALICE_REVIEW}").json()["state"] == "approved"
+    world.values.update(alice_review=ALICE_REVIEW, bob_review=BOB_REVIEW, bob_review_admin=BOB_REVIEW_ADMIN,
+                        alice_server_token=world.tokens["alice-server"],
+                        bob_server_token=world.tokens["bob-server"])
 
 
 def _delete_token(hub, user: str, note: str) -> None:
@@ -298,12 +375,19 @@ class Cell:
     after: Callable | None = None   # after(world): the refused request changed nothing
     revoked: bool = False        # needs the revocation to be in force in the servers
     finding: str = ""            # a known product gap: the cell is expected to fail (xfail, strict)
+    xsrf: bool = True            # a form post carries the caller's _xsrf (False: a forged post)
+    redirect: str = ""           # a 302 goes here (default: the login page)
+    note: str = ""               # tells apart cells of one route, caller and status
 
     @property
     def id(self) -> str:
         shown = self.path
         if self.json is not None and isinstance(self.json, dict) and "projects" in self.json:
             shown += f" {{projects: {self.json['projects']}}}"
+        if self.note:
+            shown += f" [{self.note}]"
+        if self.form is not None and not self.xsrf:
+            shown += " (no _xsrf)"
         return f"{self.method} {shown} as {self.who.label} -> {'/'.join(map(str, self.expect))}"
 
 
@@ -328,15 +412,15 @@ def perform(world: World, cell: Cell) -> tuple[requests.Response, str]:
         session = world.sessions[who.user]
     elif who.cred == "token":
         headers["Authorization"] = f"token {world.tokens[who.user]}"
-    elif who.cred in ("limited", "deleted", "used"):
+    elif who.cred in ("limited", "deleted", "used", "server"):
         headers["Authorization"] = f"token {world.tokens[f'{who.user}-{who.cred}']}"
     body = _render(world, cell.json)
     if body is not None:
         kw["json"] = body
     if cell.form is not None:
         form = _render(world, cell.form)
-        xsrf = session.cookies.get("_xsrf") or ""
-        form = {**form, "_xsrf": xsrf}
+        if cell.xsrf:
+            form = {**form, "_xsrf": session.cookies.get("_xsrf") or ""}
         kw["data"] = form
         body = form
     r = session.request(cell.method, url, headers=headers, **kw)
@@ -360,7 +444,7 @@ def check_cell(world: World, cell: Cell) -> None:
         message = r.json().get("message", "")
         assert isinstance(message, str) and message.strip(), f"{where}: a denial without a message"
     if r.status_code == 302:
-        assert "/hub/login" in r.headers.get("Location", ""), where
+        assert (cell.redirect or "/hub/login") in r.headers.get("Location", ""), where
     for secret in (x for s in cell.hide for x in world.expand(s)):
         if secret in request_text:
             continue  # the caller named it: echoing it back tells them nothing
@@ -427,7 +511,10 @@ def owned(*projects: str):
     def check(world: World, r) -> None:
         page = r.json()
         assert page["owned"] == sorted(projects), page["owned"]
-        assert all(set(e["items"]) <= set(projects) and e["items"] for e in page["events"]), page["events"]
+        # an item is a project or a path under one (a server's events: PROJECT/EXPERIMENT)
+        bad = [e for e in page["events"]
+               if not (e["items"] and {str(i).split("/")[0] for i in e["items"]} <= set(projects))]
+        assert not bad, [(e["action"], e["items"]) for e in bad]
     return check
 
 
@@ -526,6 +613,222 @@ HUB_CELLS += [
     Cell("POST", "/hub/spawn/alice/formcell", REVOKED_COOKIE, (403,),
          form={"profile": "local-small", "project": "SLEEP_EEG"}, hide=HIDE_ON_SPAWN,
          show=("SLEEP_EEG",), after=no_server("alice", "formcell")),
+]
+
+
+# -- the owners' access page (hub_ext/owner_access.py) -------------------------------------------
+
+ACCESS = "/hub/xnat-hpc/owner/access"
+
+
+def members_unchanged(*projects: str):
+    """after: XNAT's user lists of *projects* are what they were before the cells (asked as admin)."""
+    def after(world: World) -> None:
+        for p in projects:
+            assert project_members(world.devxnat, p) == world.members[p], p
+    return after
+
+
+def carol_granted(world: World, r) -> None:
+    assert ("carol", GRANT_GROUP) in project_members(world.devxnat, "NEURO_MRI")
+
+
+GRANT = {"action": "grant", "user": "carol", "group": GRANT_GROUP}
+HUB_CELLS += [
+    Cell("GET", ACCESS, NOBODY, (302,), hide=ALL_PROJECTS),
+    Cell("GET", ACCESS, TOKEN_ON_PAGE, (302,), hide=ALL_PROJECTS),
+    # bob is a Member/Collaborator, not an owner: no project's user list
+    Cell("GET", ACCESS, OTHER_COOKIE, (200,), hide=('id="members-', "dave"), show=('id="owned">none<',)),
+    Cell("GET", ACCESS + "?project=NEURO_MRI", OTHER_COOKIE, (200,), hide=('id="members-', "dave"),
+         show=('id="owned">none<',)),
+    Cell("GET", ACCESS, NO_ACCESS_COOKIE, (200,), hide=('id="members-', *ALL_PROJECTS)),
+    Cell("GET", ACCESS, REVOKED_OWNER_COOKIE, (200,), hide=('id="members-', *ALL_PROJECTS)),
+    Cell("GET", ACCESS, OWNER_COOKIE, (200,), hide=('id="members-SLEEP_EEG"', 'id="members-CARDIO_ECG"', "dave"),
+         show=('id="members-NEURO_MRI"', 'id="owned">NEURO_MRI<')),
+    # another owner's project named in the query: still only her own (here: none shown)
+    Cell("GET", ACCESS + "?project=CARDIO_ECG", OWNER_COOKIE, (200,), hide=('id="members-', "dave")),
+    Cell("GET", ACCESS, DAVE_COOKIE, (200,), hide=('id="members-NEURO_MRI"',),
+         show=('id="members-CARDIO_ECG"', 'id="members-SLEEP_EEG"')),
+    Cell("GET", ACCESS, ADMIN_COOKIE, (200,),
+         show=('id="members-CARDIO_ECG"', 'id="members-NEURO_MRI"', 'id="members-SLEEP_EEG"')),
+    # refused changes: XNAT's user lists stay as they were
+    Cell("POST", ACCESS, NOBODY, (403,), form={**GRANT, "project": "NEURO_MRI"},
+         after=members_unchanged("NEURO_MRI")),
+    Cell("POST", ACCESS, TOKEN_ON_PAGE, (403,), form={**GRANT, "project": "NEURO_MRI"},
+         after=members_unchanged("NEURO_MRI")),
+    Cell("POST", ACCESS, OWNER_COOKIE, (403,), form={**GRANT, "project": "NEURO_MRI"}, xsrf=False, show=("_xsrf",),
+         after=members_unchanged("NEURO_MRI")),
+    Cell("POST", ACCESS, OTHER_COOKIE, (403,), form={**GRANT, "project": "NEURO_MRI"}, note="grant",
+         hide=("dave",), show=("only an owner of NEURO_MRI",), after=members_unchanged("NEURO_MRI")),
+    Cell("POST", ACCESS, OTHER_COOKIE, (403,), note="revoke the owner",
+         form={"action": "revoke", "project": "NEURO_MRI", "user": "alice", "group": "Owners"},
+         hide=("dave",), show=("only an owner of NEURO_MRI",), after=members_unchanged("NEURO_MRI")),
+    Cell("POST", ACCESS, DAVE_COOKIE, (403,), form={**GRANT, "project": "NEURO_MRI"},
+         show=("only an owner of NEURO_MRI",), after=members_unchanged("NEURO_MRI")),
+    Cell("POST", ACCESS, NO_ACCESS_COOKIE, (403,), form={**GRANT, "user": "carol", "project": "SLEEP_EEG"},
+         hide=('id="members-',), show=("only an owner of SLEEP_EEG",), after=members_unchanged("SLEEP_EEG")),
+    Cell("POST", ACCESS, REVOKED_OWNER_COOKIE, (403,), form={**GRANT, "project": "CARDIO_ECG"},
+         hide=('id="members-',), show=("only an owner of CARDIO_ECG",), after=members_unchanged("CARDIO_ECG")),
+    Cell("POST", ACCESS, OWNER_COOKIE, (400,), form={**GRANT, "project": "NEURO_MRI", "group": "Admins"},
+         note="unknown role", show=("choose a role",), after=members_unchanged("NEURO_MRI")),
+    # the owner grants carol, then revokes her: XNAT's list changes and is back as it was
+    Cell("POST", ACCESS, OWNER_COOKIE, (200,), form={**GRANT, "project": "NEURO_MRI"}, note="grant",
+         show=(f"carol now has access to NEURO_MRI as one of its {GRANT_GROUP}",), check=carol_granted),
+    Cell("POST", ACCESS, OWNER_COOKIE, (200,), note="revoke",
+         form={"action": "revoke", "project": "NEURO_MRI", "user": "carol"},
+         show=("carol no longer has access to NEURO_MRI",), after=members_unchanged(*DEMO_PROJECTS)),
+]
+
+
+# -- results review: the owners' page and forms, the servers' API (hub_ext/review.py) -----------
+
+REVIEW = "/hub/xnat-hpc/review"
+REVIEW_API = "/hub/api/xnat-hpc/review/"
+#: the hub's review key and the key shares never show; nor another job's results and previews
+REVIEW_SECRETS = ("AGE-SECRET-KEY", '"share"')
+BOB_HELD = (BOB_REVIEW, BOB_RESULT, BOB_PREVIEW)
+ALICE_HELD = (ALICE_REVIEW, ALICE_RESULT, ALICE_PREVIEW)
+
+
+def review_marked(*projects: str):
+    """after: the review policy is still exactly *projects* (of the demo's)."""
+    def after(world: World) -> None:
+        r = world.review_api("bob", "GET", "policy?projects=" + ",".join(DEMO_PROJECTS))
+        assert r.status_code == 200 and r.json()["review"] == sorted(projects), r.text
+    return after
+
+
+def held(job: str):
+    def after(world: World) -> None:
+        r = world.review_api("bob", "GET", f"jobs/{job}")
+        assert r.status_code == 200 and r.json()["state"] == "held" and r.json()["pending"] == ["CARDIO_ECG"], r.text
+    return after
+
+
+bob_job_held = held(BOB_REVIEW)
+def not_registered(job: str):
+    def after(world: World) -> None:
+        assert world.review_api("alice", "GET", f"jobs/{job}").status_code == 404, f"job {job} was registered"
+    return after
+
+
+MARK_OFF = {"project": "CARDIO_ECG", "review": "off"}
+SERVER_TOKEN = Who("server's own token", "alice", "server")
+OTHER_SERVER = Who("other user's server", "bob", "server")
+HUB_CELLS += [
+    Cell("GET", REVIEW, NOBODY, (302,), hide=(*BOB_HELD, *ALICE_HELD)),
+    Cell("GET", REVIEW, TOKEN_ON_PAGE, (302,), hide=(*BOB_HELD, *ALICE_HELD)),
+    Cell("GET", REVIEW, OTHER_COOKIE, (200,), hide=(*BOB_HELD, *ALICE_HELD, *REVIEW_SECRETS, *ALL_PROJECTS)),
+    Cell("GET", REVIEW, NO_ACCESS_COOKIE, (200,), hide=(*BOB_HELD, *ALICE_HELD, *REVIEW_SECRETS, *ALL_PROJECTS)),
+    Cell("GET", REVIEW, REVOKED_OWNER_COOKIE, (200,), hide=(*BOB_HELD, *ALICE_HELD, *REVIEW_SECRETS,
+                                                           *ALL_PROJECTS)),
+    Cell("GET", REVIEW, OWNER_COOKIE, (200,), hide=(*BOB_HELD, *REVIEW_SECRETS, "CARDIO_ECG", "SLEEP_EEG"),
+         show=(ALICE_REVIEW,)),
+    Cell("GET", REVIEW, DAVE_COOKIE, (200,), hide=(*ALICE_HELD, *REVIEW_SECRETS, "NEURO_MRI"),
+         show=(BOB_REVIEW, BOB_RESULT, BOB_PREVIEW)),
+    # review.py: "site admins are not owners" — XNAT's site admin reviews nothing
+    Cell("GET", REVIEW, ADMIN_COOKIE, (200,), hide=(*BOB_HELD, *ALICE_HELD, *REVIEW_SECRETS)),
+    # marking: only an owner of the project, XSRF-checked; a refusal leaves the policy as it was
+    Cell("POST", REVIEW + "/projects", NOBODY, (403,), form=MARK_OFF, after=review_marked("CARDIO_ECG")),
+    Cell("POST", REVIEW + "/projects", TOKEN_ON_PAGE, (403,), form=MARK_OFF,
+         after=review_marked("CARDIO_ECG")),
+    Cell("POST", REVIEW + "/projects", DAVE_COOKIE, (403,), form=MARK_OFF, xsrf=False, show=("_xsrf",),
+         after=review_marked("CARDIO_ECG")),
+    Cell("POST", REVIEW + "/projects", OWNER_COOKIE, (403,), form=MARK_OFF,
+         show=("only an owner of CARDIO_ECG",), after=review_marked("CARDIO_ECG")),
+    Cell("POST", REVIEW + "/projects", OTHER_COOKIE, (403,), form={"project": "NEURO_MRI", "review": "on"},
+         show=("only an owner of NEURO_MRI",), after=review_marked("CARDIO_ECG")),
+    Cell("POST", REVIEW + "/projects", REVOKED_OWNER_COOKIE, (403,), form=MARK_OFF,
+         show=("only an owner of CARDIO_ECG",), after=review_marked("CARDIO_ECG")),
+    Cell("POST", REVIEW + "/projects", ADMIN_COOKIE, (403,), form=MARK_OFF,
+         show=("only an owner of CARDIO_ECG",), after=review_marked("CARDIO_ECG")),
+    Cell("POST", REVIEW + "/projects", DAVE_COOKIE, (302,), form={"project": "CARDIO_ECG", "review": "on"},
+         redirect="/hub/xnat-hpc/review?notice=marked", after=review_marked("CARDIO_ECG")),
+    # deciding: only an owner of the job's projects; bob's job stays held
+    Cell("POST", REVIEW + "/jobs/bob/{bob_review}", NOBODY, (403,), form={"decision": "approve"},
+         hide=BOB_HELD[1:], after=bob_job_held),
+    Cell("POST", REVIEW + "/jobs/bob/{bob_review}", DAVE_COOKIE, (403,), form={"decision": "approve"},
+         xsrf=False, show=("_xsrf",), after=bob_job_held),
+    # a visitor who owns none of the job's projects gets the answer for a job that does not
+    # exist: neither that it is held nor which projects it is about
+    Cell("POST", REVIEW + "/jobs/bob/{bob_review}", OWNER_COOKIE, (404,), form={"decision": "approve"},
+         hide=(*BOB_HELD[1:], "CARDIO_ECG"), after=bob_job_held),
+    Cell("POST", REVIEW + "/jobs/bob/{bob_review}", OTHER_COOKIE, (404,), form={"decision": "approve"},
+         hide=(*BOB_HELD[1:], "CARDIO_ECG"), after=bob_job_held),  # bob's own job: he is no owner of CARDIO_ECG
+    Cell("POST", REVIEW + "/jobs/bob/{bob_review_admin}", ADMIN_COOKIE, (404,), form={"decision": "approve"},
+         hide=(*BOB_HELD[1:], "CARDIO_ECG"), after=held(BOB_REVIEW_ADMIN)),  # site admins are no owners
+    Cell("POST", REVIEW + "/jobs/bob/{bob_review}", REVOKED_OWNER_COOKIE, (404,), form={"decision": "approve"},
+         hide=(*BOB_HELD[1:], "CARDIO_ECG"), after=bob_job_held),
+    Cell("POST", REVIEW + "/jobs/bob/{bob_review}", DAVE_COOKIE, (400,), form={"decision": "reject"},
+         note="reject without a reason", show=("say why",), after=bob_job_held),
+    Cell("POST", REVIEW + "/jobs/bob/j0000000dead0", OWNER_COOKIE, (404,), form={"decision": "approve"},
+         after=bob_job_held),
+    # the servers' API: a user's token, in the header; a job only to its own user
+    Cell("GET", REVIEW_API + "policy?projects=CARDIO_ECG,NEURO_MRI", NOBODY, (403,), hide=("age1",)),
+    Cell("GET", REVIEW_API + "policy?projects=CARDIO_ECG,NEURO_MRI", DELETED, (403,), hide=("age1",)),
+    Cell("GET", REVIEW_API + "policy?projects=CARDIO_ECG,NEURO_MRI", OWNER_COOKIE, (403,), hide=("age1",)),
+    Cell("GET", REVIEW_API + "policy?projects=CARDIO_ECG,NEURO_MRI", NO_SCOPE, (403,), hide=("age1",),
+         show=("scope users:activity",)),
+    Cell("GET", REVIEW_API + "policy?projects=CARDIO_ECG,NEURO_MRI", SERVER_TOKEN, (200,), hide=REVIEW_SECRETS,
+         show=('"review": ["CARDIO_ECG"]', '"recipient": "age1')),
+    Cell("GET", REVIEW_API + "jobs/{alice_review}", NOBODY, (403,), hide=(*ALICE_HELD[1:], *REVIEW_SECRETS)),
+    Cell("GET", REVIEW_API + "jobs/{alice_review}?share=1", DELETED, (403,), hide=REVIEW_SECRETS),
+    Cell("GET", REVIEW_API + "jobs/{alice_review}?share=1", OWNER_COOKIE, (403,), hide=REVIEW_SECRETS),
+    Cell("GET", REVIEW_API + "jobs/{alice_review}?share=1", OTHER, (404,), hide=(*REVIEW_SECRETS, "NEURO_MRI")),
+    Cell("GET", REVIEW_API + "jobs/{alice_review}?share=1", OTHER_SERVER, (404,),
+         hide=(*REVIEW_SECRETS, "NEURO_MRI")),
+    Cell("GET", REVIEW_API + "jobs/{alice_review}?share=1", ADMIN, (404,), hide=(*REVIEW_SECRETS, "NEURO_MRI")),
+    # a token that may not even report her activity gets nothing (a server's token may)
+    Cell("GET", REVIEW_API + "jobs/{alice_review}?share=1", NO_SCOPE, (403,), hide=REVIEW_SECRETS,
+         show=("scope users:activity",)),
+    Cell("GET", REVIEW_API + "jobs/{alice_review}?share=1", SERVER_TOKEN, (200,), hide=("AGE-SECRET-KEY",),
+         show=('"state": "approved"', '"share": "')),
+    Cell("GET", REVIEW_API + "jobs/{bob_review}?share=1", OTHER_SERVER, (200,),
+         note="held: no share", hide=REVIEW_SECRETS, show=('"state": "held"',)),
+    Cell("POST", REVIEW_API + "jobs/j0000000dead1", NOBODY, (403,), json={"projects": ["NEURO_MRI"]},
+         after=not_registered("j0000000dead1")),
+    Cell("POST", REVIEW_API + "jobs/j0000000dead1", DELETED, (403,), json={"projects": ["NEURO_MRI"]},
+         after=not_registered("j0000000dead1")),
+    Cell("POST", REVIEW_API + "jobs/j0000000dead1", OWNER_COOKIE, (403,), json={"projects": ["NEURO_MRI"]},
+         after=not_registered("j0000000dead1")),
+    # a share sealed to another key than the hub's review key is refused
+    Cell("POST", REVIEW_API + "jobs/j0000000dead1", NO_SCOPE, (403,), json={"projects": ["NEURO_MRI"]},
+         show=("scope users:activity",), after=not_registered("j0000000dead1")),
+    Cell("POST", REVIEW_API + "jobs/j0000000dead1", SERVER_TOKEN, (403,), note="foreign key",
+         json={"projects": ["NEURO_MRI"], "results": [], "share": rv.wrap(b"x" * 32, AgeIdentity.generate().recipient)},
+         show=("not sealed to this key",), after=not_registered("j0000000dead1")),
+]
+
+
+# -- the servers' audit events (hub_ext/audit_api.py): only a running server's own token ----------
+
+AUDIT = "/hub/api/xnat-hpc/audit"
+
+
+def audit_batch(boot: str) -> dict:
+    return {"boot": boot, "events": [{"seq": 1, "action": "download", "outcome": "allowed",
+                                      "items": ["NEURO_MRI"], "detail": f"authz matrix {boot}"}]}
+
+
+def no_audit_stream(boot: str):
+    def after(world: World) -> None:
+        got = [e for e in audit_events(world.hub) if str(e.get("stream", "")).endswith(f"/{boot}")]
+        assert not got, got
+    return after
+
+
+def appended_as_alice(world: World, r) -> None:
+    assert r.json()["appended"] == 1, r.text
+    got = [e for e in audit_events(world.hub) if e.get("stream") == f"alice/{SERVER}/authz-ok"]
+    assert [(e["user"], e["server"], e["source"]) for e in got] == [("alice", SERVER, "server")], got
+
+
+HUB_CELLS += [
+    Cell("POST", AUDIT, who, (403,), json=audit_batch("authz-refused"), after=no_audit_stream("authz-refused"),
+         hide=("{alice_server_token}", "{bob_server_token}"), note=who.cred)
+    for who in (NOBODY, OWNER, OTHER, NO_SCOPE, DELETED, ADMIN, OWNER_COOKIE)
+] + [
+    Cell("POST", AUDIT, SERVER_TOKEN, (200,), json=audit_batch("authz-ok"), check=appended_as_alice),
 ]
 
 
