@@ -9,30 +9,15 @@
  * Prints one JSON object of facts on the last line; exits non-zero on failure.
  * Run by tests/integration/test_owner_access.py (NODE_PATH points at labextension/node_modules).
  */
-const { chromium } = require('playwright-core');
-const fs = require('fs');
-const path = require('path');
+const { walk } = require('./browser');
 
 const [hub, owner, password, project, target, shots] = process.argv.slice(2);
 
-async function main() {
-  fs.mkdirSync(shots, { recursive: true });
-  const browser = await chromium.launch({
-    executablePath: '/usr/bin/chromium',
-    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking',
-      '--disable-component-update', '--no-first-run']
-  });
-  const context = await browser.newContext({ javaScriptEnabled: false, viewport: { width: 1200, height: 900 } });
-  const page = await context.newPage();
-  const facts = { problems: [] };
-  const shot = async name => page.screenshot({ path: path.join(shots, `${name}.png`), fullPage: true });
-  const members = async () => page.$$eval(`#members-${project} tbody tr`,
-    rows => rows.map(r => Array.from(r.querySelectorAll('td')).slice(0, 3).map(td => td.textContent.trim())));
-  try {
-    await page.goto(`${hub}/hub/login`);
-    await page.fill('input[name="username"]', owner);
-    await page.fill('input[name="password"]', password);
-    await Promise.all([page.waitForNavigation(), page.click('input[type="submit"], button[type="submit"]')]);
+walk({ shots, viewport: { width: 1200, height: 900 }, facts: { problems: [] } },
+  async ({ page, login, shot, facts }) => {
+    const members = async () => page.$$eval(`#members-${project} tbody tr`,
+      rows => rows.map(r => Array.from(r.querySelectorAll('td')).slice(0, 3).map(td => td.textContent.trim())));
+    await login(hub, owner, password);
     await page.goto(`${hub}/hub/xnat-hpc/owner/access?project=${project}`);
     facts.owned = (await page.textContent('#owned')).trim();
     facts.before = await members();
@@ -52,13 +37,4 @@ async function main() {
     facts.revokeResult = (await page.textContent('#result')).trim();
     facts.afterRevoke = await members();
     await shot('03-revoked');
-  } catch (e) {
-    facts.error = String(e && e.stack || e);
-    await shot('99-error').catch(() => {});
-  }
-  await browser.close();
-  console.log(JSON.stringify(facts));
-  process.exit(facts.error ? 1 : 0);
-}
-
-main();
+  });

@@ -8,60 +8,36 @@
  * Prints one JSON object of facts on the last line; exits non-zero on failure.
  * Run by tests/integration/test_hub_audit.py (NODE_PATH points at labextension/node_modules).
  */
-const { chromium } = require('playwright-core');
 const fs = require('fs');
 const path = require('path');
+const { walk } = require('./browser');
 
 const [hub, user, password, shots] = process.argv.slice(2);
 
-async function main() {
-  fs.mkdirSync(shots, { recursive: true });
-  const browser = await chromium.launch({
-    executablePath: '/usr/bin/chromium',
-    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking',
-      '--disable-component-update', '--no-first-run']
-  });
-  const context = await browser.newContext({ javaScriptEnabled: false, acceptDownloads: true,
-    viewport: { width: 1400, height: 900 } });
-  const page = await context.newPage();
-  const facts = {};
-  try {
-    await page.goto(`${hub}/hub/login`);
-    await page.fill('input[name="username"]', user);
-    await page.fill('input[name="password"]', password);
-    await Promise.all([page.waitForNavigation(), page.click('input[type="submit"], button[type="submit"]')]);
-    let t0 = Date.now();
-    await page.goto(`${hub}/hub/xnat-hpc/owner`);
-    facts.loadMs = Date.now() - t0;
-    facts.h1 = (await page.textContent('h1')).trim();
-    facts.skipLink = await page.$eval('a[href="#events-section"]', a => a.textContent.trim());
-    facts.captions = await page.$$eval('table caption', els => els.map(e => e.textContent.trim()));
-    facts.thScoped = await page.$$eval('th', els => els.every(e => e.getAttribute('scope') === 'col'));
-    facts.labels = await page.$$eval('#filters label', els => els.map(e => e.getAttribute('for')));
-    await page.screenshot({ path: path.join(shots, 'owner-page.png'), fullPage: true });
-    // filter: action = submit, through the plain GET form
-    await page.selectOption('#f-action', 'submit');
-    await Promise.all([page.waitForNavigation(), page.click('#filters button[type="submit"]')]);
-    facts.filteredUrl = page.url();
-    facts.filteredActions = await page.$$eval('#events tbody tr', rows =>
-      rows.filter(r => r.children.length > 4).map(r => r.children[4].textContent.trim()));
-    await page.screenshot({ path: path.join(shots, 'owner-page-filtered.png'), fullPage: true });
-    // CSV export of the filtered events
-    const [download] = await Promise.all([page.waitForEvent('download'), page.click('#export-csv')]);
-    const file = path.join(shots, download.suggestedFilename());
-    await download.saveAs(file);
-    const text = fs.readFileSync(file, 'utf8').trim().split(/\r?\n/);
-    facts.csvName = download.suggestedFilename();
-    facts.csvHeader = text[0];
-    facts.csvRows = text.length - 1;
-    console.log(JSON.stringify(facts));
-  } catch (e) {
-    facts.error = String(e && e.stack || e);
-    console.log(JSON.stringify(facts));
-    process.exitCode = 1;
-  } finally {
-    await browser.close();
-  }
-}
-
-main();
+walk({ shots, downloads: true }, async ({ page, login, shot, facts }) => {
+  await login(hub, user, password);
+  const t0 = Date.now();
+  await page.goto(`${hub}/hub/xnat-hpc/owner`);
+  facts.loadMs = Date.now() - t0;
+  facts.h1 = (await page.textContent('h1')).trim();
+  facts.skipLink = await page.$eval('a[href="#events-section"]', a => a.textContent.trim());
+  facts.captions = await page.$$eval('table caption', els => els.map(e => e.textContent.trim()));
+  facts.thScoped = await page.$$eval('th', els => els.every(e => e.getAttribute('scope') === 'col'));
+  facts.labels = await page.$$eval('#filters label', els => els.map(e => e.getAttribute('for')));
+  await shot('owner-page');
+  // filter: action = submit, through the plain GET form
+  await page.selectOption('#f-action', 'submit');
+  await Promise.all([page.waitForNavigation(), page.click('#filters button[type="submit"]')]);
+  facts.filteredUrl = page.url();
+  facts.filteredActions = await page.$$eval('#events tbody tr', rows =>
+    rows.filter(r => r.children.length > 4).map(r => r.children[4].textContent.trim()));
+  await shot('owner-page-filtered');
+  // CSV export of the filtered events
+  const [download] = await Promise.all([page.waitForEvent('download'), page.click('#export-csv')]);
+  const file = path.join(shots, download.suggestedFilename());
+  await download.saveAs(file);
+  const text = fs.readFileSync(file, 'utf8').trim().split(/\r?\n/);
+  facts.csvName = download.suggestedFilename();
+  facts.csvHeader = text[0];
+  facts.csvRows = text.length - 1;
+});

@@ -18,11 +18,10 @@ from pathlib import Path
 import pytest
 import requests
 
-from devstack.demo import prepare_staging_root
 from hub_ext.audit_store import canonical, mac_of
 from hub_ext.cli import main as cli
 from tests.fixtures.faultproxy import FaultProxy
-from tests.fixtures.spawn import audit_events, make_hub, process_environ, server_process, wait_ready
+from tests.fixtures.spawn import audit_events, process_environ, server_process, wait_ready
 from xnat_bridge.audit import make_event
 from xnat_bridge.audit_outbox import Outbox, Sender
 
@@ -31,20 +30,6 @@ pytestmark = [pytest.mark.devxnat, pytest.mark.slurm, pytest.mark.timeout(1200)]
 
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "test-artifacts" / "hub-audit"
-
-
-@pytest.fixture(scope="module")
-def staging(public_dir):
-    path = public_dir / "staging-audit"
-    prepare_staging_root(path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def hub(shared_devxnat, unix_users, staging, tmp_path_factory, slurm):
-    h = make_hub(tmp_path_factory.mktemp("hub"), shared_devxnat, "xnat", staging=staging)
-    yield h
-    h.stop()
 
 
 def _start(hub, user: str, password: str, projects: list[str], server: str = "") -> dict:

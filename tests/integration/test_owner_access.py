@@ -29,7 +29,6 @@ import pytest
 import requests
 
 from devstack.accounts import install_file
-from devstack.demo import prepare_staging_root
 from tests.fixtures.spawn import audit_events, make_hub, wait_ready
 
 pytestmark = [pytest.mark.devxnat, pytest.mark.slurm]
@@ -40,20 +39,6 @@ ARTIFACTS = REPO / "test-artifacts" / "owner-access"
 #: a server trusts XNAT's answers this long (xnat_bridge.permissions.DEFAULT_TTL_S)
 PERMISSION_TTL = 60
 SLEEPER = 'import time\nprint("holding the dataset", flush=True)\ntime.sleep(600)\n'
-
-
-@pytest.fixture(scope="module")
-def staging(public_dir):
-    path = public_dir / "staging-access"
-    prepare_staging_root(path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def hub(shared_devxnat, unix_users, staging, slurm, tmp_path_factory):
-    h = make_hub(tmp_path_factory.mktemp("access-hub"), shared_devxnat, "xnat", staging=staging)
-    yield h
-    h.stop()
 
 
 @pytest.fixture(scope="module")

@@ -29,7 +29,6 @@ from pathlib import Path
 import pytest
 import requests
 
-from devstack.demo import prepare_staging_root
 from devstack.hubconfig import xnat_hub_config
 from tests.fixtures.hub import start_hub
 from tests.fixtures.plaintext import add_random_project, find_plaintext, remove_members, windows
@@ -77,14 +76,6 @@ print("GO", flush=True)
 
 SERVER = "plain"
 TERMINAL = {"done", "failed", "cancelled", "lost"}
-
-
-@pytest.fixture(scope="module")
-def staging(public_dir):
-    """The staging area's root as the demo makes it: root's, 0755 (the hub makes each user's)."""
-    path = public_dir / "plain-staging"
-    prepare_staging_root(path)
-    return path
 
 
 @pytest.fixture(scope="module")

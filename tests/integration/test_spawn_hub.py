@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 import requests
 
-from devstack.demo import prepare_staging_root
 from tests.fixtures.spawn import audit_events, make_hub, wait_ready
 from tests.fixtures.spawn import process_environ as _environ
 from tests.fixtures.spawn import server_process as _server_process
@@ -25,21 +24,6 @@ pytestmark = [pytest.mark.devxnat]
 FAST = """
 c.JupyterHub.tornado_settings = {"slow_spawn_timeout": 0}
 """
-
-
-@pytest.fixture(scope="module")
-def staging(public_dir):
-    """The staging area's root as the demo makes it: root's, 0755 (the hub makes each user's)."""
-    path = public_dir / "staging"
-    prepare_staging_root(path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def hub(shared_devxnat, unix_users, staging, tmp_path_factory, slurm):
-    h = make_hub(tmp_path_factory.mktemp("hub"), shared_devxnat, "xnat", staging=staging)
-    yield h
-    h.stop()
 
 
 def stop(hub, user: str, server: str = "") -> None:

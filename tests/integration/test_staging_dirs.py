@@ -21,9 +21,7 @@ import subprocess
 
 import pytest
 
-from devstack.demo import prepare_staging_root
 from spawner.userdirs import ensure_user_dir
-from tests.fixtures.spawn import make_hub
 from tests.integration.test_spawn_hub import stop, wait_ready
 from xnat_bridge.errors import Conflict
 
@@ -40,20 +38,6 @@ def remove(path) -> None:
         os.unlink(path)
     elif os.path.isdir(path):
         shutil.rmtree(path)
-
-
-@pytest.fixture(scope="module")
-def staging(public_dir):
-    path = public_dir / "staging-dirs"
-    prepare_staging_root(path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def hub(shared_devxnat, unix_users, staging, tmp_path_factory, slurm):
-    h = make_hub(tmp_path_factory.mktemp("hub"), shared_devxnat, "xnat", staging=staging)
-    yield h
-    h.stop()
 
 
 @pytest.fixture

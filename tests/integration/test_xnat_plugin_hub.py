@@ -26,7 +26,6 @@ from pathlib import Path
 import pytest
 import requests
 
-from devstack.demo import prepare_staging_root
 from devstack.hubconfig import xnat_plugin_hub_config
 from devxnat import plugin_configs as pc
 from devxnat.plugin_state import PluginState
@@ -59,13 +58,6 @@ TINY_SLURM = {"id": 91, "hardware": {
     "name": "Tiny (Slurm)", "cpuReservation": 1.0, "cpuLimit": 1.0, "memoryReservation": "1G",
     "memoryLimit": "1G", "constraints": [{"key": "node.role", "operator": "IN", "values": ["worker"]}],
     "environmentVariables": [{"key": "XNAT_HPC_HARDWARE", "value": "tiny-slurm"}], "genericResources": []}}
-
-
-@pytest.fixture(scope="module")
-def staging(public_dir):
-    path = public_dir / "staging-plugin"
-    prepare_staging_root(path)
-    return path
 
 
 @pytest.fixture(scope="module")
