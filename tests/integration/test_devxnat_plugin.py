@@ -431,7 +431,7 @@ def test_secret_files_must_be_private(tmp_path):
 
 # -- the real hub: XNAT's UI calls on devxnat, devxnat's plugin calls on the hub ----------------
 
-from tests.integration.test_xnat_plugin_hub import plugin_hub, staging  # noqa: E402,F401 (fixtures)
+from tests.integration.test_xnat_plugin_hub import plugin_hub  # noqa: E402,F401 (fixture)
 
 
 @pytest.mark.devxnat
