@@ -241,3 +241,29 @@ def test_user_notices_are_escaped_recent_and_per_user():
     assert "server &lt;x&gt; was stopped" in shown and 'role="status"' in shown
     assert notices_html([(0.0, "old")], NOTICE_SECONDS + 1) == ""
     assert user_notice(type("V", (), {"name": "someone-else"})()) == ""
+
+
+def test_a_revocation_acts_on_the_hub_user_the_authenticator_maps_the_xnat_login_to(monkeypatch):
+    """XNAT names the revoked account by its login; the hub's servers, audit events and Slurm
+    jobs are under the hub name ``c.XnatAuthenticator.username_map`` gives it."""
+    from hub_ext import owner_access
+    from hub_ext.auth import XnatAuthenticator
+
+    seen = {}
+
+    async def fake_effects(settings, user, hub_name, project, reason, stop):
+        seen.update(user=user, hub_name=hub_name, project=project)
+
+    class Handler:
+        authenticator = XnatAuthenticator(username_map={"J.Doe": "jdoe"})
+        settings: dict = {}
+
+        def find_user(self, name):
+            seen["looked_up"] = name
+            return f"<User {name}>"
+
+    monkeypatch.setattr(owner_access, "revoke_effects", fake_effects)
+    asyncio.run(owner_access.OwnerAccessHandler.revoke_effects(Handler(), "J.Doe", "CARDIO_ECG", "revoked"))
+    assert seen == {"looked_up": "jdoe", "user": "<User jdoe>", "hub_name": "jdoe", "project": "CARDIO_ECG"}
+    asyncio.run(owner_access.OwnerAccessHandler.revoke_effects(Handler(), "bob", "CARDIO_ECG", "revoked"))
+    assert seen["hub_name"] == "bob"  # an unmapped login is its own hub name
