@@ -63,7 +63,7 @@ import pytest
 import requests
 
 from devstack.accounts import install_file
-from tests.fixtures.spawn import audit_events, make_hub, process_environ, server_process
+from tests.fixtures.spawn import audit_events, make_hub, process_environ, server_process, stop_server, wait_ready
 from xnat_bridge.offload import review as rv
 from xnat_bridge.staging import AgeIdentity
 
@@ -174,34 +174,11 @@ def _token(hub, user: str, note: str = "authz matrix", **body) -> str:
     return r.json()["token"]
 
 
-def _wait_ready(hub, user: str, server: str, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        srv = hub.api("GET", f"/users/{user}").json()["servers"].get(server)
-        if srv and srv.get("ready"):
-            return
-        if srv is None:
-            raise AssertionError(f"server {user}/{server} went away:\n{hub.log()[-3000:]}")
-        time.sleep(0.3)
-    raise AssertionError(f"server {user}/{server} not ready in {timeout} s:\n{hub.log()[-3000:]}")
-
-
-def _stop(hub, user: str, server: str) -> None:
-    if server not in hub.api("GET", f"/users/{user}").json()["servers"]:
-        return
-    hub.api("DELETE", f"/users/{user}/servers/{server}")
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if server not in hub.api("GET", f"/users/{user}").json()["servers"]:
-            return
-        time.sleep(0.3)
-
-
 def _spawn(hub, user: str, server: str, projects: list[str]) -> None:
     r = hub.api("POST", f"/users/{user}/servers/{server}",
                 json={"profile": "local-small", "projects": projects})
     assert r.status_code in (201, 202), r.text
-    _wait_ready(hub, user, server)
+    wait_ready(hub, user, server, timeout=120)
 
 
 def _experiments(devxnat, project: str) -> list[tuple[str, str]]:
@@ -305,7 +282,7 @@ def world(shared_devxnat, unix_users, staging, slurm, tmp_path_factory):
                 world.alice("DELETE", f"datasets/{name}")
             world.server_api("bob", "DELETE", "datasets/authz-cardio")
         for user, server in started:
-            _stop(hub, user, server)
+            stop_server(hub, user, server)
         hub.stop()
 
 
@@ -565,8 +542,8 @@ HIDE_ON_SPAWN = (*data_of("NEURO_MRI"), *data_of("SLEEP_EEG"), *data_of("CARDIO_
 
 
 def spawned_then_stopped(world: World, r) -> None:
-    _wait_ready(world.hub, "alice", "cell")
-    _stop(world.hub, "alice", "cell")
+    wait_ready(world.hub, "alice", "cell", timeout=120)
+    stop_server(world.hub, "alice", "cell")
 
 
 HUB_CELLS += [

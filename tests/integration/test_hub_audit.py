@@ -21,7 +21,7 @@ import requests
 from hub_ext.audit_store import canonical, mac_of
 from hub_ext.cli import main as cli
 from tests.fixtures.faultproxy import FaultProxy
-from tests.fixtures.spawn import audit_events, process_environ, server_process, wait_ready
+from tests.fixtures.spawn import audit_events, process_environ, server_process, stop_server, wait_ready
 from xnat_bridge.audit import make_event
 from xnat_bridge.audit_outbox import Outbox, Sender
 
@@ -40,18 +40,11 @@ def _start(hub, user: str, password: str, projects: list[str], server: str = "")
     return process_environ(pid)
 
 
-def _stop(hub, user: str, server: str = "") -> None:
-    hub.api("DELETE", f"/users/{user}/servers/{server}")
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and server in hub.api("GET", f"/users/{user}").json()["servers"]:
-        time.sleep(0.2)
-
-
 @pytest.fixture(scope="module")
 def bob(hub):
     env = _start(hub, "bob", "bob-demo", ["CARDIO_ECG"])
     yield env
-    _stop(hub, "bob")
+    stop_server(hub, "bob")
 
 
 def _server_api(hub, user: str, method: str, path: str, **kw) -> requests.Response:
@@ -225,7 +218,7 @@ def test_identity_comes_from_the_servers_token_never_from_the_body(hub, bob):
         rec = [e for e in audit_events(hub) if e.get("stream", "").endswith("/forgery2")]
         assert [(e["user"], e["server"]) for e in rec] == [("alice", "audit")]
     finally:
-        _stop(hub, "alice", "audit")
+        stop_server(hub, "alice", "audit")
     # a personal API token of bob, no token, or a stopped server's token: refused
     personal = hub.api("POST", "/users/bob/tokens", json={"note": "not a server"}).json()["token"]
     assert _post(hub, personal, {"boot": "x", "events": [{"seq": 1, "action": "download"}]}).status_code == 403

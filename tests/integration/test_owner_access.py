@@ -29,7 +29,7 @@ import pytest
 import requests
 
 from devstack.accounts import install_file
-from tests.fixtures.spawn import audit_events, make_hub, wait_ready
+from tests.fixtures.spawn import audit_events, make_hub, stop_server, wait_ready
 
 pytestmark = [pytest.mark.devxnat, pytest.mark.slurm]
 
@@ -99,15 +99,6 @@ def spawn(hub, user: str, server: str, projects: list[str]) -> None:
     r = hub.api("POST", f"/users/{user}/servers/{server}", json={"profile": "local-small", "projects": projects})
     assert r.status_code in (201, 202), r.text
     wait_ready(hub, user, server, timeout=120)
-
-
-def stop(hub, user: str, server: str) -> None:
-    if server not in hub.api("GET", f"/users/{user}").json()["servers"]:
-        return
-    hub.api("DELETE", f"/users/{user}/servers/{server}")
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and server in hub.api("GET", f"/users/{user}").json()["servers"]:
-        time.sleep(0.3)
 
 
 def server_api(hub, token: str, user: str, server: str, method: str, path: str, **kw) -> requests.Response:
@@ -298,7 +289,7 @@ def test_grant_then_revoke_stops_the_server_and_cancels_the_job(hub, shared_devx
             assert any(e["action"] == "server_stopped" and e["user"] == "bob" and reason in e["detail"]
                        and e["outcome"] == "allowed" for e in events)
         finally:
-            stop(hub, "bob", server)
+            stop_server(hub, "bob", server)
 
 
 # -- narrow: the server stays, new operations are refused within the TTL ----------------------
@@ -338,7 +329,7 @@ def test_narrow_leaves_the_server_running_and_it_refuses_new_operations_within_t
             assert "CARDIO_ECG" in r.json()["message"]
             assert hub.api("GET", "/users/bob").json()["servers"][server]["ready"]
     finally:
-        stop(hub, "bob", server)
+        stop_server(hub, "bob", server)
 
 
 # -- revoked in XNAT's own UI: the hub's re-check finds it ------------------------------------
@@ -371,4 +362,4 @@ def test_a_revocation_in_xnat_is_found_by_the_recheck_and_the_server_stopped(wat
             assert any(e["action"] == "server_stopped" and "re-check" in e["detail"] for e in events)
             assert any(e["action"] == "revoke" and "re-check" in e["detail"] for e in events)
     finally:
-        stop(hub, "bob", server)
+        stop_server(hub, "bob", server)

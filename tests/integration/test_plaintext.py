@@ -33,7 +33,7 @@ from devstack.hubconfig import xnat_hub_config
 from tests.fixtures.hub import start_hub
 from tests.fixtures.plaintext import add_random_project, find_plaintext, remove_members, windows
 from tests.fixtures.slurm import RUN_DIR
-from tests.fixtures.spawn import HUB_TIMEOUTS
+from tests.fixtures.spawn import HUB_TIMEOUTS, stop_server, wait_ready
 
 pytestmark = [pytest.mark.slurm, pytest.mark.devxnat]
 
@@ -108,28 +108,6 @@ class UserServer:
         return r.json() if r.content else None
 
 
-def wait_ready(hub, user: str, timeout: float = 180) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        srv = hub.api("GET", f"/users/{user}").json()["servers"].get(SERVER)
-        if srv and srv.get("ready"):
-            return
-        if srv is None:
-            raise AssertionError(f"server {user}/{SERVER} went away:\n{hub.log()[-4000:]}")
-        time.sleep(0.3)
-    raise AssertionError(f"server {user}/{SERVER} not ready in {timeout} s:\n{hub.log()[-4000:]}")
-
-
-def stop_server(hub, user: str) -> None:
-    hub.api("DELETE", f"/users/{user}/servers/{SERVER}")
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if SERVER not in hub.api("GET", f"/users/{user}").json()["servers"]:
-            return
-        time.sleep(0.3)
-    raise AssertionError(f"server {user}/{SERVER} did not stop")
-
-
 def sandbox_dirs(user: str) -> list[str]:
     """The private ``/tmp`` and ``/dev/shm`` of the user's server processes (bubblewrap's
     tmpfs mounts), where they are not the host's."""
@@ -181,7 +159,7 @@ def test_no_plaintext_outside_the_jobs_scratch(hub, shared_devxnat, staging, pub
     r = hub.api("POST", f"/users/{user}/servers/{SERVER}", json={"profile": profile, "projects": [project]})
     assert r.status_code in (201, 202), r.text
     try:
-        wait_ready(hub, user)
+        wait_ready(hub, user, SERVER, timeout=180)
         srv = UserServer(hub, user)
         ds = srv.call("POST", "datasets", 201, json={"name": dataset, "selection": [{"project": project}]})
         assert ds["file_count"] == len(content)
@@ -232,7 +210,7 @@ def test_no_plaintext_outside_the_jobs_scratch(hub, shared_devxnat, staging, pub
     finally:
         go.touch()  # a job left waiting ends
         try:
-            stop_server(hub, user)
+            stop_server(hub, user, SERVER)
         finally:
             script.unlink(missing_ok=True)
     hits = scan()

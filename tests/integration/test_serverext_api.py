@@ -45,10 +45,10 @@ def staging_dir(tmp_path):
     return d
 
 
-@pytest.fixture
-def xnat_env(devxnat, monkeypatch, tmp_path, staging_dir, jp_root_dir):
-    """The environment the hub gives alice's server (set before the server starts); the
-    workspace lies inside the server's root dir, as ~/xnat-hpc does in a real server."""
+def server_env(devxnat, monkeypatch, tmp_path, staging_dir, root, **offload) -> dict:
+    """Set the environment the hub gives alice's server (before the server starts); the
+    workspace lies inside the server's root dir *root*, as ~/xnat-hpc does in a real
+    server. *offload* adds to (or overrides) the offload policy."""
     alias, secret = devxnat.token("alice")
     node_tmp = tmp_path / "node"
     node_tmp.mkdir(mode=0o700)
@@ -58,12 +58,18 @@ def xnat_env(devxnat, monkeypatch, tmp_path, staging_dir, jp_root_dir):
     monkeypatch.setenv("XNAT_USER", alias)
     monkeypatch.setenv("XNAT_PASS", secret)
     monkeypatch.setenv("XNAT_HPC_SCOPE", json.dumps(SCOPE))
-    monkeypatch.setenv("XNAT_HPC_WORKSPACE", str(jp_root_dir / "xnat-hpc"))
+    monkeypatch.setenv("XNAT_HPC_WORKSPACE", str(root / "xnat-hpc"))
     monkeypatch.setenv("XNAT_HPC_OFFLOAD", json.dumps({
         "partition": "secure", "staging_dir": str(staging_dir), "max_cpus": 2,
         "max_memory": "2G", "max_walltime": "00:10:00", "default_memory": "512M",
-        "default_walltime": 300, "exclusive": False}))
-    return {"alias": alias, "workspace": jp_root_dir / "xnat-hpc"}
+        "default_walltime": 300, "exclusive": False, **offload}))
+    return {"alias": alias, "workspace": root / "xnat-hpc"}
+
+
+@pytest.fixture
+def xnat_env(devxnat, monkeypatch, tmp_path, staging_dir, jp_root_dir):
+    """alice's server environment (:func:`server_env`)."""
+    return server_env(devxnat, monkeypatch, tmp_path, staging_dir, jp_root_dir)
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.fixtures.spawn import audit_events, make_hub, wait_ready
+from tests.fixtures.spawn import audit_events, make_hub, wait_gone, wait_ready
 from tests.fixtures.spawn import process_environ as _environ
 from tests.fixtures.spawn import server_process as _server_process
 
@@ -29,12 +29,7 @@ c.JupyterHub.tornado_settings = {"slow_spawn_timeout": 0}
 def stop(hub, user: str, server: str = "") -> None:
     r = hub.api("DELETE", f"/users/{user}/servers/{server}")
     assert r.status_code in (202, 204), r.text
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if server not in hub.api("GET", f"/users/{user}").json()["servers"]:
-            return
-        time.sleep(0.2)
-    raise AssertionError("server did not stop")
+    wait_gone(hub, user, server, timeout=30)
 
 
 def form_choices(html: str) -> tuple[list[str], dict[str, str]]:

@@ -11,7 +11,6 @@ for the submission after staging.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import time
 
@@ -20,11 +19,11 @@ from pytest_jupyter.jupyter_server import *  # noqa: F401,F403 - jp_fetch, jp_se
 
 from tests.fixtures.devxnat import start_devxnat
 from tests.integration.test_serverext_api import (  # noqa: F401 - fixtures
-    SCOPE,
     api,
     jp_server_config,
     openapi,
     run,
+    server_env,
     staging_dir,
 )
 
@@ -44,22 +43,8 @@ def devxnat(tmp_path_factory):
 
 @pytest.fixture
 def xnat_env(devxnat, monkeypatch, tmp_path, staging_dir, jp_root_dir):  # noqa: F811
-    alias, secret = devxnat.token("alice")
-    node_tmp = tmp_path / "node"
-    node_tmp.mkdir(mode=0o700)
-    monkeypatch.setenv("XNAT_HPC_NODE_TMPDIR", str(node_tmp))
-    monkeypatch.setenv("XNAT_HPC_DEATH_TIMEOUT", "20")
-    monkeypatch.setenv("XNAT_HOST", devxnat.url)
-    monkeypatch.setenv("XNAT_USER", alias)
-    monkeypatch.setenv("XNAT_PASS", secret)
-    monkeypatch.setenv("XNAT_HPC_SCOPE", json.dumps(SCOPE))
-    monkeypatch.setenv("XNAT_HPC_WORKSPACE", str(jp_root_dir / "xnat-hpc"))
-    monkeypatch.setenv("XNAT_HPC_OFFLOAD", json.dumps({
-        "partition": "secure", "staging_dir": str(staging_dir), "max_cpus": 2,
-        "max_memory": "2G", "max_walltime": "00:10:00", "default_memory": "512M",
-        "default_walltime": 300, "exclusive": False, "node_scratch": "4G",
-        "staging_threads": 2}))
-    return {"alias": alias, "workspace": jp_root_dir / "xnat-hpc"}
+    return server_env(devxnat, monkeypatch, tmp_path, staging_dir, jp_root_dir,
+                      node_scratch="4G", staging_threads=2)
 
 
 def test_progress_while_staging_a_larger_dataset(slurm, api, run, jp_root_dir):
