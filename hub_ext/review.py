@@ -5,8 +5,12 @@ Routes (relative to the hub prefix, installed by :func:`hub_ext.handlers.xnat_hp
     GET  /xnat-hpc/review                      the owner's page (logged-in users, no JavaScript)
     POST /xnat-hpc/review/projects             mark / unmark a project (form: project, review=on|off)
     POST /xnat-hpc/review/jobs/{user}/{job}    decide (form: decision=approve|reject, reason)
-    GET  /api/xnat-hpc/review/policy?projects=A,B   which need review + the hub's review recipient
-    POST /api/xnat-hpc/review/jobs/{job}       a server registers its held job
+    POST /api/xnat-hpc/jobs/{job}              a server enters a job it submits in the ledger; the
+                                               answer names the projects needing review and the
+                                               job's own review recipient
+    PATCH /api/xnat-hpc/jobs/{job}             the server reports the Slurm id, state, manifest digest
+    GET  /api/xnat-hpc/review/policy           gone (410): replaced by the ledger entry
+    POST /api/xnat-hpc/review/jobs/{job}       a server registers its held job (ledger jobs only)
     GET  /api/xnat-hpc/review/jobs/{job}       its state; once approved, ``?share=1``: the hub's key share
 
 Who may do what is decided here and nowhere else: the page's forms are XSRF-checked
@@ -25,12 +29,15 @@ import base64
 import json
 import re
 
+from jupyterhub import orm
 from jupyterhub.apihandlers import APIHandler
 from jupyterhub.handlers import BaseHandler
 from tornado import web
 
-from xnat_bridge.errors import InvalidRequest, NotFound, PermissionDenied
+from xnat_bridge.errors import Gone, InvalidRequest, NotFound, PermissionDenied, XnatHpcError
+from xnat_bridge.spawn_record import record_of
 
+from .audit_api import server_for_token
 from .audit_log import HubAuditLog
 from .errors import map_errors
 from .review_page import render_page
@@ -42,6 +49,7 @@ PROJECT_ROUTE = r"/xnat-hpc/review/projects"
 DECIDE_ROUTE = r"/xnat-hpc/review/jobs/([^/]{1,200})/(j[0-9a-f]{12})"
 POLICY_ROUTE = r"/api/xnat-hpc/review/policy"
 JOB_ROUTE = r"/api/xnat-hpc/review/jobs/(j[0-9a-f]{12})"
+LEDGER_ROUTE = r"/api/xnat-hpc/jobs/(j[0-9a-f]{12})"
 _PROJECT_RE = re.compile(r"^[A-Za-z0-9_\-]{1,100}$")
 
 
@@ -53,9 +61,9 @@ def review_store(settings: dict, log=None) -> ReviewStore:
 
 
 async def audit(settings: dict, user: str, action: str, outcome: str, *, items=(), detail: str = "",
-                extra: dict | None = None) -> None:
+                hashes: dict | None = None, extra: dict | None = None) -> None:
     await HubAuditLog(config=settings.get("config")).record(user, action, outcome, items=items,
-                                                            detail=detail, extra=extra)
+                                                            detail=detail, hashes=hashes, extra=extra)
 
 
 class _OwnerMixin:
@@ -162,8 +170,28 @@ class _ServerAPI(APIHandler):
                                    "as Authorization: token ...; scope users:activity for its user)")
         return user.name
 
+    def server_from_token(self) -> tuple[str, str, frozenset[str]]:
+        """``(user, server, projects)`` of the running server whose own hub token this request
+        carries, with the server's scope **as the hub decided it at its start** (the spawner's
+        :class:`~xnat_bridge.spawn_record.SpawnRecord`). A personal token, a cookie or another
+        user's server token is refused: only a server submits jobs."""
+        name = self.user_from_token()
+        token = self.get_auth_token()
+        server = server_for_token(self.current_user, token, orm.APIToken.find(self.db, token))
+        if server is None:
+            raise PermissionDenied("only a running server's own hub token (JUPYTERHUB_API_TOKEN) may "
+                                   "enter jobs in the hub's ledger or hold their results")
+        record = record_of(self.current_user.spawners[server])
+        return name, server, record.projects if record is not None else frozenset()
+
     def check_xsrf_cookie(self):  # token-authenticated only (user_from_token): no cookie involved
         return
+
+    def body_json(self) -> dict:
+        try:
+            return json.loads(self.request.body or b"{}")
+        except ValueError:
+            raise InvalidRequest("expected a JSON body") from None
 
     def reply(self, data: dict, status: int = 200) -> None:
         self.set_status(status)
@@ -173,35 +201,65 @@ class _ServerAPI(APIHandler):
 
 
 class ReviewPolicyAPIHandler(_ServerAPI):
+    """Gone: a job learns whether it needs review, and its own review recipient, when the
+    ledger enters it (``POST /api/xnat-hpc/jobs/{job}``)."""
+
     @map_errors
     async def get(self):
         self.user_from_token()
-        projects = [p for p in self.get_argument("projects", "").split(",") if p]
-        if not projects or not all(_PROJECT_RE.match(p) for p in projects):
-            raise InvalidRequest("projects=A,B: the XNAT projects of the job's dataset")
+        raise Gone("the hub no longer answers a review policy for a list of projects: a server enters each "
+                   "job in the hub's ledger (POST /hub/api/xnat-hpc/jobs/{job}) and gets the job's own review "
+                   "recipient; restart your server to use this hub version")
+
+
+class LedgerJobAPIHandler(_ServerAPI):
+    """The job ledger, as the researchers' servers use it (see :mod:`hub_ext.review_store`)."""
+
+    @map_errors
+    async def post(self, job_id: str):
+        user, server, projects = self.server_from_token()
+        body = self.body_json()
         store = review_store(self.settings, self.log)
+        try:
+            job = await asyncio.to_thread(store.enter_job, user, server, job_id, projects, body)
+        except XnatHpcError as e:
+            await audit(self.settings, user, "ledger_enter", "denied", items=sorted(projects),
+                        detail=f"job {job_id} from server {server or '(default)'}: {e.message}"[:500],
+                        extra={"job": job_id, "server": server})
+            raise
+        await audit(self.settings, user, "ledger_enter", "allowed", items=job["projects"],
+                    detail=(f"job {job_id} from server {server or '(default)'}; scope {', '.join(job['projects'])}"
+                            + (f"; results held for review by {', '.join(job['review'])}" if job["review"] else "")),
+                    hashes={k: job[f"{k}_sha256"] for k in ("manifest", "script") if job[f"{k}_sha256"]},
+                    extra={"job": job_id, "server": server, "review": job["review"]})
+        self.reply(job, status=201)
 
-        def read():
-            return sorted(store.marked(projects)), store.recipient()
+    @map_errors
+    async def patch(self, job_id: str):
+        user, _server, _projects = self.server_from_token()
+        store = review_store(self.settings, self.log)
+        job = await asyncio.to_thread(store.update_job, user, job_id, self.body_json())
+        self.reply(job)
 
-        review, recipient = await asyncio.to_thread(read)
-        self.reply({"projects": sorted(set(projects)), "review": review, "recipient": recipient})
+    @map_errors
+    async def get(self, job_id: str):
+        user = self.user_from_token()
+        store = review_store(self.settings, self.log)
+        self.reply(await asyncio.to_thread(store.ledger_job, user, job_id))
 
 
 class ReviewJobAPIHandler(_ServerAPI):
     @map_errors
     async def post(self, job_id: str):
-        user = self.user_from_token()
-        try:
-            body = json.loads(self.request.body or b"{}")
-        except ValueError:
-            raise InvalidRequest("expected a JSON body") from None
+        user, server, projects = self.server_from_token()
+        body = self.body_json()
         store = review_store(self.settings, self.log)
         try:
             job = await asyncio.to_thread(store.register, user, job_id, body)
-        except PermissionDenied as e:  # a share or preview sealed to another key: refused, audited
-            await audit(self.settings, user, "review_hold", "denied", items=body.get("projects") or (),
-                        detail=f"job {job_id}: {e.message}"[:500], extra={"job": job_id})
+        except XnatHpcError as e:  # unknown job, a share or preview sealed to another key, too many held
+            await audit(self.settings, user, "review_hold", "denied", items=sorted(projects),
+                        detail=f"job {job_id} from server {server or '(default)'}: {e.message}"[:500],
+                        extra={"job": job_id, "server": server})
             raise
         await audit(self.settings, user, "review_hold", "allowed", items=job["projects"],
                     detail=f"job {job_id}: {len(job['results'])} result file(s) held for review",
@@ -231,4 +289,4 @@ def _public(job: dict) -> dict:
 def review_handlers() -> list[tuple[str, type]]:
     return [(PAGE_ROUTE, ReviewPageHandler), (PROJECT_ROUTE, ReviewProjectHandler),
             (DECIDE_ROUTE, ReviewDecisionHandler), (POLICY_ROUTE, ReviewPolicyAPIHandler),
-            (JOB_ROUTE, ReviewJobAPIHandler)]
+            (JOB_ROUTE, ReviewJobAPIHandler), (LEDGER_ROUTE, LedgerJobAPIHandler)]

@@ -1,14 +1,26 @@
-"""The hub's store of results review: marked projects, held jobs, owners' decisions, the review key.
+"""The hub's store of governance: the job ledger, marked projects, held jobs, owners' decisions.
 
-Configured once (``c.ReviewStore``): one SQLite file and one age identity (the hub's
-**review key**), both 0600 in a directory only the hub's account can write (created
-0700). The review key never leaves the hub: jobs seal the hub's share of their
-results key and the previews to its recipient (:mod:`xnat_bridge.offload.review`);
-the hub unwraps a share only to hand it to the job's own user after approval, and
-forgets the wrapped share and the previews on rejection.
+Configured once (``c.ReviewStore``): one SQLite file, 0600 in a directory only the hub's
+account can write (created 0700).
 
-The approval rule is :func:`decide` (pure): every project of the job's dataset needs
-an approval by one of its owners; one rejection by an owner of any of them rejects.
+**The job ledger** (:meth:`ReviewStore.enter_job`): every offload job is a row, written
+when a server submits it: user and server (from the server's own hub token), the job's
+**projects = the submitting server's scope as the hub decided it at spawn**
+(:class:`~xnat_bridge.spawn_record.SpawnRecord`), never the server's claim about its
+dataset; which of them needed review at that moment; manifest and script digests; the
+Slurm job id (reported by the server later: a claim, checked against Slurm before any
+``scancel``). Revocation and the owners' pages read the ledger.
+
+**A review key per job**: when one of the job's projects is marked for review, the ledger
+makes a fresh age identity for that job alone and answers its recipient; the job seals
+the hub's share of its results key and the previews to it. A registration of held
+results is accepted only for a job the ledger knows, of the same user, with a share
+that opens with *that job's* identity; the share is released only for that job, only
+after an owner of every project that needed review approved. So a registration
+replayed under another job id, or with other projects, releases nothing.
+
+The approval rule is :func:`decide` (pure): every project of the job that needed review
+needs an approval by one of its owners; one rejection by an owner of any of them rejects.
 
 Blocking: every method of :class:`ReviewStore` does file or database work; the
 handlers call them through ``asyncio.to_thread``.
@@ -19,12 +31,13 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
+import re
 import sqlite3
 import stat
 import threading
 from pathlib import Path
 
-from traitlets import Unicode
+from traitlets import Integer, Unicode
 from traitlets.config import LoggingConfigurable
 
 from xnat_bridge.errors import Conflict, InvalidRequest, NotFound, PermissionDenied
@@ -38,12 +51,26 @@ CREATE TABLE IF NOT EXISTS jobs (
     manifest_sha256 TEXT, script_sha256 TEXT, slurm_job_id TEXT, results TEXT, share TEXT,
     previews TEXT, state TEXT NOT NULL, reason TEXT DEFAULT '', by TEXT DEFAULT '',
     created TEXT, decided TEXT DEFAULT '', PRIMARY KEY (user, id));
+CREATE TABLE IF NOT EXISTS ledger (
+    user TEXT NOT NULL, id TEXT NOT NULL, server TEXT NOT NULL, projects TEXT NOT NULL,
+    review TEXT NOT NULL, review_identity TEXT NOT NULL DEFAULT '', dataset TEXT DEFAULT '',
+    dataset_version INTEGER DEFAULT 0, manifest_sha256 TEXT DEFAULT '', script_sha256 TEXT DEFAULT '',
+    slurm_job_id TEXT DEFAULT '', state TEXT NOT NULL, message TEXT DEFAULT '', created TEXT NOT NULL,
+    updated TEXT NOT NULL, PRIMARY KEY (user, id));
+CREATE INDEX IF NOT EXISTS ledger_state ON ledger (state);
 CREATE TABLE IF NOT EXISTS decisions (
     user TEXT NOT NULL, id TEXT NOT NULL, project TEXT NOT NULL, owner TEXT NOT NULL,
     decision TEXT NOT NULL, reason TEXT DEFAULT '', time TEXT NOT NULL,
     PRIMARY KEY (user, id, project));
 """
 MAX_REASON = 1000
+#: what a job id looks like (:func:`xnat_bridge.offload.registry.new_job_id`)
+JOB_ID_RE = re.compile(r"^j[0-9a-f]{12}$")
+_SHA_RE = re.compile(r"^[0-9a-f]{64}$")
+_SLURM_ID_RE = re.compile(r"^[0-9]{1,20}(_[0-9]{1,10})?$")
+#: a ledger job's states: entered at submission, then what the server reports
+LEDGER_STATES = ("submitted", "running", "done", "failed", "cancelled", "lost")
+LEDGER_ACTIVE = ("submitted", "running")
 MAX_RESULTS = 10000
 _JOB_FIELDS = ("dataset", "dataset_version", "projects", "manifest_sha256", "script_sha256",
                "slurm_job_id", "results", "share", "previews")
@@ -74,13 +101,10 @@ def decidable(job_projects: list[str], owned: set[str]) -> list[str]:
 
 
 def check_registration(body: dict) -> dict:
-    """Validate a server's registration (pure); InvalidRequest naming the bad field."""
+    """Validate a server's registration of held results (pure); InvalidRequest naming the bad
+    field. Any ``projects`` in the body is ignored: a job's projects are the ledger's."""
     if not isinstance(body, dict):
         raise InvalidRequest("expected a JSON object")
-    projects = body.get("projects")
-    if (not isinstance(projects, list) or not projects
-            or not all(isinstance(p, str) and p and len(p) < 200 for p in projects)):
-        raise InvalidRequest("projects must be a non-empty list of XNAT project ids")
     results = body.get("results")
     if not isinstance(results, list) or len(results) > MAX_RESULTS or not all(
             isinstance(f, dict) and isinstance(f.get("name"), str) and isinstance(f.get("size"), int)
@@ -91,13 +115,64 @@ def check_registration(body: dict) -> dict:
     previews = body.get("previews") or {}
     if not isinstance(previews, dict) or not all(isinstance(v, str) for v in previews.values()):
         raise InvalidRequest("previews must be an object {file name: base64}")
-    return {"dataset": str(body.get("dataset", ""))[:200], "dataset_version": int(body.get("dataset_version") or 0),
-            "projects": sorted(set(projects)), "manifest_sha256": str(body.get("manifest_sha256", ""))[:100],
-            "script_sha256": str(body.get("script_sha256", ""))[:100],
-            "slurm_job_id": str(body.get("slurm_job_id", ""))[:40],
-            "results": [{"name": f["name"][:1000], "size": int(f["size"]), "sha256": str(f.get("sha256", ""))[:100]}
+    return {"results": [{"name": f["name"][:1000], "size": int(f["size"]), "sha256": str(f.get("sha256", ""))[:100]}
                         for f in results],
             "share": body["share"], "previews": previews}
+
+
+def check_entry(body: dict) -> dict:
+    """Validate what a server says about a job it submits (pure): the dataset and the
+    digests. InvalidRequest naming the bad field. Identity and projects are not taken from
+    the body (the hub stamps them)."""
+    if not isinstance(body, dict):
+        raise InvalidRequest("expected a JSON object")
+    out = {"dataset": body.get("dataset", ""), "dataset_version": body.get("dataset_version", 0),
+           "manifest_sha256": body.get("manifest_sha256", "") or "", "script_sha256": body.get("script_sha256", "")}
+    if not isinstance(out["dataset"], str) or len(out["dataset"]) > 200:
+        raise InvalidRequest("dataset must be the dataset's name (at most 200 characters)")
+    if not isinstance(out["dataset_version"], int) or out["dataset_version"] < 0:
+        raise InvalidRequest("dataset_version must be a whole number")
+    for key in ("manifest_sha256", "script_sha256"):
+        if out[key] and not (isinstance(out[key], str) and _SHA_RE.match(out[key])):
+            raise InvalidRequest(f"{key} must be 64 lowercase hex digits")
+    if not out["script_sha256"]:
+        raise InvalidRequest("script_sha256 (the training script's digest) is missing")
+    return out
+
+
+def check_update(body: dict) -> dict:
+    """Validate a server's report on a ledger job (pure): ``slurm_job_id``, ``state``,
+    ``manifest_sha256`` (known after the first staging), ``message``."""
+    if not isinstance(body, dict):
+        raise InvalidRequest("expected a JSON object")
+    unknown = set(body) - {"slurm_job_id", "state", "manifest_sha256", "message"}
+    if unknown:
+        raise InvalidRequest(f"unknown field(s) {', '.join(sorted(unknown))}; a job report may hold "
+                             "slurm_job_id, state, manifest_sha256 and message")
+    out = {}
+    if body.get("slurm_job_id") not in (None, ""):
+        if not isinstance(body["slurm_job_id"], str) or not _SLURM_ID_RE.match(body["slurm_job_id"]):
+            raise InvalidRequest("slurm_job_id must be a Slurm job id (digits)")
+        out["slurm_job_id"] = body["slurm_job_id"]
+    if body.get("state") not in (None, ""):
+        if body["state"] not in LEDGER_STATES[1:]:
+            raise InvalidRequest(f"state must be one of {', '.join(LEDGER_STATES[1:])}")
+        out["state"] = body["state"]
+    if body.get("manifest_sha256"):
+        if not isinstance(body["manifest_sha256"], str) or not _SHA_RE.match(body["manifest_sha256"]):
+            raise InvalidRequest("manifest_sha256 must be 64 lowercase hex digits")
+        out["manifest_sha256"] = body["manifest_sha256"]
+    if body.get("message") is not None:
+        out["message"] = str(body["message"])[:500]
+    if not out:
+        raise InvalidRequest("nothing to report: give slurm_job_id, state, manifest_sha256 or message")
+    return out
+
+
+def check_job_id(job_id: str) -> str:
+    if not isinstance(job_id, str) or not JOB_ID_RE.match(job_id):
+        raise InvalidRequest(f"job id {str(job_id)[:40]!r} is not a job id (j + 12 hex digits)")
+    return job_id
 
 
 def _private_file(path: Path) -> None:
@@ -108,26 +183,32 @@ def _private_file(path: Path) -> None:
 
 
 class ReviewStore(LoggingConfigurable):
-    """Marked projects, held jobs and decisions (see the module docstring)."""
+    """The job ledger, marked projects, held jobs and decisions (see the module docstring)."""
 
     path = Unicode(
         "xnat-hpc-review/review.db",
-        help="""SQLite file of results review: which projects need review (set by their owners on
-        /hub/xnat-hpc/review), the jobs whose results are held (public facts, the hub's wrapped key
-        share, previews sealed to the review key) and every owner's decision. Created 0600 in a
-        directory created 0700. A relative path is relative to the hub's working directory.
-        Example: "/var/lib/xnat-hpc-hub/review/review.db".""",
+        help="""SQLite file of the job ledger and results review: every offload job (user, server,
+        the server's scope as the hub decided it, digests, Slurm id, its own review key when it
+        needs review), which projects need review (set by their owners on /hub/xnat-hpc/review),
+        the jobs whose results are held (the hub's wrapped key share, previews sealed to the job's
+        review key) and every owner's decision. Created 0600 in a directory created 0700; back it
+        up (held results cannot be opened without it). A relative path is relative to the hub's
+        working directory. Example: "/var/lib/xnat-hpc-hub/review/review.db".""",
     ).tag(config=True)
 
-    identity_file = Unicode(
-        "xnat-hpc-review/review-key.txt",
-        help="""The hub's review key (an age X25519 identity), created 0600 on first use. Jobs on
-        projects that need review seal the hub's share of their results key and the previews of
-        small text results to its public recipient; whoever holds this file and a job's sealed
-        previews can read those previews — keep it where only the hub's account can read, and
-        back it up with the review database (held results cannot be opened without it). To pin
-        the recipient on the compute nodes, write it to /etc/xnat-hpc-hub/review-recipient there
-        (``xnat-hpc-hub`` prints it at ``GET /hub/api/xnat-hpc/review/policy``).""",
+    max_active_jobs_per_user = Integer(
+        200,
+        help="""Most ledger jobs one user may have submitted and not yet ended (states submitted,
+        running). A server asking to enter one more is refused (409) with this number in the
+        message. Example: 50.""",
+    ).tag(config=True)
+
+    max_held_per_user = Integer(
+        100,
+        help="""Most jobs of one user whose results may wait for review at once (state held).
+        A registration beyond it is refused (409) and audited; the job's results stay sealed in
+        the staging area and can be registered again once owners have decided on others.
+        Example: 20.""",
     ).tag(config=True)
 
     _lock = threading.RLock()  # one per process: every instance shares the databases below
@@ -149,23 +230,6 @@ class ReviewStore(LoggingConfigurable):
                 self._dbs[path] = db
             return db
 
-    def _identity(self) -> AgeIdentity:
-        path = Path(os.path.abspath(self.identity_file))
-        with self._lock:
-            if not path.exists():
-                path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-                key = AgeIdentity.generate()
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-                with os.fdopen(fd, "w") as f:
-                    f.write(f"# xnat-hpc-hub review key, created {now_iso()}\n"
-                            f"# public key: {key.recipient}\n{key.secret()}\n")
-                return key
-            _private_file(path)
-            return AgeIdentity(path.read_text())
-
-    def recipient(self) -> str:
-        return self._identity().recipient
-
     # -- projects ------------------------------------------------------------------
     def marked(self, projects: list[str] | set[str] | None = None) -> dict[str, dict]:
         """``{project: {"by", "time"}}`` of the marked projects (of *projects*, if given)."""
@@ -184,16 +248,132 @@ class ReviewStore(LoggingConfigurable):
                 cur = db.execute("DELETE FROM marks WHERE project=?", (project,))
             return cur.rowcount > 0
 
-    # -- jobs ----------------------------------------------------------------------
-    def register(self, user: str, job_id: str, body: dict) -> dict:
-        """Hold a job's results (a server's registration): the wrapped share and every preview
-        must open with the review key (else they were sealed to another recipient)."""
-        reg = check_registration(body)
-        ident = self._identity()
-        unwrap(reg["share"], ident)  # proves the share is ours; the plaintext is dropped
-        for name, blob in reg["previews"].items():
-            unwrap(blob, ident)
+    # -- the ledger ----------------------------------------------------------------
+    def enter_job(self, user: str, server: str, job_id: str, projects: list[str] | frozenset[str],
+                  body: dict) -> dict:
+        """Enter job *job_id* that *user*'s server *server* submits; *projects* is that server's
+        scope as the hub decided it. Returns the public ledger row with ``recipient`` (the job's
+        own review recipient, or None when none of its projects needs review). Entering the
+        same job again from the same server with the same digests answers the same row (a
+        retried request); anything else under a known id is a Conflict."""
+        check_job_id(job_id)
+        facts = check_entry(body)
+        projects = sorted(set(projects))
+        if not projects:
+            raise PermissionDenied(f"the server {server or '(default)'} of {user} has no data scope the hub "
+                                   "decided (started before this hub version?); restart it to submit jobs")
         db = self._db()
+        with self._lock:
+            row = db.execute("SELECT * FROM ledger WHERE user=? AND id=?", (user, job_id)).fetchone()
+            if row is not None:
+                if (row["server"], row["script_sha256"], row["manifest_sha256"] or facts["manifest_sha256"]) != (
+                        server, facts["script_sha256"], facts["manifest_sha256"] or row["manifest_sha256"]):
+                    raise Conflict(f"job {job_id} of {user} is already in the ledger with other facts", item=job_id)
+                return self._ledger_public(row)
+            active = db.execute(f"SELECT COUNT(*) FROM ledger WHERE user=? AND state IN "
+                                f"({','.join('?' * len(LEDGER_ACTIVE))})", (user, *LEDGER_ACTIVE)).fetchone()[0]
+            if active >= self.max_active_jobs_per_user:
+                raise Conflict(f"{user} already has {active} jobs submitted and not ended; the hub takes at most "
+                               f"{self.max_active_jobs_per_user} (c.ReviewStore.max_active_jobs_per_user)")
+            review = sorted(self.marked(projects))
+            identity = AgeIdentity.generate().secret() if review else ""
+            t = now_iso()
+            db.execute("INSERT INTO ledger (user, id, server, projects, review, review_identity, dataset, "
+                       "dataset_version, manifest_sha256, script_sha256, state, created, updated) "
+                       "VALUES (?,?,?,?,?,?,?,?,?,?,'submitted',?,?)",
+                       (user, job_id, server, json.dumps(projects), json.dumps(review), identity,
+                        facts["dataset"], facts["dataset_version"], facts["manifest_sha256"],
+                        facts["script_sha256"], t, t))
+            return self._ledger_public(db.execute("SELECT * FROM ledger WHERE user=? AND id=?",
+                                                  (user, job_id)).fetchone())
+
+    def update_job(self, user: str, job_id: str, body: dict) -> dict:
+        """A server's report on its own ledger job (:func:`check_update`). A Slurm id, once
+        set, is not replaced; an ended job's state is not changed again."""
+        check_job_id(job_id)
+        report = check_update(body)
+        db = self._db()
+        with self._lock:
+            row = db.execute("SELECT * FROM ledger WHERE user=? AND id=?", (user, job_id)).fetchone()
+            if row is None:
+                raise NotFound(f"job {job_id} of {user} is not in the hub's ledger", item=job_id)
+            if row["slurm_job_id"] and report.get("slurm_job_id", row["slurm_job_id"]) != row["slurm_job_id"]:
+                raise Conflict(f"job {job_id} already runs as Slurm job {row['slurm_job_id']}", item=job_id)
+            if row["state"] not in LEDGER_ACTIVE and report.get("state", row["state"]) != row["state"]:
+                raise Conflict(f"job {job_id} already ended ({row['state']})", item=job_id)
+            if row["manifest_sha256"] and report.get("manifest_sha256", row["manifest_sha256"]) != row["manifest_sha256"]:
+                raise Conflict(f"job {job_id}: the ledger has another manifest digest", item=job_id)
+            sets = {**report, "updated": now_iso()}
+            db.execute(f"UPDATE ledger SET {', '.join(f'{k}=?' for k in sets)} WHERE user=? AND id=?",
+                       (*sets.values(), user, job_id))
+            return self._ledger_public(db.execute("SELECT * FROM ledger WHERE user=? AND id=?",
+                                                  (user, job_id)).fetchone())
+
+    def ledger_job(self, user: str, job_id: str) -> dict:
+        with self._lock:
+            row = self._db().execute("SELECT * FROM ledger WHERE user=? AND id=?", (user, job_id)).fetchone()
+        if row is None:
+            raise NotFound(f"job {job_id} of {user} is not in the hub's ledger", item=job_id)
+        return self._ledger_public(row)
+
+    def ledger_jobs(self, *, user: str | None = None, projects: set[str] | None = None,
+                    states: tuple[str, ...] | None = None, limit: int = 500) -> list[dict]:
+        """Ledger jobs, newest first: of *user*, touching one of *projects*, in *states*."""
+        where, args = [], []
+        if user is not None:
+            where.append("user=?")
+            args.append(user)
+        if states:
+            where.append(f"state IN ({','.join('?' * len(states))})")
+            args.extend(states)
+        sql = "SELECT * FROM ledger" + (f" WHERE {' AND '.join(where)}" if where else "") + " ORDER BY created DESC"
+        with self._lock:
+            rows = self._db().execute(sql, args).fetchall()
+        out = []
+        for r in rows:
+            if projects is None or set(projects).intersection(json.loads(r["projects"])):
+                out.append(self._ledger_public(r))
+                if len(out) >= limit:
+                    break
+        return out
+
+    @staticmethod
+    def _ledger_public(row: sqlite3.Row) -> dict:
+        identity = row["review_identity"]
+        return {"user": row["user"], "job": row["id"], "server": row["server"],
+                "projects": json.loads(row["projects"]), "review": json.loads(row["review"]),
+                "recipient": AgeIdentity(identity).recipient if identity else None,
+                "dataset": row["dataset"], "dataset_version": row["dataset_version"],
+                "manifest_sha256": row["manifest_sha256"], "script_sha256": row["script_sha256"],
+                "slurm_job_id": row["slurm_job_id"], "state": row["state"], "message": row["message"],
+                "created": row["created"], "updated": row["updated"]}
+
+    def _job_identity(self, user: str, job_id: str) -> tuple[sqlite3.Row, AgeIdentity]:
+        """The ledger row of a job that needs review, and its own review identity."""
+        row = self._db().execute("SELECT * FROM ledger WHERE user=? AND id=?", (user, job_id)).fetchone()
+        if row is None:
+            raise NotFound(f"job {job_id} of {user} is not in the hub's ledger; results can be held only "
+                           "for a job the hub entered at its submission", item=job_id)
+        if not row["review_identity"]:
+            raise PermissionDenied(f"job {job_id} of {user} did not need review when it was submitted; "
+                                   "it has no review key", item=job_id)
+        return row, AgeIdentity(row["review_identity"])
+
+    # -- held jobs -----------------------------------------------------------------
+    def register(self, user: str, job_id: str, body: dict) -> dict:
+        """Hold a job's results (its server's registration). Only for a job of *user* the
+        ledger knows and that needed review; the wrapped share and every preview must open
+        with that job's own review key (else they were sealed to another recipient, e.g.
+        replayed from another job); the projects are the ledger's."""
+        check_job_id(job_id)
+        reg = check_registration(body)
+        db = self._db()
+        with self._lock:
+            ledger, ident = self._job_identity(user, job_id)
+        unwrap(reg["share"], ident)  # proves the share is this job's; the plaintext is dropped
+        for blob in reg["previews"].values():
+            unwrap(blob, ident)
+        review = json.loads(ledger["review"])
         with self._lock:
             row = db.execute("SELECT * FROM jobs WHERE user=? AND id=?", (user, job_id)).fetchone()
             if row is not None:
@@ -201,10 +381,15 @@ class ReviewStore(LoggingConfigurable):
                     raise Conflict(f"job {job_id} of {user} is already held with another key share",
                                    item=job_id)
             else:
+                held = db.execute("SELECT COUNT(*) FROM jobs WHERE user=? AND state='held'", (user,)).fetchone()[0]
+                if held >= self.max_held_per_user:
+                    raise Conflict(f"{user} already has {held} jobs waiting for review; the hub holds at most "
+                                   f"{self.max_held_per_user} (c.ReviewStore.max_held_per_user); ask the "
+                                   "project owners to decide on those first", item=job_id)
                 db.execute(f"INSERT INTO jobs (user, id, {', '.join(_JOB_FIELDS)}, state, created) VALUES "
                            f"(?, ?, {', '.join('?' * len(_JOB_FIELDS))}, 'held', ?)",
-                           [user, job_id, reg["dataset"], reg["dataset_version"], json.dumps(reg["projects"]),
-                            reg["manifest_sha256"], reg["script_sha256"], reg["slurm_job_id"],
+                           [user, job_id, ledger["dataset"], ledger["dataset_version"], json.dumps(review),
+                            ledger["manifest_sha256"], ledger["script_sha256"], ledger["slurm_job_id"],
                             json.dumps(reg["results"]), reg["share"], json.dumps(reg["previews"]), now_iso()])
         return self.job(user, job_id)
 
@@ -233,7 +418,7 @@ class ReviewStore(LoggingConfigurable):
             return self._job(row)
 
     def jobs_for(self, projects: set[str], states: tuple[str, ...] = STATES, limit: int = 200) -> list[dict]:
-        """Jobs touching one of *projects*, newest first."""
+        """Held, approved or rejected jobs touching one of *projects*, newest first."""
         with self._lock:
             rows = self._db().execute(
                 f"SELECT * FROM jobs WHERE state IN ({','.join('?' * len(states))}) "
@@ -247,13 +432,14 @@ class ReviewStore(LoggingConfigurable):
             return out
 
     def previews(self, user: str, job_id: str) -> dict[str, bytes]:
-        """The previews of a held job, decrypted with the review key (for the reviewer's page)."""
+        """The previews of a held job, decrypted with the job's review key (for the reviewer's page)."""
         with self._lock:
             row = self._db().execute("SELECT previews FROM jobs WHERE user=? AND id=?", (user, job_id)).fetchone()
-        if row is None:
-            return {}
-        ident = self._identity()
-        return {name: unwrap(blob, ident) for name, blob in json.loads(row["previews"] or "{}").items()}
+            previews = json.loads(row["previews"] or "{}") if row is not None else {}
+            if not previews:
+                return {}
+            _ledger, ident = self._job_identity(user, job_id)
+        return {name: unwrap(blob, ident) for name, blob in previews.items()}
 
     def record_decision(self, user: str, job_id: str, projects: list[str], owner: str, decision: str,
                         reason: str = "") -> dict:
@@ -283,16 +469,23 @@ class ReviewStore(LoggingConfigurable):
             if rule["state"] == "rejected":
                 db.execute("UPDATE jobs SET state='rejected', reason=?, by=?, decided=?, share='', "
                            "previews='{}' WHERE user=? AND id=?", (rule["reason"], rule["by"], t, user, job_id))
+                db.execute("UPDATE ledger SET review_identity='', updated=? WHERE user=? AND id=?", (t, user, job_id))
             elif rule["state"] == "approved":
                 db.execute("UPDATE jobs SET state='approved', decided=? WHERE user=? AND id=?", (t, user, job_id))
             row = db.execute("SELECT * FROM jobs WHERE user=? AND id=?", (user, job_id)).fetchone()
             return self._job(row)
 
     def release_share(self, user: str, job_id: str) -> bytes:
-        """The hub's share of an approved job, unwrapped (for the job's own user only)."""
+        """The hub's share of an approved job, unwrapped with that job's own review key (for
+        the job's own user only). The approval is checked again against the ledger's review
+        projects: every one of them needs an owner's approval."""
         with self._lock:
             row = self._db().execute("SELECT state, share FROM jobs WHERE user=? AND id=?",
                                      (user, job_id)).fetchone()
-        if row is None or row["state"] != "approved" or not row["share"]:
-            raise PermissionDenied(f"the results of job {job_id} are not approved", item=job_id)
-        return unwrap(row["share"], self._identity())
+            if row is None or row["state"] != "approved" or not row["share"]:
+                raise PermissionDenied(f"the results of job {job_id} are not approved", item=job_id)
+            ledger, ident = self._job_identity(user, job_id)
+            if decide(json.loads(ledger["review"]), self._decisions(user, job_id))["state"] != "approved":
+                raise PermissionDenied(f"the results of job {job_id} are not approved by an owner of every "
+                                       "project that needs review", item=job_id)
+        return unwrap(row["share"], ident)

@@ -52,6 +52,7 @@ from xnat_bridge.client import XnatClient
 from xnat_bridge.errors import AuthenticationFailed, PermissionDenied, TokenExpired, XnatHpcError
 from xnat_bridge.permissions import fetch_permissions
 from xnat_bridge.scope import Scope
+from xnat_bridge.spawn_record import STATE_KEY, SpawnRecord, now_iso
 
 from .decide import Session, XnatFacts, build_plan, check_readable, choose_profile, data_layout, scope_mounts
 from .form import render_form
@@ -151,6 +152,14 @@ class XnatScopedSpawner(LoggingConfigurable):
 
     xnat_plan = Any(None, help="The validated plan of the current start (set by start).")
 
+    xnat_record = Any(
+        None, allow_none=True,
+        help="""What the hub decided at this server's start (a
+        :class:`~xnat_bridge.spawn_record.SpawnRecord`: scope, profile, backend), kept in the
+        spawner's state so that it outlives a hub restart. Audit ingestion, the job ledger and
+        revocation read a server's scope from here, never from ``user_options``.""",
+    )
+
     spawn_progress = Instance(
         SpawnProgress, allow_none=True,
         help="""Progress channel of the current start: made by :meth:`start` of the spawner
@@ -229,11 +238,33 @@ class XnatScopedSpawner(LoggingConfigurable):
     async def checked_plan(self) -> SpawnPlan:
         """:meth:`make_plan`; a refusal is audited, logged and raised as :func:`spawn_error`."""
         try:
-            return await self.make_plan()
+            plan = await self.make_plan()
         except XnatHpcError as exc:
             await self.xnat_audit("spawn", "denied", items=_items(self.user_options), detail=exc.message)
             self.log.warning("spawn of %s refused: %s", self._log_name, exc.message)
             raise spawn_error(exc) from None
+        self.xnat_record = SpawnRecord(scope=plan.scope, profile=plan.profile.slug,
+                                       backend=plan.profile.backend, started=now_iso())
+        return plan
+
+    def get_state(self):
+        """The base spawner's state and the hub's :class:`SpawnRecord` of the server."""
+        state = super().get_state()
+        if self.xnat_record is not None:
+            state[STATE_KEY] = self.xnat_record.to_state()
+        return state
+
+    def load_state(self, state):
+        super().load_state(state)
+        try:
+            self.xnat_record = SpawnRecord.from_state(state)
+        except XnatHpcError as exc:
+            self.log.warning("%s: spawner state holds no usable scope record: %s", self._log_name, exc.message)
+            self.xnat_record = None
+
+    def clear_state(self):
+        super().clear_state()
+        self.xnat_record = None
 
     async def make_plan(self) -> SpawnPlan:
         """Validate ``user_options`` against XNAT now; the plan or a typed error."""

@@ -75,6 +75,14 @@ class Conflict(XnatHpcError):
     reason = "conflict"
 
 
+class Gone(XnatHpcError):
+    """The route or item existed in an earlier version and is retired; the message says what
+    replaced it."""
+
+    status = 410
+    reason = "gone"
+
+
 class XnatUnavailable(XnatHpcError):
     """XNAT did not answer, timed out, or answered with a 5xx."""
 

@@ -1,0 +1,77 @@
+"""What the hub decided when it started a server: the one record of a server's scope.
+
+The hub writes it into the spawner's state (JupyterHub persists ``Spawner.get_state()``
+in its database after every start and hands it back with ``load_state`` after a
+restart); everything that later needs a server's scope — audit ingestion, the job
+ledger, revocation, the owners' pages — reads it back with :meth:`SpawnRecord.from_state`.
+Never from ``user_options``: those are what was *asked* (and stored flat for XNAT's
+readers, ``projects: "A,B"``), not what the hub *decided*.
+
+State shape (JSON, under :data:`STATE_KEY`)::
+
+    {"xnat_hpc": {"v": 1, "scope": "<Scope.to_json()>", "profile": "local-small",
+                  "backend": "local", "started": "2026-12-07T02:40:00Z"}}
+
+Pure; imported by the hub side and (later) by the governance service alike.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+from collections.abc import Mapping
+
+from .errors import InvalidRequest
+from .scope import Scope
+
+STATE_KEY = "xnat_hpc"
+VERSION = 1
+
+
+def now_iso() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+@dataclasses.dataclass(frozen=True)
+class SpawnRecord:
+    """A server's scope and profile as the hub decided them at its start."""
+
+    scope: Scope
+    profile: str = ""
+    backend: str = ""
+    started: str = ""
+
+    @property
+    def projects(self) -> frozenset[str]:
+        """The scope's project ids (empty for an unrestricted scope: a hub never starts one)."""
+        return frozenset(self.scope.projects or {})
+
+    def to_state(self) -> dict:
+        """The value to store under :data:`STATE_KEY` of the spawner's state."""
+        return {"v": VERSION, "scope": self.scope.to_json(), "profile": self.profile,
+                "backend": self.backend, "started": self.started}
+
+    @classmethod
+    def from_state(cls, state: Mapping | None) -> SpawnRecord | None:
+        """The record in a spawner's *state* (the whole state dict), or None when it has
+        none (a server started before this record existed, or by another spawner).
+        A malformed record raises :class:`InvalidRequest` naming the problem: it was
+        written by the hub, so it is never silently read as "no scope"."""
+        doc = (state or {}).get(STATE_KEY) if isinstance(state, Mapping) else None
+        if doc is None:
+            return None
+        if not isinstance(doc, Mapping) or doc.get("v") != VERSION or not isinstance(doc.get("scope"), str):
+            raise InvalidRequest(f"the spawner state's {STATE_KEY!r} record is not version {VERSION}")
+        scope = Scope.from_json(doc["scope"])
+        if not scope.restricted:
+            raise InvalidRequest(f"the spawner state's {STATE_KEY!r} record has an unrestricted scope")
+        return cls(scope=scope, profile=str(doc.get("profile") or ""), backend=str(doc.get("backend") or ""),
+                   started=str(doc.get("started") or ""))
+
+
+def record_of(spawner) -> SpawnRecord | None:
+    """The record of a JupyterHub spawner, from its state (``get_state()``, what JupyterHub
+    persists); None for a spawner without one (another spawner class, or a server started
+    before this record existed)."""
+    get_state = getattr(spawner, "get_state", None)
+    return SpawnRecord.from_state(get_state()) if callable(get_state) else None
