@@ -9,8 +9,9 @@ the hub; site administrators see every project):
   results review (:mod:`hub_ext.review`) where the hub installs them;
 * the servers running now whose scope includes the project (the trail's latest allowed
   ``spawn`` of each running server, joined with the hub's active spawners);
-* offload jobs on the project's data (who, when, dataset, files, bytes, manifest and
-  script sha256, Slurm job id, state, results retrieved) and downloads;
+* offload jobs of servers whose scope held the project, from the hub's **job ledger** (who,
+  which server, when, dataset, manifest and script sha256, Slurm job id, state), with what
+  the server reported on the trail (files, bytes, results retrieved), and downloads;
 * the trail's events, filtered by the query string (``project``, ``user``, ``action``,
   ``since``, ``until``: UTC dates or date-times; ``page``, ``per_page``), exported with
   ``format=csv`` or ``format=json`` (the same filters, up to :data:`MAX_EXPORT` events);
@@ -37,6 +38,7 @@ from xnat_bridge.permissions import fetch_permissions
 from . import owner_render as R
 from .audit_log import HubAuditLog
 from .errors import map_errors
+from .review_store import ReviewStore
 from .revocation_watch import ensure_watch
 from .routes import installed
 from .owner_render import WITHHELD, owned_projects, visible_part  # noqa: F401
@@ -94,27 +96,54 @@ def _active_servers(db) -> list[tuple[str, str, str]]:
     return out
 
 
+def jobs_from_ledger(ledger: list[dict], reported: list[dict], project: str) -> list[dict]:
+    """The jobs table of *project* (pure): one row per **ledger** job whose server's scope held
+    *project* (who, which server, digests, Slurm id, state: what the hub recorded), with what
+    the job's server reported on the trail (files, bytes, resources, results retrieved) added
+    from *reported* (:func:`hub_ext.owner_render.jobs_from_events` rows of the same user and
+    job). Only *project* is named of the job's projects: the page shows an owner their part."""
+    by_job = {(r["user"], r["job"]): r for r in reported}
+    rows = []
+    for job in ledger:
+        ev = by_job.get((job["user"], job["job"]), {})
+        state = job["state"]
+        if state in ("submitted", "running") and ev.get("state") in ("done", "failed", "cancelled"):
+            state = ev["state"]  # the server told the trail before it told the ledger
+        rows.append({"job": job["job"], "user": job["user"], "time": job["created"], "dataset": job["dataset"],
+                     "items": [project], "files": ev.get("files", 0), "bytes": ev.get("bytes", 0),
+                     "manifest": job["manifest_sha256"] or ev.get("manifest", ""), "script": job["script_sha256"],
+                     "slurm_job_id": job["slurm_job_id"] or ev.get("slurm_job_id", ""),
+                     "resources": ev.get("resources", {}), "state": state, "results": ev.get("results", ""),
+                     "server": job["server"] or "(default)", "review": project in job["review"]})
+    return rows
+
+
 def collect(audit_log: HubAuditLog, owned: set[str], scope: set[str], f: R.Filters, query: dict,
             active: list[tuple[str, str, str]],
-            members: Callable[[str], tuple[list[dict] | None, str]]) -> tuple[list[dict], int, list[R.ProjectView]]:
+            members: Callable[[str], tuple[list[dict] | None, str]],
+            ledger: Callable[[str], list[dict]] = lambda p: []) -> tuple[list[dict], int, list[R.ProjectView]]:
     """What the page shows (blocking: the store and XNAT; run it in a thread): the filtered
     events of this page, their count, and a :class:`~hub_ext.owner_render.ProjectView` per
-    project of *scope* (*members(project)* asks XNAT who has access)."""
+    project of *scope* (*members(project)* asks XNAT who has access, *ledger(project)* gives
+    the ledger's jobs of servers whose scope held it)."""
     events = audit_log.query(**query, limit=f.per_page, offset=(f.page - 1) * f.per_page)
     total = audit_log.count(**query)
     views = []
     for p in sorted(scope):
         people, problem = members(p)
-        submits = [visible_part(e, owned) for e in audit_log.query(projects={p}, actions={"submit"}, limit=100)]
-        submitters = {s["user"] for s in submits}
-        first = min((s.get("time", "") for s in submits), default="") or None
-        follow = (audit_log.query(user=submitters, actions=set(JOB_ACTIONS), since=first, limit=1000)
-                  if submitters else [])
+        jobs = ledger(p)
+        submitters = {j["user"] for j in jobs}
+        first = min((j["created"] for j in jobs), default="") or None
+        reported = []
+        if submitters:
+            submits = audit_log.query(user=submitters, actions={"submit"}, since=first, limit=1000)
+            follow = audit_log.query(user=submitters, actions=set(JOB_ACTIONS), since=first, limit=1000)
+            reported = R.jobs_from_events(submits, follow)
         running = {u for u, _, _ in active}
         spawns = audit_log.query(projects={p}, user=running, actions={"spawn"}, limit=1000) if running else []
         downloads = [visible_part(e, owned) for e in audit_log.query(projects={p}, actions={"download"}, limit=50)]
         views.append(R.ProjectView(p, people, problem, R.active_servers(spawns, active, p),
-                                   R.jobs_from_events(submits, follow), downloads))
+                                   jobs_from_ledger(jobs, reported, p), downloads))
     return [visible_part(e, owned) for e in events], total, views
 
 
@@ -174,7 +203,13 @@ class OwnerAuditHandler(BaseHandler):
             except XnatHpcError as e:
                 return None, e.message
 
-        events, total, views = await asyncio.to_thread(collect, audit_log, owned, scope, f, query, active, members)
+        store = ReviewStore(config=self.settings.get("config"), log=self.log)
+
+        def ledger(project: str) -> list[dict]:
+            return store.ledger_jobs(projects={project}, limit=200)
+
+        events, total, views = await asyncio.to_thread(collect, audit_log, owned, scope, f, query, active,
+                                                       members, ledger)
         for v in views:
             v.actions_html = project_actions_html(self, v.project)
         ok, sentence, checked = audit_log.status()
