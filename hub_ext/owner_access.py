@@ -15,7 +15,8 @@ Every grant and revoke is audited (``grant`` / ``revoke``, the owner as ``user``
 project as item). A revocation then takes effect (:mod:`hub_ext.revocation`): the
 user's running servers on the project are stopped (or left to the server's permission
 TTL, ``c.OwnerAccess.on_revoke = "narrow"``), their offload jobs on the project's data
-cancelled and the jobs' bundles wiped, each effect audited.
+cancelled and the jobs' bundles wiped, each effect audited. The owner waits for that at
+most ``c.OwnerAccess.revoke_timeout`` seconds; the page lists what is still pending then.
 
 The owners' audit page links here (:data:`ROUTE`, :func:`access_url`) or embeds one
 project's section (:func:`access_section_html`).
@@ -41,7 +42,7 @@ from xnat_bridge.scope import check_id
 from .audit_log import HubAuditLog
 from .errors import map_errors, status_for
 from .revocation import RevocationReport
-from .revocation_watch import ensure_watch, revoke_effects
+from .revocation_watch import ensure_watch, revoke_bounded
 from .visitor import visitor_client, visitor_token
 from .xnat_api import AliasToken
 
@@ -311,11 +312,13 @@ class OwnerAccessHandler(BaseHandler):
     async def revoke_effects(self, target: str, project: str, reason: str) -> RevocationReport:
         """Stop, cancel and wipe what the XNAT account *target* still runs on *project*
         (:mod:`hub_ext.revocation`): on the hub it is the name the authenticator gives that
-        login (``c.XnatAuthenticator.username_map``, else the login itself)."""
+        login (``c.XnatAuthenticator.username_map``, else the login itself). Waits at most
+        ``c.OwnerAccess.revoke_timeout`` seconds: what is not done by then goes on in the
+        background and the report (the page) lists it as pending."""
         hub_name = self.authenticator.normalize_username(target)
         user = self.find_user(hub_name)
 
         async def stop(name: str) -> None:
             await self.stop_single_user(user, name)
 
-        return await revoke_effects(self.settings, user, hub_name, project, reason, stop)
+        return await revoke_bounded(self.settings, user, hub_name, project, reason, stop)

@@ -33,15 +33,14 @@ import json
 import os
 import re
 import sqlite3
-import stat
 import threading
-from pathlib import Path
 
 from traitlets import Integer, Unicode
 from traitlets.config import LoggingConfigurable
 
 from xnat_bridge.errors import Conflict, InvalidRequest, NotFound, PermissionDenied
 from xnat_bridge.offload.review import STATES, unwrap
+from xnat_bridge.private import check_private_dir, check_private_file, create_private_file
 from xnat_bridge.staging import AgeIdentity
 
 _SCHEMA = """
@@ -175,13 +174,6 @@ def check_job_id(job_id: str) -> str:
     return job_id
 
 
-def _private_file(path: Path) -> None:
-    st = os.lstat(path)
-    if stat.S_ISLNK(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o077:
-        raise PermissionDenied(f"{path} must be a file of the hub's account, mode 0600, not a link; "
-                               f"fix it (chmod 600 {path}) or remove it")
-
-
 class ReviewStore(LoggingConfigurable):
     """The job ledger, marked projects, held jobs and decisions (see the module docstring)."""
 
@@ -220,10 +212,10 @@ class ReviewStore(LoggingConfigurable):
         with self._lock:
             db = self._dbs.get(path)
             if db is None:
-                os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-                if not os.path.exists(path):
-                    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600))
-                _private_file(Path(path))
+                check_private_dir(os.path.dirname(path), create=True)
+                if not os.path.lexists(path):
+                    create_private_file(path, b"")
+                check_private_file(path, what="c.ReviewStore.path")
                 db = sqlite3.connect(path, isolation_level=None, timeout=30, check_same_thread=False)
                 db.row_factory = sqlite3.Row
                 db.executescript(_SCHEMA)

@@ -11,8 +11,9 @@ the user's alias token for that project. What the hub adds:
   staging, submission) is refused by the server within its permission cache's TTL
   (:data:`xnat_bridge.permissions.DEFAULT_TTL_S`, 60 s) because the server asks XNAT
   again with the user's token; files the user already copied into the workspace stay;
-* **offload jobs** on the project's data, found in the hub's audit trail (``submit``
-  events: user, Slurm job id, dataset items, manifest digest), are cancelled when Slurm
+* **offload jobs** of servers whose scope held the project, found in the hub's job ledger
+  (:mod:`hub_ext.review_store`: user, server, the scope as the hub decided it, Slurm job id,
+  manifest digest — never a server's claim on the trail), are cancelled when Slurm
   still lists them as the user's own pending or running job (``scancel``; the job's node
   guard wipes its node-local directory), and their encrypted bundles are removed from
   the user's staging directory;
@@ -26,6 +27,13 @@ here; the effects are the few functions at the end (Slurm commands through
 :mod:`xnat_bridge.procs`, file removal that follows no link). The hub stops a server
 the JupyterHub way, through a handler's ``stop_single_user`` or the app's
 equivalent, handed in as a callable.
+
+A revocation can neither be blocked nor hold up others: the user can write their staging
+directory, so nothing there is opened that could block or lead elsewhere (every open
+through :mod:`xnat_bridge.private`: ``O_NOFOLLOW | O_NONBLOCK``, a regular-file check
+before and after opening; a FIFO planted under a sidecar's name is skipped, never read);
+and each user's effects run within ``c.OwnerAccess.revoke_timeout`` seconds
+(:func:`within_bound`), the rest going on in the background and reported as pending.
 """
 
 from __future__ import annotations
@@ -38,16 +46,16 @@ import logging
 import os
 import pwd
 import re
-import stat
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 
-from traitlets import Enum, Float, Unicode
+from traitlets import Enum, Float, TraitError, Unicode, validate
 from traitlets.config import LoggingConfigurable
 
 from xnat_bridge import procs
-from xnat_bridge.errors import CommandFailed
+from xnat_bridge.errors import CommandFailed, NotFound, XnatHpcError
+from xnat_bridge.private import open_directory, read_regular
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +67,6 @@ ACTIVE_STATES = ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "SUSPENDED",
 #: a per-user directory name (the staging area's rule, :mod:`xnat_bridge.staging.area`)
 _NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._@+\-]{0,127}$")
 _BUNDLE_ID_RE = re.compile(r"^[0-9a-f]{12}-[0-9a-f]{12}$")
-_SLURM_ID_RE = re.compile(r"\bslurm (\d+)\b")
 #: the files of one bundle in ``<staging>/<user>/`` (:mod:`xnat_bridge.staging.area`)
 BUNDLE_SUFFIXES = (".tar.age", ".tar.age.partial", ".json")
 
@@ -86,9 +93,28 @@ class OwnerAccess(LoggingConfigurable):
         help="""Seconds between the hub's re-checks of every running server's scope against
         XNAT (with the user's own token), catching revocations done in XNAT's UI rather than
         on the hub's access page; each loss is handled like a revocation from the page.
-        0 turns the re-check off. The loop starts with the first request to one of the hub's
-        XNAT pages (owner page, access page) after the hub starts.""",
+        0 turns the re-check off. One loop per hub process; it starts with the first server
+        start, audit event or request to one of the hub's XNAT pages (owner page, access page)
+        after the hub starts. Example: ``c.OwnerAccess.recheck_interval = 120``.""",
     ).tag(config=True)
+
+    revoke_timeout = Float(
+        5.0,
+        help="""Seconds that one user's revocation effects (cancelling their Slurm jobs, removing
+        their staged bundles, stopping their servers) may hold up the owner's request or the
+        re-check's round. What is not done by then goes on in the background and the owner's
+        page lists it as still pending; the audit trail records each effect when it happens.
+        One user whose jobs or servers do not answer therefore delays neither the owner nor
+        the other users by more than this. Example: ``c.OwnerAccess.revoke_timeout = 10``.
+        Must be above 0.""",
+    ).tag(config=True)
+
+    @validate("revoke_timeout")
+    def _positive_timeout(self, proposal):
+        if proposal["value"] <= 0:
+            raise TraitError(f"c.OwnerAccess.revoke_timeout must be more than 0 seconds, not "
+                             f"{proposal['value']}; e.g. 5")
+        return proposal["value"]
 
     staging_dir = Unicode(
         "",
@@ -100,24 +126,6 @@ class OwnerAccess(LoggingConfigurable):
 
 # -- pure decisions ---------------------------------------------------------------------
 
-def scope_projects(user_options: Mapping | None) -> set[str]:
-    """The XNAT projects a server's ``user_options`` scope it to (pure): the form's or REST's
-    ``projects`` (a name, a list, or a mapping of project → narrowing), or an XNAT launch's
-    ``projectId``. Unknown shapes give the empty set."""
-    options = dict(user_options or {})
-    found: set[str] = set()
-    if isinstance(options.get("projectId"), str):
-        found.add(options["projectId"])
-    projects = options.get("projects")
-    if isinstance(projects, str):
-        found.add(projects)
-    elif isinstance(projects, Mapping):
-        found.update(str(p) for p in projects)
-    elif isinstance(projects, (list, tuple)):
-        found.update(str(p) for p in projects if isinstance(p, str))
-    return {p.strip() for p in found if p.strip()}
-
-
 @dataclasses.dataclass(frozen=True)
 class ServerView:
     """What the decision needs of one of a user's servers."""
@@ -126,6 +134,8 @@ class ServerView:
     projects: frozenset[str]
     active: bool = True
     pending: str | None = None
+    #: when the hub started it (its spawn record): a restarted server is another server
+    started: str = ""
 
 
 def servers_hit(servers: Iterable[ServerView], project: str) -> list[ServerView]:
@@ -135,7 +145,7 @@ def servers_hit(servers: Iterable[ServerView], project: str) -> list[ServerView]
 
 @dataclasses.dataclass(frozen=True)
 class SubmittedJob:
-    """An offload job as the hub's audit trail tells it (``submit`` events)."""
+    """An offload job as the hub's job ledger records it (:mod:`hub_ext.review_store`)."""
 
     user: str
     slurm_id: str
@@ -143,45 +153,22 @@ class SubmittedJob:
     manifest_sha256: str = ""
     server: str = ""
     time: str = ""
+    job: str = ""
 
 
-def _norm_sha(value) -> str:
-    text = str(value or "").strip().lower()
-    return text[len("sha256:"):] if text.startswith("sha256:") else text
-
-
-def submitted_job(event: Mapping) -> SubmittedJob | None:
-    """The job an audit *event* records, if it is an allowed ``submit`` with a Slurm id (pure):
-    ``extra.slurm_job_id``, else ``slurm N`` in the detail. The projects: every part of each
-    item (``PROJECT/SUBJECT/...``)."""
-    if event.get("action") != "submit" or event.get("outcome", "allowed") != "allowed":
-        return None
-    extra = event.get("extra") if isinstance(event.get("extra"), Mapping) else {}
-    slurm_id = str(extra.get("slurm_job_id") or "").strip()
-    if not slurm_id:
-        match = _SLURM_ID_RE.search(str(event.get("detail") or ""))
-        slurm_id = match.group(1) if match else ""
-    if not slurm_id.isdigit() or not event.get("user"):
-        return None
-    # every part of every item: the project comes first in items (PROJECT/SUBJECT/...), but
-    # events written before that order was fixed may name it later; a revocation errs on the
-    # side of the project (it only ever touches the revoked user's own jobs)
-    projects = frozenset(part for i in event.get("items") or () for part in str(i).split("/") if part)
-    hashes = event.get("hashes") or {}
-    return SubmittedJob(str(event["user"]), slurm_id, projects,
-                        _norm_sha(hashes.get("manifest") if isinstance(hashes, Mapping) else ""),
-                        str(event.get("server") or ""), str(event.get("time") or ""))
-
-
-def jobs_hit(events: Iterable[Mapping], user: str, project: str) -> list[SubmittedJob]:
-    """*user*'s offload jobs whose dataset holds files of *project*, one per Slurm id, in the
-    order of the trail (pure). Only events the hub stamped with *user* count."""
-    seen: dict[str, SubmittedJob] = {}
-    for event in events:
-        job = submitted_job(event)
-        if job is not None and job.user == user and project in job.projects and job.slurm_id not in seen:
-            seen[job.slurm_id] = job
-    return list(seen.values())
+def ledger_jobs_hit(rows: Iterable[Mapping], user: str, project: str) -> list[SubmittedJob]:
+    """*user*'s ledger jobs whose projects (the submitting server's scope as the hub decided
+    it) hold *project*, oldest first (pure). A job without a Slurm id yet (still staging) is
+    kept: its bundle is removed; only jobs with an id are asked of Slurm."""
+    out = []
+    for row in sorted(rows, key=lambda r: r.get("created", "")):
+        if row.get("user") != user or project not in (row.get("projects") or ()):
+            continue
+        slurm_id = str(row.get("slurm_job_id") or "")
+        out.append(SubmittedJob(user, slurm_id if slurm_id.isdigit() else "", frozenset(row["projects"]),
+                                str(row.get("manifest_sha256") or ""), str(row.get("server") or ""),
+                                str(row.get("created") or ""), str(row.get("job") or "")))
+    return out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -212,6 +199,11 @@ def cancel_decision(job: SubmittedJob, listed: SlurmJob | None, unix_user: str) 
     if listed.user != unix_user:
         return "not the user's job"
     return "cancel"
+
+
+def _norm_sha(value) -> str:
+    text = str(value or "").strip().lower()
+    return text[len("sha256:"):] if text.startswith("sha256:") else text
 
 
 def bundle_files_to_remove(sidecars: Mapping[str, Mapping], manifests: set[str]) -> list[str]:
@@ -265,45 +257,51 @@ def wipe_bundles(staging_root: str, user: str, manifests: set[str]) -> list[str]
     """Remove from ``<staging_root>/<user>/`` every bundle staged for one of *manifests*
     (blocking: run it in a thread); the names removed.
 
-    Nothing is followed: the user's directory is opened with ``O_NOFOLLOW`` below a
-    descriptor of the root and must be a directory owned by the user's account (or by the
-    hub's, where it has none); sidecars are read and files unlinked relative to that
-    descriptor, so a link placed in the directory is at most removed itself."""
+    The user can write that directory, so nothing in it is trusted, and nothing blocks or
+    is followed (:mod:`xnat_bridge.private`): the directory is opened with ``O_NOFOLLOW``
+    below a descriptor of the root and must be a directory owned by the user's account (or
+    by the hub's, where it has none); each sidecar is ``lstat``-ed, opened with
+    ``O_NOFOLLOW | O_NONBLOCK`` and read only if it is a regular file (a FIFO, socket,
+    device or link planted under a sidecar's name is skipped, never opened for reading);
+    files are unlinked relative to the directory's descriptor, so a link is at most removed
+    itself."""
     if not staging_root or not manifests or not _NAME_RE.match(user):
         return []
-    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
     try:
-        root_fd = os.open(staging_root, flags)
+        root_fd = os.open(staging_root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC | os.O_NONBLOCK)
     except OSError as exc:
         log.warning("revocation: staging area %s unreadable: %s", staging_root, exc)
         return []
     try:
+        uid = _uid_of(user)
         try:
-            ufd = os.open(user, flags | os.O_NOFOLLOW, dir_fd=root_fd)
-        except OSError:
-            return []  # none, or a link / not a directory: nothing of ours to remove there
+            ufd = open_directory(user, dir_fd=root_fd, owner_uid=os.geteuid() if uid is None else uid,
+                                 what=f"{user}'s staging directory")
+        except NotFound:
+            return []
+        except XnatHpcError as exc:
+            log.warning("revocation: %s; nothing removed there", exc.message)
+            return []
+        except OSError as exc:
+            log.warning("revocation: %s/%s unreadable (%s); nothing removed there", staging_root, user, exc)
+            return []
         try:
-            st = os.fstat(ufd)
-            uid = _uid_of(user)
-            if not stat.S_ISDIR(st.st_mode) or st.st_uid not in ({uid} if uid is not None else {os.geteuid()}):
-                log.warning("revocation: %s/%s is not %s's own directory; left alone", staging_root, user, user)
-                return []
             sidecars: dict[str, dict] = {}
             for name in os.listdir(ufd):
                 stem = name[:-len(".json")]
                 if not (name.endswith(".json") and _BUNDLE_ID_RE.match(stem)):
                     continue
                 try:
-                    fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=ufd)
-                except OSError:
+                    doc = json.loads(read_regular(name, dir_fd=ufd, max_bytes=1 << 20,
+                                                  what=f"{user}'s bundle sidecar"))
+                except NotFound:
                     continue
-                with os.fdopen(fd, "rb") as f:
-                    if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-                        continue
-                    try:
-                        doc = json.loads(f.read(1 << 20))
-                    except ValueError:
-                        continue
+                except XnatHpcError as exc:
+                    log.warning("revocation: %s; skipped", exc.message)
+                    continue
+                except (OSError, ValueError) as exc:
+                    log.warning("revocation: %s's bundle sidecar %s unreadable (%s); skipped", user, name, exc)
+                    continue
                 if isinstance(doc, dict):
                     sidecars[stem] = doc
             removed = []
@@ -313,6 +311,8 @@ def wipe_bundles(staging_root: str, user: str, manifests: set[str]) -> list[str]
                     removed.append(name)
                 except FileNotFoundError:
                     pass
+                except OSError as exc:  # a directory under a bundle's name, ...: left, said
+                    log.warning("revocation: %s's %s not removed: %s", user, name, exc)
             return removed
         finally:
             os.close(ufd)
@@ -366,13 +366,20 @@ StopServer = Callable[[str], Awaitable[None]]
 
 @dataclasses.dataclass
 class RevocationReport:
-    """What one revocation did, for the owner's page and the tests."""
+    """What one revocation did, for the owner's page and the tests. Filled as the effects
+    happen: :attr:`pending` names those begun and not finished (what a report returned at
+    the time bound, :func:`within_bound`, still waits for)."""
 
     stopped: list[str] = dataclasses.field(default_factory=list)
     left_running: list[str] = dataclasses.field(default_factory=list)
     jobs: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # (slurm id, outcome)
     wiped: list[str] = dataclasses.field(default_factory=list)
     problems: list[str] = dataclasses.field(default_factory=list)
+    pending: list[str] = dataclasses.field(default_factory=list)
+
+    def snapshot(self) -> RevocationReport:
+        """A copy that the effects still running do not change."""
+        return RevocationReport(*(list(getattr(self, f.name)) for f in dataclasses.fields(self)))
 
     def summary(self) -> str:
         parts = []
@@ -388,23 +395,45 @@ class RevocationReport:
             parts.append(f"{len([n for n in self.wiped if n.endswith('.json')])} staged bundle(s) removed")
         if self.problems:
             parts.append("problems: " + "; ".join(self.problems))
+        if self.pending:
+            parts.append("still pending, going on in the background (the audit trail records each "
+                         "when done): " + "; ".join(self.pending))
         return "; ".join(parts) or "no running server or job of theirs used the project"
 
 
+class _Pending:
+    """``async with _Pending(report, "stopping server x")``: listed in ``report.pending`` meanwhile."""
+
+    def __init__(self, report: RevocationReport, what: str):
+        self.report, self.what = report, what
+
+    async def __aenter__(self):
+        self.report.pending.append(self.what)
+
+    async def __aexit__(self, *exc):
+        self.report.pending.remove(self.what)
+
+
 async def apply_revocation(*, user: str, project: str, reason: str, servers: list[ServerView],
-                           events: list[Mapping], settings: OwnerAccess, staging_root: str,
-                           stop: StopServer, audit: Audit) -> RevocationReport:
+                           jobs: list[SubmittedJob], settings: OwnerAccess, staging_root: str,
+                           stop: StopServer, audit: Audit,
+                           report: RevocationReport | None = None) -> RevocationReport:
     """Carry out what *user* losing *project* means (module docstring); everything audited
-    with *reason* (e.g. ``"access to CARDIO_ECG revoked by dave"``)."""
-    report = RevocationReport()
+    with *reason* (e.g. ``"access to CARDIO_ECG revoked by dave"``). *report* (a new one by
+    default) is filled as the effects happen, so that :func:`within_bound` can tell what is
+    done and what is pending at its bound."""
+    report = RevocationReport() if report is None else report
     # jobs first: a server being stopped would cancel its own jobs, but a job must end even
     # when its server is already gone or its stop hangs
-    jobs = jobs_hit(events, user, project)
+    queued = [j for j in jobs if j.slurm_id]
     if jobs:
-        try:
-            outcomes = await cancel_jobs(jobs, user)
-        except CommandFailed as exc:
-            outcomes = [(job, f"squeue failed: {exc.message}"[:300]) for job in jobs]
+        outcomes = []
+        if queued:
+            async with _Pending(report, f"cancelling Slurm jobs {', '.join(j.slurm_id for j in queued)}"):
+                try:
+                    outcomes = await cancel_jobs(queued, user)
+                except CommandFailed as exc:
+                    outcomes = [(job, f"squeue failed: {exc.message}"[:300]) for job in queued]
         for job, outcome in outcomes:
             report.jobs.append((job.slurm_id, outcome))
             if outcome == "ended":
@@ -420,36 +449,74 @@ async def apply_revocation(*, user: str, project: str, reason: str, servers: lis
                 await audit(user, "cancel", "failed", items=[project],
                             detail=f"{reason}; Slurm job {job.slurm_id}: {outcome}")
         manifests = {j.manifest_sha256 for j in jobs if j.manifest_sha256}
-        report.wiped = await asyncio.to_thread(wipe_bundles, staging_root, user, manifests)
-        if report.wiped:
+        async with _Pending(report, f"removing {user}'s staged bundles"):
+            wiped = await asyncio.to_thread(wipe_bundles, staging_root, user, manifests)
+        report.wiped.extend(wiped)
+        if wiped:
             await audit(user, "cancel", "allowed", items=[project],
                         detail=f"{reason}; staged bundles removed: "
-                               f"{', '.join(n[:-5] for n in report.wiped if n.endswith('.json'))}")
+                               f"{', '.join(n[:-5] for n in wiped if n.endswith('.json'))}")
     for server in servers_hit(servers, project):
+        shown = server.name or "(default)"
         if settings.on_revoke == "narrow":
             report.left_running.append(server.name)
-            add_notice(user, f"{reason}: your server {server.name or '(default)'} keeps running, but "
+            add_notice(user, f"{reason}: your server {shown} keeps running, but "
                              f"refuses new work on {project} within a minute.")
             await audit(user, "revoke", "allowed", items=[project],
-                        detail=f"{reason}; server {server.name or '(default)'} left running: new "
+                        detail=f"{reason}; server {shown} left running: new "
                                f"operations on {project} refused within the permission TTL")
             continue
         if server.pending:
-            report.problems.append(f"server {server.name or '(default)'} is {server.pending}; not stopped")
+            report.problems.append(f"server {shown} is {server.pending}; not stopped")
             await audit(user, "server_stopped", "failed", items=[project],
-                        detail=f"{reason}; server {server.name or '(default)'} was {server.pending}")
+                        detail=f"{reason}; server {shown} was {server.pending}")
             continue
         try:
-            await stop(server.name)
+            async with _Pending(report, f"stopping server {shown}"):
+                await stop(server.name)
         except Exception as exc:  # noqa: BLE001 - reported and audited; the other effects go on
             log.warning("revocation: stopping %s/%s failed: %r", user, server.name, exc)
-            report.problems.append(f"stopping server {server.name or '(default)'} failed: {exc}")
+            report.problems.append(f"stopping server {shown} failed: {exc}")
             await audit(user, "server_stopped", "failed", items=[project],
-                        detail=f"{reason}; stopping server {server.name or '(default)'} failed")
+                        detail=f"{reason}; stopping server {shown} failed")
             continue
         report.stopped.append(server.name)
-        add_notice(user, f"your server {server.name or '(default)'} was stopped: {reason}. Start a new "
+        add_notice(user, f"your server {shown} was stopped: {reason}. Start a new "
                          f"one without {project}, or ask an owner of {project} for access.")
         await audit(user, "server_stopped", "allowed", items=[project],
-                    detail=f"{reason}; server {server.name or '(default)'} stopped")
+                    detail=f"{reason}; server {shown} stopped")
     return report
+
+
+async def within_bound(work: Awaitable[RevocationReport], report: RevocationReport, timeout: float, *,
+                       keep: set, what: str) -> RevocationReport:
+    """*work* (which fills *report*) awaited for at most *timeout* seconds; then a snapshot of
+    *report* whose ``pending`` says what is still running, while *work* goes on in the
+    background (shielded; a reference kept in *keep* until it ends, its end logged).
+
+    A thread blocked in a system call cannot be cancelled, so the bound is no excuse to
+    block: the effects open nothing that can block (:func:`wipe_bundles`); the bound is for
+    the slow ones (a server's stop, Slurm's commands, the audit trail) and for the unknown."""
+    task = asyncio.ensure_future(work)
+    keep.add(task)
+    task.add_done_callback(keep.discard)
+    try:
+        return await asyncio.wait_for(asyncio.shield(task), timeout)
+    except asyncio.TimeoutError:
+        pass
+    late = report.snapshot()
+    if not late.pending:
+        late.pending.append("finishing")
+    log.warning("revocation: %s not done within %.1f s; still pending: %s (goes on in the background)",
+                what, timeout, "; ".join(late.pending))
+
+    def finished(t: asyncio.Task) -> None:
+        if t.cancelled():
+            log.warning("revocation: %s cancelled before it finished", what)
+        elif t.exception() is not None:
+            log.error("revocation: %s failed after its time bound", what, exc_info=t.exception())
+        else:
+            log.info("revocation: %s finished after its time bound: %s", what, t.result().summary())
+
+    task.add_done_callback(finished)
+    return late

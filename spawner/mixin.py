@@ -36,7 +36,6 @@ import asyncio
 import dataclasses
 import html
 import os
-import stat
 import time
 from typing import ClassVar
 
@@ -51,6 +50,7 @@ from xnat_bridge.browse import Browser
 from xnat_bridge.client import XnatClient
 from xnat_bridge.errors import AuthenticationFailed, PermissionDenied, TokenExpired, XnatHpcError
 from xnat_bridge.permissions import fetch_permissions
+from xnat_bridge.private import read_private_file
 from xnat_bridge.scope import Scope
 from xnat_bridge.spawn_record import STATE_KEY, SpawnRecord, now_iso
 
@@ -307,19 +307,13 @@ class XnatScopedSpawner(LoggingConfigurable):
         if not self.xnat_service_user or not path:
             raise PermissionDenied("this hub is not set up for XNAT's \"Start Jupyter\": the hub admin must "
                                    "set c.XnatScopedSpawner.xnat_service_user and xnat_service_password_file")
+        what = "c.XnatScopedSpawner.xnat_service_password_file"
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-        except OSError as e:
-            raise PermissionDenied(f"cannot read c.XnatScopedSpawner.xnat_service_password_file "
-                                   f"{path}: {e.strerror}; the hub admin must fix it") from None
-        with os.fdopen(fd) as f:
-            st = os.fstat(f.fileno())
-            if stat.S_IMODE(st.st_mode) & 0o077 or st.st_uid != os.geteuid():
-                raise PermissionDenied(f"{path} (c.XnatScopedSpawner.xnat_service_password_file) must be "
-                                       "owned by the hub's user and not readable by others: chmod 0600")
-            password = f.read().strip()
+            password = read_private_file(path, what=what, max_bytes=4096).decode("utf-8", "replace").strip()
+        except XnatHpcError as e:  # missing, a link, a FIFO, another account's, readable by others
+            raise PermissionDenied(f"{e.message}; the hub admin must fix it") from None
         if not password:
-            raise PermissionDenied(f"{path} (c.XnatScopedSpawner.xnat_service_password_file) is empty")
+            raise PermissionDenied(f"{path} ({what}) is empty")
         return self.xnat_service_user, password
 
     async def xnat_launch(self, request: SpawnRequest) -> XnatLaunch:

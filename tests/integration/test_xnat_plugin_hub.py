@@ -373,7 +373,7 @@ def test_password_file_others_can_read_is_refused(plugin_hub, shared_devxnat):
         body = seed_start(shared_devxnat, "bob", "xnat-perm", xsi_type=pc.EXPERIMENT, item=exp["ID"],
                           project="CARDIO_ECG")
         r = _failed_start(plugin_hub, PluginClient(plugin_hub), "bob", "xnat-perm", body)
-        assert r.status_code == 403 and "chmod 0600" in r.json()["message"]
+        assert r.status_code == 403 and "chmod 600" in r.json()["message"]
     finally:
         os.chmod(path, 0o600)
 

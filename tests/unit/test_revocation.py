@@ -19,28 +19,15 @@ from hub_ext.revocation import (
     apply_revocation,
     bundle_files_to_remove,
     cancel_decision,
-    jobs_hit,
+    ledger_jobs_hit,
     parse_squeue,
-    scope_projects,
     servers_hit,
-    submitted_job,
     wipe_bundles,
 )
 from xnat_bridge.errors import InvalidRequest
 
 SHA = "a" * 64
 OTHER_SHA = "b" * 64
-
-
-@pytest.mark.parametrize("options, projects", [
-    ({"profile": "p", "projects": ["CARDIO_ECG", "NEURO_MRI"]}, {"CARDIO_ECG", "NEURO_MRI"}),
-    ({"projects": "CARDIO_ECG"}, {"CARDIO_ECG"}),
-    ({"projects": {"CARDIO_ECG": {"subjects": ["S1"]}}}, {"CARDIO_ECG"}),
-    ({"xsiType": "xnat:projectData", "itemId": "CARDIO_ECG", "projectId": "CARDIO_ECG"}, {"CARDIO_ECG"}),
-    ({}, set()), (None, set()), ({"projects": [1, None]}, set()),
-])
-def test_scope_projects_reads_every_shape_of_user_options(options, projects):
-    assert scope_projects(options) == projects
 
 
 def test_servers_hit_are_the_active_ones_holding_the_project():
@@ -52,31 +39,24 @@ def test_servers_hit_are_the_active_ones_holding_the_project():
     assert servers_hit(servers, "SLEEP_EEG") == []
 
 
-def submit(user="bob", slurm="123", items=("CARDIO_ECG/S1/E1",), outcome="allowed", **kw):
-    return {"action": "submit", "outcome": outcome, "user": user, "items": list(items),
-            "detail": f"job j1 slurm {slurm} partition secure" if slurm else "job j1",
-            "hashes": {"manifest": f"sha256:{SHA}"}, "server": "s", **kw}
+def ledger_row(user="bob", slurm="123", projects=("CARDIO_ECG",), job="j000000000001", created="t1", **kw):
+    return {"user": user, "job": job, "server": "s", "projects": list(projects), "slurm_job_id": slurm,
+            "manifest_sha256": SHA, "created": created, "state": "running", **kw}
 
 
-def test_submitted_job_from_detail_or_extra():
-    job = submitted_job(submit(items=("CARDIO_ECG",)))
-    assert job == SubmittedJob("bob", "123", frozenset({"CARDIO_ECG"}), SHA, "s", "")
-    assert submitted_job(submit(items=("XNAT_E1/CARDIO_ECG",))).projects == {"XNAT_E1", "CARDIO_ECG"}
-    assert submitted_job(submit(slurm="", extra={"slurm_job_id": "77"})).slurm_id == "77"
-    assert submitted_job(submit(slurm="")) is None
-    assert submitted_job(submit(outcome="failed")) is None
-    assert submitted_job({**submit(), "action": "stage"}) is None
-    assert submitted_job(submit(slurm="", extra={"slurm_job_id": "1; rm"})) is None
-
-
-def test_jobs_hit_only_the_users_jobs_on_the_project_once_each():
-    events = [submit(slurm="1"), submit(slurm="1"),
-              submit(slurm="2", items=("NEURO_MRI/S/E",)),
-              submit(user="alice", slurm="3"),
-              submit(slurm="4", items=("NEURO_MRI/S/E", "CARDIO_ECG/S/E"))]
-    assert [j.slurm_id for j in jobs_hit(events, "bob", "CARDIO_ECG")] == ["1", "4"]
-    assert [j.slurm_id for j in jobs_hit(events, "alice", "CARDIO_ECG")] == ["3"]
-    assert jobs_hit(events, "bob", "SLEEP_EEG") == []
+def test_ledger_jobs_hit_only_the_users_jobs_of_servers_scoped_to_the_project():
+    rows = [ledger_row(slurm="4", projects=("NEURO_MRI", "CARDIO_ECG"), job="j000000000004", created="t4"),
+            ledger_row(slurm="1", created="t1"),
+            ledger_row(slurm="2", projects=("NEURO_MRI",), job="j000000000002", created="t2"),
+            ledger_row(user="alice", slurm="3", job="j000000000003", created="t3"),
+            ledger_row(slurm="", job="j000000000005", created="t5"),  # still staging: no Slurm id yet
+            ledger_row(slurm="1; rm", job="j000000000006", created="t6")]
+    hit = ledger_jobs_hit(rows, "bob", "CARDIO_ECG")
+    assert [(j.job, j.slurm_id) for j in hit] == [("j000000000001", "1"), ("j000000000004", "4"),
+                                                 ("j000000000005", ""), ("j000000000006", "")]
+    assert hit[0] == SubmittedJob("bob", "1", frozenset({"CARDIO_ECG"}), SHA, "s", "t1", "j000000000001")
+    assert [j.slurm_id for j in ledger_jobs_hit(rows, "alice", "CARDIO_ECG")] == ["3"]
+    assert ledger_jobs_hit(rows, "bob", "SLEEP_EEG") == []
 
 
 def test_squeue_parsing_and_cancel_decision():
@@ -132,7 +112,7 @@ def test_wipe_bundles_does_not_enter_a_linked_user_directory(tmp_path):
     assert len(list(elsewhere.iterdir())) == 2
 
 
-def _run_revocation(on_revoke, servers, events=()):
+def _run_revocation(on_revoke, servers, jobs=()):
     stopped, audited = [], []
 
     async def stop(name):
@@ -143,7 +123,7 @@ def _run_revocation(on_revoke, servers, events=()):
 
     report = asyncio.run(apply_revocation(
         user="bob", project="CARDIO_ECG", reason="access to CARDIO_ECG revoked by dave", servers=servers,
-        events=list(events), settings=OwnerAccess(on_revoke=on_revoke), staging_root="", stop=stop, audit=audit))
+        jobs=list(jobs), settings=OwnerAccess(on_revoke=on_revoke), staging_root="", stop=stop, audit=audit))
     return report, stopped, audited
 
 
@@ -262,8 +242,175 @@ def test_a_revocation_acts_on_the_hub_user_the_authenticator_maps_the_xnat_login
             seen["looked_up"] = name
             return f"<User {name}>"
 
-    monkeypatch.setattr(owner_access, "revoke_effects", fake_effects)
+    monkeypatch.setattr(owner_access, "revoke_bounded", fake_effects)
     asyncio.run(owner_access.OwnerAccessHandler.revoke_effects(Handler(), "J.Doe", "CARDIO_ECG", "revoked"))
     assert seen == {"looked_up": "jdoe", "user": "<User jdoe>", "hub_name": "jdoe", "project": "CARDIO_ECG"}
     asyncio.run(owner_access.OwnerAccessHandler.revoke_effects(Handler(), "bob", "CARDIO_ECG", "revoked"))
     assert seen["hub_name"] == "bob"  # an unmapped login is its own hub name
+
+
+# -- nothing blocks a revocation, nothing holds it up ---------------------------------------
+
+def test_wipe_bundles_skips_a_planted_fifo_and_removes_the_real_bundle(tmp_path):
+    """The finding of issue 19: a FIFO under a sidecar's name blocked the hub's open for
+    ever. Run in a thread with a deadline; a regression is released by opening the write end."""
+    import concurrent.futures
+
+    user = "no-such-account-xyz"
+    udir = tmp_path / "staging" / user
+    udir.mkdir(parents=True)
+    fifo = udir / "000000000000-000000000000.json"
+    os.mkfifo(fifo)
+    _bundle(udir, "0123456789ab-0123456789ab", SHA)
+    pool = concurrent.futures.ThreadPoolExecutor(1)
+    future = pool.submit(wipe_bundles, str(tmp_path / "staging"), user, {SHA})
+    try:
+        removed = future.result(timeout=5)
+    except concurrent.futures.TimeoutError:
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        pytest.fail("wipe_bundles blocked on a FIFO")
+    finally:
+        pool.shutdown(wait=False)
+    assert sorted(removed) == ["0123456789ab-0123456789ab.json", "0123456789ab-0123456789ab.tar.age"]
+    assert [p.name for p in udir.iterdir()] == [fifo.name]
+
+
+def test_wipe_bundles_leaves_a_directory_of_another_account(tmp_path):
+    user = "no-such-account-xyz"  # no Unix account: the directory must be the hub's own
+    udir = tmp_path / "staging" / user
+    udir.mkdir(parents=True)
+    _bundle(udir, "0123456789ab-0123456789ab", SHA)
+    if os.geteuid() != 0:
+        pytest.skip("needs root to give the directory to another account")
+    os.chown(udir, 65534, 65534)
+    assert wipe_bundles(str(tmp_path / "staging"), user, {SHA}) == []
+    assert len(list(udir.iterdir())) == 2
+
+
+def test_a_report_lists_what_is_pending_and_a_snapshot_does_not_change():
+    from hub_ext.revocation import RevocationReport
+
+    report = RevocationReport(stopped=["a"], pending=["stopping server b"])
+    snap = report.snapshot()
+    report.pending.clear()
+    report.stopped.append("b")
+    assert snap.stopped == ["a"] and snap.pending == ["stopping server b"]
+    assert "still pending, going on in the background" in snap.summary()
+    assert "stopping server b" in snap.summary()
+    assert "pending" not in report.summary()
+
+
+def test_within_bound_returns_at_the_bound_and_the_work_goes_on():
+    from hub_ext.revocation import RevocationReport, within_bound
+
+    async def main():
+        release = asyncio.Event()
+        report = RevocationReport()
+        keep = set()
+
+        async def work():
+            report.stopped.append("fast")
+            report.pending.append("stopping server slow")
+            await release.wait()
+            report.pending.remove("stopping server slow")
+            report.stopped.append("slow")
+            return report
+
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        early = await within_bound(work(), report, 0.2, keep=keep, what="test")
+        assert loop.time() - began < 5
+        assert early.stopped == ["fast"] and early.pending == ["stopping server slow"]
+        assert len(keep) == 1  # a reference is kept while it runs
+        release.set()
+        await asyncio.gather(*keep)
+        assert report.stopped == ["fast", "slow"] and not report.pending and not keep
+        done = await within_bound(asyncio.sleep(0, result=report), report, 0.2, keep=keep, what="t2")
+        assert done is report
+
+    asyncio.run(main())
+
+
+def test_apply_revocation_marks_a_hanging_stop_pending():
+    from hub_ext.revocation import RevocationReport, within_bound
+
+    async def main():
+        never = asyncio.Event()
+
+        async def stop(name):
+            await never.wait()
+
+        async def audit(*a, **kw):
+            pass
+
+        report = RevocationReport()
+        keep = set()
+        work = apply_revocation(user="bob", project="P", reason="r", servers=[ServerView("s", frozenset({"P"}))],
+                                jobs=[], settings=OwnerAccess(), staging_root="", stop=stop, audit=audit,
+                                report=report)
+        early = await within_bound(work, report, 0.2, keep=keep, what="test")
+        assert early.pending == ["stopping server s"] and early.stopped == []
+        never.set()
+        await asyncio.gather(*keep)
+        assert report.stopped == ["s"] and report.pending == []
+
+    asyncio.run(main())
+
+
+def test_revoke_timeout_is_a_positive_number_of_seconds():
+    from traitlets import TraitError
+
+    assert OwnerAccess().revoke_timeout == 5.0
+    assert OwnerAccess(revoke_timeout=0.5).revoke_timeout == 0.5
+    with pytest.raises(TraitError, match="more than 0 seconds"):
+        OwnerAccess(revoke_timeout=0)
+
+
+def test_handled_servers_are_forgotten_once_stopped_or_restarted():
+    from hub_ext.revocation_watch import handled_keys, still_running
+
+    servers = [ServerView("a", frozenset({"P"}), started="t1"), ServerView("b", frozenset({"P"}), started="t1")]
+    handled = handled_keys("bob", servers, ["a", "b"], "P")
+    assert handled == {("bob", "a", "t1", "P"), ("bob", "b", "t1", "P")}
+    # a still runs as started at t1; b was restarted (t2)
+    assert still_running(handled, {("bob", "a", "t1"), ("bob", "b", "t2")}) == {("bob", "a", "t1", "P")}
+    assert still_running(handled, set()) == set()
+
+
+def test_the_service_account_is_read_from_the_most_specific_spawner_section():
+    from traitlets.config import Config
+
+    from hub_ext.revocation_watch import service_account_config
+
+    class XnatScopedSpawner:
+        pass
+
+    class XnatLocalSpawner(XnatScopedSpawner):
+        pass
+
+    c = Config()
+    assert service_account_config(c, XnatLocalSpawner) == ("", "")
+    assert "XnatScopedSpawner" not in c  # reading adds no section
+    c.XnatScopedSpawner.xnat_service_user = "jupyterhub"
+    c.XnatScopedSpawner.xnat_service_password_file = "/etc/p"
+    assert service_account_config(c, None) == ("jupyterhub", "/etc/p")
+    c.XnatLocalSpawner.xnat_service_user = "hubsvc"
+    assert service_account_config(c, XnatLocalSpawner) == ("hubsvc", "/etc/p")
+    assert service_account_config(None) == ("", "")
+
+
+def test_the_service_password_file_must_be_private(tmp_path):
+    from hub_ext.revocation_watch import read_service_password
+    from xnat_bridge.errors import AuthenticationFailed, PermissionDenied
+
+    path = tmp_path / "pw"
+    path.write_text("  s3cret \n")
+    os.chmod(path, 0o600)
+    assert read_service_password(str(path)) == "s3cret"
+    os.chmod(path, 0o644)
+    with pytest.raises(PermissionDenied, match="xnat_service_password_file .* chmod 600"):
+        read_service_password(str(path))
+    path.write_text("\n")
+    os.chmod(path, 0o600)
+    with pytest.raises(AuthenticationFailed, match="empty"):
+        read_service_password(str(path))

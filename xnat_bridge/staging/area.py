@@ -17,7 +17,8 @@ import time
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
-from ..errors import InvalidRequest, NotFound, PermissionDenied
+from ..errors import InvalidRequest, NotFound, PermissionDenied, XnatHpcError
+from ..private import check_private_dir, check_private_file, read_regular
 from .common import (
     DATA_PREFIX,
     FETCH_BUFFER,
@@ -62,19 +63,9 @@ def _check_user(user: str) -> str:
 
 
 def _check_private_dir(path: Path) -> None:
-    st = os.lstat(path)
-    if stat.S_ISLNK(st.st_mode):
-        raise PermissionDenied(f"staging directory {path} is a symbolic link; refusing to stage "
-                               "there (remove it, it is recreated 0700)", item=str(path))
-    if not stat.S_ISDIR(st.st_mode):
-        raise InvalidRequest(f"staging path {path} exists and is not a directory", item=str(path))
-    if st.st_uid != os.geteuid():
-        raise PermissionDenied(f"staging directory {path} belongs to uid {st.st_uid}, not to this "
-                               f"server's uid {os.geteuid()}; refusing to stage there", item=str(path))
-    if st.st_mode & 0o077:
-        raise PermissionDenied(f"staging directory {path} is open to group or others (mode "
-                               f"{stat.S_IMODE(st.st_mode):04o}); refusing to stage there — fix "
-                               f"it with: chmod 700 {path}", item=str(path))
+    """The user's staging directory: 0700, this server's account's, not a link
+    (:func:`xnat_bridge.private.check_private_dir`, the one rule for private directories)."""
+    check_private_dir(path, what="staging directory")
 
 
 def user_dir(staging_dir: str | Path, user: str, *, create: bool = True) -> Path | None:
@@ -235,21 +226,17 @@ def stage_files(files: Iterable[StagedFile], *, staging_dir: str | Path, user: s
 def _read_info(udir: Path, bundle_id: str) -> BundleInfo | None:
     """The sidecar of *bundle_id*, if it and its bundle are complete and private."""
     try:
-        fd = os.open(udir / (bundle_id + ".json"), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        with os.fdopen(fd, "rb") as f:
-            doc = json.loads(f.read(1 << 20))
+        doc = json.loads(read_regular(udir / (bundle_id + ".json"), max_bytes=1 << 20, what="bundle sidecar"))
         if doc.get("format") != INFO_FORMAT or doc.get("bundle_id") != bundle_id:
             return None
         path = udir / (bundle_id + SUFFIX)
-        st = os.lstat(path)
-        if (not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o077
-                or st.st_size != int(doc["size"])):
+        if check_private_file(path, what="staged bundle").st_size != int(doc["size"]):
             return None
         return BundleInfo(path=path, bundle_id=bundle_id, manifest_sha256=str(doc["manifest_sha256"]),
                           recipient=str(doc["recipient"]), size=int(doc["size"]),
                           created=str(doc["created"]), contents_sha256=str(doc.get("contents_sha256", "")),
                           file_count=int(doc.get("file_count", 0)), total_size=int(doc.get("total_size", 0)))
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+    except (OSError, XnatHpcError, ValueError, KeyError, TypeError, AttributeError):
         return None
 
 
