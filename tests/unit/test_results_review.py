@@ -3,14 +3,13 @@ the approval rule, the hub's store and the page's rendering and escaping."""
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 
 import pytest
 
 from hub_ext.review_page import PREVIEW_ROWS, render_page, render_preview
-from hub_ext.review_store import ReviewStore, check_registration, decidable, decide
+from hub_ext.review_store import decidable, decide
 from xnat_bridge.errors import InvalidRequest, PermissionDenied
 from xnat_bridge.offload import review as rv
 from xnat_bridge.staging import AgeIdentity, decrypt_to_directory
@@ -82,14 +81,33 @@ def test_seal_held_results_needs_both_shares(tmp_path):
     assert len(listing["files"]) == 2
 
 
-def test_pinned_recipient(tmp_path):
-    pin = tmp_path / "pin"
-    hub, other = AgeIdentity.generate(), AgeIdentity.generate()
-    rv.check_pinned(other.recipient, str(tmp_path / "absent"))  # no pin: any recipient
-    pin.write_text(hub.recipient + "\n")
-    rv.check_pinned(hub.recipient, str(pin))
-    with pytest.raises(PermissionDenied, match="pinned"):
-        rv.check_pinned(other.recipient, str(pin))
+def test_seal_held_results_with_the_jobs_log(tmp_path):
+    """The job's output log is one more member of the sealed results: under the same key,
+    always previewed for the reviewers (its head, whatever its size), and moved out of the
+    results into the job's log.txt when approved results are opened."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "metrics.json").write_text('{"acc": 0.9}')
+    (out / rv.LOG_MEMBER).write_bytes(b"epoch 1 loss 0.3\n" * (rv.PREVIEW_MAX_FILE // 8))
+    server, hub = AgeIdentity.generate(), AgeIdentity.generate()
+    archive = tmp_path / "results.tar.age"
+    facts, sealed = rv.seal_held_results(out, str(archive), server.recipient, hub.recipient,
+                                         log_member=rv.LOG_MEMBER)
+    assert {f["name"] for f in facts["files"]} == {"metrics.json", rv.LOG_MEMBER}
+    assert list(sealed["previews"]) == [rv.LOG_MEMBER, "metrics.json"]
+    head = rv.unwrap(sealed["previews"][rv.LOG_MEMBER], hub)
+    assert len(head) == rv.PREVIEW_MAX_FILE and head.startswith(b"epoch 1 loss")
+    assert b"epoch 1" not in archive.read_bytes()
+    job = tmp_path / "job"
+    job.mkdir()
+    held = rv.HeldResults(job)
+    held.save_share(rv.unwrap(sealed["user_share"], server))
+    files = rv.open_approved(held, {"state": "approved", "archive": str(archive)},
+                             rv.unwrap(sealed["hub_share"], hub), job / "results")
+    assert [f["name"] for f in files] == ["metrics.json"]
+    assert sorted(p.name for p in (job / "results").iterdir()) == ["metrics.json"]
+    assert (job / "log.txt").read_bytes().endswith(b"epoch 1 loss 0.3\n" * 3)
+    assert held.load()["opened"] and not archive.exists()
 
 
 def test_decide_rule():
@@ -112,55 +130,6 @@ def test_held_results_messages(tmp_path):
         rv.HeldResults.raise_if_closed("j000000000001", {"state": "rejected", "reason": "too small a cohort"})
     assert e.value.status == 410
     rv.HeldResults.raise_if_closed("j000000000001", {"state": "approved"})
-
-
-def _registration(hub_recipient: str, projects=("A", "B")) -> dict:
-    return {"projects": list(projects), "dataset": "d", "dataset_version": 1, "manifest_sha256": "m",
-            "script_sha256": "s", "slurm_job_id": "7", "results": [{"name": "r.txt", "size": 3, "sha256": "x"}],
-            "share": rv.wrap(b"hub-share", hub_recipient), "previews": {"r.txt": rv.wrap(b"<b>", hub_recipient)}}
-
-
-def test_review_store(tmp_path):
-    store = ReviewStore(path=str(tmp_path / "r" / "review.db"), identity_file=str(tmp_path / "r" / "key.txt"))
-    rcpt = store.recipient()
-    assert (os.stat(tmp_path / "r" / "key.txt").st_mode & 0o777) == 0o600
-    assert store.mark("A", "dave", True) and not store.mark("A", "dave", True)
-    assert (os.stat(tmp_path / "r" / "review.db").st_mode & 0o777) == 0o600
-    assert set(store.marked(["A", "B"])) == {"A"}
-    with pytest.raises(PermissionDenied):  # sealed to another key: refused
-        store.register("bob", "j000000000001", _registration(AgeIdentity.generate().recipient))
-    job = store.register("bob", "j000000000001", _registration(rcpt))
-    assert job["state"] == "held" and job["pending"] == ["A", "B"]
-    assert store.previews("bob", "j000000000001") == {"r.txt": b"<b>"}
-    with pytest.raises(PermissionDenied):
-        store.release_share("bob", "j000000000001")
-    with pytest.raises(PermissionDenied):  # not a project of the job
-        store.record_decision("bob", "j000000000001", ["C"], "carol", "approve")
-    job = store.record_decision("bob", "j000000000001", ["A"], "dave", "approve")
-    assert job["state"] == "held" and job["pending"] == ["B"]
-    job = store.record_decision("bob", "j000000000001", ["B"], "alice", "approve")
-    assert job["state"] == "approved"
-    assert store.release_share("bob", "j000000000001") == b"hub-share"
-    with pytest.raises(Exception):  # another user's token names another row
-        store.release_share("eve", "j000000000001")
-    # a rejection destroys the hub's share and the previews
-    store.register("bob", "j000000000002", _registration(rcpt))
-    with pytest.raises(InvalidRequest):
-        store.record_decision("bob", "j000000000002", ["A"], "dave", "reject", "  ")
-    job = store.record_decision("bob", "j000000000002", ["A"], "dave", "reject", "re-identification risk")
-    assert job["state"] == "rejected" and job["reason"] == "re-identification risk"
-    assert store.previews("bob", "j000000000002") == {}
-    with pytest.raises(PermissionDenied):
-        store.release_share("bob", "j000000000002")
-    assert {j["job"] for j in store.jobs_for({"B"})} == {"j000000000001", "j000000000002"}
-    assert store.jobs_for({"C"}) == []
-
-
-def test_check_registration_refuses_bad_bodies():
-    for bad in ({}, {"projects": []}, {"projects": ["A"], "results": "x"},
-                {"projects": ["A"], "results": [], "share": ""}):
-        with pytest.raises(InvalidRequest):
-            check_registration(bad)
 
 
 def test_render_preview_escapes_and_tables():

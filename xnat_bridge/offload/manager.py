@@ -31,6 +31,7 @@ from pathlib import Path
 from .. import audit as audit_mod
 from ..audit_outbox import default_sink
 from ..errors import Conflict, InvalidRequest, NotFound, XnatHpcError
+from ..private import open_regular
 from ..staging import AgeEngine, manifest_sha256, user_dir
 from .bundles import BundleCache
 from .context import OffloadContext, job_dir
@@ -203,19 +204,20 @@ class OffloadManager:
         conn = self.connection
         script_obj = resolve_script(script, [self.root_dir, self.workspace])
         manifest = check_dataset(conn, dataset, dataset_version)
-        review = self._review_policy(manifest)
         self.policy.check_scratch(f"{manifest.name!r} v{manifest.version}", manifest.total_size,
                                   None if self.policy.node_scratch is not None
                                   else partition_tmp_disk(request.partition))
         udir = user_dir(self.policy.staging_dir, self.user, create=True)
         self._check_space(udir, manifest.total_size)
         now = now_iso()
+        job_id = new_job_id()
+        # known once every file's sha256 is (else set by the run after its first staging)
+        known_sha = (manifest_sha256([{"name": f.name, "size": f.size, "sha256": f.sha256} for f in manifest.files])
+                     if all(f.sha256 for f in manifest.files) else "")
+        review = self._enter_ledger(job_id, manifest, known_sha, script_obj.sha256)
         rec = JobRecord(
-            id=new_job_id(), user=self.user, dataset=manifest.name, dataset_version=manifest.version,
-            # known once every file's sha256 is (else set by the run after its first staging)
-            manifest_sha256=(manifest_sha256([{"name": f.name, "size": f.size, "sha256": f.sha256}
-                                              for f in manifest.files])
-                             if all(f.sha256 for f in manifest.files) else ""),
+            id=job_id, user=self.user, dataset=manifest.name, dataset_version=manifest.version,
+            manifest_sha256=known_sha,
             script=script_obj.path, script_sha256=script_obj.sha256, resources=request.to_json(),
             state=JobState.STAGING, slurm_job_id=None, created=now, updated=now, started=None,
             ended=None, exit_code=None, message="staging", client_token=client_token)
@@ -225,6 +227,7 @@ class OffloadManager:
         _private_dir(self.job_dir(rec.id))
         run = JobRun(rec, manifest, script_obj, request, ctx)
         run.review = review
+        run.ledger = self.review_client
         with self._lock:
             self._runs[rec.id] = run
         log.info("job %s of %s: dataset %s v%d, script %s, %s", rec.id, self.user, manifest.name,
@@ -243,14 +246,21 @@ class OffloadManager:
                            gpus=r.get("gpus"), walltime=r.get("walltime"), account=r.get("account"),
                            qos=r.get("qos"), client_token=client_token)
 
-    def _review_policy(self, manifest) -> dict | None:
-        """The hub's answer for the dataset's projects when one needs results review, else None
-        (no hub: None; a hub that cannot answer refuses the submission: fail closed)."""
+    def _enter_ledger(self, job_id: str, manifest, manifest_sha: str, script_sha: str) -> dict | None:
+        """Enter the job in the hub's ledger before anything is staged; the review the hub
+        asks for (``{"recipient": the job's own review recipient, "review": [projects],
+        "client": ReviewClient}``) or None. No hub: None. A hub that cannot enter it refuses
+        the submission (fail closed: its projects may need review)."""
         if self.review_client is None:
             return None
-        answer = self.review_client.policy(review_mod.dataset_projects(manifest))
+        answer = self.review_client.enter(job_id, {
+            "dataset": manifest.name, "dataset_version": manifest.version,
+            "manifest_sha256": manifest_sha, "script_sha256": script_sha})
         if not answer.get("review"):
             return None
+        if not answer.get("recipient"):
+            raise Conflict(f"the hub entered job {job_id} for review by {', '.join(answer['review'])} "
+                           "without a review recipient; the job was not started")
         return {"recipient": str(answer["recipient"]), "review": list(answer["review"]),
                 "client": self.review_client}
 
@@ -309,15 +319,25 @@ class OffloadManager:
         return run.progress.snapshot() if run is not None else None
 
     def logs(self, job_id: str, offset: int = 0) -> tuple[str, int]:
+        """The job's log from byte *offset* (at most 4 MiB, whole UTF-8 characters) and the
+        offset after it. A job whose results are held for review logs no script output: its
+        log ends with where the output is (:meth:`~.review.HeldResults.log_note`: held,
+        approved, rejected), and the output follows once the approved results are opened."""
         self.get(job_id)
         if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
             raise InvalidRequest(f"offset must be a non-negative integer, not {offset!r}")
-        path = self.job_dir(job_id) / "log.txt"
+        held = review_mod.HeldResults(self.job_dir(job_id))
+        if held.exists():
+            try:
+                with self._review_lock:
+                    held.note_log()
+            except (OSError, ValueError, XnatHpcError) as e:
+                log.warning("job %s: the held job's log note was not written: %s", job_id, e)
         try:
-            with open(path, "rb") as f:
+            with open_regular(self.job_dir(job_id) / review_mod.LOG_FILE, what=f"the log of job {job_id}") as f:
                 f.seek(offset)
                 data = f.read(4 << 20)
-        except FileNotFoundError:
+        except NotFound:
             return "", offset
         cut = len(data)
         while cut > 0 and (data[cut - 1] & 0xC0) == 0x80:  # do not split a UTF-8 character

@@ -1,28 +1,31 @@
 """Results held for review ("safe outputs"): the job's and the server's side.
 
-When the hub says that a project of a job's dataset needs results review
-(``GET /hub/api/xnat-hpc/review/policy``), the job seals its results so that
-neither the user's server nor the hub alone can open them:
+When the hub's job ledger says, as it enters a job at submission
+(``POST /hub/api/xnat-hpc/jobs/{id}``, :meth:`ReviewClient.enter`), that a project of
+the submitting server's scope needs results review, it answers a review recipient made
+for that job alone, and the job seals its results so that neither the user's server nor
+the hub alone can open them:
 
 * on the node, :func:`seal_held_results` makes a fresh age identity *K* for the
   results, encrypts ``OUTPUT_DIR`` to it, splits K's secret into two shares
   (:func:`split_secret`: ``K = user_share XOR hub_share``, a one-time pad: each
   share alone is uniformly random), wraps the user's share to the server's
-  per-job result recipient and the hub's share to the hub's review recipient,
-  and encrypts small text previews to the hub's review recipient only; K itself
-  is dropped;
+  per-job result recipient and the hub's share to the job's review recipient,
+  and encrypts small text previews to that recipient only; K itself is dropped;
 * the server unwraps its share (useless alone), keeps it 0600 in the job's
   directory with the sealed archive in the staging area, and registers the
-  job with the hub (:class:`ReviewClient`): projects, hashes, result list,
-  the hub's wrapped share and the previews — all ciphertext or public facts;
+  job with the hub (:class:`ReviewClient`): result list, the hub's wrapped
+  share and the previews — all ciphertext or public facts (the hub takes the
+  projects from its ledger, and accepts only a share that opens with the job's key);
 * the owners decide on the hub; after approval the hub answers its share to
   this user's token, :func:`combine_shares` gives K back and the results are
   decrypted as before; after a rejection the server deletes the archive and
   its share, and :meth:`HeldResults.raise_if_closed` tells the user why.
-
-The hub's recipient may be pinned on the nodes by the site: when
-:data:`PIN_PATH` exists (root-owned, written by the admin), the job refuses
-any other recipient, so that a server cannot swap it silently.
+* the job's output is held with its results: the worker streams none of the
+  script's lines, it seals them as the member :data:`LOG_MEMBER` of the results
+  (previewed for the reviewers); opening approved results moves it to the end of
+  the job's ``log.txt`` (:meth:`HeldResults.release_log`), a rejection deletes it
+  with them, and until then the log ends with :meth:`HeldResults.log_note`.
 
 Imports the staging layer only; nothing of the hub.
 """
@@ -30,10 +33,10 @@ Imports the staging layer only; nothing of the hub.
 from __future__ import annotations
 
 import base64
-import hmac
 import json
 import logging
 import os
+import stat
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -47,8 +50,6 @@ from ..staging.keys import as_identity, as_recipient
 
 log = logging.getLogger(__name__)
 
-#: a site file on the compute nodes (root-owned) holding the hub's review recipient
-PIN_PATH = "/etc/xnat-hpc-hub/review-recipient"
 #: what a preview may be: small text files the hub can show to the reviewer
 PREVIEW_SUFFIXES = (".txt", ".json", ".csv", ".tsv", ".md", ".log", ".yaml", ".yml")
 PREVIEW_MAX_FILE = 64 * 1024
@@ -56,6 +57,11 @@ PREVIEW_MAX_FILES = 20
 PREVIEW_MAX_TOTAL = 512 * 1024
 STATE_FILE = "review.json"
 SHARE_FILE = "review-share"
+#: the member of held results that is the job's output log (stdout+stderr of the script,
+#: never streamed for a held job): released with the results into the job's ``log.txt``
+LOG_MEMBER = "xnat-hpc-job-output.log"
+#: the job's log in its directory (written by the run; the released output is appended)
+LOG_FILE = "log.txt"
 STATES = ("held", "approved", "rejected")
 
 
@@ -130,32 +136,26 @@ def preview_candidates(listing: list[dict]) -> list[dict]:
     return out
 
 
-def check_pinned(recipient: str, pin_path: str = PIN_PATH) -> None:
-    """Refuse a hub recipient other than the one the site pinned on this node (if any)."""
-    try:
-        with open(pin_path, encoding="ascii") as f:
-            pinned = f.read().strip()
-    except FileNotFoundError:
-        return
-    if pinned and not hmac.compare_digest(pinned, recipient.strip()):
-        raise PermissionDenied(f"the hub review recipient given to this job is not the one pinned in "
-                               f"{pin_path}; the results were not written (ask the admins)")
-
-
 # -- on the node -------------------------------------------------------------------
 def seal_held_results(out_dir: Path, results_path: str, result_recipient: str,
-                      hub_recipient: str) -> tuple[dict, dict]:
+                      hub_recipient: str, log_member: str | None = None) -> tuple[dict, dict]:
     """Encrypt *out_dir* for review (runs in the job): ``(archive facts, sealed)`` where
     *sealed* holds ``user_share`` (to *result_recipient*), ``hub_share`` and ``previews``
-    (to *hub_recipient*): ciphertext only. The results' own key is never returned."""
-    check_pinned(hub_recipient)
+    (to *hub_recipient*): ciphertext only. The results' own key is never returned.
+
+    *log_member* names the job's output log in *out_dir* (:data:`LOG_MEMBER`, put there by
+    the worker after the script ended): it is sealed with the results, and always previewed
+    for the reviewers (its first PREVIEW_MAX_FILE bytes, whatever its size)."""
     as_recipient(hub_recipient)
     key = AgeIdentity.generate()
     facts = encrypt_directory(out_dir, key.recipient, results_path)
     user_share, hub_share = split_secret(key.secret().encode("ascii"))
     del key
     previews = {}
-    for f in preview_candidates(facts["files"]):
+    shown = preview_candidates([f for f in facts["files"] if f["name"] != log_member])
+    if log_member and any(f["name"] == log_member for f in facts["files"]):
+        shown.insert(0, {"name": log_member})
+    for f in shown:
         fd = os.open(Path(out_dir) / f["name"], os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         with os.fdopen(fd, "rb") as src:
             previews[f["name"]] = wrap(src.read(PREVIEW_MAX_FILE), hub_recipient)
@@ -166,7 +166,7 @@ def seal_held_results(out_dir: Path, results_path: str, result_recipient: str,
 
 # -- the hub's API, as the server calls it --------------------------------------------
 class ReviewClient:
-    """The hub's review API with this server's hub token (``$JUPYTERHUB_API_URL``,
+    """The hub's job ledger and review API with this server's hub token (``$JUPYTERHUB_API_URL``,
     ``$JUPYTERHUB_API_TOKEN``); the token goes in the Authorization header only."""
 
     def __init__(self, api_url: str, token: str, timeout: float = 15):
@@ -183,8 +183,9 @@ class ReviewClient:
         return f"ReviewClient({self.api_url!r}, token=<hidden>)"
 
     def _call(self, method: str, path: str, body: dict | None = None) -> dict:
+        """*method* on ``{hub api}/xnat-hpc/{path}``; typed errors with the hub's message."""
         data = None if body is None else json.dumps(body).encode()
-        req = urllib.request.Request(f"{self.api_url}/xnat-hpc/review/{path}", data=data, method=method,
+        req = urllib.request.Request(f"{self.api_url}/xnat-hpc/{path}", data=data, method=method,
                                      headers={"Authorization": f"token {self._token}",
                                               "Content-Type": "application/json"})
         try:
@@ -196,34 +197,50 @@ class ReviewClient:
             except ValueError:
                 message = e.reason
             if e.code == 404:
-                raise NotFound(f"the hub's review API answered 404 for {path.partition('?')[0]}: "
+                raise NotFound(f"the hub answered 404 for {path.partition('?')[0]}: "
                                f"{message} (a hub without the route: add xnat_hpc_handlers() to "
                                "c.JupyterHub.extra_handlers)") from None
             if e.code in (401, 403):
-                raise PermissionDenied(f"the hub refused the review request: {message}") from None
+                raise PermissionDenied(f"the hub refused the request: {message}") from None
+            if e.code == 409:
+                raise Conflict(f"the hub refused the request: {message}") from None
             if e.code < 500:
-                raise InvalidRequest(f"the hub refused the review request: {message}") from None
+                raise InvalidRequest(f"the hub refused the request: {message}") from None
             raise XnatUnavailable(f"the hub's review API failed ({e.code}): {message}; "
                                   "try again later") from None
         except (urllib.error.URLError, OSError, ValueError) as e:
             raise XnatUnavailable(f"the hub's review API is not reachable ({e}); try again "
                                   "when the hub is back") from None
 
-    def policy(self, projects: list[str]) -> dict:
-        """``{"review": [projects that need review], "recipient": "age1..."}``."""
-        q = urllib.parse.urlencode({"projects": ",".join(sorted(set(projects)))})
-        return self._call("GET", f"policy?{q}")
+    def enter(self, job_id: str, facts: dict) -> dict:
+        """Enter *job_id* in the hub's job ledger at its submission (*facts*: dataset,
+        dataset_version, manifest_sha256, script_sha256). The hub stamps the user and this
+        server and takes the job's projects from this server's scope as it decided it; the
+        answer has ``review`` (the projects whose owners review the results) and
+        ``recipient`` (this job's own review recipient, or None)."""
+        return self._call("POST", f"jobs/{job_id}", facts)
+
+    def report(self, job_id: str, **facts) -> dict:
+        """Tell the ledger the job's Slurm id, state, manifest digest or message (claims the
+        hub records as this server's; it checks a Slurm id against Slurm before acting on it)."""
+        return self._call("PATCH", f"jobs/{job_id}", {k: v for k, v in facts.items() if v not in (None, "")})
 
     def register(self, job_id: str, payload: dict) -> dict:
-        return self._call("POST", f"jobs/{job_id}", payload)
+        return self._call("POST", f"review/jobs/{job_id}", payload)
 
     def status(self, job_id: str, share: bool = False) -> dict:
         """``{"state", "reason", "since", "projects", "pending", ...}``; with *share*, once
         approved, also ``share`` (base64 of the hub's share; the hub audits each release)."""
-        return self._call("GET", f"jobs/{job_id}" + ("?share=1" if share else ""))
+        return self._call("GET", f"review/jobs/{job_id}" + ("?share=1" if share else ""))
 
 
 # -- the server's record of a held job ---------------------------------------------------
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
 def _write_private(path: Path, data: bytes) -> None:
     tmp = path.with_name(path.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
@@ -288,6 +305,71 @@ class HeldResults:
             raise ResultsHeld(f"the results of job {job_id} are held for review by the owners of "
                               f"{waiting} since {state.get('since', '?')}; they open once every "
                               "project's owner approved", item=job_id)
+
+    # -- the job's output, held with the results ------------------------------------
+    @staticmethod
+    def log_note(state: dict) -> str | None:
+        """The line a held job's log shows for *state* (pure): where its output is and when
+        it comes; None once the results (and so the output) were opened."""
+        if state.get("opened"):
+            return None
+        st = state.get("state")
+        if st == "rejected":
+            reason = " ".join(str(state.get("reason") or "no reason given").split())[:300]
+            return (f"[xnat-hpc] an owner rejected this job's results ({reason}); the script's output "
+                    "was deleted with them\n")
+        if st == "approved":
+            return ("[xnat-hpc] the project owners approved this job's results; the script's output is "
+                    "shown here once the results are opened (job.results(), or Results in the job's "
+                    "panel)\n")
+        waiting = ", ".join(state.get("pending") or state.get("projects") or ()) or "its projects"
+        return ("[xnat-hpc] this job's output is held for review with its results; it is released when "
+                f"the project owners approve (waiting for the owners of {waiting})\n")
+
+    def note_log(self) -> str | None:
+        """Append :meth:`log_note` for the saved state to the job's ``log.txt`` unless the log
+        ends with it already (idempotent: a new line only when the state changed); returns it."""
+        note = self.log_note(self.load())
+        if note is None:
+            return None
+        data = note.encode()
+        path = self.job_dir / LOG_FILE
+        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                     0o600)
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise Conflict(f"{path} is not a regular file; remove it", item=str(path))
+            size = os.fstat(fd).st_size
+            if size < len(data) or os.pread(fd, len(data), size - len(data)) != data:
+                _write_all(fd, data)
+        finally:
+            os.close(fd)
+        return note
+
+    def release_log(self, results_dir: Path, files: list[dict]) -> list[dict]:
+        """Move the job's output (member :data:`LOG_MEMBER` of opened results in *results_dir*)
+        to the end of the job's ``log.txt``; returns *files* without it."""
+        if not any(f["name"] == LOG_MEMBER for f in files):
+            return files
+        src = os.open(Path(results_dir) / LOG_MEMBER, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            dst = os.open(self.job_dir / LOG_FILE, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW
+                          | os.O_NONBLOCK | os.O_CLOEXEC, 0o600)
+        except BaseException:
+            os.close(src)
+            raise
+        try:
+            if not (stat.S_ISREG(os.fstat(src).st_mode) and stat.S_ISREG(os.fstat(dst).st_mode)):
+                raise Conflict(f"the job's output log or {self.job_dir / LOG_FILE} is not a regular file",
+                               item=LOG_MEMBER)
+            _write_all(dst, b"[xnat-hpc] the script's output, released with the approved results:\n")
+            while chunk := os.read(src, 1 << 20):
+                _write_all(dst, chunk)
+        finally:
+            os.close(src)
+            os.close(dst)
+        os.unlink(Path(results_dir) / LOG_MEMBER)
+        return [f for f in files if f["name"] != LOG_MEMBER]
 
 
 # -- the server's side of a job run ---------------------------------------------------------
@@ -379,16 +461,19 @@ def refresh(client: ReviewClient | None, held: HeldResults, job_id: str, audit,
 
 
 def open_approved(held: HeldResults, state: dict, hub_share: bytes, out_dir: Path, engine=None) -> list[dict]:
-    """Decrypt the approved results into *out_dir* with the combined key; then delete the
-    sealed archive and the server's share. Returns the archive's file listing."""
+    """Decrypt the approved results into *out_dir* with the combined key, the job's output
+    (:data:`LOG_MEMBER`) to the end of its ``log.txt`` (:meth:`HeldResults.release_log`);
+    then delete the sealed archive and the server's share. Returns the result files'
+    listing (the output log not among them)."""
     from ..staging import decrypt_to_directory
 
     identity = identity_from_shares(held.share(), hub_share)
     listing = decrypt_to_directory(state["archive"], identity, out_dir, engine=engine)
     del identity
+    files = held.release_log(out_dir, listing["files"])  # the job's output, into its log.txt
     held.forget_secrets(state["archive"])
     held.save({**state, "state": "approved", "opened": True, "pending": []})
-    return listing["files"]
+    return files
 
 
 def open_held(client: ReviewClient | None, held: HeldResults, job_id: str, audit, rec, engine=None) -> None:

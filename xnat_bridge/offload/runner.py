@@ -13,6 +13,11 @@ the Slurm job, the encrypted results archive. Its ``finally`` removes them
 whatever the outcome and then calls the context's ``on_finished``. The registry
 record is its only output besides the job's directory ``<workspace>/jobs/<id>/``
 (log.txt, results/, provenance.json).
+
+A job whose results are held for review (``review`` set by the manager) writes no
+script output to ``log.txt`` — the node seals it with the results, and only the
+node's status lines are kept here (:func:`keep_log_event`, whatever a node sends) —
+and reports no output tail when the script fails.
 """
 
 from __future__ import annotations
@@ -42,9 +47,35 @@ from .slurm import scancel, slurm_state, wait_gone
 
 log = logging.getLogger(__name__)
 
+#: the ledger's word for each registry state it keeps (:mod:`hub_ext.review_store`)
+_LEDGER_STATES = {"running": "running", "done": "done", "failed": "failed", "cancelled": "cancelled",
+                  "lost": "lost"}
+
+
+def ledger_report(fields: dict) -> dict:
+    """What of a registry update the hub's ledger keeps (pure): Slurm id, manifest digest,
+    ledger state."""
+    out = {}
+    if fields.get("slurm_job_id"):
+        out["slurm_job_id"] = str(fields["slurm_job_id"])
+    if fields.get("manifest_sha256"):
+        out["manifest_sha256"] = str(fields["manifest_sha256"])
+    state = fields.get("state")
+    state = getattr(state, "value", state)
+    if state in _LEDGER_STATES:
+        out["state"] = _LEDGER_STATES[state]
+    return out
+
 POLL = 0.25
 SQUEUE_EVERY = 3.0
 READ_CHECK_EVERY = 0.5
+
+
+def keep_log_event(msg: dict, held: bool) -> bool:
+    """Whether a log event from the node goes into the job's ``log.txt`` (pure): every event
+    of a job whose results are not held; only the node's status lines
+    (``kind == "status"``, no script output) of a held job — whatever a node sends."""
+    return not held or msg.get("kind") == worker_mod.STATUS
 
 
 class Cancelled(Exception):
@@ -113,6 +144,9 @@ class JobRun:
         #: the hub's review policy when the dataset needs results review (set by the manager):
         #: {"recipient": hub's age recipient, "review": [projects], "client": ReviewClient}
         self.review: dict | None = None
+        #: the hub's job ledger (set by the manager when a hub runs this server): told the
+        #: Slurm id, the manifest digest and the state as they become known
+        self.ledger = None
         #: live staging progress, in memory only (the REST API reads :meth:`StagingTracker.snapshot`)
         self.progress = StagingTracker()
         self._log_lock = threading.Lock()
@@ -121,13 +155,29 @@ class JobRun:
 
     # -- helpers ---------------------------------------------------------------
     def update(self, **fields) -> JobRecord:
-        return self.ctx.registry.update(self.id, **fields)
+        rec = self.ctx.registry.update(self.id, **fields)
+        self._report_to_ledger(fields)
+        return rec
+
+    def _report_to_ledger(self, fields: dict) -> None:
+        """What the hub's ledger keeps of this job (:func:`ledger_report`), told as it changes;
+        a hub that cannot be told is logged, never fatal (the ledger's facts come from the hub)."""
+        report = ledger_report(fields)
+        if self.ledger is None or not report:
+            return
+        try:
+            self.ledger.report(self.id, **report)
+        except XnatHpcError as e:
+            log.warning("job %s: the hub's ledger was not told %s: %s", self.id, sorted(report), e.message)
 
     def append_log(self, text: str) -> None:
         with self._log_lock:
-            fd = os.open(self.job_dir / "log.txt", os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            fd = os.open(self.job_dir / review_mod.LOG_FILE, os.O_WRONLY | os.O_APPEND | os.O_CREAT
+                         | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o600)
             try:
-                os.write(fd, text.encode("utf-8", errors="replace"))
+                view = memoryview(text.encode("utf-8", errors="replace"))
+                while view:
+                    view = view[os.write(fd, view):]
             finally:
                 os.close(fd)
 
@@ -267,8 +317,13 @@ class JobRun:
 
     def _log_event(self, event) -> None:
         _time, msg = event
-        if isinstance(msg, dict) and msg.get("job") == self.id and isinstance(msg.get("text"), str):
+        if not (isinstance(msg, dict) and msg.get("job") == self.id and isinstance(msg.get("text"), str)):
+            return
+        if keep_log_event(msg, held=self.review is not None):
             self.append_log(msg["text"])
+        else:
+            log.warning("job %s: its results are held for review; %d characters of script output from "
+                        "the node were not written to its log", self.id, len(msg["text"]))
 
     def _follow(self, bundle: Bundle) -> dict:
         from distributed import Client
@@ -309,12 +364,19 @@ class JobRun:
     def _collect(self, result: dict) -> None:
         rc = int(result["exit_code"])
         if rc != 0:
+            if self.review is not None:  # a held job's output never shows here, not even its tail
+                raise JobEnded(f"the script exited with code {rc}; its output was withheld and deleted on "
+                               "the node (the dataset's results are held for review)", exit_code=rc)
             tail = "".join(result.get("tail") or []).strip()[-1500:]
             raise JobEnded(f"the script exited with code {rc}" + (f"; last output:\n{tail}" if tail else ""),
                            exit_code=rc)
         if result.get("review"):  # sealed for review: kept encrypted until the owners decide
             self._hold(result)
             return
+        if self.review is not None:  # a node that did not seal: its results are not released
+            raise JobEnded("the node returned results that were not sealed for review, although the "
+                           "dataset's results are held for review; they were deleted — submit the job "
+                           "again (the nodes may run another version of xnat-hpc-hub)")
         self.update(state=JobState.COLLECTING, exit_code=0, message="decrypting results")
         out = self.job_dir / "results"
         if out.exists():
@@ -349,8 +411,11 @@ class JobRun:
     def _hold(self, result: dict) -> None:
         """The results stay sealed in the staging area; the owners decide (:mod:`.review`)."""
         ended = now_iso()
-        prov = self._provenance(self.ctx.registry.get(self.id), ended, result["results"]["files"])
+        files = [f for f in result["results"]["files"] if f["name"] != review_mod.LOG_MEMBER]
+        prov = self._provenance(self.ctx.registry.get(self.id), ended, files)
         state = review_mod.hold(self, result, prov, ended)
+        with self._log_lock:
+            review_mod.HeldResults(self.job_dir).note_log()  # the log says where the output is
         waiting = ", ".join(state["pending"])
         self.update(state=JobState.DONE, exit_code=0, ended=ended,
                     message=f"done: {len(prov['results'])} result file(s), held for review by the "
