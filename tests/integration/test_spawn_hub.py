@@ -16,6 +16,7 @@ import pytest
 import requests
 
 from tests.fixtures.spawn import audit_events, make_hub, wait_gone, wait_ready
+from xnat_bridge.spawn_record import SpawnRecord
 from tests.fixtures.spawn import process_environ as _environ
 from tests.fixtures.spawn import server_process as _server_process
 
@@ -135,6 +136,27 @@ def test_local_server_sees_only_its_scope_read_only(hub, shared_devxnat):
     finally:
         stop(hub, "alice", "sleep")
     assert not Path(f"/proc/{pid}").exists()
+
+
+def test_a_form_start_with_two_projects_keeps_both_in_the_hubs_record(hub):
+    """Issue 19, finding 3: a form start stores ``user_options`` flat (``projects: "A,B"``) for
+    XNAT's readers; the hub's own record of the scope (the spawner's state, what revocation,
+    the ledger and audit ingestion read) holds both projects, also as the hub's database has
+    it, and is gone once the server stops."""
+    s, _ = hub.login("alice", "alice-demo")
+    r = s.post(f"{hub.url}/hub/spawn/alice/two", data={"profile": "local-small", "project": ["NEURO_MRI", "SLEEP_EEG"],
+                                                       "_xsrf": s.cookies.get("_xsrf")}, timeout=120)
+    assert r.status_code == 200, r.text[-2000:]
+    try:
+        wait_ready(hub, "alice", "two")
+        server = hub.api("GET", "/users/alice").json()["servers"]["two"]
+        assert server["user_options"]["projects"] == "NEURO_MRI,SLEEP_EEG"  # flat, for XNAT's readers
+        record = SpawnRecord.from_state(server["state"])  # what the hub decided, from its database
+        assert record.projects == {"NEURO_MRI", "SLEEP_EEG"} and record.profile == "local-small"
+        assert record.backend == "local" and record.started
+    finally:
+        stop(hub, "alice", "two")
+    assert "two" not in hub.api("GET", "/users/alice").json()["servers"]
 
 
 def _read_all(directory: Path) -> bytes:
