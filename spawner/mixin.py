@@ -52,7 +52,7 @@ from xnat_bridge.errors import AuthenticationFailed, PermissionDenied, TokenExpi
 from xnat_bridge.permissions import fetch_permissions
 from xnat_bridge.private import read_private_file
 from xnat_bridge.scope import Scope
-from xnat_bridge.spawn_record import STATE_KEY, SpawnRecord, now_iso
+from xnat_bridge.spawn_record import STATE_KEY, SpawnRecord, now_iso, token_sha256
 
 from .decide import Session, XnatFacts, build_plan, check_readable, choose_profile, data_layout, scope_mounts
 from .form import render_form
@@ -243,8 +243,9 @@ class XnatScopedSpawner(LoggingConfigurable):
             await self.xnat_audit("spawn", "denied", items=_items(self.user_options), detail=exc.message)
             self.log.warning("spawn of %s refused: %s", self._log_name, exc.message)
             raise spawn_error(exc) from None
-        self.xnat_record = SpawnRecord(scope=plan.scope, profile=plan.profile.slug,
-                                       backend=plan.profile.backend, started=now_iso())
+        self.xnat_record = SpawnRecord(scope=plan.scope, profile=plan.profile.slug, backend=plan.profile.backend,
+                                       started=now_iso(),
+                                       token_sha256=token_sha256(self.api_token) if self.api_token else "")
         return plan
 
     def get_state(self):

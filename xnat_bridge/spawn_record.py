@@ -10,7 +10,13 @@ readers, ``projects: "A,B"``), not what the hub *decided*.
 State shape (JSON, under :data:`STATE_KEY`)::
 
     {"xnat_hpc": {"v": 1, "scope": "<Scope.to_json()>", "profile": "local-small",
-                  "backend": "local", "started": "2026-12-07T02:40:00Z"}}
+                  "backend": "local", "started": "2026-12-07T02:40:00Z",
+                  "token_sha256": "<sha256 of the server's JUPYTERHUB_API_TOKEN>"}}
+
+``token_sha256`` binds the record to the one hub token JupyterHub issued to the server for
+this start: a request carrying a token is from this server exactly when the token's sha256
+matches (:func:`server_of_token`), also after a hub restart (when the hub no longer holds
+the plaintext) — a personal token of the same user, whatever its note or scopes, never is.
 
 Pure; imported by the hub side and (later) by the governance service alike.
 """
@@ -19,6 +25,8 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
+import hashlib
+import hmac
 from collections.abc import Mapping
 
 from .errors import InvalidRequest
@@ -40,6 +48,7 @@ class SpawnRecord:
     profile: str = ""
     backend: str = ""
     started: str = ""
+    token_sha256: str = ""  #: sha256 (hex) of the server's own hub token of this start
 
     @property
     def projects(self) -> frozenset[str]:
@@ -49,7 +58,7 @@ class SpawnRecord:
     def to_state(self) -> dict:
         """The value to store under :data:`STATE_KEY` of the spawner's state."""
         return {"v": VERSION, "scope": self.scope.to_json(), "profile": self.profile,
-                "backend": self.backend, "started": self.started}
+                "backend": self.backend, "started": self.started, "token_sha256": self.token_sha256}
 
     @classmethod
     def from_state(cls, state: Mapping | None) -> SpawnRecord | None:
@@ -66,7 +75,25 @@ class SpawnRecord:
         if not scope.restricted:
             raise InvalidRequest(f"the spawner state's {STATE_KEY!r} record has an unrestricted scope")
         return cls(scope=scope, profile=str(doc.get("profile") or ""), backend=str(doc.get("backend") or ""),
-                   started=str(doc.get("started") or ""))
+                   started=str(doc.get("started") or ""), token_sha256=str(doc.get("token_sha256") or ""))
+
+    def issued(self, token: str) -> bool:
+        """Whether *token* is the server's own hub token of this start (constant-time)."""
+        return bool(self.token_sha256 and token) and hmac.compare_digest(self.token_sha256, token_sha256(token))
+
+
+def token_sha256(token: str) -> str:
+    """The digest a :class:`SpawnRecord` keeps of a server's hub token (hex sha256)."""
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def server_of_token(records: Mapping[str, SpawnRecord | None], token: str) -> str | None:
+    """The name of the server (of *records*: name → record of one user's **active** servers)
+    whose own hub token *token* is, or None (pure)."""
+    for name, record in records.items():
+        if record is not None and record.issued(token):
+            return name
+    return None
 
 
 def record_of(spawner) -> SpawnRecord | None:

@@ -13,7 +13,7 @@ from spawner.dispatch import XnatProfilesSpawner
 from spawner.slurm import XnatSlurmSpawner
 from xnat_bridge.errors import InvalidRequest
 from xnat_bridge.scope import Scope
-from xnat_bridge.spawn_record import STATE_KEY, SpawnRecord, record_of
+from xnat_bridge.spawn_record import STATE_KEY, SpawnRecord, record_of, server_of_token, token_sha256
 
 TWO = Scope.of({"CARDIO_ECG": {}, "NEURO_MRI": {"experiments": ["XNAT_E00001"]}})
 
@@ -55,3 +55,15 @@ def test_a_state_without_a_usable_record_loads_as_none():
     sp = XnatSlurmSpawner(config=Config())
     sp.load_state({STATE_KEY: {"v": 9}})
     assert sp.xnat_record is None
+
+
+def test_the_record_knows_its_servers_token_and_no_other():
+    token, personal = "s3rv3r-t0ken", "p3rs0nal"
+    rec = SpawnRecord(scope=TWO, token_sha256=token_sha256(token))
+    back = SpawnRecord.from_state(json.loads(json.dumps({STATE_KEY: rec.to_state()})))
+    assert back.issued(token) and not back.issued(personal) and not back.issued("")
+    assert token not in json.dumps(rec.to_state())  # the digest only, never the token
+    records = {"a": SpawnRecord(scope=TWO), "b": back, "c": None}
+    assert server_of_token(records, token) == "b"
+    assert server_of_token(records, personal) is None
+    assert server_of_token({"old": SpawnRecord(scope=TWO)}, "") is None  # no digest: nothing matches
