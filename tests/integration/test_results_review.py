@@ -1,38 +1,48 @@
-"""Results review ("safe outputs") end to end: a real JupyterHub (+ CHP) with the review
-routes and the XNAT authenticator on devxnat, bob's offload manager on real Slurm, the owners
-deciding through the hub's real forms (XSRF), the server asking the hub with bob's token.
+"""Results review ("safe outputs") end to end, bound to the hub's job ledger (issue 19,
+finding 1): a real JupyterHub (+ CHP, XNAT authenticator on devxnat, profiles spawner) that
+starts bob's real local servers; the test process plays bob's kernel and holds what a kernel
+holds, **the server's own** ``JUPYTERHUB_API_TOKEN``; bob's offload manager runs in the test
+process with that token on the real Slurm; the owners decide through the hub's real forms
+(XSRF). bob runs two servers: the default one scoped to CARDIO_ECG (owner dave) and ``both``
+scoped to CARDIO_ECG + NEURO_MRI (owners dave and alice): a job needs the owners of every
+marked project of the **server's scope**, whatever its dataset holds.
 
 * a held result cannot be opened by bob before approval: not through ``results()``, not by
   his Unix account reading the staging area, not with everything his server holds (its
-  share), not by asking the hub for the hub's share with his token;
+  share), not by asking the hub for the hub's share with his server's token;
 * an owner of another project cannot approve; the owner of the project can, and then the
   results open as before;
 * a rejection deletes the sealed results and bob reads the reason;
-* a job spanning two marked projects needs both owners.
+* a job of a server scoped to two marked projects needs both owners;
+* the replay of finding 1: the held job's registration re-posted under an invented job id,
+  under another ledger job of the same server, or with a share bob made himself, releases
+  nothing; a personal token enters no job; the old policy route is gone.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 import requests
 
 from tests.fixtures.devxnat import PASSWORDS
-from tests.fixtures.hub import start_hub
+from tests.fixtures.spawn import audit_events, start_server, stop_server
 from xnat_bridge.offload import JobState
 from xnat_bridge.offload import review as rv
 
-pytestmark = [pytest.mark.slurm, pytest.mark.devxnat]
+pytestmark = [pytest.mark.slurm, pytest.mark.devxnat, pytest.mark.timeout(1200)]
 
-CONFIG = '''
-from hub_ext.handlers import xnat_hpc_handlers
-c.JupyterHub.authenticator_class = "xnat"
-c.XnatAuthenticator.xnat_url = "{url}"
-c.JupyterHub.extra_handlers = xnat_hpc_handlers()
-'''
+REPO = Path(__file__).resolve().parents[2]
+ARTIFACTS = REPO / "test-artifacts" / "results-review"
+BOTH = ["CARDIO_ECG", "NEURO_MRI"]
+#: printed by the script: a held job's log must not carry it (the output is held too)
+PRINTED = "PRINTED-ROW-9c1d"
 
 SCRIPT = """
 import json, os
@@ -42,10 +52,12 @@ out = Path(os.environ["OUTPUT_DIR"])
 (out / "metrics.json").write_text(json.dumps({"files": len(files), "marker": "RESULT-MARKER-7f3a"}))
 (out / "summary.csv").write_text("name,bytes\\n" + "".join(f"{p.name},{p.stat().st_size}\\n" for p in files[:5]))
 (out / "weights.bin").write_bytes(b"W" * 4096)
+print("PRINTED-ROW-9c1d", files[0].name if files else "")
 print("done", len(files))
 """
 
 
+# -- helpers -----------------------------------------------------------------------------
 def form_xsrf(session: requests.Session, hub) -> str:
     page = session.get(f"{hub.url}/hub/xnat-hpc/review", timeout=30)
     assert page.status_code == 200, page.text[:500]
@@ -58,91 +70,172 @@ def post_form(session, hub, path: str, **data) -> requests.Response:
                         timeout=60)
 
 
-@pytest.fixture
-def review_hub(devxnat, tmp_path):
-    hub = start_hub(tmp_path / "hub", CONFIG.format(url=devxnat.url))
+def hub_api(hub, token: str | None, method: str, path: str, **kw) -> requests.Response:
+    """``{hub}/hub/api/xnat-hpc/{path}`` with *token* (None: no Authorization header)."""
+    return requests.request(method, f"{hub.url}/hub/api/xnat-hpc/{path}", timeout=30,
+                            headers={"Authorization": f"token {token}"} if token else {}, **kw)
+
+
+def hub_job(hub, token: str | None, job_id: str, share: bool = False) -> requests.Response:
+    return hub_api(hub, token, "GET", f"review/jobs/{job_id}" + ("?share=1" if share else ""))
+
+
+def client(hub, token: str) -> rv.ReviewClient:
+    return rv.ReviewClient(f"{hub.url}/hub/api", token)
+
+
+def wait_for(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = predicate()
+        if found:
+            return found
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def trail(hub, user: str, action: str, outcome: str, job: str | None = None) -> list[dict]:
+    """The hub's audit events of *user*'s *action* with *outcome* (about *job*, if given)."""
+    return [e for e in audit_events(hub) if (e["user"], e["action"], e["outcome"]) == (user, action, outcome)
+            and (job is None or (e.get("extra") or {}).get("job") == job)]
+
+
+def new_job_id() -> str:
+    return "j" + os.urandom(6).hex()
+
+
+# -- fixtures ------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def bob_servers(hub):
+    """bob's two real servers; their own hub tokens, as bob's kernels hold them."""
+    try:
+        ecg = start_server(hub, "bob", PASSWORDS["bob"], ["CARDIO_ECG"])
+        both = start_server(hub, "bob", PASSWORDS["bob"], BOTH, server="both")
+        yield {"ecg": ecg["JUPYTERHUB_API_TOKEN"], "both": both["JUPYTERHUB_API_TOKEN"]}
+    finally:
+        stop_server(hub, "bob", "both")
+        stop_server(hub, "bob")
+
+
+@pytest.fixture(scope="module")
+def owners(hub):
+    """The owners' browser sessions (dave: CARDIO_ECG, SLEEP_EEG; alice: NEURO_MRI) and a
+    personal API token of alice (no server of hers runs)."""
     sessions = {}
-    for user in ("alice", "dave", "bob"):
+    for user in ("alice", "dave"):
         s, r = hub.login(user, PASSWORDS[user])
         assert r.status_code == 302, hub.log()[-2000:]
         sessions[user] = s
-    tokens = {}
-    for user in ("alice", "bob"):
-        r = hub.api("POST", f"/users/{user}/tokens", json={"note": "server-like",
-                                                              "scopes": ["users:activity!user"]})
-        assert r.status_code in (200, 201), r.text
-        tokens[user] = r.json()["token"]
-    yield hub, sessions, tokens, tmp_path / "hub"  # the review store lives in this hub's directory
-    hub.stop()
+    r = hub.api("POST", "/users/alice/tokens", json={"note": "personal", "scopes": ["users:activity!user"]})
+    assert r.status_code in (200, 201), r.text
+    return sessions, r.json()["token"]
 
 
-@pytest.fixture
-def bob_env(devxnat, tmp_path, monkeypatch):
+@pytest.fixture(scope="module")
+def bob_data(shared_devxnat, tmp_path_factory):
+    """bob's XNAT connection (in the test process, as his kernel's) and a fresh CARDIO_ECG dataset."""
     import xnat_bridge
     from xnat_bridge.audit import MemorySink
     from xnat_bridge.scope import Scope
 
-    staging = tmp_path / "staging"
+    base = tmp_path_factory.mktemp("bob")
+    conn = xnat_bridge.connect(shared_devxnat.url, "bob", PASSWORDS["bob"], workspace=base / "ws",
+                               sink=MemorySink(), ttl=60, scope=Scope.unrestricted())
+    name = f"ecg-review-{os.urandom(3).hex()}"
+    conn.create_dataset(name, [{"project": "CARDIO_ECG"}])
+    yield conn, name
+    conn.close()
+
+
+@pytest.fixture
+def bob_env(public_dir, tmp_path, monkeypatch):
+    """A staging area other accounts can traverse (its per-user directory is the only barrier)
+    and a node-local directory; the managers' workspaces go under the returned directory."""
+    staging = public_dir / f"review-staging-{os.urandom(4).hex()}"
     staging.mkdir(mode=0o755)
+    os.chmod(staging, 0o755)
     node = tmp_path / "node"
     node.mkdir(mode=0o700)
     monkeypatch.setenv("XNAT_HPC_NODE_TMPDIR", str(node))
     monkeypatch.setenv("XNAT_HPC_DEATH_TIMEOUT", "20")
-    conn = xnat_bridge.connect(devxnat.url, "bob", PASSWORDS["bob"], workspace=tmp_path / "ws",
-                               sink=MemorySink(), ttl=60, scope=Scope.unrestricted())
-    conn.create_dataset("ecg", [{"project": "CARDIO_ECG"}])
-    conn.create_dataset("both", [{"project": "CARDIO_ECG"}, {"project": "NEURO_MRI"}])
-    (tmp_path / "ws" / "review_train.py").write_text(SCRIPT)
-    yield conn, staging, tmp_path / "ws"
-    conn.close()
+    return staging, tmp_path
 
 
-def manager_for(conn, staging, workspace, hub, token):
+def manager_for(conn, staging, workspace: Path, hub, token: str):
+    """bob's offload manager in *workspace*, talking to the hub with a server's *token*."""
     from xnat_bridge.audit import MemorySink
     from xnat_bridge.offload import OffloadManager, OffloadPolicy
 
+    workspace.mkdir(mode=0o700)
+    (workspace / "review_train.py").write_text(SCRIPT)
     m = OffloadManager(conn, workspace=workspace, sink=MemorySink(),
                        policy=OffloadPolicy(staging_dir=str(staging), exclusive=False,
                                             default_memory=512 * 2**20, default_walltime=600))
-    m.review_client = rv.ReviewClient(f"{hub.url}/hub/api", token)
+    m.review_client = client(hub, token)
     return m
 
 
-def hub_job(hub, token: str, job_id: str, share: bool = False) -> requests.Response:
-    return requests.get(f"{hub.url}/hub/api/xnat-hpc/review/jobs/{job_id}" + ("?share=1" if share else ""),
-                        headers={"Authorization": f"token {token}"}, timeout=30)
+def submit(m, dataset: str):
+    return m.submit(dataset, "review_train.py", cpus=1, mem="512M", walltime="0:10:00")
 
 
-def test_held_results_need_every_owner_and_rejection_deletes(slurm, review_hub, bob_env):
-    hub, sessions, tokens, hub_dir = review_hub
-    conn, staging, ws = bob_env
-    # the policy API: nothing marked yet, the hub's recipient is public
-    pol = rv.ReviewClient(f"{hub.url}/hub/api", tokens["bob"]).policy(["CARDIO_ECG"])
-    assert pol["review"] == [] and pol["recipient"].startswith("age1")
-    # alice does not own CARDIO_ECG: she cannot mark it; dave can; alice marks her NEURO_MRI
+def ledger_done(hub, token: str, job_id: str) -> dict:
+    """The hub's ledger row of *job_id* once the server reported the job done."""
+    return wait_for(lambda: (lambda r: r.json() if r.status_code == 200 and r.json()["state"] == "done"
+                             else None)(hub_api(hub, token, "GET", f"jobs/{job_id}")),
+                    30, f"the ledger to record job {job_id} done")
+
+
+# -- the owners decide ---------------------------------------------------------------------
+def test_held_results_need_every_owner_and_rejection_deletes(hub, owners, bob_servers, bob_data, bob_env):
+    sessions, alice_token = owners
+    conn, dataset = bob_data
+    staging, tmp = bob_env
+    # alice does not own CARDIO_ECG: she cannot mark it; dave can (off, then on: a change, audited,
+    # whatever another test of this module left); alice marks her NEURO_MRI
     r = post_form(sessions["alice"], hub, "projects", project="CARDIO_ECG", review="on")
     assert r.status_code == 403
+    assert post_form(sessions["dave"], hub, "projects", project="CARDIO_ECG", review="off").status_code == 302
     assert post_form(sessions["dave"], hub, "projects", project="CARDIO_ECG", review="on").status_code == 302
     assert post_form(sessions["alice"], hub, "projects", project="NEURO_MRI", review="on").status_code == 302
     # a form post without the XSRF token is refused by the hub
     r = sessions["dave"].post(f"{hub.url}/hub/xnat-hpc/review/projects",
                               data={"project": "CARDIO_ECG", "review": "off"}, allow_redirects=False, timeout=30)
     assert r.status_code == 403
-    assert rv.ReviewClient(f"{hub.url}/hub/api", tokens["bob"]).policy(
-        ["CARDIO_ECG", "NEURO_MRI"])["review"] == ["CARDIO_ECG", "NEURO_MRI"]
 
-    m = manager_for(conn, staging, ws, hub, tokens["bob"])
+    m = manager_for(conn, staging, tmp / "ws-ecg", hub, bob_servers["ecg"])
+    m2 = manager_for(conn, staging, tmp / "ws-both", hub, bob_servers["both"])
+    ws = m.workspace
     try:
-        approve = m.submit("ecg", "review_train.py", cpus=1, mem="512M", walltime="0:10:00")
-        reject = m.submit("ecg", "review_train.py", cpus=1, mem="512M", walltime="0:10:00")
-        both = m.submit("both", "review_train.py", cpus=1, mem="512M", walltime="0:10:00")
-        recs = {j.id: m.wait(j.id, timeout=240) for j in (approve, reject, both)}
+        approve, reject = submit(m, dataset), submit(m, dataset)
+        both = submit(m2, dataset)  # the same CARDIO_ECG dataset, from the server scoped to both projects
+        recs = {approve.id: m.wait(approve.id, timeout=240), reject.id: m.wait(reject.id, timeout=240),
+                both.id: m2.wait(both.id, timeout=240)}
         for rec in recs.values():
             assert rec.state == JobState.DONE, rec.message
             assert "held for review" in rec.message
+
+        # 0. the hub's ledger: user and server from the token, projects from the server's scope as
+        #    the hub decided it at spawn, the Slurm id and digests the server reported, a key per job
+        entries = {j: ledger_done(hub, bob_servers["ecg"], j) for j in (approve.id, reject.id)}
+        entries[both.id] = ledger_done(hub, bob_servers["both"], both.id)
+        for job_id, entry in entries.items():
+            rec = recs[job_id]
+            assert entry["user"] == "bob" and entry["job"] == job_id and entry["dataset"] == dataset
+            assert entry["slurm_job_id"] == rec.slurm_job_id and entry["script_sha256"] == rec.script_sha256
+            assert entry["manifest_sha256"] == rec.manifest_sha256 and entry["recipient"].startswith("age1")
+        for job_id in (approve.id, reject.id):
+            assert entries[job_id]["server"] == ""
+            assert entries[job_id]["projects"] == ["CARDIO_ECG"] == entries[job_id]["review"]
+        assert entries[both.id]["server"] == "both"
+        assert entries[both.id]["projects"] == BOTH == entries[both.id]["review"]
+        assert len({e["recipient"] for e in entries.values()}) == 3  # one review key per job
+        assert hub_api(hub, alice_token, "GET", f"jobs/{approve.id}").status_code == 404  # bob's, not hers
+
         assert m.review(approve.id)["state"] == "held"
         assert m.review(approve.id)["pending"] == ["CARDIO_ECG"]
-        assert set(m.review(both.id)["pending"]) == {"CARDIO_ECG", "NEURO_MRI"}
+        assert set(m2.review(both.id)["pending"]) == set(BOTH)  # the server's scope, not the dataset's
+        assert client(hub, bob_servers["both"]).status(both.id)["projects"] == BOTH
 
         # 1. bob cannot open it before approval
         with pytest.raises(rv.ResultsHeld, match="held for review by the owners of CARDIO_ECG since"):
@@ -154,24 +247,32 @@ def test_held_results_need_every_owner_and_rejection_deletes(slurm, review_hub, 
         data = archive.read_bytes()
         assert b"RESULT-MARKER-7f3a" not in data and b"AGE-SECRET-KEY-1" not in data
         denied = subprocess.run(["runuser", "-u", "bob", "--", "cat", str(archive)], capture_output=True)
-        assert denied.returncode != 0
+        assert denied.returncode != 0 and b"W" * 64 not in denied.stdout
         # everything bob's server holds (its share) does not open the archive
         share = held.share()
         for guess in (share, bytes(len(share))):
             with pytest.raises(Exception):
                 rv.identity_from_shares(share, guess)
         assert b"AGE-SECRET-KEY-1" not in share
-        # the hub answers no share before approval, and nothing to another user
-        r = hub_job(hub, tokens["bob"], approve.id, share=True)
-        assert r.status_code == 200 and r.json()["state"] == "held" and "share" not in r.json()
-        assert hub_job(hub, tokens["alice"], approve.id).status_code == 404
-        assert requests.get(f"{hub.url}/hub/api/xnat-hpc/review/jobs/{approve.id}", timeout=30).status_code == 403
+        # the script's output is held with the results: bob's log says so and shows none of it
+        log_text = m.logs(approve.id)[0]
+        assert PRINTED not in log_text and "held for review with its results" in log_text, log_text
+        # the hub answers no share before approval (to either server of bob), nothing to another
+        # user, nothing without a token
+        for token in bob_servers.values():
+            r = hub_job(hub, token, approve.id, share=True)
+            assert r.status_code == 200 and r.json()["state"] == "held" and "share" not in r.json()
+        assert hub_job(hub, alice_token, approve.id).status_code == 404
+        assert hub_job(hub, None, approve.id).status_code == 403
 
         # 2. the review page: dave sees provenance, sizes and previews (escaped); alice cannot approve
         page = sessions["dave"].get(f"{hub.url}/hub/xnat-hpc/review", timeout=30).text
         assert approve.id in page and recs[approve.id].manifest_sha256 in page
         assert recs[approve.id].script_sha256 in page and recs[approve.id].slurm_job_id in page
         assert "RESULT-MARKER-7f3a" in page and "summary.csv" in page and "weights.bin" in page
+        assert PRINTED in page  # the reviewer sees the held output bob does not
+        alice_page = sessions["alice"].get(f"{hub.url}/hub/xnat-hpc/review", timeout=30).text
+        assert approve.id not in alice_page and both.id in alice_page  # NEURO_MRI: in both's scope only
         r = post_form(sessions["alice"], hub, f"jobs/bob/{approve.id}", decision="approve")
         assert r.status_code == 404 and "CARDIO_ECG" not in r.text  # as for a job that does not exist
         assert m.review(approve.id)["state"] == "held"
@@ -186,6 +287,7 @@ def test_held_results_need_every_owner_and_rejection_deletes(slurm, review_hub, 
         assert not archive.exists() and not (ws / "jobs" / approve.id / rv.SHARE_FILE).exists()
         assert m.review(approve.id)["state"] == "approved"
         assert m.results(approve.id)["files"] == res["files"]  # opened once, then as before
+        assert PRINTED in m.logs(approve.id)[0]  # the output, released with the approved results
 
         # 3. rejection: deleted, the reason shown
         rej_archive = Path(rv.HeldResults(ws / "jobs" / reject.id).load()["archive"])
@@ -200,60 +302,159 @@ def test_held_results_need_every_owner_and_rejection_deletes(slurm, review_hub, 
                                        "single patients", "since": m.review(reject.id)["since"],
                                        "projects": ["CARDIO_ECG"], "pending": []}
         assert not rej_archive.exists() and not (ws / "jobs" / reject.id / rv.SHARE_FILE).exists()
-        assert "share" not in hub_job(hub, tokens["bob"], reject.id, share=True).json()
+        assert "share" not in hub_job(hub, bob_servers["ecg"], reject.id, share=True).json()
+        log_text = m.logs(reject.id)[0]
+        assert PRINTED not in log_text and "rejected" in log_text, log_text
 
-        # 4. two marked projects: dave's approval is not enough
+        # 4. a server scoped to two marked projects: dave's approval is not enough
         assert post_form(sessions["dave"], hub, f"jobs/bob/{both.id}", decision="approve").status_code == 302
         with pytest.raises(rv.ResultsHeld, match="NEURO_MRI"):
-            m.results(both.id)
+            m2.results(both.id)
+        assert "share" not in hub_job(hub, bob_servers["both"], both.id, share=True).json()
         assert post_form(sessions["alice"], hub, f"jobs/bob/{both.id}", decision="approve").status_code == 302
-        assert {f["name"] for f in m.results(both.id)["files"]} >= {"metrics.json"}
+        assert {f["name"] for f in m2.results(both.id)["files"]} >= {"metrics.json"}
 
         actions = [(e.action, e.outcome) for e in m.sink.events]
         assert ("review_hold", "allowed") in actions and ("review_delete", "allowed") in actions
         assert ("result_retrieve", "allowed") in actions
     finally:
         m.close()
-    # the hub's trail: decisions, refusals and the share release, with who did them
-    from hub_ext.audit_log import HubAuditLog
+        m2.close()
+    # the hub's trail: entries, decisions, refusals and the share release, with who did them
+    assert trail(hub, "dave", "review_policy", "allowed") and trail(hub, "alice", "review_policy", "denied")
+    for job_id in (approve.id, reject.id, both.id):
+        assert trail(hub, "bob", "ledger_enter", "allowed", job_id), job_id
+        assert trail(hub, "bob", "review_hold", "allowed", job_id), job_id
+    assert trail(hub, "alice", "review_approve", "denied", approve.id)
+    assert trail(hub, "dave", "review_approve", "allowed", approve.id)
+    assert trail(hub, "dave", "review_reject", "allowed", reject.id)
+    assert trail(hub, "dave", "review_approve", "allowed", both.id)
+    assert trail(hub, "alice", "review_approve", "allowed", both.id)
+    assert len(trail(hub, "bob", "key_release", "allowed", approve.id)) == 1
+    assert trail(hub, "bob", "key_release", "allowed", both.id)
+    assert not trail(hub, "bob", "key_release", "allowed", reject.id)
 
-    trail = HubAuditLog(path=str(hub_dir / "xnat-hpc-audit" / "audit.db")).query(limit=1000)
-    seen = {(e["user"], e["action"], e["outcome"]) for e in trail}
-    for want in (("dave", "review_policy", "allowed"), ("alice", "review_policy", "denied"),
-                 ("bob", "review_hold", "allowed"), ("alice", "review_approve", "denied"),
-                 ("dave", "review_approve", "allowed"), ("dave", "review_reject", "allowed"),
-                 ("bob", "key_release", "allowed")):
-        assert want in seen, (want, sorted(seen))
 
-
-REPO = Path(__file__).resolve().parents[2]
-ARTIFACTS = REPO / "test-artifacts" / "results-review"
-
-
-def test_review_page_in_a_browser_rejects_without_javascript(review_hub):
-    """A held job registered as a server would (previews sealed to the hub's key, one of them
-    hostile HTML); dave rejects it through the page with JavaScript off; bob's token then reads
-    the rejection and its reason, and a registration sealed to another key is refused."""
-    import json
-    import os
-
+# -- finding 1: the replay ------------------------------------------------------------------
+def test_a_replayed_registration_releases_nothing(hub, owners, bob_servers, bob_data, bob_env):
+    """bob's kernel holds his server's token and the held job's registration (review.json): he
+    re-posts it under an invented job id with a project he might get approved, under another
+    ledger job of his own server, with a share of his own making; every step is refused and
+    audited, the real job stays held until its owner decides, and then opens as before."""
     from xnat_bridge.staging import AgeIdentity
 
-    hub, sessions, tokens, _ = review_hub
-    client = rv.ReviewClient(f"{hub.url}/hub/api", tokens["bob"])
+    sessions, _ = owners
+    conn, dataset = bob_data
+    staging, tmp = bob_env
+    token = bob_servers["ecg"]
     assert post_form(sessions["dave"], hub, "projects", project="CARDIO_ECG", review="on").status_code == 302
-    recipient = client.policy(["CARDIO_ECG"])["recipient"]
-    job_id = "j" + os.urandom(6).hex()
-    body = {"projects": ["CARDIO_ECG"], "dataset": "ecg", "dataset_version": 2, "manifest_sha256": "m" * 64,
-            "script_sha256": "s" * 64, "slurm_job_id": "4242",
+
+    m = manager_for(conn, staging, tmp / "ws-replay", hub, token)
+    try:
+        job = submit(m, dataset)
+        rec = m.wait(job.id, timeout=240)
+        assert rec.state == JobState.DONE and "held for review" in rec.message, rec.message
+        real = ledger_done(hub, token, job.id)
+        assert real["review"] == ["CARDIO_ECG"]
+        payload = rv.HeldResults(m.job_dir(job.id)).load()["payload"]  # what the kernel can read back
+        assert payload["share"] and payload["previews"] and payload["job"] == job.id
+
+        # (a) under a job id the ledger does not know, claiming NEURO_MRI: 404, audited
+        fake_id = "j00000000beef"
+        r = hub_api(hub, token, "POST", f"review/jobs/{fake_id}",
+                    json={**payload, "job": fake_id, "projects": ["NEURO_MRI"]})
+        assert r.status_code == 404 and "not in the hub's ledger" in r.json()["message"], r.text
+        denied = trail(hub, "bob", "review_hold", "denied", fake_id)
+        assert denied and denied[-1]["items"] == ["CARDIO_ECG"]  # the server's scope, not the claim
+        assert hub_job(hub, token, fake_id).status_code == 404
+
+        # (b) under a ledger job bob's servers enter for the purpose (each server of his): that job
+        #     has its own review key; the replayed share (and one sealed to the real job's key
+        #     by bob himself) does not open with it: 403, audited
+        facts = {"dataset": dataset, "dataset_version": 1, "manifest_sha256": rec.manifest_sha256,
+                 "script_sha256": rec.script_sha256}
+        homemade = rv.wrap(os.urandom(74), real["recipient"])
+        for server_token in bob_servers.values():
+            other = new_job_id()
+            entered = client(hub, server_token).enter(other, facts)
+            assert entered["review"] and entered["recipient"] not in (None, real["recipient"])
+            for body in ({**payload, "job": other, "projects": ["NEURO_MRI"]},
+                         {**payload, "job": other, "previews": {}},
+                         {**payload, "job": other, "share": homemade, "previews": {}}):
+                r = hub_api(hub, server_token, "POST", f"review/jobs/{other}", json=body)
+                assert r.status_code == 403 and "not sealed to this key" in r.json()["message"], r.text
+            assert trail(hub, "bob", "review_hold", "denied", other)
+            assert hub_job(hub, server_token, other).status_code == 404  # nothing held for it
+        # nor can he swap the real job's share for one he made
+        r = hub_api(hub, token, "POST", f"review/jobs/{job.id}", json={**payload, "share": homemade})
+        assert r.status_code == 409, r.text
+        # a registration sealed to a key of his own: refused for the real job too
+        r = hub_api(hub, token, "POST", f"review/jobs/{job.id}",
+                    json={**payload, "share": rv.wrap(b"x", AgeIdentity.generate().recipient)})
+        assert r.status_code == 403, r.text
+
+        # (c) the real job is still held, its projects the ledger's; no share, nothing released
+        r = hub_job(hub, token, job.id, share=True)
+        assert r.status_code == 200 and r.json()["state"] == "held" and "share" not in r.json()
+        assert r.json()["projects"] == ["CARDIO_ECG"]
+        with pytest.raises(rv.ResultsHeld, match="CARDIO_ECG"):
+            m.results(job.id)
+        assert not trail(hub, "bob", "key_release", "allowed", job.id)
+        assert not trail(hub, "bob", "key_release", "allowed", fake_id)
+        page = sessions["dave"].get(f"{hub.url}/hub/xnat-hpc/review", timeout=30).text
+        assert job.id in page and fake_id not in page
+
+        # (d) a personal token of bob (even one that may report his activity) enters no job and
+        #     registers nothing; no token at all neither
+        r = hub.api("POST", "/users/bob/tokens", json={"note": "personal", "scopes": ["users:activity!user"]})
+        assert r.status_code in (200, 201), r.text
+        personal = r.json()["token"]
+        r = hub_api(hub, personal, "POST", f"jobs/{new_job_id()}", json=facts)
+        assert r.status_code == 403 and "running server" in r.json()["message"], r.text
+        assert hub_api(hub, personal, "POST", f"review/jobs/{job.id}", json=payload).status_code == 403
+        assert hub_api(hub, None, "POST", f"jobs/{new_job_id()}", json=facts).status_code == 403
+        assert trail(hub, "bob", "ledger_enter", "allowed", job.id)
+
+        # (e) the old policy route is gone
+        r = hub_api(hub, token, "GET", "review/policy?projects=CARDIO_ECG")
+        assert r.status_code == 410, r.text
+
+        # the owner decides on the real job: it opens as before, released once, for it only
+        assert post_form(sessions["dave"], hub, f"jobs/bob/{job.id}", decision="approve").status_code == 302
+        assert {f["name"] for f in m.results(job.id)["files"]} == {"metrics.json", "summary.csv", "weights.bin"}
+        assert len(trail(hub, "bob", "key_release", "allowed", job.id)) == 1
+    finally:
+        m.close()
+
+
+# -- the page in a browser --------------------------------------------------------------------
+def test_review_page_in_a_browser_rejects_without_javascript(hub, owners, bob_servers):
+    """A held job registered as a server would (entered in the ledger with the server's token,
+    previews sealed to that job's review key, one of them hostile HTML); dave rejects it through
+    the page with JavaScript off; bob's server then reads the rejection and its reason. A
+    registration sealed to another key is refused."""
+    from xnat_bridge.staging import AgeIdentity
+
+    sessions, _ = owners
+    bob = client(hub, bob_servers["ecg"])
+    assert post_form(sessions["dave"], hub, "projects", project="CARDIO_ECG", review="on").status_code == 302
+    job_id = new_job_id()
+    entered = bob.enter(job_id, {"dataset": "ecg", "dataset_version": 2, "manifest_sha256": "a" * 64,
+                                 "script_sha256": "b" * 64})
+    assert entered["review"] == ["CARDIO_ECG"] and entered["projects"] == ["CARDIO_ECG"]
+    recipient = entered["recipient"]
+    bob.report(job_id, slurm_job_id="4242", state="done")
+    body = {"projects": ["CARDIO_ECG"], "dataset": "ecg", "dataset_version": 2,
             "results": [{"name": "notes.txt", "size": 40, "sha256": "a" * 64},
                         {"name": "summary.csv", "size": 30, "sha256": "b" * 64}],
             "share": rv.wrap(os.urandom(74), recipient),
             "previews": {"notes.txt": rv.wrap(b"<script>alert(1)</script><b>bold</b>", recipient),
                          "summary.csv": rv.wrap(b"patient,age\nP<i>1</i>,54\n", recipient)}}
     with pytest.raises(rv.PermissionDenied):  # sealed to another key: the hub refuses it
-        client.register("j" + os.urandom(6).hex(), {**body, "share": rv.wrap(b"x", AgeIdentity.generate().recipient)})
-    assert client.register(job_id, body)["state"] == "held"
+        bob.register(job_id, {**body, "share": rv.wrap(b"x", AgeIdentity.generate().recipient)})
+    with pytest.raises(rv.PermissionDenied):  # a preview sealed to another key too
+        bob.register(job_id, {**body, "previews": {"notes.txt": rv.wrap(b"x", AgeIdentity.generate().recipient)}})
+    assert bob.register(job_id, body)["state"] == "held"
 
     env = {**os.environ, "NODE_PATH": str(REPO / "labextension" / "node_modules")}
     proc = subprocess.run(["node", str(REPO / "tests" / "e2e" / "review_page.js"), hub.url, "dave",
@@ -270,6 +471,6 @@ def test_review_page_in_a_browser_rejects_without_javascript(review_hub):
     assert facts["reasonLabel"].startswith("Reason")
     assert facts["afterUrl"].endswith("/hub/xnat-hpc/review?notice=reject")
     assert facts["afterState"] == "rejected: summary.csv names single patients"
-    status = client.status(job_id, share=True)
+    status = bob.status(job_id, share=True)
     assert status["state"] == "rejected" and status["reason"] == "summary.csv names single patients"
     assert "share" not in status

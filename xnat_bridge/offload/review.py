@@ -373,16 +373,14 @@ class HeldResults:
 
 
 # -- the server's side of a job run ---------------------------------------------------------
-def dataset_projects(manifest) -> list[str]:
-    """The XNAT projects of a dataset's selection (pure)."""
-    return sorted({str(item["project"]) for item in manifest.selection if item.get("project")})
-
-
-def registration(job_id: str, rec, manifest, slurm_job_id: str | None, facts: dict, sealed: dict) -> dict:
+def registration(job_id: str, rec, review_projects: list[str], slurm_job_id: str | None, facts: dict,
+                 sealed: dict) -> dict:
     """What the server registers with the hub for a held job (pure): public facts and
-    ciphertext sealed to the hub; never the server's share."""
+    ciphertext sealed to the job's review key; never the server's share. *review_projects*
+    are the projects the hub's ledger named when it entered the job (the hub takes them
+    from its ledger anyway; they are kept here so that the server shows the same)."""
     return {"job": job_id, "dataset": rec.dataset, "dataset_version": rec.dataset_version,
-            "projects": dataset_projects(manifest), "manifest_sha256": rec.manifest_sha256,
+            "projects": sorted(review_projects), "manifest_sha256": rec.manifest_sha256,
             "script_sha256": rec.script_sha256, "slurm_job_id": slurm_job_id or "",
             "results": [{"name": f["name"], "size": int(f["size"]), "sha256": f["sha256"]}
                         for f in facts["files"]],
@@ -399,7 +397,7 @@ def hold(run, result: dict, provenance: dict, now: str) -> dict:
     held.save_share(unwrap(sealed["user_share"], run.result_identity))
     archive, run.results_archive = str(run.results_archive), None
     rec = run.ctx.registry.get(run.id)
-    payload = registration(run.id, rec, run.manifest, run.slurm_job_id, facts, sealed)
+    payload = registration(run.id, rec, run.review["review"], run.slurm_job_id, facts, sealed)
     state = {"state": "held", "reason": "", "since": now, "projects": payload["projects"],
              "pending": list(payload["projects"]), "archive": archive,
              "registered": False, "payload": payload, "provenance": provenance}
