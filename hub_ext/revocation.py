@@ -53,7 +53,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from traitlets import Enum, Float, TraitError, Unicode, validate
 from traitlets.config import LoggingConfigurable
 
-from xnat_bridge import procs
+from xnat_bridge import slurm
 from xnat_bridge.errors import CommandFailed, NotFound, XnatHpcError
 from xnat_bridge.private import open_directory, read_regular
 
@@ -61,9 +61,8 @@ log = logging.getLogger(__name__)
 
 #: what the ``on_revoke`` setting may say
 ON_REVOKE = ("stop", "narrow")
-#: Slurm states of a job that still holds (or will hold) the dataset
-ACTIVE_STATES = ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "SUSPENDED", "REQUEUED",
-                 "RESIZING", "SIGNALING", "STAGE_OUT", "REQUEUE_HOLD", "REQUEUE_FED")
+#: Slurm states of a job that still holds (or will hold) the dataset: the adapter's one list
+ACTIVE_STATES = slurm.ACTIVE_STATES
 #: a per-user directory name (the staging area's rule, :mod:`xnat_bridge.staging.area`)
 _NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._@+\-]{0,127}$")
 _BUNDLE_ID_RE = re.compile(r"^[0-9a-f]{12}-[0-9a-f]{12}$")
@@ -171,30 +170,17 @@ def ledger_jobs_hit(rows: Iterable[Mapping], user: str, project: str) -> list[Su
     return out
 
 
-@dataclasses.dataclass(frozen=True)
-class SlurmJob:
-    """One line of ``squeue -h -o '%i|%u|%T'``."""
-
-    slurm_id: str
-    user: str
-    state: str
-
-
-def parse_squeue(text: str) -> dict[str, SlurmJob]:
-    """``squeue -h -o '%i|%u|%T'`` output → jobs by id (pure)."""
-    jobs: dict[str, SlurmJob] = {}
-    for line in text.splitlines():
-        parts = [p.strip() for p in line.split("|")]
-        if len(parts) == 3 and parts[0]:
-            jobs[parts[0]] = SlurmJob(*parts)
-    return jobs
+#: one job as Slurm lists it, and the batched ``squeue`` parser: the adapter's (:mod:`xnat_bridge.slurm`)
+SlurmJob = slurm.SlurmJob
+parse_squeue = slurm.parse_squeue
 
 
 def cancel_decision(job: SubmittedJob, listed: SlurmJob | None, unix_user: str) -> str:
     """Whether to ``scancel`` *job* given what Slurm lists now (pure): ``"cancel"``, or why not
-    (``"ended"``, ``"not the user's job"``). A job id that an event names but Slurm runs for
-    another account is never touched: events come from the user's own server."""
-    if listed is None or listed.state.split()[0] not in ACTIVE_STATES:
+    (``"ended"``, ``"not the user's job"``). A job id the ledger has (as the server reported
+    it) but Slurm runs for another account is never touched. A state Slurm lists that the
+    adapter does not know is cancelled: a revocation errs on the side of the project."""
+    if listed is None or slurm.is_terminal(listed.state):
         return "ended"
     if listed.user != unix_user:
         return "not the user's job"
@@ -220,13 +206,9 @@ def bundle_files_to_remove(sidecars: Mapping[str, Mapping], manifests: set[str])
 # -- effects ------------------------------------------------------------------------------
 
 async def squeue(ids: Iterable[str]) -> dict[str, SlurmJob]:
-    """What Slurm lists now for *ids* (jobs it forgot are absent)."""
-    ids = sorted({i for i in ids if i.isdigit()})
-    if not ids:
-        return {}
-    result = await procs.arun(["squeue", "-h", "-j", ",".join(ids), "-o", "%i|%u|%T"], timeout=30,
-                              check=False)
-    return parse_squeue(result.stdout)
+    """What Slurm lists now for *ids*, in one ``squeue`` call (jobs it forgot are absent);
+    :class:`CommandFailed` when Slurm cannot say (controller down, ...)."""
+    return await slurm.astatus(ids, timeout=30)
 
 
 async def cancel_jobs(jobs: list[SubmittedJob], unix_user: str) -> list[tuple[SubmittedJob, str]]:
@@ -238,9 +220,9 @@ async def cancel_jobs(jobs: list[SubmittedJob], unix_user: str) -> list[tuple[Su
         decision = cancel_decision(job, listed.get(job.slurm_id), unix_user)
         if decision == "cancel":
             try:
-                await procs.arun(["scancel", job.slurm_id], timeout=30)
+                await slurm.acancel([job.slurm_id], timeout=30)
                 decision = "cancelled"
-            except CommandFailed as exc:
+            except XnatHpcError as exc:  # CommandFailed, or an id that is no Slurm job id
                 decision = f"scancel failed: {exc.message}"[:300]
         outcomes.append((job, decision))
     return outcomes

@@ -9,11 +9,13 @@ Differences from plain batchspawner, on purpose:
   one-time code bound to its job id (:mod:`hub_ext.bootstrap`), which also
   records the server's port instead of batchspawner's set-any-attribute API;
 * ``sbatch`` runs as the user (``runuser`` when the hub is root); ``squeue`` and
-  ``scancel`` run as the hub. All three go through the project's subprocess
-  gateway (:func:`xnat_bridge.procs.arun`): argument lists, no shell, logged at
-  debug (batchspawner's ``exec_prefix``, ``batch_submit_cmd``, ``batch_query_cmd``
-  and ``batch_cancel_cmd`` shell templates are not used; its ``state_*_re``
-  patterns still read ``squeue``'s answer);
+  ``scancel`` run as the hub. All three come from the one Slurm adapter
+  (:mod:`xnat_bridge.slurm`, through the subprocess gateway :mod:`xnat_bridge.procs`):
+  argument lists, no shell, logged at debug (batchspawner's ``exec_prefix``,
+  ``batch_submit_cmd``, ``batch_query_cmd`` and ``batch_cancel_cmd`` shell templates
+  are not used); its ``state_*_re`` patterns still read ``squeue``'s answer for the
+  job (``STATE NODE``), and which states are pending or running is the adapter's one
+  list (:data:`~xnat_bridge.slurm.PENDING_STATES`, :data:`~xnat_bridge.slurm.RUNNING_STATES`);
 * the hub must serve the bootstrap API (``c.JupyterHub.extra_handlers``,
   :mod:`hub_ext.handlers`): a start without it fails at once, saying so;
 * progress events say what Slurm is doing (submitted, pending with reason, running);
@@ -26,7 +28,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import sys
 
 from traitlets import Float, List, Unicode, default
@@ -35,7 +36,8 @@ from hub_ext import bootstrap
 from hub_ext.errors import spawn_error
 from hub_ext.handlers import CONFIG_LINE, missing_routes
 from hub_ext.unix_accounts import unix_account
-from xnat_bridge import procs
+from xnat_bridge import procs  # noqa: F401 - the gateway under the adapter (tests patch procs.arun here)
+from xnat_bridge import slurm
 from xnat_bridge.errors import CommandFailed, SlurmError, XnatHpcError
 from xnat_bridge.extras import needs_extra
 
@@ -47,19 +49,6 @@ from .userdirs import prepare_staging
 with needs_extra("hub", "the Slurm backend (spawner.slurm)"):
     from batchspawner import SlurmSpawner
     from batchspawner.batchspawner import JobStatus
-
-#: ``squeue`` output format: state and node, what batchspawner's SlurmSpawner patterns read
-SQUEUE_FORMAT = "%T %B"
-
-
-def squeue_argv(job_id: str) -> list[str]:
-    """The query of one job's state and node (``RUNNING node1``)."""
-    return ["squeue", "-h", "-j", job_id, "-o", SQUEUE_FORMAT]
-
-
-def scancel_argv(job_id: str) -> list[str]:
-    return ["scancel", job_id]
-
 
 class XnatSlurmSpawner(XnatScopedSpawner, SlurmSpawner):
     """A Slurm job per server; resources from the admin's profile only."""
@@ -92,6 +81,22 @@ class XnatSlurmSpawner(XnatScopedSpawner, SlurmSpawner):
     @default("startup_poll_interval")
     def _default_poll(self):
         return 0.1
+
+    state_pending_re = Unicode(
+        slurm.state_regex(slurm.PENDING_STATES),
+        help="""Pattern of ``squeue``'s ``STATE NODE`` answer for a job that waits (batchspawner's
+        trait). Default: the Slurm adapter's pending states (:data:`xnat_bridge.slurm.PENDING_STATES`:
+        PENDING, CONFIGURING, REQUEUED, held, ...), each a whole word at the start. Warning: a
+        state matched by neither this nor ``state_running_re`` makes the hub take the server
+        for gone.""",
+    ).tag(config=True)
+
+    state_running_re = Unicode(
+        slurm.state_regex(slurm.RUNNING_STATES),
+        help="""Pattern of ``squeue``'s ``STATE NODE`` answer for a job that holds its node
+        (batchspawner's trait). Default: the Slurm adapter's running states
+        (:data:`xnat_bridge.slurm.RUNNING_STATES`: RUNNING, COMPLETING, SUSPENDED, ...).""",
+    ).tag(config=True)
 
     bootstrap_ttl = Float(
         900.0, help="Seconds a job has to fetch its secrets from the hub after submission.",
@@ -141,17 +146,18 @@ class XnatSlurmSpawner(XnatScopedSpawner, SlurmSpawner):
                                                           "jupyterhub-singleuser"), *self.get_args()),
                                  home=home, extra_directives=tuple(self.extra_directives))
         script = batch_script(plan, settings, list(public))
-        argv = [shutil.which("sbatch") or "sbatch", "--parsable"]
-        if os.geteuid() == 0 and self.user.name != "root":
-            argv = [procs.which("runuser") or "/usr/sbin/runuser", "-u", self.user.name, "--", *argv]
-        self.log.debug("submitting server job for %s: %s", self._log_name, argv)
+        run_as = self.user.name if os.geteuid() == 0 and self.user.name != "root" else None
+        self.log.debug("submitting server job for %s (sbatch as %s)", self._log_name, run_as or "the hub")
         try:
-            done = await procs.arun(argv, input=script.encode(), env=public, cwd=home, timeout=None)
+            job_id = await slurm.asubmit(script, run_as=run_as, env=public, cwd=home, timeout=None)
         except CommandFailed as exc:
             bootstrap.registry.revoke(self)
             message = exc.stderr.strip() or f"exit code {exc.returncode}"
             raise SlurmError(f"Slurm refused the server job: {message}") from None
-        self.job_id = done.stdout.strip().split(";")[0]
+        if not job_id:
+            bootstrap.registry.revoke(self)
+            raise SlurmError("Slurm gave no job id for the server job (sbatch --parsable printed none)")
+        self.job_id = job_id
         bootstrap.registry.bind(code, self.job_id)
         self._progress(40, f"Submitted Slurm job {self.job_id} "
                            f"(partition {plan.profile.resources.partition or 'default'})")
@@ -164,7 +170,7 @@ class XnatSlurmSpawner(XnatScopedSpawner, SlurmSpawner):
             self.job_status = ""
             return JobStatus.NOTFOUND
         try:
-            self.job_status = (await procs.arun(squeue_argv(self.job_id), timeout=None)).stdout.strip()
+            self.job_status = await slurm.astate_node(self.job_id, timeout=None)
         except CommandFailed as exc:  # e.g. "slurm_load_jobs error: ..." (state_unknown_re)
             self.job_status = exc.stderr.strip()
         except Exception:  # noqa: BLE001 - as batchspawner: an unreadable state is "not found"
@@ -188,7 +194,7 @@ class XnatSlurmSpawner(XnatScopedSpawner, SlurmSpawner):
 
     async def cancel_batch_job(self):
         self.log.info("cancelling Slurm job %s of %s", self.job_id, self._log_name)
-        await procs.arun(scancel_argv(self.job_id), timeout=None)
+        await slurm.acancel([self.job_id], timeout=None)
 
     def state_gethost(self):
         return self.server_host or super().state_gethost()

@@ -1,7 +1,8 @@
-"""Every Slurm command of the offload layer, through the project's gateway :mod:`xnat_bridge.procs`.
+"""The offload layer's side of Slurm: the adapter :mod:`xnat_bridge.slurm`, as a job run uses it.
 
 * :func:`slurm_state`, :func:`wait_gone`, :func:`scancel` — what the server
-  asks Slurm about one job (``squeue``, ``scancel``);
+  asks Slurm about one job (the adapter's batched status and cancel, with the
+  run's rules: a failure is logged, never raised);
 * :func:`partition_tmp_disk` — the node-local scratch of a partition's nodes
   (``sinfo -o %d``, their ``TmpDisk``), checked before a job is submitted;
 * :func:`make_slurm_cluster` — the default cluster factory of
@@ -21,34 +22,39 @@ import sys
 import threading
 import time
 
-from .. import procs
-from ..errors import CommandFailed
+from .. import procs, slurm
+from ..errors import CommandFailed, XnatHpcError
 from ..extras import needs_extra
+from ..slurm import parse_tmp_disk
+
+__all__ = ["SLURM_COMMAND_TIMEOUT", "gateway_job_class", "load_slurm_cluster", "make_slurm_cluster",
+           "parse_tmp_disk", "partition_tmp_disk", "scancel", "slurm_state", "wait_gone"]
 
 log = logging.getLogger(__name__)
 
 #: seconds one ``sbatch``/``scancel`` of dask-jobqueue may take (slurmctld retries while it is down)
 SLURM_COMMAND_TIMEOUT = 120
-_ENDED = ("COMPLETED", "CANCELLED", "FAILED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL",
-          "DEADLINE", "PREEMPTED")
 _IMPORT_LOCK = threading.Lock()
 _JOB_CLASS = None
 
 
 def slurm_state(slurm_job_id: str) -> str | None:
-    """The job's Slurm state (``RUNNING``, ``COMPLETED``, ...) or None when Slurm forgot it."""
+    """The job's Slurm state (``RUNNING``, ``COMPLETED``, ...) or None when Slurm forgot it, or
+    cannot say (``squeue`` failing)."""
     try:
-        out = procs.run(["squeue", "-h", "-j", slurm_job_id, "-o", "%T"], timeout=20).stdout.strip()
+        job = slurm.status([slurm_job_id], timeout=20).get(str(slurm_job_id))
     except CommandFailed:
         return None
-    return out.splitlines()[0].strip() if out else None
+    return job.state if job else None
 
 
 def wait_gone(slurm_job_id: str | None, timeout: float = 30) -> bool:
-    """Wait until Slurm no longer lists the job as pending/running (its traps have run)."""
+    """Wait until Slurm no longer lists the job as pending/running (its traps have run): it
+    ended (:data:`~xnat_bridge.slurm.TERMINAL_STATES`) or Slurm forgot it."""
     deadline = time.monotonic() + timeout
     while slurm_job_id and time.monotonic() < deadline:
-        if slurm_state(slurm_job_id) in (None, *_ENDED):
+        state = slurm_state(slurm_job_id)
+        if state is None or slurm.is_terminal(state):
             return True
         time.sleep(0.2)
     return not slurm_job_id
@@ -58,32 +64,20 @@ def scancel(slurm_job_id: str | None) -> None:
     """``scancel`` the job (nothing without an id); a failure is logged, never raised."""
     if slurm_job_id:
         try:
-            procs.run(["scancel", str(slurm_job_id)], timeout=30)
-        except CommandFailed as e:
+            slurm.cancel([str(slurm_job_id)], timeout=30)
+        except XnatHpcError as e:  # CommandFailed, or an id that is no Slurm job id
             log.warning("scancel %s failed: %s", slurm_job_id, e.message)
-
-
-def parse_tmp_disk(text: str) -> int | None:
-    """Bytes of the smallest ``TmpDisk`` in ``sinfo -h -o %d`` output (MB per line, Slurm's MB
-    being MiB; a ``+`` marks a range's lower bound); None when no node declares one (pure)."""
-    sizes = []
-    for line in text.split():
-        value = line.strip().rstrip("+")
-        if value.isdigit() and int(value) > 0:
-            sizes.append(int(value))
-    return min(sizes) * 2**20 if sizes else None
 
 
 def partition_tmp_disk(partition: str) -> int | None:
     """The node-local scratch of *partition*'s nodes in bytes (the smallest ``TmpDisk``), or
     None when Slurm cannot say (no ``TmpDisk`` declared, ``sinfo`` failing: nothing to check)."""
     try:
-        out = procs.run(["sinfo", "-h", "-p", partition, "-o", "%d"], timeout=20).stdout
+        return slurm.tmp_disk(partition, timeout=20)
     except CommandFailed as e:
         log.info("sinfo for partition %s failed (%s): the node-local scratch is not checked",
                  partition, e.message)
         return None
-    return parse_tmp_disk(out)
 
 
 def load_slurm_cluster():
