@@ -25,13 +25,19 @@ and JSON); the bootstrap API; the spawn REST API and form; the owners' access pa
 (``/hub/xnat-hpc/owner/access``: the page, ``?project=``, grant and revoke forms — a refused
 change leaves XNAT's user list of the project as it was, asked as XNAT's admin); results
 review (``/hub/xnat-hpc/review``: the page, the mark and decide forms — a refused one
-leaves the review policy and the held job as they were — and the servers' API
-``/hub/api/xnat-hpc/review/policy`` and ``…/review/jobs/{job}``: a job and its key share
-only to its own user's token); the audit ingest (``/hub/api/xnat-hpc/audit``: only a
-running server's own token; a refused batch appends nothing to the hub's trail). For the
-review cells the fixture has dave mark CARDIO_ECG for review, registers held jobs of bob
-(CARDIO_ECG) and alice (NEURO_MRI, which she then approves) through that API with their
-servers' tokens, and carries previews whose markers must not reach another owner's page.
+leaves the marked projects, read from the hub's review store, and the held job as they
+were — and the servers' API ``…/review/jobs/{job}``: held results only for a job the
+ledger entered, sealed to that job's own review key, from its server's own token; a job
+and its key share only to its own user's token; ``…/review/policy`` is gone, 410); the
+job ledger (``/hub/api/xnat-hpc/jobs/{job}``: only a running server's own token enters or
+reports a job, whose projects are that server's scope and never the body's claim; a job
+is read only by its own user's token); the audit ingest (``/hub/api/xnat-hpc/audit``: only
+a running server's own token; a refused batch appends nothing to the hub's trail). For
+the review cells the fixture has alice mark NEURO_MRI and dave CARDIO_ECG for review,
+enters jobs of bob (scope CARDIO_ECG: review by CARDIO_ECG) and alice (scope NEURO_MRI +
+SLEEP_EEG: review by NEURO_MRI) in the ledger with their servers' tokens, holds their
+results sealed to each job's own recipient (alice then approves hers), and carries
+previews whose markers must not reach another owner's page.
 XNAT's own plugin starting servers as the ``xnat`` service is tested in
 ``test_xnat_plugin_hub.py``.
 
@@ -45,7 +51,7 @@ none was deleted or cancelled). A cell that shows a product gap not fixed yet ca
 
 The revoked cells of the server API come last and wait (once) until the servers'
 permission cache (60 s) has expired since the revocation: XNAT's revocation takes effect
-within that TTL by design. One run takes about one and a half minutes: 253 cells (113 on
+within that TTL by design. One run takes about one and a half minutes: 283 cells (143 on
 the hub's routes, 140 on the server API), none of them an open finding.
 """
 
@@ -63,6 +69,7 @@ import pytest
 import requests
 
 from devstack.accounts import install_file
+from hub_ext.review_store import JOB_ID_RE, ReviewStore
 from tests.fixtures.spawn import audit_events, make_hub, process_environ, server_process, stop_server, wait_ready
 from xnat_bridge.offload import review as rv
 from xnat_bridge.staging import AgeIdentity
@@ -86,7 +93,7 @@ ALICE_DATASETS = ("authz-mri", "authz-sleep", "authz-doomed", "authz-cell")
 class Who:
     label: str
     user: str | None = None
-    cred: str = "token"  # none | token | limited | deleted | used | server | cookie
+    cred: str = "token"  # none | token | limited | deleted | used | server | activity | cookie
 
 
 NOBODY = Who("no auth", cred="none")
@@ -108,6 +115,9 @@ REVOKED_COOKIE = Who("revoked", "alice", "cookie")
 REVOKED_OWNER_COOKIE = Who("revoked", "carol", "cookie")
 OUT_OF_SCOPE = Who("out of scope", "bob")
 TOKEN_ON_PAGE = Who("API token (pages take the login cookie only)", "alice")
+#: a personal token of alice's limited to reporting her activity: the scope a server's token
+#: holds, but no server's token (only a server enters jobs in the hub's ledger)
+ACTIVITY_TOKEN = Who("personal token with users:activity", "alice", "activity")
 
 
 # -- the world the cells run in ------------------------------------------------------------
@@ -124,6 +134,7 @@ class World:
     jobs: set[str] = dataclasses.field(default_factory=set)  # alice's job ids once the fixture is done
     values: dict[str, str] = dataclasses.field(default_factory=dict)
     members: dict[str, set] = dataclasses.field(default_factory=dict)  # XNAT's users of each project
+    ledger: dict[str, dict] = dataclasses.field(default_factory=dict)  # alice's ledger rows after set-up
 
     def fmt(self, text: str) -> str:
         return text.format(**self.values)
@@ -148,6 +159,19 @@ class World:
         """The hub's review API with *user*'s own token (set-up and after-checks)."""
         return requests.request(method, f"{self.hub.url}/hub/api/xnat-hpc/review/{path}",
                                 headers={"Authorization": f"token {self.tokens[user]}"}, timeout=60, **kw)
+
+    def ledger_api(self, user: str, method: str, job: str, **kw):
+        """The hub's job ledger (``/hub/api/xnat-hpc/jobs/{job}``) with the token ``tokens[user]``
+        (``alice-server``: her server's own token)."""
+        return requests.request(method, f"{self.hub.url}/hub/api/xnat-hpc/jobs/{job}",
+                                headers={"Authorization": f"token {self.tokens[user]}"}, timeout=60, **kw)
+
+    def marked(self) -> list[str]:
+        """The projects marked for review, read from the hub's review store (hub_ext.review_store,
+        at its default path under the hub's working directory) as the hub reads them."""
+        path = Path(self.hub.log_path).parent / "xnat-hpc-review" / "review.db"
+        assert path.exists(), f"no review store at {path}"
+        return sorted(ReviewStore(path=str(path)).marked())
 
     def post_form(self, user: str, path: str, **data) -> requests.Response:
         """A form of the hub's pages posted by *user* (logged in), with their _xsrf."""
@@ -212,6 +236,8 @@ def world(shared_devxnat, unix_users, staging, slurm, tmp_path_factory):
         sessions = {u: _login(hub, u) for u in ("alice", "bob", "carol", "dave", "admin")}
         tokens = {u: _token(hub, u) for u in ("alice", "bob", "admin")}
         tokens["alice-limited"] = _token(hub, "alice", scopes=["read:users!user=alice"])
+        tokens["alice-activity"] = _token(hub, "alice", note="authz matrix: activity",
+                                          scopes=["users:activity!user"])
         tokens["alice-deleted"] = _token(hub, "alice", note="authz matrix: deleted")
         tokens["alice-used"] = _token(hub, "alice", note="authz matrix: used")
         install_file("alice", EXAMPLE, SCRIPT)  # left alone when the demo put it there already
@@ -289,11 +315,31 @@ def world(shared_devxnat, unix_users, staging, slurm, tmp_path_factory):
 #: the role alice grants carol on NEURO_MRI in the grant cell (revoked again in the next cell)
 GRANT_GROUP = "Collaborators"
 #: held jobs registered for the review cells: bob's on CARDIO_ECG (dave reviews, still held),
-#: alice's on NEURO_MRI (she owns it and approved it: its share is released to her token only)
+#: alice's on NEURO_MRI (she owns it and approved it: its share is released to her token only).
+#: Each is first entered in the hub's job ledger by its server's own token; its projects are
+#: that server's scope (bob: CARDIO_ECG; alice: NEURO_MRI + SLEEP_EEG), of which the marked
+#: ones need review (bob's: CARDIO_ECG, marked by dave; alice's: NEURO_MRI, marked by her).
 BOB_REVIEW, ALICE_REVIEW = "jb0b000000001", "ja11ce0000001"
 BOB_REVIEW_ADMIN = "jb0b000000002"  # another of bob's, for the site admin's decision cell only
+#: alice's ledger job that needs review but holds nothing: bob's server posts under its id, a
+#: share sealed to another key (another job's, a stranger's) is refused for it
+ALICE_LEDGER = "ja11ce0000002"
+#: alice's ledger job entered before NEURO_MRI was marked: it needs no review, has no key
+ALICE_PLAIN = "ja11ce0000003"
+#: ids no ledger knows: refused entries and registrations, and the server's entry cell
+UNKNOWN_JOB, REFUSED_JOB, NEW_JOB = "j0000000dead1", "j0000000dead2", "j0000000e0001"
+assert all(JOB_ID_RE.match(j) for j in (BOB_REVIEW, ALICE_REVIEW, BOB_REVIEW_ADMIN, ALICE_LEDGER, ALICE_PLAIN,
+                                        UNKNOWN_JOB, REFUSED_JOB, NEW_JOB))
 BOB_RESULT, ALICE_RESULT = "bob-held-result.csv", "alice-held-result.csv"
 BOB_PREVIEW, ALICE_PREVIEW = "BOB-PREVIEW-7c1e", "ALICE-PREVIEW-5d2f"
+#: what the review cells find marked: CARDIO_ECG (dave) and NEURO_MRI (alice), both in set-up
+MARKED = ("CARDIO_ECG", "NEURO_MRI")
+
+
+def entry(user: str, script: str = "b") -> dict:
+    """What a server says about a job it enters in the ledger (the digests are the demo's)."""
+    return {"dataset": f"authz-{user}", "dataset_version": 1, "manifest_sha256": "a" * 64,
+            "script_sha256": script * 64}
 
 
 def project_members(devxnat, project: str) -> set[tuple[str, str]]:
@@ -304,26 +350,56 @@ def project_members(devxnat, project: str) -> set[tuple[str, str]]:
 
 
 def _review_setup(world: World) -> None:
-    """Servers' tokens; dave marks CARDIO_ECG for review; bob's and alice's jobs held; alice
-    approves hers (her own project) through the hub's form."""
+    """Servers' tokens; alice marks NEURO_MRI and dave CARDIO_ECG for review; the servers enter
+    bob's and alice's jobs in the hub's ledger (each gets its own review recipient) and hold
+    their results sealed to it; alice approves hers (her own project) through the hub's form."""
     for user in ("alice", "bob"):
         srv = world.hub.api("GET", f"/users/{user}").json()["servers"][SERVER]
         world.tokens[f"{user}-server"] = process_environ(server_process(user, srv))["JUPYTERHUB_API_TOKEN"]
     r = world.post_form("dave", "/hub/xnat-hpc/review/projects", project="CARDIO_ECG", review="on")
     assert r.status_code == 302, r.text
-    recipient = world.review_api("bob", "GET", "policy?projects=CARDIO_ECG").json()["recipient"]
-    for user, job, project, result, preview in (("bob", BOB_REVIEW, "CARDIO_ECG", BOB_RESULT, BOB_PREVIEW),
-                                                ("bob", BOB_REVIEW_ADMIN, "CARDIO_ECG", BOB_RESULT, BOB_PREVIEW),
-                                                ("alice", ALICE_REVIEW, "NEURO_MRI", ALICE_RESULT, ALICE_PREVIEW)):
+    # entered while none of its server's scope was marked: no review, no key
+    r = world.ledger_api("alice-server", "POST", ALICE_PLAIN, json=entry("alice"))
+    assert r.status_code == 201, r.text
+    assert (r.json()["projects"], r.json()["review"], r.json()["recipient"]) == (
+        ["NEURO_MRI", "SLEEP_EEG"], [], None), r.text
+    r = world.post_form("alice", "/hub/xnat-hpc/review/projects", project="NEURO_MRI", review="on")
+    assert r.status_code == 302, r.text
+    assert world.marked() == sorted(MARKED)
+    recipients = {}
+    for user, job, scope, review in (("bob", BOB_REVIEW, ["CARDIO_ECG"], ["CARDIO_ECG"]),
+                                     ("bob", BOB_REVIEW_ADMIN, ["CARDIO_ECG"], ["CARDIO_ECG"]),
+                                     ("alice", ALICE_REVIEW, ["NEURO_MRI", "SLEEP_EEG"], ["NEURO_MRI"]),
+                                     ("alice", ALICE_LEDGER, ["NEURO_MRI", "SLEEP_EEG"], ["NEURO_MRI"])):
+        r = world.ledger_api(f"{user}-server", "POST", job, json=entry(user))
+        assert r.status_code == 201, r.text
+        got = r.json()
+        assert (got["user"], got["server"], got["projects"], got["review"]) == (user, SERVER, scope, review), got
+        assert got["recipient"].startswith("age1"), got
+        recipients[job] = got["recipient"]
+        r = world.ledger_api(f"{user}-server", "PATCH", job, json={"slurm_job_id": "4242", "state": "running"})
+        assert r.status_code == 200 and r.json()["slurm_job_id"] == "4242", r.text
+    for user, job, result, preview in (("bob", BOB_REVIEW, BOB_RESULT, BOB_PREVIEW),
+                                       ("bob", BOB_REVIEW_ADMIN, BOB_RESULT, BOB_PREVIEW),
+                                       ("alice", ALICE_REVIEW, ALICE_RESULT, ALICE_PREVIEW)):
+        recipient = recipients[job]
         r = world.review_api(f"{user}-server", "POST", f"jobs/{job}", json={
-            "projects": [project], "dataset": f"authz-{user}", "dataset_version": 1, "slurm_job_id": "4242",
             "results": [{"name": result, "size": len(preview), "sha256": "0" * 64}],
             "share": rv.wrap(os.urandom(32), recipient), "previews": {result: rv.wrap(preview.encode(), recipient)}})
         assert r.status_code == 201, r.text
+        assert (r.json()["state"], r.json()["pending"]) == ("held", r.json()["projects"]), r.text
     r = world.post_form("alice", f"/hub/xnat-hpc/review/jobs/alice/{ALICE_REVIEW}", decision="approve")
     assert r.status_code == 302, r.text
     assert world.review_api("alice", "GET", f"jobs/{ALICE_REVIEW}").json()["state"] == "approved"
+    for job in (ALICE_REVIEW, ALICE_LEDGER, ALICE_PLAIN):
+        r = world.ledger_api("alice-server", "GET", job)
+        assert r.status_code == 200, r.text
+        world.ledger[job] = r.json()
     world.values.update(alice_review=ALICE_REVIEW, bob_review=BOB_REVIEW, bob_review_admin=BOB_REVIEW_ADMIN,
+                        alice_ledger=ALICE_LEDGER, alice_plain=ALICE_PLAIN,
+                        alice_recipient=recipients[ALICE_REVIEW], alice_ledger_recipient=recipients[ALICE_LEDGER],
+                        # alice's approved job's share replayed for another of her jobs
+                        replayed_share=rv.wrap(os.urandom(32), recipients[ALICE_REVIEW]),
                         alice_server_token=world.tokens["alice-server"],
                         bob_server_token=world.tokens["bob-server"])
 
@@ -389,7 +465,7 @@ def perform(world: World, cell: Cell) -> tuple[requests.Response, str]:
         session = world.sessions[who.user]
     elif who.cred == "token":
         headers["Authorization"] = f"token {world.tokens[who.user]}"
-    elif who.cred in ("limited", "deleted", "used", "server"):
+    elif who.cred in ("limited", "deleted", "used", "server", "activity"):
         headers["Authorization"] = f"token {world.tokens[f'{who.user}-{who.cred}']}"
     body = _render(world, cell.json)
     if body is not None:
@@ -663,16 +739,44 @@ REVIEW = "/hub/xnat-hpc/review"
 REVIEW_API = "/hub/api/xnat-hpc/review/"
 #: the hub's review key and the key shares never show; nor another job's results and previews
 REVIEW_SECRETS = ("AGE-SECRET-KEY", '"share"')
+#: a well-formed registration whose share is sealed to a stranger's key (no job's)
+REGISTRATION = {"results": [{"name": "intruder.csv", "size": 1, "sha256": "0" * 64}],
+                "share": rv.wrap(b"x" * 32, AgeIdentity.generate().recipient)}
 BOB_HELD = (BOB_REVIEW, BOB_RESULT, BOB_PREVIEW)
 ALICE_HELD = (ALICE_REVIEW, ALICE_RESULT, ALICE_PREVIEW)
 
 
 def review_marked(*projects: str):
-    """after: the review policy is still exactly *projects* (of the demo's)."""
+    """after: the projects marked for review are still exactly *projects* (the hub's store)."""
     def after(world: World) -> None:
-        r = world.review_api("bob", "GET", "policy?projects=" + ",".join(DEMO_PROJECTS))
-        assert r.status_code == 200 and r.json()["review"] == sorted(projects), r.text
+        assert world.marked() == sorted(projects)
     return after
+
+
+def ledger_unchanged(job: str):
+    """after: alice's ledger row of *job* is what it was after set-up (her server's token)."""
+    def after(world: World) -> None:
+        r = world.ledger_api("alice-server", "GET", job)
+        assert r.status_code == 200 and r.json() == world.ledger[job], r.text
+    return after
+
+
+def not_in_ledger(job: str):
+    """after: alice has no ledger job *job* (her own token)."""
+    def after(world: World) -> None:
+        r = world.ledger_api("alice", "GET", job)
+        assert r.status_code == 404, f"job {job} was entered: {r.text}"
+    return after
+
+
+def entered_from_scope(user: str, scope: list[str], review: list[str], claimed: str):
+    """check: the ledger entered the job as *user*'s server's, with that server's scope and
+    never the body's ``projects`` claim (*claimed*)."""
+    def check(world: World, r) -> None:
+        got = r.json()
+        assert (got["user"], got["server"], got["projects"], got["review"]) == (user, SERVER, scope, review), got
+        assert got["recipient"].startswith("age1") and claimed not in r.text, r.text
+    return check
 
 
 def held(job: str):
@@ -683,6 +787,8 @@ def held(job: str):
 
 
 bob_job_held = held(BOB_REVIEW)
+
+
 def not_registered(job: str):
     def after(world: World) -> None:
         assert world.review_api("alice", "GET", f"jobs/{job}").status_code == 404, f"job {job} was registered"
@@ -706,21 +812,21 @@ HUB_CELLS += [
     # review.py: "site admins are not owners" — XNAT's site admin reviews nothing
     Cell("GET", REVIEW, ADMIN_COOKIE, (200,), hide=(*BOB_HELD, *ALICE_HELD, *REVIEW_SECRETS)),
     # marking: only an owner of the project, XSRF-checked; a refusal leaves the policy as it was
-    Cell("POST", REVIEW + "/projects", NOBODY, (403,), form=MARK_OFF, after=review_marked("CARDIO_ECG")),
+    Cell("POST", REVIEW + "/projects", NOBODY, (403,), form=MARK_OFF, after=review_marked(*MARKED)),
     Cell("POST", REVIEW + "/projects", TOKEN_ON_PAGE, (403,), form=MARK_OFF,
-         after=review_marked("CARDIO_ECG")),
+         after=review_marked(*MARKED)),
     Cell("POST", REVIEW + "/projects", DAVE_COOKIE, (403,), form=MARK_OFF, xsrf=False, show=("_xsrf",),
-         after=review_marked("CARDIO_ECG")),
+         after=review_marked(*MARKED)),
     Cell("POST", REVIEW + "/projects", OWNER_COOKIE, (403,), form=MARK_OFF,
-         show=("only an owner of CARDIO_ECG",), after=review_marked("CARDIO_ECG")),
-    Cell("POST", REVIEW + "/projects", OTHER_COOKIE, (403,), form={"project": "NEURO_MRI", "review": "on"},
-         show=("only an owner of NEURO_MRI",), after=review_marked("CARDIO_ECG")),
+         show=("only an owner of CARDIO_ECG",), after=review_marked(*MARKED)),
+    Cell("POST", REVIEW + "/projects", OTHER_COOKIE, (403,), form={"project": "NEURO_MRI", "review": "off"},
+         show=("only an owner of NEURO_MRI",), after=review_marked(*MARKED)),
     Cell("POST", REVIEW + "/projects", REVOKED_OWNER_COOKIE, (403,), form=MARK_OFF,
-         show=("only an owner of CARDIO_ECG",), after=review_marked("CARDIO_ECG")),
+         show=("only an owner of CARDIO_ECG",), after=review_marked(*MARKED)),
     Cell("POST", REVIEW + "/projects", ADMIN_COOKIE, (403,), form=MARK_OFF,
-         show=("only an owner of CARDIO_ECG",), after=review_marked("CARDIO_ECG")),
+         show=("only an owner of CARDIO_ECG",), after=review_marked(*MARKED)),
     Cell("POST", REVIEW + "/projects", DAVE_COOKIE, (302,), form={"project": "CARDIO_ECG", "review": "on"},
-         redirect="/hub/xnat-hpc/review?notice=marked", after=review_marked("CARDIO_ECG")),
+         redirect="/hub/xnat-hpc/review?notice=marked", after=review_marked(*MARKED)),
     # deciding: only an owner of the job's projects; bob's job stays held
     Cell("POST", REVIEW + "/jobs/bob/{bob_review}", NOBODY, (403,), form={"decision": "approve"},
          hide=BOB_HELD[1:], after=bob_job_held),
@@ -741,13 +847,16 @@ HUB_CELLS += [
     Cell("POST", REVIEW + "/jobs/bob/j0000000dead0", OWNER_COOKIE, (404,), form={"decision": "approve"},
          after=bob_job_held),
     # the servers' API: a user's token, in the header; a job only to its own user
+    # the review policy is gone: a job learns its review (and its own recipient) from the ledger
     Cell("GET", REVIEW_API + "policy?projects=CARDIO_ECG,NEURO_MRI", NOBODY, (403,), hide=("age1",)),
     Cell("GET", REVIEW_API + "policy?projects=CARDIO_ECG,NEURO_MRI", DELETED, (403,), hide=("age1",)),
     Cell("GET", REVIEW_API + "policy?projects=CARDIO_ECG,NEURO_MRI", OWNER_COOKIE, (403,), hide=("age1",)),
     Cell("GET", REVIEW_API + "policy?projects=CARDIO_ECG,NEURO_MRI", NO_SCOPE, (403,), hide=("age1",),
          show=("scope users:activity",)),
-    Cell("GET", REVIEW_API + "policy?projects=CARDIO_ECG,NEURO_MRI", SERVER_TOKEN, (200,), hide=REVIEW_SECRETS,
-         show=('"review": ["CARDIO_ECG"]', '"recipient": "age1')),
+    Cell("GET", REVIEW_API + "policy?projects=CARDIO_ECG,NEURO_MRI", SERVER_TOKEN, (410,), hide=("age1",),
+         show=("/hub/api/xnat-hpc/jobs/",)),
+    Cell("GET", REVIEW_API + "policy?projects=CARDIO_ECG,NEURO_MRI", OWNER, (410,), hide=("age1",),
+         show=("/hub/api/xnat-hpc/jobs/",)),
     Cell("GET", REVIEW_API + "jobs/{alice_review}", NOBODY, (403,), hide=(*ALICE_HELD[1:], *REVIEW_SECRETS)),
     Cell("GET", REVIEW_API + "jobs/{alice_review}?share=1", DELETED, (403,), hide=REVIEW_SECRETS),
     Cell("GET", REVIEW_API + "jobs/{alice_review}?share=1", OWNER_COOKIE, (403,), hide=REVIEW_SECRETS),
@@ -762,18 +871,70 @@ HUB_CELLS += [
          show=('"state": "approved"', '"share": "')),
     Cell("GET", REVIEW_API + "jobs/{bob_review}?share=1", OTHER_SERVER, (200,),
          note="held: no share", hide=REVIEW_SECRETS, show=('"state": "held"',)),
-    Cell("POST", REVIEW_API + "jobs/j0000000dead1", NOBODY, (403,), json={"projects": ["NEURO_MRI"]},
-         after=not_registered("j0000000dead1")),
-    Cell("POST", REVIEW_API + "jobs/j0000000dead1", DELETED, (403,), json={"projects": ["NEURO_MRI"]},
-         after=not_registered("j0000000dead1")),
-    Cell("POST", REVIEW_API + "jobs/j0000000dead1", OWNER_COOKIE, (403,), json={"projects": ["NEURO_MRI"]},
-         after=not_registered("j0000000dead1")),
-    # a share sealed to another key than the hub's review key is refused
-    Cell("POST", REVIEW_API + "jobs/j0000000dead1", NO_SCOPE, (403,), json={"projects": ["NEURO_MRI"]},
-         show=("scope users:activity",), after=not_registered("j0000000dead1")),
-    Cell("POST", REVIEW_API + "jobs/j0000000dead1", SERVER_TOKEN, (403,), note="foreign key",
-         json={"projects": ["NEURO_MRI"], "results": [], "share": rv.wrap(b"x" * 32, AgeIdentity.generate().recipient)},
-         show=("not sealed to this key",), after=not_registered("j0000000dead1")),
+    # registering held results: a running server's own token, for a job the ledger entered
+    *[Cell("POST", REVIEW_API + "jobs/" + UNKNOWN_JOB, who, (403,), json=REGISTRATION, note=who.cred,
+           hide=REVIEW_SECRETS, show=show, after=not_registered(UNKNOWN_JOB))
+      for who, show in ((NOBODY, ()), (DELETED, ()), (OWNER_COOKIE, ()), (NO_SCOPE, ("scope users:activity",)),
+                        (OWNER, ("running server's own hub token",)),
+                        (ACTIVITY_TOKEN, ("running server's own hub token",)))],
+    # finding 1 (issue 19): a registration of a job the ledger never entered holds nothing
+    Cell("POST", REVIEW_API + "jobs/" + UNKNOWN_JOB, SERVER_TOKEN, (404,), json=REGISTRATION,
+         note="not in the ledger", show=("not in the hub's ledger",), after=not_registered(UNKNOWN_JOB)),
+    # a share sealed to another key than the job's own review key is refused: a stranger's, or
+    # alice's approved job's (a registration replayed under another job id)
+    Cell("POST", REVIEW_API + "jobs/{alice_ledger}", SERVER_TOKEN, (403,), json=REGISTRATION, note="foreign key",
+         show=("not sealed to this key",), after=not_registered(ALICE_LEDGER)),
+    Cell("POST", REVIEW_API + "jobs/{alice_ledger}", SERVER_TOKEN, (403,), note="another job's key",
+         json={"results": [], "share": "{replayed_share}"}, show=("not sealed to this key",),
+         after=not_registered(ALICE_LEDGER)),
+    # a job that needed no review when it was entered has no key: nothing to hold
+    Cell("POST", REVIEW_API + "jobs/{alice_plain}", SERVER_TOKEN, (403,), json=REGISTRATION,
+         show=("did not need review",), after=not_registered(ALICE_PLAIN)),
+]
+
+
+# -- the job ledger (hub_ext/review.py: LedgerJobAPIHandler) ----------------------------------------
+
+LEDGER = "/hub/api/xnat-hpc/jobs/"
+#: an entry that claims bob's project: the ledger takes the projects from the server's scope
+CLAIMING = {**entry("alice"), "projects": ["CARDIO_ECG"]}
+#: alice's job seen by anyone but her: neither its projects nor its review recipient
+ALICE_LEDGER_HIDDEN = ("NEURO_MRI", "SLEEP_EEG", "{alice_recipient}", "{alice_ledger_recipient}", "AGE-SECRET-KEY")
+HUB_CELLS += [
+    # only a running server's own token enters a job; a refused entry enters nothing
+    *[Cell("POST", LEDGER + REFUSED_JOB, who, (403,), json=CLAIMING, note=who.cred, hide=("age1",),
+           show=show, after=not_in_ledger(REFUSED_JOB))
+      for who, show in ((NOBODY, ()), (DELETED, ()), (OWNER_COOKIE, ()), (NO_SCOPE, ("scope users:activity",)),
+                        (OWNER, ("running server's own hub token",)),
+                        (ACTIVITY_TOKEN, ("running server's own hub token",)),
+                        (OTHER, ("running server's own hub token",)),
+                        (ADMIN, ("running server's own hub token",)))],
+    # the server's own token: the job's projects are the server's scope, never the body's claim
+    Cell("POST", LEDGER + NEW_JOB, SERVER_TOKEN, (201,), json=CLAIMING, hide=("AGE-SECRET-KEY",),
+         check=entered_from_scope("alice", ["NEURO_MRI", "SLEEP_EEG"], ["NEURO_MRI"], "CARDIO_ECG")),
+    # bob's server under alice's job id: bob's own row (rows are per user), of bob's scope; hers unchanged
+    Cell("POST", LEDGER + "{alice_ledger}", OTHER_SERVER, (201,), hide=ALICE_LEDGER_HIDDEN,
+         json={**entry("bob", script="c"), "projects": ["NEURO_MRI"]},
+         check=entered_from_scope("bob", ["CARDIO_ECG"], ["CARDIO_ECG"], "NEURO_MRI"),
+         after=ledger_unchanged(ALICE_LEDGER)),
+    # reports on a job: only the job's own user's server; bob's has no such job
+    *[Cell("PATCH", LEDGER + "{alice_review}", who, (403,), json={"state": "cancelled"}, note=who.cred,
+           hide=ALICE_LEDGER_HIDDEN, after=ledger_unchanged(ALICE_REVIEW))
+      for who in (NOBODY, OWNER_COOKIE, OWNER, ACTIVITY_TOKEN)],
+    Cell("PATCH", LEDGER + "{alice_review}", OTHER_SERVER, (404,), hide=ALICE_LEDGER_HIDDEN,
+         json={"slurm_job_id": "999", "state": "cancelled"}, after=ledger_unchanged(ALICE_REVIEW)),
+    # reading a job: any token of its own user that may report her activity
+    Cell("GET", LEDGER + "{alice_review}", NOBODY, (403,), hide=ALICE_LEDGER_HIDDEN),
+    Cell("GET", LEDGER + "{alice_review}", OWNER_COOKIE, (403,), hide=ALICE_LEDGER_HIDDEN),
+    Cell("GET", LEDGER + "{alice_review}", NO_SCOPE, (403,), hide=ALICE_LEDGER_HIDDEN,
+         show=("scope users:activity",)),
+    Cell("GET", LEDGER + "{alice_review}", OTHER, (404,), hide=ALICE_LEDGER_HIDDEN),
+    Cell("GET", LEDGER + "{alice_review}", OTHER_SERVER, (404,), hide=ALICE_LEDGER_HIDDEN),
+    Cell("GET", LEDGER + "{alice_review}", ADMIN, (404,), hide=ALICE_LEDGER_HIDDEN),
+    *[Cell("GET", LEDGER + "{alice_review}", who, (200,), hide=("AGE-SECRET-KEY", '"share"'), note=who.cred,
+           show=('"projects": ["NEURO_MRI", "SLEEP_EEG"]', '"review": ["NEURO_MRI"]',
+                 '"recipient": "{alice_recipient}"'))
+      for who in (OWNER, ACTIVITY_TOKEN, SERVER_TOKEN)],
 ]
 
 

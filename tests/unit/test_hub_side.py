@@ -97,7 +97,8 @@ def test_routes_keep_their_urls_under_the_hub_prefix_and_import_registers_nothin
     assert routes == ["/hub/xnat-hpc/owner", "/hub/api/xnat-hpc/bootstrap", "/hub/api/xnat-hpc/audit",
                       "/hub/xnat-hpc/owner/access", "/hub/xnat-hpc/review", "/hub/xnat-hpc/review/projects",
                       "/hub/xnat-hpc/review/jobs/([^/]{1,200})/(j[0-9a-f]{12})",
-                      "/hub/api/xnat-hpc/review/policy", "/hub/api/xnat-hpc/review/jobs/(j[0-9a-f]{12})"]
+                      "/hub/api/xnat-hpc/review/policy", "/hub/api/xnat-hpc/review/jobs/(j[0-9a-f]{12})",
+                      "/hub/api/xnat-hpc/jobs/(j[0-9a-f]{12})"]
     installed = {h[1] for h in handlers.default_handlers + apihandlers.default_handlers}
     assert not installed.intersection(klass for _, klass in ours)
 
@@ -107,6 +108,7 @@ def test_missing_routes_reads_the_hub_configuration():
     assert missing_routes(c)[:4] == ["/xnat-hpc/owner", "/api/xnat-hpc/bootstrap", "/api/xnat-hpc/audit",
                                      "/xnat-hpc/owner/access"]
     assert "/xnat-hpc/review" in missing_routes(c) and "/api/xnat-hpc/review/policy" in missing_routes(c)
+    assert "/api/xnat-hpc/jobs/(j[0-9a-f]{12})" in missing_routes(c)  # the job ledger
     c.JupyterHub.extra_handlers = xnat_hpc_handlers()
     assert missing_routes(c) == [] and len(configured_handlers(c)) == len(xnat_hpc_handlers())
     lazy = Config()
