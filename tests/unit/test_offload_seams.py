@@ -116,7 +116,8 @@ def test_job_run_works_from_its_inputs_and_context_only(tmp_path):
     run = JobRun(rec, _manifest(), _script(tmp_path), ResourceRequest.parse(policy), ctx)
     assert not hasattr(run, "m")
     run.start()
-    run.thread.join(30)
+    run.thread.join(60)  # a bound for a hang, not a timing: the run ends on its own
+    assert not run.thread.is_alive(), "the job's thread did not end"
     got = registry.get(rec.id)
     assert got.state == JobState.FAILED and got.slurm_job_id is None
     assert got.message.startswith("Slurm did not accept the job: sbatch: error: invalid partition")

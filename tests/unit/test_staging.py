@@ -20,7 +20,6 @@ import sys
 import tarfile
 import textwrap
 import threading
-import time
 from pathlib import Path
 
 import pyrage
@@ -441,30 +440,65 @@ def test_missing_staging_root(tmp_path, keys, age_engine):
         stage(tmp_path / "nope", keys[1], engine=age_engine)
 
 
-def test_progress_called_throttled_and_final(staging_root, keys, age_engine):
-    _, recipient = keys
+class ManualClock:
+    """A clock that moves only when the test moves it (STYLE 23: no sleeping in tests)."""
+
+    def __init__(self, t: float = 1000.0):
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_progress_throttle_follows_its_clock():
     calls: list[tuple] = []
+    clock = ManualClock(0.0)
+    tracker = staging.common.Progress(lambda *a: calls.append(a), 300, 3, clock=clock)
+    tracker.add(100)  # the first tick is reported at once
+    clock.t = staging.PROGRESS_INTERVAL / 2
+    tracker.add(100, 1)  # too soon
+    assert calls == [(100, 0, 300, 3)]
+    clock.t = staging.PROGRESS_INTERVAL
+    tracker.add(0, 1)  # an interval after the last call
+    tracker.add(100)  # too soon again
+    tracker.finish()  # the final call, whatever the clock says
+    assert calls == [(100, 0, 300, 3), (200, 2, 300, 3), (300, 2, 300, 3)]
 
-    class Slow(io.BytesIO):
-        def read(self, n=-1):
-            time.sleep(0.01)
-            return super().read(min(n, 64 * 1024) if n and n > 0 else n)
 
-    data = {f"f{i:02d}": os.urandom(200_000) for i in range(20)}
-    files = [StagedFile(n, len(b), hashlib.sha256(b).hexdigest(), lambda b=b: Slow(b))
+class SteppingClock(ManualClock):
+    """A clock that is *step* seconds later each time it is read."""
+
+    def __init__(self, step: float):
+        super().__init__()
+        self.step = step
+
+    def __call__(self) -> float:
+        self.t += self.step
+        return self.t
+
+
+@pytest.mark.parametrize("clock", ["standing", "stepping"])
+def test_progress_called_throttled_and_final(monkeypatch, staging_root, keys, age_engine, clock):
+    """stage_files reports through the throttle, on its clock, in order: a clock that stands
+    still gives the first tick and the final call only; one that moves an interval each time
+    it is read reports every tick (20 files of one chunk each: their bytes, then their end)."""
+    _, recipient = keys
+    tick = ManualClock() if clock == "standing" else SteppingClock(staging.PROGRESS_INTERVAL)
+    monkeypatch.setattr(staging.common.Progress, "clock", staticmethod(tick))
+    calls: list[tuple] = []
+    size = 200_000
+    data = {f"f{i:02d}": os.urandom(size) for i in range(20)}
+    files = [StagedFile(n, len(b), hashlib.sha256(b).hexdigest(), lambda b=b: io.BytesIO(b))
              for n, b in data.items()]
-    start = time.monotonic()
     stage_files(files, staging_dir=staging_root, user="alice", recipient=recipient,
-                progress=lambda *a: calls.append((time.monotonic(), a)), engine=age_engine)
-    elapsed = time.monotonic() - start
-    total = sum(len(b) for b in data.values())
-    assert calls[-1][1] == (total, 20, total, 20)
-    assert len(calls) >= 2
-    assert len(calls) <= elapsed / staging.PROGRESS_INTERVAL + 2
-    gaps = [b[0] - a[0] for a, b in zip(calls[:-2], calls[1:-1])]
-    assert all(g >= staging.PROGRESS_INTERVAL * 0.9 for g in gaps)
-    done = [c[1][0] for c in calls]
-    assert done == sorted(done)
+                progress=lambda *a: calls.append(a), engine=age_engine)
+    total = size * 20
+    final = (total, 20, total, 20)
+    if clock == "standing":
+        assert calls == [(size, 0, total, 20), final]
+    else:
+        ticks = [c for i in range(1, 21) for c in ((size * i, i - 1, total, 20), (size * i, i, total, 20))]
+        assert calls == ticks + [final]
 
 
 def test_find_bundle_reuse(staging_root, keys, age_engine):

@@ -53,12 +53,13 @@ def unknown(name: str, data: bytes, **kw) -> StagedFile:
 
 
 class Tracked(io.RawIOBase):
-    """A source that records opens, concurrency and closes; optional latency and failure."""
+    """A source that records opens, concurrency and closes; optionally waits at a barrier
+    while open (requests in flight together), fails, or hangs until it is closed."""
 
     lock = threading.Lock()
 
-    def __init__(self, data: bytes, book: dict, *, latency: float = 0.0, fail_after: int | None = None,
-                 hang: threading.Event | None = None):
+    def __init__(self, data: bytes, book: dict, *, together: threading.Barrier | None = None,
+                 fail_after: int | None = None, hang: threading.Event | None = None):
         super().__init__()
         self.data, self.pos, self.book = data, 0, book
         self.fail_after, self.hang = fail_after, hang
@@ -66,15 +67,17 @@ class Tracked(io.RawIOBase):
             book["open"] = book.get("open", 0) + 1
             book["opened"] = book.get("opened", 0) + 1
             book["max_open"] = max(book.get("max_open", 0), book["open"])
-        if latency:
-            time.sleep(latency)  # the round trip of a REST request
+        if together is not None:
+            together.wait()  # open until the barrier's other requests are open too
 
     def readable(self):
         return True
 
     def read(self, n=-1):
         if self.hang is not None:
-            self.hang.wait(60)  # XNAT stopped answering: only a close ends this read
+            # XNAT stopped answering: only a close ends this read
+            if not self.hang.wait(60):
+                self.book["hang_ran_out"] = True
             if self.closed:
                 raise ConnectionError("stream closed while reading")
         if self.fail_after is not None and self.pos >= self.fail_after:
@@ -92,9 +95,9 @@ class Tracked(io.RawIOBase):
             with self.lock:
                 self.book["open"] -= 1
                 self.book["closed"] = self.book.get("closed", 0) + 1
+            super().close()
             if self.hang is not None:
-                self.hang.set()
-        super().close()
+                self.hang.set()  # after the close: the hung read wakes to a closed stream
 
 
 # --------------------------------------------------------------------------- format 2
@@ -186,19 +189,20 @@ def test_bad_md5_and_thread_settings_refused(root, keys):
 
 
 def test_many_small_files_are_fetched_concurrently_not_one_after_the_other(root, keys):
-    """40 files with 50 ms of request latency each: 2 s one after the other, ~0.25 s with 8 readers."""
+    """40 small files, 8 readers: the first 8 requests are in flight together (each stays open
+    at a barrier until the other 7 are open: a pool that opened them one after the other would
+    never pass it), and never more than 8. No clock: benchmarks/bench_staging.py measures speed."""
     _, recipient = keys
     book: dict = {}
+    together = threading.Barrier(8, timeout=60)
     data = {f"S/f{i:03d}.dcm": os.urandom(2000 + i) for i in range(40)}
-    files = [StagedFile(n, len(b), "", lambda b=b: Tracked(b, book, latency=0.05)) for n, b in data.items()]
-    t = time.monotonic()
+    files = [StagedFile(n, len(b), "", lambda b=b, i=i: Tracked(b, book, together=together if i < 8 else None))
+             for i, (n, b) in enumerate(data.items())]
     info = stage_files(files, staging_dir=root, user="alice", recipient=recipient, threads=8)
-    took = time.monotonic() - t
     assert info.file_count == 40 and book["opened"] == 40 and book["open"] == 0
-    assert book["max_open"] > 4, book  # really concurrent
-    assert book["max_open"] <= 8  # never more streams than readers
-    assert took < 2.0 / 3, f"{took:.2f} s: latency-bound"
-    single = stage_files(files, staging_dir=root, user="alice", recipient=recipient, threads=1)
+    assert not together.broken and book["max_open"] == 8, book  # really concurrent, never more
+    plain = [StagedFile(n, len(b), "", lambda b=b: Tracked(b, book)) for n, b in data.items()]
+    single = stage_files(plain, staging_dir=root, user="alice", recipient=recipient, threads=1)
     assert single.manifest_sha256 == info.manifest_sha256  # same bundle contents either way
 
 
@@ -218,7 +222,7 @@ def test_queued_bytes_stay_below_the_buffer_whatever_the_order():
                 except StopIteration as end:
                     digests = end.value
                     break
-                time.sleep(0.002)
+                time.sleep(0.002)  # a slow writer, so that the pool fills; the bound holds in any schedule
             assert b"".join(got) == b and digests.sha256 == hashlib.sha256(b).hexdigest()
     assert fetcher.peak_bytes <= (4 << 20) + fetcher.reserve
     assert book["open"] == 0 and book["closed"] == 12
@@ -253,7 +257,7 @@ def test_no_deadlock_and_exact_bytes_under_many_schedules():
                             result[i] = (b"".join(got) == b, end.value.sha256 == hashlib.sha256(b).hexdigest())
                             break
                         if slow:
-                            time.sleep(0.0005)
+                            time.sleep(0.0005)  # another schedule: every one must end, exactly
 
         t = threading.Thread(target=consume, daemon=True)
         t.start()
@@ -292,47 +296,96 @@ def test_a_hanging_stream_is_closed_under_its_reader(root, keys):
     data = os.urandom(100_000)
     files = [StagedFile("S/a.dcm", len(data), "", lambda: Tracked(data, book, hang=hang)),
              StagedFile("S/broken.bin", len(data), "", lambda: Tracked(data, book, fail_after=10))]
-    t = time.monotonic()
     with pytest.raises(XnatUnavailable, match="S/broken.bin"):
         stage_files(files, staging_dir=root, user="alice", recipient=recipient, threads=2)
-    assert time.monotonic() - t < 15
-    assert hang.is_set() and book["open"] == 0
+    # the hung read ended because its stream was closed under it, not because it ran out
+    assert hang.is_set() and "hang_ran_out" not in book and book["open"] == 0
     assert helper_threads() == []
     assert os.listdir(root / "alice") == []
 
 
-def test_cancellation_from_the_source_stops_staging(root, keys, engine):
-    """The job's reader raises once the job is cancelled: staging ends, nothing stays behind."""
-    _, recipient = keys
-    cancelled = threading.Event()
+class Cancelled(Exception):
+    pass
 
-    class Cancelled(Exception):
-        pass
+
+def cancel_while_reading(root, recipient, engine, count: int, size: int, **kw) -> dict:
+    """Stage *count* files of *size* bytes through a job's cancellable readers, cancelled from
+    another thread once staging is under way (the writer's first progress call, or a reader at
+    the end of its file, whichever comes first); return what the readers counted.
+
+    No timer: each source holds back its end (the read that says "no more bytes") until the
+    job is cancelled, so staging cannot finish before the cancellation, whatever the machine's
+    speed or load, and the cancellation always lands while reads are still to come. Without
+    the hold, a cancellation after the last read is not staging's to see (the job checks it
+    once staging returns), and a timer could land on either side of that read.
+    """
+    cancelled, under_way = threading.Event(), threading.Event()
+    book = {"ends_held": 0, "raised": 0}
+    lock = threading.Lock()
 
     class Reader(io.RawIOBase):
+        """The shape of offload.runner.CancellableReader: every read checks the job first."""
+
         def __init__(self, data):
             self.src = io.BytesIO(data)
 
         def readable(self):
             return True
 
-        def read(self, n=-1):
+        def check(self):
             if cancelled.is_set():
+                with lock:
+                    book["raised"] += 1
                 raise Cancelled("cancelled by user")
-            return self.src.read(min(n, 64 << 10))
 
-    data = os.urandom(8 << 20)
-    files = [StagedFile(f"f{i}", len(data), "", lambda: Reader(data)) for i in range(16)]
-    timer = threading.Timer(0.2, cancelled.set)
-    timer.start()
+        def read(self, n=-1):
+            self.check()
+            chunk = self.src.read(min(n, 64 << 10))
+            if not chunk:
+                with lock:
+                    book["ends_held"] += 1
+                under_way.set()
+                assert cancelled.wait(60), "the test never cancelled the job"
+                self.check()
+            return chunk
+
+    def cancel():  # the user's click, in the server's thread
+        if under_way.wait(60):
+            cancelled.set()
+
+    data = os.urandom(size)
+    files = [StagedFile(f"f{i:02d}", len(data), "", lambda: Reader(data)) for i in range(count)]
+    canceller = threading.Thread(target=cancel, name="test-canceller")
+    canceller.start()
     try:
-        with pytest.raises(Cancelled):
+        with pytest.raises(Cancelled, match="cancelled by user"):
             stage_files(files, staging_dir=root, user="alice", recipient=recipient, engine=engine,
-                        progress=lambda *a: time.sleep(0.05))
+                        progress=lambda *a: under_way.set(), **kw)
     finally:
-        timer.cancel()
+        under_way.set()
+        canceller.join()
+    assert cancelled.is_set() and book["raised"] >= 1
     assert os.listdir(root / "alice") == []
     assert helper_threads() == []
+    return book
+
+
+def test_cancellation_from_the_source_stops_staging(root, keys, engine):
+    """The job's reader raises once the job is cancelled: staging ends, nothing stays behind.
+    12 files of 3 MiB, 8 readers, a 4 MiB buffer: when the cancel comes, readers are reading,
+    waiting for room in the pool or at the end of their file; every one of them stops."""
+    _, recipient = keys
+    book = cancel_while_reading(root, recipient, engine, 12, 3 << 20, threads=8, buffer_bytes=4 << 20)
+    assert book["ends_held"] < 12  # the pool held the readers back: not every file was read
+
+
+def test_cancellation_of_a_tiny_dataset_is_seen_at_its_end(root, keys, engine):
+    """One file of 10 bytes, cancelled after its data was read: the reader pool always makes
+    the read that finds a file's end (it fills a buffer until then), so the cancellation is seen
+    by staging, not only by the job once staging returned."""
+    _, recipient = keys
+    book = cancel_while_reading(root, recipient, engine, 1, 10)
+    assert book == {"ends_held": 1, "raised": 1}
 
 
 @pytest.mark.parametrize("engine_name", ["age-cli", "pyrage"])

@@ -71,19 +71,28 @@ class Progress:
     """Counts data bytes and files and calls *callback* at most every PROGRESS_INTERVAL.
 
     ``callback(bytes_done, files_done, total_bytes, total_files)``; :meth:`add`
-    fits a :data:`TickCallback`, :meth:`finish` makes the final call.
+    fits a :data:`TickCallback`, :meth:`finish` makes the final call. The
+    throttle reads *clock* (default: the class attribute :attr:`clock`,
+    ``time.monotonic``), so that tests drive it instead of sleeping.
     """
 
-    def __init__(self, callback: ProgressCallback | None, total_bytes: int, total_files: int):
+    #: the clock of the throttle (seconds); a test may replace it for every Progress
+    clock: Callable[[], float] = staticmethod(time.monotonic)
+
+    def __init__(self, callback: ProgressCallback | None, total_bytes: int, total_files: int,
+                 clock: Callable[[], float] | None = None):
         self.callback = callback
         self.total_bytes, self.total_files = total_bytes, total_files
         self.bytes = self.files = 0
-        self._last = -1e9
+        if clock is not None:
+            self.clock = clock
+        self._last: float | None = None  # no call yet: the first add() reports at once
 
     def add(self, nbytes: int = 0, nfiles: int = 0) -> None:
         self.bytes += nbytes
         self.files += nfiles
-        if self.callback is not None and time.monotonic() - self._last >= PROGRESS_INTERVAL:
+        if self.callback is not None and (self._last is None
+                                          or self.clock() - self._last >= PROGRESS_INTERVAL):
             self._call()
 
     def finish(self) -> None:
@@ -91,7 +100,7 @@ class Progress:
             self._call()
 
     def _call(self) -> None:
-        self._last = time.monotonic()
+        self._last = self.clock()
         self.callback(self.bytes, self.files, self.total_bytes, self.total_files)
 
 
