@@ -18,7 +18,9 @@ A record is a dict: ``seq`` (1, 2, …), ``time`` (the hub's clock when it appen
 ``source`` (``hub`` | ``server``), ``server`` (the server's name), ``extra`` (a dict
 of structured fields, e.g. ``slurm_job_id``, ``job``, ``resources``), and for events a
 server sent: ``event_time`` (its clock), ``stream`` and ``stream_seq`` (its boot id
-and sequence number). The store (:mod:`hub_ext.audit_store`) is SQLite, 0600 in a
+and sequence number), and where it named XNAT items outside the scope the hub gave it,
+``extra.claimed_items`` and ``extra.out_of_scope`` (those items are its claim, filed under
+no project: :func:`hub_ext.audit_api.apply_scope`). The store (:mod:`hub_ext.audit_store`) is SQLite, 0600 in a
 directory only the hub's account can write, each record MAC'd with
 ``c.HubAuditLog.key_file`` over the previous record's MAC; ``xnat-hpc-hub audit
 verify`` checks it.

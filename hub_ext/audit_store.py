@@ -20,6 +20,13 @@ Side tables make the owner page fast on large trails: ``event_projects``
 action and the sender's stream (``stream``/``stream_seq``: a server's boot id and
 sequence number; unique, so a redelivered event is never appended twice).
 
+Those columns (``time``, ``user``, ``action``, ``stream``, ``stream_seq`` of ``events``,
+and every row of ``event_projects``) are copies of fields of the MAC'd body that the
+queries and the owner page filter on; :func:`verify_store` checks each of them against
+the body (:func:`index_columns`, :func:`project_links`), so an edit of a column alone —
+hiding an event from an owner, or filing it under another project — is found and named
+like an edit of the body.
+
 Everything here is blocking: :class:`hub_ext.audit_log.HubAuditLog` calls it from
 a thread. One :class:`AuditStore` per file per process, one writer at a time
 (its lock); readers open their own connections (WAL lets them read while it writes).
@@ -27,6 +34,7 @@ a thread. One :class:`AuditStore` per file per process, one writer at a time
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as _dt
 import hashlib
@@ -41,7 +49,8 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
-from xnat_bridge.errors import XnatHpcError
+from xnat_bridge import private
+from xnat_bridge.errors import NotFound, XnatHpcError
 
 GENESIS = "0" * 64
 FORMAT = "xnat-hpc-hub-audit/1"
@@ -98,6 +107,23 @@ def project_of(item: str) -> str:
     return str(item).strip("/").split("/", 1)[0]
 
 
+#: the columns of ``events`` that copy a field of the MAC'd body (what queries filter on)
+INDEX_COLUMNS = ("time", "user", "action", "stream", "stream_seq")
+
+
+def index_columns(doc: dict) -> tuple:
+    """The values of :data:`INDEX_COLUMNS` for the record *doc* (its MAC'd body)."""
+    stream = doc.get("stream") or None
+    return (doc.get("time"), doc.get("user", ""), doc.get("action", ""), stream,
+            int(doc["stream_seq"]) if stream else None)
+
+
+def project_links(doc: dict) -> dict[str, tuple]:
+    """The ``event_projects`` rows of the record *doc*: project → (action, user, time)."""
+    return {p: (doc.get("action", ""), doc.get("user", ""), doc.get("time"))
+            for p in sorted({project_of(i) for i in doc.get("items") or ()} - {""})}
+
+
 # -- files only the hub may touch ------------------------------------------------------------------
 def check_private_dir(directory: Path, *, create: bool = True) -> None:
     """*directory* exists (created 0700), is no symlink, belongs to this account and nobody
@@ -114,19 +140,34 @@ def check_private_dir(directory: Path, *, create: bool = True) -> None:
                               f"chown it to the hub's account and chmod 700 {directory}")
 
 
+@contextlib.contextmanager
+def _unsafe_is_a_store_error():
+    """:mod:`xnat_bridge.private`'s refusals (a link, a FIFO, another account's file, mode open
+    to others; a file gone) as :class:`AuditStoreError`, their message naming the fix."""
+    try:
+        yield
+    except (private.UnsafePath, NotFound) as exc:
+        raise AuditStoreError(exc.message) from None
+
+
 def check_private_file(path: Path, *, what: str) -> bool:
     """True when *path* exists as a regular file of this account that only it can read and
-    write; False when absent; :class:`AuditStoreError` otherwise."""
+    write (:func:`xnat_bridge.private.check_private_file`); False when absent;
+    :class:`AuditStoreError` otherwise."""
     try:
-        st = os.lstat(path)
-    except FileNotFoundError:
+        private.check_private_file(path, what=f"the {what}")
+    except NotFound:
         return False
-    if stat.S_ISLNK(st.st_mode) or not stat.S_ISREG(st.st_mode):
-        raise AuditStoreError(f"the {what} {path} is a symlink or not a regular file; remove it")
-    if st.st_uid != os.geteuid() or st.st_mode & 0o077:
-        raise AuditStoreError(f"the {what} {path} is open to other accounts (owner uid {st.st_uid}, "
-                              f"mode {oct(st.st_mode & 0o777)}); chmod 600 {path} as the hub's account")
+    except private.UnsafePath as exc:
+        raise AuditStoreError(exc.message) from None
     return True
+
+
+def read_private(path: Path, *, what: str, max_bytes: int = 1 << 16) -> bytes:
+    """The bytes of a private file of the trail, opened without following a link or blocking
+    and checked on the descriptor (:func:`xnat_bridge.private.read_private_file`)."""
+    with _unsafe_is_a_store_error():
+        return private.read_private_file(path, what=f"the {what}", max_bytes=max_bytes)
 
 
 def load_key(path: Path, *, create: bool = True) -> bytes:
@@ -136,12 +177,9 @@ def load_key(path: Path, *, create: bool = True) -> bytes:
         if not create:
             raise AuditStoreError(f"the audit key file {path} does not exist; the trail cannot be "
                                   "verified without the key that wrote it (c.HubAuditLog.key_file)")
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(secrets.token_hex(32) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-    text = path.read_text().strip()
+        with contextlib.suppress(FileExistsError):  # another process was first: its key is read below
+            private.create_private_file(path, (secrets.token_hex(32) + "\n").encode())
+    text = read_private(path, what="audit key file", max_bytes=4096).decode("ascii", "replace").strip()
     try:
         key = bytes.fromhex(text)
     except ValueError:
@@ -178,7 +216,7 @@ def read_checkpoint(path: Path, key: bytes) -> tuple[dict | None, str | None]:
     if not check_private_file(path, what="audit checkpoint"):
         return None, None
     try:
-        doc = json.loads(path.read_text())
+        doc = json.loads(read_private(path, what="audit checkpoint"))
         stated = doc.pop("checkpoint_mac")
     except (ValueError, KeyError, TypeError, AttributeError):
         return None, f"the checkpoint {path} is not a checkpoint"
@@ -198,6 +236,7 @@ class Verdict:
     sentence: str
     record: int | None = None       # where it breaks
     time: str | None = None
+    column: str | None = None       # the column stored outside the MAC'd body that was changed
 
 
 class AuditStore:
@@ -212,7 +251,8 @@ class AuditStore:
         check_private_dir(self.path.parent)
         self.key = load_key(self.key_path)
         if check_private_file(self.path, what="audit store"):
-            with open(self.path, "rb") as f:
+            with _unsafe_is_a_store_error(), private.open_regular(self.path, private=True,
+                                                                  what="the audit store") as f:
                 head = f.read(16)
             if head and head != SQLITE_MAGIC:
                 raise AuditStoreError(
@@ -294,10 +334,8 @@ class AuditStore:
                     doc.setdefault("time", now_iso())
                     body = canonical(doc)
                     mac = mac_of(self.key, last, body)
-                    rows.append((count, doc["time"], doc.get("user", ""), doc.get("action", ""),
-                                 stream or None, int(sseq) if stream else None, body, last, mac))
-                    links.extend((p, count, rows[-1][3], rows[-1][2], rows[-1][1])
-                                 for p in sorted({project_of(i) for i in doc.get("items") or ()} - {""}))
+                    rows.append((count, *index_columns(doc), body, last, mac))
+                    links.extend((p, count, *link) for p, link in project_links(doc).items())
                     last = mac
                     out.append(count)
             if rows:
@@ -395,6 +433,55 @@ def count(db: sqlite3.Connection, *, projects=None, user=None, actions=None, sin
 
 
 # -- verifying ------------------------------------------------------------------------------------------
+class _Links:
+    """The rows of ``event_projects`` in ``seq`` order, handed out record by record."""
+
+    def __init__(self, cursor):
+        self.cursor = cursor
+        self.head = next(cursor, None)
+        self.orphan = None
+
+    def take(self, seq: int) -> dict[str, tuple]:
+        """The rows of record *seq* (project → (action, user, time)); rows of a lower ``seq``
+        left over belong to no record: kept as :attr:`orphan`."""
+        rows = {}
+        while self.head is not None and self.head[0] <= seq:
+            if self.head[0] < seq:
+                self.orphan = self.orphan or self.head
+            else:
+                rows[self.head[1]] = tuple(self.head[2:])
+            self.head = next(self.cursor, None)
+        return rows
+
+    def rest(self):
+        """A row naming no record of the trail, or None."""
+        return self.orphan or self.head
+
+
+def _links_by_seq(db: sqlite3.Connection) -> _Links:
+    return _Links(db.execute("SELECT seq, project, action, user, time FROM event_projects ORDER BY seq, project"))
+
+
+def _column_problem(doc: dict, stored: tuple, links: dict[str, tuple]) -> tuple[str, str] | None:
+    """(column, what is wrong) where the columns *stored* for a record, or its project index
+    rows *links*, differ from its MAC'd body *doc*; None when they agree."""
+    for column, have, want in zip(INDEX_COLUMNS, stored, index_columns(doc)):
+        if have != want:
+            return f"events.{column}", f"its {column} column was changed (it says {have!r})"
+    want_links = project_links(doc)
+    lost, added = sorted(set(want_links) - set(links)), sorted(set(links) - set(want_links))
+    if lost:
+        return "event_projects.project", f"its project index lost project {lost[0]!r}"
+    if added:
+        return "event_projects.project", f"its project index names project {added[0]!r}, which the record does not"
+    for project, have in sorted(links.items()):
+        for column, h, w in zip(("action", "user", "time"), have, want_links[project]):
+            if h != w:
+                return (f"event_projects.{column}",
+                        f"its project index row for {project!r} has a changed {column} (it says {h!r})")
+    return None
+
+
 def verify_store(path: str | Path, key: bytes) -> Verdict:
     """Walk the whole trail; say where it first breaks (record number, its time, what)."""
     path = Path(path)
@@ -406,37 +493,50 @@ def verify_store(path: str | Path, key: bytes) -> Verdict:
         if row is not None and row[0] != key_id(key):
             return Verdict(False, 0, "key mismatch: the trail was written with another key than the one given")
         prev, expect, when = GENESIS, 1, None
-        for seq, when, stored_prev, body, mac in db.execute(
-                "SELECT seq, time, prev, body, mac FROM events ORDER BY seq"):
+        links = _links_by_seq(db)
+        for seq, when, user, action, stream, stream_seq, stored_prev, body, mac in db.execute(
+                f"SELECT seq, {', '.join(INDEX_COLUMNS)}, prev, body, mac FROM events ORDER BY seq"):
             if seq != expect:
                 return Verdict(False, expect - 1,
                                f"record {expect} is missing (removed; the next is record {seq} at {when})",
                                expect, when)
             try:
-                stated_seq = json.loads(body).get("seq")
+                doc = json.loads(body)
+                stated_seq = doc.get("seq")
             except (ValueError, AttributeError):
-                stated_seq = None
+                doc, stated_seq = {}, None
             if stored_prev != prev:
                 return Verdict(False, seq - 1, f"record {seq} at {when} does not follow record {seq - 1} "
                                "(a record was removed, inserted or re-chained)", seq, when)
             if not hmac.compare_digest(mac_of(key, prev, body), mac) or stated_seq != seq:
                 return Verdict(False, seq - 1, f"record {seq} at {when} was changed after it was written "
                                "(its MAC does not match)", seq, when)
+            broken = _column_problem(doc, (when, user, action, stream, stream_seq), links.take(seq))
+            when = doc.get("time")  # from here on, the MAC'd time
+            if broken:
+                column, what = broken
+                return Verdict(False, seq - 1, f"record {seq} at {when}: {what} (a query or the owner page "
+                               "would read it; the MAC'd record says otherwise)", seq, when, column)
             prev, expect = mac, expect + 1
         total = expect - 1
+        orphan = links.rest()
         macs = {}
     finally:
         db.close()
     cp, problem = read_checkpoint(path.with_name(path.name + ".checkpoint"), key)
     if problem:
         return Verdict(False, total, problem)
+    if cp is not None and total < cp["count"]:
+        return Verdict(False, total, f"truncated: the checkpoint of {cp['time']} counts {cp['count']} records, "
+                       f"the store ends at record {total}", total + 1, cp["time"])
+    if orphan is not None:  # after the truncation check: a cut tail leaves its index rows behind
+        return Verdict(False, total, f"the project index (event_projects) names record {orphan[0]} for "
+                       f"project {orphan[1]!r}, but the trail has no such record (it ends at record {total})",
+                       orphan[0], None, "event_projects.seq")
     if cp is None:
         if total:
             return Verdict(False, total, f"the checkpoint of {path} is missing: truncation cannot be ruled out")
         return Verdict(True, 0, "no events yet")
-    if total < cp["count"]:
-        return Verdict(False, total, f"truncated: the checkpoint of {cp['time']} counts {cp['count']} records, "
-                       f"the store ends at record {total}", total + 1, cp["time"])
     if cp["count"]:
         db = open_readonly(path)
         try:

@@ -14,6 +14,10 @@ with a ``status`` and a ``message`` (:mod:`xnat_bridge.errors`). On the hub:
 * **logins** answer :func:`login_error` (XNAT down: nobody can log in, say so).
 * an incomplete hub configuration answers :func:`misconfigured` (500, with the
   setting to add).
+
+An error that carries ``headers`` (a dict, e.g. :class:`RateLimited`'s ``Retry-After``)
+hands them to the :class:`~tornado.web.HTTPError`; JupyterHub's ``APIHandler.write_error``
+sends them with the JSON body.
 """
 
 from __future__ import annotations
@@ -38,6 +42,22 @@ LOGIN_UNAVAILABLE = ("XNAT is not reachable at the moment, so nobody can log in.
                      "Please try again in a few minutes.")
 
 
+class RateLimited(XnatHpcError):
+    """Too much from one sender in too little time: try again after :attr:`retry_after` seconds
+    (answered 429 with a ``Retry-After`` header)."""
+
+    status = 429
+    reason = "rate_limited"
+
+    def __init__(self, message: str, *, retry_after: int):
+        super().__init__(message)
+        self.retry_after = max(1, int(retry_after))
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}
+
+
 def status_for(exc: XnatHpcError) -> int:
     """The HTTP status for *exc*: a 4xx is kept; a 5xx (XNAT, Slurm, a command) is 503."""
     return exc.status if exc.status < 500 else 503
@@ -52,7 +72,11 @@ def http_error(exc: BaseException, *, logger: logging.Logger | logging.LoggerAda
     if isinstance(exc, XnatHpcError):
         if exc.status >= 500:
             logger.warning("%s (answered %s)", exc.message, status_for(exc))
-        return web.HTTPError(status_for(exc), exc.message)
+        err = web.HTTPError(status_for(exc), exc.message)
+        headers = getattr(exc, "headers", None)
+        if headers:
+            err.headers = dict(headers)  # sent by JupyterHub's APIHandler.write_error
+        return err
     logger.error("unexpected error in a hub handler: %r", exc, exc_info=exc)
     return web.HTTPError(500, UNEXPECTED)
 

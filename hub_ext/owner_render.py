@@ -27,7 +27,11 @@ from .audit_store import project_of
 #: what replaces the detail of an event that also concerns projects the visitor does not own
 WITHHELD = "details withheld: this event also concerns projects you do not own"
 #: structured fields that name no project (kept when the rest of an event is withheld)
-NEUTRAL_EXTRA = ("job", "slurm_job_id", "state")
+NEUTRAL_EXTRA = ("job", "slurm_job_id", "state", "out_of_scope")
+#: how the page labels what a researcher's server sent (their code runs there: its claim)
+REPORTED_BY_SERVER = "reported by the server"
+#: how the page labels what the hub recorded itself
+RECORDED_BY_HUB = "recorded by the hub"
 PAGE_SIZES = (25, 50, 100, 200, 500)
 CSV_COLUMNS = ("seq", "time", "user", "server", "source", "action", "outcome", "projects", "items",
                "files", "bytes", "hashes", "detail", "extra", "event_time")
@@ -39,16 +43,24 @@ def _e(value) -> str:
     return html.escape(str(value), quote=True)
 
 
+def source_label(event: Mapping) -> str:
+    """Who vouches for *event*: :data:`REPORTED_BY_SERVER` for what a server sent (Slurm ids,
+    hashes, states are its claims), :data:`RECORDED_BY_HUB` for what the hub recorded."""
+    return REPORTED_BY_SERVER if event.get("source") == "server" else RECORDED_BY_HUB
+
+
 def owned_projects(roles: Mapping[str, str], site_admin: bool) -> set[str]:
     return set(roles) if site_admin else {p for p, r in roles.items() if r == "Owner"}
 
 
 def visible_part(event: dict, projects: set[str]) -> dict:
-    """*event* as a visitor owning *projects* may see it: unchanged when all its items are
-    theirs; otherwise only their items, and the detail, file hashes and structured fields
-    (which may name the other projects) withheld, but for :data:`NEUTRAL_EXTRA`."""
+    """*event* as a visitor owning *projects* may see it: unchanged when all its items (and the
+    items its server claimed outside its scope, ``extra.claimed_items``) are theirs; otherwise
+    only their items, and the detail, file hashes and structured fields (which may name the
+    other projects) withheld, but for :data:`NEUTRAL_EXTRA`."""
     items = list(event.get("items") or ())
-    if {project_of(i) for i in items} <= projects:
+    claimed = list((event.get("extra") or {}).get("claimed_items") or ())
+    if {project_of(i) for i in items + claimed} <= projects:
         return event
     extra = {k: v for k, v in (event.get("extra") or {}).items() if k in NEUTRAL_EXTRA}
     return {**event, "items": [i for i in items if project_of(i) in projects], "detail": WITHHELD,
@@ -190,8 +202,8 @@ def active_servers(spawns: Iterable[dict], active: Iterable[tuple[str, str, str]
     ``spawn`` event names *project*: user, server, since, the scope's part in *project*."""
     latest: dict[tuple[str, str], dict] = {}
     for ev in spawns:
-        if ev.get("action") != "spawn" or ev.get("outcome") != "allowed":
-            continue
+        if ev.get("action") != "spawn" or ev.get("outcome") != "allowed" or ev.get("source") == "server":
+            continue  # only the hub records starts
         key = (ev.get("user", ""), ev.get("server", ""))
         if key not in latest or ev.get("seq", 0) > latest[key].get("seq", 0):
             latest[key] = ev
@@ -263,15 +275,17 @@ def project_section(v: ProjectView) -> str:
     servers = _table(f"servers-{p}", f"Servers running now with {p} in their scope",
                      ["user", "server", "started", "scope in this project"],
                      [[s["user"], s["server"], s["started"], ", ".join(s["scope"])] for s in v.servers], "none")
-    jobs = _table(f"jobs-{p}", f"Offload jobs on the data of {p}, newest first",
+    jobs = _table(f"jobs-{p}", f"Offload jobs on the data of {p}, newest first (files, bytes, Slurm job id, "
+                  f"state and results: {REPORTED_BY_SERVER})",
                   ["submitted", "user", "job", "dataset", "files", "bytes", "manifest sha256", "script sha256",
                    "Slurm job id", "state", "results"],
                   [[j["time"], j["user"], j["job"], j["dataset"], j["files"], j["bytes"], j["manifest"],
                     j["script"], j["slurm_job_id"], j["state"], j["results"]] for j in v.jobs], "none")
     downloads = _table(f"downloads-{p}", f"Downloads of data of {p}, newest first",
-                       ["time", "user", "outcome", "items", "files", "bytes", "manifest sha256"],
+                       ["time", "user", "outcome", "items", "files", "bytes", "manifest sha256", "source"],
                        [[d.get("time", ""), d.get("user", ""), d.get("outcome", ""), ", ".join(d.get("items") or ()),
-                         d.get("files", 0), d.get("bytes", 0), _short((d.get("hashes") or {}).get("manifest", ""))]
+                         d.get("files", 0), d.get("bytes", 0), _short((d.get("hashes") or {}).get("manifest", "")),
+                         source_label(d)]
                         for d in v.downloads], "none")
     return f"""<section id="project-{_e(p)}" aria-labelledby="project-{_e(p)}-title">
 <h2 id="project-{_e(p)}-title">Project {_e(p)}</h2>
@@ -331,7 +345,7 @@ def render_page(v: PageView) -> str:
     owned = ", ".join(v.owned) or "none"
     state = {True: "intact", False: "BROKEN", None: "not verified yet"}[v.chain_ok]
     checked = f" (checked {_e(v.chain_checked)})" if v.chain_checked else ""
-    rows = [[e.get("time", ""), e.get("user", ""), e.get("server", ""), e.get("source", ""), e.get("action", ""),
+    rows = [[e.get("time", ""), e.get("user", ""), e.get("server", ""), source_label(e), e.get("action", ""),
              e.get("outcome", ""), ", ".join(e.get("items") or ()), e.get("files", 0), e.get("bytes", 0),
              " ".join(f"{k}:{_short(h)}" for k, h in sorted((e.get("hashes") or {}).items())),
              e.get("detail", "") + ("" if not e.get("extra") else " " + json.dumps(e["extra"], sort_keys=True))]
@@ -367,6 +381,10 @@ text-align:left;vertical-align:top}}caption{{text-align:left;font-weight:bold}}
 <p id="exports">Export these events: <a id="export-csv" href="{_e(csv_url)}" download>CSV</a>,
 <a id="export-json" href="{_e(json_url)}">JSON</a></p>
 <p id="count">{v.total} event(s); page {f.page} of {pages}.</p>
+<p id="sources">Source: <em>{RECORDED_BY_HUB}</em> — what the hub decided or saw itself;
+<em>{REPORTED_BY_SERVER}</em> — what a researcher's server sent (it runs their code: its claim,
+stamped with their identity; items outside the scope the hub gave that server are never shown
+as events of those projects).</p>
 {_table("events", "Audit events on your projects, newest first (times UTC, stamped by the hub)",
         ["time", "user", "server", "source", "action", "outcome", "items", "files", "bytes", "hashes", "detail"],
         rows, "no events match")}

@@ -20,17 +20,24 @@ The hub's trail is the authoritative one (``POST {JUPYTERHUB_API_URL}/xnat-hpc/a
   backoff (1 s … :attr:`Sender.max_backoff`); it acknowledges locally only what the
   hub acknowledged. An event the hub rejects as invalid (HTTP 400) alone in its
   batch is logged and dropped from the outbox (it stays in the local log) so that
-  it cannot block the ones behind it.
+  it cannot block the ones behind it. Batches stay under :attr:`Sender.max_batch_bytes`;
+  a batch the hub finds too large (413) is sent again in halves (an event too large
+  alone is dropped like an invalid one). When the hub says the server sent too much
+  (429, ``Retry-After``), nothing was appended: the sender waits that long — new events
+  do not wake it early — and sends the same events again, in order; nothing is dropped.
+  Any other refusal (403, 409, 5xx) is retried with the backoff.
 * :class:`HubSink` — the audit sink: appends to the outbox and wakes the sender.
 """
 
 from __future__ import annotations
 
+import email.utils
 import fcntl
 import json
 import logging
 import os
 import threading
+import time
 import uuid
 from pathlib import Path
 
@@ -176,10 +183,38 @@ class Outbox:
             os.close(fd)
 
 
+class HubBusy(RuntimeError):
+    """The hub refused a batch for now (HTTP 429): send it again after :attr:`retry_after` s."""
+
+    def __init__(self, message: str, retry_after: float | None):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
+    """Seconds from a ``Retry-After`` header (a number of seconds or an HTTP date); None when
+    absent or unreadable."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value).timestamp()
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    return max(0.0, when - (time.time() if now is None else now))
+
+
 class Sender:
     """Sends the outbox to the hub from a thread of the server process."""
 
     max_backoff = 60.0
+    #: the longest wait a hub's ``Retry-After`` is obeyed for (seconds); then it is asked again
+    max_retry_after = 600.0
+    #: the largest batch the sender builds (bytes of JSON), below the hub's default 256 KiB
+    max_batch_bytes = 192 * 1024
 
     def __init__(self, outbox: Outbox, api_url: str, token: str, *, interval: float = 1.0,
                  timeout: float = 10.0, verify: bool | str = True):
@@ -190,6 +225,7 @@ class Sender:
         self._thread: threading.Thread | None = None
         self.backoff = 0.0
         self.sent = 0
+        self.batch = BATCH  # events per batch; halved when the hub says a batch is too large
 
     def start(self) -> None:
         if self._thread is None or not self._thread.is_alive():
@@ -209,33 +245,69 @@ class Sender:
                 self.send_once()
                 self.backoff = 0.0
             except Exception as exc:  # noqa: BLE001 - the hub is down or refused: keep, retry later
-                self.backoff = min(self.max_backoff, max(1.0, self.backoff * 2))
-                log.warning("audit: the hub did not take the events (%s); retrying in %.0f s", exc, self.backoff)
+                self.backoff = self.wait_after(exc)
+                log.warning("audit: the hub did not take the events (%s); they stay in the outbox, "
+                            "retrying in %.0f s", exc, self.backoff)
             if self._stop.is_set():
                 return
-            self.wake.wait(self.backoff or self.interval)
-            self.wake.clear()
+            self._pause(self.backoff or self.interval, hold=bool(self.backoff))
             if self._stop.is_set() and self.backoff:
                 return
+
+    def wait_after(self, exc: BaseException) -> float:
+        """Seconds to wait after a failed send: the hub's ``Retry-After`` for a 429 (at most
+        :attr:`max_retry_after`), else the doubled backoff (1 s … :attr:`max_backoff`)."""
+        if isinstance(exc, HubBusy) and exc.retry_after is not None:
+            return min(self.max_retry_after, max(1.0, exc.retry_after))
+        return min(self.max_backoff, max(1.0, self.backoff * 2))
+
+    def _pause(self, seconds: float, *, hold: bool) -> None:
+        """Wait *seconds*; a new event (:attr:`wake`) ends the wait early unless *hold* (a backoff:
+        the hub is down or asked for time). :meth:`stop` always ends it."""
+        deadline = time.monotonic() + seconds
+        while not self._stop.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            woken = self.wake.wait(left)
+            self.wake.clear()
+            if woken and not hold:
+                return
+
+    def _fit(self, boot: str, events: list[dict]) -> list[dict]:
+        """The longest head of *events* whose batch stays under :attr:`max_batch_bytes` (at least one)."""
+        size = len(json.dumps({"boot": boot, "events": []}))
+        for n, event in enumerate(events):
+            size += len(json.dumps(event)) + 2
+            if n and size > self.max_batch_bytes:
+                return events[:n]
+        return events
 
     def send_once(self, limit: int = BATCH) -> int:
         """Send what is pending, batch by batch; how many the hub acknowledged. Raises when
         the hub cannot be reached or refuses."""
         import requests
 
-        total = 0
+        total, limit = 0, min(limit, self.batch)
         while True:
             boot, events = self.outbox.pending(limit)
             if not events:
                 if total:
                     self.outbox.compact()
                 return total
+            events = self._fit(boot, events)
             r = requests.post(self.url, json={"boot": boot, "events": events}, timeout=self.timeout,
                               headers={"Authorization": f"token {self._token}"}, verify=self.verify)
-            if r.status_code == 400 and len(events) == 1:
-                log.error("audit: the hub rejected event %s (%s): %s; dropped from the outbox, kept in "
-                          "the local log", events[0]["seq"], events[0].get("action"), r.text[:300])
+            if r.status_code == 429:  # nothing appended: the same events, later, in order
+                raise HubBusy(f"HTTP 429: {r.text[:200]}", retry_after_seconds(r.headers.get("Retry-After")))
+            if r.status_code in (400, 413) and len(events) == 1:
+                log.error("audit: the hub rejected event %s (%s) with HTTP %s: %s; dropped from the outbox, "
+                          "kept in the local log", events[0]["seq"], events[0].get("action"), r.status_code,
+                          r.text[:300])
                 self.outbox.ack(events[0]["seq"])
+                continue
+            if r.status_code == 413:
+                limit = self.batch = max(1, len(events) // 2)  # the hub's limit is lower: smaller batches
                 continue
             if r.status_code == 400:
                 limit = 1  # find the one it rejects
@@ -246,7 +318,7 @@ class Sender:
             self.outbox.ack(acked)
             total += len([e for e in events if e["seq"] <= acked])
             self.sent += len(events)
-            limit = BATCH
+            limit = self.batch
 
 
 class HubSink(AuditSink):

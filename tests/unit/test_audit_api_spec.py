@@ -1,5 +1,5 @@
 """``hub_ext/audit_api.yaml`` is valid OpenAPI 3 and agrees with the ingestion handler's
-route and limits."""
+route, limits and refusals (413 too large, 429 with Retry-After)."""
 
 from __future__ import annotations
 
@@ -24,3 +24,17 @@ def test_spec_is_valid_and_matches_the_handler():
     event = spec["components"]["schemas"]["Event"]["properties"]
     assert event["items"]["maxItems"] == audit_api.MAX_ITEMS
     assert tuple(event["outcome"]["enum"]) == OUTCOMES
+
+
+def test_spec_states_the_ingest_limits_and_the_429():
+    spec = yaml.safe_load(SPEC.read_text())
+    post = spec["paths"]["/xnat-hpc/audit"]["post"]
+    assert {"200", "400", "403", "409", "413", "429"} <= set(post["responses"])
+    busy = post["responses"]["429"]
+    assert busy["headers"]["Retry-After"]["schema"]["type"] == "integer"
+    assert "nothing of the batch" in busy["description"]
+    traits = audit_api.AuditIngest.class_traits()
+    text = spec["info"]["description"] + post["requestBody"]["description"]
+    for name in ("max_events_per_minute", "max_bytes_per_minute", "max_batch_bytes"):
+        assert name in text and str(traits[name].default_value) in text, name
+    assert traits["max_batch_bytes"].default_value == audit_api.MAX_BATCH_BYTES

@@ -93,6 +93,42 @@ def test_a_plain_hash_chain_rewrite_and_an_inserted_record_are_found(tmp_path):
     assert not v.ok and "record 11" in v.sentence
 
 
+@pytest.mark.parametrize("sql, column, words", [
+    ("UPDATE events SET user='mallory' WHERE seq=4", "events.user", "its user column was changed"),
+    ("UPDATE events SET action='login' WHERE seq=4", "events.action", "its action column was changed"),
+    ("UPDATE events SET time='2001-01-01T00:00:00.000Z' WHERE seq=4", "events.time", "its time column"),
+    ("UPDATE events SET stream='u1//other' WHERE seq=4", "events.stream", "its stream column"),
+    ("UPDATE events SET stream_seq=99 WHERE seq=4", "events.stream_seq", "its stream_seq column"),
+    ("UPDATE events SET stream=NULL, stream_seq=NULL WHERE seq=4", "events.stream", "its stream column"),
+    ("DELETE FROM event_projects WHERE seq=4", "event_projects.project", "lost project 'P1'"),
+    ("INSERT INTO event_projects SELECT 'SLEEP_EEG', seq, action, user, time FROM events WHERE seq=4",
+     "event_projects.project", "names project 'SLEEP_EEG'"),
+    ("UPDATE event_projects SET project='SLEEP_EEG' WHERE seq=4", "event_projects.project", "project index"),
+    ("UPDATE event_projects SET action='spawn' WHERE seq=4", "event_projects.action", "changed action"),
+    ("UPDATE event_projects SET user='dave' WHERE seq=4", "event_projects.user", "changed user"),
+    ("UPDATE event_projects SET time='2001-01-01' WHERE seq=4", "event_projects.time", "changed time"),
+])
+def test_an_edit_of_a_column_outside_the_macd_body_is_named(tmp_path, sql, column, words):
+    """Queries and the owner page filter on copies of body fields (``events`` columns, the
+    ``event_projects`` index): editing one alone hides an event or files it elsewhere."""
+    store = _store(tmp_path, n=0)
+    store.append([{"user": f"u{i % 3}", "action": "download", "outcome": "allowed", "items": [f"P{i % 2}/S/E"],
+                   "stream": f"u{i % 3}//b", "stream_seq": i // 3 + 1} for i in range(8)])
+    store.checkpoint()
+    assert verify_store(store.path, store.key).ok
+    _rw(store).execute(sql)
+    v = verify_store(store.path, store.key)
+    assert not v.ok and v.record == 4 and v.column == column, v
+    assert v.sentence.startswith("record 4 at ") and words in v.sentence, v.sentence
+
+
+def test_a_project_index_row_of_no_record_is_named(tmp_path):
+    store = _store(tmp_path)
+    _rw(store).execute("INSERT INTO event_projects VALUES ('SLEEP_EEG', 42, 'download', 'u1', 'x')")
+    v = verify_store(store.path, store.key)
+    assert not v.ok and v.record == 42 and v.column == "event_projects.seq" and "no such record" in v.sentence
+
+
 def test_a_wrong_key_is_called_a_key_mismatch(tmp_path):
     store = _store(tmp_path)
     v = verify_store(store.path, os.urandom(32))
@@ -130,7 +166,7 @@ def test_the_store_refuses_unsafe_files(tmp_path):
     os.chmod(d / "audit.key", 0o600)
     (tmp_path / "elsewhere.db").write_bytes(b"")
     os.symlink(tmp_path / "elsewhere.db", d / "audit.db")
-    with pytest.raises(AuditStoreError, match="symlink"):
+    with pytest.raises(AuditStoreError, match="symbolic link"):
         AuditStore(d / "audit.db", d / "audit.key")
     os.unlink(d / "audit.db")
     old = d / "old.jsonl"
@@ -138,6 +174,24 @@ def test_the_store_refuses_unsafe_files(tmp_path):
     os.chmod(old, 0o600)
     with pytest.raises(AuditStoreError, match="JSON-lines"):
         AuditStore(old, d / "audit.key")
+
+
+@pytest.mark.timeout(20)
+def test_a_fifo_for_the_key_or_checkpoint_is_refused_without_hanging(tmp_path):
+    """The store's files are opened through :mod:`xnat_bridge.private` (no link followed, never
+    blocked by a FIFO with no writer)."""
+    d = tmp_path / "d"
+    d.mkdir(mode=0o700)
+    os.mkfifo(d / "audit.key", 0o600)
+    with pytest.raises(AuditStoreError, match="FIFO"):
+        load_key(d / "audit.key")
+    store = _store(tmp_path)
+    store.close()
+    cp = tmp_path / "audit" / "audit.db.checkpoint"
+    cp.unlink()
+    os.mkfifo(cp, 0o600)
+    with pytest.raises(AuditStoreError, match="FIFO"):
+        verify_store(store.path, store.key)
 
 
 def test_redelivered_events_are_appended_once(tmp_path):
