@@ -52,7 +52,6 @@ import json
 import math
 import time
 
-from jupyterhub import orm
 from jupyterhub.apihandlers import APIHandler
 from tornado import web
 from traitlets import Any, Integer, TraitError, validate
@@ -60,7 +59,7 @@ from traitlets.config import LoggingConfigurable
 
 from xnat_bridge import audit
 from xnat_bridge.errors import InvalidRequest, PermissionDenied, XnatHpcError
-from xnat_bridge.spawn_record import record_of
+from xnat_bridge.spawn_record import record_of, server_of_token
 
 from .audit_log import HubAuditLog
 from .audit_store import project_of
@@ -88,19 +87,28 @@ class BatchTooLarge(InvalidRequest):
     reason = "batch_too_large"
 
 
-def server_for_token(user, token: str, orm_token) -> str | None:
-    """The name of *user*'s active server that *token* was issued to, or None."""
+def server_for_token(user, token: str) -> str | None:
+    """The name of *user*'s active server whose own hub token *token* is, or None.
+
+    Decided by the digest of the token JupyterHub issued for the server's start, kept in the
+    hub's :class:`~xnat_bridge.spawn_record.SpawnRecord` (the spawner's state, so also after
+    a hub restart); a personal token of the same user never matches, whatever its note or
+    scopes. A server started before the record kept the digest is matched by the plaintext
+    the spawner still holds (until the hub restarts; then it must be restarted to post)."""
+    records, legacy = {}, None
     for name, spawner in list(user.spawners.items()):
         if not spawner.active or spawner.server is None:
             continue
+        try:
+            records[name] = record_of(spawner)
+        except XnatHpcError:
+            records[name] = None
         issued = getattr(spawner, "api_token", "") or ""
-        if issued and hmac.compare_digest(issued.encode(), token.encode()):
-            return name
-        # after a hub restart the spawner no longer holds the plaintext: the token's note
-        # ("Server at <base_url>", set by JupyterHub when it issued it) names the server
-        if not issued and orm_token is not None and orm_token.note == f"Server at {spawner.server.base_url}":
-            return name
-    return None
+        if (records[name] is None or not records[name].token_sha256) and issued \
+                and hmac.compare_digest(issued.encode(), token.encode()):
+            legacy = name
+    found = server_of_token(records, token)
+    return found if found is not None else legacy
 
 
 def parse_batch(body: bytes, user: str, server: str, *, max_bytes: int = MAX_BATCH_BYTES,
@@ -343,7 +351,7 @@ class AuditIngestHandler(APIHandler):
         if not token or user is None or getattr(user, "kind", "user") != "user":
             raise web.HTTPError(403, "send audit events with the server's own JUPYTERHUB_API_TOKEN")
         ensure_watch(self.settings)  # running servers post here: the re-check runs after a restart
-        server = server_for_token(user, token, orm.APIToken.find(self.db, token))
+        server = server_for_token(user, token)
         if server is None:
             raise PermissionDenied("only a running server's own hub token (JUPYTERHUB_API_TOKEN) may "
                                    "send audit events")

@@ -29,7 +29,6 @@ import base64
 import json
 import re
 
-from jupyterhub import orm
 from jupyterhub.apihandlers import APIHandler
 from jupyterhub.handlers import BaseHandler
 from tornado import web
@@ -177,7 +176,7 @@ class _ServerAPI(APIHandler):
         user's server token is refused: only a server submits jobs."""
         name = self.user_from_token()
         token = self.get_auth_token()
-        server = server_for_token(self.current_user, token, orm.APIToken.find(self.db, token))
+        server = server_for_token(self.current_user, token)
         if server is None:
             raise PermissionDenied("only a running server's own hub token (JUPYTERHUB_API_TOKEN) may "
                                    "enter jobs in the hub's ledger or hold their results")
