@@ -19,7 +19,8 @@ the hub; site administrators see every project):
 
 An event about several projects shows each owner only their part
 (:func:`hub_ext.owner_render.visible_part`). Rendering is pure
-(:mod:`hub_ext.owner_render`); this module gathers the data.
+(:mod:`hub_ext.owner_render`, through the templates of :mod:`hub_ext.pages`); this module
+gathers the data.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from xnat_bridge.permissions import fetch_permissions
 from . import owner_render as R
 from .audit_log import HubAuditLog
 from .errors import map_errors
+from .pages import ensure_pages
 from .review_store import ReviewStore
 from .revocation_watch import ensure_watch
 from .routes import installed
@@ -67,18 +69,18 @@ def hub_audit_log(settings: dict, log=None) -> HubAuditLog:
 
 def project_actions_html(handler: BaseHandler, project: str) -> str:
     """The owner actions of *project*'s section: links to the hub's grant/revoke and review
-    pages when the configuration installs them, then every :data:`project_action_hooks` entry."""
+    pages when the configuration installs them (``xnat-hpc-owner-actions.html``), then every
+    :data:`project_action_hooks` entry."""
     from urllib.parse import quote
 
     base = handler.hub.base_url.rstrip("/")
     cfg = handler.settings.get("config")
-    links = []
-    if installed(cfg, "/xnat-hpc/owner/access"):
-        links.append(f'<a href="{base}/xnat-hpc/owner/access?project={quote(project)}">Grant or revoke access '
-                     f'to {R._e(project)}</a>')
-    if installed(cfg, "/xnat-hpc/review"):
-        links.append(f'<a href="{base}/xnat-hpc/review">Results held for review</a>')
-    parts = [f'<p class="owner-actions">{" · ".join(links)}</p>'] if links else []
+    access = (f"{base}/xnat-hpc/owner/access?project={quote(project)}"
+              if installed(cfg, "/xnat-hpc/owner/access") else "")
+    review = f"{base}/xnat-hpc/review" if installed(cfg, "/xnat-hpc/review") else ""
+    links = ensure_pages(handler.settings, handler.log).render(
+        "xnat-hpc-owner-actions.html", project=project, access_url=access, review_url=review)
+    parts = [links] if links.strip() else []
     for hook in project_action_hooks:
         try:
             parts.append(hook(handler, project) or "")
@@ -216,4 +218,4 @@ class OwnerAuditHandler(BaseHandler):
         users = sorted({e.get("user", "") for e in events} - {""})
         page = R.PageView(user.name, sorted(owned), ok, sentence, checked, f, events, total, views, users,
                           self.hub.base_url.rstrip("/") + "/xnat-hpc/owner")
-        self.finish(R.render_page(page))
+        self.finish(R.render_page(page, pages=ensure_pages(self.settings, self.log)))

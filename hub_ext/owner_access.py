@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import html
 import re
 from collections.abc import Mapping
 from urllib.parse import quote
@@ -41,6 +40,7 @@ from xnat_bridge.scope import check_id
 
 from .audit_log import HubAuditLog
 from .errors import map_errors, status_for
+from .pages import XnatHpcPages, ensure_pages, render
 from .revocation import RevocationReport
 from .revocation_watch import ensure_watch, revoke_bounded
 from .visitor import visitor_client, visitor_token
@@ -87,73 +87,27 @@ def parse_change(form: Mapping[str, str]) -> AccessChange:
     return AccessChange(action, project, user, group)
 
 
-# -- rendering (pure) ------------------------------------------------------------------------
+# -- rendering (pure; the templates of hub_ext.pages) -----------------------------------------
 
-def _e(value) -> str:
-    return html.escape(str(value), quote=True)
-
-
-def access_section_html(project: str, members: list[dict], *, xsrf: str, action_url: str) -> str:
-    """One project's section: its members (``login``, ``displayname`` rows as XNAT lists them)
-    with a revoke button each, and the grant form (pure; no JavaScript)."""
-    p = _e(project)
-    rows = []
-    for m in sorted(members, key=lambda m: (str(m.get("displayname", "")), str(m.get("login", "")))):
-        login, group = str(m.get("login", "")), str(m.get("displayname", ""))
-        name = " ".join(str(m.get(k) or "") for k in ("firstname", "lastname")).strip()
-        rows.append(
-            f'<tr><td>{_e(login)}</td><td>{_e(name)}</td><td>{_e(group)}</td><td>'
-            f'<form method="post" action="{_e(action_url)}">'
-            f'<input type="hidden" name="_xsrf" value="{_e(xsrf)}">'
-            f'<input type="hidden" name="action" value="revoke">'
-            f'<input type="hidden" name="project" value="{p}">'
-            f'<input type="hidden" name="user" value="{_e(login)}">'
-            f'<input type="hidden" name="group" value="{_e(group)}">'
-            f'<button type="submit" aria-label="Revoke access of {_e(login)} to {p}">Revoke</button>'
-            f'</form></td></tr>')
-    options = "".join(f'<option value="{g}"{" selected" if g == "Members" else ""}>{g}</option>' for g in GROUPS)
-    return f"""<section class="xnat-hpc-access" id="access-{p}" aria-labelledby="access-{p}-title">
-<h2 id="access-{p}-title">{p}</h2>
-<table id="members-{p}"><caption>Who has access to {p} (as XNAT says now)</caption>
-<thead><tr><th scope="col">XNAT user</th><th scope="col">name</th><th scope="col">role</th>
-<th scope="col">revoke</th></tr></thead>
-<tbody>
-{chr(10).join(rows)}
-</tbody></table>
-<form method="post" action="{_e(action_url)}" id="grant-{p}">
-<input type="hidden" name="_xsrf" value="{_e(xsrf)}">
-<input type="hidden" name="action" value="grant">
-<input type="hidden" name="project" value="{p}">
-<fieldset><legend>Grant access to {p}</legend>
-<label for="grant-{p}-user">XNAT user</label>
-<input type="text" id="grant-{p}-user" name="user" required autocomplete="off">
-<label for="grant-{p}-group">role</label>
-<select id="grant-{p}-group" name="group">{options}</select>
-<button type="submit">Grant access</button>
-</fieldset></form>
-</section>"""
+def access_section_html(project: str, members: list[dict], *, xsrf: str, action_url: str,
+                        pages: XnatHpcPages | None = None) -> str:
+    """One project's section (``xnat-hpc-access-section.html``): its members (``login``,
+    ``displayname`` rows as XNAT lists them) with a revoke button each, and the grant form
+    (pure; no JavaScript). *pages*: the hub's (:func:`~hub_ext.pages.ensure_pages`), else the
+    packaged templates."""
+    rows = [{"login": str(m.get("login", "")), "group": str(m.get("displayname", "")),
+             "name": " ".join(str(m.get(k) or "") for k in ("firstname", "lastname")).strip()}
+            for m in sorted(members, key=lambda m: (str(m.get("displayname", "")), str(m.get("login", ""))))]
+    return render("xnat-hpc-access-section.html", pages, project=project, members=rows,
+                  groups=[(g, g == "Members") for g in GROUPS], xsrf=xsrf, action_url=action_url)
 
 
 def render_page(visitor: str, owned: list[str], sections: list[str], *, message: str = "",
-                error: bool = False, back_url: str = "") -> str:
-    """The whole page (pure): a result line (``role="status"`` or ``role="alert"``), then sections."""
-    result = ""
-    if message:
-        role, cls = ("alert", "error") if error else ("status", "ok")
-        result = f'<p id="result" class="{cls}" role="{role}">{_e(message)}</p>'
-    owned_text = ", ".join(owned) or "none"
-    back = f'<p><a href="{_e(back_url)}">Audit of your projects</a></p>' if back_url else ""
-    body = "\n".join(sections) or "<p>You own no XNAT project, so there is no access to manage here.</p>"
-    return f"""<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">
-<title>XNAT projects: access</title></head><body>
-<h1>Access to your XNAT projects</h1>
-{result}
-<p>{_e(visitor)}, you own: <strong id="owned">{_e(owned_text)}</strong> (as XNAT says now). Changes go
-to XNAT as you; XNAT decides. Revoking also stops the user's servers on the project and cancels
-their offload jobs on its data.</p>
-{back}
-{body}
-</body></html>"""
+                error: bool = False, back_url: str = "", pages: XnatHpcPages | None = None) -> str:
+    """The whole page (``xnat-hpc-access.html``; pure): a result line (``role="status"`` or
+    ``role="alert"``), then *sections* (HTML from :func:`access_section_html`)."""
+    return render("xnat-hpc-access.html", pages, visitor=visitor, owned=list(owned), sections=list(sections),
+                  message=message, error=error, back_url=back_url)
 
 
 # -- XNAT's project-users API, as the owner (blocking: call in a thread) -----------------------
@@ -241,9 +195,11 @@ class OwnerAccessHandler(BaseHandler):
         owned, members = await asyncio.to_thread(ask)
         url = access_url(self.hub.base_url)
         xsrf = self.xsrf_token.decode("ascii")
-        sections = [access_section_html(p, rows, xsrf=xsrf, action_url=url) for p, rows in members.items()]
+        pages = ensure_pages(self.settings, self.log)
+        sections = [access_section_html(p, rows, xsrf=xsrf, action_url=url, pages=pages)
+                    for p, rows in members.items()]
         back = self.hub.base_url.rstrip("/") + "/xnat-hpc/owner"
-        return render_page(visitor, owned, sections, message=message, error=error, back_url=back)
+        return render_page(visitor, owned, sections, message=message, error=error, back_url=back, pages=pages)
 
     @web.authenticated
     @map_errors
@@ -254,7 +210,8 @@ class OwnerAccessHandler(BaseHandler):
             self.finish(await self._page(token))
         except XnatHpcError as exc:
             self.set_status(status_for(exc))
-            self.finish(render_page(self.current_user.name, [], [], message=exc.message, error=True))
+            self.finish(render_page(self.current_user.name, [], [], message=exc.message, error=True,
+                                    pages=ensure_pages(self.settings, self.log)))
 
     @web.authenticated
     @map_errors
@@ -267,7 +224,8 @@ class OwnerAccessHandler(BaseHandler):
             change = parse_change(form)
         except XnatHpcError as exc:
             self.set_status(status_for(exc))
-            self.finish(render_page(visitor, [], [], message=exc.message, error=True))
+            self.finish(render_page(visitor, [], [], message=exc.message, error=True,
+                                    pages=ensure_pages(self.settings, self.log)))
             return
         try:
             token = await self._token()
@@ -305,7 +263,8 @@ class OwnerAccessHandler(BaseHandler):
         try:
             page = await self._page(await self._token(), message=message, error=error)
         except XnatHpcError:
-            page = render_page(self.current_user.name, [], [], message=message, error=error)
+            page = render_page(self.current_user.name, [], [], message=message, error=error,
+                               pages=ensure_pages(self.settings, self.log))
         self.finish(page)
 
     # -- what a revocation does --------------------------------------------------------------

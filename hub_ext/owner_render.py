@@ -1,19 +1,20 @@
 """The owners' page as pure functions: what an owner may see of an event, the filters of
-the query string, the jobs and servers derived from the trail, and the HTML / CSV / JSON
-(:mod:`hub_ext.owner` gathers the data and answers).
+the query string, the jobs and servers derived from the trail, the CSV / JSON exports, and
+what the page's templates receive (:mod:`hub_ext.owner` gathers the data and answers).
 
 Everything here is a function of its arguments (no hub, no XNAT, no store), covered by
-``tests/unit/test_owner_render.py``. The HTML works without JavaScript and is meant to be
-read with a screen reader too: one ``h1``, a skip link, a section per project with an
-``h2``, tables with captions and ``scope`` on their headers, a labelled GET form for the
-filters, pagination links.
+``tests/unit/test_owner_render.py``. The HTML comes from the templates of
+:mod:`hub_ext.pages` (``xnat-hpc-owner.html`` and its partials; autoescaped, overridable by
+a site): ``*_context`` functions shape the data, ``render_page`` / ``project_section`` /
+``filter_form`` render it. It works without JavaScript and is meant to be read with a screen
+reader too: one ``h1``, a skip link, a section per project with an ``h2``, tables with
+captions and ``scope`` on their headers, a labelled GET form for the filters, pagination links.
 """
 
 from __future__ import annotations
 
 import csv
 import dataclasses
-import html
 import io
 import json
 import re
@@ -23,6 +24,7 @@ from urllib.parse import urlencode
 from xnat_bridge.audit import ACTIONS
 
 from .audit_store import project_of
+from .pages import XnatHpcPages, render
 
 #: what replaces the detail of an event that also concerns projects the visitor does not own
 WITHHELD = "details withheld: this event also concerns projects you do not own"
@@ -37,10 +39,6 @@ CSV_COLUMNS = ("seq", "time", "user", "server", "source", "action", "outcome", "
                "files", "bytes", "hashes", "detail", "extra", "event_time")
 _JOB_RE = re.compile(r"\bjob (j[0-9a-f]{12})\b")
 _SLURM_RE = re.compile(r"\bslurm (\d+)\b")
-
-
-def _e(value) -> str:
-    return html.escape(str(value), quote=True)
 
 
 def source_label(event: Mapping) -> str:
@@ -238,19 +236,15 @@ def to_csv(events: Iterable[dict]) -> str:
     return buf.getvalue()
 
 
-# -- HTML ------------------------------------------------------------------------------------------
-def _table(tid: str, caption: str, headers: list[str], rows: list[list], empty: str) -> str:
-    head = "".join(f'<th scope="col">{_e(h)}</th>' for h in headers)
-    body = "\n".join("<tr>" + "".join(f"<td>{_e(c)}</td>" for c in r) + "</tr>" for r in rows)
-    if not rows:
-        body = f'<tr><td colspan="{len(headers)}">{_e(empty)}</td></tr>'
-    return (f'<table id="{_e(tid)}"><caption>{_e(caption)}</caption><thead><tr>{head}</tr></thead>'
-            f"<tbody>\n{body}\n</tbody></table>")
-
-
+# -- HTML (through the templates of hub_ext.pages) ---------------------------------------------
 def _short(h: str) -> str:
     h = str(h or "")
     return h if len(h) <= 23 else h[:23] + "…"
+
+
+def _table(tid: str, caption: str, headers: list[str], rows: list[list], empty: str) -> dict:
+    """A table as the templates' ``table`` macro takes it (``xnat-hpc-macros.html``)."""
+    return {"id": tid, "caption": caption, "headers": headers, "rows": rows, "empty": empty}
 
 
 @dataclasses.dataclass
@@ -261,17 +255,16 @@ class ProjectView:
     servers: list[dict]
     jobs: list[dict]
     downloads: list[dict]
-    actions_html: str = ""              # grant/revoke, review: filled by hub_ext.owner's hook
+    actions_html: str = ""              # grant/revoke, review: filled by hub_ext.owner's hook (trusted HTML)
 
 
-def project_section(v: ProjectView) -> str:
+def project_context(v: ProjectView) -> dict:
+    """What ``xnat-hpc-owner-project.html`` receives as ``p`` (pure)."""
     p = v.project
-    if v.members is None:
-        members = f'<p id="members-{_e(p)}-error" role="alert">{_e(v.members_error)}</p>'
-    else:
-        members = _table(f"members-{p}", f"Who has access to {p} (from XNAT, now)", ["XNAT user", "name", "role"],
-                         [[m.get("login", ""), " ".join(str(m.get(k) or "") for k in ("firstname", "lastname")).strip(),
-                           m.get("displayname") or m.get("role", "")] for m in v.members], "nobody")
+    members = None if v.members is None else _table(
+        f"members-{p}", f"Who has access to {p} (from XNAT, now)", ["XNAT user", "name", "role"],
+        [[m.get("login", ""), " ".join(str(m.get(k) or "") for k in ("firstname", "lastname")).strip(),
+          m.get("displayname") or m.get("role", "")] for m in v.members], "nobody")
     servers = _table(f"servers-{p}", f"Servers running now with {p} in their scope",
                      ["user", "server", "started", "scope in this project"],
                      [[s["user"], s["server"], s["started"], ", ".join(s["scope"])] for s in v.servers], "none")
@@ -287,40 +280,26 @@ def project_section(v: ProjectView) -> str:
                          d.get("files", 0), d.get("bytes", 0), _short((d.get("hashes") or {}).get("manifest", "")),
                          source_label(d)]
                         for d in v.downloads], "none")
-    return f"""<section id="project-{_e(p)}" aria-labelledby="project-{_e(p)}-title">
-<h2 id="project-{_e(p)}-title">Project {_e(p)}</h2>
-{members}
-<!-- owner actions (grant / revoke, results review): hub_ext.owner.project_actions_html -->
-{v.actions_html}
-{servers}
-{jobs}
-{downloads}
-</section>"""
+    return {"project": p, "members": members, "members_error": v.members_error, "actions_html": v.actions_html,
+            "servers": servers, "jobs": jobs, "downloads": downloads}
 
 
-def filter_form(f: Filters, owned: list[str], users: list[str], action_url: str) -> str:
-    proj = "".join(f'<option value="{_e(p)}"{" selected" if p == f.project else ""}>{_e(p)}</option>' for p in owned)
-    acts = "".join(f'<option value="{a}"{" selected" if a == f.action else ""}>{a}</option>' for a in ACTIONS)
-    sizes = "".join(f'<option value="{n}"{" selected" if n == f.per_page else ""}>{n}</option>' for n in PAGE_SIZES)
-    users_list = "".join(f'<option value="{_e(u)}">' for u in users)
-    since, until = f.since[:16], f.until[:16]
-    return f"""<form method="get" action="{_e(action_url)}" id="filters" role="search">
-<fieldset><legend>Filter the events</legend>
-<label for="f-project">project</label>
-<select id="f-project" name="project"><option value="">all of mine</option>{proj}</select>
-<label for="f-user">user</label>
-<input type="text" id="f-user" name="user" value="{_e(f.user)}" list="f-users" autocomplete="off">
-<datalist id="f-users">{users_list}</datalist>
-<label for="f-action">action</label>
-<select id="f-action" name="action"><option value="">any</option>{acts}</select>
-<label for="f-since">from (UTC)</label>
-<input type="datetime-local" id="f-since" name="since" value="{_e(since)}">
-<label for="f-until">until (UTC)</label>
-<input type="datetime-local" id="f-until" name="until" value="{_e(until)}">
-<label for="f-per-page">per page</label>
-<select id="f-per-page" name="per_page">{sizes}</select>
-<button type="submit">Show</button>
-</fieldset></form>"""
+def project_section(v: ProjectView, *, pages: XnatHpcPages | None = None) -> str:
+    """One project's section of the page (``xnat-hpc-owner-project.html``)."""
+    return render("xnat-hpc-owner-project.html", pages, p=project_context(v))
+
+
+def filter_context(f: Filters, owned: list[str], users: list[str], action_url: str) -> dict:
+    """What ``xnat-hpc-owner-filters.html`` receives as ``form`` (pure)."""
+    return {"action_url": action_url, "projects": [(p, p == f.project) for p in owned],
+            "user": f.user, "users": list(users), "actions": [(a, a == f.action) for a in ACTIONS],
+            "since": f.since[:16], "until": f.until[:16], "sizes": [(n, n == f.per_page) for n in PAGE_SIZES]}
+
+
+def filter_form(f: Filters, owned: list[str], users: list[str], action_url: str, *,
+                pages: XnatHpcPages | None = None) -> str:
+    """The filter form alone (``xnat-hpc-owner-filters.html``)."""
+    return render("xnat-hpc-owner-filters.html", pages, form=filter_context(f, owned, users, action_url))
 
 
 @dataclasses.dataclass
@@ -340,54 +319,33 @@ class PageView:
     error: str = ""
 
 
-def render_page(v: PageView) -> str:
+def page_context(v: PageView) -> dict:
+    """What ``xnat-hpc-owner.html`` receives (pure)."""
     f = v.filters
-    owned = ", ".join(v.owned) or "none"
-    state = {True: "intact", False: "BROKEN", None: "not verified yet"}[v.chain_ok]
-    checked = f" (checked {_e(v.chain_checked)})" if v.chain_checked else ""
     rows = [[e.get("time", ""), e.get("user", ""), e.get("server", ""), source_label(e), e.get("action", ""),
              e.get("outcome", ""), ", ".join(e.get("items") or ()), e.get("files", 0), e.get("bytes", 0),
              " ".join(f"{k}:{_short(h)}" for k, h in sorted((e.get("hashes") or {}).items())),
              e.get("detail", "") + ("" if not e.get("extra") else " " + json.dumps(e["extra"], sort_keys=True))]
             for e in v.events]
     pages = max(1, -(-v.total // f.per_page))
-    nav = []
-    if f.page > 1:
-        nav.append(f'<a rel="prev" href="{_e(v.base_url)}?{_e(urlencode(f.query_args(page=f.page - 1)))}">newer</a>')
-    if f.page < pages:
-        nav.append(f'<a rel="next" href="{_e(v.base_url)}?{_e(urlencode(f.query_args(page=f.page + 1)))}">older</a>')
-    csv_url = f"{v.base_url}?{urlencode({**f.query_args(page=1, per_page=50), 'format': 'csv'})}"
-    json_url = f"{v.base_url}?{urlencode({**f.query_args(page=1, per_page=50), 'format': 'json'})}"
-    links = "".join(f'<li><a href="{_e(u)}">{_e(label)}</a></li>' for label, u in v.links)
-    error = f'<p id="error" role="alert">{_e(v.error)}</p>' if v.error else ""
-    return f"""<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>XNAT projects: audit</title>
-<style>table{{border-collapse:collapse;margin:1em 0}}td,th{{border:1px solid #888;padding:.2em .4em;
-text-align:left;vertical-align:top}}caption{{text-align:left;font-weight:bold}}
-.broken{{color:#a00;font-weight:bold}}label{{margin-left:.6em}}</style></head><body>
-<a href="#events-section">Skip to the audit events</a>
-<main>
-<h1>Audit of your XNAT projects</h1>
-{error}
-<p>{_e(v.visitor)}, you own: <strong id="owned">{_e(owned)}</strong> (as XNAT says now).</p>
-<p id="chain" class="{'broken' if v.chain_ok is False else ''}">Audit trail: <strong>{state}</strong>{checked}:
-{_e(v.chain)}</p>
-{('<ul id="owner-links">' + links + '</ul>') if links else ''}
-{chr(10).join(project_section(p) for p in v.projects)}
-<section id="events-section" aria-labelledby="events-title">
-<h2 id="events-title">Audit events</h2>
-{filter_form(f, v.owned, v.users, v.base_url)}
-<p id="exports">Export these events: <a id="export-csv" href="{_e(csv_url)}" download>CSV</a>,
-<a id="export-json" href="{_e(json_url)}">JSON</a></p>
-<p id="count">{v.total} event(s); page {f.page} of {pages}.</p>
-<p id="sources">Source: <em>{RECORDED_BY_HUB}</em> — what the hub decided or saw itself;
-<em>{REPORTED_BY_SERVER}</em> — what a researcher's server sent (it runs their code: its claim,
-stamped with their identity; items outside the scope the hub gave that server are never shown
-as events of those projects).</p>
-{_table("events", "Audit events on your projects, newest first (times UTC, stamped by the hub)",
-        ["time", "user", "server", "source", "action", "outcome", "items", "files", "bytes", "hashes", "detail"],
-        rows, "no events match")}
-<nav aria-label="pages of events">{" ".join(nav)}</nav>
-</section>
-</main></body></html>"""
+    url = lambda **q: f"{v.base_url}?{urlencode(q)}"  # noqa: E731
+    return {
+        "visitor": v.visitor, "owned": list(v.owned), "chain_ok": v.chain_ok, "chain": v.chain,
+        "chain_checked": v.chain_checked, "links": list(v.links), "error": v.error,
+        "projects": [project_context(p) for p in v.projects],
+        "form": filter_context(f, v.owned, v.users, v.base_url),
+        "csv_url": url(**f.query_args(page=1, per_page=50), format="csv"),
+        "json_url": url(**f.query_args(page=1, per_page=50), format="json"),
+        "total": v.total, "page": f.page, "pages": pages,
+        "prev_url": url(**f.query_args(page=f.page - 1)) if f.page > 1 else "",
+        "next_url": url(**f.query_args(page=f.page + 1)) if f.page < pages else "",
+        "events": _table("events", "Audit events on your projects, newest first (times UTC, stamped by the hub)",
+                         ["time", "user", "server", "source", "action", "outcome", "items", "files", "bytes",
+                          "hashes", "detail"], rows, "no events match"),
+        "recorded_by_hub": RECORDED_BY_HUB, "reported_by_server": REPORTED_BY_SERVER,
+    }
+
+
+def render_page(v: PageView, *, pages: XnatHpcPages | None = None) -> str:
+    """The whole page (``xnat-hpc-owner.html``; *pages*: the hub's, else the packaged templates)."""
+    return render("xnat-hpc-owner.html", pages, **page_context(v))

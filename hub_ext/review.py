@@ -39,6 +39,7 @@ from xnat_bridge.spawn_record import record_of
 from .audit_api import server_for_token
 from .audit_log import HubAuditLog
 from .errors import map_errors
+from .pages import ensure_pages
 from .review_page import render_page
 from .review_store import ReviewStore, decidable
 from .visitor import visitor_permissions
@@ -99,7 +100,8 @@ class ReviewPageHandler(_OwnerMixin, BaseHandler):
         notice = NOTICES.get(self.get_argument("notice", ""), "")
         self.set_header("Cache-Control", "no-store")  # previews of held results: never cached
         self.finish(render_page(self.current_user.name, sorted(owned), marked, jobs, previews,
-                                self.xsrf_token.decode("ascii"), notice))
+                                self.xsrf_token.decode("ascii"), notice,
+                                pages=ensure_pages(self.settings, self.log)))
 
 
 class ReviewProjectHandler(_OwnerMixin, BaseHandler):
