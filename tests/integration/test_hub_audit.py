@@ -21,7 +21,7 @@ import requests
 from hub_ext.audit_store import canonical, mac_of
 from hub_ext.cli import main as cli
 from tests.fixtures.faultproxy import FaultProxy
-from tests.fixtures.spawn import audit_events, process_environ, server_process, stop_server, wait_ready
+from tests.fixtures.spawn import audit_events, process_environ, server_process, stop_server, wait_for, wait_ready
 from xnat_bridge.audit import make_event
 from xnat_bridge.audit_outbox import Outbox, Sender
 
@@ -52,16 +52,6 @@ def _server_api(hub, user: str, method: str, path: str, **kw) -> requests.Respon
                             headers={"Authorization": f"token {hub.api_token}"}, **kw)
 
 
-def _wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = predicate()
-        if found:
-            return found
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def _store(hub) -> Path:
     return Path(hub.log_path).parent / "audit" / "audit.db"
 
@@ -90,10 +80,10 @@ def bob_job(hub, bob):
                                                           "cpus": 1, "walltime": "0:10:00"})
     assert job.status_code == 202, job.text
     job_id = job.json()["id"]
-    final = _wait_for(lambda: (lambda j: j if j["state"] in ("done", "failed", "cancelled") else None)(
+    final = wait_for(lambda: (lambda j: j if j["state"] in ("done", "failed", "cancelled") else None)(
         _server_api(hub, "bob", "GET", f"/jobs/{job_id}").json()), 900, f"job {job_id} to end")
     assert final["state"] == "done", final
-    retrieved = _wait_for(lambda: [e for e in audit_events(hub) if e["action"] == "result_retrieve"
+    retrieved = wait_for(lambda: [e for e in audit_events(hub) if e["action"] == "result_retrieve"
                                    and (e.get("extra") or {}).get("job") == job_id], 30,
                           "the result_retrieve event on the hub")
     return final, retrieved[0]
@@ -249,7 +239,7 @@ def test_events_queued_while_the_hub_is_unreachable_arrive_once_in_order(hub, bo
         boot = box.pending()[0]
         assert not [e for e in audit_events(hub) if e.get("stream") == f"bob//{boot}"]
         proxy.up()
-        _wait_for(lambda: not box.pending()[1], 30, "the outbox to drain after the hub came back")
+        wait_for(lambda: not box.pending()[1], 30, "the outbox to drain after the hub came back")
         sender.stop()
         got = [e for e in audit_events(hub) if e.get("stream") == f"bob//{boot}"]
         assert [e["detail"] for e in got] == [f"queued {i}" for i in range(7)]

@@ -274,7 +274,14 @@ def test_cancel_during_staging_stops_every_reader_and_leaves_nothing(own_xnat):
     try:
         rec = m.submit("big", env.script("count.py", OK_SCRIPT))
         assert gate.reached.wait(60), m.get(rec.id).message
-        assert any(p.name.endswith(".partial") for p in (env.staging / env.conn.user).iterdir())
+        # the encrypter (its own process for the age CLI) creates the partial bundle when it
+        # writes the age header: on a busy machine that can come after the readers reached the
+        # gate, so wait for the file itself (a state, not a time)
+        udir = env.staging / env.conn.user
+        deadline = time.monotonic() + 60
+        while not any(p.name.endswith(".partial") for p in udir.iterdir()):
+            assert time.monotonic() < deadline, f"no partial bundle in {udir}: {m.get(rec.id).message}"
+            time.sleep(0.05)
         m.cancel(rec.id)
         gate.release.set()
         rec = m.wait(rec.id, timeout=60)

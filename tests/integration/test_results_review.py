@@ -25,14 +25,13 @@ import json
 import os
 import re
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 import requests
 
 from tests.fixtures.devxnat import PASSWORDS
-from tests.fixtures.spawn import audit_events, start_server, stop_server
+from tests.fixtures.spawn import audit_events, start_server, stop_server, wait_for
 from xnat_bridge.offload import JobState
 from xnat_bridge.offload import review as rv
 
@@ -82,16 +81,6 @@ def hub_job(hub, token: str | None, job_id: str, share: bool = False) -> request
 
 def client(hub, token: str) -> rv.ReviewClient:
     return rv.ReviewClient(f"{hub.url}/hub/api", token)
-
-
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = predicate()
-        if found:
-            return found
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def trail(hub, user: str, action: str, outcome: str, job: str | None = None) -> list[dict]:
