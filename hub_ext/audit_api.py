@@ -344,6 +344,8 @@ def ensure_ingest(tornado_settings: dict, log=None) -> AuditIngest:
 class AuditIngestHandler(APIHandler):
     """Events from a user's server, stamped with the identity its token proves."""
 
+    _accept_cookie_auth = False  # the server's token in the header only, never a login cookie
+
     @map_errors
     async def post(self):
         token = self.get_auth_token()

@@ -158,14 +158,18 @@ class ReviewDecisionHandler(_OwnerMixin, BaseHandler):
 
 
 class _ServerAPI(APIHandler):
+    #: token in the Authorization header only: JupyterHub would otherwise fall back to the
+    #: login cookie when the header's token is unknown (and these handlers skip the XSRF check)
+    _accept_cookie_auth = False
+
     def user_from_token(self) -> str:
         """The job's user, from a hub token in the Authorization header (never a cookie) that
         may report activity for them (``users:activity!user=NAME``): what a server's own
         ``JUPYTERHUB_API_TOKEN`` holds, and a token limited to anything less does not."""
-        auth = self.request.headers.get("Authorization", "")
         user = self.current_user
-        if not auth.lower().startswith(("token ", "bearer ")) or user is None \
-                or getattr(user, "kind", "user") != "user" \
+        orm_token = self.get_token()  # the header's token as the hub knows it, or None
+        if orm_token is None or orm_token.user is None or user is None \
+                or getattr(user, "kind", "user") != "user" or orm_token.user.name != user.name \
                 or not self.has_scope(f"users:activity!user={user.name}"):
             raise PermissionDenied("the review API takes a server's hub token (its JUPYTERHUB_API_TOKEN, "
                                    "as Authorization: token ...; scope users:activity for its user)")
@@ -237,9 +241,21 @@ class LedgerJobAPIHandler(_ServerAPI):
 
     @map_errors
     async def patch(self, job_id: str):
-        user, _server, _projects = self.server_from_token()
+        user, server, projects = self.server_from_token()
+        body = self.body_json()
         store = review_store(self.settings, self.log)
-        job = await asyncio.to_thread(store.update_job, user, job_id, self.body_json())
+        try:
+            job = await asyncio.to_thread(store.update_job, user, job_id, body)
+        except XnatHpcError as e:  # another user's job, a Slurm id replaced, an ended job changed
+            await audit(self.settings, user, "job_state", "denied", items=sorted(projects),
+                        detail=f"job {job_id} from server {server or '(default)'}: {e.message}"[:500],
+                        extra={"job": job_id, "server": server})
+            raise
+        await audit(self.settings, user, "job_state", "allowed", items=job["projects"],
+                    detail=f"job {job_id} reported by server {server or '(default)'}: "
+                           + ", ".join(f"{k} {v}" for k, v in sorted(body.items()) if k != "message")[:400],
+                    extra={"job": job_id, "server": server, "state": job["state"],
+                           "slurm_job_id": job["slurm_job_id"]})
         self.reply(job)
 
     @map_errors
