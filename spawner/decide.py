@@ -22,8 +22,20 @@ from xnat_bridge.offload.policy import OffloadPolicy
 from xnat_bridge.scope import Scope
 from xnat_bridge.server_env import PASS, LaunchItem, ServerEnv
 
-from .plan import ARC, DataLayout, DataMount, ScopeMount, SpawnPlan, mount_target
+from .plan import (
+    ARC,
+    PLUGIN_DATA,
+    SECRET_NAME,
+    WORKSPACE_BACKENDS,
+    DataLayout,
+    DataMount,
+    ScopeMount,
+    SpawnPlan,
+    mount_target,
+    workspace_dir,
+)
 from .request import SpawnRequest
+from .xnat_launch import XnatLaunch, archive_paths, item_type
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,14 +116,33 @@ def data_layout(profile: Profile, request: SpawnRequest) -> DataLayout:
 
 
 def scope_mounts(scope: Scope, sessions: Mapping[str, Iterable[Session]],
-                 layout: DataLayout = DataLayout.XNAT) -> tuple[ScopeMount, ...]:
+                 layout: DataLayout = DataLayout.XNAT, *,
+                 launch: XnatLaunch | None = None) -> tuple[ScopeMount, ...]:
     """The scope's read-only mounts in *layout*: a whole project is one mount (xnat) or its
     sessions, resources and subjects folders (plugin); a narrowed one is one mount per
-    session (plus, in the plugin's layout, each selected subject's resources folder)."""
+    session (plus, in the plugin's layout, each selected subject's resources folder).
+
+    *launch*: what XNAT stored for a start from its "Start Jupyter" (:mod:`spawner.xnat_launch`).
+    In the plugin's layout the mounts then follow the plugin: a folder XNAT did not list (it
+    lists only those that exist) is skipped, not a failed start; each listed one is mounted from
+    the archive sub-path XNAT's path names (:func:`~spawner.xnat_launch.archive_paths`: XNAT's
+    ``currentArc``, not an assumed ``arc001``), skipped where the hub's archive lacks it
+    (``optional``, ``listed``); and a subject with no experiments starts (XNAT vouched for the
+    item), with its resources folder if XNAT lists one. The scope itself is still the hub's:
+    only sessions the hub found in the scope are mounted."""
     mounts = []
+    listed = archive_paths(launch)[0] if launch is not None and layout is DataLayout.PLUGIN else None
 
     def add(project: str, source: str, optional: bool = False) -> None:
-        mounts.append(ScopeMount(project, source, mount_target(layout, source), optional))
+        target = mount_target(layout, source)
+        if listed is None:
+            mounts.append(ScopeMount(project, source, target, optional))
+        elif target in listed:  # else: XNAT found no such folder, and the plugin skips it
+            xnat_source = listed[target]
+            if xnat_source is None:  # XNAT's path says nothing of the archive's: the default, if there
+                mounts.append(ScopeMount(project, source, target, True))
+            else:
+                mounts.append(ScopeMount(project, xnat_source, target, True, listed=True))
 
     for project, ps in sorted((scope.projects or {}).items()):
         if ps.whole:
@@ -123,7 +154,8 @@ def scope_mounts(scope: Scope, sessions: Mapping[str, Iterable[Session]],
                 add(project, f"{project}/subjects", True)
             continue
         chosen = _selected(scope, project, sessions.get(project, ()))
-        if not chosen:
+        from_xnat = listed is not None and bool(ps.subjects) and not ps.experiments
+        if not chosen and not from_xnat:
             wanted = sorted(ps.subjects | ps.experiments)
             raise NotFound(f"{', '.join(wanted)} matches no experiment of project {project} "
                            "that you can read", item=wanted[0])
@@ -132,32 +164,63 @@ def scope_mounts(scope: Scope, sessions: Mapping[str, Iterable[Session]],
         if layout is DataLayout.PLUGIN:
             subjects = {s.subject_label for s in chosen
                         if ps.subjects.intersection((s.subject_id, s.subject_label))}
+            if from_xnat and not subjects and len(ps.subjects) == 1:
+                # a subject without experiments: its label as XNAT lists its resources folder
+                prefix = f"{PLUGIN_DATA}/projects/{project}/subject-resources/"
+                subjects = {t[len(prefix):] for t in listed if t.startswith(prefix)}
             for label in sorted(subjects):
                 add(project, f"{project}/subjects/{label}", True)
     return tuple(mounts)
 
 
 def server_env(*, xnat_url: str, alias: str, scope: Scope, profile: Profile, offload: OffloadPolicy,
-               with_data: bool, request: SpawnRequest, layout: DataLayout = DataLayout.XNAT) -> ServerEnv:
-    """What the server is handed (the alias secret goes separately, as ``XNAT_PASS``)."""
+               with_data: bool, request: SpawnRequest, layout: DataLayout = DataLayout.XNAT,
+               workspace: str | None = None, compute_env: Mapping[str, str] | None = None) -> ServerEnv:
+    """What the server is handed (the alias secret goes separately, as ``XNAT_PASS``).
+    ``XNAT_XSI_TYPE`` is the item's general type, as XNAT's plugin sets it
+    (:func:`~spawner.xnat_launch.item_type`), not the concrete one XNAT's UI posts."""
     item = request.xnat_item
     return ServerEnv(host=xnat_url, user=alias, scope=scope, profile=profile.slug, offload=offload,
                      data_dir=layout.root if with_data else None,
-                     item=LaunchItem(item.xsi_type, item.item_id) if item is not None else None)
+                     item=LaunchItem(item_type(item), item.item_id) if item is not None else None,
+                     workspace=workspace, compute_env=tuple(sorted((compute_env or {}).items())))
+
+
+def plan_workspace(user: str, profile: Profile, layout: DataLayout, workspace: bool | None = None) -> str | None:
+    """``/workspace/{user}`` for a server of the plugin's layout whose backend gives it
+    (*workspace*; ``None``: :data:`~spawner.plan.WORKSPACE_BACKENDS` decides by the profile's
+    backend), else ``None`` (pure)."""
+    if layout is not DataLayout.PLUGIN:
+        return None
+    if workspace is None:
+        workspace = profile.backend in WORKSPACE_BACKENDS
+    return workspace_dir(user) if workspace else None
 
 
 def build_plan(*, user: str, server_name: str, request: SpawnRequest, profile: Profile,
                roles: dict[str, str], mounts: tuple[ScopeMount, ...], data_mount: DataMount,
                xnat_url: str, alias: str, secret: str, offload: OffloadPolicy,
-               layout: DataLayout = DataLayout.XNAT) -> SpawnPlan:
+               layout: DataLayout = DataLayout.XNAT, launch: XnatLaunch | None = None,
+               workspace: bool | None = None) -> SpawnPlan:
     """The plan, and the one place that decides whether the scope is mounted.
 
     *mounts* are the scope's directories (:func:`scope_mounts`); *data_mount* is how the
     backend that runs the server mounts data. With :attr:`DataMount.NONE` the plan has no
     mounts and no ``XNAT_DATA``; otherwise both, ``XNAT_DATA`` being *layout*'s root (the
     mounts' targets are *layout*'s, :func:`scope_mounts`).
+
+    In the plugin's layout the server gets the workspace ``/workspace/{user}`` as
+    ``JUPYTERHUB_ROOT_DIR``/``XDG_CONFIG_HOME`` where its backend gives one
+    (:func:`plan_workspace`). *launch* (a start from XNAT) adds the compute environment's
+    variables (:attr:`~spawner.xnat_launch.XnatLaunch.env`, reserved names already refused):
+    those whose names may carry a secret (:data:`~spawner.plan.SECRET_NAME`) go with
+    ``XNAT_PASS`` as secrets, the others into the server's environment.
     """
     mounted = tuple(mounts) if data_mount is not DataMount.NONE else ()
+    passed = dict(launch.env) if launch is not None else {}
+    secrets = {k: v for k, v in passed.items() if SECRET_NAME.search(k)}
     env = server_env(xnat_url=xnat_url, alias=alias, scope=request.scope, profile=profile,
-                     offload=offload, with_data=bool(mounted), request=request, layout=layout)
-    return SpawnPlan(user, server_name, profile, roles, mounted, env, {PASS: secret}, layout)
+                     offload=offload, with_data=bool(mounted), request=request, layout=layout,
+                     workspace=plan_workspace(user, profile, layout, workspace),
+                     compute_env={k: v for k, v in passed.items() if k not in secrets})
+    return SpawnPlan(user, server_name, profile, roles, mounted, env, {**secrets, PASS: secret}, layout)

@@ -202,8 +202,9 @@ def pod_settings(plan: SpawnPlan, archive: ArchiveVolume | None, *, secret_name:
                              "is never spawned")
     res = plan.profile.resources
     projects = plan.projects
-    # optional folders (a project's resources/subjects) are left out: a missing subPath fails the pod
-    mounts = sorted((check_mount(m, projects, plan.layout) for m in plan.mounts if not m.optional),
+    # optional folders (a project's resources/subjects) are left out: a missing subPath fails the
+    # pod; those XNAT's start listed as present (the plugin's own check) are mounted
+    mounts = sorted((check_mount(m, projects, plan.layout) for m in plan.mounts if not m.optional or m.listed),
                     key=lambda m: m.target)
     targets = [m.target for m in mounts]
     if len(set(targets)) != len(targets):

@@ -287,11 +287,11 @@ class XnatScopedSpawner(LoggingConfigurable):
             for note in notes:
                 self.log.info("XNAT start of %s: %s", self._log_name, note)
         layout = data_layout(profile, request)
-        mounts = scope_mounts(request.scope, facts.sessions, layout)  # also checks a narrowed scope
+        mounts = scope_mounts(request.scope, facts.sessions, layout, launch=launch)  # also checks a narrowed scope
         return build_plan(user=self.user.name, server_name=self.name, request=request, profile=profile,
                           roles=roles, mounts=mounts, data_mount=self.data_mount_for(profile),
                           xnat_url=self.xnat_url, alias=token.alias, secret=token.secret,
-                          offload=config.offload, layout=layout)
+                          offload=config.offload, layout=layout, launch=launch)
 
     def _store_flat(self, request: SpawnRequest) -> None:
         """Keep ``user_options`` flat (string or null values) for XNAT's ``Map<String,String>``

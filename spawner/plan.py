@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import re
 
 from hub_ext.profiles import Profile
 from xnat_bridge.errors import InvalidRequest
@@ -27,8 +28,26 @@ from xnat_bridge.server_env import ServerEnv
 DATA_MOUNT = "/xnat/data"
 #: ``XNAT_DATA`` of XNAT's JupyterHub plugin, and the root of its layout
 PLUGIN_DATA = "/data"
-#: the archive's folder of a project's sessions (XNAT's ``currentArc``)
+#: the archive's folder of a project's sessions (XNAT's ``currentArc``) where XNAT does not say
+#: otherwise: a start from XNAT's "Start Jupyter" takes it from XNAT's paths
+#: (:func:`spawner.xnat_launch.archive_paths`)
 ARC = "arc001"
+_ARC_RE = re.compile(r"^arc[0-9]{3,6}$")
+#: the plugin's workspace directory of each user inside a server (``/workspace/{user}``, read-write)
+WORKSPACE_ROOT = "/workspace"
+#: environment names that may carry a secret: handed over as secrets (a Kubernetes ``Secret``,
+#: the Slurm bootstrap), never in a batch script, an ``sbatch`` environment or a pod spec
+SECRET_NAME = re.compile(r"(TOKEN|SECRET|PASS|KEY|CRYPT)", re.IGNORECASE)
+
+
+def is_arc_folder(name: str) -> bool:
+    """Whether *name* is an archive folder of a project's sessions (``arc001``, ``arc002``, …)."""
+    return bool(_ARC_RE.match(name))
+
+
+def workspace_dir(user: str) -> str:
+    """The plugin's workspace of *user* inside a server: ``/workspace/{user}``."""
+    return f"{WORKSPACE_ROOT}/{user}"
 
 
 class DataLayout(enum.Enum):
@@ -38,10 +57,11 @@ class DataLayout(enum.Enum):
       project), ``/xnat/data/{P}/arc001/{session}`` (a narrowed one).
     * ``plugin``: XNAT's JupyterHub plugin's paths under :data:`PLUGIN_DATA`, so notebooks
       written for the plugin run unchanged: ``/data/projects/{P}/experiments`` (the project's
-      sessions), ``/data/projects/{P}/resources``, ``/data/projects/{P}/subjects`` (a whole
-      project), ``/data/projects/{P}/experiments/{session}`` and
-      ``/data/projects/{P}/subject-resources/{subject}`` (a narrowed one), and the user's
-      workspace at ``/workspace/{user}`` (local backend: the home directory, read-write).
+      sessions: ``{P}/arc001`` or the archive folder XNAT names), ``/data/projects/{P}/resources``,
+      ``/data/projects/{P}/subjects`` (a whole project), ``/data/projects/{P}/experiments/{session}``
+      and ``/data/projects/{P}/subject-resources/{subject}`` (a narrowed one), and the user's
+      workspace at ``/workspace/{user}`` where the backend gives one (:data:`WORKSPACE_BACKENDS`;
+      local: the home directory, read-write).
     """
 
     XNAT = "xnat"
@@ -62,9 +82,9 @@ def mount_target(layout: DataLayout, source: str) -> str:
     if layout is DataLayout.XNAT:
         return f"{DATA_MOUNT}/{source}"
     project, rest = parts[0], parts[1:]
-    if rest == [ARC]:
+    if len(rest) == 1 and is_arc_folder(rest[0]):
         return f"{PLUGIN_DATA}/projects/{project}/experiments"
-    if len(rest) == 2 and rest[0] == ARC:
+    if len(rest) == 2 and is_arc_folder(rest[0]):
         return f"{PLUGIN_DATA}/projects/{project}/experiments/{rest[1]}"
     if rest in (["resources"], ["subjects"]):
         return f"{PLUGIN_DATA}/projects/{project}/{rest[0]}"
@@ -81,6 +101,17 @@ class DataMount(enum.Enum):
     VOLUME = "volume"        #: ``subPath`` mounts of a cluster volume (Kubernetes)
 
 
+#: backends that give a server of the plugin's layout its workspace at ``/workspace/{user}``,
+#: read-write, and how; a server of the others gets no ``JUPYTERHUB_ROOT_DIR``/``XDG_CONFIG_HOME``
+#: (it starts in the home directory, as a form start does)
+WORKSPACE_BACKENDS = {
+    "local": "the sandbox binds the user's home directory there (spawner.sandbox)",
+    # slurm: no sandbox on the node, so no /workspace (a node sandbox would bind the home there)
+    # kubernetes: only where the site's storage mounts the home there (z2jh
+    # singleuser.storage.homeMountPath: /workspace/{unescaped_username}): build_plan(workspace=True)
+}
+
+
 @dataclasses.dataclass(frozen=True)
 class ScopeMount:
     """One archive directory of the scope, mounted read-only.
@@ -95,9 +126,13 @@ class ScopeMount:
     project: str
     source: str
     target: str
-    #: the directory may be missing from the archive (a project's resources/subjects folders):
-    #: bound only where it exists (local), left out where a missing one fails the start (Kubernetes)
+    #: the directory may be missing from the archive (a project's resources/subjects folders; in a
+    #: start from XNAT every folder, as the plugin mounts only what exists): bound only where it
+    #: exists (local), left out where a missing one fails the start (Kubernetes) unless ``listed``
     optional: bool = False
+    #: XNAT's start listed this directory as present (the plugin checks): a backend that cannot
+    #: skip a missing directory mounts it all the same
+    listed: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,6 +155,11 @@ class SpawnPlan:
     layout: DataLayout = DataLayout.XNAT  #: where the mounts are (their targets follow it)
 
     def __post_init__(self) -> None:
+        workspace = self.server_env.workspace
+        if workspace is not None and (self.layout is not DataLayout.PLUGIN
+                                      or workspace != workspace_dir(self.user)):
+            raise InvalidRequest(f"spawn plan of {self.user}: workspace {workspace!r} is not the plugin "
+                                 f"layout's {workspace_dir(self.user)!r}")
         want = self.layout.root if self.mounts else None
         if self.server_env.data_dir != want:
             raise InvalidRequest(f"spawn plan of {self.user}: XNAT_DATA is {self.server_env.data_dir!r} "

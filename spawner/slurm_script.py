@@ -16,11 +16,9 @@ import shlex
 from hub_ext.profiles import format_memory, format_walltime
 from xnat_bridge.errors import InvalidRequest
 
-from .plan import SpawnPlan
+from .plan import SECRET_NAME, SpawnPlan
 
 _SBATCH_VALUE = re.compile(r"^[A-Za-z0-9_.:,=+@/-]{1,200}$")
-#: environment names that may carry a secret; they never go to sbatch
-SECRET_NAME = re.compile(r"(TOKEN|SECRET|PASS|KEY|CRYPT)", re.IGNORECASE)
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 
 

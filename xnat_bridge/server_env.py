@@ -23,9 +23,21 @@ with no arguments:
 ``XNAT_DATA``          where the scope's archive directories are mounted
                        read-only inside the server; absent = nothing mounted,
                        files come through XNAT's REST API
-``XNAT_XSI_TYPE``,     the XNAT item a launch from XNAT's UI was about
-``XNAT_ITEM_ID``
+``XNAT_XSI_TYPE``,     the XNAT item a launch from XNAT's UI was about (its general
+``XNAT_ITEM_ID``       type, as the plugin sets it: ``xnat:projectData``,
+                       ``xnat:subjectData`` or ``xnat:experimentData``)
+``JUPYTERHUB_ROOT_DIR``
+``XDG_CONFIG_HOME``    both the plugin's workspace ``/workspace/{user}`` (read-write),
+                       where the server has one; absent = the home directory
+``XNAT_HPC_WORKSPACE`` ``{workspace}/xnat-hpc`` with it (datasets, jobs: inside the
+                       server's root directory); absent = ``~/xnat-hpc``
+(others)               the variables of XNAT's compute environment, passed
+                       through (names checked by the hub: never one above, never
+                       a reserved one)
 =====================  =====================================================
+
+The workspace and the compute environment's variables are written only: a server does not
+read them back through :meth:`ServerEnv.from_env`.
 
 Pure apart from the default ``environ=os.environ``; imports nothing from the hub side.
 """
@@ -50,6 +62,9 @@ PROFILE = "XNAT_HPC_PROFILE"
 DATA = "XNAT_DATA"
 XSI_TYPE = "XNAT_XSI_TYPE"
 ITEM_ID = "XNAT_ITEM_ID"
+ROOT_DIR = "JUPYTERHUB_ROOT_DIR"
+CONFIG_HOME = "XDG_CONFIG_HOME"
+WORKSPACE = "XNAT_HPC_WORKSPACE"
 
 #: offload keys the hub always writes; the policy's other fields (``node_scratch``,
 #: ``staging_threads``, ``staging_buffer``, account, qos, defaults) only when they differ from
@@ -129,10 +144,14 @@ class ServerEnv:
     offload: OffloadPolicy = OffloadPolicy()         #: ``XNAT_HPC_OFFLOAD``
     data_dir: str | None = None                      #: ``XNAT_DATA``; None = REST only
     item: LaunchItem | None = None                   #: ``XNAT_XSI_TYPE`` / ``XNAT_ITEM_ID``
+    workspace: str | None = None                     #: ``JUPYTERHUB_ROOT_DIR``, ``XDG_CONFIG_HOME``
+    #: XNAT's compute environment's variables, ``(name, value)`` sorted; the hub's own win
+    compute_env: tuple[tuple[str, str], ...] = ()
 
     def to_env(self) -> dict[str, str]:
         """The public environment variables (``XNAT_PASS`` is not among them)."""
-        env = {HOST: self.host, USER: self.user}
+        env = dict(self.compute_env)  # first: a name of the contract below is always the hub's
+        env.update({HOST: self.host, USER: self.user})
         if self.scope.restricted:
             env[SCOPE] = self.scope.to_json()
         env[PROFILE] = self.profile
@@ -142,6 +161,9 @@ class ServerEnv:
         if self.item is not None:  # the XNAT plugin's convention
             env[XSI_TYPE] = self.item.xsi_type
             env[ITEM_ID] = self.item.item_id
+        if self.workspace is not None:  # the plugin's convention
+            env[ROOT_DIR] = env[CONFIG_HOME] = self.workspace
+            env[WORKSPACE] = f"{self.workspace.rstrip('/')}/xnat-hpc"
         return env
 
     @classmethod

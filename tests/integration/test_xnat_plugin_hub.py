@@ -241,8 +241,15 @@ def test_start_jupyter_replayed_gives_a_server_scoped_to_the_item(plugin_hub, sh
         data_mounts = [line.split() for line in Path(f"/proc/{pid}/mountinfo").read_text().splitlines()
                        if line.split()[4].startswith("/data/projects/")]
         assert data_mounts and all("ro" in fields[5].split(",") for fields in data_mounts)
-        assert env["XNAT_ITEM_ID"] == item and env["XNAT_XSI_TYPE"] == xsi_type
+        # the general type, as the plugin stores it (DefaultUserOptionsService), not the concrete one
+        assert env["XNAT_ITEM_ID"] == item and env["XNAT_XSI_TYPE"] == pc.general_xsi_type(xsi_type)
         assert env["XNAT_HPC_PROFILE"] == "local-plugin"
+        # the plugin's workspace: the notebook's root and config, read-write
+        assert env["JUPYTERHUB_ROOT_DIR"] == env["XDG_CONFIG_HOME"] == f"/workspace/{user}"
+        assert env["XNAT_HPC_WORKSPACE"] == f"/workspace/{user}/xnat-hpc"
+        workspace = [line.split() for line in Path(f"/proc/{pid}/mountinfo").read_text().splitlines()
+                     if line.split()[4] == f"/workspace/{user}"]
+        assert workspace and "rw" in workspace[0][5].split(",")
         # the server's XNAT credential is the alias token XNAT issued for this start, and it works
         stored = PluginState(shared_devxnat.store()).options(
             shared_devxnat.store().user(user)["xdat_user_id"], server)
@@ -274,6 +281,9 @@ def test_hardware_mapped_to_a_slurm_profile_starts_there(plugin_hub, shared_devx
         env = process_environ(server_process(user, full))
         assert env["XNAT_HPC_PROFILE"] == "slurm-plugin" and env["SLURM_JOB_ID"] == str(full["state"]["child"]["job_id"])
         assert json.loads(env["XNAT_HPC_SCOPE"]) == {"projects": {"NEURO_MRI": {"experiments": [exp["ID"]]}}}
+        # no archive on the nodes, no /workspace there: the server reads through REST, in its home
+        assert env["XNAT_XSI_TYPE"] == "xnat:experimentData"
+        assert not {"JUPYTERHUB_ROOT_DIR", "XDG_CONFIG_HOME", "XNAT_DATA"} & set(env)
         log = plugin_hub.log()
         assert "placement constraints node.role==worker ignored" in log
     finally:

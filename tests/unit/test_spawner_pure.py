@@ -24,7 +24,8 @@ from spawner.decide import (
     server_env,
 )
 from spawner.form import render_form
-from spawner.plan import DATA_MOUNT, DataMount, ScopeMount, SpawnPlan
+from spawner import slurm_script
+from spawner.plan import DATA_MOUNT, SECRET_NAME, DataMount, ScopeMount, SpawnPlan
 from spawner.request import flat_options, parse_form, parse_request, selected_projects
 from spawner.sandbox import RunAs, SandboxSpec, bwrap_args, closed_to_users, setpriv_args
 from spawner.slurm_script import SlurmSettings, batch_script, split_env
@@ -210,6 +211,24 @@ def test_one_place_decides_the_data_mount_and_xnat_data(data_mount):
     assert plan.secret_env == {"XNAT_PASS": "s3cret"} and "s3cret" not in json.dumps(env)
     assert json.loads(env["XNAT_HPC_OFFLOAD"])["staging_dir"] == "/srv/staging"
     assert (plan.scope, env["XNAT_HPC_PROFILE"]) == (req.scope, "small")
+
+
+def test_form_and_rest_starts_get_the_environment_they_always_had():
+    """What issue 20's plugin environment adds (workspace, compute environment, general type) is for
+    starts from XNAT in the plugin's layout only: a form or REST start's variables are unchanged."""
+    req = parse_request({"profile": "small", "projects": ["NEURO_MRI"]})
+    plan = build_plan(user="alice", server_name="", request=req, profile=CONFIG.profiles[0],
+                      roles={"NEURO_MRI": "Owner"}, mounts=scope_mounts(req.scope, ALICE.sessions),
+                      data_mount=DataMount.HOST_PATH, xnat_url="http://x", alias="uuid-alias", secret="s3cret",
+                      offload=OffloadPolicy())
+    assert set(plan.server_env.to_env()) == {"XNAT_HOST", "XNAT_USER", "XNAT_HPC_SCOPE", "XNAT_HPC_PROFILE",
+                                             "XNAT_HPC_OFFLOAD", "XNAT_DATA"}
+    assert plan.secret_env == {"XNAT_PASS": "s3cret"} and plan.server_env.workspace is None
+    assert "/workspace" not in " ".join(bwrap_args(plan, SandboxSpec("/srv/archive", "/home/alice")))
+    # the hub's layout keeps its arc001 paths for a narrowed scope, whatever XNAT says
+    assert [m.source for m in scope_mounts(Scope.of({"SLEEP_EEG": {"experiments": ["E1"]}}), ALICE.sessions)] \
+        == ["SLEEP_EEG/arc001/EEG_S001_01"]
+    assert SECRET_NAME is slurm_script.SECRET_NAME  # one rule for what is a secret
 
 
 def test_a_plan_whose_xnat_data_disagrees_with_its_mounts_is_refused():
