@@ -38,9 +38,13 @@ c.ReviewStore.identity_file = "/var/lib/xnat-hpc-hub/review/review-key.txt"  # t
 # and bundles removed; revocations done in XNAT's UI are found every recheck_interval s.
 c.OwnerAccess.on_revoke = "stop"
 c.OwnerAccess.recheck_interval = 300
-# what a revocation did, shown to the user on the hub's home and spawn pages
+# what a revocation did, and why a start was refused (XNAT's "Start Jupyter" shows only its generic
+# failure text), shown to the user on the hub's home and spawn pages
 from hub_ext.revocation import user_notice  # noqa: E402
 c.JupyterHub.template_vars = {"announcement_home": user_notice, "announcement_spawn": user_notice}
+# XNAT opens servers at {url}?token=…: keep that token out of the hub's log (docs/admin.md)
+from hub_ext.log_scrub import scrub_token_params  # noqa: E402
+scrub_token_params()
 
 # Slurm backend: node names must be reachable from the hub's proxy, or set an address.
 # c.XnatSlurmSpawner.server_host = ""
@@ -67,6 +71,26 @@ c.JupyterHub.load_roles = [{
 # JupyterHub): its password in a 0600 file owned by the hub's user.
 c.XnatScopedSpawner.xnat_service_user = "jupyterhub"
 c.XnatScopedSpawner.xnat_service_password_file = "/etc/xnat-hpc-hub/xnat-service-password"
+
+# Culling idle servers (docs/admin.md, "Culling idle servers"): jupyterhub-idle-culler (the hub
+# extra installs it) as a service the hub starts. Every 300 s it stops every server idle for
+# 3600 s, whoever started it (the form, the REST API, XNAT's button). A server whose offload jobs
+# run reports activity (XnatHpcExtension.activity_interval, relayed every
+# JUPYTERHUB_ACTIVITY_INTERVAL = 300 s): keep --timeout well above both. --max-age=0: no hard age
+# limit (one would stop servers, and their jobs' dask scheduler, however active).
+# Its role: exactly what the culler needs to stop servers (its README); no admin:users, it culls
+# no users (users are XNAT accounts).
+import sys  # noqa: E402
+c.JupyterHub.services.append({
+    "name": "idle-culler",
+    "command": [sys.executable, "-m", "jupyterhub_idle_culler",
+                "--timeout=3600", "--cull-every=300", "--max-age=0"],
+})
+c.JupyterHub.load_roles.append({
+    "name": "idle-culler",
+    "services": ["idle-culler"],
+    "scopes": ["list:users", "read:users:activity", "read:servers", "delete:servers"],
+})
 
 c.Spawner.default_url = "/lab"
 c.Spawner.start_timeout = 300          # Slurm queues can be slow; keep XNAT's startTimeout longer

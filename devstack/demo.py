@@ -37,13 +37,17 @@ from xnat_bridge import procs
 from xnat_bridge.errors import XnatHpcError
 
 from .accounts import ensure_accounts, install_file
-from .hubconfig import loopback_hub_config, xnat_hub_config, xnat_plugin_hub_config
+from .hubconfig import idle_culler_hub_config, loopback_hub_config, xnat_hub_config, xnat_plugin_hub_config
 from .slurm import SlurmDev, format_status
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "config"
 DEMO_PROFILES = CONFIG_DIR / "demo" / "profiles.yaml"
 EXAMPLE_SCRIPT = CONFIG_DIR.parent / "examples" / "train_example.py"
 STAGING_DIR = Path("/var/lib/xnat-hpc-hub/staging")
+#: culling (docs/admin.md, "Culling idle servers"): the hub's idle culler stops servers idle for an
+#: hour, checking every 5 minutes; devxnat runs XNAT's plugin culling on the plugin's 5 minutes
+DEMO_CULL_TIMEOUT = 3600
+DEMO_CULL_EVERY = 300
 #: the Unix group that may read the archive (``c.XnatLocalSpawner.archive_group``)
 ARCHIVE_GROUP = "xnat-archive"
 
@@ -121,7 +125,8 @@ def hub_config(*, xnat_url: str, hub_dir: Path, port: int, proxy_api_port: int, 
     text = ("# written by `xnat-hpc-hub demo`; see config/jupyterhub_config.py for a site configuration\n"
             + loopback_hub_config(hub_dir=hub_dir, port=port, hub_port=hub_port, proxy_api_port=proxy_api_port)
             + "c.Spawner.start_timeout = 120\nc.Spawner.http_timeout = 90\n"
-            + xnat_hub_config(xnat_url=xnat_url, profiles=profiles, archive=archive, audit_log=audit_log))
+            + xnat_hub_config(xnat_url=xnat_url, profiles=profiles, archive=archive, audit_log=audit_log)
+            + idle_culler_hub_config(timeout=DEMO_CULL_TIMEOUT, every=DEMO_CULL_EVERY))
     if plugin is not None:
         text += xnat_plugin_hub_config(token_file=plugin.token_file, password_file=plugin.password_file,
                                        account=plugin.account)
@@ -305,7 +310,7 @@ def run_demo(args: argparse.Namespace) -> int:
     hub_url = f"http://127.0.0.1:{args.hub_port}"
     xnat_proc, xnat_url = start_devxnat(
         run_dir / "xnat", args.xnat_port, args.demo_size, run_dir / "devxnat.log",
-        extra_args=plugin.devxnat_args(hub_url),
+        extra_args=plugin.devxnat_args(hub_url) + ("--jupyterhub-cull-every", str(DEMO_CULL_EVERY)),
     )
     hub_proc = None
     try:

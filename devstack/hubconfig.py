@@ -45,14 +45,33 @@ c.XnatScopedSpawner.xnat_service_password_file = "{password_file}"
 '''
 
 
+#: what jupyterhub-idle-culler needs to stop idle servers (its README; ``admin:users`` only to
+#: cull users too, which this hub does not: users are XNAT accounts)
+IDLE_CULLER_SCOPES = ("list:users", "read:users:activity", "read:servers", "delete:servers")
+
+
+def idle_culler_hub_config(*, timeout: int = 3600, every: int = 300, max_age: int = 0) -> str:
+    """``jupyterhub-idle-culler`` as a hub-managed service ``idle-culler`` with its role (pure):
+    every *every* seconds it stops servers idle for *timeout* seconds (and, when *max_age* > 0,
+    servers started *max_age* seconds ago however active). Whoever started them: the form,
+    the REST API, XNAT's plugin. docs/admin.md, "Culling idle servers"."""
+    scopes = ", ".join(f'"{s}"' for s in IDLE_CULLER_SCOPES)
+    return f'''import sys  # noqa: E402
+c.JupyterHub.services.append({{"name": "idle-culler", "command": [sys.executable, "-m", "jupyterhub_idle_culler", "--timeout={timeout}", "--cull-every={every}", "--max-age={max_age}"]}})
+c.JupyterHub.load_roles.append({{"name": "idle-culler", "services": ["idle-culler"], "scopes": [{scopes}]}})
+'''
+
+
 def loopback_hub_config(*, hub_dir: Path, port: int, hub_port: int, proxy_api_port: int) -> str:
     """A hub and its proxy on 127.0.0.1, state in *hub_dir*, with the hub's own pages and APIs
     (pure; the demo's and the tests')."""
     return f'''c = get_config()  # noqa
 from hub_ext.handlers import xnat_hpc_handlers  # noqa: E402
 from hub_ext.revocation import user_notice  # noqa: E402
+from hub_ext.log_scrub import scrub_token_params  # noqa: E402
 c.JupyterHub.extra_handlers = xnat_hpc_handlers()
 c.JupyterHub.template_vars = {{"announcement_home": user_notice, "announcement_spawn": user_notice}}
+scrub_token_params()  # XNAT opens servers at {{url}}?token=…: no token in the hub's log
 c.JupyterHub.ip = "127.0.0.1"
 c.JupyterHub.port = {port}
 c.JupyterHub.hub_ip = "127.0.0.1"

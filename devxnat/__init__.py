@@ -9,6 +9,7 @@ in XNAT's layout. Production points the bundle at a real XNAT by URL.
     xnat-hpc-hub devxnat --data DIR --port N [--demo] [--demo-size 30MB] [--seed 0]
         [--jupyterhub-api-url URL] [--jupyterhub-host-url URL]
         [--jupyterhub-token-file FILE] [--jupyterhub-password-file FILE] [--site-url URL]
+        [--jupyterhub-cull-every SECONDS]
     python -m devxnat --data DIR ...          (the same, without the hub's command)
 
 It is its own package, not part of what a site installs: it imports nothing
@@ -32,6 +33,7 @@ import sys
 from pathlib import Path
 
 from .app import make_app
+from .culling import PluginCuller
 from .jupyterhub_service import ensure_service_account
 from .plugin_state import PluginState
 from .store import Store, make_private
@@ -77,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "`jupyterhub` account (JupyterHub role; enabled only when given); 0600 and yours")
     g.add_argument("--site-url", help="XNAT's address handed to notebooks as XNAT_HOST "
                    "(default: the address the start request came to)")
+    g.add_argument("--jupyterhub-cull-every", type=float, default=0.0, metavar="SECONDS",
+                   help="run the plugin's culling tasks (inactivityTimeout, maxServerLifetime) every "
+                   "SECONDS; the plugin's is 300 (default 0: devxnat does not cull)")
     return p
 
 
@@ -136,12 +141,16 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         summary = generate_demo(store, archive, parse_size(args.demo_size), seed=args.seed)
         log.info("demo archive: %s", summary)
-    return asyncio.run(_serve(store, archive, args.host, args.port, state, args.site_url))
+    return asyncio.run(_serve(store, archive, args.host, args.port, state, args.site_url,
+                              cull_every=args.jupyterhub_cull_every))
 
 
 async def _serve(store: Store, archive: Path, host: str, port: int, state: PluginState | None = None,
-                 site_url: str | None = None) -> int:
+                 site_url: str | None = None, *, cull_every: float = 0.0) -> int:
     app = make_app(store, archive, plugin_state=state, site_url=site_url)
+    culler = PluginCuller(app.settings)
+    if cull_every > 0:  # the plugin's culling tasks (devxnat.culling)
+        culler.start(cull_every)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
@@ -158,6 +167,7 @@ async def _serve(store: Store, archive: Path, host: str, port: int, state: Plugi
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
+    culler.stop()
     server.stop()
     store.close()
     return 0

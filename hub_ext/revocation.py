@@ -304,17 +304,31 @@ def wipe_bundles(staging_root: str, user: str, manifests: set[str]) -> list[str]
 
 # -- what the user is told ---------------------------------------------------------------
 
-#: how long the hub's pages show a user what a revocation did to their servers and jobs
+#: how long the hub's pages show a user what a revocation did to their servers and jobs, or
+#: why a start of theirs was refused
 NOTICE_SECONDS = 7 * 24 * 3600
-_NOTICES: dict[str, list[tuple[float, str]]] = {}
+#: user → ``[(time, text, key)]``, oldest first; at most the last 5 per user
+_NOTICES: dict[str, list[tuple[float, str, str]]] = {}
 _NOTICES_LOCK = threading.Lock()
 
 
-def add_notice(user: str, text: str, now: float | None = None) -> None:
-    """Remember *text* for *user*'s hub pages (this hub process only; the audit trail keeps it)."""
+def add_notice(user: str, text: str, now: float | None = None, *, key: str = "") -> None:
+    """Remember *text* for *user*'s hub pages (this hub process only; the audit trail keeps it).
+
+    *key* names what the notice is about: a newer notice with the same non-empty key replaces
+    the older one (``spawn-refused:<server>``: only the last refusal of a server is shown)."""
     with _NOTICES_LOCK:
-        _NOTICES.setdefault(user, []).append((time.time() if now is None else now, text))
-        del _NOTICES[user][:-5]
+        notices = [n for n in _NOTICES.get(user, ()) if not key or n[2] != key]
+        notices.append((time.time() if now is None else now, text, key))
+        _NOTICES[user] = notices[-5:]
+
+
+def drop_notice(user: str, key: str) -> None:
+    """Forget *user*'s notice of *key*, if any (e.g. a refused server that has started since)."""
+    with _NOTICES_LOCK:
+        notices = _NOTICES.get(user)
+        if notices:
+            _NOTICES[user] = [n for n in notices if n[2] != key]
 
 
 def notices_html(notices: list[tuple[float, str]], now: float) -> str:
@@ -330,13 +344,14 @@ def notices_html(notices: list[tuple[float, str]], now: float) -> str:
 
 def user_notice(user) -> str:
     """For ``c.JupyterHub.template_vars`` (``announcement_home``, ``announcement_spawn``): what
-    revocations did to the visitor's servers and jobs lately, or "" (JupyterHub passes the
+    revocations did to the visitor's servers and jobs lately, and why starts of theirs were
+    refused (:meth:`spawner.mixin.XnatScopedSpawner.checked_plan`), or "" (JupyterHub passes the
     current user, None on pages before login)."""
     name = getattr(user, "name", None)
     if not name:
         return ""
     with _NOTICES_LOCK:
-        notices = list(_NOTICES.get(name, ()))
+        notices = [(t, text) for t, text, _key in _NOTICES.get(name, ())]
     return notices_html(notices, time.time())
 
 

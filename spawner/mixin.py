@@ -18,7 +18,8 @@ a pure builder. The mixin provides:
   when mounted, ...) plus ``XNAT_PASS`` = the alias token's secret;
 * **progress** events (:class:`~spawner.progress.SpawnProgress`, one per start,
   shared with the dispatcher's backend) and **audit** events (allowed and denied
-  spawns, :class:`~hub_ext.audit_log.HubAuditLog`).
+  spawns, :class:`~hub_ext.audit_log.HubAuditLog`); a denied spawn is also a notice on the
+  user's hub pages (:func:`refusal_notice`), where users of XNAT's "Start Jupyter" read why.
 
 Async contract: :meth:`start` awaits :meth:`make_plan` (XNAT requests run in a
 thread, never on the hub's event loop), awaits the audit log (its file work runs
@@ -45,6 +46,7 @@ from traitlets.config import LoggingConfigurable
 from hub_ext.audit_log import HubAuditLog
 from hub_ext.errors import spawn_error
 from hub_ext.profiles import ProfileConfig, ProfileWatcher, visible_profiles
+from hub_ext.revocation import add_notice, drop_notice
 from hub_ext.xnat_api import AliasToken, XnatHubClient
 from xnat_bridge.browse import Browser
 from xnat_bridge.client import XnatClient
@@ -105,6 +107,18 @@ class XnatScopedSpawner(LoggingConfigurable):
 
     xnat_timeout = Float(
         15.0, help="Seconds to wait for each XNAT request during form rendering and start.",
+    ).tag(config=True)
+
+    xnat_user_options_timeout = Float(
+        5.0, min=0.1,
+        help="""Seconds the hub waits for XNAT's answer when it reads a "Start Jupyter" start's
+        settings back (``GET /xapi/jupyterhub/users/{u}/server/{name}/user-options``, the first
+        XNAT request of such a start), connecting and reading together. A hung XNAT refuses the
+        start after this time. Keep it well under JupyterHub's ``slow_spawn_timeout`` (10 s):
+        then the refusal is the answer to the plugin's ``POST``, and XNAT reports the failed
+        start at once; a refusal after ``slow_spawn_timeout`` is answered ``202`` first, and XNAT
+        polls for a server that never comes until its own ``startTimeout`` (180 s by default).
+        Example: ``c.XnatScopedSpawner.xnat_user_options_timeout = 3``.""",
     ).tag(config=True)
 
     hub_audit_log = Instance(
@@ -236,13 +250,19 @@ class XnatScopedSpawner(LoggingConfigurable):
 
     # ------------------------------------------------------------------ start
     async def checked_plan(self) -> SpawnPlan:
-        """:meth:`make_plan`; a refusal is audited, logged and raised as :func:`spawn_error`."""
+        """:meth:`make_plan`; a refusal is audited, logged, told to the user on the hub's home and
+        spawn pages (:func:`~hub_ext.revocation.add_notice`: XNAT's plugin shows only its generic
+        failure text, and its users never see the spawn page) and raised as :func:`spawn_error`."""
+        notice_key = f"spawn-refused:{self.name or ''}"
         try:
             plan = await self.make_plan()
         except XnatHpcError as exc:
             await self.xnat_audit("spawn", "denied", items=_items(self.user_options), detail=exc.message)
             self.log.warning("spawn of %s refused: %s", self._log_name, exc.message)
+            add_notice(self.user.name, refusal_notice(self.user_options, self.name or "", exc.message),
+                       key=notice_key)
             raise spawn_error(exc) from None
+        drop_notice(self.user.name, notice_key)
         self.xnat_record = SpawnRecord(scope=plan.scope, profile=plan.profile.slug, backend=plan.profile.backend,
                                        started=now_iso(),
                                        token_sha256=token_sha256(self.api_token) if self.api_token else "")
@@ -321,7 +341,8 @@ class XnatScopedSpawner(LoggingConfigurable):
         """Fetch what XNAT stored for this start (as the ``JupyterHub``-role account) and parse it."""
         self._progress(8, "Reading the start's settings from XNAT")
         account = await asyncio.to_thread(self._service_account)
-        client = XnatHubClient(self.xnat_url, timeout=self.xnat_timeout, validate_cert=self.xnat_validate_cert)
+        client = XnatHubClient(self.xnat_url, timeout=self.xnat_user_options_timeout,
+                               validate_cert=self.xnat_validate_cert)
         doc = await client.plugin_user_options(self.user.name, self.name, account)
         return parse_launch(doc, request)
 
@@ -436,6 +457,23 @@ def _items(options) -> list[str]:
         return parse_request(options).projects
     except (XnatHpcError, TypeError, AttributeError):
         return []
+
+
+def refusal_notice(options, server_name: str, reason: str) -> str:
+    """What the user reads on the hub's pages when a start is refused (pure): which start, and
+    *reason* (the refusal's message, which names no secret). A start from XNAT is named by its
+    item, as XNAT's UI showed it; any other start by its server."""
+    try:
+        request = parse_request(options)
+    except (XnatHpcError, TypeError, AttributeError):
+        request = None
+    item = request.xnat_item if request is not None else None
+    if item is not None:
+        shown = item.label or item.item_id
+        where = f" in project {item.project}" if item.kind != "project" else ""
+        return f"Your start of Jupyter from XNAT ({item.kind} {shown}{where}) was refused: {reason}"
+    server = f"server '{server_name}'" if server_name else "your default server"
+    return f"The start of {server} was refused: {reason}"
 
 
 def _checked_in_start(spawner, user_options) -> None:
