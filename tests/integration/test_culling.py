@@ -26,7 +26,7 @@ from devxnat import plugin_configs as pc
 from devxnat.culling import PluginCuller
 from devxnat.plugin_state import PluginState
 from tests.fixtures.devxnat import PASSWORDS
-from tests.fixtures.spawn import make_hub, start_server, wait_for, wait_gone
+from tests.fixtures.spawn import make_hub, plugin_service_files, start_server, wait_for, wait_gone
 from tests.integration.test_xnat_plugin_hub import PluginClient, seed_start, start_as_the_plugin
 
 pytestmark = [pytest.mark.devxnat]
@@ -58,20 +58,8 @@ def culling_hub(shared_devxnat, unix_users, staging, tmp_path_factory):
     """A hub XNAT's plugin drives (service ``xnat``), with the service ``idle-culler`` as the
     shipped configurations define it, except that the test runs the culler itself."""
     directory = tmp_path_factory.mktemp("culling-hub")
-    token, password = secrets.token_hex(32), secrets.token_urlsafe(24)
-    token_file, password_file = directory / "xnat-service-token", directory / "xnat-service-password"
-    for path, text in ((token_file, token), (password_file, password)):
-        path.write_text(text + "\n")
-        os.chmod(path, 0o600)
-    st = shared_devxnat.store()
-    try:
-        if st.user(SERVICE_ACCOUNT) is None:
-            st.add_user(SERVICE_ACCOUNT, password)
-        else:
-            st.set_password(SERVICE_ACCOUNT, password)
-        st.add_role(SERVICE_ACCOUNT, pc.JUPYTERHUB_ROLE)
-    finally:
-        st.close()
+    token, password, token_file, password_file = plugin_service_files(directory, shared_devxnat,
+                                                                      SERVICE_ACCOUNT)
     culler_token = secrets.token_hex(32)
     hub = make_hub(directory, shared_devxnat, "xnat", staging=staging, profiles_text=PROFILES,
                    extra=xnat_plugin_hub_config(token_file=token_file, password_file=password_file,

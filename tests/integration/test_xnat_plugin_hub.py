@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import time
 from pathlib import Path
 
@@ -29,7 +28,7 @@ import requests
 from devstack.hubconfig import xnat_plugin_hub_config
 from devxnat import plugin_configs as pc
 from devxnat.plugin_state import PluginState
-from tests.fixtures.spawn import audit_events, make_hub, process_environ, server_process, wait_ready
+from tests.fixtures.spawn import audit_events, make_hub, plugin_service_files, process_environ, server_process, wait_ready
 
 pytestmark = [pytest.mark.devxnat]
 
@@ -63,20 +62,8 @@ TINY_SLURM = {"id": 91, "hardware": {
 @pytest.fixture(scope="module")
 def plugin_hub(shared_devxnat, unix_users, staging, tmp_path_factory, slurm):
     directory = tmp_path_factory.mktemp("plugin-hub")
-    token, password = secrets.token_hex(32), secrets.token_urlsafe(24)
-    token_file, password_file = directory / "xnat-service-token", directory / "xnat-service-password"
-    for path, text in ((token_file, token), (password_file, password)):
-        path.write_text(text + "\n")
-        os.chmod(path, 0o600)
-    st = shared_devxnat.store()
-    try:
-        if st.user(SERVICE_ACCOUNT) is None:
-            st.add_user(SERVICE_ACCOUNT, password)
-        else:
-            st.set_password(SERVICE_ACCOUNT, password)
-        st.add_role(SERVICE_ACCOUNT, pc.JUPYTERHUB_ROLE)
-    finally:
-        st.close()
+    token, password, token_file, password_file = plugin_service_files(directory, shared_devxnat,
+                                                                      SERVICE_ACCOUNT)
     hub = make_hub(directory, shared_devxnat, "xnat", staging=staging, profiles_text=PROFILES,
                    extra=xnat_plugin_hub_config(token_file=token_file, password_file=password_file,
                                                     account=SERVICE_ACCOUNT))

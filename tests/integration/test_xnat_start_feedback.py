@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import html
 import json
-import os
 import re
 import secrets
 import time
@@ -34,7 +33,7 @@ from devstack.hubconfig import xnat_plugin_hub_config
 from devxnat import plugin_configs as pc
 from devxnat.plugin_state import PluginState
 from tests.fixtures.faultproxy import FaultProxy
-from tests.fixtures.spawn import audit_events, make_hub
+from tests.fixtures.spawn import audit_events, make_hub, plugin_service_files
 from tests.integration.test_xnat_plugin_hub import (
     PluginClient,
     _failed_start,
@@ -80,20 +79,8 @@ def feedback_hub(shared_devxnat, unix_users, staging, tmp_path_factory, xnat_pro
     """The plugin's hub (service ``xnat``, the JupyterHub-role account), its spawner talking to
     XNAT through :func:`xnat_proxy`; users log in to the hub with XNAT directly."""
     directory = tmp_path_factory.mktemp("feedback-hub")
-    token, password = secrets.token_hex(32), secrets.token_urlsafe(24)
-    token_file, password_file = directory / "xnat-service-token", directory / "xnat-service-password"
-    for path, text in ((token_file, token), (password_file, password)):
-        path.write_text(text + "\n")
-        os.chmod(path, 0o600)
-    st = shared_devxnat.store()
-    try:
-        if st.user(SERVICE_ACCOUNT) is None:
-            st.add_user(SERVICE_ACCOUNT, password)
-        else:
-            st.set_password(SERVICE_ACCOUNT, password)
-        st.add_role(SERVICE_ACCOUNT, pc.JUPYTERHUB_ROLE)
-    finally:
-        st.close()
+    token, password, token_file, password_file = plugin_service_files(directory, shared_devxnat,
+                                                                      SERVICE_ACCOUNT)
     extra = (xnat_plugin_hub_config(token_file=token_file, password_file=password_file, account=SERVICE_ACCOUNT)
              + f'c.XnatScopedSpawner.xnat_url = "{xnat_proxy.url}"\n')
     hub = make_hub(directory, shared_devxnat, "xnat", staging=staging, profiles_text=PROFILES, extra=extra)
