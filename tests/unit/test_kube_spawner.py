@@ -121,7 +121,8 @@ def test_entry_point_is_the_kube_spawner():
 async def test_z2jh_example_values_configure_a_valid_pod(make_spawner):
     values = yaml.safe_load(Z2JH.read_text())
     hub_config = values["hub"]["config"]
-    assert hub_config["JupyterHub"] == {"authenticator_class": "xnat", "spawner_class": "xnat-kube"}
+    assert hub_config["JupyterHub"] == {"authenticator_class": "xnat", "spawner_class": "xnat-kube",
+                                        "allow_named_servers": True}  # XNAT's button names its servers
     profiles = load_profiles(values["hub"]["extraFiles"]["xnat-profiles"]["stringData"], "z2jh-values")
     assert {p.backend for p in profiles.profiles} == {"kubernetes"}
     spawner = make_spawner(**hub_config["XnatKubeSpawner"])
