@@ -92,7 +92,10 @@ def test_researcher_flow_in_the_browser(demo_stack):
     for p in rows:
         assert p["max"] == 100 and 0 <= p["now"] <= 100, p
         assert STAGING_RE.match(p["valuetext"]) and p["text"] == p["valuetext"], p
-    assert any(0 < p["now"] < 100 for p in rows) or len(rows) == 1, rows
+    # never backwards; whether a sample lands between 0 and 100 depends on how fast this machine
+    # stages (under a second here at times), so intermediate values are left to the tracker's and
+    # the bar's own tests (unit/test_staging_progress.py, labextension/src/__tests__/progress.spec.tsx)
+    assert [p["now"] for p in rows] == sorted(p["now"] for p in rows), rows
     assert facts["tabProgress"] and all(t.startswith("Staging ") for t in facts["tabProgress"])
     # cancelled from its tab once staged (a fast node may have finished it before the click)
     assert facts["bigJobFinal"] in ("cancelled", "done"), facts["bigJobFinal"]
