@@ -2,8 +2,9 @@
 
 Starts the XNAT development server with its synthetic demo archive, the
 single-node development Slurm and JupyterHub (configurable-http-proxy, the
-``xnat`` authenticator, the ``xnat`` profiles spawner with a local and two Slurm
-profiles from ``config/demo/profiles.yaml``), prints what runs and how to reach
+``xnat`` authenticator, the ``xnat`` profiles spawner with a local and three Slurm
+profiles from ``config/demo/profiles.yaml``, written to the run directory with its
+archive's path as ``slurm-data``'s node path), prints what runs and how to reach
 it, and stops what it started on Ctrl-C (Slurm is left running if it was
 already up). It creates Unix accounts for the demo users (``useradd``) when
 they are missing: the local and Slurm backends run each server as its user.
@@ -13,8 +14,10 @@ The run directory is 0700 and every log it writes (``devxnat.log``,
 business of the demo users' accounts. The archive is closed to those accounts
 too (root and the group ``xnat-archive``, under devxnat's 0700 data directory):
 a local server reads its scope through the binds root makes in its sandbox, a
-Slurm server and the offload jobs through XNAT's REST API. The staging area's
-root is root's (0755); the hub makes each user's directory in it.
+server of the Slurm profile ``slurm-data`` through the binds its job makes as root
+in a sandbox on the node (this machine: the same archive), the other Slurm servers
+and the offload jobs through XNAT's REST API. The staging area's root is root's
+(0755); the hub makes each user's directory in it.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import grp
+import json
 import os
 import secrets
 import shutil
@@ -42,6 +46,9 @@ from .slurm import SlurmDev, format_status
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "config"
 DEMO_PROFILES = CONFIG_DIR / "demo" / "profiles.yaml"
+#: the archive of the default run directory: ``archive_node_path`` of DEMO_PROFILES' Slurm profile
+#: ``slurm-data``, replaced by the run directory's own (:func:`demo_profiles`)
+DEMO_ARCHIVE = Path("/var/lib/xnat-hpc-hub/demo/xnat/archive")
 EXAMPLE_SCRIPT = CONFIG_DIR.parent / "examples" / "train_example.py"
 STAGING_DIR = Path("/var/lib/xnat-hpc-hub/staging")
 #: culling (docs/admin.md, "Culling idle servers"): the hub's idle culler stops servers idle for an
@@ -118,6 +125,17 @@ def start_devxnat(
     return proc, url_box[0]
 
 
+def demo_profiles(archive: Path, text: str | None = None) -> str:
+    """The demo's profiles (*text*, default ``config/demo/profiles.yaml``) with *archive* as the
+    node path of its Slurm profile ``slurm-data`` (pure but for reading the default file): the
+    demo's node is this machine, which "mounts" devxnat's archive where devxnat keeps it."""
+    text = DEMO_PROFILES.read_text() if text is None else text
+    line = f"archive_node_path: {DEMO_ARCHIVE}\n"
+    if text.count(line) != 1:
+        raise XnatHpcError(f"{DEMO_PROFILES} must name archive_node_path: {DEMO_ARCHIVE} exactly once")
+    return text.replace(line, f"archive_node_path: {json.dumps(os.path.abspath(archive))}\n")
+
+
 def hub_config(*, xnat_url: str, hub_dir: Path, port: int, proxy_api_port: int, hub_port: int,
                profiles: Path, archive: Path, audit_log: Path, plugin: PluginSecrets | None = None) -> str:
     """The demo's ``jupyterhub_config.py`` (pure; config/jupyterhub_config.py is the site example);
@@ -145,7 +163,7 @@ class PluginSecrets:
 
     def devxnat_args(self, hub_url: str) -> tuple[str, ...]:
         """devxnat's options that point its plugin at the hub at *hub_url*."""
-        return ("--jupyterhub-api-url", f"{hub_url}/hub/api", "--jupyterhub-host-url", hub_url,
+        return ("--jupyterhub-api-url", f"{hub_url}/hub/xnat-plugin/api", "--jupyterhub-host-url", hub_url,
                 "--jupyterhub-token-file", str(self.token_file),
                 "--jupyterhub-password-file", str(self.password_file))
 
@@ -249,8 +267,10 @@ def start_hub(run_dir: Path, xnat_url: str, archive: Path, port: int,
     hub_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(hub_dir, 0o700)
     config = hub_dir / "jupyterhub_config.py"
+    profiles = hub_dir / "profiles.yaml"
+    profiles.write_text(demo_profiles(archive))
     config.write_text(hub_config(xnat_url=xnat_url, hub_dir=hub_dir, port=port, proxy_api_port=_free_port(),
-                                 hub_port=_free_port(), profiles=DEMO_PROFILES, archive=archive,
+                                 hub_port=_free_port(), profiles=profiles, archive=archive,
                                  audit_log=run_dir / "audit" / "audit.db", plugin=plugin))
     if not shutil.which("configurable-http-proxy"):
         raise XnatHpcError("configurable-http-proxy is not installed; run `make demo` (it installs it)")
@@ -272,6 +292,7 @@ def summary(xnat_url: str, slurm_text: str, run_dir: Path, slurm_dir: Path, hub_
   JupyterHub                {hub_url}/hub/login
     log in as alice / alice-demo, pick a profile and projects, start; JupyterLab's XNAT
     panel browses the scope, "Train on secure HPC..." submits examples/train_example.py
+    (profile "Slurm, 1 CPU, data mounted": a Slurm job that sees the scope under XNAT_DATA)
     project owners (e.g. dave / dave-demo): {hub_url}/hub/xnat-hpc/owner
     XNAT's "Start Jupyter" (the JupyterHub plugin's API, as XNAT's UI calls it):
       curl -u bob:bob-demo -H 'Content-Type: application/json' -X POST \\

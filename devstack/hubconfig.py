@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .slurm import SERVER_LOG_DIR
+
 
 def xnat_hub_config(*, xnat_url: str, profiles: Path, archive: Path, audit_log: Path,
                     spawner: str = "xnat") -> str:
@@ -21,6 +23,7 @@ c.XnatScopedSpawner.profiles_file = "{profiles}"
 c.XnatScopedSpawner.xnat_data_root = "{archive}"
 c.HubAuditLog.path = "{audit_log}"
 c.XnatSlurmSpawner.server_host = "127.0.0.1"
+c.XnatSlurmSpawner.sandbox_log_dir = "{SERVER_LOG_DIR}"
 c.Spawner.default_url = "/lab"
 from hub_ext.audit_log import open_at_start
 open_at_start(c)

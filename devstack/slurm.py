@@ -27,6 +27,12 @@ this machine allows it, and says in ``slurm.conf`` what it leaves out and why:
   notebook server in ``interactive`` that submits to ``secure`` would wait for
   its own node forever.
 
+The node is this machine, so it "mounts" devxnat's archive where devxnat keeps it
+(closed to the users' accounts, as on a site's nodes): a Slurm profile whose
+``archive_node_path`` names it runs its server in a sandbox on the node
+(:mod:`spawner.slurm_script`); ``up`` makes the root-only directory those jobs write
+their output to (:data:`SERVER_LOG_DIR`, ``c.XnatSlurmSpawner.sandbox_log_dir``).
+
 Production sites point the hub at their own Slurm.
 """
 
@@ -50,6 +56,9 @@ SYSTEM_CONF = Path("/etc/slurm/slurm.conf")
 DEFAULT_RUN_DIR = Path("/var/lib/xnat-hpc-hub/slurm")
 MUNGE_SOCKET_DIR = Path("/run/munge")
 MUNGE_KEY = Path("/etc/munge/munge.key")
+#: root's directory on the node for the output of sandboxed server jobs (they start as root and
+#: must not write in a user's home): ``c.XnatSlurmSpawner.sandbox_log_dir`` of the dev hubs
+SERVER_LOG_DIR = Path("/var/log/xnat-hpc-hub/slurm-servers")
 INSTALL_HINT = (
     "install them with `make install` (or `apt-get install slurm-wlm munge` as root)"
 )
@@ -78,6 +87,8 @@ class SlurmDevConfig:
     job_container: bool = True
     #: why a setting of a secure partition is not used on this machine (comments in slurm.conf)
     not_used: tuple[str, ...] = ()
+    #: the node's directory for the output of sandboxed server jobs (root's, 0700)
+    server_log_dir: Path = SERVER_LOG_DIR
 
     @classmethod
     def for_this_machine(cls, run_dir: Path) -> "SlurmDevConfig":
@@ -372,8 +383,13 @@ class SlurmDev:
         self._require_programs()
         cfg = self.cfg
         for d in (cfg.state_dir, cfg.spool_dir, cfg.log_dir, cfg.pid_dir, cfg.conf_path.parent,
-                  cfg.job_tmp_dir):
+                  cfg.job_tmp_dir, cfg.server_log_dir):
             d.mkdir(parents=True, exist_ok=True)
+        if cfg.server_log_dir.is_symlink():
+            raise SlurmError(f"{cfg.server_log_dir} is a symbolic link; give the server jobs' output a "
+                             "real directory")
+        os.chown(cfg.server_log_dir, 0, 0)
+        os.chmod(cfg.server_log_dir, 0o700)  # root writes the sandboxed servers' output here
         os.chmod(cfg.run_dir, 0o755)
         os.chmod(cfg.job_tmp_dir, 0o700)  # the jobs' private /tmp; Slurm mounts them as root
         os.chmod(cfg.state_dir, 0o700)  # job scripts and environments live here

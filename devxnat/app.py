@@ -14,6 +14,7 @@ Routes (each the XNAT 1.8 path of the same name):
 The access log masks token secrets in paths and credentials in query strings
 (:mod:`.redact`).
 * archive: ``/data/...`` (see :mod:`.routes`), handled in :mod:`.data_api`
+* stored searches: ``/data/search/saved[/{id}[/results]]`` (:mod:`.stored_search`)
 * XNAT's JupyterHub plugin: ``/xapi/jupyterhub/...``, ``/xapi/event_tracking/{key}``,
   compute-environment and hardware configs (:mod:`.jupyterhub_plugin`,
   :mod:`.jupyterhub_service`)
@@ -31,7 +32,7 @@ from pathlib import Path
 
 from tornado import web
 
-from . import jupyterhub_plugin, shapes
+from . import jupyterhub_plugin, shapes, stored_search
 from .data_api import DataHandler
 from .errors import BadRequest, Forbidden, NotFound, Unauthorized
 from .handler import BaseHandler, log_request
@@ -336,6 +337,7 @@ def make_app(store: Store, archive: Path, *, plugin_state: PluginState | None = 
             (rf"/data/services/tokens/invalidate/{tok}/{tok}", TokenInvalidateHandler),
             (r"/data/search/elements/?", SearchElementsHandler),
             (r"/data/search/elements/([A-Za-z]+:[A-Za-z]+)", SearchElementsHandler),
+            *stored_search.routes(),
             (r"/xapi/users/?", XapiUsersHandler),
             (r"/xapi/users/username/?", XapiUsernameHandler),
             (rf"/xapi/users/{tok}/(roles|groups|enabled)/?", XapiUserHandler),

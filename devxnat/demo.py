@@ -17,7 +17,10 @@ in the store's meta key ``demo_generated`` and does nothing when that is set):
   Collaborator on NEURO_MRI and Member of CARDIO_ECG, dave Owner of
   SLEEP_EEG and CARDIO_ECG, carol and admin in no project;
 * subjects ``{PROJECT}_S001`` ... with one or two sessions each
-  (``NEURO_MRI_S001_MR1``, ``SLEEP_EEG_S004_EEG2``, ...).
+  (``NEURO_MRI_S001_MR1``, ``SLEEP_EEG_S004_EEG2``, ...);
+* stored searches (:data:`.stored_search.DEMO_SEARCHES`), shared with alice and bob:
+  ``xs1700000000001`` "NEURO_MRI first visits" (MR sessions ``…_MR1``, saved in NEURO_MRI) and
+  ``xs1700000000002`` "First visits, every modality" (``…_MR1``, ``…_EEG1``, ``…_ECG1``; site-wide).
 
 All files are written streaming (a few MB at a time, md5 computed on the way)
 into the archive in XNAT's layout (see :mod:`.archive`) and registered in the
@@ -49,6 +52,7 @@ from typing import Callable
 import numpy as np
 
 from .archive import resource_dir
+from .stored_search import seed_demo as seed_searches
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -439,6 +443,7 @@ def generate_demo(store: Store, archive: Path, size_bytes: int, seed: int = 0) -
             shares_left -= p.share
         for pid, login, group in MEMBERS:
             store.set_member(pid, login, group)
+        seed_searches(store)
         summary = DemoSummary(projects=len(PROJECTS), **gen.counts)
         store.set_meta(META_KEY, json.dumps(asdict(summary)))
     log.info("demo archive generated: %s", summary)

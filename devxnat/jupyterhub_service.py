@@ -15,6 +15,7 @@ import os
 from pathlib import Path
 
 from . import plugin_configs as pc
+from . import stored_search
 from .hub_client import HubClient, ResourceAlreadyExists, UserNotFound
 from .plugin_state import PluginState
 
@@ -24,13 +25,10 @@ log = logging.getLogger(__name__)
 # -- permissions (DefaultPermissionsHelper.canRead) ------------------------------
 
 def can_read_item(store, access, project_id: str | None, item_id: str, xsi_type: str) -> bool:
-    """Whether the user may read the item the start is for (project, subject, experiment;
-    ``@``-bundles of stored searches by their project; other stored searches do not exist here)."""
+    """Whether the user may read the item the start is for (project, subject, experiment; a stored
+    search: :func:`.stored_search.plugin_can_read`)."""
     if xsi_type == pc.STORED_SEARCH:
-        if item_id.startswith("@"):
-            return True if project_id is None else can_read_item(store, access, project_id, project_id,
-                                                                 pc.PROJECT)
-        return False
+        return stored_search.plugin_can_read(store, access, project_id, item_id)
     if not project_id:
         return False
     row = store.project(project_id)
@@ -175,7 +173,7 @@ class JupyterHubService:
         template = pc.task_template(env_cfg, hw_cfg)
         general = pc.general_xsi_type(xsi)
         archive = Path(self.settings["archive"])
-        data = self._data_paths(archive, general, project, item)
+        data = self._data_paths(archive, general, project, item, access)
         workspace = await asyncio.get_running_loop().run_in_executor(
             None, make_workspace, self.state.pref("workspacePath"), login,
             self.store.user(login)["email"])
@@ -192,11 +190,11 @@ class JupyterHubService:
             dashboard_config_id=req.get("dashboardConfigId"))
         self.state.store_options(uid, req.get("servername") or "", doc)
 
-    def _data_paths(self, archive: Path, general: str, project: str, item: str) -> dict:
+    def _data_paths(self, archive: Path, general: str, project: str, item: str, access=None) -> dict:
         if general == pc.PROJECT:
             return pc.data_paths(archive, "project", item)
-        if general == pc.STORED_SEARCH:
-            return pc.data_paths(archive, "project", project) if item.startswith("@") and project else {}
+        if general == pc.STORED_SEARCH:  # getStoredSearchPaths: the start's project, as the user reads it
+            return stored_search.plugin_data_paths(self.store, access, archive, project)
         if general == pc.SUBJECT:
             sub = self.store.subject(project, item)
             if sub is None:

@@ -13,12 +13,12 @@
   ``Jupyter`` role).
 * **Names are never folded.** XNAT logins are case-sensitive; JupyterHub's default
   ``normalize_username`` lower-cases, which would make XNAT's ``ALICE`` the hub user
-  ``alice`` (her server, home and ``auth_state``). Here the hub name is the XNAT login
-  unchanged, or what ``username_map`` maps it to — an explicit, one-to-one table the
-  admin writes. A login whose hub name does not match ``name_pattern`` (by default a
-  lower-case Unix account name) is refused, saying how to map it; so is an unmapped
-  login whose name the map gives to another XNAT account. Refusing is the default
-  because guessing (folding case, replacing characters) is how two accounts become one.
+  ``alice`` (her server, home and ``auth_state``). Here the hub name is
+  :func:`hub_ext.names.hub_name`: the admin's ``username_map`` entry, else the login itself
+  when it is a valid name (``name_pattern``), else a name derived from it that no other login
+  gets (``Jane.Doe`` → ``jane.doe--8c0b6e6f2c1ad7a5``). The same function serves XNAT's
+  plugin (:mod:`hub_ext.plugin_gateway`), the spawners, the owners' pages and revocation. A
+  login whose derived name another XNAT account already holds on this hub is refused.
 * **No system accounts.** A hub name whose Unix account has a uid below
   ``c.UnixAccounts.min_uid`` (default 1000) is refused at login
   (:mod:`hub_ext.unix_accounts`; the local and Slurm backends check it again at start).
@@ -43,6 +43,7 @@ from xnat_bridge.errors import AuthenticationFailed, PermissionDenied, TokenExpi
 from xnat_bridge.extras import needs_extra
 
 from .errors import http_error, login_error, misconfigured
+from .names import DEFAULT_NAME_PATTERN, hub_name as mapped_hub_name
 from .unix_accounts import UnixAccounts
 from .xnat_api import AliasToken, XnatHubClient, token_is_expiring
 
@@ -53,19 +54,16 @@ with needs_extra("hub", "the XNAT authenticator (hub_ext.auth)"):
 #: XNAT login names: letters, digits and ``_ - . @`` (alias tokens are UUIDs, which fit)
 _USERNAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,254}$")
 SITE_ADMIN_ROLE = "Administrator"
-#: a portable lower-case Unix account name (useradd's default rule, plus ``.``), 1-32 characters
-DEFAULT_NAME_PATTERN = r"[a-z_][a-z0-9_.-]{0,31}"
-
-
-def hub_name_problem(xnat_user: str, hub_name: str, *, pattern: str, mapping: dict[str, str]) -> str:
+def hub_name_problem(xnat_user: str, hub_name: str, *, pattern: str, mapping: dict[str, str],
+                     holder: str | None = None) -> str:
     """Why the XNAT login *xnat_user* may not be the hub user *hub_name*; "" when it may (pure).
 
-    *hub_name* is what ``normalize_username`` made of the login (``mapping`` or unchanged)."""
-    if xnat_user not in mapping:
-        owner = next((k for k, v in mapping.items() if v == hub_name), None)
-        if owner is not None:
-            return (f"The XNAT account {xnat_user!r} cannot log in here because this hub's "
-                    f"username_map gives the hub name {hub_name!r} to the XNAT account {owner!r}.")
+    *hub_name* is what ``normalize_username`` made of the login (:func:`hub_ext.names.hub_name`);
+    *holder* the XNAT login the hub user already belongs to (its ``auth_state``), if any."""
+    if holder is not None and holder != xnat_user:
+        return (f"The XNAT account {xnat_user!r} cannot log in here because its hub user "
+                f"{hub_name!r} already belongs to the XNAT account {holder!r}; the hub's "
+                "administrators must give one of them another name (c.XnatAuthenticator.username_map).")
     if not re.fullmatch(pattern, hub_name):
         how = ("map it to one with c.XnatAuthenticator.username_map" if xnat_user not in mapping
                else "correct its entry in c.XnatAuthenticator.username_map")
@@ -195,12 +193,13 @@ class XnatAuthenticator(Authenticator):
         return True
 
     def normalize_username(self, username: str) -> str:
-        """XNAT login → hub name: its ``username_map`` entry, else the login unchanged.
+        """XNAT login → hub name (:func:`hub_ext.names.hub_name`: ``username_map``, the login
+        itself when valid, else a derived name).
 
         Replaces JupyterHub's default, which lower-cases (XNAT logins are case-sensitive:
         ``ALICE`` is not ``alice``). Whether the result may log in is decided in
         :meth:`authenticate` (:func:`hub_name_problem`, ``name_pattern``)."""
-        return self.username_map.get(username, username)
+        return mapped_hub_name(username, self.username_map, self.name_pattern)
 
     def validate_username(self, username: str) -> bool:
         """JupyterHub's checks, and ``name_pattern``: the same rule for logins, names created
@@ -262,7 +261,8 @@ class XnatAuthenticator(Authenticator):
         hub_name = self.normalize_username(xnat_user)
         try:
             problem = hub_name_problem(xnat_user, hub_name, pattern=self.name_pattern,
-                                       mapping=self.username_map)
+                                       mapping=self.username_map,
+                                       holder=await _holder_of(handler, hub_name))
             if problem:
                 raise PermissionDenied(problem)
             accounts = UnixAccounts(config=self.config, log=self.log)
@@ -323,6 +323,17 @@ class XnatAuthenticator(Authenticator):
         if self.admin_from_xnat:
             result["admin"] = SITE_ADMIN_ROLE in roles
         return result
+
+
+async def _holder_of(handler, hub_name: str) -> str | None:
+    """The XNAT login the existing hub user *hub_name* last logged in as (its ``auth_state``);
+    None for a new user or one who never logged in to the hub."""
+    find = getattr(handler, "find_user", None)
+    user = find(hub_name) if find is not None else None
+    if user is None:
+        return None
+    state = await user.get_auth_state() or {}
+    return state.get("xnat_user") or None
 
 
 def _is_xnat_plugin_start(handler) -> bool:

@@ -8,6 +8,8 @@ JupyterHub puts each route under its hub prefix, so with the default base URL::
     /hub/xnat-hpc/owner/access     owners grant and revoke access (hub_ext.owner_access)
     /hub/xnat-hpc/review           owners review held results (hub_ext.review), with
     /hub/api/xnat-hpc/review/...   its API for the researchers' servers
+    /hub/xnat-plugin/api/...       the hub's REST API in XNAT's names, for XNAT's plugin
+                                   (hub_ext.plugin_gateway)
 
 In ``jupyterhub_config.py``::
 
@@ -31,6 +33,7 @@ from .owner import ROUTE as OWNER_ROUTE
 from .owner import OwnerAuditHandler
 from .owner_access import ROUTE as ACCESS_ROUTE
 from .owner_access import OwnerAccessHandler
+from .plugin_gateway import gateway_handlers
 from .routes import configured_handlers
 from .review import review_handlers
 
@@ -42,7 +45,7 @@ CONFIG_LINE = ("from hub_ext.handlers import xnat_hpc_handlers; "
 def xnat_hpc_handlers() -> list[tuple[str, type]]:
     """The hub's routes (relative to the hub prefix), a new list each call."""
     return [(OWNER_ROUTE, OwnerAuditHandler), (BOOTSTRAP_ROUTE, BootstrapHandler),
-            (AUDIT_ROUTE, AuditIngestHandler), (ACCESS_ROUTE, OwnerAccessHandler), *review_handlers()]
+            (AUDIT_ROUTE, AuditIngestHandler), (ACCESS_ROUTE, OwnerAccessHandler), *review_handlers(), *gateway_handlers()]
 
 
 def missing_routes(config: Any, handlers: list[tuple[str, type]] | None = None) -> list[str]:

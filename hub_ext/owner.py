@@ -44,7 +44,7 @@ from .review_store import ReviewStore
 from .revocation_watch import ensure_watch
 from .routes import installed
 from .owner_render import WITHHELD, owned_projects, visible_part  # noqa: F401
-from .visitor import visitor_client, visitor_token
+from .visitor import visitor_client, visitor_login, visitor_token
 
 with needs_extra("hub", "the owner page (hub_ext.owner)"):
     from jupyterhub import orm
@@ -168,7 +168,7 @@ class OwnerAuditHandler(BaseHandler):
             return visitor_client(self, token)
 
         with client() as c:
-            perms = await asyncio.to_thread(fetch_permissions, c, user.name)
+            perms = await asyncio.to_thread(fetch_permissions, c, await visitor_login(self))
         owned = owned_projects(perms.roles, perms.site_admin)
         try:
             f = R.parse_filters(args, owned)

@@ -43,7 +43,7 @@ from .errors import map_errors, status_for
 from .pages import XnatHpcPages, ensure_pages, render
 from .revocation import RevocationReport
 from .revocation_watch import ensure_watch, revoke_bounded
-from .visitor import visitor_client, visitor_token
+from .visitor import visitor_client, visitor_login, visitor_token
 from .xnat_api import AliasToken
 
 ROUTE = r"/xnat-hpc/owner/access"
@@ -181,7 +181,7 @@ class OwnerAccessHandler(BaseHandler):
         return HubAuditLog(config=self.settings.get("config"), log=self.log)
 
     async def _page(self, token: AliasToken, *, message: str = "", error: bool = False) -> str:
-        visitor = self.current_user.name
+        visitor = await visitor_login(self)
         only = self.get_query_argument("project", "") or self.get_body_argument("project", "")
 
         def ask() -> tuple[list[str], dict[str, list[dict]]]:

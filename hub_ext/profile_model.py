@@ -117,6 +117,11 @@ class Profile:
     #: (XNAT's JupyterHub plugin: ``/data/projects/{P}/experiments/...``); None = plugin for starts
     #: from XNAT's "Start Jupyter", xnat otherwise
     data_layout: str | None = None
+    #: slurm only: where the partition's nodes mount the XNAT archive (an absolute, clean path,
+    #: e.g. ``/mnt/xnat/archive``); set: the server runs in a per-job bubblewrap sandbox on the node
+    #: with the scope's folders of it bound read-only (``XNAT_DATA``, as on the local backend);
+    #: None: nothing mounted, ``XNAT_DATA`` unset, XNAT's REST API only
+    archive_node_path: str | None = None
 
 
 @dataclass(frozen=True)

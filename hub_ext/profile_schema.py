@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import posixpath
 import re
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Iterable, Mapping, Sequence
@@ -227,6 +228,29 @@ def _abs_path(node: _Node, v: _Validator) -> str:
     raise _Bad(f"{value!r} is not an absolute path; write it from the root, e.g. {DEFAULT_STAGING_DIR}")
 
 
+def _node_path(node: _Node, v: _Validator) -> str:
+    """An absolute, clean directory path on the compute nodes (it goes into a batch script,
+    quoted, and into ``bwrap``'s binds): never ``/``, never the sandbox's own ``/xnat``."""
+    value = _text(node, v)
+    example = "e.g. /mnt/xnat/archive"
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise _Bad(f"{value!r} contains a control character; write the path on one line, {example}")
+    if not value.startswith("/"):
+        raise _Bad(f"{value!r} is not an absolute path; write where the nodes mount the archive "
+                   f"from the root, {example}")
+    clean = "/" + posixpath.normpath(value).lstrip("/")
+    if clean != value:
+        raise _Bad(f"{value!r} is not a clean path (it means {clean!r}); write it without '.', '..', "
+                   f"'//' or a trailing '/', {example}")
+    if value == "/":
+        raise _Bad(f"'/' is the whole file system; name the directory the nodes mount the archive at, "
+                   f"{example}")
+    if value == "/xnat" or value.startswith("/xnat/"):
+        raise _Bad(f"{value!r} cannot hold the archive: the server's sandbox has its own {value}; "
+                   f"name the directory of the archive itself, {example}")
+    return value
+
+
 def _list_of(item: Checker, example: str) -> Checker:
     def check(node: _Node, v: _Validator) -> tuple:
         if node.kind != "seq":
@@ -305,7 +329,10 @@ PROFILE_SCHEMA: dict[str, Checker] = {
     "resources": _map_node,
     "allow": _map_node,
     "data_layout": _choice(("xnat", "plugin"), "data layout"),
+    "archive_node_path": _node_path,
 }
+#: profile keys that belong to one backend (inherited from defaults only by that backend's profiles)
+BACKEND_KEYS = {"archive_node_path": "slurm"}
 PROFILE_REQUIRED = {"slug": "e.g. 'slug: gpu-large'",
                     "backend": "'backend: local', 'slurm' or 'kubernetes'"}
 NOT_INHERITED = ("slug", "display_name", "default")
@@ -446,9 +473,23 @@ class _Validator:
                                               f"backend, ...), got {_describe(node)}")
             return {}
         values = self.fields(node, PROFILE_SCHEMA, required=PROFILE_REQUIRED)
+        self._backend_keys(node, values)
         values["resources"] = self._resources(values.get("resources"), values.get("backend"))
         values["allow"] = self._allow(values.get("allow"))
         return values
+
+    def _backend_keys(self, node: _Node, values: dict[str, Any]) -> None:
+        """Drop a profile key of another backend (:data:`BACKEND_KEYS`): silently when inherited
+        from ``defaults:``, as a problem when written on the profile itself."""
+        backend = values.get("backend")
+        for key, owner in BACKEND_KEYS.items():
+            if key not in values or backend in (None, owner):
+                continue
+            del values[key]
+            child = node.value[key]
+            if not child.path.startswith("defaults."):
+                self.report(child.line, child.path, f"{key!r} is a {owner} setting, but this profile uses "
+                                                    f"backend {backend}; remove it or set backend: {owner}")
 
     def _resources(self, node: _Node | None, backend: str | None) -> Resources:
         if node is None:

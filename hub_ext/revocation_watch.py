@@ -331,7 +331,7 @@ class RevocationWatch:
         hub's service account; None when neither can tell (logged)."""
         state = await user.get_auth_state() or {}
         token = AliasToken.from_state(state.get("xnat_token"))
-        login = str(state.get("xnat_user") or user.name)
+        login = str(state.get("xnat_user") or _recorded_login(user) or user.name)
         url = self._xnat_url()
         if not url:
             return None
@@ -369,6 +369,19 @@ class RevocationWatch:
             log.warning("re-check of %s as the service account %s skipped: %s%s", user.name, account,
                         exc.message, hint)
             return None
+
+
+def _recorded_login(user) -> str:
+    """The XNAT login a server of *user* was started for (its :class:`SpawnRecord`): a user XNAT's
+    plugin started, who never logged in to the hub, under a derived name (:mod:`hub_ext.names`)."""
+    for spawner in list(getattr(user, "spawners", {}).values()):
+        try:
+            record = record_of(spawner)
+        except XnatHpcError:
+            continue
+        if record is not None and record.login:
+            return record.login
+    return ""
 
 
 #: this process's watches by ``id`` of the hub's ``config`` object, with a weak reference to

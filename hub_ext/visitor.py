@@ -34,6 +34,13 @@ async def visitor_token(handler, why: str) -> AliasToken:
     return token
 
 
+async def visitor_login(handler) -> str:
+    """The visitor's XNAT login: the one they logged in with (``auth_state``; their hub name
+    may be mapped from it, :mod:`hub_ext.names`), else their hub name."""
+    state = await handler.current_user.get_auth_state() or {}
+    return str(state.get("xnat_user") or handler.current_user.name)
+
+
 def visitor_client(handler, token: AliasToken) -> XnatClient:
     """A client of the hub's XNAT as the visitor (short timeouts: a page waits on it)."""
     return XnatClient(xnat_url(handler), token.alias, token.secret, retries=1, timeout=15)
@@ -42,7 +49,7 @@ def visitor_client(handler, token: AliasToken) -> XnatClient:
 async def visitor_permissions(handler, why: str) -> Permissions:
     """What XNAT says the visitor may do now (asked in a thread, with their own token)."""
     token = await visitor_token(handler, why)
-    name = handler.current_user.name
+    name = await visitor_login(handler)
 
     def ask() -> Permissions:
         with visitor_client(handler, token) as client:

@@ -34,8 +34,8 @@ from .plan import (
     mount_target,
     workspace_dir,
 )
-from .request import SpawnRequest
-from .xnat_launch import XnatLaunch, archive_paths, item_type
+from .request import STORED_SEARCH_KIND, STORED_SEARCH_TYPE, SpawnRequest
+from .xnat_launch import XnatLaunch, archive_paths, item_type, within_listed
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,6 +132,7 @@ def scope_mounts(scope: Scope, sessions: Mapping[str, Iterable[Session]],
     only sessions the hub found in the scope are mounted."""
     mounts = []
     listed = archive_paths(launch)[0] if launch is not None and layout is DataLayout.PLUGIN else None
+    searched = launch is not None and launch.xsi_type == STORED_SEARCH_TYPE
 
     def add(project: str, source: str, optional: bool = False) -> None:
         target = mount_target(layout, source)
@@ -143,6 +144,11 @@ def scope_mounts(scope: Scope, sessions: Mapping[str, Iterable[Session]],
                 mounts.append(ScopeMount(project, source, target, True))
             else:
                 mounts.append(ScopeMount(project, xnat_source, target, True, listed=True))
+        elif searched:  # a stored search's item, inside the project's folders XNAT lists for it
+            inside, xnat_source = within_listed(listed, target)
+            if inside:
+                mounts.append(ScopeMount(project, xnat_source or source, target, True,
+                                         listed=xnat_source is not None))
 
     for project, ps in sorted((scope.projects or {}).items()):
         if ps.whole:
@@ -197,6 +203,12 @@ def plan_workspace(user: str, profile: Profile, layout: DataLayout, workspace: b
     return workspace_dir(user) if workspace else None
 
 
+def node_sandbox(profile: Profile) -> bool:
+    """Whether *profile*'s server runs in a sandbox on its compute node: a Slurm profile that
+    names where its nodes mount the archive (``archive_node_path``) (pure)."""
+    return profile.backend == "slurm" and profile.archive_node_path is not None
+
+
 def build_plan(*, user: str, server_name: str, request: SpawnRequest, profile: Profile,
                roles: dict[str, str], mounts: tuple[ScopeMount, ...], data_mount: DataMount,
                xnat_url: str, alias: str, secret: str, offload: OffloadPolicy,
@@ -207,7 +219,9 @@ def build_plan(*, user: str, server_name: str, request: SpawnRequest, profile: P
     *mounts* are the scope's directories (:func:`scope_mounts`); *data_mount* is how the
     backend that runs the server mounts data. With :attr:`DataMount.NONE` the plan has no
     mounts and no ``XNAT_DATA``; otherwise both, ``XNAT_DATA`` being *layout*'s root (the
-    mounts' targets are *layout*'s, :func:`scope_mounts`).
+    mounts' targets are *layout*'s, :func:`scope_mounts`). A Slurm profile mounts only where it
+    names its nodes' archive (:func:`node_sandbox`); that sandbox on the node also gives the
+    plugin layout's workspace. Any other Slurm profile is :attr:`DataMount.NONE`.
 
     In the plugin's layout the server gets the workspace ``/workspace/{user}`` as
     ``JUPYTERHUB_ROOT_DIR``/``XDG_CONFIG_HOME`` where its backend gives one
@@ -216,6 +230,16 @@ def build_plan(*, user: str, server_name: str, request: SpawnRequest, profile: P
     those whose names may carry a secret (:data:`~spawner.plan.SECRET_NAME`) go with
     ``XNAT_PASS`` as secrets, the others into the server's environment.
     """
+    if profile.backend == "slurm":  # the archive in a sandbox on the node, or REST only
+        if not node_sandbox(profile):
+            data_mount = DataMount.NONE
+        if workspace is None:
+            workspace = data_mount is not DataMount.NONE  # the node sandbox binds the home there
+    item = request.xnat_item
+    if item is not None and item.kind == STORED_SEARCH_KIND and not request.scope.projects:
+        raise InvalidRequest(f"the start from XNAT stored search {item.item_id} was not resolved to the "
+                             "search's items (the hub's spawner lacks that step); ask the hub admin to "
+                             "update the hub", item=item.item_id)
     mounted = tuple(mounts) if data_mount is not DataMount.NONE else ()
     passed = dict(launch.env) if launch is not None else {}
     secrets = {k: v for k, v in passed.items() if SECRET_NAME.search(k)}

@@ -45,6 +45,8 @@ from traitlets.config import LoggingConfigurable
 
 from hub_ext.audit_log import HubAuditLog
 from hub_ext.errors import spawn_error
+from hub_ext.names import hub_name as default_hub_name
+from hub_ext.names import DEFAULT_NAME_PATTERN, hub_server_name, xnat_login
 from hub_ext.profiles import ProfileConfig, ProfileWatcher, visible_profiles
 from hub_ext.revocation import add_notice, drop_notice
 from hub_ext.xnat_api import AliasToken, XnatHubClient
@@ -61,6 +63,7 @@ from .form import render_form
 from .plan import DataMount, SpawnPlan
 from .progress import SpawnProgress, follow
 from .request import SpawnRequest, flat_options, parse_form, parse_request, selected_projects
+from .stored_search import resolve_stored_search
 from .xnat_launch import XnatLaunch, apply_hardware, parse_launch
 
 _watchers: dict[str, ProfileWatcher] = {}
@@ -166,6 +169,12 @@ class XnatScopedSpawner(LoggingConfigurable):
 
     xnat_plan = Any(None, help="The validated plan of the current start (set by start).")
 
+    xnat_account = Unicode(
+        "",
+        help="""(Not configurable.) The XNAT login this server was last started for (the hub
+        user's, or the one XNAT's plugin started it for): kept in :class:`SpawnRecord`.""",
+    )
+
     xnat_record = Any(
         None, allow_none=True,
         help="""What the hub decided at this server's start (a
@@ -201,10 +210,52 @@ class XnatScopedSpawner(LoggingConfigurable):
         return XnatClient(self.xnat_url, token.alias, token.secret, verify=self.xnat_validate_cert,
                           timeout=self.xnat_timeout, retries=1)
 
-    def _facts(self, token: AliasToken, scope: Scope | None) -> XnatFacts:
-        """Ask XNAT (blocking; run in a thread)."""
+    def _hub_name(self, login: str) -> str:
+        """The hub user of the XNAT account *login*: the authenticator's mapping
+        (:func:`hub_ext.names.hub_name`, with the site's ``username_map``)."""
+        auth = self.authenticator
+        if auth is not None and hasattr(auth, "username_map"):
+            return auth.normalize_username(login)
+        return default_hub_name(login)
+
+    async def _login(self) -> str:
+        """The XNAT login of this hub user as the hub knows it: the one it logged in with
+        (``auth_state``), else the one its name says (``username_map`` or the name itself)."""
+        state = await self.user.get_auth_state() or {}
+        if state.get("xnat_user"):
+            return str(state["xnat_user"])
+        auth = self.authenticator
+        return xnat_login(self.user.name, getattr(auth, "username_map", None) or {},
+                          getattr(auth, "name_pattern", None) or DEFAULT_NAME_PATTERN) or self.user.name
+
+    def _plugin_names(self, request: SpawnRequest) -> tuple[str, str]:
+        """``(XNAT login, XNAT's server name)`` of a start from XNAT's plugin: what the plugin
+        API (:mod:`hub_ext.plugin_gateway`) recorded in the body, else this user's and server's
+        own names; refused unless they map to this user and server."""
+        item = request.xnat_item
+        login = item.login or self.user.name
+        mapped = self._hub_name(login)
+        if mapped != self.user.name:
+            raise PermissionDenied(
+                f"this start from XNAT is for the XNAT account {login!r}, whose hub user is {mapped!r}, not "
+                f"{self.user.name!r}; XNAT's JupyterHub API URL must be this hub's /hub/xnat-plugin/api "
+                "(docs/admin.md, \"XNAT's Start Jupyter\")")
+        server, own = item.servername, self.name or ""
+        if not server or server == own:  # the hub's API called directly (JupyterHub 5 keeps raw names)
+            return login, own
+        try:
+            mapped_server = hub_server_name(server)
+        except XnatHpcError as exc:
+            raise PermissionDenied(exc.message) from None
+        if mapped_server != own:
+            raise PermissionDenied(f"this start from XNAT names the server {server!r}, which is not "
+                                   f"the server {self.name or '(default)'!r} being started")
+        return login, server
+
+    def _facts(self, token: AliasToken, scope: Scope | None, login: str) -> XnatFacts:
+        """Ask XNAT about the account *login* (blocking; run in a thread)."""
         with self._client(token) as client:
-            perms = fetch_permissions(client, self.user.name)
+            perms = fetch_permissions(client, login)
             sessions: dict[str, tuple[Session, ...]] = {}
             for project, ps in sorted((scope.projects or {}).items() if scope else ()):
                 if ps.whole or project not in perms.roles:
@@ -235,7 +286,7 @@ class XnatScopedSpawner(LoggingConfigurable):
         try:
             config = self.xnat_profiles()
             token = await self._alias_token()
-            facts = await asyncio.to_thread(self._facts, token, None)
+            facts = await asyncio.to_thread(self._facts, token, None, await self._login())
         except XnatHpcError as exc:
             self.log.warning("spawn form for %s: %s", self.user.name, exc.message)
             return f'<p class="xnat-hpc-empty" role="alert">{html.escape(exc.message)}</p>'
@@ -264,7 +315,7 @@ class XnatScopedSpawner(LoggingConfigurable):
             raise spawn_error(exc) from None
         drop_notice(self.user.name, notice_key)
         self.xnat_record = SpawnRecord(scope=plan.scope, profile=plan.profile.slug, backend=plan.profile.backend,
-                                       started=now_iso(),
+                                       started=now_iso(), login=self.xnat_account,
                                        token_sha256=token_sha256(self.api_token) if self.api_token else "")
         return plan
 
@@ -295,10 +346,15 @@ class XnatScopedSpawner(LoggingConfigurable):
         config = self.xnat_profiles()
         launch = None
         if request.source == "xnat":
-            launch = await self.xnat_launch(request)
+            login, server = self._plugin_names(request)
+            launch = await self.xnat_launch(request, login, server)
             request = dataclasses.replace(request, hardware=launch.hardware)
-        token = await self._launch_token(launch) if launch and launch.token else await self._alias_token()
-        facts = await asyncio.to_thread(self._facts, token, request.scope)
+        else:
+            login = await self._login()
+        token = await self._launch_token(launch, login) if launch and launch.token else await self._alias_token()
+        self.xnat_account = login
+        request = await resolve_stored_search(request, lambda: self._client(token), login)
+        facts = await asyncio.to_thread(self._facts, token, request.scope, login)
         roles = check_readable(request.scope, facts.project_roles)
         profile = choose_profile(config, request, facts, groups=[g.name for g in self.user.groups],
                                  backends=self.backends or None)
@@ -337,28 +393,27 @@ class XnatScopedSpawner(LoggingConfigurable):
             raise PermissionDenied(f"{path} ({what}) is empty")
         return self.xnat_service_user, password
 
-    async def xnat_launch(self, request: SpawnRequest) -> XnatLaunch:
-        """Fetch what XNAT stored for this start (as the ``JupyterHub``-role account) and parse it."""
+    async def xnat_launch(self, request: SpawnRequest, login: str, server: str) -> XnatLaunch:
+        """Fetch what XNAT stored for this start of the XNAT account *login*'s server *server*
+        (XNAT's names; as the ``JupyterHub``-role account) and parse it."""
         self._progress(8, "Reading the start's settings from XNAT")
         account = await asyncio.to_thread(self._service_account)
         client = XnatHubClient(self.xnat_url, timeout=self.xnat_user_options_timeout,
                                validate_cert=self.xnat_validate_cert)
-        doc = await client.plugin_user_options(self.user.name, self.name, account)
+        doc = await client.plugin_user_options(login, server, account)
         return parse_launch(doc, request)
 
-    async def _launch_token(self, launch: XnatLaunch) -> AliasToken:
-        """The alias token XNAT issued for this start, checked with XNAT to be the user's."""
+    async def _launch_token(self, launch: XnatLaunch, login: str) -> AliasToken:
+        """The alias token XNAT issued for this start, checked with XNAT to be *login*'s."""
         client = XnatHubClient(self.xnat_url, timeout=self.xnat_timeout, validate_cert=self.xnat_validate_cert)
         try:
             owner = await client.validate_token(launch.token.alias, launch.token.secret)
         except TokenExpired:
             raise AuthenticationFailed("the XNAT token of this start is no longer valid; start Jupyter "
                                        "again from XNAT") from None
-        normalize = getattr(self.authenticator, "normalize_username", None)
-        hub_name = normalize(owner) if normalize is not None else owner
-        if hub_name != self.user.name:
+        if owner != login or self._hub_name(owner) != self.user.name:
             raise PermissionDenied(f"the XNAT token of this start belongs to another XNAT account, "
-                                   f"not {self.user.name}; start Jupyter again from XNAT as yourself")
+                                   f"not {login}; start Jupyter again from XNAT as yourself")
         return launch.token
 
     def data_mount(self) -> DataMount:

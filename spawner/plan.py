@@ -96,8 +96,11 @@ def mount_target(layout: DataLayout, source: str) -> str:
 class DataMount(enum.Enum):
     """How a backend gives a server its scope's files (each backend says it once)."""
 
-    NONE = "none"            #: nothing mounted; the server reads through XNAT's REST API (Slurm)
-    HOST_PATH = "host path"  #: read-only binds of host directories (local bubblewrap)
+    NONE = "none"            #: nothing mounted; the server reads through XNAT's REST API
+    #: read-only binds of host directories in a bubblewrap sandbox: the hub host's archive (local),
+    #: or the compute node's for a Slurm profile that names ``archive_node_path`` (a Slurm profile
+    #: without one mounts nothing: :func:`spawner.decide.build_plan`)
+    HOST_PATH = "host path"
     VOLUME = "volume"        #: ``subPath`` mounts of a cluster volume (Kubernetes)
 
 
@@ -106,7 +109,8 @@ class DataMount(enum.Enum):
 #: (it starts in the home directory, as a form start does)
 WORKSPACE_BACKENDS = {
     "local": "the sandbox binds the user's home directory there (spawner.sandbox)",
-    # slurm: no sandbox on the node, so no /workspace (a node sandbox would bind the home there)
+    # slurm: only a profile with archive_node_path runs a sandbox on the node, which binds the home
+    # there (build_plan decides, spawner.decide.node_sandbox); without one no /workspace
     # kubernetes: only where the site's storage mounts the home there (z2jh
     # singleuser.storage.homeMountPath: /workspace/{unescaped_username}): build_plan(workspace=True)
 }

@@ -23,8 +23,10 @@ is used anywhere:
 
   The scope becomes that item (project, subject or experiment: ``xnat:experimentData`` or any
   concrete experiment type). The hardware, image and XNAT-issued token are fetched back from
-  XNAT at start (:mod:`spawner.xnat_launch`). Stored searches and dashboards are refused with
-  a message XNAT shows.
+  XNAT at start (:mod:`spawner.xnat_launch`). A stored search (``xdat:stored_search``, ``itemId``
+  the search, ``projectId`` where it was started) is scoped at start to the search's items the user
+  may read in that project (:mod:`spawner.stored_search`). Dashboards are refused with a message
+  XNAT shows.
 
 **Stored flat.** XNAT reads ``user_options`` of every server (``GET /hub/api/users[/{u}]``)
 as ``Map<String,String>``; :func:`flat_options` is what the hub stores for every kind of start
@@ -38,6 +40,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -49,11 +52,17 @@ MAX_PROJECTS = 50
 #: the keys of the plugin's ``XnatUserOptions`` body, exactly; xsiType/itemId/projectId required
 XNAT_LAUNCH_KEYS = frozenset({"userId", "servername", "xsiType", "itemId", "itemLabel", "projectId",
                               "eventTrackingId", "dashboardConfigId", "task_template"})
+#: what the hub's plugin API (:mod:`hub_ext.plugin_gateway`) adds to a start's body: the XNAT
+#: login it was made for (the spawner checks that it maps to the user it starts)
+GATEWAY_KEYS = frozenset({"xnatLogin"})
 REST_KEYS = frozenset({"profile", "projects", "scope"})
 PROJECT_TYPE = "xnat:projectData"
 SUBJECT_TYPE = "xnat:subjectData"
 EXPERIMENT_TYPE = "xnat:experimentData"
 STORED_SEARCH_TYPE = "xdat:stored_search"
+#: :attr:`XnatItem.kind` of a start from a stored search; its scope is decided at start
+#: (:mod:`spawner.stored_search`), from :data:`UNRESOLVED` (nothing) to the search's items
+STORED_SEARCH_KIND = "stored search"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,14 +76,17 @@ class XnatItem:
     event_tracking_id: str = ""
     user_id: str = ""       #: XNAT's numeric user id (``userId``), as text
     servername: str = ""    #: the server name the plugin sent ("" = the default server)
+    login: str = ""         #: the XNAT login the plugin started it for (the gateway's ``xnatLogin``)
 
     @property
     def kind(self) -> str:
-        """``project``, ``subject`` or ``experiment``."""
+        """``project``, ``subject``, ``experiment`` or ``stored search`` (:data:`STORED_SEARCH_KIND`)."""
         if self.xsi_type == PROJECT_TYPE:
             return "project"
         if self.xsi_type == SUBJECT_TYPE:
             return "subject"
+        if self.xsi_type == STORED_SEARCH_TYPE:
+            return STORED_SEARCH_KIND
         return "experiment"
 
 
@@ -162,8 +174,32 @@ def _optional_text(options: Mapping[str, Any], key: str, limit: int = 100) -> st
     return "" if value is None else _text(value, key, limit)
 
 
+# -- stored searches -----------------------------------------------------------------------------
+#: the scope of a start from a stored search until the hub has asked XNAT for the search's items
+#: (:func:`spawner.stored_search.resolve_stored_search`): nothing. A plan is never made from it
+#: (:func:`spawner.decide.build_plan` refuses), so a start that skipped that step fails closed.
+UNRESOLVED = Scope({})
+#: a stored search's id (``xs1700000000001``, or what a client PUT it as) or a data bundle's
+#: (``@xnat:mrSessionData``: every item of that type), as the plugin's UI posts it
+_SEARCH_ID_RE = re.compile(r"^(?:@[A-Za-z][A-Za-z0-9_]*:[A-Za-z][A-Za-z0-9_]*|[A-Za-z0-9][A-Za-z0-9_.\-]{0,99})$")
+
+
+def _stored_search_ref(options: Mapping[str, Any]) -> tuple[str, str]:
+    """``itemId`` and ``itemLabel`` of a start from a stored search: the search's id and its
+    description as XNAT shows it (free text: ``brief-description``)."""
+    search_id = _text(options["itemId"], "itemId", 100)
+    if not _SEARCH_ID_RE.match(search_id):
+        raise InvalidRequest(f"itemId {search_id!r} is not an XNAT stored search id (like xs1700000000001, "
+                             "or @xnat:mrSessionData for a data bundle)", item=search_id[:100])
+    label = _optional_text(options, "itemLabel", 255)
+    if any(ord(c) < 32 or ord(c) == 127 for c in label):
+        raise InvalidRequest("itemLabel of a stored search must be one line of text (no control characters)")
+    return search_id, label
+
+
 def parse_xnat_launch(options: Mapping[str, Any]) -> SpawnRequest:
-    """XNAT's "Start Jupyter" body (``XnatUserOptions``) → a request scoped to that one item."""
+    """XNAT's "Start Jupyter" body (``XnatUserOptions``) → a request scoped to that one item
+    (a stored search: :data:`UNRESOLVED` until the hub resolves it at start)."""
     missing = [k for k in ("xsiType", "itemId", "projectId") if not options.get(k)]
     if missing:
         raise InvalidRequest(f"XNAT launch request lacks {', '.join(missing)}")
@@ -177,28 +213,33 @@ def parse_xnat_launch(options: Mapping[str, Any]) -> SpawnRequest:
     xsi_type = _text(options["xsiType"], "xsiType", 100)
     if ":" not in xsi_type or not all(part.replace("_", "").isalnum() for part in xsi_type.split(":", 1)):
         raise InvalidRequest(f"xsiType {xsi_type!r} is not an XNAT data type like xnat:mrSessionData")
-    if xsi_type == STORED_SEARCH_TYPE:
-        raise InvalidRequest("starting Jupyter from a stored search is not supported on this hub: "
-                             "start it from the project, a subject or an experiment instead")
-    if xsi_type.startswith("xdat:") or xsi_type == "xnat:imageScanData" or xsi_type.endswith("ScanData"):
+    stored = xsi_type == STORED_SEARCH_TYPE  # itemId: the search; projectId: where it was started
+    if not stored and (xsi_type.startswith("xdat:") or xsi_type == "xnat:imageScanData"
+                       or xsi_type.endswith("ScanData")):
         raise InvalidRequest(f"starting a server for a {xsi_type} is not supported; start it from a "
                              "project, subject or experiment")
     project = check_id(_text(options["projectId"], "projectId", 100), "project")
-    item_id = check_id(_text(options["itemId"], "itemId", 100), "itemId")
-    label = _optional_text(options, "itemLabel")
-    if label:
-        check_id(label, "itemLabel")
+    if stored:
+        item_id, label = _stored_search_ref(options)
+    else:
+        item_id = check_id(_text(options["itemId"], "itemId", 100), "itemId")
+        label = _optional_text(options, "itemLabel")
+        if label:
+            check_id(label, "itemLabel")
     user_id = _optional_text(options, "userId", 20)
     if user_id and not user_id.isdigit():
         raise InvalidRequest(f"userId {user_id!r} must be XNAT's numeric user id")
     item = XnatItem(xsi_type, item_id, project, label, _optional_text(options, "eventTrackingId"),
-                    user_id, _optional_text(options, "servername", 255))
+                    user_id, _optional_text(options, "servername", 255),
+                    _optional_text(options, "xnatLogin", 255))
     if item.kind == "project":
         if item_id != project:
             raise InvalidRequest(f"itemId {item_id!r} of a project launch must equal projectId {project!r}")
         scope = Scope.of([project])
     elif item.kind == "subject":
         scope = Scope.of({project: {"subjects": [item_id]}})
+    elif item.kind == STORED_SEARCH_KIND:
+        scope = UNRESOLVED
     else:
         scope = Scope.of({project: {"experiments": [item_id]}})
     return SpawnRequest(None, scope, "xnat", item)
@@ -211,7 +252,7 @@ def parse_request(options: Mapping[str, Any] | None) -> SpawnRequest:
         raise InvalidRequest("no options given: choose a profile and at least one XNAT project "
                              '(REST: {"profile": "<slug>", "projects": ["<project id>"]})')
     if "xsiType" in options or "itemId" in options:
-        unknown = set(options) - XNAT_LAUNCH_KEYS
+        unknown = set(options) - XNAT_LAUNCH_KEYS - GATEWAY_KEYS
         if unknown:
             raise InvalidRequest(f"unknown options in XNAT launch request: {', '.join(sorted(unknown))}; "
                                  f"allowed: {', '.join(sorted(XNAT_LAUNCH_KEYS))}")
@@ -240,7 +281,8 @@ def flat_options(request: SpawnRequest) -> dict[str, str | None]:
         return {"userId": item.user_id or None, "servername": item.servername or None,
                 "xsiType": item.xsi_type, "itemId": item.item_id, "itemLabel": item.label or None,
                 "projectId": item.project, "eventTrackingId": item.event_tracking_id or None,
-                "dashboardConfigId": None, "task_template": None}
+                "dashboardConfigId": None, "task_template": None,
+                **({"xnatLogin": item.login} if item.login else {})}
     projects = request.scope.projects or {}
     if all(ps.whole for ps in projects.values()):
         return {"profile": request.profile, "projects": ",".join(sorted(projects))}

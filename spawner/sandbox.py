@@ -1,4 +1,7 @@
-"""The bubblewrap sandbox of the local backend, as a pure argument list.
+"""The bubblewrap sandbox of a server, as a pure argument list: the local backend's, and the
+per-job sandbox on a compute node of a Slurm profile that names ``archive_node_path``
+(:mod:`spawner.slurm_script`; there the archive root is the nodes' path and the batch script,
+run as root, is what starts ``bwrap``). One builder, :func:`bwrap_args`, serves both.
 
 Inside the sandbox the server sees the operating system read-only, its own
 home read-write, a private ``/tmp``, and of the XNAT archive **only the scope's
@@ -146,6 +149,12 @@ def setpriv_args(run_as: RunAs) -> list[str]:
     return [run_as.setpriv, f"--reuid={run_as.uid}", f"--regid={run_as.gid}",
             f"--groups={','.join(map(str, groups))}" if groups else "--clear-groups",
             "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs", "--"]
+
+
+def sandbox_command(plan: SpawnPlan, spec: SandboxSpec, run_as: RunAs) -> list[str]:
+    """``bwrap ... -- setpriv ... --``: the sandbox of *plan* built by root, the server in it as
+    *run_as* (the server command follows the last ``--``)."""
+    return bwrap_args(plan, spec) + setpriv_args(run_as)
 
 
 def closed_to_users(ancestors: list[os.stat_result]) -> bool:

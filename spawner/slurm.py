@@ -20,18 +20,29 @@ Differences from plain batchspawner, on purpose:
   :mod:`hub_ext.handlers`): a start without it fails at once, saying so;
 * progress events say what Slurm is doing (submitted, pending with reason, running);
 * before submitting, the hub (root) creates the user's staging directory, 0700 and
-  owned by the user (:mod:`spawner.userdirs`); the job itself never reads the
-  archive (XNAT's REST API only: ``DataMount.NONE``).
+  owned by the user (:mod:`spawner.userdirs`);
+* the archive (decided per profile by :func:`spawner.decide.build_plan`):
+  a profile without ``archive_node_path`` mounts nothing — the job is the user's and
+  reads XNAT's REST API only, ``XNAT_DATA`` unset. A profile with one runs the server in a
+  per-job sandbox on the node, as the local backend does on the hub host: the hub (root)
+  submits the job, whose script runs ``bwrap`` as root with the scope's folders of the node
+  path bound read-only (the plan's mounts and layout, :func:`spawner.sandbox.bwrap_args`) and
+  ``setpriv`` to the user with ``archive_group`` inside the sandbox only
+  (:class:`~spawner.slurm_script.NodeSandbox`). The archive stays closed to the users'
+  accounts on the nodes too (docs/admin.md, "The archive on the nodes").
 """
 
 from __future__ import annotations
 
 import asyncio
+import grp
 import os
 import sys
+from pathlib import Path
 
-from traitlets import Float, List, Unicode, default
+from traitlets import Any, Float, List, Unicode, default
 
+import xnat_bridge
 from hub_ext import bootstrap
 from hub_ext.errors import spawn_error
 from hub_ext.handlers import CONFIG_LINE, missing_routes
@@ -41,9 +52,11 @@ from xnat_bridge import slurm
 from xnat_bridge.errors import CommandFailed, SlurmError, XnatHpcError
 from xnat_bridge.extras import needs_extra
 
+from .decide import node_sandbox
 from .mixin import XnatScopedSpawner
 from .plan import DataMount, SpawnPlan
-from .slurm_script import SlurmSettings, batch_script, split_env
+from .sandbox import RunAs
+from .slurm_script import NodeSandbox, SlurmSettings, batch_script, split_env
 from .userdirs import prepare_staging
 
 with needs_extra("hub", "the Slurm backend (spawner.slurm)"):
@@ -56,7 +69,10 @@ class XnatSlurmSpawner(XnatScopedSpawner, SlurmSpawner):
     backends = ("slurm",)
 
     def data_mount(self) -> DataMount:
-        return DataMount.NONE  # compute nodes read XNAT through its REST API
+        """The scope's folders of the profile's ``archive_node_path``, bound in a sandbox on the
+        node; a profile without one mounts nothing (:func:`spawner.decide.build_plan`: the server
+        reads XNAT's REST API)."""
+        return DataMount.HOST_PATH
 
     server_host = Unicode(
         "",
@@ -102,6 +118,47 @@ class XnatSlurmSpawner(XnatScopedSpawner, SlurmSpawner):
         900.0, help="Seconds a job has to fetch its secrets from the hub after submission.",
     ).tag(config=True)
 
+    # -- the sandbox on the node (profiles with archive_node_path) ----------------
+    bwrap_path = Unicode(
+        "/usr/bin/bwrap",
+        help="""Path of bubblewrap on the compute nodes, for profiles that name
+        ``archive_node_path`` (their job builds the server's sandbox with it, as root).""",
+    ).tag(config=True)
+
+    setpriv_path = Unicode(
+        "/usr/bin/setpriv",
+        help="""Path of util-linux's ``setpriv`` on the compute nodes: it drops from root to the
+        user inside a node sandbox (profiles with ``archive_node_path``).""",
+    ).tag(config=True)
+
+    archive_group = Unicode(
+        "xnat-archive",
+        help="""Unix group that may read the archive at the nodes' ``archive_node_path`` (the same
+        group as ``c.XnatLocalSpawner.archive_group``, with the same gid on the nodes), granted
+        inside a node sandbox only, when the scope is mounted. It has no members. Empty: no
+        group is granted (the archive's files must then be readable by others, under a
+        directory only root can traverse). A group that does not exist on the hub refuses
+        such starts, saying so. See docs/admin.md, "The archive on the nodes".""",
+    ).tag(config=True)
+
+    sandbox_ro_paths = List(
+        Unicode(),
+        help="""Extra node paths bound read-only into a node sandbox, e.g. a shared software
+        tree ``/sw``. The Python environment of ``python``, this package's code and the munge
+        socket directory (``/run/munge``, for offload jobs) are always bound.""",
+    ).tag(config=True)
+
+    sandbox_log_dir = Unicode(
+        "/var/log/xnat-hpc-hub/slurm-servers",
+        help="""Directory on the compute nodes, root's (0700), where Slurm writes the output of
+        server jobs that run in a node sandbox (``jupyter-xnat-<job id>.log``): such a job
+        starts as root, and root must not write in the user's home. It must exist on every
+        node of the profiles' partitions (the development cluster makes it); a job whose
+        output cannot be opened fails at once. Other Slurm servers log to the user's home.""",
+    ).tag(config=True)
+
+    node_run_as = Any(None, help="Whom the node sandbox of the current start drops to (set by prepare_host).")
+
     #: the last queue state reported as progress in this start (see :meth:`query_job_status`)
     reported_status: JobStatus | None = None
 
@@ -111,8 +168,62 @@ class XnatSlurmSpawner(XnatScopedSpawner, SlurmSpawner):
         self.reported_status = None
 
     async def prepare_host(self, plan: SpawnPlan) -> None:
-        """As root: the user's staging directory, before the job is submitted."""
-        await prepare_staging(self, plan, await asyncio.to_thread(self._account))
+        """As root: the user's staging directory, before the job is submitted; for a profile
+        with ``archive_node_path``, whom its node sandbox drops to."""
+        account = await asyncio.to_thread(self._account)
+        await prepare_staging(self, plan, account)
+        self.node_run_as = None
+        if node_sandbox(plan.profile):
+            if os.geteuid() != 0:
+                self.log.error("cannot start %s's server with profile %s: its archive_node_path needs a "
+                               "hub that runs as root (the job builds the sandbox as root); run the hub "
+                               "as root or remove archive_node_path", self._log_name, plan.profile.slug)
+                raise XnatHpcError("Your server was not started: this hub cannot run servers of profile "
+                                   f"{plan.profile.slug!r} on Slurm. The hub's administrators have been told.")
+            self.node_run_as = await asyncio.to_thread(self._run_as, plan, account)
+
+    def _run_as(self, plan: SpawnPlan, account) -> RunAs:
+        """The user's identity inside the node sandbox: uid, gid and groups from the hub's user
+        database (the nodes share it), plus ``archive_group`` when the scope is mounted
+        (blocking: group database)."""
+        groups = os.getgrouplist(account.pw_name, account.pw_gid)
+        if plan.mounts and self.archive_group:
+            try:
+                archive_gid = grp.getgrnam(self.archive_group).gr_gid
+            except KeyError:
+                self.log.error("cannot start %s's server with its scope mounted on the node: the group %r "
+                               "of XnatSlurmSpawner.archive_group does not exist; create it (groupadd "
+                               "--system %s, the same gid on the nodes) and give it the archive "
+                               "(docs/admin.md)", self._log_name, self.archive_group, self.archive_group)
+                raise XnatHpcError("Your server was not started: this hub's access to the XNAT archive "
+                                   "on the compute nodes is not set up. The hub's administrators have "
+                                   "been told.") from None
+            if archive_gid in groups:
+                self.log.warning("%s is a member of the archive group %r outside the sandbox too: remove "
+                                 "them from it (gpasswd -d %s %s)", account.pw_name, self.archive_group,
+                                 account.pw_name, self.archive_group)
+            groups.append(archive_gid)
+        return RunAs(account.pw_uid, account.pw_gid, tuple(groups), self.setpriv_path)
+
+    def _code_roots(self) -> list[str]:
+        """Where the nodes' Python environment and this package's code are (the same paths as
+        on the hub: ``python`` defaults to the hub's own interpreter)."""
+        python = Path(self.python)
+        roots = {str(python.parent.parent), str(Path(os.path.realpath(python)).parent.parent),
+                 str(Path(xnat_bridge.__file__).resolve().parents[1])}
+        return sorted(r for r in roots if r not in ("", "/"))
+
+    def sandbox_settings(self, plan: SpawnPlan) -> NodeSandbox | None:
+        """The sandbox on the node for *plan*'s job, None when its profile names no
+        ``archive_node_path`` (then the job is the user's and mounts nothing), or no plan."""
+        if plan is None or not node_sandbox(plan.profile):
+            return None
+        if self.node_run_as is None:
+            raise XnatHpcError("the node sandbox was not prepared for this start (prepare_host)")
+        staging = plan.server_env.offload.staging_dir
+        return NodeSandbox(run_as=self.node_run_as, log_dir=self.sandbox_log_dir,
+                           ro_paths=tuple(self._code_roots() + ["/run/munge", *self.sandbox_ro_paths]),
+                           rw_paths=(staging,) if staging else (), bwrap=self.bwrap_path)
 
     def check_bootstrap_route(self) -> None:
         """Refuse to start when the hub does not serve the bootstrap API: the job could
@@ -141,13 +252,21 @@ class XnatSlurmSpawner(XnatScopedSpawner, SlurmSpawner):
         code = bootstrap.registry.issue(self, secret, ttl=self.bootstrap_ttl)
         public[bootstrap.ENV_CODE] = code
         home = self._home()
+        sandbox = self.sandbox_settings(plan)
         settings = SlurmSettings(launcher=(self.python, "-m", "xnat_bridge.launch"),
                                  server_cmd=(os.path.join(os.path.dirname(self.python),
                                                           "jupyterhub-singleuser"), *self.get_args()),
-                                 home=home, extra_directives=tuple(self.extra_directives))
-        script = batch_script(plan, settings, list(public))
-        run_as = self.user.name if os.geteuid() == 0 and self.user.name != "root" else None
-        self.log.debug("submitting server job for %s (sbatch as %s)", self._log_name, run_as or "the hub")
+                                 home=home, extra_directives=tuple(self.extra_directives), sandbox=sandbox)
+        try:
+            script = batch_script(plan, settings, list(public))
+        except XnatHpcError:
+            bootstrap.registry.revoke(self)
+            raise
+        # a sandboxed job is root's (its script builds the sandbox, then drops to the user)
+        run_as = (self.user.name if os.geteuid() == 0 and self.user.name != "root" and sandbox is None
+                  else None)
+        self.log.debug("submitting server job for %s (sbatch as %s%s)", self._log_name, run_as or "the hub",
+                       f", sandbox on the node over {plan.profile.archive_node_path}" if sandbox else "")
         try:
             job_id = await slurm.asubmit(script, run_as=run_as, env=public, cwd=home, timeout=None)
         except CommandFailed as exc:

@@ -63,7 +63,15 @@ from xnat_bridge.errors import InvalidRequest, PermissionDenied
 from xnat_bridge.units import format_memory, parse_memory
 
 from .plan import PLUGIN_DATA, WORKSPACE_ROOT, is_arc_folder
-from .request import EXPERIMENT_TYPE, PROJECT_TYPE, STORED_SEARCH_TYPE, SUBJECT_TYPE, SpawnRequest, XnatItem
+from .request import (
+    EXPERIMENT_TYPE,
+    PROJECT_TYPE,
+    STORED_SEARCH_KIND,
+    STORED_SEARCH_TYPE,
+    SUBJECT_TYPE,
+    SpawnRequest,
+    XnatItem,
+)
 
 #: the hardware config's environment variable that names the hub profile (via ``xnat_hardware``)
 HARDWARE_ENV = "XNAT_HPC_HARDWARE"
@@ -122,10 +130,12 @@ def general_xsi_type(xsi_type: str) -> str | None:
 
 def item_type(item: XnatItem) -> str:
     """``XNAT_XSI_TYPE`` of a server started for *item*: the general type, as the plugin sets it
-    (pure). Every item this hub starts a server for is a project, a subject or an experiment
-    (:func:`spawner.request.parse_xnat_launch` refuses scans and stored searches, and
-    :func:`parse_launch` a type XNAT does not store as ``xnat:experimentData``)."""
-    return {"project": PROJECT_TYPE, "subject": SUBJECT_TYPE}.get(item.kind, EXPERIMENT_TYPE)
+    (pure). Every item this hub starts a server for is a project, a subject, an experiment or a
+    stored search (``xdat:stored_search``, as the plugin keeps it; :func:`spawner.request.
+    parse_xnat_launch` refuses scans, and :func:`parse_launch` a type XNAT does not store as
+    ``xnat:experimentData``)."""
+    return {"project": PROJECT_TYPE, "subject": SUBJECT_TYPE,
+            STORED_SEARCH_KIND: STORED_SEARCH_TYPE}.get(item.kind, EXPERIMENT_TYPE)
 
 
 # -- container_spec.env: passed through, except reserved names ------------------------------
@@ -417,6 +427,30 @@ def archive_paths(launch: XnatLaunch) -> tuple[dict[str, str | None], list[str]]
                          "folders; the hub's default archive path is tried instead")
         listed[target] = path
     return listed, notes
+
+
+#: where a stored search's items sit in the project folders the plugin lists for it
+#: (``getStoredSearchPaths`` → ``getProjectPaths``): a session in ``experiments``, a subject's
+#: resources (``subject-resources/{label}`` in the narrowed layout) in ``subjects``
+_SEARCH_PARENTS = {"experiments": "experiments", "subject-resources": "subjects"}
+
+
+def within_listed(listed: Mapping[str, str | None], target: str) -> tuple[bool, str | None]:
+    """For a start from a stored search (pure): whether *target*, one item's folder in the plugin's
+    layout (``/data/projects/{P}/experiments/{session}``, ``…/subject-resources/{subject}``), lies
+    in a project folder XNAT's start lists (the plugin mounts the start's project for a stored
+    search, :func:`archive_paths`), and its archive sub-path below XNAT's path of that folder
+    (``None``: XNAT's path named no archive folder of the project; the hub's default is tried)."""
+    head, _, name = target.rstrip("/").rpartition("/")
+    base, _, folder = head.rpartition("/")
+    parent = _SEARCH_PARENTS.get(folder)
+    if parent is None or not base.startswith(_DATA_PROJECTS) or not _PART_RE.match(name):
+        return False, None
+    key = f"{base}/{parent}"
+    if key not in listed:
+        return False, None
+    source = listed[key]
+    return True, (f"{source}/{name}" if source is not None else None)
 
 
 def apply_hardware(profile: Profile, launch: XnatLaunch) -> tuple[Profile, list[str]]:

@@ -8,6 +8,9 @@ Two requests answer it for any number of projects:
 plus, for site admins only, ``GET /data/projects?accessible=true`` (they read
 every project without being in its groups). Nothing is read from local files.
 
+:func:`fetch_stored_search` reads one XNAT stored search (definition and results) as the user:
+what XNAT lets them see of it (the hub scopes a start from a stored search with it).
+
 Answers are cached per user for ``ttl`` seconds (default 60, the revocation
 delay the architecture promises) and can be invalidated explicitly.
 """
@@ -93,6 +96,20 @@ def fetch_permissions(client: XnatClient, user: str | None = None) -> Permission
                                  what="projects"):
             roles.setdefault(row["ID"], "Owner")
     return Permissions(user, roles, admin, site_roles, time.time(), member_roles)
+
+
+def fetch_stored_search(client: XnatClient, search_id: str) -> tuple[str, dict]:
+    """Stored search *search_id* as XNAT gives it to the client's user: its definition (``GET
+    /data/search/saved/{id}``: the ``xdat:bundle`` XML; the route has no JSON) and its results
+    (``GET /data/search/saved/{id}/results?format=json``: a ``ResultSet`` with ``Columns``, rows
+    already limited by XNAT to what the user may read). XNAT answers 403 to a user who is not
+    among the search's users and may not query its data type (PermissionDenied), 404 to an
+    unknown id (NotFound)."""
+    path = f"/data/search/saved/{quote(search_id, safe='@:')}"
+    what = f"stored search {search_id}"
+    definition = client.request("GET", path, params={"format": "xml"}, what=what).text
+    results = client.get_json(f"{path}/results", what=f"the results of {what}")
+    return definition, results if isinstance(results, dict) else {}
 
 
 class PermissionCache:

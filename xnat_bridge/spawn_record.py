@@ -11,7 +11,8 @@ State shape (JSON, under :data:`STATE_KEY`)::
 
     {"xnat_hpc": {"v": 1, "scope": "<Scope.to_json()>", "profile": "local-small",
                   "backend": "local", "started": "2026-12-07T02:40:00Z",
-                  "token_sha256": "<sha256 of the server's JUPYTERHUB_API_TOKEN>"}}
+                  "token_sha256": "<sha256 of the server's JUPYTERHUB_API_TOKEN>",
+                  "login": "Jane.Doe"}}
 
 ``token_sha256`` binds the record to the one hub token JupyterHub issued to the server for
 this start: a request carrying a token is from this server exactly when the token's sha256
@@ -49,6 +50,7 @@ class SpawnRecord:
     backend: str = ""
     started: str = ""
     token_sha256: str = ""  #: sha256 (hex) of the server's own hub token of this start
+    login: str = ""         #: the XNAT login the server was started for ("" in older records)
 
     @property
     def projects(self) -> frozenset[str]:
@@ -58,7 +60,8 @@ class SpawnRecord:
     def to_state(self) -> dict:
         """The value to store under :data:`STATE_KEY` of the spawner's state."""
         return {"v": VERSION, "scope": self.scope.to_json(), "profile": self.profile,
-                "backend": self.backend, "started": self.started, "token_sha256": self.token_sha256}
+                "backend": self.backend, "started": self.started, "token_sha256": self.token_sha256,
+                "login": self.login}
 
     @classmethod
     def from_state(cls, state: Mapping | None) -> SpawnRecord | None:
@@ -75,7 +78,8 @@ class SpawnRecord:
         if not scope.restricted:
             raise InvalidRequest(f"the spawner state's {STATE_KEY!r} record has an unrestricted scope")
         return cls(scope=scope, profile=str(doc.get("profile") or ""), backend=str(doc.get("backend") or ""),
-                   started=str(doc.get("started") or ""), token_sha256=str(doc.get("token_sha256") or ""))
+                   started=str(doc.get("started") or ""), token_sha256=str(doc.get("token_sha256") or ""),
+                   login=str(doc.get("login") or ""))
 
     def issued(self, token: str) -> bool:
         """Whether *token* is the server's own hub token of this start (constant-time)."""

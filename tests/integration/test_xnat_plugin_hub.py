@@ -76,7 +76,7 @@ class PluginClient:
     """The requests ``DefaultJupyterHubClient`` makes, with its headers and bodies."""
 
     def __init__(self, hub):
-        self.api = f"{hub.url}/hub/api"
+        self.api = f"{hub.url}/hub/xnat-plugin/api"  # XNAT's "JupyterHub API URL" (docs/admin.md)
         self.auth = {"Authorization": f"token {hub.xnat_token}"}
         self.json = {**self.auth, "Content-Type": "application/json"}
 
@@ -171,8 +171,14 @@ def start_as_the_plugin(hub, client: PluginClient, user: str, server: str, body:
     assert r.status_code in (200, 201), r.text
     r = client.start(user, server, body)
     assert r.status_code in (201, 202), r.text
-    srv = wait_ready(hub, user, server, interval=POLL, headers=client.auth)
-    return srv
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:  # the plugin's polling, by the exact name it made
+        srv = client.get_user(user).json()["servers"].get(server)
+        assert srv is not None, f"server {user}/{server} went away:\n{hub.log()[-3000:]}"
+        if srv.get("ready"):
+            return srv
+        time.sleep(POLL)
+    raise AssertionError(f"server {user}/{server} not ready:\n{hub.log()[-3000:]}")
 
 
 def stop_as_the_plugin(client: PluginClient, user: str, server: str) -> None:
@@ -214,8 +220,9 @@ def test_start_jupyter_replayed_gives_a_server_scoped_to_the_item(plugin_hub, sh
     client = PluginClient(plugin_hub)
     srv = start_as_the_plugin(plugin_hub, client, user, server, body)
     try:
+        # the plugin's keys, flat, with XNAT's names of the start (the plugin API adds them)
         assert srv["user_options"] == {**{k: (None if v is None else str(v)) for k, v in body.items()},
-                                       "servername": None}
+                                       "servername": server or None, "xnatLogin": user}
         pid = server_process(user, srv)
         env = process_environ(pid)
         assert json.loads(env["XNAT_HPC_SCOPE"]) == {"projects": scope}

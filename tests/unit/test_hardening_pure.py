@@ -35,24 +35,35 @@ def test_devxnat_log_lines_never_show_a_secret(uri, shown):
 
 # -- names ---------------------------------------------------------------------------------
 
-def test_hub_names_are_never_folded_and_mapped_only_explicitly():
+def test_hub_names_are_never_folded_and_collide_with_no_other_login():
     from hub_ext.auth import DEFAULT_NAME_PATTERN, XnatAuthenticator, hub_name_problem
+    from hub_ext.names import derived_name
 
     a = XnatAuthenticator(config=Config({"XnatAuthenticator": {"username_map": {"J.Doe": "jdoe"}}}))
-    assert a.normalize_username("ALICE") == "ALICE"  # JupyterHub's default would say "alice"
+    # JupyterHub's default would say "alice" for both: two XNAT accounts, one hub user
+    assert a.normalize_username("alice") == "alice"
+    assert a.normalize_username("ALICE") == derived_name("ALICE") != "alice"
+    assert a.normalize_username("ALICE").startswith("alice--")
     assert a.normalize_username("J.Doe") == "jdoe"
+    # the XNAT account "jdoe" is not J.Doe's hub user: the map reserved that name
+    assert a.normalize_username("jdoe") == derived_name("jdoe") != "jdoe"
+    # a login shaped like a derived name is derived again, never taken as it is
+    assert a.normalize_username(derived_name("ALICE")) != derived_name("ALICE")
     # the same rule for names made through the REST API and allowed_users/admin_users
     assert a.validate_username("alice") and not a.validate_username("ALICE")
+    assert a.validate_username(a.normalize_username("a@b.org"))
     ok = dict(pattern=DEFAULT_NAME_PATTERN, mapping=a.username_map)
     assert hub_name_problem("alice", "alice", **ok) == ""
     assert hub_name_problem("j.doe", "j.doe", **ok) == ""
     assert hub_name_problem("J.Doe", "jdoe", **ok) == ""
-    problem = hub_name_problem("ALICE", "ALICE", **ok)
+    assert hub_name_problem("ALICE", a.normalize_username("ALICE"), **ok) == ""
+    problem = hub_name_problem("ALICE", "ALICE", **ok)  # a mapping that breaks the pattern
     assert problem.startswith("The XNAT account 'ALICE' cannot log in here because 'ALICE' is not a valid")
     assert "username_map" in problem and problem.count(". ") == 0  # one sentence
-    assert "gives the hub name 'jdoe' to the XNAT account 'J.Doe'" in hub_name_problem("jdoe", "jdoe", **ok)
+    # the hub user of a derived name already belongs to another XNAT account: refused
+    held = hub_name_problem("ALICE", "alice--e7dcee3cc63d170b", holder="Alice", **ok)
+    assert "already belongs to the XNAT account 'Alice'" in held
     assert hub_name_problem("x" * 33, "x" * 33, **ok)  # longer than a Unix name may be
-    assert hub_name_problem("a@b.org", "a@b.org", **ok)
 
 
 def test_username_map_must_be_one_to_one():

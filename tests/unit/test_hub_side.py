@@ -98,7 +98,7 @@ def test_routes_keep_their_urls_under_the_hub_prefix_and_import_registers_nothin
                       "/hub/xnat-hpc/owner/access", "/hub/xnat-hpc/review", "/hub/xnat-hpc/review/projects",
                       "/hub/xnat-hpc/review/jobs/([^/]{1,200})/(j[0-9a-f]{12})",
                       "/hub/api/xnat-hpc/review/policy", "/hub/api/xnat-hpc/review/jobs/(j[0-9a-f]{12})",
-                      "/hub/api/xnat-hpc/jobs/(j[0-9a-f]{12})"]
+                      "/hub/api/xnat-hpc/jobs/(j[0-9a-f]{12})", "/hub/xnat-plugin/api(/.*)?"]
     installed = {h[1] for h in handlers.default_handlers + apihandlers.default_handlers}
     assert not installed.intersection(klass for _, klass in ours)
 

@@ -685,3 +685,57 @@ def test_cli_check_config_command(tmp_path):
     r = subprocess.run([sys.executable, "-m", "hub_ext.cli", "check-config", str(bad)],
                        capture_output=True, text=True)
     assert r.returncode == 1 and f"{bad}:2:" in r.stdout
+
+
+# --------------------------------------------------------------------------
+# archive_node_path: where a Slurm partition's nodes mount the archive (issue 20, item 3)
+# --------------------------------------------------------------------------
+
+
+def test_archive_node_path_is_a_slurm_setting_kept_as_written():
+    config = load_profiles(yml("""
+        defaults:
+          archive_node_path: /mnt/xnat/archive
+        profiles:
+          - {slug: mounted, backend: slurm}
+          - {slug: own, backend: slurm, archive_node_path: /srv/archive}
+          - {slug: here, backend: local}
+        """))
+    mounted, own, here = config.profiles
+    assert (mounted.archive_node_path, own.archive_node_path) == ("/mnt/xnat/archive", "/srv/archive")
+    assert here.archive_node_path is None  # inherited only by the backend it belongs to
+    plain = load_profiles(yml("profiles:\n  - {slug: s, backend: slurm}\n"))
+    assert plain.profiles[0].archive_node_path is None  # unset: nothing is mounted
+
+
+@pytest.mark.parametrize("value, words", [
+    ("mnt/xnat/archive", "'mnt/xnat/archive' is not an absolute path; write where the nodes mount the "
+                         "archive from the root, e.g. /mnt/xnat/archive"),
+    ("/mnt/xnat/../archive", "'/mnt/xnat/../archive' is not a clean path (it means '/mnt/archive'); write it "
+                             "without '.', '..', '//' or a trailing '/', e.g. /mnt/xnat/archive"),
+    ("/mnt/xnat/archive/", "is not a clean path (it means '/mnt/xnat/archive')"),
+    ("//mnt/archive", "is not a clean path (it means '/mnt/archive')"),
+    ("/mnt/./archive", "is not a clean path (it means '/mnt/archive')"),
+    ("/", "'/' is the whole file system; name the directory the nodes mount the archive at"),
+    ("/xnat/data", "'/xnat/data' cannot hold the archive: the server's sandbox has its own /xnat/data"),
+    ('"/mnt/a\\nb"', "contains a control character; write the path on one line"),
+    ("42", "expected text, got the number 42"),
+])
+def test_a_bad_archive_node_path_is_refused_saying_why(value, words):
+    problem = one_problem(f"""
+        profiles:
+          - slug: s
+            backend: slurm
+            archive_node_path: {value}
+        """)
+    assert problem.startswith("p.yaml:4: profiles[0].archive_node_path: ") and words in problem
+
+
+def test_archive_node_path_on_another_backend_is_refused():
+    assert one_problem("""
+        profiles:
+          - slug: here
+            backend: local
+            archive_node_path: /mnt/xnat/archive
+        """) == ("p.yaml:4: profiles[0].archive_node_path: 'archive_node_path' is a slurm "
+                 "setting, but this profile uses backend local; remove it or set backend: slurm")

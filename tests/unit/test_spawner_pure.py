@@ -117,7 +117,7 @@ def test_xnat_launch_requests_scope_to_the_item():
                        (plugin_body(hardwareConfigId=2), "unknown options in XNAT launch request: hardwareConfigId"),
                        (plugin_body(profile="small"), "unknown options in XNAT launch request: profile"),
                        (plugin_body(dashboardConfigId=3), "dashboards are not supported on this hub"),
-                       (plugin_body("xdat:stored_search", "xs123"), "stored search is not supported"),
+                       (plugin_body("xdat:stored_search", "xs 1/.."), "not an XNAT stored search id"),
                        (plugin_body(userId="12; rm"), "numeric user id"),
                        (plugin_body(task_template={"container_spec": {}}), "fetches it from XNAT")]:
         with pytest.raises(InvalidRequest, match=words):

@@ -1,0 +1,178 @@
+"""XNAT's "Start Jupyter" with the names XNAT really makes (issue 20, items 1 and 4), whole path on
+the real hub + CHP + devxnat (+ Slurm): devxnat's plugin endpoints are driven as the plugin's UI
+drives them (``jupyterhub-servers.js``: the server named after ``generateEventTrackingId()``,
+POST ``/xapi/jupyterhub/users/{login}/server/{name}``, event tracking polled, DELETE to stop), with
+XNAT's "JupyterHub API URL" set to this hub's ``/hub/xnat-plugin/api``, for XNAT accounts whose
+logins are not Unix names (``Jane.Doe``, ``CaRoL``) and for a plain one, on the local and the
+Slurm profile; and the hub's own login with such an account.
+
+The XNAT accounts and their Unix accounts (named as :func:`hub_ext.names.hub_name` maps them, as a
+site's directory would hold them) are made for this module and removed after it."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import pwd
+import secrets
+import subprocess
+import time
+
+import pytest
+
+from devxnat.plugin_state import PluginState
+from hub_ext.names import hub_name, hub_server_name
+from tests.fixtures.devxnat import PASSWORDS
+from tests.fixtures.spawn import process_environ, server_process
+from tests.integration.test_xnat_plugin_hub import (TINY_SLURM, PluginClient, experiment_of,  # noqa: F401
+                                                    plugin_hub, seed_start, start_as_the_plugin,
+                                                    stop_as_the_plugin)
+from tests.unit.test_plugin_names import generate_event_tracking_id
+
+pytestmark = [pytest.mark.devxnat]
+
+LOGINS = ("Jane.Doe", "CaRoL")
+
+
+@pytest.fixture(scope="module")
+def odd_logins(shared_devxnat):
+    """XNAT accounts ``Jane.Doe`` and ``CaRoL`` (members of CARDIO_ECG) and their hub users'
+    Unix accounts; their passwords."""
+    passwords = {login: secrets.token_urlsafe(12) for login in LOGINS}
+    PASSWORDS.update(passwords)  # the devxnat fixture's table of who signs in with what
+    st = shared_devxnat.store()
+    made = []
+    try:
+        for login, password in passwords.items():
+            if st.user(login) is None:
+                st.add_user(login, password, firstname=login, lastname="Test")
+            else:
+                st.set_password(login, password)
+            st.set_member("CARDIO_ECG", login, "Members")
+            name = hub_name(login)
+            try:
+                pwd.getpwnam(name)
+            except KeyError:
+                subprocess.run(["useradd", "--create-home", "--user-group", "--shell", "/bin/bash", name],
+                               check=True, capture_output=True)
+                made.append(name)
+        yield passwords
+    finally:
+        for login in LOGINS:
+            st.remove_member("CARDIO_ECG", login)
+            PASSWORDS.pop(login, None)
+        st.close()
+        for name in made:
+            subprocess.run(["pkill", "-KILL", "-u", name], capture_output=True)
+            subprocess.run(["userdel", "--remove", name], capture_output=True)
+
+
+def _ui_start(devxnat, hub, login: str, *, hardware_id: int = 1) -> str:
+    """What the plugin's UI does on "Start Jupyter" for an experiment of CARDIO_ECG; the name."""
+    exp = experiment_of(devxnat, "bob", "CARDIO_ECG")
+    etid = generate_event_tracking_id(_dt.datetime.now(_dt.timezone.utc))
+    req = {"username": login, "servername": etid, "xsiType": "xnat:ecgSessionData", "itemId": exp["ID"],
+           "itemLabel": exp["label"], "projectId": "CARDIO_ECG", "eventTrackingId": etid,
+           "computeEnvironmentConfigId": 1, "hardwareConfigId": hardware_id}
+    r = devxnat.request("POST", f"/xapi/jupyterhub/users/{login}/server/{etid}", login, json=req)
+    assert r.status_code == 200, r.text
+    deadline, data = time.monotonic() + 150, {}
+    while time.monotonic() < deadline:
+        t = devxnat.get(f"/xapi/event_tracking/{etid}", login)
+        data = t.json() if t.status_code == 200 else {}
+        if data.get("succeeded") is not None:
+            break
+        time.sleep(0.5)
+    assert data.get("succeeded") in (True, "true"), (data, hub.log()[-4000:])
+    return etid
+
+
+@pytest.fixture
+def plugin_prefs(shared_devxnat, plugin_hub):  # noqa: F811
+    st = shared_devxnat.store()
+    state = PluginState(st)
+    before = state.prefs()
+    try:
+        state.set_pref("jupyterHubApiUrl", f"{plugin_hub.url}/hub/xnat-plugin/api")
+        state.set_pref("jupyterHubToken", plugin_hub.xnat_token)
+        state.set_pref("startPollingInterval", "0.5")
+        state.set_pref("allUsersCanStartJupyter", "true")
+        state.set_pref("maxNamedServers", "10")
+        yield state
+    finally:
+        for name, value in before.items():
+            state.set_pref(name, value)
+        st.close()
+
+
+@pytest.mark.parametrize("login", ["bob", "Jane.Doe"])
+def test_start_jupyter_as_xnats_ui_names_it_starts_polls_opens_and_stops(
+        plugin_hub, shared_devxnat, odd_logins, plugin_prefs, login):  # noqa: F811
+    user = hub_name(login)
+    etid = _ui_start(shared_devxnat, plugin_hub, login)
+    name = hub_server_name(etid)
+    try:
+        srv = plugin_hub.api("GET", f"/users/{user}").json()["servers"][name]
+        assert srv["ready"] and srv["user_options"]["servername"] == etid
+        assert srv["user_options"]["xnatLogin"] == login
+        _check_server(plugin_hub, shared_devxnat, login, name, "local-plugin")
+        # what XNAT's own polling sees through the plugin API: its own names
+        model = shared_devxnat.request("GET", f"/xapi/jupyterhub/users/{login}/server/{etid}", login)
+        assert model.status_code == 200 and model.json()["name"] == etid, model.text
+        assert model.json()["url"] == srv["url"]  # "open" goes to the hub's own URL
+    finally:
+        r = shared_devxnat.request("DELETE", f"/xapi/jupyterhub/users/{login}/server/{etid}"
+                                             f"?eventTrackingId={etid}-stop", login)
+        assert r.status_code == 200, r.text
+        deadline = time.monotonic() + 90
+        while name in plugin_hub.api("GET", f"/users/{user}").json()["servers"] and time.monotonic() < deadline:
+            time.sleep(0.5)
+    assert name not in plugin_hub.api("GET", f"/users/{user}").json()["servers"]
+
+
+def test_the_plugins_calls_with_its_names_start_a_slurm_server(plugin_hub, shared_devxnat, odd_logins):  # noqa: F811
+    """The Java client's calls (replayed, :class:`PluginClient`) on the plugin API for ``CaRoL``
+    with the hardware the site mapped to its Slurm profile."""
+    login = "CaRoL"
+    etid = generate_event_tracking_id(_dt.datetime.now(_dt.timezone.utc))
+    exp = experiment_of(shared_devxnat, "bob", "CARDIO_ECG")
+    body = seed_start(shared_devxnat, login, etid, xsi_type="xnat:ecgSessionData", item=exp["ID"],
+                      project="CARDIO_ECG", hardware=TINY_SLURM)
+    client = PluginClient(plugin_hub)
+    assert client.api.endswith("/hub/xnat-plugin/api")
+    srv = start_as_the_plugin(plugin_hub, client, login, etid, body)
+    try:
+        assert srv["name"] == etid and srv["ready"]
+        _check_server(plugin_hub, shared_devxnat, login, hub_server_name(etid), "slurm-plugin")
+    finally:
+        stop_as_the_plugin(client, login, etid)
+    assert hub_server_name(etid) not in plugin_hub.api("GET", f"/users/{hub_name(login)}").json()["servers"]
+
+
+def _check_server(hub, devxnat, login: str, name: str, profile: str) -> None:
+    """The server runs as the login's Unix account, scoped to the experiment, with the token
+    XNAT issued to the login."""
+    user = hub_name(login)
+    full = hub.api("GET", f"/users/{user}").json()["servers"][name]  # with state
+    pid = server_process(user, full)
+    with open(f"/proc/{pid}/status") as f:
+        uid = next(int(line.split()[1]) for line in f if line.startswith("Uid:"))
+    assert uid == pwd.getpwnam(user).pw_uid
+    env = process_environ(pid)
+    assert env["XNAT_HPC_PROFILE"] == profile
+    scope = json.loads(env["XNAT_HPC_SCOPE"])["projects"]
+    assert list(scope) == ["CARDIO_ECG"] and len(scope["CARDIO_ECG"]["experiments"]) == 1
+    who = devxnat.get("/xapi/users/username", env["XNAT_USER"], env["XNAT_PASS"])
+    assert who.text.strip() == login
+
+
+def test_the_hubs_own_login_maps_the_same_way(plugin_hub, odd_logins):  # noqa: F811
+    for login, password in odd_logins.items():
+        session, r = plugin_hub.login(login, password)
+        assert r.status_code == 302, (r.status_code, r.text[:500])
+        me = session.get(f"{plugin_hub.url}/hub/api/user", timeout=30,
+                         headers={"Referer": f"{plugin_hub.url}/hub/home"})
+        assert me.status_code == 200 and me.json()["name"] == hub_name(login), me.text
+        model = plugin_hub.api("GET", f"/users/{hub_name(login)}").json()
+        assert model["auth_state"]["xnat_user"] == login
+    assert hub_name("CaRoL") != "carol" and hub_name("Jane.Doe").startswith("jane.doe--")
