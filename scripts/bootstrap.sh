@@ -5,7 +5,10 @@
 #   scripts/bootstrap.sh system   Debian packages + configurable-http-proxy $CHP_VERSION (npm)
 #   scripts/bootstrap.sh venv     virtualenv outside /root, from Debian's python3, and the
 #                                 JupyterLab extension (scripts/build-labextension.sh)
-#   scripts/bootstrap.sh all      both (default)
+#   scripts/bootstrap.sh oldest-hub  a second virtualenv with the oldest JupyterHub pyproject.toml
+#                                 declares (jupyterhub>=X → X), for the hub-side tests `make test`
+#                                 runs on both ends of the declared range
+#   scripts/bootstrap.sh all      system and venv (default)
 #
 # The virtualenv is built from /usr/bin/python3 in a world-readable place
 # (default /opt/xnat-hpc-hub/venv) because servers and Slurm jobs run as other
@@ -13,6 +16,7 @@
 set -euo pipefail
 
 VENV=${VENV:-/opt/xnat-hpc-hub/venv}
+VENV_OLDEST=${VENV_OLDEST:-/opt/xnat-hpc-hub/venv-jupyterhub-oldest}
 HERE=$(cd "$(dirname "$0")/.." && pwd)
 # util-linux: setpriv, with which a local server drops from root to its user inside its sandbox
 DEB_PACKAGES=(slurm-wlm munge bubblewrap util-linux age python3-venv python3-dev
@@ -91,6 +95,9 @@ venv() {
   # makes it again): pip must not write the wheel's shared data through it into that checkout
   local lab_link="$VENV/share/jupyter/labextensions/xnat-hpc-hub"
   if [ -L "$lab_link" ]; then rm -f "$lab_link"; fi
+  # ... and its settings link (dangling when that checkout is gone: pip's uninstall stops on it)
+  local settings_link="$VENV/share/jupyter/lab/settings/overrides.d/xnat-hpc-hub.json"
+  if [ -L "$settings_link" ]; then rm -f "$settings_link"; fi
   # the development venv holds both roles (hub: the JupyterHub side; server: the researcher's
   # server), demo: numpy + scikit-learn for devxnat's demo archive and examples/ (the checkout's
   # devxnat/ and devstack/ come with the editable install), test: what the tests need.
@@ -99,6 +106,32 @@ venv() {
   log "installing xnat-hpc-hub (editable, with the hub, server, demo and test extras) into $VENV"
   SKIP_JUPYTER_BUILDER=1 pip_q install -q -e "$HERE[hub,server,demo,test]"
   chmod -R a+rX "$(dirname "$VENV")"
+  echo "$want" > "$stamp"
+}
+
+# The oldest JupyterHub the package declares, with what the in-process hub tests import (they run
+# from the checkout: PYTHONPATH, no install of the package). Re-made when pyproject.toml changes.
+oldest_hub() {
+  need_root
+  local floor want stamp="$VENV_OLDEST/.xnat-hpc-hub-stamp"
+  floor=$(sed -n 's/^ *"jupyterhub>=\([0-9][0-9.]*\)",\{0,1\}$/\1/p' "$HERE/pyproject.toml" | head -1)
+  if [ -z "$floor" ]; then
+    echo "bootstrap: pyproject.toml declares no \"jupyterhub>=X\" to test the oldest JupyterHub of" >&2
+    exit 1
+  fi
+  want="jupyterhub==$floor:$(sha256sum < "$HERE/pyproject.toml" | cut -d' ' -f1)"
+  if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+    log "virtualenv $VENV_OLDEST (JupyterHub $floor) up to date"
+    return
+  fi
+  if [ ! -x "$VENV_OLDEST/bin/python" ]; then
+    log "creating virtualenv $VENV_OLDEST from /usr/bin/python3 for JupyterHub $floor"
+    mkdir -p "$(dirname "$VENV_OLDEST")"
+    /usr/bin/python3 -m venv "$VENV_OLDEST"
+  fi
+  log "installing JupyterHub $floor (the oldest pyproject.toml declares) into $VENV_OLDEST"
+  VENV="$VENV_OLDEST" pip_q install -q "jupyterhub==$floor" "pytest>=8.0" "pytest-asyncio>=0.23" \
+    "pytest-timeout>=2.2" "pyyaml>=6.0" "jinja2>=3.0" "requests>=2.31" "pyrage>=1.2" "cryptography>=41"
   echo "$want" > "$stamp"
 }
 
@@ -127,6 +160,7 @@ labextension() {
 case "${1:-all}" in
   system) system ;;
   venv) venv; labextension; checkout_traversable ;;
+  oldest-hub) oldest_hub ;;
   all) system; venv; labextension; checkout_traversable ;;
-  *) echo "usage: $0 [system|venv|all]" >&2; exit 2 ;;
+  *) echo "usage: $0 [system|venv|oldest-hub|all]" >&2; exit 2 ;;
 esac
