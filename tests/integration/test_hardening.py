@@ -234,6 +234,23 @@ def test_names_are_mapped_one_to_one_and_a_mapped_name_is_never_taken(names_hub)
     assert hub.api("GET", "/users/robert").json()["auth_state"]["xnat_user"] == "Bob"
 
 
+def test_a_mapped_owner_sees_their_projects_under_their_xnat_login(names_hub):
+    """The owners' page asks XNAT about the visitor's XNAT login (``Bob``), not their hub name
+    (``robert``, another XNAT account): Bob owns CARDIO_ECG, robert owns nothing."""
+    hub, server = names_hub
+    st = server.store()
+    try:
+        st.set_member("CARDIO_ECG", "Bob", "Owners")
+        s, r = hub.login("Bob", "Bob-pw")
+        assert r.status_code == 302, hub.log()[-2000:]
+        page = s.get(f"{hub.url}/hub/xnat-hpc/owner?format=json", timeout=60)
+        assert page.status_code == 200, page.text[:1000]
+        assert "CARDIO_ECG" in page.json()["owned"]
+    finally:
+        st.remove_member("CARDIO_ECG", "Bob")
+        st.close()
+
+
 def test_a_system_account_name_is_refused_at_login(names_hub):
     hub, _ = names_hub
     s, r = hub.login("daemon", "daemon-pw")  # Unix uid 1
