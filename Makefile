@@ -34,7 +34,8 @@ demo: install
 
 # the whole suite on the newest JupyterHub pip brings, then the in-process hub tests (JupyterHub's
 # own MockHub: XNAT's plugin API, the job ledger) on the oldest one pyproject.toml declares
-OLDEST_HUB_TESTS := tests/unit/test_plugin_gateway.py tests/unit/test_plugin_names.py tests/unit/test_ledger_api.py
+OLDEST_HUB_TESTS := tests/unit/test_plugin_gateway.py tests/unit/test_plugin_names.py tests/unit/test_ledger_api.py \
+                    tests/unit/test_hub_rest.py
 
 test: install
 	@VENV_OLDEST=$(VENV_OLDEST) scripts/bootstrap.sh oldest-hub

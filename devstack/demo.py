@@ -41,7 +41,8 @@ from xnat_bridge import procs
 from xnat_bridge.errors import XnatHpcError
 
 from .accounts import ensure_accounts, install_file
-from .hubconfig import idle_culler_hub_config, loopback_hub_config, xnat_hub_config, xnat_plugin_hub_config
+from .hubconfig import (governance_hub_config, idle_culler_hub_config, loopback_hub_config, xnat_hub_config,
+                        xnat_plugin_hub_config)
 from .slurm import SlurmDev, format_status
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "config"
@@ -137,14 +138,19 @@ def demo_profiles(archive: Path, text: str | None = None) -> str:
 
 
 def hub_config(*, xnat_url: str, hub_dir: Path, port: int, proxy_api_port: int, hub_port: int,
-               profiles: Path, archive: Path, audit_log: Path, plugin: PluginSecrets | None = None) -> str:
+               profiles: Path, archive: Path, audit_log: Path, plugin: PluginSecrets | None = None,
+               governance_token_file: Path | None = None) -> str:
     """The demo's ``jupyterhub_config.py`` (pure; config/jupyterhub_config.py is the site example);
-    with *plugin*, XNAT's "Start Jupyter" (devxnat's plugin endpoints) drives this hub."""
+    with *plugin*, XNAT's "Start Jupyter" (devxnat's plugin endpoints) drives this hub; with
+    *governance_token_file* (:func:`governance_secret`), the owners' page lists running servers
+    and revocations stop them through the hub's REST API (service ``xnat-hpc-governance``)."""
     text = ("# written by `xnat-hpc-hub demo`; see config/jupyterhub_config.py for a site configuration\n"
             + loopback_hub_config(hub_dir=hub_dir, port=port, hub_port=hub_port, proxy_api_port=proxy_api_port)
             + "c.Spawner.start_timeout = 120\nc.Spawner.http_timeout = 90\n"
             + xnat_hub_config(xnat_url=xnat_url, profiles=profiles, archive=archive, audit_log=audit_log)
             + idle_culler_hub_config(timeout=DEMO_CULL_TIMEOUT, every=DEMO_CULL_EVERY))
+    if governance_token_file is not None:
+        text += governance_hub_config(token_file=governance_token_file)
     if plugin is not None:
         text += xnat_plugin_hub_config(token_file=plugin.token_file, password_file=plugin.password_file,
                                        account=plugin.account)
@@ -187,6 +193,14 @@ def plugin_secrets(run_dir: Path) -> PluginSecrets:
     write_secret(found.token_file, secrets.token_hex(32))
     write_secret(found.password_file, secrets.token_urlsafe(24))
     return found
+
+
+def governance_secret(run_dir: Path) -> Path:
+    """A fresh token of the hub service ``xnat-hpc-governance`` for this run, in
+    ``RUN_DIR/secrets/governance-token`` (0700 directory, 0600 file); only the hub reads it."""
+    path = private_dir(run_dir / "secrets") / "governance-token"
+    write_secret(path, secrets.token_hex(32))
+    return path
 
 
 def _free_port() -> int:
@@ -271,7 +285,8 @@ def start_hub(run_dir: Path, xnat_url: str, archive: Path, port: int,
     profiles.write_text(demo_profiles(archive))
     config.write_text(hub_config(xnat_url=xnat_url, hub_dir=hub_dir, port=port, proxy_api_port=_free_port(),
                                  hub_port=_free_port(), profiles=profiles, archive=archive,
-                                 audit_log=run_dir / "audit" / "audit.db", plugin=plugin))
+                                 audit_log=run_dir / "audit" / "audit.db", plugin=plugin,
+                                 governance_token_file=governance_secret(run_dir)))
     if not shutil.which("configurable-http-proxy"):
         raise XnatHpcError("configurable-http-proxy is not installed; run `make demo` (it installs it)")
     env = {**os.environ, "JUPYTERHUB_CRYPT_KEY": secrets.token_hex(32),

@@ -2,12 +2,15 @@
 
 ``loopback_hub_config`` is the common part of the demo's hub and the test hubs (a hub
 and its proxy on 127.0.0.1); ``xnat_hub_config`` adds the XNAT authenticator, the
-profiles spawner and its files. ``devstack.demo.hub_config`` composes both for the demo.
+profiles spawner and its files; ``governance_hub_config`` the service governance acts on the
+hub's REST API as. ``devstack.demo.hub_config`` composes them for the demo.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+
+from hub_ext.hub_rest import GOVERNANCE_SCOPES  # noqa: F401 - re-exported beside the other services' scopes
 
 from .slurm import SERVER_LOG_DIR
 
@@ -45,6 +48,18 @@ def xnat_plugin_hub_config(*, token_file: Path, password_file: Path, account: st
 c.JupyterHub.load_roles.append({{"name": "xnat", "services": ["xnat"], "scopes": [{scopes}]}})
 c.XnatScopedSpawner.xnat_service_user = "{account}"
 c.XnatScopedSpawner.xnat_service_password_file = "{password_file}"
+'''
+
+
+def governance_hub_config(*, token_file: Path) -> str:
+    """The hub service ``xnat-hpc-governance`` through which governance lists and stops servers
+    (pure): ``c.XnatGovernance.token_file`` and the service with that file's token (0600, read
+    and checked when the hub loads its configuration) and its least-scope role
+    (:data:`GOVERNANCE_SCOPES`), by :func:`hub_ext.hub_rest.register_governance`. The caller
+    writes the file (``tests.fixtures.spawn.governance_token_file``, ``devstack.demo``)."""
+    return f'''from hub_ext.hub_rest import register_governance  # noqa: E402
+c.XnatGovernance.token_file = "{token_file}"
+register_governance(c)
 '''
 
 

@@ -8,7 +8,9 @@ the hub; site administrators see every project):
   visitor), with links to grant and revoke (:mod:`hub_ext.owner_access`) and to the
   results review (:mod:`hub_ext.review`) where the hub installs them;
 * the servers running now whose scope includes the project (the trail's latest allowed
-  ``spawn`` of each running server, joined with the hub's active spawners);
+  ``spawn`` of each running server, joined with the servers the hub's REST API lists as
+  active, asked as the governance service: :mod:`hub_ext.hub_rest`; when that service is not
+  configured the page says what to add);
 * offload jobs of servers whose scope held the project, from the hub's **job ledger** (who,
   which server, when, dataset, manifest and script sha256, Slurm job id, state), with what
   the server reported on the trail (files, bytes, results retrieved), and downloads;
@@ -28,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import datetime as _dt
 import json
+import logging
 from collections.abc import Callable
 
 from tornado import web
@@ -36,6 +39,7 @@ from xnat_bridge.errors import InvalidRequest, XnatHpcError
 from xnat_bridge.extras import needs_extra
 from xnat_bridge.permissions import fetch_permissions
 
+from . import hub_rest
 from . import owner_render as R
 from .audit_log import HubAuditLog
 from .errors import map_errors
@@ -47,7 +51,6 @@ from .owner_render import WITHHELD, owned_projects, visible_part  # noqa: F401
 from .visitor import visitor_client, visitor_login, visitor_token
 
 with needs_extra("hub", "the owner page (hub_ext.owner)"):
-    from jupyterhub import orm
     from jupyterhub.handlers import BaseHandler
 
 ROUTE = r"/xnat-hpc/owner"
@@ -89,13 +92,16 @@ def project_actions_html(handler: BaseHandler, project: str) -> str:
     return "\n".join(parts)
 
 
-def _active_servers(db) -> list[tuple[str, str, str]]:
-    """(user, server name, started) of every spawner with a server (on the event loop: the ORM)."""
-    out = []
-    for sp in db.query(orm.Spawner).filter(orm.Spawner.server_id.isnot(None)):
-        started = sp.started.replace(tzinfo=_dt.timezone.utc).isoformat(timespec="seconds") if sp.started else ""
-        out.append((sp.user.name, sp.name or "", started.replace("+00:00", "Z")))
-    return out
+async def active_servers(settings: dict, log=None) -> tuple[list[tuple[str, str, str]], str]:
+    """``([(user, server name, started)], problem)``: every active server as the hub's REST API
+    lists it (:func:`hub_ext.hub_rest.running_servers`, as the governance service); on failure
+    no server and a sentence for the page saying why and what to fix (logged)."""
+    try:
+        servers = await hub_rest.running_servers(settings)
+    except XnatHpcError as exc:
+        (log or logging.getLogger(__name__)).error("owner page: running servers not listed: %s", exc.message)
+        return [], f"Running servers are not shown: {exc.message}"
+    return [(s.user, s.name, s.started) for s in servers], ""
 
 
 def jobs_from_ledger(ledger: list[dict], reported: list[dict], project: str) -> list[dict]:
@@ -162,7 +168,6 @@ class OwnerAuditHandler(BaseHandler):
         fmt = self.get_argument("format", "")
         args = {k: self.get_argument(k, "") for k in ("project", "user", "action", "since", "until",
                                                        "page", "per_page")}
-        active = _active_servers(self.db)
 
         def client():
             return visitor_client(self, token)
@@ -206,6 +211,7 @@ class OwnerAuditHandler(BaseHandler):
                 return None, e.message
 
         store = ReviewStore(config=self.settings.get("config"), log=self.log)
+        active, problem = await active_servers(self.settings, self.log)
 
         def ledger(project: str) -> list[dict]:
             return store.ledger_jobs(projects={project}, limit=200)
@@ -217,5 +223,5 @@ class OwnerAuditHandler(BaseHandler):
         ok, sentence, checked = audit_log.status()
         users = sorted({e.get("user", "") for e in events} - {""})
         page = R.PageView(user.name, sorted(owned), ok, sentence, checked, f, events, total, views, users,
-                          self.hub.base_url.rstrip("/") + "/xnat-hpc/owner")
+                          self.hub.base_url.rstrip("/") + "/xnat-hpc/owner", error=problem)
         self.finish(R.render_page(page, pages=ensure_pages(self.settings, self.log)))

@@ -38,6 +38,7 @@ from xnat_bridge.errors import InvalidRequest, NotFound, PermissionDenied, XnatH
 from xnat_bridge.permissions import fetch_permissions
 from xnat_bridge.scope import check_id
 
+from . import hub_rest
 from .audit_log import HubAuditLog
 from .errors import map_errors, status_for
 from .pages import XnatHpcPages, ensure_pages, render
@@ -273,11 +274,12 @@ class OwnerAccessHandler(BaseHandler):
         (:mod:`hub_ext.revocation`): on the hub it is the name the authenticator gives that
         login (``c.XnatAuthenticator.username_map``, else the login itself). Waits at most
         ``c.OwnerAccess.revoke_timeout`` seconds: what is not done by then goes on in the
-        background and the report (the page) lists it as pending."""
+        background and the report (the page) lists it as pending. Servers are stopped through
+        the hub's REST API as the service ``xnat-hpc-governance`` (:mod:`hub_ext.hub_rest`)."""
         hub_name = self.authenticator.normalize_username(target)
         user = self.find_user(hub_name)
 
-        async def stop(name: str) -> None:
-            await self.stop_single_user(user, name)
+        async def stop(name: str) -> None:  # as the re-check does: the hub's REST API, as governance
+            await hub_rest.stop_server(self.settings, hub_name, name)
 
         return await revoke_bounded(self.settings, user, hub_name, project, reason, stop)

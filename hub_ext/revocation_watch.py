@@ -25,6 +25,11 @@ own (one user's error or time-out does not end the round). A server handled once
 handled again while it runs; once it stopped or was restarted (a new spawn record), a
 later loss is acted on again.
 
+Servers are stopped through the hub's REST API as the hub service ``xnat-hpc-governance``
+(:mod:`hub_ext.hub_rest`, ``c.XnatGovernance.token_file``), never through JupyterHub's objects:
+``DELETE /hub/api/users/{u}/servers/{name}``, then the hub is asked until it no longer lists the
+server. Without that service configured a stop fails, logged and reported with what to add.
+
 It is started (:func:`ensure_watch`) by the first of: a server start, an audit event
 from a running server (they post on every data access, so also after a hub restart), the
 owner page or the access page; ``recheck_interval = 0`` turns the loop off.
@@ -44,6 +49,7 @@ from xnat_bridge.permissions import fetch_permissions
 from xnat_bridge.private import read_private_file
 from xnat_bridge.spawn_record import record_of
 
+from . import hub_rest
 from .audit_log import HubAuditLog
 from .review_store import ReviewStore
 from .revocation import OwnerAccess, RevocationReport, ServerView, apply_revocation, ledger_jobs_hit, within_bound
@@ -53,7 +59,8 @@ log = logging.getLogger(__name__)
 
 #: ``permissions(user)`` → the projects *user* may read now, or None (unknown: skip them)
 Permissions = Callable[[object], Awaitable["set[str] | None"]]
-#: ``stop(user, server_name)`` stops one server outside a request
+#: ``stop(user, server_name)`` stops one server outside a request (default: through the hub's
+#: REST API, :func:`hub_ext.hub_rest.stop_server`)
 StopUser = Callable[[object, str], Awaitable[None]]
 #: the spawner config section the service account is read from (``c.XnatScopedSpawner``)
 SERVICE_SECTION = "XnatScopedSpawner"
@@ -160,24 +167,11 @@ async def revoke_effects(tornado_settings: Mapping, user, target: str, project: 
         staging_root=staging_root(settings, user), stop=stop, audit=audit_log.record, report=report)
 
 
-async def stop_server(tornado_settings: Mapping, user, name: str) -> None:
-    """Stop *user*'s server *name* outside a request, as JupyterHub's own stop does: off the
-    proxy, then ``User.stop`` (spawner, database, hub token)."""
-    spawner = user.spawners[name]
-    if spawner.pending:
-        raise RuntimeError(f"server {name or '(default)'} is {spawner.pending}")
-    spawner._stop_pending = True
-    try:
-        await tornado_settings["proxy"].delete_user(user, name)
-        await user.stop(name)
-    finally:
-        spawner._stop_pending = False
-
-
 class RevocationWatch:
     """The periodic re-check and the bounded runner of revocations (module docstring). One
     per hub process: :func:`ensure_watch`. *permissions*, *stop* and *audit_log* replace
-    the hub's (XNAT, ``User.stop``, ``HubAuditLog``), e.g. in tests."""
+    the hub's (XNAT, a stop through the hub's REST API as the governance service
+    (:func:`hub_ext.hub_rest.stop_server`), ``HubAuditLog``), e.g. in tests."""
 
     #: seconds one user's XNAT question may take in a round (the client's own timeouts are
     #: 15 s per request, one retry)
@@ -187,7 +181,7 @@ class RevocationWatch:
                  stop: StopUser | None = None, audit_log=None, ledger=None):
         self.settings = tornado_settings
         self.permissions = permissions or self._readable
-        self.stop_user = stop or (lambda user, name: stop_server(self.settings, user, name))
+        self.stop_user = stop or (lambda user, name: hub_rest.stop_server(self.settings, user.name, name))
         self._audit_log = audit_log
         #: the hub's job ledger (:class:`~hub_ext.review_store.ReviewStore`): the jobs to cancel
         self.ledger = ledger if ledger is not None else ReviewStore(config=self.config)
@@ -231,6 +225,9 @@ class RevocationWatch:
             return
         self.task = loop.create_task(self._loop())
         log.info("revocation re-check every %.0f s", self.interval)
+        if not hub_rest.configured(self.settings):
+            log.error("the revocation re-check cannot stop servers: governance acts on the hub through its "
+                      "REST API and is not configured. Add %s", hub_rest.HOW_TO_CONFIGURE)
 
     def stop(self) -> None:
         if self.task is not None:

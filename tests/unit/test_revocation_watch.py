@@ -339,3 +339,33 @@ def test_without_a_service_account_or_its_rights_the_user_is_skipped_and_said(xn
         watch, user = _watch_for({}, tmp_path)
         assert asyncio.run(watch._readable(user)) is None
         assert "Administrator role" in caplog.text
+
+
+# -- stopping: the hub's REST API, as the governance service -------------------------------------
+
+def test_the_watchs_own_stop_is_the_hub_rest_api_and_unconfigured_it_says_what_to_add(caplog):
+    """No private attribute of JupyterHub's: without ``c.XnatGovernance.token_file`` the default stop
+    fails naming the setting, the loop says so when it starts, and the revocation reports it
+    (tests/unit/test_hub_rest.py stops real servers of an in-process hub this way)."""
+    from hub_ext.hub_rest import GovernanceNotConfigured
+
+    config = Config()
+    config.OwnerAccess.recheck_interval = 3600.0
+    spawner = FakeSpawner({"A"})
+    user = FakeUser("bob", s=spawner)
+
+    async def main():
+        watch = RevocationWatch({"config": config, "users": {"bob": user}},
+                                permissions=lambda u: asyncio.sleep(0, set()),
+                                audit_log=FakeAudit(), ledger=FakeLedger())
+        with pytest.raises(GovernanceNotConfigured, match="c.XnatGovernance.token_file is not set"):
+            await watch.stop_user(user, "s")
+        with caplog.at_level(logging.ERROR, logger="hub_ext.revocation_watch"):
+            watch.start()
+        watch.stop()
+        assert "cannot stop servers" in caplog.text and "register_governance" in caplog.text
+        [(_, _, report)] = await watch.check_once()
+        assert report.stopped == [] and "c.XnatGovernance.token_file" in report.problems[0]
+        assert spawner.active and not hasattr(spawner, "_stop_pending")
+
+    asyncio.run(main())

@@ -1,7 +1,9 @@
 """The Zero-to-JupyterHub values (config/z2jh-values.yaml) serve XNAT's "Start Jupyter": named
 servers, the ``xnat`` service (token from the site's Secret, never in the file) and its role,
 the account the hub reads each start's settings as (password file from a Secret), the hub's
-pages, notices and log scrubbing, and the plugin's ``/workspace/{user}``.
+pages, notices and log scrubbing, and the plugin's ``/workspace/{user}``; and governance acts on
+the hub through its REST API as the service ``xnat-hpc-governance`` (least-scope role, token from
+the Secret copied into the hub's private file ``c.XnatGovernance.token_file``).
 
 Helm is not installed here: the values are checked structurally, then "rendered" the way the
 chart's own ``jupyterhub_config.py`` (chart 4.x, ``jupyterhub/files/hub/jupyterhub_config.py``
@@ -26,8 +28,9 @@ import pytest
 import yaml
 from traitlets.config import Config
 
-from devstack.hubconfig import IDLE_CULLER_SCOPES, XNAT_SERVICE_SCOPES
+from devstack.hubconfig import GOVERNANCE_SCOPES, IDLE_CULLER_SCOPES, XNAT_SERVICE_SCOPES
 from hub_ext.handlers import xnat_hpc_handlers
+from hub_ext.hub_rest import SERVICE_NAME as GOVERNANCE, XnatGovernance, read_token
 from hub_ext.log_scrub import HUB_LOGGERS, TokenScrubber
 from hub_ext.revocation import user_notice
 from hub_ext.revocation_watch import read_service_password
@@ -57,6 +60,7 @@ CHART_DEFAULTS = {
 }
 FAKE_TOKEN = "0123456789abcdef" * 4          # the site's Secret (hub.existingSecret)
 CHART_TOKEN = "fedcba9876543210" * 4         # what the chart's own Secret would generate
+GOVERNANCE_TOKEN = "00112233445566778899aabbccddeeff" * 2   # the site's Secret, governance's key
 FAKE_PASSWORD = "not-a-real-password"
 
 
@@ -155,6 +159,8 @@ def rendered(tmp_path):
     chart.mkdir()
     (existing / "hub.services.xnat.apiToken").write_text(FAKE_TOKEN)
     (chart / "hub.services.xnat.apiToken").write_text(CHART_TOKEN)
+    (existing / f"hub.services.{GOVERNANCE}.apiToken").write_text(GOVERNANCE_TOKEN + "\n")
+    (chart / f"hub.services.{GOVERNANCE}.apiToken").write_text(CHART_TOKEN)
     secret_file = tmp_path / "xnat-account" / "password"
     secret_file.parent.mkdir()
     secret_file.write_text(FAKE_PASSWORD + "\n")
@@ -163,6 +169,7 @@ def rendered(tmp_path):
     run.mkdir()
     values["custom"]["xnatHpcHub"]["xnatAccountPasswordSecretFile"] = str(secret_file)
     values["hub"]["config"]["XnatScopedSpawner"]["xnat_service_password_file"] = str(run / "xnat-service-password")
+    values["hub"]["config"]["XnatGovernance"]["token_file"] = str(run / "governance-token")
     before = {name: list(logging.getLogger(name).filters) for name in HUB_LOGGERS}
     try:
         c, namespace = render(values, (existing, chart))
@@ -211,11 +218,27 @@ def test_no_secret_inline():
                          re.IGNORECASE)
     for path, key, value in walk(load_values()):
         assert not re.search(r"token|password|secret_?key|keys$", str(key), re.IGNORECASE) \
-            or key in ("existingSecret", "xnat_service_password_file", "xnatAccountPasswordSecretFile"), \
+            or key in ("existingSecret", "xnat_service_password_file", "xnatAccountPasswordSecretFile",
+                       "token_file"), \
             (path, key)
     # the only inline data is the profiles file
     assert [p for p, k, _ in walk(load_values()) if k in ("stringData", "data", "binaryData")] \
         == [("hub", "extraFiles", "xnat-profiles")]
+
+
+def test_governance_service_token_from_the_secret_and_a_role_of_least_scopes():
+    hub = load_values()["hub"]
+    assert hub["services"][GOVERNANCE] == {"name": GOVERNANCE}  # no token, no url, no command
+    role = hub["loadRoles"][GOVERNANCE]
+    assert role["services"] == [GOVERNANCE] and role["scopes"] == list(GOVERNANCE_SCOPES)
+    assert [r for r in hub["loadRoles"].values() if GOVERNANCE in r.get("services", ())] == [role]
+    # the hub's private copy of the token: in memory, in the directory mounted for it; loopback API
+    governance = hub["config"]["XnatGovernance"]
+    mounts = {m["name"]: m for m in hub["extraVolumeMounts"]}
+    volumes = {v["name"]: v for v in hub["extraVolumes"]}
+    assert volumes["xnat-hpc-run"]["emptyDir"]["medium"] == "Memory"
+    assert governance["token_file"].startswith(mounts["xnat-hpc-run"]["mountPath"] + "/")
+    assert governance["hub_api_url"].startswith("http://127.0.0.1:")
 
 
 def test_account_password_mounted_from_a_secret_read_only():
@@ -281,6 +304,24 @@ def test_rendered_xnat_service_and_role(rendered):
     assert all(s.split("!")[0] in scope_definitions for s in roles["xnat"]["scopes"])
 
 
+def test_rendered_governance_service_role_and_private_token_file(rendered):
+    c, password_file = rendered
+    services = {s["name"]: s for s in c.JupyterHub.services}
+    # the site's (its newline off), the same value governance reads from its private copy
+    assert services[GOVERNANCE] == {"name": GOVERNANCE, "api_token": GOVERNANCE_TOKEN}
+    roles = {r["name"]: r for r in c.JupyterHub.load_roles}
+    assert roles[GOVERNANCE]["services"] == [GOVERNANCE] and roles[GOVERNANCE]["scopes"] == list(GOVERNANCE_SCOPES)
+    from jupyterhub.scopes import scope_definitions
+    assert all(s in scope_definitions for s in roles[GOVERNANCE]["scopes"])
+    governance = XnatGovernance(config=c)  # the settings validate
+    token_file = Path(governance.token_file)
+    assert token_file == password_file.parent / "governance-token"
+    st = token_file.lstat()
+    assert stat.S_ISREG(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o600 and st.st_uid == os.geteuid()
+    assert read_token(str(token_file)) == GOVERNANCE_TOKEN  # governance's own reader
+    assert governance.hub_api_url == "http://127.0.0.1:8081/hub/api"
+
+
 def test_rendered_handlers_notices_and_scrubbing(rendered):
     c, _ = rendered
     assert [(h[0], h[1]) for h in c.JupyterHub.extra_handlers] == [(h[0], h[1]) for h in xnat_hpc_handlers()]
@@ -303,4 +344,4 @@ def test_rendered_hub_accepts_the_config(rendered):
     c, _ = rendered
     hub = JupyterHub(config=c)
     assert hub.allow_named_servers is True
-    assert {s["name"] for s in hub.services} >= {"xnat", "jupyterhub-idle-culler"}
+    assert {s["name"] for s in hub.services} >= {"xnat", "jupyterhub-idle-culler", GOVERNANCE}

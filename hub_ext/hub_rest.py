@@ -1,0 +1,385 @@
+"""Governance's client of the hub's REST API, as the hub service ``xnat-hpc-governance``.
+
+What governance does to the hub's users and servers (the owners' page lists the servers running
+now; a revocation, from the access page or the periodic re-check, stops servers) goes through
+the hub's public REST API (``/hub/api``) with the token of one hub service,
+:data:`SERVICE_NAME`, whose role grants the least it needs (:data:`GOVERNANCE_SCOPES`):
+
+==================  =====================================================================
+``list:users``      ``GET /users?state=active``: the users with a running server (it
+                    implies ``read:users:name``)
+``read:servers``    the ``servers`` of those user models, each with ``started``, ``ready``
+                    and ``pending``; ``GET /users/{u}`` while a stop is awaited
+``delete:servers``  ``DELETE /users/{u}/server`` and ``/users/{u}/servers/{name}``: stop
+==================  =====================================================================
+
+Nothing reaches into JupyterHub's objects (no ``orm`` query, no private attribute of a
+spawner), so the code can move into a service process of its own as it is (issue 19): the hub
+stops a server the way its REST API always does — proxy route removed, spawner stopped, the
+server's token deleted.
+
+Configuration (:class:`XnatGovernance`): ``c.XnatGovernance.token_file``, a 0600 file of the
+hub's account holding the service's token (:func:`xnat_bridge.private.read_private_file`; never
+on a command line, in a URL or a log), and ``c.XnatGovernance.hub_api_url`` (default: the hub's
+own ``api_url``). :func:`register_governance` registers the service and its role on a hub's
+configuration from that file, so the file is named once. Without a token file every call raises
+:class:`GovernanceNotConfigured` naming what to add: governance never falls back to the hub's
+internals.
+
+The client is async (Tornado's ``AsyncHTTPClient``); the token file is read in a thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime as _dt
+import json
+import logging
+from collections.abc import Mapping
+from urllib.parse import quote, urlencode
+
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPResponse
+from traitlets import Float, TraitError, Unicode, validate
+from traitlets.config import LoggingConfigurable
+
+from xnat_bridge.errors import NotFound, PermissionDenied, XnatHpcError
+from xnat_bridge.private import read_private_file
+
+log = logging.getLogger(__name__)
+
+#: the hub service governance acts as (``c.JupyterHub.services``)
+SERVICE_NAME = "xnat-hpc-governance"
+#: the least its role needs (module docstring: which call needs which)
+GOVERNANCE_SCOPES = ("list:users", "read:servers", "delete:servers")
+#: JupyterHub's paginated answer of list endpoints (``{"items": …, "_pagination": …}``)
+PAGINATION_MEDIA_TYPE = "application/jupyterhub-pagination+json"
+#: what to add to ``jupyterhub_config.py`` (shown by the errors and the owners' page)
+HOW_TO_CONFIGURE = (
+    'c.XnatGovernance.token_file = "/etc/xnat-hpc-hub/governance-token" (a 0600 file of the hub\'s '
+    "account: openssl rand -hex 32 > FILE; chmod 600 FILE), then "
+    "`from hub_ext.hub_rest import register_governance; register_governance(c)` "
+    f"(the service {SERVICE_NAME} and its role; docs/admin.md, \"The hub's pages and APIs\")")
+
+
+class GovernanceNotConfigured(XnatHpcError):
+    """The governance service's token or the hub's API address is not (correctly) configured."""
+
+    status = 503
+    reason = "governance_not_configured"
+
+
+class HubApiError(XnatHpcError):
+    """The hub's REST API did not answer, or not as it documents."""
+
+    status = 502
+    reason = "hub_api_error"
+
+
+class XnatGovernance(LoggingConfigurable):
+    """How governance reaches the hub's REST API (module docstring)."""
+
+    token_file = Unicode(
+        "",
+        help=f"""File holding the API token of the hub service ``{SERVICE_NAME}``, through
+        which governance lists running servers (owners' page) and stops them (revocations,
+        the re-check). A regular file of the hub's account, mode 0600, one line (e.g.
+        ``openssl rand -hex 32``); anything else is refused. Example:
+        ``/etc/xnat-hpc-hub/governance-token``. Register the service with the same file:
+        ``register_governance(c)`` (``hub_ext.hub_rest``). Empty (default): the owners' page
+        lists no running servers and revocations stop none, each saying what to add.""",
+    ).tag(config=True)
+
+    hub_api_url = Unicode(
+        "",
+        help="""The hub's REST API as governance calls it, e.g.
+        ``http://127.0.0.1:8081/hub/api``. Default: the hub's own ``api_url``
+        (``http://{hub_connect_ip}:{hub_port}/hub/api``). On Kubernetes prefer the loopback
+        address: the hub's Service name may be closed to the hub pod by a network policy.
+        Warning: the token travels in a header to this address; use https for anything that
+        is not loopback.""",
+    ).tag(config=True)
+
+    timeout = Float(
+        30.0,
+        help="""Seconds one call to the hub's REST API may take. Example: ``10``.""",
+    ).tag(config=True)
+
+    stop_timeout = Float(
+        60.0,
+        help="""Seconds a stop waits until the hub no longer lists the server (polling
+        ``GET /users/{u}``); a stop still pending then is reported as such (the hub goes on
+        stopping it). Keep it above the spawners' own stop time. Example: ``120``.""",
+    ).tag(config=True)
+
+    poll_interval = Float(
+        0.5,
+        help="""Seconds between two looks at a server being stopped. Example: ``1``.""",
+    ).tag(config=True)
+
+    @validate("hub_api_url")
+    def _http_url(self, proposal):
+        value = proposal["value"].strip()
+        if value and not value.startswith(("http://", "https://")):
+            raise TraitError(f"c.XnatGovernance.hub_api_url must be an http(s) URL of the hub's REST API, "
+                             f"not {value!r}; e.g. http://127.0.0.1:8081/hub/api")
+        return value.rstrip("/")
+
+    @validate("timeout", "stop_timeout", "poll_interval")
+    def _positive(self, proposal):
+        if proposal["value"] <= 0:
+            raise TraitError(f"c.XnatGovernance.{proposal['trait'].name} must be more than 0 seconds, "
+                             f"not {proposal['value']}")
+        return proposal["value"]
+
+
+# -- the token file ----------------------------------------------------------------------------
+
+def read_token(path: str) -> str:
+    """The service's token from *path* (a private file of this account, one line); blocking.
+    :class:`GovernanceNotConfigured` naming the setting and the file otherwise."""
+    what = "c.XnatGovernance.token_file"
+    if not path:
+        raise GovernanceNotConfigured(f"the hub's governance service is not configured: {what} is not set. "
+                                      f"Add {HOW_TO_CONFIGURE}")
+    try:
+        token = read_private_file(path, what=what, max_bytes=4096).decode("utf-8", "replace").strip()
+    except NotFound:
+        raise GovernanceNotConfigured(f"{what} {path} does not exist; create it: openssl rand -hex 32 > {path}; "
+                                      f"chmod 600 {path} (and restart the hub)", item=path) from None
+    except XnatHpcError as exc:  # UnsafePath: a link, another account's, open to others
+        raise GovernanceNotConfigured(exc.message, item=path) from None
+    if not token or any(ch.isspace() for ch in token):
+        raise GovernanceNotConfigured(f"{what} {path} must hold the service's token on one line "
+                                      "(e.g. openssl rand -hex 32)", item=path)
+    return token
+
+
+def register_governance(c, token_file: str | None = None) -> None:
+    """Register the service :data:`SERVICE_NAME` on the hub's configuration *c* with the token
+    of *token_file* (default: ``c.XnatGovernance.token_file``, which is set to it), and its role
+    with :data:`GOVERNANCE_SCOPES`. For ``jupyterhub_config.py``: the file is read (and
+    checked) when the hub loads its configuration, so a missing or unsafe file stops the hub
+    with a message naming it."""
+    section = c.XnatGovernance
+    path = str(token_file if token_file is not None else section.get("token_file", "") or "")
+    token = read_token(path)
+    section.token_file = path
+    service = {"name": SERVICE_NAME, "api_token": token}
+    role = {"name": SERVICE_NAME, "description": "xnat-hpc-hub governance: list running servers, stop them",
+            "services": [SERVICE_NAME], "scopes": list(GOVERNANCE_SCOPES)}
+    hub = c.JupyterHub
+    for key, item in (("services", service), ("load_roles", role)):
+        current = hub[key] if key in hub else None
+        if isinstance(current, list):
+            if any(isinstance(x, Mapping) and x.get("name") == SERVICE_NAME for x in current):
+                raise GovernanceNotConfigured(f"c.JupyterHub.{key} already holds {SERVICE_NAME}; "
+                                              "register_governance(c) adds it: remove the other entry")
+            hub[key] = [*current, item]  # a new list: the caller's is not changed
+        else:
+            getattr(hub, key).append(item)  # unset, or appended to before: traitlets' lazy list
+
+
+# -- the client --------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class RunningServer:
+    """One server the hub lists as active (started, starting or stopping)."""
+
+    user: str
+    name: str
+    #: when it was started, UTC to the second (``2026-01-01T00:00:00Z``), or ""
+    started: str = ""
+    ready: bool = False
+    pending: str | None = None
+
+
+def utc_seconds(text) -> str:
+    """JupyterHub's ISO 8601 time (``…T12:00:00.123456Z``) as UTC to the second with ``Z``
+    (pure); "" for none, the text itself when it is no time."""
+    if not text:
+        return ""
+    try:
+        when = _dt.datetime.fromisoformat(str(text).replace("Z", "+00:00"))
+    except ValueError:
+        return str(text)
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=_dt.timezone.utc)
+    return when.astimezone(_dt.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def servers_of(models) -> list[RunningServer]:
+    """The active servers in a list of JupyterHub user models (pure). A model without
+    ``servers`` means the token may not read them: :class:`PermissionDenied` naming the scope."""
+    out = []
+    for model in models:
+        if not isinstance(model, Mapping) or "name" not in model:
+            raise HubApiError(f"the hub's user list holds {type(model).__name__}, not a user model")
+        if "servers" not in model:
+            raise PermissionDenied(_refusal("read the users' servers", "read:servers", 200,
+                                            "user models without servers"))
+        for name, server in sorted((model.get("servers") or {}).items()):
+            server = server if isinstance(server, Mapping) else {}
+            if server.get("stopped"):
+                continue
+            out.append(RunningServer(str(model["name"]), str(name), utc_seconds(server.get("started")),
+                                     bool(server.get("ready")), server.get("pending")))
+    return out
+
+
+def _refusal(what: str, scope: str, code: int, said: str) -> str:
+    return (f"the hub refused to let governance {what} (HTTP {code}: {said}): the role of the hub service "
+            f"{SERVICE_NAME} needs the scope {scope} (c.JupyterHub.load_roles; register_governance(c) "
+            f"grants {', '.join(GOVERNANCE_SCOPES)}), and c.XnatGovernance.token_file must hold that "
+            "service's token")
+
+
+def _message(resp: HTTPResponse) -> str:
+    try:
+        doc = json.loads(resp.body or b"{}")
+    except ValueError:
+        doc = {}
+    said = doc.get("message") if isinstance(doc, dict) else None
+    return str(said or resp.reason or "no message")[:300]
+
+
+class HubRestClient:
+    """The hub's REST API at *api_url* (``…/hub/api``) with *token* (module docstring). The
+    token goes in the ``Authorization`` header only; ``repr`` does not show it."""
+
+    def __init__(self, api_url: str, token: str, *, timeout: float = 30.0, stop_timeout: float = 60.0,
+                 poll_interval: float = 0.5, page_size: int = 200, http: AsyncHTTPClient | None = None):
+        self.api_url = api_url.rstrip("/")
+        self._token = token
+        self.timeout, self.stop_timeout, self.poll_interval = timeout, stop_timeout, poll_interval
+        self.page_size = page_size
+        self.http = http or AsyncHTTPClient()
+
+    def __repr__(self) -> str:
+        return f"HubRestClient({self.api_url!r})"
+
+    async def _call(self, method: str, path: str, *, query: Mapping | None = None, what: str, scope: str,
+                    paginated: bool = False) -> HTTPResponse:
+        """One call; the response when the hub answered below 400 or 404, else the error:
+        :class:`PermissionDenied` naming *scope* (401, 403), :class:`HubApiError`."""
+        url = self.api_url + path + (f"?{urlencode(query)}" if query else "")
+        headers = {"Authorization": f"token {self._token}",
+                   "Accept": f"{PAGINATION_MEDIA_TYPE}, application/json" if paginated else "application/json"}
+        try:
+            resp = await self.http.fetch(url, method=method, headers=headers, raise_error=False,
+                                         follow_redirects=False, request_timeout=self.timeout,
+                                         allow_nonstandard_methods=True)
+        except (OSError, HTTPClientError) as exc:  # refused, unreachable, timed out (599)
+            raise HubApiError(f"the hub's REST API at {self.api_url} did not answer ({exc}) when governance "
+                              f"tried to {what}; check c.XnatGovernance.hub_api_url") from None
+        if resp.code == 599:
+            raise HubApiError(f"the hub's REST API at {self.api_url} did not answer ({resp.error}) when governance "
+                              f"tried to {what}; check c.XnatGovernance.hub_api_url")
+        if resp.code in (401, 403):
+            raise PermissionDenied(_refusal(what, scope, resp.code, _message(resp)))
+        if resp.code >= 400 and resp.code != 404:
+            raise HubApiError(f"the hub's REST API answered HTTP {resp.code} when governance tried to {what}: "
+                              f"{_message(resp)}")
+        return resp
+
+    @staticmethod
+    def _json(resp: HTTPResponse, what: str):
+        try:
+            return json.loads(resp.body or b"null")
+        except ValueError:
+            raise HubApiError(f"the hub's answer to {what} is not JSON") from None
+
+    async def running_servers(self) -> list[RunningServer]:
+        """Every active server (``GET /users?state=active``, page by page), by user and name."""
+        what = "list the users with running servers"
+        servers: list[RunningServer] = []
+        offset = 0
+        while True:
+            resp = await self._call("GET", "/users", query={"state": "active", "offset": offset,
+                                                            "limit": self.page_size},
+                                    what=what, scope="list:users", paginated=True)
+            if resp.code == 404:
+                raise HubApiError(f"{self.api_url}/users is not the hub's user list (HTTP 404); "
+                                  "check c.XnatGovernance.hub_api_url")
+            doc = self._json(resp, what)
+            if isinstance(doc, list):  # a hub that does not paginate: everything at once
+                return servers + servers_of(doc)
+            if not isinstance(doc, dict) or not isinstance(doc.get("items"), list):
+                raise HubApiError(f"the hub's answer to {what} is neither a list nor a page of users")
+            servers += servers_of(doc["items"])
+            following = (doc.get("_pagination") or {}).get("next") or {}
+            nxt = following.get("offset")
+            if not isinstance(nxt, int) or nxt <= offset:
+                return servers
+            offset = nxt
+
+    async def server(self, user: str, name: str = "") -> RunningServer | None:
+        """*user*'s server *name* as the hub lists it now, or None (no such user, or not running)."""
+        what = f"read {user}'s servers"
+        resp = await self._call("GET", f"/users/{quote(user, safe='')}", what=what, scope="read:servers")
+        if resp.code == 404:
+            return None
+        doc = self._json(resp, what)
+        found = [s for s in servers_of([doc]) if s.name == name] if isinstance(doc, dict) else []
+        return found[0] if found else None
+
+    async def stop_server(self, user: str, name: str = "", *, timeout: float | None = None) -> None:
+        """Stop *user*'s server *name* (``""``: the default one) through the hub's REST API and
+        wait until the hub no longer lists it (at most *timeout* seconds, default
+        :attr:`stop_timeout`; :class:`HubApiError` then, while the hub goes on stopping it). A
+        server that is not running (or a user the hub does not know) is already stopped."""
+        shown = f"{user}/{name or '(default)'}"
+        if await self.server(user, name) is None:  # JupyterHub 5.0 answers 500 for an unknown user
+            return
+        path = f"/users/{quote(user, safe='')}/" + (f"servers/{quote(name, safe='')}" if name else "server")
+        resp = await self._call("DELETE", path, what=f"stop the server {shown}", scope="delete:servers")
+        log.info("governance: asked the hub to stop %s (HTTP %s)", shown, resp.code)
+        limit = self.stop_timeout if timeout is None else timeout
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + limit
+        while True:
+            current = await self.server(user, name)
+            if current is None:
+                return
+            if loop.time() >= deadline:
+                raise HubApiError(f"the hub still lists the server {shown} ({current.pending or 'running'}) "
+                                  f"{limit:.0f} s after governance asked it to stop; it goes on stopping it "
+                                  "(c.XnatGovernance.stop_timeout)")
+            await asyncio.sleep(min(self.poll_interval, max(0.0, deadline - loop.time())))
+
+
+# -- from the hub's settings ------------------------------------------------------------------
+
+def _hub_api_url(tornado_settings: Mapping) -> str:
+    hub = tornado_settings.get("hub")
+    return str(getattr(hub, "api_url", "") or "")
+
+
+async def governance_client(tornado_settings: Mapping) -> HubRestClient:
+    """The client as the hub's configuration (Tornado ``settings["config"]``) sets it, with the
+    hub's own ``api_url`` (``settings["hub"]``) unless ``c.XnatGovernance.hub_api_url`` says
+    otherwise. :class:`GovernanceNotConfigured` naming what to add."""
+    settings = XnatGovernance(config=tornado_settings.get("config"))
+    token = await asyncio.to_thread(read_token, settings.token_file)
+    url = settings.hub_api_url or _hub_api_url(tornado_settings)
+    if not url:
+        raise GovernanceNotConfigured("the hub's REST API address is unknown; set c.XnatGovernance.hub_api_url, "
+                                      "e.g. http://127.0.0.1:8081/hub/api")
+    return HubRestClient(url, token, timeout=settings.timeout, stop_timeout=settings.stop_timeout,
+                         poll_interval=settings.poll_interval)
+
+
+async def running_servers(tornado_settings: Mapping) -> list[RunningServer]:
+    """Every active server of the hub, through its REST API (:meth:`HubRestClient.running_servers`)."""
+    return await (await governance_client(tornado_settings)).running_servers()
+
+
+async def stop_server(tornado_settings: Mapping, user: str, name: str = "") -> None:
+    """Stop *user*'s server *name* through the hub's REST API and wait until it is gone
+    (:meth:`HubRestClient.stop_server`)."""
+    await (await governance_client(tornado_settings)).stop_server(user, name)
+
+
+def configured(tornado_settings: Mapping) -> bool:
+    """Whether ``c.XnatGovernance.token_file`` is set (pure; the file itself is read at use)."""
+    return bool(XnatGovernance(config=tornado_settings.get("config")).token_file)
