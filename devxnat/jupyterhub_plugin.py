@@ -13,7 +13,9 @@ Routes (XNAT's paths)::
     POST       /xapi/jupyterhub/users/{u}/tokens              a hub token for the user's servers
     GET|POST   /xapi/jupyterhub/preferences[/{name}]          the plugin's preferences
     GET        /xapi/event_tracking/{key}                     XNAT's event tracking data
-    GET        /xapi/compute-environment-configs[/available|/{id}], /xapi/hardware-configs[/{id}]
+    GET|POST   /xapi/hardware-configs, /xapi/compute-environment-configs[?type=]   admins
+    GET|PUT|DELETE /xapi/hardware-configs/{id}, /xapi/compute-environment-configs/{id}   admins
+    GET        /xapi/compute-environment-configs/available?type=&site=&prj=&user=&datatype=
 
 ``{u}`` must be the caller or the caller a site administrator (XNAT's ``@Username`` with
 ``AccessLevel.User``). A start is answered at once; the rest runs as a task on devxnat's
@@ -22,8 +24,10 @@ loop (:mod:`.jupyterhub_service`) and reports through event tracking.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import re
 
 from . import plugin_configs as pc
 from .access import Access
@@ -256,29 +260,165 @@ class EventTrackingHandler(PluginHandler):
         self.write_json(data)
 
 
-class ComputeConfigsHandler(PluginHandler):
-    """The compute-environment and hardware configs the plugin's UI offers."""
+@contextlib.contextmanager
+def _compute_errors():
+    """The compute services' failures as XNAT answers them: an unreadable body 400, a refused
+    one 500 with the service's message (``XapiRestControllerAdvice``), an unknown id 404."""
+    try:
+        yield
+    except pc.UnreadableConfig as e:
+        raise BadRequest(f"JSON parse error: {e}") from None
+    except pc.InvalidConfig as e:
+        raise InternalError(f"There was an error in the request : {e}") from None
+    except pc.ConfigNotFound as e:
+        raise NotFound(str(e)) from None
 
-    def get(self, kind: str, which: str | None = None):
-        if kind == "hardware-configs":
-            items = pc.HARDWARE_CONFIGS
+
+def _path_id(which: str) -> int:
+    """The ``{id}`` path variable (a Java ``Long``)."""
+    if not re.fullmatch(r"[+-]?\d{1,18}", which):
+        raise InternalError("There was an error in the request : Failed to convert value of type "
+                            f"'java.lang.String' to required type 'java.lang.Long'; For input string: \"{which}\"")
+    return int(which)
+
+
+class ComputeConfigsHandler(PluginHandler):
+    """XNAT's compute services' REST API (``HardwareConfigsApi``,
+    ``ComputeEnvironmentConfigsApi``; :class:`.plugin_state.ComputeConfigs` holds the configs):
+    GET all or one, POST (201), PUT ``/{id}`` (200), DELETE ``/{id}`` (204), for site
+    administrators only (``restrictTo = Admin``). A subclass names its configs' operations."""
+
+    #: the 404 text of GET ``/{id}`` and the 500 text of a PUT whose body names another id
+    NOT_FOUND = MISMATCH = ""
+
+    def compute(self):
+        return self.state().compute
+
+    def get(self, which: str | None = None):
+        self.require_admin()
+        with _compute_errors():
             if which is None:
-                self.write_json(items)
+                self.write_json(self.all())
                 return
-            found = next((h for h in items if str(h["id"]) == which), None)
-        else:
-            if which == "available":
-                self.write_json(pc.available_compute_environments(
-                    pc.COMPUTE_ENVIRONMENT_CONFIGS, config_type=self.get_argument("type", None)))
-                return
-            items = pc.COMPUTE_ENVIRONMENT_CONFIGS
-            if which is None:
-                self.write_json(items)
-                return
-            found = next((c for c in items if str(c["id"]) == which), None)
-        if found is None:
-            raise NotFound(f"No {kind[:-1]} with id {which}")
+            cid = _path_id(which)
+            found = self.one(cid)
+            if found is None:
+                raise pc.ConfigNotFound(self.NOT_FOUND.format(cid))
         self.write_json(found)
+
+    def post(self, which: str | None = None):
+        if which is not None:
+            raise MethodNotAllowed("Request method 'POST' not supported")
+        self.require_admin()
+        body = self.json_body()
+        with _compute_errors():
+            created = self.create(self.read(body))
+        log.info("%s created %s %s", self.login, self.request.path, created["id"])
+        self.write_json(created, status=201)
+
+    def put(self, which: str | None = None):
+        if which is None:
+            raise MethodNotAllowed("Request method 'PUT' not supported")
+        self.require_admin()
+        body = self.json_body()
+        with _compute_errors():
+            cid, cfg = _path_id(which), self.read(body)
+            if cfg["id"] != cid:
+                raise pc.InvalidConfig(self.MISMATCH)
+            updated = self.update(cfg)
+        log.info("%s updated %s", self.login, self.request.path)
+        self.write_json(updated)
+
+    def delete(self, which: str | None = None):
+        if which is None:
+            raise MethodNotAllowed("Request method 'DELETE' not supported")
+        self.require_admin()
+        with _compute_errors():
+            self.remove(_path_id(which))
+        log.info("%s deleted %s", self.login, self.request.path)
+        self.set_status(204)
+        self.finish()
+
+    # the configs' operations
+    def read(self, body) -> dict:
+        raise NotImplementedError
+
+    def all(self) -> list[dict]:
+        raise NotImplementedError
+
+    def one(self, cid: int) -> dict | None:
+        raise NotImplementedError
+
+    def create(self, cfg: dict) -> dict:
+        raise NotImplementedError
+
+    def update(self, cfg: dict) -> dict:
+        raise NotImplementedError
+
+    def remove(self, cid: int) -> None:
+        raise NotImplementedError
+
+
+class HardwareConfigsHandler(ComputeConfigsHandler):
+    """``/xapi/hardware-configs[/{id}]``."""
+
+    NOT_FOUND = "No hardware config found for ID {}"
+    MISMATCH = "The hardware config ID in the path must match the ID in the body."
+
+    def read(self, body):
+        return pc.read_hardware_config(body)
+
+    def all(self):
+        return self.compute().hardware_list()
+
+    def one(self, cid):
+        return self.compute().hardware(cid)
+
+    def create(self, cfg):
+        return self.compute().create_hardware(cfg)
+
+    def update(self, cfg):
+        return self.compute().update_hardware(cfg)
+
+    def remove(self, cid):
+        self.compute().delete_hardware(cid)
+
+
+class ComputeEnvironmentConfigsHandler(ComputeConfigsHandler):
+    """``/xapi/compute-environment-configs[?type=|/{id}]``, and ``…/available`` for any
+    logged-in user (``restrictTo = Read``)."""
+
+    NOT_FOUND = "Compute environment config not found."
+    MISMATCH = "The ID in the path must match the ID in the body."
+
+    def get(self, which: str | None = None):
+        if which != "available":
+            super().get(which)
+            return
+        # getAvailable: the query's type and execution scope (site, prj, user, datatype)
+        params = {k: v[0].decode("utf-8", "replace") for k, v in self.request.query_arguments.items()}
+        with _compute_errors():
+            ctype = pc.config_type(params.pop("type")) if "type" in params else None
+            self.write_json(pc.available_compute_environments(
+                self.compute().environments(), config_type=ctype, execution_scope=pc.execution_scope(params)))
+
+    def read(self, body):
+        return pc.read_compute_environment_config(body)
+
+    def all(self):
+        return self.compute().environments(pc.config_type(self.get_argument("type", None), blank_is_none=True))
+
+    def one(self, cid):
+        return self.compute().environment(cid)
+
+    def create(self, cfg):
+        return self.compute().create_environment(cfg)
+
+    def update(self, cfg):
+        return self.compute().update_environment(cfg)
+
+    def remove(self, cid):
+        self.compute().delete_environment(cid)
 
 
 def routes() -> list:
@@ -297,6 +437,8 @@ def routes() -> list:
         (rf"{base}/preferences/?", PreferencesHandler),
         (rf"{base}/preferences/{u}/?", PreferencesHandler),
         (r"/xapi/event_tracking/([^/]+)/?", EventTrackingHandler),
-        (r"/xapi/(compute-environment-configs|hardware-configs)/?", ComputeConfigsHandler),
-        (r"/xapi/(compute-environment-configs|hardware-configs)/([^/]+)/?", ComputeConfigsHandler),
+        (r"/xapi/hardware-configs/?", HardwareConfigsHandler),
+        (r"/xapi/hardware-configs/([^/]+)/?", HardwareConfigsHandler),
+        (r"/xapi/compute-environment-configs/?", ComputeEnvironmentConfigsHandler),
+        (r"/xapi/compute-environment-configs/([^/]+)/?", ComputeEnvironmentConfigsHandler),
     ]

@@ -83,7 +83,9 @@ class JupyterHubService:
             self._event(key, uid, "Failed", 100,
                         "Failed to start dashboard. The dashboard is not available to the user.")
             return
-        if not pc.is_available(as_int(req["computeEnvironmentConfigId"]), as_int(req["hardwareConfigId"])):
+        scope = {"Project": project, "User": login, "DataType": xsi, "Site": "XNAT"}
+        if not self.state.compute.is_available(as_int(req["computeEnvironmentConfigId"]),
+                                               as_int(req["hardwareConfigId"]), scope):
             self._event(key, uid, "Failed", 100,
                         "Failed to launch Jupyter notebook server. The compute environment or hardware "
                         "configuration is not available to the user.")
@@ -167,9 +169,11 @@ class JupyterHubService:
         xsi = req["xsiType"]
         if not can_read_item(self.store, access, project, item, xsi):
             return
-        env_cfg = next(c for c in pc.COMPUTE_ENVIRONMENT_CONFIGS
-                       if c["id"] == as_int(req["computeEnvironmentConfigId"]))
-        hw_cfg = next(h for h in pc.HARDWARE_CONFIGS if h["id"] == as_int(req["hardwareConfigId"]))
+        # resolve the job template (raises when the configs are no longer available: the
+        # start's catch-all fails it); storeUserOptions' execution scope has no Site
+        env_cfg, hw_cfg = self.state.compute.job_template(
+            as_int(req["computeEnvironmentConfigId"]), as_int(req["hardwareConfigId"]),
+            {"Project": project, "User": login, "DataType": xsi})
         template = pc.task_template(env_cfg, hw_cfg)
         general = pc.general_xsi_type(xsi)
         archive = Path(self.settings["archive"])

@@ -24,9 +24,7 @@ from devxnat.plugin_state import PluginState
 from hub_ext.names import hub_name, hub_server_name
 from tests.fixtures.devxnat import PASSWORDS
 from tests.fixtures.spawn import process_environ, server_process
-from tests.integration.test_xnat_plugin_hub import (TINY_SLURM, PluginClient, experiment_of,  # noqa: F401
-                                                    plugin_hub, seed_start, start_as_the_plugin,
-                                                    stop_as_the_plugin)
+from tests.integration.test_xnat_plugin_hub import TINY_SLURM, experiment_of, plugin_hub  # noqa: F401 - fixture
 from tests.unit.test_plugin_names import generate_event_tracking_id
 
 pytestmark = [pytest.mark.devxnat]
@@ -130,23 +128,45 @@ def test_start_jupyter_as_xnats_ui_names_it_starts_polls_opens_and_stops(
     assert name not in plugin_hub.api("GET", f"/users/{user}").json()["servers"]
 
 
-def test_the_plugins_calls_with_its_names_start_a_slurm_server(plugin_hub, shared_devxnat, odd_logins):  # noqa: F811
-    """The Java client's calls (replayed, :class:`PluginClient`) on the plugin API for ``CaRoL``
-    with the hardware the site mapped to its Slurm profile."""
-    login = "CaRoL"
-    etid = generate_event_tracking_id(_dt.datetime.now(_dt.timezone.utc))
-    exp = experiment_of(shared_devxnat, "bob", "CARDIO_ECG")
-    body = seed_start(shared_devxnat, login, etid, xsi_type="xnat:ecgSessionData", item=exp["ID"],
-                      project="CARDIO_ECG", hardware=TINY_SLURM)
-    client = PluginClient(plugin_hub)
-    assert client.api.endswith("/hub/xnat-plugin/api")
-    srv = start_as_the_plugin(plugin_hub, client, login, etid, body)
+@pytest.fixture
+def tiny_slurm_hardware(shared_devxnat):
+    """``TINY_SLURM`` added to XNAT's compute services by the site admin (``POST
+    /xapi/hardware-configs``, enabled at every scope, so the default compute environment, which
+    allows all hardware, offers it); its id. Deleted again at the end."""
+    body = {"hardware": TINY_SLURM["hardware"],
+            "scopes": {s: {"scope": s, "enabled": True, "ids": []} for s in ("Site", "Project", "User")}}
+    r = shared_devxnat.request("POST", "/xapi/hardware-configs", "admin", json=body)
+    assert r.status_code == 201, r.text
+    hid = r.json()["id"]
+    yield hid
+    r = shared_devxnat.request("DELETE", f"/xapi/hardware-configs/{hid}", "admin")
+    assert r.status_code == 204, r.text
+
+
+def test_the_plugins_calls_with_its_names_start_a_slurm_server(
+        plugin_hub, shared_devxnat, odd_logins, plugin_prefs, tiny_slurm_hardware):  # noqa: F811
+    """XNAT's UI flow for ``CaRoL`` with the hardware the site added for its Slurm profile
+    (``XNAT_HPC_HARDWARE=tiny-slurm``): offered by the UI's listing, started, run on Slurm,
+    stopped through XNAT."""
+    login, user = "CaRoL", hub_name("CaRoL")
+    offered = shared_devxnat.get("/xapi/compute-environment-configs/available?type=JUPYTERHUB&site=XNAT"
+                                 f"&user={login}&prj=CARDIO_ECG", login)
+    assert offered.status_code == 200, offered.text
+    assert tiny_slurm_hardware in [h["id"] for h in offered.json()[0]["hardwareOptions"]["hardwareConfigs"]]
+    etid = _ui_start(shared_devxnat, plugin_hub, login, hardware_id=tiny_slurm_hardware)
+    name = hub_server_name(etid)
     try:
-        assert srv["name"] == etid and srv["ready"]
-        _check_server(plugin_hub, shared_devxnat, login, hub_server_name(etid), "slurm-plugin")
+        srv = plugin_hub.api("GET", f"/users/{user}").json()["servers"][name]
+        assert srv["ready"] and srv["user_options"]["xnatLogin"] == login
+        _check_server(plugin_hub, shared_devxnat, login, name, "slurm-plugin")
     finally:
-        stop_as_the_plugin(client, login, etid)
-    assert hub_server_name(etid) not in plugin_hub.api("GET", f"/users/{hub_name(login)}").json()["servers"]
+        r = shared_devxnat.request("DELETE", f"/xapi/jupyterhub/users/{login}/server/{etid}"
+                                             f"?eventTrackingId={etid}-stop", login)
+        assert r.status_code == 200, r.text
+        deadline = time.monotonic() + 90
+        while name in plugin_hub.api("GET", f"/users/{user}").json()["servers"] and time.monotonic() < deadline:
+            time.sleep(0.5)
+    assert name not in plugin_hub.api("GET", f"/users/{user}").json()["servers"]
 
 
 def _check_server(hub, devxnat, login: str, name: str, profile: str) -> None:
