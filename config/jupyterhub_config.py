@@ -102,6 +102,14 @@ c.JupyterHub.load_roles.append({
     "scopes": ["list:users", "read:users:activity", "read:servers", "delete:servers"],
 })
 
+# What a researcher's server may tell governance, named by its own hub token's scopes
+# (docs/admin.md, "Servers' scopes"): custom:xnat-hpc:audit (post its audit events) and
+# custom:xnat-hpc:jobs (its jobs in the ledger, held results, the key share of approved ones),
+# each filtered to the server itself, beside what the token had (access:servers!server,
+# users:activity!user). Call it after every load_roles and server_token_scopes line: it adds to them.
+from hub_ext.server_scopes import register_server_scopes  # noqa: E402
+register_server_scopes(c)
+
 c.Spawner.default_url = "/lab"
 c.Spawner.start_timeout = 300          # Slurm queues can be slow; keep XNAT's startTimeout longer
 c.Spawner.http_timeout = 120

@@ -3,7 +3,8 @@
 ``loopback_hub_config`` is the common part of the demo's hub and the test hubs (a hub
 and its proxy on 127.0.0.1); ``xnat_hub_config`` adds the XNAT authenticator, the
 profiles spawner and its files; ``governance_hub_config`` the service governance acts on the
-hub's REST API as. ``devstack.demo.hub_config`` composes them for the demo.
+hub's REST API as, and the custom scopes servers call governance with.
+``devstack.demo.hub_config`` composes them for the demo.
 """
 
 from __future__ import annotations
@@ -55,11 +56,16 @@ def governance_hub_config(*, token_file: Path) -> str:
     """The hub service ``xnat-hpc-governance`` through which governance lists and stops servers
     (pure): ``c.XnatGovernance.token_file`` and the service with that file's token (0600, read
     and checked when the hub loads its configuration) and its least-scope role
-    (:data:`GOVERNANCE_SCOPES`), by :func:`hub_ext.hub_rest.register_governance`. The caller
-    writes the file (``tests.fixtures.spawn.governance_token_file``, ``devstack.demo``)."""
+    (:data:`GOVERNANCE_SCOPES`), by :func:`hub_ext.hub_rest.register_governance`; and the custom
+    scopes each server's token carries for itself to call governance (``custom:xnat-hpc:audit``,
+    ``custom:xnat-hpc:jobs``), by :func:`hub_ext.server_scopes.register_server_scopes` (last: it
+    merges with the roles and ``server_token_scopes`` set before it). The caller writes the file
+    (``tests.fixtures.spawn.governance_token_file``, ``devstack.demo``)."""
     return f'''from hub_ext.hub_rest import register_governance  # noqa: E402
+from hub_ext.server_scopes import register_server_scopes  # noqa: E402
 c.XnatGovernance.token_file = "{token_file}"
 register_governance(c)
+register_server_scopes(c)
 '''
 
 

@@ -3,11 +3,14 @@
 Authenticated with the server's **own** hub token (``JUPYTERHUB_API_TOKEN``, in the
 ``Authorization: token …`` header): the hub accepts it only when it is the token it
 issued to one of that user's active servers (:func:`server_for_token`) — a user's
-personal API token, a browser cookie or another user's server are refused (403). The
-hub stamps identity itself: ``user`` and ``server`` from the token, ``source`` =
-``server``, ``time`` = the hub's clock; identity fields in the body are never
-believed: an event claiming another user is recorded as the token's user, with the
-claim kept as ``extra.claimed_user`` (and a warning in the hub's log).
+personal API token, a browser cookie or another user's server are refused (403) — and
+when the token holds ``custom:xnat-hpc:audit`` for that server
+(:func:`hub_ext.server_scopes.check_server_token`; a server started before the hub granted
+that scope: ``users:activity`` for its user, as it was issued). The hub stamps identity
+itself: ``user`` and ``server`` from the token, ``source`` = ``server``, ``time`` = the
+hub's clock; identity fields in the body are never believed: an event claiming another
+user is recorded as the token's user, with the claim kept as ``extra.claimed_user`` (and a
+warning in the hub's log).
 
 **What a server reports is its claim.** The researcher's own code runs in the server, so
 the hub attributes an event to a project only when the project is in the scope the hub
@@ -65,6 +68,7 @@ from .audit_log import HubAuditLog
 from .audit_store import project_of
 from .errors import RateLimited, map_errors
 from .revocation_watch import ensure_watch
+from .server_scopes import AUDIT, check_server_token
 
 ROUTE = r"/api/xnat-hpc/audit"
 MAX_EVENTS = 500
@@ -357,6 +361,7 @@ class AuditIngestHandler(APIHandler):
         if server is None:
             raise PermissionDenied("only a running server's own hub token (JUPYTERHUB_API_TOKEN) may "
                                    "send audit events")
+        check_server_token(self.has_scope, AUDIT, user.name, server, user.spawners[server], "send audit events")
         ingest = ensure_ingest(self.settings, self.log)
         scope = ingest.scope_of(user.name, server, user.spawners[server])
         records, warnings = ingest.check(self.request.body, user.name, server, scope)

@@ -16,9 +16,11 @@ Routes (relative to the hub prefix, installed by :func:`hub_ext.handlers.xnat_hp
 Who may do what is decided here and nowhere else: the page's forms are XSRF-checked
 (JupyterHub's cookie check) and act only on projects the visitor **owns in XNAT
 right now** (asked of XNAT with the visitor's own alias token; site admins are not
-owners); the API answers a job only to a token of the job's own user, the share only
-after approval. Every change and every refusal is audited on the hub's trail
-(``review_policy``, ``review_hold``, ``review_approve``, ``review_reject``, ``key_release``).
+owners); the API answers a job only to a token of the job's own user; it enters, changes
+and holds jobs and releases the share (only after approval) only for a running server's own
+token holding ``custom:xnat-hpc:jobs`` for that server (:mod:`hub_ext.server_scopes`).
+Every change and every refusal is audited on the hub's trail (``review_policy``,
+``review_hold``, ``review_approve``, ``review_reject``, ``key_release``).
 The store and the review key: :mod:`hub_ext.review_store`.
 """
 
@@ -42,6 +44,7 @@ from .errors import map_errors
 from .pages import ensure_pages
 from .review_page import render_page
 from .review_store import ReviewStore, decidable
+from .server_scopes import JOBS, check_server_token
 from .visitor import visitor_permissions
 
 PAGE_ROUTE = r"/xnat-hpc/review"
@@ -164,8 +167,10 @@ class _ServerAPI(APIHandler):
 
     def user_from_token(self) -> str:
         """The job's user, from a hub token in the Authorization header (never a cookie) that
-        may report activity for them (``users:activity!user=NAME``): what a server's own
-        ``JUPYTERHUB_API_TOKEN`` holds, and a token limited to anything less does not."""
+        may report activity for them (``users:activity!user=NAME``): what every server's own
+        ``JUPYTERHUB_API_TOKEN`` holds (JupyterHub adds it to each), and a token limited to
+        anything less does not. Enough to read the user's own rows and review states; what a
+        server does (:meth:`server_from_token`) needs its own token and custom scope too."""
         user = self.current_user
         orm_token = self.get_token()  # the header's token as the hub knows it, or None
         if orm_token is None or orm_token.user is None or user is None \
@@ -175,18 +180,22 @@ class _ServerAPI(APIHandler):
                                    "as Authorization: token ...; scope users:activity for its user)")
         return user.name
 
-    def server_from_token(self) -> tuple[str, str, frozenset[str]]:
+    def server_from_token(self, what: str = "enter jobs in the hub's ledger or hold their results",
+                          ) -> tuple[str, str, frozenset[str]]:
         """``(user, server, projects)`` of the running server whose own hub token this request
         carries, with the server's scope **as the hub decided it at its start** (the spawner's
-        :class:`~xnat_bridge.spawn_record.SpawnRecord`). A personal token, a cookie or another
-        user's server token is refused: only a server submits jobs."""
+        :class:`~xnat_bridge.spawn_record.SpawnRecord`), when the token holds
+        ``custom:xnat-hpc:jobs`` for that server (:func:`~hub_ext.server_scopes.check_server_token`;
+        a server started before the hub granted it: ``users:activity`` for its user). A personal
+        token, a cookie or another user's server token is refused: only a server does *what*."""
         name = self.user_from_token()
         token = self.get_auth_token()
         server = server_for_token(self.current_user, token)
         if server is None:
-            raise PermissionDenied("only a running server's own hub token (JUPYTERHUB_API_TOKEN) may "
-                                   "enter jobs in the hub's ledger or hold their results")
-        record = record_of(self.current_user.spawners[server])
+            raise PermissionDenied(f"only a running server's own hub token (JUPYTERHUB_API_TOKEN) may {what}")
+        spawner = self.current_user.spawners[server]
+        check_server_token(self.has_scope, JOBS, name, server, spawner, what)
+        record = record_of(spawner)
         return name, server, record.projects if record is not None else frozenset()
 
     def check_xsrf_cookie(self):  # token-authenticated only (user_from_token): no cookie involved
@@ -291,6 +300,8 @@ class ReviewJobAPIHandler(_ServerAPI):
         job = await asyncio.to_thread(store.job, user, job_id)
         out = _public(job)
         if job["state"] == "approved" and self.get_argument("share", "") == "1":
+            # the hub's key share goes only to a running server of the job's user, as its writes do
+            self.server_from_token("fetch the hub's key share of an approved job")
             share = await asyncio.to_thread(store.release_share, user, job_id)
             out["share"] = base64.b64encode(share).decode("ascii")
             await audit(self.settings, user, "key_release", "allowed", items=job["projects"],

@@ -316,7 +316,8 @@ class XnatScopedSpawner(LoggingConfigurable):
         drop_notice(self.user.name, notice_key)
         self.xnat_record = SpawnRecord(scope=plan.scope, profile=plan.profile.slug, backend=plan.profile.backend,
                                        started=now_iso(), login=self.xnat_account,
-                                       token_sha256=token_sha256(self.api_token) if self.api_token else "")
+                                       token_sha256=token_sha256(self.api_token) if self.api_token else "",
+                                       server_scopes=SpawnRecord.configured_scopes(self.config))
         return plan
 
     def get_state(self):

@@ -12,12 +12,18 @@ State shape (JSON, under :data:`STATE_KEY`)::
     {"xnat_hpc": {"v": 1, "scope": "<Scope.to_json()>", "profile": "local-small",
                   "backend": "local", "started": "2026-12-07T02:40:00Z",
                   "token_sha256": "<sha256 of the server's JUPYTERHUB_API_TOKEN>",
-                  "login": "Jane.Doe"}}
+                  "login": "Jane.Doe", "server_scopes": ["custom:xnat-hpc:audit", "custom:xnat-hpc:jobs"]}}
 
 ``token_sha256`` binds the record to the one hub token JupyterHub issued to the server for
 this start: a request carrying a token is from this server exactly when the token's sha256
 matches (:func:`server_of_token`), also after a hub restart (when the hub no longer holds
 the plaintext) — a personal token of the same user, whatever its note or scopes, never is.
+
+``server_scopes`` (optional; absent in records written before it) names the xnat-hpc custom
+scopes the hub defined when it started the server (:meth:`SpawnRecord.configured_scopes`): the
+server's token was then asked for them, and its calls to governance must carry them
+(:mod:`hub_ext.server_scopes`); a record without them is of a server started before, whose token
+holds what servers were issued then.
 
 Pure; imported by the hub side and (later) by the governance service alike.
 """
@@ -35,6 +41,8 @@ from .scope import Scope
 
 STATE_KEY = "xnat_hpc"
 VERSION = 1
+#: the prefix of the custom scopes a hub grants researchers' servers (:mod:`hub_ext.server_scopes`)
+SCOPE_PREFIX = "custom:xnat-hpc:"
 
 
 def now_iso() -> str:
@@ -51,6 +59,8 @@ class SpawnRecord:
     started: str = ""
     token_sha256: str = ""  #: sha256 (hex) of the server's own hub token of this start
     login: str = ""         #: the XNAT login the server was started for ("" in older records)
+    #: the xnat-hpc custom scopes the hub defined at this start (() in older records)
+    server_scopes: tuple[str, ...] = ()
 
     @property
     def projects(self) -> frozenset[str]:
@@ -61,7 +71,7 @@ class SpawnRecord:
         """The value to store under :data:`STATE_KEY` of the spawner's state."""
         return {"v": VERSION, "scope": self.scope.to_json(), "profile": self.profile,
                 "backend": self.backend, "started": self.started, "token_sha256": self.token_sha256,
-                "login": self.login}
+                "login": self.login, "server_scopes": list(self.server_scopes)}
 
     @classmethod
     def from_state(cls, state: Mapping | None) -> SpawnRecord | None:
@@ -77,9 +87,24 @@ class SpawnRecord:
         scope = Scope.from_json(doc["scope"])
         if not scope.restricted:
             raise InvalidRequest(f"the spawner state's {STATE_KEY!r} record has an unrestricted scope")
+        scopes = doc.get("server_scopes") or ()
+        if not isinstance(scopes, (list, tuple)) or not all(isinstance(x, str) for x in scopes):
+            raise InvalidRequest(f"the spawner state's {STATE_KEY!r} record has server_scopes that are not "
+                                 "a list of scope names")
         return cls(scope=scope, profile=str(doc.get("profile") or ""), backend=str(doc.get("backend") or ""),
                    started=str(doc.get("started") or ""), token_sha256=str(doc.get("token_sha256") or ""),
-                   login=str(doc.get("login") or ""))
+                   login=str(doc.get("login") or ""), server_scopes=tuple(scopes))
+
+    @staticmethod
+    def configured_scopes(config: Mapping | None) -> tuple[str, ...]:
+        """The xnat-hpc custom scopes (:data:`SCOPE_PREFIX`) that a hub's *config* (the traitlets
+        ``Config`` a spawner has as ``self.config``) defines in ``JupyterHub.custom_scopes``,
+        sorted: what a spawner records at a start as :attr:`server_scopes` (pure)."""
+        hub = config.get("JupyterHub") if isinstance(config, Mapping) else None
+        custom = hub.get("custom_scopes") if isinstance(hub, Mapping) else None
+        if custom is not None and not isinstance(custom, Mapping) and hasattr(custom, "get_value"):
+            custom = custom.get_value({})  # a lazy c.JupyterHub.custom_scopes.update(...)
+        return tuple(sorted(s for s in (custom or {}) if str(s).startswith(SCOPE_PREFIX)))
 
     def issued(self, token: str) -> bool:
         """Whether *token* is the server's own hub token of this start (constant-time)."""

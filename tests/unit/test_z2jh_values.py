@@ -3,7 +3,8 @@ servers, the ``xnat`` service (token from the site's Secret, never in the file) 
 the account the hub reads each start's settings as (password file from a Secret), the hub's
 pages, notices and log scrubbing, and the plugin's ``/workspace/{user}``; and governance acts on
 the hub through its REST API as the service ``xnat-hpc-governance`` (least-scope role, token from
-the Secret copied into the hub's private file ``c.XnatGovernance.token_file``).
+the Secret copied into the hub's private file ``c.XnatGovernance.token_file``); and every
+server's token carries the custom scopes it calls governance with, filtered to itself.
 
 Helm is not installed here: the values are checked structurally, then "rendered" the way the
 chart's own ``jupyterhub_config.py`` (chart 4.x, ``jupyterhub/files/hub/jupyterhub_config.py``
@@ -34,6 +35,7 @@ from hub_ext.hub_rest import SERVICE_NAME as GOVERNANCE, XnatGovernance, read_to
 from hub_ext.log_scrub import HUB_LOGGERS, TokenScrubber
 from hub_ext.revocation import user_notice
 from hub_ext.revocation_watch import read_service_password
+from hub_ext.server_scopes import AUDIT, JOBS, SERVER_SCOPES
 from spawner.plan import workspace_dir
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -337,6 +339,22 @@ def test_rendered_account_password_file_is_what_the_spawner_accepts(rendered):
     st = password_file.lstat()
     assert stat.S_ISREG(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o600 and st.st_uid == os.geteuid()
     assert read_service_password(str(password_file)) == FAKE_PASSWORD  # the spawner's own reader
+
+
+def test_rendered_servers_tokens_carry_the_governance_scopes(rendered):
+    c, _ = rendered
+    assert {k: c.JupyterHub.custom_scopes[k] for k in SERVER_SCOPES} == SERVER_SCOPES
+    roles = {r["name"]: r for r in c.JupyterHub.load_roles}
+    # the user role: what users had (self) and the scopes their servers' tokens are given
+    assert roles["user"]["scopes"] == ["self", f"{AUDIT}!user", f"{JOBS}!user"]
+    assert not roles["user"].get("users") and not roles["user"].get("groups")
+    # the chart's and the values' roles unchanged
+    assert roles["xnat"]["scopes"] == list(XNAT_SERVICE_SCOPES)
+    assert roles[GOVERNANCE]["scopes"] == list(GOVERNANCE_SCOPES)
+    # each server's token: what it had (its own login, activity) and the two, for itself only
+    assert c.Spawner.server_token_scopes == ["users:activity!user", "access:servers!server",
+                                             f"{AUDIT}!server", f"{JOBS}!server"]
+    assert "server_token_scopes" not in c.KubeSpawner and "server_token_scopes" not in c.XnatKubeSpawner
 
 
 def test_rendered_hub_accepts_the_config(rendered):
