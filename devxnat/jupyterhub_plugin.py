@@ -29,6 +29,7 @@ import json
 import logging
 import re
 
+from . import compute_services as cs
 from . import plugin_configs as pc
 from .access import Access
 from .errors import BadRequest, Forbidden, InternalError, MethodNotAllowed, NotFound
@@ -266,11 +267,11 @@ def _compute_errors():
     one 500 with the service's message (``XapiRestControllerAdvice``), an unknown id 404."""
     try:
         yield
-    except pc.UnreadableConfig as e:
+    except cs.UnreadableConfig as e:
         raise BadRequest(f"JSON parse error: {e}") from None
-    except pc.InvalidConfig as e:
+    except cs.InvalidConfig as e:
         raise InternalError(f"There was an error in the request : {e}") from None
-    except pc.ConfigNotFound as e:
+    except cs.ConfigNotFound as e:
         raise NotFound(str(e)) from None
 
 
@@ -303,7 +304,7 @@ class ComputeConfigsHandler(PluginHandler):
             cid = _path_id(which)
             found = self.one(cid)
             if found is None:
-                raise pc.ConfigNotFound(self.NOT_FOUND.format(cid))
+                raise cs.ConfigNotFound(self.NOT_FOUND.format(cid))
         self.write_json(found)
 
     def post(self, which: str | None = None):
@@ -324,7 +325,7 @@ class ComputeConfigsHandler(PluginHandler):
         with _compute_errors():
             cid, cfg = _path_id(which), self.read(body)
             if cfg["id"] != cid:
-                raise pc.InvalidConfig(self.MISMATCH)
+                raise cs.InvalidConfig(self.MISMATCH)
             updated = self.update(cfg)
         log.info("%s updated %s", self.login, self.request.path)
         self.write_json(updated)
@@ -366,7 +367,7 @@ class HardwareConfigsHandler(ComputeConfigsHandler):
     MISMATCH = "The hardware config ID in the path must match the ID in the body."
 
     def read(self, body):
-        return pc.read_hardware_config(body)
+        return cs.read_hardware_config(body)
 
     def all(self):
         return self.compute().hardware_list()
@@ -398,15 +399,15 @@ class ComputeEnvironmentConfigsHandler(ComputeConfigsHandler):
         # getAvailable: the query's type and execution scope (site, prj, user, datatype)
         params = {k: v[0].decode("utf-8", "replace") for k, v in self.request.query_arguments.items()}
         with _compute_errors():
-            ctype = pc.config_type(params.pop("type")) if "type" in params else None
-            self.write_json(pc.available_compute_environments(
-                self.compute().environments(), config_type=ctype, execution_scope=pc.execution_scope(params)))
+            ctype = cs.config_type(params.pop("type")) if "type" in params else None
+            self.write_json(cs.available_compute_environments(
+                self.compute().environments(), config_type=ctype, execution_scope=cs.execution_scope(params)))
 
     def read(self, body):
-        return pc.read_compute_environment_config(body)
+        return cs.read_compute_environment_config(body)
 
     def all(self):
-        return self.compute().environments(pc.config_type(self.get_argument("type", None), blank_is_none=True))
+        return self.compute().environments(cs.config_type(self.get_argument("type", None), blank_is_none=True))
 
     def one(self, cid):
         return self.compute().environment(cid)

@@ -13,7 +13,7 @@ import json
 import sqlite3
 import time
 
-from . import plugin_configs as pc
+from . import compute_services as cs
 from .plugin_configs import PREFERENCES
 from .store import Store
 
@@ -137,10 +137,10 @@ class ComputeConfigs:
         with self.store.tx():
             if self._has_configs():
                 return
-            for env in pc.COMPUTE_ENVIRONMENT_CONFIGS:
-                self.create_environment(pc.read_compute_environment_config(env))
-            for hw in pc.HARDWARE_CONFIGS:
-                self.create_hardware(pc.read_hardware_config(hw))
+            for env in cs.COMPUTE_ENVIRONMENT_CONFIGS:
+                self.create_environment(cs.read_compute_environment_config(env))
+            for hw in cs.HARDWARE_CONFIGS:
+                self.create_hardware(cs.read_hardware_config(hw))
 
     def _has_configs(self) -> bool:
         db = self.store.db
@@ -160,8 +160,8 @@ class ComputeConfigs:
     def create_hardware(self, cfg: dict) -> dict:
         """``create``: validated, stored under a new id, allowed by every environment that
         allows all hardware."""
-        _check(pc.hardware_config_errors(cfg), "Hardware config is invalid: {}", ", ")
-        model = pc.hardware_config_model(cfg, 0)
+        _check(cs.hardware_config_errors(cfg), "Hardware config is invalid: {}", ", ")
+        model = cs.hardware_config_model(cfg, 0)
         with self.store.tx() as db:
             hid = _insert(db, "compute_hardware_configs", "hardware config", model)
             for eid, doc in db.execute("SELECT id, doc FROM compute_environment_configs").fetchall():
@@ -172,20 +172,20 @@ class ComputeConfigs:
     def update_hardware(self, cfg: dict) -> dict:
         """``update``: the body's id, validated; scopes only those it was created with."""
         if cfg.get("id") is None:
-            raise pc.InvalidConfig("Hardware config id cannot be null")
-        _check(pc.hardware_config_errors(cfg), "Hardware config is invalid: {}", ", ")
+            raise cs.InvalidConfig("Hardware config id cannot be null")
+        _check(cs.hardware_config_errors(cfg), "Hardware config is invalid: {}", ", ")
         with self.store.tx() as db:
             stored = self.hardware(cfg["id"])
             if stored is None:
-                raise pc.ConfigNotFound(f"No hardware config found for ID {cfg['id']}")
+                raise cs.ConfigNotFound(f"No hardware config found for ID {cfg['id']}")
             _update(db, "compute_hardware_configs", "hardware config",
-                    pc.hardware_config_model(cfg, cfg["id"], stored_scopes=stored["scopes"]))
+                    cs.hardware_config_model(cfg, cfg["id"], stored_scopes=stored["scopes"]))
         return self.hardware(cfg["id"])
 
     def delete_hardware(self, hid: int) -> None:
         with self.store.tx() as db:
             if self.hardware(hid) is None:
-                raise pc.ConfigNotFound(f"No hardware config found with id {hid}")
+                raise cs.ConfigNotFound(f"No hardware config found with id {hid}")
             db.execute("DELETE FROM compute_environment_hardware WHERE hardware_id=?", (hid,))
             db.execute("DELETE FROM compute_hardware_configs WHERE id=?", (hid,))
 
@@ -203,12 +203,12 @@ class ComputeConfigs:
             return None
         ids = [h for (h,) in db.execute("SELECT hardware_id FROM compute_environment_hardware WHERE env_id=?"
                                         " ORDER BY hardware_id", (eid,))]
-        return pc.compute_environment_view({"id": eid, **json.loads(row[0])},
+        return cs.compute_environment_view({"id": eid, **json.loads(row[0])},
                                            [h for h in map(self.hardware, ids) if h is not None])
 
     def create_environment(self, cfg: dict) -> dict:
-        _check(pc.compute_environment_config_errors(cfg), "ComputeEnvironmentConfig is invalid: [{}]", ", ")
-        model = pc.compute_environment_config_model(cfg, 0)
+        _check(cs.compute_environment_config_errors(cfg), "ComputeEnvironmentConfig is invalid: [{}]", ", ")
+        model = cs.compute_environment_config_model(cfg, 0)
         with self.store.tx() as db:
             eid = _insert(db, "compute_environment_configs", "compute environment config", model)
             self._allow(db, eid, cfg["hardwareOptions"])
@@ -216,21 +216,21 @@ class ComputeConfigs:
 
     def update_environment(self, cfg: dict) -> dict:
         if cfg.get("id") is None:
-            raise pc.InvalidConfig("ComputeEnvironmentConfig ID cannot be null when updating")
-        _check(pc.compute_environment_config_errors(cfg), "ComputeEnvironmentConfig is invalid: [{}]", ", ")
+            raise cs.InvalidConfig("ComputeEnvironmentConfig ID cannot be null when updating")
+        _check(cs.compute_environment_config_errors(cfg), "ComputeEnvironmentConfig is invalid: [{}]", ", ")
         with self.store.tx() as db:
             stored = self.environment(cfg["id"])
             if stored is None:
-                raise pc.ConfigNotFound("Compute environment config not found.")
+                raise cs.ConfigNotFound("Compute environment config not found.")
             _update(db, "compute_environment_configs", "compute environment config",
-                    pc.compute_environment_config_model(cfg, cfg["id"], stored_scopes=stored["scopes"]))
+                    cs.compute_environment_config_model(cfg, cfg["id"], stored_scopes=stored["scopes"]))
             self._allow(db, cfg["id"], cfg["hardwareOptions"])
         return self.environment(cfg["id"])
 
     def delete_environment(self, eid: int) -> None:
         with self.store.tx() as db:
             if self.environment(eid) is None:
-                raise pc.ConfigNotFound(f"No compute environment config found with ID {eid}")
+                raise cs.ConfigNotFound(f"No compute environment config found with ID {eid}")
             db.execute("DELETE FROM compute_environment_hardware WHERE env_id=?", (eid,))
             db.execute("DELETE FROM compute_environment_configs WHERE id=?", (eid,))
 
@@ -246,20 +246,20 @@ class ComputeConfigs:
     def is_available(self, env_id: int | None, hardware_id: int | None, scope: dict[str, str]) -> bool:
         """``JobTemplateService.isAvailable`` for the execution *scope* (scope name → id)."""
         env, hw = self.environment(env_id), self.hardware(hardware_id)
-        return pc.is_available(env_id, hardware_id, [env] if env else [], [hw] if hw else [], scope)
+        return cs.is_available(env_id, hardware_id, [env] if env else [], [hw] if hw else [], scope)
 
     def job_template(self, env_id: int | None, hardware_id: int | None, scope: dict[str, str]) -> tuple[dict, dict]:
         """``JobTemplateService.resolve``: the environment and hardware configs, or
         :class:`.plugin_configs.InvalidConfig` when they are not available."""
         if not self.is_available(env_id, hardware_id, scope):
-            raise pc.InvalidConfig(f"JobTemplate resolution failed for computeEnvironmentConfigId {env_id} and "
+            raise cs.InvalidConfig(f"JobTemplate resolution failed for computeEnvironmentConfigId {env_id} and "
                                    f"hardwareConfigId {hardware_id} and executionScope {scope}")
         return self.environment(env_id), self.hardware(hardware_id)
 
 
 def _check(errors: list[str], template: str, sep: str) -> None:
     if errors:
-        raise pc.InvalidConfig(template.format(sep.join(errors)))
+        raise cs.InvalidConfig(template.format(sep.join(errors)))
 
 
 def _name(model: dict) -> str:
@@ -274,11 +274,11 @@ def _insert(db: sqlite3.Connection, table: str, what: str, model: dict) -> int:
     try:
         return db.execute(f"INSERT INTO {table}(name, doc) VALUES (?,?)", (_name(model), _doc(model))).lastrowid
     except sqlite3.IntegrityError:  # the entity's unique name (XNAT: a database error)
-        raise pc.InvalidConfig(f"A {what} named {_name(model)!r} already exists; names are unique") from None
+        raise cs.InvalidConfig(f"A {what} named {_name(model)!r} already exists; names are unique") from None
 
 
 def _update(db: sqlite3.Connection, table: str, what: str, model: dict) -> None:
     try:
         db.execute(f"UPDATE {table} SET name=?, doc=? WHERE id=?", (_name(model), _doc(model), model["id"]))
     except sqlite3.IntegrityError:
-        raise pc.InvalidConfig(f"A {what} named {_name(model)!r} already exists; names are unique") from None
+        raise cs.InvalidConfig(f"A {what} named {_name(model)!r} already exists; names are unique") from None

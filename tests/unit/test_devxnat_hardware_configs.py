@@ -14,7 +14,7 @@ from tornado.httpserver import HTTPServer
 from tornado.testing import bind_unused_port
 
 from devxnat import jupyterhub_service as jhs
-from devxnat import plugin_configs as pc
+from devxnat import compute_services as cs
 from devxnat.access import Access
 from devxnat.app import make_app
 from devxnat.plugin_state import ComputeConfigs, PluginState
@@ -53,21 +53,21 @@ def compute(store) -> ComputeConfigs:
 # -- binding and validation (pure) ------------------------------------------------------------
 
 def test_validation_messages_are_the_services():
-    assert pc.hardware_config_errors(pc.read_hardware_config({})) == [
+    assert cs.hardware_config_errors(cs.read_hardware_config({})) == [
         "Hardware cannot be null", "Hardware scopes cannot be null or empty"]
-    cfg = pc.read_hardware_config({"hardware": {"name": "  "}, "scopes": {"Site": SCOPES["Site"]}})
-    assert pc.hardware_config_errors(cfg) == [
+    cfg = cs.read_hardware_config({"hardware": {"name": "  "}, "scopes": {"Site": SCOPES["Site"]}})
+    assert cs.hardware_config_errors(cfg) == [
         "Hardware name cannot be blank", "Hardware scopes must contain a user scope",
         "Hardware scopes must contain a project scope"]
-    assert pc.hardware_config_errors(pc.read_hardware_config(hardware_body())) == []
-    assert pc.compute_environment_config_errors(pc.read_compute_environment_config({})) == [
+    assert cs.hardware_config_errors(cs.read_hardware_config(hardware_body())) == []
+    assert cs.compute_environment_config_errors(cs.read_compute_environment_config({})) == [
         "ComputeEnvironmentConfig must have at least one config type", "ComputeEnvironment cannot be null",
         "ComputeEnvironmentConfig must have at least one scope", "ComputeEnvironmentHardwareOptions cannot be null"]
     bad = env_body()
     bad["computeEnvironment"]["image"] = ""
     bad["hardwareOptions"]["hardwareConfigs"] = None
     del bad["scopes"]["User"]
-    assert pc.compute_environment_config_errors(pc.read_compute_environment_config(bad)) == [
+    assert cs.compute_environment_config_errors(cs.read_compute_environment_config(bad)) == [
         "ComputeEnvironment image cannot be blank", "ComputeEnvironmentConfig must have a user scope",
         "ComputeEnvironmentHardwareOptions hardware configs cannot be null"]
 
@@ -86,8 +86,8 @@ def test_validation_messages_are_the_services():
     ({"id": "seven"}, "id must be an integer id, not 'seven'"),
 ])
 def test_unreadable_bodies_name_the_field(body, names):
-    with pytest.raises(pc.UnreadableConfig) as e:
-        pc.read_hardware_config(body)
+    with pytest.raises(cs.UnreadableConfig) as e:
+        cs.read_hardware_config(body)
     assert names in str(e.value)
 
 
@@ -97,9 +97,9 @@ def test_jackson_coercions_and_the_stored_shape():
     body["id"] = "91"  # ignored on create: the store gives the id
     body["scopes"]["Project"] = {"scope": "Project", "enabled": False, "ids": ["P2", "P1", "P2"]}
     body["extra"] = "unknown properties are ignored"
-    cfg = pc.read_hardware_config(body)
+    cfg = cs.read_hardware_config(body)
     assert cfg["id"] == 91
-    model = pc.hardware_config_model(cfg, 5)
+    model = cs.hardware_config_model(cfg, 5)
     assert model == {"id": 5, "hardware": {
         "name": "Tiny (Slurm)", "cpuLimit": 2.0, "cpuReservation": 1.0, "memoryLimit": "4",
         "memoryReservation": "1G", "constraints": [{"key": "node.role", "values": ["a", "b"], "operator": "IN"}],
@@ -110,36 +110,36 @@ def test_jackson_coercions_and_the_stored_shape():
     assert list(model["hardware"]) == ["name", "cpuLimit", "cpuReservation", "memoryLimit", "memoryReservation",
                                        "constraints", "environmentVariables", "genericResources"]
     # nulls the entities dereference: XNAT fails (500); the message says what to send
-    with pytest.raises(pc.InvalidConfig, match="needs an operator: one of IN, NOT_IN"):
-        pc.hardware_config_model(pc.read_hardware_config(hardware_body(constraints=[{"key": "k"}])), 1)
+    with pytest.raises(cs.InvalidConfig, match="needs an operator: one of IN, NOT_IN"):
+        cs.hardware_config_model(cs.read_hardware_config(hardware_body(constraints=[{"key": "k"}])), 1)
     no_scope = hardware_body()
     no_scope["scopes"]["Site"] = {"enabled": True}
-    with pytest.raises(pc.InvalidConfig, match='Hardware scope Site needs "scope"'):
-        pc.hardware_config_model(pc.read_hardware_config(no_scope), 1)
+    with pytest.raises(cs.InvalidConfig, match='Hardware scope Site needs "scope"'):
+        cs.hardware_config_model(cs.read_hardware_config(no_scope), 1)
 
 
 def test_access_scopes_and_availability_are_xnats():
-    hw = pc.hardware_config_model(pc.read_hardware_config(hardware_body()), 5)
+    hw = cs.hardware_config_model(cs.read_hardware_config(hardware_body()), 5)
     hw["scopes"]["Project"] = {"scope": "Project", "enabled": False, "ids": ["CARDIO_ECG"]}
-    env = pc.compute_environment_view(pc.compute_environment_config_model(
-        pc.read_compute_environment_config(env_body(allow_all=False)), 2), [hw])
+    env = cs.compute_environment_view(cs.compute_environment_config_model(
+        cs.read_compute_environment_config(env_body(allow_all=False)), 2), [hw])
     ecg, mri = {"Site": "XNAT", "Project": "CARDIO_ECG", "User": "bob"}, {"Project": "NEURO_MRI"}
-    assert pc.enabled_for(hw["scopes"], ecg) and not pc.enabled_for(hw["scopes"], mri)
-    assert not pc.enabled_for(hw["scopes"], {})  # no project in the execution scope: not listed
-    assert pc.is_available(2, 5, [env], [hw], ecg) and not pc.is_available(2, 5, [env], [hw], mri)
-    other = pc.hardware_config_model(pc.read_hardware_config(hardware_body("Other")), 6)
-    assert not pc.is_available(2, 6, [env], [hw, other], ecg)  # not allowed by the environment
+    assert cs.enabled_for(hw["scopes"], ecg) and not cs.enabled_for(hw["scopes"], mri)
+    assert not cs.enabled_for(hw["scopes"], {})  # no project in the execution scope: not listed
+    assert cs.is_available(2, 5, [env], [hw], ecg) and not cs.is_available(2, 5, [env], [hw], mri)
+    other = cs.hardware_config_model(cs.read_hardware_config(hardware_body("Other")), 6)
+    assert not cs.is_available(2, 6, [env], [hw, other], ecg)  # not allowed by the environment
     env["hardwareOptions"]["allowAllHardware"] = True
-    assert pc.is_available(2, 6, [env], [hw, other], ecg)  # isAvailable: allowAllHardware is enough
-    assert [h["id"] for h in pc.available_compute_environments(
+    assert cs.is_available(2, 6, [env], [hw, other], ecg)  # isAvailable: allowAllHardware is enough
+    assert [h["id"] for h in cs.available_compute_environments(
         [env], config_type="JUPYTERHUB", execution_scope=mri)[0]["hardwareOptions"]["hardwareConfigs"]] == []
-    assert pc.available_compute_environments([env], config_type="GENERAL") == []
-    assert pc.execution_scope({"site": "XNAT", "prj": "P", "user": "u", "datatype": "xnat:mrSessionData",
+    assert cs.available_compute_environments([env], config_type="GENERAL") == []
+    assert cs.execution_scope({"site": "XNAT", "prj": "P", "user": "u", "datatype": "xnat:mrSessionData",
                                "project": "ignored"}) == {
         "Site": "XNAT", "Project": "P", "User": "u", "DataType": "xnat:mrSessionData"}
-    with pytest.raises(pc.InvalidConfig, match="ConfigType.FOO .one of JUPYTERHUB"):
-        pc.config_type("FOO")
-    assert pc.config_type("", blank_is_none=True) is None
+    with pytest.raises(cs.InvalidConfig, match="ConfigType.FOO .one of JUPYTERHUB"):
+        cs.config_type("FOO")
+    assert cs.config_type("", blank_is_none=True) is None
 
 
 # -- the store ----------------------------------------------------------------------------------
@@ -148,65 +148,65 @@ def test_the_initializers_defaults_are_seeded_once(compute, store):
     assert [(h["id"], h["hardware"]["name"], h["hardware"]["cpuLimit"], h["hardware"]["memoryLimit"])
             for h in compute.hardware_list()] == [(1, "Small", 2.0, "2G"), (2, "Medium", 2.0, "4G"),
                                                   (3, "Large", 2.0, "8G"), (4, "XLarge", 4.0, "16G")]
-    assert compute.hardware(1) == pc.HARDWARE_CONFIGS[0]
+    assert compute.hardware(1) == cs.HARDWARE_CONFIGS[0]
     env = compute.environment(1)
-    assert env["computeEnvironment"] == pc.COMPUTE_ENVIRONMENT_CONFIGS[0]["computeEnvironment"]
+    assert env["computeEnvironment"] == cs.COMPUTE_ENVIRONMENT_CONFIGS[0]["computeEnvironment"]
     # each default hardware joined the environment that allows all hardware (XNAT's create)
-    assert env["hardwareOptions"] == {"allowAllHardware": True, "hardwareConfigs": pc.HARDWARE_CONFIGS}
+    assert env["hardwareOptions"] == {"allowAllHardware": True, "hardwareConfigs": cs.HARDWARE_CONFIGS}
     PluginState(store)
     assert len(compute.hardware_list()) == 4 and len(compute.environments()) == 1
 
 
 def test_create_update_delete_hardware(compute):
-    hw = compute.create_hardware(pc.read_hardware_config(hardware_body()))
+    hw = compute.create_hardware(cs.read_hardware_config(hardware_body()))
     assert hw["id"] == 5 and hw["hardware"]["environmentVariables"] == [
         {"key": "XNAT_HPC_HARDWARE", "value": "tiny-slurm"}]
     assert [h["id"] for h in compute.environment(1)["hardwareOptions"]["hardwareConfigs"]] == [1, 2, 3, 4, 5]
-    with pytest.raises(pc.InvalidConfig, match="A hardware config named 'Tiny \\(Slurm\\)' already exists"):
-        compute.create_hardware(pc.read_hardware_config(hardware_body()))
-    with pytest.raises(pc.InvalidConfig, match="^Hardware config is invalid: Hardware name cannot be blank$"):
-        compute.create_hardware(pc.read_hardware_config(hardware_body(name="")))
+    with pytest.raises(cs.InvalidConfig, match="A hardware config named 'Tiny \\(Slurm\\)' already exists"):
+        compute.create_hardware(cs.read_hardware_config(hardware_body()))
+    with pytest.raises(cs.InvalidConfig, match="^Hardware config is invalid: Hardware name cannot be blank$"):
+        compute.create_hardware(cs.read_hardware_config(hardware_body(name="")))
 
     body = hardware_body(name="Tiny", cpuLimit=0.5)
     body["id"] = 5
     body["scopes"]["DataType"] = {"scope": "DataType", "enabled": True, "ids": []}
     body["scopes"]["User"]["enabled"] = False
-    updated = compute.update_hardware(pc.read_hardware_config(body))
+    updated = compute.update_hardware(cs.read_hardware_config(body))
     assert updated["hardware"]["name"] == "Tiny" and updated["hardware"]["cpuLimit"] == 0.5
     # update() updates the scopes the config has and adds none
     assert sorted(updated["scopes"]) == ["Project", "Site", "User"] and not updated["scopes"]["User"]["enabled"]
-    with pytest.raises(pc.InvalidConfig, match="named 'Small' already exists"):
-        compute.update_hardware(pc.read_hardware_config(dict(hardware_body(name="Small"), id=5)))
-    with pytest.raises(pc.ConfigNotFound, match="No hardware config found for ID 77"):
-        compute.update_hardware(pc.read_hardware_config(dict(hardware_body(), id=77)))
-    with pytest.raises(pc.InvalidConfig, match="Hardware config id cannot be null"):
-        compute.update_hardware(pc.read_hardware_config(hardware_body()))
+    with pytest.raises(cs.InvalidConfig, match="named 'Small' already exists"):
+        compute.update_hardware(cs.read_hardware_config(dict(hardware_body(name="Small"), id=5)))
+    with pytest.raises(cs.ConfigNotFound, match="No hardware config found for ID 77"):
+        compute.update_hardware(cs.read_hardware_config(dict(hardware_body(), id=77)))
+    with pytest.raises(cs.InvalidConfig, match="Hardware config id cannot be null"):
+        compute.update_hardware(cs.read_hardware_config(hardware_body()))
 
     compute.delete_hardware(5)
     assert compute.hardware(5) is None
     assert [h["id"] for h in compute.environment(1)["hardwareOptions"]["hardwareConfigs"]] == [1, 2, 3, 4]
-    with pytest.raises(pc.ConfigNotFound, match="No hardware config found with id 5"):
+    with pytest.raises(cs.ConfigNotFound, match="No hardware config found with id 5"):
         compute.delete_hardware(5)
-    assert compute.create_hardware(pc.read_hardware_config(hardware_body()))["id"] == 6  # ids not reused
+    assert compute.create_hardware(cs.read_hardware_config(hardware_body()))["id"] == 6  # ids not reused
 
 
 def test_environments_allow_all_or_the_listed_hardware(compute):
-    env = compute.create_environment(pc.read_compute_environment_config(env_body(allow_all=False, hardware=[2, 99])))
+    env = compute.create_environment(cs.read_compute_environment_config(env_body(allow_all=False, hardware=[2, 99])))
     assert env["id"] == 2 and [h["id"] for h in env["hardwareOptions"]["hardwareConfigs"]] == [2]
-    hw = compute.create_hardware(pc.read_hardware_config(hardware_body()))
+    hw = compute.create_hardware(cs.read_hardware_config(hardware_body()))
     assert [h["id"] for h in compute.environment(2)["hardwareOptions"]["hardwareConfigs"]] == [2]
     scope = {"Site": "XNAT", "Project": "P", "User": "u"}
     assert not compute.is_available(2, hw["id"], scope) and compute.is_available(2, 2, scope)
-    with pytest.raises(pc.InvalidConfig, match="JobTemplate resolution failed for computeEnvironmentConfigId 2"):
+    with pytest.raises(cs.InvalidConfig, match="JobTemplate resolution failed for computeEnvironmentConfigId 2"):
         compute.job_template(2, hw["id"], scope)
-    updated = compute.update_environment(pc.read_compute_environment_config(dict(env_body(), id=2)))
+    updated = compute.update_environment(cs.read_compute_environment_config(dict(env_body(), id=2)))
     assert [h["id"] for h in updated["hardwareOptions"]["hardwareConfigs"]] == [1, 2, 3, 4, hw["id"]]
     assert compute.job_template(2, hw["id"], scope)[1] == hw
-    with pytest.raises(pc.InvalidConfig, match=r"^ComputeEnvironmentConfig is invalid: \[ComputeEnvironment name"):
-        compute.create_environment(pc.read_compute_environment_config(env_body(name="")))
+    with pytest.raises(cs.InvalidConfig, match=r"^ComputeEnvironmentConfig is invalid: \[ComputeEnvironment name"):
+        compute.create_environment(cs.read_compute_environment_config(env_body(name="")))
     assert [e["id"] for e in compute.environments("JUPYTERHUB")] == [1, 2] and compute.environments("GENERAL") == []
     compute.delete_environment(2)
-    with pytest.raises(pc.ConfigNotFound):
+    with pytest.raises(cs.ConfigNotFound):
         compute.delete_environment(2)
 
 
@@ -241,7 +241,7 @@ def _req(hardware_id: int, key: str = "k1") -> dict:
 
 async def test_store_user_options_builds_the_template_from_the_stored_hardware(plugin):
     state, store = plugin["plugin_state"], plugin["store"]
-    hw = state.compute.create_hardware(pc.read_hardware_config(hardware_body(constraints=[
+    hw = state.compute.create_hardware(cs.read_hardware_config(hardware_body(constraints=[
         {"key": "node.role", "values": ["worker"], "operator": "IN"}])))
     uid = store.user("alice")["xdat_user_id"]
     await jhs.JupyterHubService(plugin).store_user_options("alice", uid, Access(store, "alice"), _req(hw["id"]),
@@ -257,7 +257,7 @@ def test_a_hardware_of_another_project_is_not_available_to_the_start(plugin):
     state = plugin["plugin_state"]
     body = hardware_body()
     body["scopes"]["Project"] = {"scope": "Project", "enabled": False, "ids": ["OTHER"]}
-    hw = state.compute.create_hardware(pc.read_hardware_config(body))
+    hw = state.compute.create_hardware(cs.read_hardware_config(body))
     store = plugin["store"]
     jhs.JupyterHubService(plugin).start("alice", Access(store, "alice"), _req(hw["id"]), "http://xnat")
     data = state.tracking("k1", store.user("alice")["xdat_user_id"])
@@ -326,7 +326,7 @@ async def test_only_site_admins_manage_or_read_configs(api):
         code, _ = await api(method, path, "alice", body)
         assert code == 403, (method, path)
     code, listed = await api("GET", "/xapi/hardware-configs")
-    assert [h["id"] for h in listed] == [1, 2, 3, 4] and listed[0] == pc.HARDWARE_CONFIGS[0]
+    assert [h["id"] for h in listed] == [1, 2, 3, 4] and listed[0] == cs.HARDWARE_CONFIGS[0]
 
 
 @pytest.mark.parametrize("method, path, body, status, text", [

@@ -13,6 +13,7 @@ import pytest
 from devxnat import culling
 from devxnat import jupyterhub_service as jhs
 from devxnat import listing_formats as lf
+from devxnat import compute_services as cs
 from devxnat import plugin_configs as pc
 from devxnat.hub_client import HubError
 from devxnat.plugin_state import PluginState
@@ -41,17 +42,17 @@ def test_general_xsi_type(xsi, general):
 
 def test_default_hardware_and_availability():
     assert [(h["id"], h["hardware"]["name"], h["hardware"]["cpuReservation"], h["hardware"]["memoryLimit"])
-            for h in pc.HARDWARE_CONFIGS] == [(1, "Small", 2.0, "2G"), (2, "Medium", 2.0, "4G"),
+            for h in cs.HARDWARE_CONFIGS] == [(1, "Small", 2.0, "2G"), (2, "Medium", 2.0, "4G"),
                                               (3, "Large", 2.0, "8G"), (4, "XLarge", 4.0, "16G")]
-    assert pc.is_available(1, 4) and not pc.is_available(1, 5) and not pc.is_available(2, 1)
+    assert cs.is_available(1, 4) and not cs.is_available(1, 5) and not cs.is_available(2, 1)
 
 
 def test_task_template_and_user_options():
-    hw = json.loads(json.dumps(pc.HARDWARE_CONFIGS[3]))
+    hw = json.loads(json.dumps(cs.HARDWARE_CONFIGS[3]))
     hw["hardware"]["genericResources"] = [{"name": "gpu", "value": "1"}]
     hw["hardware"]["constraints"] = [{"key": "node.labels.gpu", "operator": "IN", "values": ["a", "b"]}]
     hw["hardware"]["environmentVariables"] = [{"key": "HW", "value": "x"}]
-    t = pc.task_template(pc.COMPUTE_ENVIRONMENT_CONFIGS[0], hw)
+    t = pc.task_template(cs.COMPUTE_ENVIRONMENT_CONFIGS[0], hw)
     assert t["resources"] == {"cpu_limit": 4.0, "cpu_reservation": 4.0, "mem_limit": "16G",
                               "mem_reservation": "16G", "generic_resources": {"gpu": "1"}}
     assert t["placement"] == {"constraints": ["node.labels.gpu==a", "node.labels.gpu==b"]}

@@ -25,6 +25,7 @@ from jupyterhub.spawner import LocalProcessSpawner
 from tornado import web
 from tornado.httputil import HTTPHeaders, HTTPServerRequest, RequestStartLine
 
+from devxnat import compute_services as cs
 from devxnat import plugin_configs as pc
 from hub_ext.audit_log import HubAuditLog
 from hub_ext.log_scrub import TokenScrubber, scrub_token_params, scrub_tokens
@@ -153,12 +154,12 @@ def plugin_spawner(tmp_path):
 def _stored_start(env: dict) -> dict:
     """What XNAT's ``storeUserOptions`` keeps for :func:`xnat_start`, the compute environment
     setting *env*."""
-    compute = json.loads(json.dumps(pc.COMPUTE_ENVIRONMENT_CONFIGS[0]))
+    compute = json.loads(json.dumps(cs.COMPUTE_ENVIRONMENT_CONFIGS[0]))
     compute["computeEnvironment"]["environmentVariables"] = [{"key": k, "value": v} for k, v in env.items()]
     return pc.user_options(
         user_id=7, login="bob", servername="20261207t1", xsi_type=pc.EXPERIMENT, item_id="XNAT_E00001",
         project_id="CARDIO_ECG", event_tracking_id="20261207T004607123Z",
-        template=pc.task_template(compute, pc.HARDWARE_CONFIGS[0]),
+        template=pc.task_template(compute, cs.HARDWARE_CONFIGS[0]),
         env=pc.default_env("bob", pc.EXPERIMENT, "XNAT_E00001", "http://xnat", "alias", SECRET_VALUE),
         workspace_source="/data/xnat/workspaces/users/bob", data={})
 
