@@ -21,7 +21,6 @@ user's staging directory (:mod:`spawner.userdirs`). A hub that is not root runs
 from __future__ import annotations
 
 import asyncio
-import grp
 import os
 import shutil
 import sys
@@ -36,7 +35,7 @@ from xnat_bridge.extras import needs_extra
 
 from .mixin import XnatScopedSpawner
 from .plan import DataMount, SpawnPlan
-from .sandbox import RunAs, SandboxSpec, bwrap_args, closed_to_users, setpriv_args
+from .sandbox import RunAs, SandboxSpec, bwrap_args, closed_to_users, sandbox_identity, setpriv_args
 from .userdirs import prepare_staging
 
 with needs_extra("hub", "the local backend (spawner.local)"):
@@ -128,28 +127,15 @@ class XnatLocalSpawner(XnatScopedSpawner, LocalProcessSpawner):
 
     def _run_as(self, plan: SpawnPlan, account) -> RunAs:
         """The user's identity inside the sandbox (blocking: group database)."""
-        groups = os.getgrouplist(account.pw_name, account.pw_gid)
-        if plan.mounts and self.archive_group:
-            try:
-                archive_gid = grp.getgrnam(self.archive_group).gr_gid
-            except KeyError:
-                self.log.error("cannot start %s's server with its scope mounted: the group %r of "
-                               "XnatLocalSpawner.archive_group does not exist; create it (groupadd "
-                               "--system %s) and give it the archive (docs/admin.md)", self._log_name,
-                               self.archive_group, self.archive_group)
-                raise XnatHpcError("Your server was not started: this hub's access to the XNAT "
-                                   "archive is not set up. The hub's administrators have been told.") from None
-            if archive_gid in groups:
-                self.log.warning("%s is a member of the archive group %r outside the sandbox too: "
-                                 "remove them from it (gpasswd -d %s %s)", account.pw_name,
-                                 self.archive_group, account.pw_name, self.archive_group)
-            groups.append(archive_gid)
+        run_as = sandbox_identity(account, mounted=bool(plan.mounts), archive_group=self.archive_group,
+                                  setpriv=self.setpriv_path, setting="XnatLocalSpawner", log=self.log,
+                                  who=self._log_name)
         if not os.access(self.setpriv_path, os.X_OK):
             self.log.error("cannot start %s's server: %s is not executable; install util-linux's "
                            "setpriv or set XnatLocalSpawner.setpriv_path", self._log_name, self.setpriv_path)
             raise XnatHpcError("Your server was not started: this hub cannot run servers as their "
                                "users. The hub's administrators have been told.")
-        return RunAs(account.pw_uid, account.pw_gid, tuple(groups), self.setpriv_path)
+        return run_as
 
     def _check_archive_closed(self) -> None:
         """Warn the admin (once) when users' accounts can reach the archive outside any

@@ -23,10 +23,12 @@ scope; a shell, a batch job or a Slurm server of the same user does not have it.
 from __future__ import annotations
 
 import dataclasses
+import grp
+import logging
 import os
 import posixpath
 
-from xnat_bridge.errors import InvalidRequest
+from xnat_bridge.errors import InvalidRequest, XnatHpcError
 
 from .plan import DATA_MOUNT, PLUGIN_DATA, DataLayout, ScopeMount, SpawnPlan, mount_target
 
@@ -53,6 +55,33 @@ class RunAs:
     gid: int
     groups: tuple[int, ...] = ()      #: supplementary groups: the user's, plus the archive group
     setpriv: str = "setpriv"          #: util-linux ``setpriv``
+
+
+def sandbox_identity(account, *, mounted: bool, archive_group: str, setpriv: str, setting: str,
+                     log: logging.Logger, who: str, on_nodes: bool = False) -> RunAs:
+    """Whom a sandbox drops to: *account*'s uid, gid and groups from the user database, plus
+    *archive_group* when the scope is *mounted* (blocking: group database). A missing group
+    refuses the start (the admin is told how to make it, *setting* naming where it is set);
+    a user who holds the group outside the sandbox too is logged for the admin."""
+    groups = os.getgrouplist(account.pw_name, account.pw_gid)
+    if mounted and archive_group:
+        try:
+            archive_gid = grp.getgrnam(archive_group).gr_gid
+        except KeyError:
+            where = " on the node" if on_nodes else ""
+            log.error("cannot start %s's server with its scope mounted%s: the group %r of %s.archive_group "
+                      "does not exist; create it (groupadd --system %s%s) and give it the archive "
+                      "(docs/admin.md)", who, where, archive_group, setting, archive_group,
+                      ", the same gid on the nodes" if on_nodes else "")
+            raise XnatHpcError("Your server was not started: this hub's access to the XNAT archive"
+                               f"{' on the compute nodes' if on_nodes else ''} is not set up. The hub's "
+                               "administrators have been told.") from None
+        if archive_gid in groups:
+            log.warning("%s is a member of the archive group %r outside the sandbox too: remove them "
+                        "from it (gpasswd -d %s %s)", account.pw_name, archive_group, account.pw_name,
+                        archive_group)
+        groups.append(archive_gid)
+    return RunAs(account.pw_uid, account.pw_gid, tuple(groups), setpriv)
 
 
 def _abs(path: str, what: str) -> str:

@@ -35,7 +35,6 @@ Differences from plain batchspawner, on purpose:
 from __future__ import annotations
 
 import asyncio
-import grp
 import os
 import sys
 from pathlib import Path
@@ -55,7 +54,7 @@ from xnat_bridge.extras import needs_extra
 from .decide import node_sandbox
 from .mixin import XnatScopedSpawner
 from .plan import DataMount, SpawnPlan
-from .sandbox import RunAs
+from .sandbox import RunAs, sandbox_identity
 from .slurm_script import NodeSandbox, SlurmSettings, batch_script, split_env
 from .userdirs import prepare_staging
 
@@ -186,24 +185,9 @@ class XnatSlurmSpawner(XnatScopedSpawner, SlurmSpawner):
         """The user's identity inside the node sandbox: uid, gid and groups from the hub's user
         database (the nodes share it), plus ``archive_group`` when the scope is mounted
         (blocking: group database)."""
-        groups = os.getgrouplist(account.pw_name, account.pw_gid)
-        if plan.mounts and self.archive_group:
-            try:
-                archive_gid = grp.getgrnam(self.archive_group).gr_gid
-            except KeyError:
-                self.log.error("cannot start %s's server with its scope mounted on the node: the group %r "
-                               "of XnatSlurmSpawner.archive_group does not exist; create it (groupadd "
-                               "--system %s, the same gid on the nodes) and give it the archive "
-                               "(docs/admin.md)", self._log_name, self.archive_group, self.archive_group)
-                raise XnatHpcError("Your server was not started: this hub's access to the XNAT archive "
-                                   "on the compute nodes is not set up. The hub's administrators have "
-                                   "been told.") from None
-            if archive_gid in groups:
-                self.log.warning("%s is a member of the archive group %r outside the sandbox too: remove "
-                                 "them from it (gpasswd -d %s %s)", account.pw_name, self.archive_group,
-                                 account.pw_name, self.archive_group)
-            groups.append(archive_gid)
-        return RunAs(account.pw_uid, account.pw_gid, tuple(groups), self.setpriv_path)
+        return sandbox_identity(account, mounted=bool(plan.mounts), archive_group=self.archive_group,
+                                setpriv=self.setpriv_path, setting="XnatSlurmSpawner", log=self.log,
+                                who=self._log_name, on_nodes=True)
 
     def _code_roots(self) -> list[str]:
         """Where the nodes' Python environment and this package's code are (the same paths as
