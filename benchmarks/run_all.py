@@ -22,6 +22,7 @@ QUICK = {
     "bench_bridge.py": ["--download-size", "20MB", "--rounds", "3"],
     "bench_datasets.py": ["--files", "200", "--experiments", "4", "--rounds", "3"],
     "bench_offload.py": ["--rounds", "3", "--decrypt-size", "20MB"],
+    "bench_plugin_api.py": ["--rounds", "3", "--polls", "20", "--starts", "2"],
     "bench_spawn.py": ["--rounds", "3", "--concurrent", "5"],
     "bench_staging.py": ["--size", "20MB", "--files", "200", "--rounds", "3", "--rss-size", "60MB"],
 }

@@ -21,12 +21,13 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from devstack.hubconfig import IDLE_CULLER_SCOPES, xnat_plugin_hub_config
+from devstack.hubconfig import IDLE_CULLER_SCOPES
 from devxnat import plugin_configs as pc
 from devxnat.culling import PluginCuller
 from devxnat.plugin_state import PluginState
 from tests.fixtures.devxnat import PASSWORDS
-from tests.fixtures.spawn import make_hub, plugin_service_files, start_server, wait_for, wait_gone
+from tests.fixtures.plugin import PLUGIN_API, make_plugin_hub
+from tests.fixtures.spawn import start_server, wait_for, wait_gone
 from tests.integration.test_xnat_plugin_hub import PluginClient, seed_start, start_as_the_plugin
 
 pytestmark = [pytest.mark.devxnat]
@@ -57,15 +58,11 @@ c.JupyterHub.load_roles.append({{"name": "idle-culler", "services": ["idle-culle
 def culling_hub(shared_devxnat, unix_users, staging, tmp_path_factory):
     """A hub XNAT's plugin drives (service ``xnat``), with the service ``idle-culler`` as the
     shipped configurations define it, except that the test runs the culler itself."""
-    directory = tmp_path_factory.mktemp("culling-hub")
-    token, password, token_file, password_file = plugin_service_files(directory, shared_devxnat,
-                                                                      SERVICE_ACCOUNT)
     culler_token = secrets.token_hex(32)
-    hub = make_hub(directory, shared_devxnat, "xnat", staging=staging, profiles_text=PROFILES,
-                   extra=xnat_plugin_hub_config(token_file=token_file, password_file=password_file,
-                                                account=SERVICE_ACCOUNT)
-                   + CULLER.format(token=culler_token, scopes=json.dumps(list(IDLE_CULLER_SCOPES))))
-    hub.xnat_token, hub.culler_token = token, culler_token
+    hub = make_plugin_hub(tmp_path_factory.mktemp("culling-hub"), shared_devxnat, SERVICE_ACCOUNT,
+                          staging=staging, profiles_text=PROFILES,
+                          extra=CULLER.format(token=culler_token, scopes=json.dumps(list(IDLE_CULLER_SCOPES))))
+    hub.culler_token = culler_token
     yield hub
     hub.stop()
 
@@ -79,7 +76,7 @@ def plugin_cull(devxnat, hub, now: datetime):
                           names).fetchall()
     state = PluginState(st)
     try:
-        for name, value in zip(names, (f"{hub.url}/hub/api", hub.xnat_token, "0.2")):
+        for name, value in zip(names, (f"{hub.url}{PLUGIN_API}", hub.xnat_token, "0.2")):
             state.set_pref(name, value)
         settings = {"store": st, "plugin_state": state}
 

@@ -22,8 +22,8 @@ from pathlib import Path
 import pytest
 
 from devstack.demo import ARCHIVE_GROUP
-from devstack.hubconfig import xnat_plugin_hub_config
-from tests.fixtures.spawn import make_hub, plugin_service_files, process_environ, server_process
+from tests.fixtures.plugin import make_plugin_hub
+from tests.fixtures.spawn import process_environ, server_process
 from tests.integration.test_archive_access import run_code
 from tests.integration.test_xnat_plugin_hub import (
     PluginClient,
@@ -62,13 +62,9 @@ SLURM_DATA = {"id": 92, "hardware": {
 
 @pytest.fixture(scope="module")
 def hub(shared_devxnat, unix_users, staging, tmp_path_factory, slurm):
-    directory = tmp_path_factory.mktemp("slurm-data-hub")
-    token, _, token_file, password_file = plugin_service_files(directory, shared_devxnat, SERVICE_ACCOUNT)
     profiles = PROFILES.replace("{archive}", str(shared_devxnat.archive))
-    h = make_hub(directory, shared_devxnat, "xnat", staging=staging, profiles_text=profiles,
-                 extra=xnat_plugin_hub_config(token_file=token_file, password_file=password_file,
-                                              account=SERVICE_ACCOUNT))
-    h.xnat_token = token
+    h = make_plugin_hub(tmp_path_factory.mktemp("slurm-data-hub"), shared_devxnat, SERVICE_ACCOUNT,
+                        staging=staging, profiles_text=profiles)
     yield h
     h.stop()
 

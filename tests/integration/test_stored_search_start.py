@@ -16,10 +16,9 @@ import time
 
 import pytest
 
-from devstack.hubconfig import xnat_plugin_hub_config
 from devxnat import stored_search as ss
-from devxnat.plugin_state import PluginState
-from tests.fixtures.spawn import audit_events, make_hub, plugin_service_files, process_environ, server_process
+from tests.fixtures.plugin import make_plugin_hub, start_outcome, xnat_points_at
+from tests.fixtures.spawn import audit_events, process_environ, server_process
 
 pytestmark = [pytest.mark.devxnat]
 
@@ -42,13 +41,8 @@ offload:
 
 @pytest.fixture(scope="module")
 def search_hub(shared_devxnat, unix_users, staging, tmp_path_factory):
-    directory = tmp_path_factory.mktemp("search-hub")
-    token, _password, token_file, password_file = plugin_service_files(directory, shared_devxnat,
-                                                                       SERVICE_ACCOUNT)
-    hub = make_hub(directory, shared_devxnat, "xnat", staging=staging, profiles_text=PROFILES,
-                   extra=xnat_plugin_hub_config(token_file=token_file, password_file=password_file,
-                                                account=SERVICE_ACCOUNT))
-    hub.xnat_token = token
+    hub = make_plugin_hub(tmp_path_factory.mktemp("search-hub"), shared_devxnat, SERVICE_ACCOUNT,
+                          staging=staging, profiles_text=PROFILES)
     yield hub
     hub.stop()
 
@@ -56,19 +50,8 @@ def search_hub(shared_devxnat, unix_users, staging, tmp_path_factory):
 @pytest.fixture
 def plugin_prefs(shared_devxnat, search_hub):
     """devxnat's plugin pointed at this hub (the preferences put back after the test)."""
-    st = shared_devxnat.store()
-    state = PluginState(st)
-    before = state.prefs()
-    for name, value in (("jupyterHubApiUrl", f"{search_hub.url}/hub/api"), ("jupyterHubToken", search_hub.xnat_token),
-                        ("startPollingInterval", "0.5"), ("startTimeout", "120"),
-                        ("allUsersCanStartJupyter", "true"), ("maxNamedServers", "10")):
-        state.set_pref(name, value)
-    try:
+    with xnat_points_at(shared_devxnat, search_hub, startTimeout="120"):
         yield
-    finally:
-        for name, value in before.items():
-            state.set_pref(name, value)
-        st.close()
 
 
 def start_from_search(devxnat, server: str, search: ss.SearchDef, project: str) -> dict:
@@ -80,14 +63,7 @@ def start_from_search(devxnat, server: str, search: ss.SearchDef, project: str) 
            "computeEnvironmentConfigId": 1, "hardwareConfigId": 1}
     r = devxnat.request("POST", f"/xapi/jupyterhub/users/{USER}/server/{server}", USER, json=req)
     assert r.status_code == 200, r.text
-    deadline, data = time.monotonic() + 120, {}
-    while time.monotonic() < deadline:
-        t = devxnat.get(f"/xapi/event_tracking/{key}", USER)
-        data = t.json() if t.status_code == 200 else {}
-        if data.get("succeeded") is not None:
-            return data
-        time.sleep(0.5)
-    raise AssertionError(f"no outcome of the start in XNAT's event tracking: {data}")
+    return start_outcome(devxnat, USER, key, timeout=120)
 
 
 def stop_from_xnat(devxnat, hub, server: str) -> None:

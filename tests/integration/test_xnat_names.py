@@ -11,21 +11,18 @@ site's directory would hold them) are made for this module and removed after it.
 
 from __future__ import annotations
 
-import datetime as _dt
 import json
 import pwd
 import secrets
 import subprocess
-import time
 
 import pytest
 
-from devxnat.plugin_state import PluginState
 from hub_ext.names import hub_name, hub_server_name
 from tests.fixtures.devxnat import PASSWORDS
+from tests.fixtures.plugin import generate_event_tracking_id, start_outcome, stop_from_xnat, xnat_points_at
 from tests.fixtures.spawn import process_environ, server_process
 from tests.integration.test_xnat_plugin_hub import TINY_SLURM, experiment_of, plugin_hub  # noqa: F401 - fixture
-from tests.unit.test_plugin_names import generate_event_tracking_id
 
 pytestmark = [pytest.mark.devxnat]
 
@@ -68,39 +65,21 @@ def odd_logins(shared_devxnat):
 def _ui_start(devxnat, hub, login: str, *, hardware_id: int = 1) -> str:
     """What the plugin's UI does on "Start Jupyter" for an experiment of CARDIO_ECG; the name."""
     exp = experiment_of(devxnat, "bob", "CARDIO_ECG")
-    etid = generate_event_tracking_id(_dt.datetime.now(_dt.timezone.utc))
+    etid = generate_event_tracking_id()
     req = {"username": login, "servername": etid, "xsiType": "xnat:ecgSessionData", "itemId": exp["ID"],
            "itemLabel": exp["label"], "projectId": "CARDIO_ECG", "eventTrackingId": etid,
            "computeEnvironmentConfigId": 1, "hardwareConfigId": hardware_id}
     r = devxnat.request("POST", f"/xapi/jupyterhub/users/{login}/server/{etid}", login, json=req)
     assert r.status_code == 200, r.text
-    deadline, data = time.monotonic() + 150, {}
-    while time.monotonic() < deadline:
-        t = devxnat.get(f"/xapi/event_tracking/{etid}", login)
-        data = t.json() if t.status_code == 200 else {}
-        if data.get("succeeded") is not None:
-            break
-        time.sleep(0.5)
+    data = start_outcome(devxnat, login, etid)
     assert data.get("succeeded") in (True, "true"), (data, hub.log()[-4000:])
     return etid
 
 
 @pytest.fixture
 def plugin_prefs(shared_devxnat, plugin_hub):  # noqa: F811
-    st = shared_devxnat.store()
-    state = PluginState(st)
-    before = state.prefs()
-    try:
-        state.set_pref("jupyterHubApiUrl", f"{plugin_hub.url}/hub/xnat-plugin/api")
-        state.set_pref("jupyterHubToken", plugin_hub.xnat_token)
-        state.set_pref("startPollingInterval", "0.5")
-        state.set_pref("allUsersCanStartJupyter", "true")
-        state.set_pref("maxNamedServers", "10")
+    with xnat_points_at(shared_devxnat, plugin_hub) as state:
         yield state
-    finally:
-        for name, value in before.items():
-            state.set_pref(name, value)
-        st.close()
 
 
 @pytest.mark.parametrize("login", ["bob", "Jane.Doe"])
@@ -119,13 +98,7 @@ def test_start_jupyter_as_xnats_ui_names_it_starts_polls_opens_and_stops(
         assert model.status_code == 200 and model.json()["name"] == etid, model.text
         assert model.json()["url"] == srv["url"]  # "open" goes to the hub's own URL
     finally:
-        r = shared_devxnat.request("DELETE", f"/xapi/jupyterhub/users/{login}/server/{etid}"
-                                             f"?eventTrackingId={etid}-stop", login)
-        assert r.status_code == 200, r.text
-        deadline = time.monotonic() + 90
-        while name in plugin_hub.api("GET", f"/users/{user}").json()["servers"] and time.monotonic() < deadline:
-            time.sleep(0.5)
-    assert name not in plugin_hub.api("GET", f"/users/{user}").json()["servers"]
+        stop_from_xnat(shared_devxnat, plugin_hub, login, etid, user, name)
 
 
 @pytest.fixture
@@ -160,13 +133,7 @@ def test_the_plugins_calls_with_its_names_start_a_slurm_server(
         assert srv["ready"] and srv["user_options"]["xnatLogin"] == login
         _check_server(plugin_hub, shared_devxnat, login, name, "slurm-plugin")
     finally:
-        r = shared_devxnat.request("DELETE", f"/xapi/jupyterhub/users/{login}/server/{etid}"
-                                             f"?eventTrackingId={etid}-stop", login)
-        assert r.status_code == 200, r.text
-        deadline = time.monotonic() + 90
-        while name in plugin_hub.api("GET", f"/users/{user}").json()["servers"] and time.monotonic() < deadline:
-            time.sleep(0.5)
-    assert name not in plugin_hub.api("GET", f"/users/{user}").json()["servers"]
+        stop_from_xnat(shared_devxnat, plugin_hub, login, etid, user, name)
 
 
 def _check_server(hub, devxnat, login: str, name: str, profile: str) -> None:
@@ -181,7 +148,11 @@ def _check_server(hub, devxnat, login: str, name: str, profile: str) -> None:
     env = process_environ(pid)
     assert env["XNAT_HPC_PROFILE"] == profile
     scope = json.loads(env["XNAT_HPC_SCOPE"])["projects"]
-    assert list(scope) == ["CARDIO_ECG"] and len(scope["CARDIO_ECG"]["experiments"]) == 1
+    experiment = experiment_of(devxnat, "bob", "CARDIO_ECG")["ID"]  # what _ui_start started for
+    assert scope == {"CARDIO_ECG": {"experiments": [experiment]}}
+    if profile == "local-plugin":  # the plugin's data layout, where the backend mounts the scope
+        assert env["XNAT_DATA"] == "/data"
+        assert env["JUPYTERHUB_ROOT_DIR"] == f"/workspace/{user}"
     who = devxnat.get("/xapi/users/username", env["XNAT_USER"], env["XNAT_PASS"])
     assert who.text.strip() == login
 

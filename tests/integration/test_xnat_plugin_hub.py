@@ -25,10 +25,11 @@ from pathlib import Path
 import pytest
 import requests
 
-from devstack.hubconfig import xnat_plugin_hub_config
+from devxnat import compute_services as cs
 from devxnat import plugin_configs as pc
 from devxnat.plugin_state import PluginState
-from tests.fixtures.spawn import audit_events, make_hub, plugin_service_files, process_environ, server_process, wait_ready
+from tests.fixtures.plugin import PLUGIN_API, make_plugin_hub
+from tests.fixtures.spawn import audit_events, process_environ, server_process, wait_ready
 
 pytestmark = [pytest.mark.devxnat]
 
@@ -61,13 +62,8 @@ TINY_SLURM = {"id": 91, "hardware": {
 
 @pytest.fixture(scope="module")
 def plugin_hub(shared_devxnat, unix_users, staging, tmp_path_factory, slurm):
-    directory = tmp_path_factory.mktemp("plugin-hub")
-    token, password, token_file, password_file = plugin_service_files(directory, shared_devxnat,
-                                                                      SERVICE_ACCOUNT)
-    hub = make_hub(directory, shared_devxnat, "xnat", staging=staging, profiles_text=PROFILES,
-                   extra=xnat_plugin_hub_config(token_file=token_file, password_file=password_file,
-                                                    account=SERVICE_ACCOUNT))
-    hub.xnat_token = token
+    hub = make_plugin_hub(tmp_path_factory.mktemp("plugin-hub"), shared_devxnat, SERVICE_ACCOUNT,
+                          staging=staging, profiles_text=PROFILES)
     yield hub
     hub.stop()
 
@@ -76,7 +72,7 @@ class PluginClient:
     """The requests ``DefaultJupyterHubClient`` makes, with its headers and bodies."""
 
     def __init__(self, hub):
-        self.api = f"{hub.url}/hub/xnat-plugin/api"  # XNAT's "JupyterHub API URL" (docs/admin.md)
+        self.api = f"{hub.url}{PLUGIN_API}"  # XNAT's "JupyterHub API URL" (docs/admin.md)
         self.auth = {"Authorization": f"token {hub.xnat_token}"}
         self.json = {**self.auth, "Content-Type": "application/json"}
 
@@ -134,7 +130,7 @@ def seed_start(devxnat, user: str, server: str, *, xsi_type: str, item: str, pro
             label = exp["label"]
         alias, secret = devxnat.token(token_of or user)
         general = pc.general_xsi_type(xsi_type)
-        template = pc.task_template(pc.COMPUTE_ENVIRONMENT_CONFIGS[0], hardware or pc.HARDWARE_CONFIGS[0])
+        template = pc.task_template(cs.COMPUTE_ENVIRONMENT_CONFIGS[0], hardware or cs.HARDWARE_CONFIGS[0])
         key = f"{time.time_ns()}"
         doc = pc.user_options(user_id=uid, login=user, servername=server, xsi_type=general, item_id=item,
                               project_id=project, event_tracking_id=key, template=template,
@@ -297,7 +293,7 @@ def _failed_start(plugin_hub, client, user, server, body) -> requests.Response:
 def test_hardware_beyond_the_profile_is_refused_with_a_message_xnat_shows(plugin_hub, shared_devxnat):
     user, server = "bob", "xnat-xlarge"
     exp = experiment_of(shared_devxnat, user, "CARDIO_ECG")
-    xlarge = next(h for h in pc.HARDWARE_CONFIGS if h["hardware"]["name"] == "XLarge")
+    xlarge = next(h for h in cs.HARDWARE_CONFIGS if h["hardware"]["name"] == "XLarge")
     body = seed_start(shared_devxnat, user, server, xsi_type=pc.EXPERIMENT, item=exp["ID"],
                       project="CARDIO_ECG", hardware=xlarge)
     r = _failed_start(plugin_hub, PluginClient(plugin_hub), user, server, body)
@@ -391,47 +387,3 @@ def test_a_start_carrying_another_users_token_is_refused(plugin_hub, shared_devx
     assert r.status_code == 403 and "belongs to another XNAT account" in r.json()["message"]
     denied = [e for e in audit_events(plugin_hub) if e["user"] == "bob" and e["outcome"] == "denied"]
     assert any("belongs to another XNAT account" in e["detail"] for e in denied)
-
-
-def test_start_jupyter_through_devxnats_plugin_endpoints(plugin_hub, shared_devxnat):
-    """The whole loop as XNAT's UI drives it: devxnat's plugin POSTs to this hub, the hub fetches
-    the options back, XNAT's event tracking reports success, the scope is the item, XNAT stops it."""
-    st = shared_devxnat.store()
-    state = PluginState(st)
-    before = state.prefs()
-    try:
-        state.set_pref("jupyterHubApiUrl", f"{plugin_hub.url}/hub/api")
-        state.set_pref("jupyterHubToken", plugin_hub.xnat_token)
-        state.set_pref("startPollingInterval", "0.5")
-        state.set_pref("allUsersCanStartJupyter", "true")
-        state.set_pref("maxNamedServers", "10")
-        exp = experiment_of(shared_devxnat, "bob", "CARDIO_ECG")
-        key = f"ui-{time.time_ns()}"
-        req = {"username": "bob", "servername": "ui", "xsiType": "xnat:ecgSessionData", "itemId": exp["ID"],
-               "itemLabel": exp["label"], "projectId": "CARDIO_ECG", "eventTrackingId": key,
-               "computeEnvironmentConfigId": 1, "hardwareConfigId": 1}
-        r = shared_devxnat.request("POST", "/xapi/jupyterhub/users/bob/server/ui", "bob", json=req)
-        assert r.status_code == 200, r.text
-        deadline, data = time.monotonic() + 120, {}
-        while time.monotonic() < deadline:
-            t = shared_devxnat.get(f"/xapi/event_tracking/{key}", "bob")
-            data = t.json() if t.status_code == 200 else {}
-            if data.get("succeeded") is not None:
-                break
-            time.sleep(0.5)
-        assert data.get("succeeded") in (True, "true"), (data, plugin_hub.log()[-3000:])
-        srv = plugin_hub.api("GET", "/users/bob").json()["servers"]["ui"]
-        env = process_environ(server_process("bob", srv))
-        assert json.loads(env["XNAT_HPC_SCOPE"]) == {"projects": {"CARDIO_ECG": {"experiments": [exp["ID"]]}}}
-        assert env["XNAT_DATA"] == "/data"
-        r = shared_devxnat.request("DELETE", f"/xapi/jupyterhub/users/bob/server/ui?eventTrackingId={key}-stop",
-                                   "bob")
-        assert r.status_code == 200, r.text
-        deadline = time.monotonic() + 60
-        while "ui" in plugin_hub.api("GET", "/users/bob").json()["servers"] and time.monotonic() < deadline:
-            time.sleep(0.5)
-        assert "ui" not in plugin_hub.api("GET", "/users/bob").json()["servers"]
-    finally:
-        for name, value in before.items():
-            state.set_pref(name, value)
-        st.close()

@@ -29,11 +29,13 @@ from urllib.parse import parse_qs, urlparse
 import pytest
 import requests
 
-from devstack.hubconfig import xnat_plugin_hub_config
+from devxnat import compute_services as cs
 from devxnat import plugin_configs as pc
 from devxnat.plugin_state import PluginState
 from tests.fixtures.faultproxy import FaultProxy
-from tests.fixtures.spawn import audit_events, make_hub, plugin_service_files
+from hub_ext.names import hub_server_name
+from tests.fixtures.plugin import generate_event_tracking_id, make_plugin_hub, xnat_points_at
+from tests.fixtures.spawn import audit_events
 from tests.integration.test_xnat_plugin_hub import (
     PluginClient,
     _failed_start,
@@ -78,13 +80,9 @@ def xnat_proxy(shared_devxnat):
 def feedback_hub(shared_devxnat, unix_users, staging, tmp_path_factory, xnat_proxy):
     """The plugin's hub (service ``xnat``, the JupyterHub-role account), its spawner talking to
     XNAT through :func:`xnat_proxy`; users log in to the hub with XNAT directly."""
-    directory = tmp_path_factory.mktemp("feedback-hub")
-    token, password, token_file, password_file = plugin_service_files(directory, shared_devxnat,
-                                                                      SERVICE_ACCOUNT)
-    extra = (xnat_plugin_hub_config(token_file=token_file, password_file=password_file, account=SERVICE_ACCOUNT)
-             + f'c.XnatScopedSpawner.xnat_url = "{xnat_proxy.url}"\n')
-    hub = make_hub(directory, shared_devxnat, "xnat", staging=staging, profiles_text=PROFILES, extra=extra)
-    hub.xnat_token = token
+    hub = make_plugin_hub(tmp_path_factory.mktemp("feedback-hub"), shared_devxnat, SERVICE_ACCOUNT,
+                          staging=staging, profiles_text=PROFILES,
+                          extra=f'c.XnatScopedSpawner.xnat_url = "{xnat_proxy.url}"\n')
     yield hub
     hub.stop()
 
@@ -117,7 +115,7 @@ def _denied(hub, server: str) -> list[dict]:
 def test_a_refused_start_fails_at_once_and_its_reason_is_on_the_users_home_page(feedback_hub, shared_devxnat):
     server = "xnat-refused"
     exp = experiment_of(shared_devxnat, USER, PROJECT)
-    xlarge = next(h for h in pc.HARDWARE_CONFIGS if h["hardware"]["name"] == "XLarge")
+    xlarge = next(h for h in cs.HARDWARE_CONFIGS if h["hardware"]["name"] == "XLarge")
     body = seed_start(shared_devxnat, USER, server, xsi_type=pc.EXPERIMENT, item=exp["ID"], project=PROJECT,
                       hardware=xlarge)
     r = _timed_refusal(feedback_hub, PluginClient(feedback_hub), server, body)
@@ -134,22 +132,15 @@ def test_a_refused_start_fails_at_once_and_its_reason_is_on_the_users_home_page(
 def test_xnat_shows_its_generic_failure_at_once_and_the_reason_is_on_the_hub(feedback_hub, shared_devxnat):
     """The whole loop through devxnat's plugin endpoints (its ``startServer`` follows the Java):
     the failure reaches XNAT's activity tab at once, as XNAT's own text; the hub's reason does not."""
-    st = shared_devxnat.store()
-    state = PluginState(st)
-    before = state.prefs()
-    server, key = "ui-refused", f"refused-{time.time_ns()}"
-    try:
-        for name, value in (("jupyterHubApiUrl", f"{feedback_hub.url}/hub/api"),
-                            ("jupyterHubToken", feedback_hub.xnat_token), ("startPollingInterval", "0.5"),
-                            ("startTimeout", "120"), ("allUsersCanStartJupyter", "true"),
-                            ("maxNamedServers", "10")):
-            state.set_pref(name, value)
+    key = generate_event_tracking_id()  # as the UI names it
+    server = hub_server_name(key)
+    with xnat_points_at(shared_devxnat, feedback_hub, startTimeout="120"):
         exp = experiment_of(shared_devxnat, USER, PROJECT)
-        req = {"username": USER, "servername": server, "xsiType": "xnat:ecgSessionData", "itemId": exp["ID"],
+        req = {"username": USER, "servername": key, "xsiType": "xnat:ecgSessionData", "itemId": exp["ID"],
                "itemLabel": exp["label"], "projectId": PROJECT, "eventTrackingId": key,
                "computeEnvironmentConfigId": 1, "hardwareConfigId": 4}  # XLarge: 4 CPUs, the profile 2
         started = time.monotonic()
-        r = shared_devxnat.request("POST", f"/xapi/jupyterhub/users/{USER}/server/{server}", USER, json=req)
+        r = shared_devxnat.request("POST", f"/xapi/jupyterhub/users/{USER}/server/{key}", USER, json=req)
         assert r.status_code == 200, r.text
         data = {}
         while time.monotonic() - started < 60:  # XNAT would report a 202 only after startTimeout (120 s)
@@ -163,10 +154,6 @@ def test_xnat_shows_its_generic_failure_at_once_and_the_reason_is_on_the_hub(fee
         assert elapsed < SLOW_SPAWN_TIMEOUT, f"XNAT reported the failure after {elapsed:.1f} s"
         assert data["finalMessage"] == XNAT_GENERIC
         assert "CPUs" not in json.dumps(data)  # the hub's reason never reaches XNAT's UI ...
-    finally:
-        for name, value in before.items():
-            state.set_pref(name, value)
-        st.close()
     [event] = _denied(feedback_hub, server)  # ... it is in the audit trail and on the hub
     assert "asks for 4 CPUs" in event["detail"]
     home = _home_notices(feedback_hub)

@@ -13,14 +13,8 @@ import pytest
 from hub_ext.names import (DEFAULT_NAME_PATTERN, derived_name, hub_name, hub_server_name, is_derived,
                            xnat_login, xnat_server_name)
 from hub_ext.plugin_gateway import LOGIN_KEY, map_path, start_body, xnat_user_model
+from tests.fixtures.plugin import generate_event_tracking_id
 from xnat_bridge.errors import InvalidRequest
-
-
-def generate_event_tracking_id(now: _dt.datetime) -> str:
-    """The plugin UI's ``generateEventTrackingId()``: ``new Date().toISOString()`` (UTC,
-    milliseconds, ``Z``) with ``-``, ``:`` and ``.`` removed (jupyterhub-servers.js)."""
-    iso = now.astimezone(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z"
-    return re.sub(r"[-:.]", "", iso)
 
 
 ETID = generate_event_tracking_id(_dt.datetime(2026, 12, 7, 0, 46, 7, 123000, tzinfo=_dt.timezone.utc))
