@@ -274,6 +274,14 @@ def prepare_shared_dirs(archive: Path, staging: Path = STAGING_DIR, group: str =
     prepare_staging_root(staging)
 
 
+#: seconds JupyterHub may take to stop after SIGTERM. It stops its proxy and each managed service
+#: (the idle culler) itself — each is in a session of its own, so killing the hub would orphan
+#: them, the proxy still answering on the hub's port — with SIGINT, then SIGTERM after
+#: ``interrupt_timeout`` (10 s), then SIGKILL after ``term_timeout`` (5 s) and ``kill_timeout``
+#: (5 s): a service that ignores SIGINT (one stopped while it starts) takes 20 s alone.
+HUB_STOP_GRACE = 60
+
+
 def start_hub(run_dir: Path, xnat_url: str, archive: Path, port: int,
               plugin: PluginSecrets | None = None) -> tuple[subprocess.Popen, str]:
     """JupyterHub + configurable-http-proxy with the demo profiles; (process, URL) once it answers."""
@@ -378,12 +386,12 @@ def run_demo(args: argparse.Namespace) -> int:
                 pass
     finally:
         print("stopping ...", flush=True)
-        for proc in (hub_proc, xnat_proc):
+        for proc, grace in ((hub_proc, HUB_STOP_GRACE), (xnat_proc, 20)):
             if proc is None:
                 continue
             proc.terminate()
             try:
-                proc.wait(20)
+                proc.wait(grace)
             except subprocess.TimeoutExpired:
                 proc.kill()
         if not slurm_was_up:
