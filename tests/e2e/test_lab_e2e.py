@@ -22,6 +22,8 @@ from pathlib import Path
 
 import pytest
 
+from devstack.demo import HUB_STOP_GRACE
+
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "test-artifacts" / "e2e"
 
@@ -46,7 +48,8 @@ def demo_stack(public_dir, slurm):
     log = open(public_dir / "demo.out", "wb")
     proc = subprocess.Popen(
         [sys.executable, "-m", "hub_ext.cli", "demo", "--run-dir", str(run_dir), "--hub-port", str(hub_port),
-         "--xnat-port", str(xnat_port), "--demo-size", DEMO_SIZE], stdout=log, stderr=subprocess.STDOUT)
+         "--xnat-port", str(xnat_port), "--demo-size", DEMO_SIZE], stdout=log, stderr=subprocess.STDOUT,
+        start_new_session=True)  # its own process group: a kill below takes devxnat and the hub too
     deadline = time.monotonic() + 300
     out = public_dir / "demo.out"
     while "Press Ctrl-C to stop." not in out.read_text(errors="replace"):
@@ -56,10 +59,11 @@ def demo_stack(public_dir, slurm):
         time.sleep(0.5)
     yield f"http://127.0.0.1:{hub_port}", run_dir
     proc.send_signal(signal.SIGINT)
-    try:
-        proc.wait(60)
+    try:  # the demo gives the hub HUB_STOP_GRACE and devxnat 20 s to stop: never kill it first
+        proc.wait(HUB_STOP_GRACE + 60)
     except subprocess.TimeoutExpired:
-        proc.kill()
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
     log.close()
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from devstack.demo import HUB_STOP_GRACE
 from tests.fixtures.slurm import RUN_DIR
 
 pytestmark = [pytest.mark.slurm, pytest.mark.devxnat]
@@ -83,6 +84,7 @@ def test_start_jupyter_from_xnat_works_in_the_demo(slurm, tmp_path):
          "--slurm-run-dir", str(RUN_DIR), "--xnat-port", str(port), "--hub-port", str(hub_port),
          "--demo-size", "5MB"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True,  # its own process group: a kill below takes devxnat and the hub too
     )
     ready, lines = threading.Event(), []
 
@@ -140,7 +142,8 @@ def test_start_jupyter_from_xnat_works_in_the_demo(slurm, tmp_path):
     finally:
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(60)
+        try:  # the demo gives the hub HUB_STOP_GRACE and devxnat 20 s to stop: never kill it first
+            proc.wait(HUB_STOP_GRACE + 60)
         except subprocess.TimeoutExpired:
-            proc.kill()
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
