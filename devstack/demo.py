@@ -274,6 +274,49 @@ def prepare_shared_dirs(archive: Path, staging: Path = STAGING_DIR, group: str =
     prepare_staging_root(staging)
 
 
+def descendants(pid: int) -> list[int]:
+    """Every live process below *pid* (children, their children, ...), from ``/proc``: the proxy,
+    the managed services and the servers JupyterHub starts in sessions of their own."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), ()):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def stop_tree(proc: subprocess.Popen, grace: float) -> None:
+    """SIGTERM *proc* and give it *grace* seconds to stop what it started; then SIGKILL it and
+    everything still below it, so that nothing it started outlives it (a proxy answering on a
+    port nobody serves, a culler calling a hub that is gone)."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(grace)
+        return
+    except subprocess.TimeoutExpired:
+        pass
+    below = descendants(proc.pid)
+    proc.kill()
+    proc.wait()
+    for pid in below:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
 #: seconds JupyterHub may take to stop after SIGTERM. It stops its proxy and each managed service
 #: (the idle culler) itself — each is in a session of its own, so killing the hub would orphan
 #: them, the proxy still answering on the hub's port — with SIGINT, then SIGTERM after
@@ -387,13 +430,8 @@ def run_demo(args: argparse.Namespace) -> int:
     finally:
         print("stopping ...", flush=True)
         for proc, grace in ((hub_proc, HUB_STOP_GRACE), (xnat_proc, 20)):
-            if proc is None:
-                continue
-            proc.terminate()
-            try:
-                proc.wait(grace)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            if proc is not None:
+                stop_tree(proc, grace)
         if not slurm_was_up:
             slurm.down(stop_munge=False)
     return 0
