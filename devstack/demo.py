@@ -147,6 +147,8 @@ def hub_config(*, xnat_url: str, hub_dir: Path, port: int, proxy_api_port: int, 
     text = ("# written by `xnat-hpc-hub demo`; see config/jupyterhub_config.py for a site configuration\n"
             + loopback_hub_config(hub_dir=hub_dir, port=port, hub_port=hub_port, proxy_api_port=proxy_api_port)
             + "c.Spawner.start_timeout = 120\nc.Spawner.http_timeout = 90\n"
+            # one machine whose accounts the demo owns: an XNAT account added later gets its own
+            + "c.UnixAccounts.create_missing = True\n"
             + xnat_hub_config(xnat_url=xnat_url, profiles=profiles, archive=archive, audit_log=audit_log)
             + idle_culler_hub_config(timeout=DEMO_CULL_TIMEOUT, every=DEMO_CULL_EVERY))
     if governance_token_file is not None:

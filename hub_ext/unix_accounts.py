@@ -12,23 +12,33 @@ One setting, read where it matters:
   is a system account is refused (a name without a Unix account may log in:
   Kubernetes servers need none);
 * at every start of a local or Slurm server (:meth:`UnixAccounts.entry`): the
-  account must exist and be at or above the floor.
+  account must exist and be at or above the floor — or, where the hub's machine owns its
+  accounts (``create_missing``), it is created then, as JupyterHub's ``LocalAuthenticator``
+  does with ``create_system_users``.
 
 Configuration (``jupyterhub_config.py``)::
 
     c.UnixAccounts.min_uid = 1000     # Debian's UID_MIN (/etc/login.defs)
+    c.UnixAccounts.create_missing = True   # a single machine whose accounts the hub may make
 
 ``pwd`` lookups may block (LDAP/SSSD): call these in a thread from the event loop.
 """
 
 from __future__ import annotations
 
+import os
 import pwd
+import re
+import subprocess
 
-from traitlets import Int
+from traitlets import Bool, Int, List, Unicode
 from traitlets.config import LoggingConfigurable
 
-from xnat_bridge.errors import PermissionDenied
+from xnat_bridge.errors import PermissionDenied, XnatHpcError
+
+#: the names the hub creates accounts for: lower-case Unix account names (what
+#: :func:`hub_ext.names.hub_name` gives every login under the default ``name_pattern``)
+CREATABLE = re.compile(r"[a-z_][a-z0-9_.-]{0,31}")
 
 
 class UnixAccounts(LoggingConfigurable):
@@ -41,6 +51,22 @@ class UnixAccounts(LoggingConfigurable):
         whose LDAP accounts start there. A login whose hub name is the name of an account
         below it (``root``, ``daemon``, a service account) is refused, and so is every start
         of a local or Slurm server as such an account. Checked at login and at each start.""",
+    ).tag(config=True)
+
+    create_missing = Bool(
+        False,
+        help="""Create the Unix account of a hub user who has none when their local or Slurm
+        server starts (``add_user_cmd`` + the name, as root; the home made ``0700``), instead of
+        refusing the start. For a single machine whose accounts the hub owns (the demo, a lab
+        workstation): where accounts come from a directory (LDAP) and Slurm nodes share them,
+        leave it off and map logins onto the directory's accounts with
+        ``c.XnatAuthenticator.username_map``. Only lower-case Unix names are created; the new
+        account must still be at or above ``min_uid``.""",
+    ).tag(config=True)
+
+    add_user_cmd = List(
+        Unicode(), ["useradd", "--create-home", "--user-group", "--shell", "/bin/bash"],
+        help="""The command that creates an account (``create_missing``); the name is appended.""",
     ).tag(config=True)
 
     def lookup(self, name: str) -> pwd.struct_passwd | None:
@@ -62,10 +88,38 @@ class UnixAccounts(LoggingConfigurable):
         """The account a server of *name* runs as: it must exist and not be a system account
         (:class:`PermissionDenied` otherwise; blocking: ``pwd``)."""
         entry = self.lookup(name)
+        if entry is None and self.create_missing:
+            entry = self.create(name)
         if entry is None:
             raise PermissionDenied(
                 f"There is no Unix account {name!r} on this hub to run your server as; ask the "
-                "hub's administrators to create it.")
+                "hub's administrators to create it (or to map your XNAT login to your account).")
+        return entry
+
+    def create(self, name: str) -> pwd.struct_passwd:
+        """Create the account *name* (``add_user_cmd``), its home ``0700``; the new entry, or
+        :class:`PermissionDenied` naming why not (blocking)."""
+        if not CREATABLE.fullmatch(name):
+            raise PermissionDenied(f"The hub does not create a Unix account named {name!r} (only lower-case "
+                                   "Unix names); ask the hub's administrators to create or map it.")
+        cmd = [*self.add_user_cmd, name]
+        try:
+            done = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            self.log.error("creating the Unix account %r failed: %s", name, exc)
+            raise XnatHpcError(f"The Unix account {name!r} could not be created; the hub's administrators "
+                               "have been told.") from None
+        if done.returncode != 0 and self.lookup(name) is None:  # another start may have made it
+            self.log.error("creating the Unix account %r failed (%s exit %d): %s", name, cmd[0],
+                           done.returncode, done.stderr.strip()[:500])
+            raise XnatHpcError(f"The Unix account {name!r} could not be created; the hub's administrators "
+                               "have been told.")
+        entry = self.lookup(name)
+        if entry is None:
+            raise XnatHpcError(f"The Unix account {name!r} was not found after it was created.")
+        if os.path.isdir(entry.pw_dir) and os.stat(entry.pw_dir).st_uid == entry.pw_uid:
+            os.chmod(entry.pw_dir, 0o700)  # a user's workspace is theirs alone
+        self.log.info("created the Unix account %r (uid %d) for its hub user", name, entry.pw_uid)
         return entry
 
 

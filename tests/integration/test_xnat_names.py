@@ -31,12 +31,14 @@ LOGINS = ("Jane.Doe", "CaRoL")
 
 @pytest.fixture(scope="module")
 def odd_logins(shared_devxnat):
-    """XNAT accounts ``Jane.Doe`` and ``CaRoL`` (members of CARDIO_ECG) and their hub users'
-    Unix accounts; their passwords."""
+    """XNAT accounts ``Jane.Doe`` and ``CaRoL`` (members of CARDIO_ECG); their passwords.
+    ``Jane.Doe``'s Unix account is made here, as a site's directory holds it; ``CaRoL`` has none:
+    the hub makes it at her first start (``c.UnixAccounts.create_missing``, on in this hub).
+    Both accounts are removed after the module."""
     passwords = {login: secrets.token_urlsafe(12) for login in LOGINS}
     PASSWORDS.update(passwords)  # the devxnat fixture's table of who signs in with what
     st = shared_devxnat.store()
-    made = []
+    existed = set()
     try:
         for login, password in passwords.items():
             if st.user(login) is None:
@@ -44,20 +46,23 @@ def odd_logins(shared_devxnat):
             else:
                 st.set_password(login, password)
             st.set_member("CARDIO_ECG", login, "Members")
-            name = hub_name(login)
             try:
-                pwd.getpwnam(name)
+                pwd.getpwnam(hub_name(login))
+                existed.add(hub_name(login))
             except KeyError:
-                subprocess.run(["useradd", "--create-home", "--user-group", "--shell", "/bin/bash", name],
-                               check=True, capture_output=True)
-                made.append(name)
+                pass
+        if hub_name("Jane.Doe") not in existed:
+            subprocess.run(["useradd", "--create-home", "--user-group", "--shell", "/bin/bash",
+                            hub_name("Jane.Doe")], check=True, capture_output=True)
+        subprocess.run(["userdel", "--remove", hub_name("CaRoL")], capture_output=True)  # none before
+        existed.discard(hub_name("CaRoL"))
         yield passwords
     finally:
         for login in LOGINS:
             st.remove_member("CARDIO_ECG", login)
             PASSWORDS.pop(login, None)
         st.close()
-        for name in made:
+        for name in {hub_name(login) for login in LOGINS} - existed:
             subprocess.run(["pkill", "-KILL", "-u", name], capture_output=True)
             subprocess.run(["userdel", "--remove", name], capture_output=True)
 
@@ -122,6 +127,8 @@ def test_the_plugins_calls_with_its_names_start_a_slurm_server(
     (``XNAT_HPC_HARDWARE=tiny-slurm``): offered by the UI's listing, started, run on Slurm,
     stopped through XNAT."""
     login, user = "CaRoL", hub_name("CaRoL")
+    with pytest.raises(KeyError):  # she has no Unix account: the hub makes it at this start
+        pwd.getpwnam(user)
     offered = shared_devxnat.get("/xapi/compute-environment-configs/available?type=JUPYTERHUB&site=XNAT"
                                  f"&user={login}&prj=CARDIO_ECG", login)
     assert offered.status_code == 200, offered.text
@@ -132,6 +139,7 @@ def test_the_plugins_calls_with_its_names_start_a_slurm_server(
         srv = plugin_hub.api("GET", f"/users/{user}").json()["servers"][name]
         assert srv["ready"] and srv["user_options"]["xnatLogin"] == login
         _check_server(plugin_hub, shared_devxnat, login, name, "slurm-plugin")
+        assert f"created the Unix account {user!r}" in plugin_hub.log()
     finally:
         stop_from_xnat(shared_devxnat, plugin_hub, login, etid, user, name)
 

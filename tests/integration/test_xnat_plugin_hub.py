@@ -63,7 +63,8 @@ TINY_SLURM = {"id": 91, "hardware": {
 @pytest.fixture(scope="module")
 def plugin_hub(shared_devxnat, unix_users, staging, tmp_path_factory, slurm):
     hub = make_plugin_hub(tmp_path_factory.mktemp("plugin-hub"), shared_devxnat, SERVICE_ACCOUNT,
-                          staging=staging, profiles_text=PROFILES)
+                          staging=staging, profiles_text=PROFILES,
+                          extra="c.UnixAccounts.create_missing = True\n")  # one machine: the hub's accounts
     yield hub
     hub.stop()
 
