@@ -307,12 +307,14 @@ def test_staging_area_full_in_the_middle_fails_cleanly(offload_env, tmp_path):
     subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={room // 1024 + 1}k,mode=0755", "tmpfs", str(tiny)],
                    check=True)
     real = env.conn.access
+    once = threading.Lock()  # the fetcher opens files from several threads at once
 
     def fill(ref):
-        if not (tiny / "someone-else").exists():
-            st = os.statvfs(tiny)
-            subprocess.run(["fallocate", "-l", str(st.f_bavail * st.f_frsize - (64 << 10)),
-                            str(tiny / "someone-else")], check=True)
+        with once:
+            if not (tiny / "someone-else").exists():
+                st = os.statvfs(tiny)
+                subprocess.run(["fallocate", "-l", str(st.f_bavail * st.f_frsize - (64 << 10)),
+                                str(tiny / "someone-else")], check=True)
 
     datasets = env.workspace / "datasets"
     before = {p: p.read_bytes() for p in datasets.rglob("*") if p.is_file()}
