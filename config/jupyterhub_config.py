@@ -69,14 +69,16 @@ c.JupyterHub.load_roles = [{
 }]
 # Governance (the owners' page's list of running servers; revocations, from the access page or the
 # re-check, stop servers) acts on the hub only through its REST API, as the hub service
-# "xnat-hpc-governance" with a role of the least scopes: list:users, read:servers, delete:servers
-# (docs/admin.md). Its token: a file of the hub's account, mode 0600 (`openssl rand -hex 32 > FILE;
-# chmod 600 FILE`), read and checked here at each start; register_governance adds the service and
-# its role (after the `c.JupyterHub.services = [...]` above, which would replace them).
+# "xnat-hpc-governance" with a role of the least scopes (docs/admin.md: list:users, read:servers,
+# delete:servers, admin:server_state, admin:auth_state). Its token: a file of the hub's account,
+# mode 0600 (`openssl rand -hex 32 > FILE; chmod 600 FILE`), read and checked here at each start;
+# register_governance adds the service and its role (after the `c.JupyterHub.services = [...]`
+# above, which would replace them). config_file=__file__: the hub starts the service's own process
+# (`python -m xnat_hpc_governance`, the revocation re-check), which reads this same file.
 from hub_ext.hub_rest import register_governance  # noqa: E402
 c.XnatGovernance.token_file = "/etc/xnat-hpc-hub/governance-token"
 # c.XnatGovernance.hub_api_url = "http://127.0.0.1:8081/hub/api"   # default: the hub's own api_url
-register_governance(c)
+register_governance(c, config_file=__file__)
 # The hub reads each start's settings back from XNAT as XNAT's "jupyterhub" account (site role
 # JupyterHub): its password in a 0600 file owned by the hub's user.
 c.XnatScopedSpawner.xnat_service_user = "jupyterhub"

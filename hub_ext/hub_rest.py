@@ -11,6 +11,11 @@ the hub's public REST API (``/hub/api``) with the token of one hub service,
 ``read:servers``    the ``servers`` of those user models, each with ``started``, ``ready``
                     and ``pending``; ``GET /users/{u}`` while a stop is awaited
 ``delete:servers``  ``DELETE /users/{u}/server`` and ``/users/{u}/servers/{name}``: stop
+``admin:server_state``  each server's ``state``: the hub's
+                    :class:`~xnat_bridge.spawn_record.SpawnRecord` (the scope the hub decided
+                    at the start, the XNAT login), which revocation and the re-check read
+``admin:auth_state``  each user's ``auth_state``: the XNAT alias token the re-check asks XNAT
+                    with (as the user, before the service account)
 ==================  =====================================================================
 
 Nothing reaches into JupyterHub's objects (no ``orm`` query, no private attribute of a
@@ -36,6 +41,8 @@ import dataclasses
 import datetime as _dt
 import json
 import logging
+import os
+import sys
 from collections.abc import Mapping
 from urllib.parse import quote, urlencode
 
@@ -51,14 +58,14 @@ log = logging.getLogger(__name__)
 #: the hub service governance acts as (``c.JupyterHub.services``)
 SERVICE_NAME = "xnat-hpc-governance"
 #: the least its role needs (module docstring: which call needs which)
-GOVERNANCE_SCOPES = ("list:users", "read:servers", "delete:servers")
+GOVERNANCE_SCOPES = ("list:users", "read:servers", "delete:servers", "admin:server_state", "admin:auth_state")
 #: JupyterHub's paginated answer of list endpoints (``{"items": …, "_pagination": …}``)
 PAGINATION_MEDIA_TYPE = "application/jupyterhub-pagination+json"
 #: what to add to ``jupyterhub_config.py`` (shown by the errors and the owners' page)
 HOW_TO_CONFIGURE = (
     'c.XnatGovernance.token_file = "/etc/xnat-hpc-hub/governance-token" (a 0600 file of the hub\'s '
     "account: openssl rand -hex 32 > FILE; chmod 600 FILE), then "
-    "`from hub_ext.hub_rest import register_governance; register_governance(c)` "
+    "`from hub_ext.hub_rest import register_governance; register_governance(c, config_file=__file__)` "
     f"(the service {SERVICE_NAME} and its role; docs/admin.md, \"The hub's pages and APIs\")")
 
 
@@ -155,18 +162,44 @@ def read_token(path: str) -> str:
     return token
 
 
-def register_governance(c, token_file: str | None = None) -> None:
+#: what the service's process gets from the hub's environment (a managed service's is empty
+#: but for the hub's own ``JUPYTERHUB_*`` and ``PATH``-like keys)
+SERVICE_ENV_KEEP = ("XNAT_HOST", "PYTHONPATH")
+
+
+def managed_service(config_file: str, python: str | None = None) -> dict:
+    """What makes the governance service's entry a managed one (``command``, ``environment``):
+    the hub starts this interpreter with ``-m xnat_hpc_governance`` and the hub's
+    configuration file, and passes on :data:`SERVICE_ENV_KEEP` from its own environment."""
+    return {"command": [python or sys.executable, "-m", "xnat_hpc_governance",
+                        f"--config={os.path.abspath(config_file)}"],
+            "environment": {k: os.environ[k] for k in SERVICE_ENV_KEEP if os.environ.get(k)}}
+
+
+def register_governance(c, token_file: str | None = None, *, config_file: str | None = None) -> None:
     """Register the service :data:`SERVICE_NAME` on the hub's configuration *c* with the token
     of *token_file* (default: ``c.XnatGovernance.token_file``, which is set to it), and its role
     with :data:`GOVERNANCE_SCOPES`. For ``jupyterhub_config.py``: the file is read (and
     checked) when the hub loads its configuration, so a missing or unsafe file stops the hub
-    with a message naming it."""
+    with a message naming it.
+
+    With *config_file* (``register_governance(c, config_file=__file__)`` in
+    ``jupyterhub_config.py``) the hub starts, stops and restarts the service's process
+    (:mod:`xnat_hpc_governance`: the revocation re-check), which reads the same file. Without
+    it the service is registered but not started: a site runs
+    ``python -m xnat_hpc_governance --config=…`` itself, or the re-check does not run."""
     section = c.XnatGovernance
     path = str(token_file if token_file is not None else section.get("token_file", "") or "")
     token = read_token(path)
     section.token_file = path
     service = {"name": SERVICE_NAME, "api_token": token}
-    role = {"name": SERVICE_NAME, "description": "xnat-hpc-hub governance: list running servers, stop them",
+    if config_file:
+        if not os.path.isfile(config_file):
+            raise GovernanceNotConfigured(f"register_governance(c, config_file={config_file!r}): no such file; "
+                                          "pass the hub's own configuration file (config_file=__file__)")
+        service.update(managed_service(config_file))
+    role = {"name": SERVICE_NAME, "description": "xnat-hpc-hub governance: read running servers and their "
+            "records, stop them",
             "services": [SERVICE_NAME], "scopes": list(GOVERNANCE_SCOPES)}
     hub = c.JupyterHub
     for key, item in (("services", service), ("load_roles", role)):
@@ -225,6 +258,58 @@ def servers_of(models) -> list[RunningServer]:
             out.append(RunningServer(str(model["name"]), str(name), utc_seconds(server.get("started")),
                                      bool(server.get("ready")), server.get("pending")))
     return out
+
+
+@dataclasses.dataclass(frozen=True)
+class HubServer:
+    """One server of a user as the hub's REST API shows it to governance, with its ``state``
+    (the spawner's persisted state: the hub's SpawnRecord)."""
+
+    name: str
+    active: bool = True
+    ready: bool = False
+    pending: str | None = None
+    #: UTC to the second, or ""
+    started: str = ""
+    state: Mapping = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class HubUser:
+    """A user as the hub's REST API shows them to governance: their servers (the active ones,
+    each with its state) and their ``auth_state`` (None when the hub keeps none)."""
+
+    name: str
+    servers: Mapping[str, HubServer] = dataclasses.field(default_factory=dict)
+    auth_state: Mapping | None = None
+
+
+def hub_user_of(model, *, auth_state: bool = True) -> HubUser:
+    """A :class:`HubUser` from a JupyterHub user model (pure). Servers without ``state``, a
+    model without ``servers`` or (with *auth_state*) without ``auth_state`` mean the token lacks
+    the scope: :class:`PermissionDenied` naming it (a re-check that saw no scope would think
+    nothing runs). JupyterHub fills ``auth_state`` in ``GET /users/{u}`` only, never in the
+    list: read the list with *auth_state* False."""
+    if not isinstance(model, Mapping) or not isinstance(model.get("name"), str):
+        raise HubApiError(f"the hub answered {type(model).__name__}, not a user model")
+    if "servers" not in model:
+        raise PermissionDenied(_refusal("read the users' servers", "read:servers", 200,
+                                        "user models without servers"))
+    if auth_state and "auth_state" not in model:
+        raise PermissionDenied(_refusal("read the users' XNAT tokens", "admin:auth_state", 200,
+                                        "user models without auth_state"))
+    servers = {}
+    for name, server in sorted((model.get("servers") or {}).items()):
+        server = server if isinstance(server, Mapping) else {}
+        if server.get("stopped"):
+            continue
+        if "state" not in server:
+            raise PermissionDenied(_refusal("read the servers' records", "admin:server_state", 200,
+                                            "server models without state"))
+        servers[str(name)] = HubServer(str(name), True, bool(server.get("ready")), server.get("pending"),
+                                       utc_seconds(server.get("started")), dict(server.get("state") or {}))
+    state = model.get("auth_state")
+    return HubUser(model["name"], servers, dict(state) if isinstance(state, Mapping) else None)
 
 
 def _refusal(what: str, scope: str, code: int, said: str) -> str:
@@ -289,10 +374,9 @@ class HubRestClient:
         except ValueError:
             raise HubApiError(f"the hub's answer to {what} is not JSON") from None
 
-    async def running_servers(self) -> list[RunningServer]:
-        """Every active server (``GET /users?state=active``, page by page), by user and name."""
-        what = "list the users with running servers"
-        servers: list[RunningServer] = []
+    async def _active_models(self, what: str) -> list:
+        """The user models of ``GET /users?state=active``, page by page."""
+        models: list = []
         offset = 0
         while True:
             resp = await self._call("GET", "/users", query={"state": "active", "offset": offset,
@@ -303,15 +387,35 @@ class HubRestClient:
                                   "check c.XnatGovernance.hub_api_url")
             doc = self._json(resp, what)
             if isinstance(doc, list):  # a hub that does not paginate: everything at once
-                return servers + servers_of(doc)
+                return models + doc
             if not isinstance(doc, dict) or not isinstance(doc.get("items"), list):
                 raise HubApiError(f"the hub's answer to {what} is neither a list nor a page of users")
-            servers += servers_of(doc["items"])
+            models += doc["items"]
             following = (doc.get("_pagination") or {}).get("next") or {}
             nxt = following.get("offset")
             if not isinstance(nxt, int) or nxt <= offset:
-                return servers
+                return models
             offset = nxt
+
+    async def running_servers(self) -> list[RunningServer]:
+        """Every active server (``GET /users?state=active``, page by page), by user and name."""
+        return servers_of(await self._active_models("list the users with running servers"))
+
+    async def active_users(self) -> list[HubUser]:
+        """Every user with an active server, each with their servers' state
+        (``admin:server_state``); ``auth_state`` is None (the list never carries it: read
+        :meth:`user` for it)."""
+        return [hub_user_of(m, auth_state=False)
+                for m in await self._active_models("list the users with running servers")]
+
+    async def user(self, name: str) -> HubUser | None:
+        """*name* as the hub knows them now (active servers with state, ``auth_state``), or None
+        when the hub has no such user."""
+        what = f"read {name}'s servers"
+        resp = await self._call("GET", f"/users/{quote(name, safe='')}", what=what, scope="read:servers")
+        if resp.code == 404:
+            return None
+        return hub_user_of(self._json(resp, what))
 
     async def server(self, user: str, name: str = "") -> RunningServer | None:
         """*user*'s server *name* as the hub lists it now, or None (no such user, or not running)."""
@@ -367,6 +471,16 @@ async def governance_client(tornado_settings: Mapping) -> HubRestClient:
                                       "e.g. http://127.0.0.1:8081/hub/api")
     return HubRestClient(url, token, timeout=settings.timeout, stop_timeout=settings.stop_timeout,
                          poll_interval=settings.poll_interval)
+
+
+async def active_users(tornado_settings: Mapping) -> list[HubUser]:
+    """Every user with an active server, with state (:meth:`HubRestClient.active_users`)."""
+    return await (await governance_client(tornado_settings)).active_users()
+
+
+async def hub_user(tornado_settings: Mapping, name: str) -> HubUser | None:
+    """*name* as the hub knows them now, or None (:meth:`HubRestClient.user`)."""
+    return await (await governance_client(tornado_settings)).user(name)
 
 
 async def running_servers(tornado_settings: Mapping) -> list[RunningServer]:

@@ -45,7 +45,6 @@ from .audit_log import HubAuditLog
 from .errors import map_errors
 from .pages import ensure_pages
 from .review_store import ReviewStore
-from .revocation_watch import ensure_watch
 from .routes import installed
 from .owner_render import WITHHELD, owned_projects, visible_part  # noqa: F401
 from .visitor import visitor_client, visitor_login, visitor_token
@@ -161,7 +160,6 @@ class OwnerAuditHandler(BaseHandler):
     @web.authenticated
     @map_errors
     async def get(self):
-        ensure_watch(self.settings)
         user = self.current_user
         token = await visitor_token(self, "see your projects' audit")
         audit_log = hub_audit_log(self.settings, self.log)

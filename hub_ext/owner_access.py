@@ -43,7 +43,7 @@ from .audit_log import HubAuditLog
 from .errors import map_errors, status_for
 from .pages import XnatHpcPages, ensure_pages, render
 from .revocation import RevocationReport
-from .revocation_watch import ensure_watch, revoke_bounded
+from .revocation_watch import revoke_bounded
 from .visitor import visitor_client, visitor_login, visitor_token
 from .xnat_api import AliasToken
 
@@ -205,7 +205,6 @@ class OwnerAccessHandler(BaseHandler):
     @web.authenticated
     @map_errors
     async def get(self):
-        ensure_watch(self.settings)
         try:
             token = await self._token()
             self.finish(await self._page(token))
@@ -217,7 +216,6 @@ class OwnerAccessHandler(BaseHandler):
     @web.authenticated
     @map_errors
     async def post(self):
-        ensure_watch(self.settings)
         visitor = self.current_user.name
         form = {k: self.get_body_argument(k, "") for k in ("action", "project", "user", "group")}
         audit_log = self._audit_log()
@@ -277,9 +275,18 @@ class OwnerAccessHandler(BaseHandler):
         background and the report (the page) lists it as pending. Servers are stopped through
         the hub's REST API as the service ``xnat-hpc-governance`` (:mod:`hub_ext.hub_rest`)."""
         hub_name = self.authenticator.normalize_username(target)
-        user = self.find_user(hub_name)
+        try:  # their servers and records as the hub's REST API shows them, as the re-check reads them
+            user = await hub_rest.hub_user(self.settings, hub_name)
+        except XnatHpcError as exc:
+            self.log.warning("revocation of %s: cannot read their servers: %s", hub_name, exc.message)
+            user, unread = None, exc.message
+        else:
+            unread = ""
 
         async def stop(name: str) -> None:  # as the re-check does: the hub's REST API, as governance
             await hub_rest.stop_server(self.settings, hub_name, name)
 
-        return await revoke_bounded(self.settings, user, hub_name, project, reason, stop)
+        report = await revoke_bounded(self.settings, user, hub_name, project, reason, stop)
+        if unread:
+            report.problems.insert(0, f"{hub_name}'s running servers could not be read, so none were stopped: {unread}")
+        return report

@@ -1,38 +1,36 @@
-"""Revocation on the running hub: the effects for one user and project, bounded in time, and
-the periodic re-check that finds revocations done in XNAT's own UI.
+"""Revocation: the effects for one user and project, bounded in time, and the periodic
+re-check that finds revocations done in XNAT's own UI.
 
-:func:`revoke_effects` gathers what :func:`hub_ext.revocation.apply_revocation` needs
-from the hub (the user's servers and their scopes, the ``submit`` events of the hub's
-audit trail, the staging area) and runs it. :meth:`RevocationWatch.revoke` runs it within
-``c.OwnerAccess.revoke_timeout`` seconds (:func:`hub_ext.revocation.within_bound`): what
-is not done by then goes on in the background and the report lists it as pending. The
-access page calls it (:func:`revoke_bounded`) after XNAT removed a user, the watch when a
-running server's scope holds a project XNAT no longer lets its user read.
+:func:`revoke_effects` gathers what :func:`hub_ext.revocation.apply_revocation` needs (the
+user's servers and their scopes as the hub's REST API shows them, the job ledger, the staging
+area) and runs it. :meth:`RevocationWatch.revoke` runs it within
+``c.OwnerAccess.revoke_timeout`` seconds (:func:`hub_ext.revocation.within_bound`): what is not
+done by then goes on in the background and the report lists it as pending. The access page
+calls it (:func:`revoke_bounded`, in the hub process) after XNAT removed a user.
 
-:class:`RevocationWatch`, **one per hub process** (:func:`ensure_watch`, keyed on the
-hub's ``config`` object, which the hub's handlers and its users' settings share, whichever
-settings dict the caller holds), asks XNAT every ``c.OwnerAccess.recheck_interval``
-seconds which projects each user with an active server may read, and applies the
-effects to every active server whose scope (the hub's
-:class:`~xnat_bridge.spawn_record.SpawnRecord`, never ``user_options``) holds a project
-that is gone. It asks with the user's own alias token from ``auth_state``; where that is
-missing or XNAT refuses it, with the hub's XNAT service account
-(``c.XnatScopedSpawner.xnat_service_user`` and ``xnat_service_password_file``) when one is
-configured — XNAT answers another user's groups (``/xapi/users/{u}/groups``) to site
-administrators only, so that account needs XNAT's ``Administrator`` role for this; else the
-user is skipped and logged: nothing is stopped on a guess. Each user is checked on their
-own (one user's error or time-out does not end the round). A server handled once is not
-handled again while it runs; once it stopped or was restarted (a new spawn record), a
-later loss is acted on again.
+**The re-check runs in the governance service's process**, not the hub's
+(:mod:`xnat_hpc_governance`, a JupyterHub-managed service; issue 19): every
+``c.OwnerAccess.recheck_interval`` seconds it asks XNAT which projects each user with an active
+server may read, and applies the effects to every active server whose scope (the hub's
+:class:`~xnat_bridge.spawn_record.SpawnRecord`, read from the server's ``state`` through the
+REST API, never ``user_options``) holds a project that is gone. It asks with the user's own
+alias token (their ``auth_state``, read through the REST API); where that is missing or XNAT
+refuses it, with the hub's XNAT service account (``c.XnatScopedSpawner.xnat_service_user`` and
+``xnat_service_password_file``) when one is configured — XNAT answers another user's groups
+(``/xapi/users/{u}/groups``) to site administrators only, so that account needs XNAT's
+``Administrator`` role for this; else the user is skipped and logged: nothing is stopped on a
+guess. Each user is checked on their own (one user's error or time-out does not end the
+round). A server handled once is not handled again while it runs; once it stopped or was
+restarted (a new spawn record), a later loss is acted on again.
 
-Servers are stopped through the hub's REST API as the hub service ``xnat-hpc-governance``
-(:mod:`hub_ext.hub_rest`, ``c.XnatGovernance.token_file``), never through JupyterHub's objects:
-``DELETE /hub/api/users/{u}/servers/{name}``, then the hub is asked until it no longer lists the
-server. Without that service configured a stop fails, logged and reported with what to add.
-
-It is started (:func:`ensure_watch`) by the first of: a server start, an audit event
-from a running server (they post on every data access, so also after a hub restart), the
-owner page or the access page; ``recheck_interval = 0`` turns the loop off.
+Everything about the hub's users and servers goes through the hub's REST API as the hub service
+``xnat-hpc-governance`` (:mod:`hub_ext.hub_rest`, ``c.XnatGovernance.token_file`` or, in the
+service's process, the ``JUPYTERHUB_API_TOKEN`` the hub gives it): the users with active
+servers, each server's state, each user's ``auth_state``, and the stop
+(``DELETE /hub/api/users/{u}/servers/{name}``, then asked until the hub no longer lists the
+server). Nothing reads JupyterHub's objects, so the same code runs in either process. Without
+that service configured, reading and stopping fail, logged and reported with what to add.
+``recheck_interval = 0`` turns the loop off.
 """
 
 from __future__ import annotations
@@ -42,15 +40,20 @@ import logging
 import os
 import weakref
 from collections.abc import Awaitable, Callable, Iterable, Mapping
+from importlib.metadata import entry_points
+
+from traitlets.utils.importstring import import_item
 
 from xnat_bridge.client import XnatClient
 from xnat_bridge.errors import AuthenticationFailed, XnatHpcError
 from xnat_bridge.permissions import fetch_permissions
 from xnat_bridge.private import read_private_file
-from xnat_bridge.spawn_record import record_of
+from xnat_bridge.spawn_record import SpawnRecord
 
 from . import hub_rest
 from .audit_log import HubAuditLog
+from .hub_rest import HubUser
+from .profiles import load_profiles_file
 from .review_store import ReviewStore
 from .revocation import OwnerAccess, RevocationReport, ServerView, apply_revocation, ledger_jobs_hit, within_bound
 from .xnat_api import AliasToken
@@ -66,20 +69,29 @@ StopUser = Callable[[object, str], Awaitable[None]]
 SERVICE_SECTION = "XnatScopedSpawner"
 
 
-def server_views(user) -> list[ServerView]:
-    """The hub's servers of *user* (a JupyterHub ``User``), each with the scope the hub decided
-    at its start (:class:`~xnat_bridge.spawn_record.SpawnRecord` in the spawner's state, kept
-    in the hub's database across restarts), never the ``user_options`` that asked for it."""
+def record_in(user: HubUser, name: str) -> SpawnRecord | None:
+    """The hub's record of *user*'s server *name* (its persisted state), or None (logged when
+    the state holds a record that does not read)."""
+    server = user.servers.get(name)
+    if server is None:
+        return None
+    try:
+        return SpawnRecord.from_state(server.state)
+    except XnatHpcError as exc:
+        log.warning("server %s/%s: %s", user.name, name, exc.message)
+        return None
+
+
+def server_views(user: HubUser) -> list[ServerView]:
+    """The servers of *user* as the hub's REST API shows them, each with the scope the hub
+    decided at its start (:class:`~xnat_bridge.spawn_record.SpawnRecord` in the server's
+    state, kept in the hub's database across restarts), never the ``user_options`` that asked
+    for it."""
     views = []
-    for name in list(getattr(user, "orm_spawners", {}) or {}):
-        spawner = user.spawners[name]
-        try:
-            record = record_of(spawner)
-        except XnatHpcError as exc:
-            log.warning("server %s/%s: %s", user.name, name, exc.message)
-            record = None
+    for name, server in user.servers.items():
+        record = record_in(user, name)
         projects = record.projects if record is not None else frozenset()
-        views.append(ServerView(name, frozenset(projects), bool(spawner.active), spawner.pending,
+        views.append(ServerView(name, frozenset(projects), server.active, server.pending,
                                 record.started if record is not None else ""))
     return views
 
@@ -104,31 +116,61 @@ def still_running(handled: set[tuple], live: set[tuple]) -> set[tuple]:
     return {k for k in handled if k[:3] in live}
 
 
-def staging_root(settings: OwnerAccess, user) -> str:
-    """``c.OwnerAccess.staging_dir``, else the staging area of the profiles file *user*'s spawner reads."""
+def staging_root(settings: OwnerAccess, config: Mapping | None, spawner_class: type | None = None) -> str:
+    """``c.OwnerAccess.staging_dir``, else the staging area of the profiles file the hub's
+    spawners read (``profiles_file`` of *spawner_class*'s config, else its default)."""
     if settings.staging_dir:
         return settings.staging_dir
+    path = spawner_setting(config, spawner_class, "profiles_file")
+    if not path:
+        trait = spawner_class.class_traits().get("profiles_file") if hasattr(spawner_class, "class_traits") else None
+        path = str(trait.default()) if trait is not None else ""
+    if not path:
+        log.warning("revocation: no staging area known (no profiles file); set c.OwnerAccess.staging_dir")
+        return ""
     try:
-        return str(user.spawner.xnat_profiles().offload.staging_dir) if user is not None else ""
+        return str(load_profiles_file(os.path.abspath(path)).offload.staging_dir)
     except Exception as exc:  # noqa: BLE001 - no profiles: no bundles to find; said in the log
         log.warning("revocation: no staging area known (%s); set c.OwnerAccess.staging_dir", exc)
         return ""
 
 
+def spawner_class_of(config: Mapping | None):
+    """The class ``c.JupyterHub.spawner_class`` names (a class, its dotted import path or its
+    ``jupyterhub.spawners`` entry-point name), or None (unset, not importable: logged)."""
+    section = config.get("JupyterHub") if isinstance(config, Mapping) else None
+    value = section.get("spawner_class") if isinstance(section, Mapping) else None
+    if isinstance(value, type):
+        return value
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        if "." in value:
+            return import_item(value)
+        found = [ep for ep in entry_points(group="jupyterhub.spawners") if ep.name == value]
+        return found[0].load() if found else None
+    except Exception as exc:  # noqa: BLE001 - said; the generic section is read instead
+        log.warning("c.JupyterHub.spawner_class %r does not import here: %s", value, exc)
+        return None
+
+
+def spawner_setting(config: Mapping | None, spawner_class: type | None, key: str) -> str:
+    """*key* as the hub's *config* sets it for its spawners (pure): the most specific section of
+    *spawner_class*'s bases that sets it, else ``XnatScopedSpawner``'s; "" when unset. Reads
+    the config without adding sections to it."""
+    names = [c.__name__ for c in getattr(spawner_class, "__mro__", ())] + [SERVICE_SECTION]
+    for name in names:
+        section = config.get(name) if isinstance(config, Mapping) else None
+        if isinstance(section, Mapping) and section.get(key):
+            return str(section[key])
+    return ""
+
+
 def service_account_config(config: Mapping | None, spawner_class: type | None = None) -> tuple[str, str]:
     """``(xnat_service_user, xnat_service_password_file)`` as the hub's *config* sets them for
-    its spawners (pure): the most specific section of *spawner_class*'s bases that sets each,
-    else ``XnatScopedSpawner``'s; ``("", "")`` when unset. Reads the config without adding
-    sections to it."""
-    names = [c.__name__ for c in getattr(spawner_class, "__mro__", ())] + [SERVICE_SECTION]
-    found = {}
-    for key in ("xnat_service_user", "xnat_service_password_file"):
-        for name in names:
-            section = config.get(name) if isinstance(config, Mapping) else None
-            if isinstance(section, Mapping) and section.get(key):
-                found[key] = str(section[key])
-                break
-    return found.get("xnat_service_user", ""), found.get("xnat_service_password_file", "")
+    its spawners (pure, :func:`spawner_setting`); ``("", "")`` when unset."""
+    return (spawner_setting(config, spawner_class, "xnat_service_user"),
+            spawner_setting(config, spawner_class, "xnat_service_password_file"))
 
 
 def read_service_password(path: str) -> str:
@@ -141,14 +183,15 @@ def read_service_password(path: str) -> str:
     return password
 
 
-async def revoke_effects(tornado_settings: Mapping, user, target: str, project: str, reason: str,
-                         stop: Callable[[str], Awaitable[None]], *, audit_log=None, ledger=None,
+async def revoke_effects(tornado_settings: Mapping, user: HubUser | None, target: str, project: str,
+                         reason: str, stop: Callable[[str], Awaitable[None]], *, audit_log=None, ledger=None,
                          servers: list[ServerView] | None = None,
                          report: RevocationReport | None = None) -> RevocationReport:
-    """Stop, cancel and wipe what *target* (``User`` *user*, or None when the hub has never
-    seen them) still runs on *project* (:func:`hub_ext.revocation.apply_revocation`), with
-    no time bound (:meth:`RevocationWatch.revoke` adds it). *servers*: the views of *user*'s
-    servers (default: read now); *report*: filled as the effects happen."""
+    """Stop, cancel and wipe what *target* (*user* as the hub's REST API shows them, or None
+    when the hub has no such user) still runs on *project*
+    (:func:`hub_ext.revocation.apply_revocation`), with no time bound
+    (:meth:`RevocationWatch.revoke` adds it). *servers*: the views of *user*'s servers
+    (default: from *user*); *report*: filled as the effects happen."""
     config = tornado_settings.get("config")
     settings = OwnerAccess(config=config)
     audit_log = audit_log if audit_log is not None else HubAuditLog(config=config)
@@ -161,27 +204,53 @@ async def revoke_effects(tornado_settings: Mapping, user, target: str, project: 
         report.pending.remove("reading the job ledger")
     if servers is None:
         servers = server_views(user) if user is not None else []
+    spawner_class = tornado_settings.get("spawner_class") or spawner_class_of(config)
     return await apply_revocation(
         user=target, project=project, reason=reason, servers=servers, jobs=ledger_jobs_hit(rows, target, project),
-        settings=settings,
-        staging_root=staging_root(settings, user), stop=stop, audit=audit_log.record, report=report)
+        settings=settings, staging_root=staging_root(settings, config, spawner_class), stop=stop,
+        audit=audit_log.record, report=report)
+
+
+class HubSource:
+    """The hub's users as governance reads them: through the hub's REST API as the service
+    ``xnat-hpc-governance`` (:mod:`hub_ext.hub_rest`). *client*: a
+    :class:`~hub_ext.hub_rest.HubRestClient` (the service's process makes one from the token
+    the hub gave it); default: the one ``c.XnatGovernance`` configures."""
+
+    def __init__(self, tornado_settings: Mapping, client: hub_rest.HubRestClient | None = None):
+        self.settings = tornado_settings
+        self._client = client
+
+    async def client(self) -> hub_rest.HubRestClient:
+        if self._client is None:
+            return await hub_rest.governance_client(self.settings)
+        return self._client
+
+    async def active_users(self) -> list[HubUser]:
+        return await (await self.client()).active_users()
+
+    async def user(self, name: str) -> HubUser | None:
+        return await (await self.client()).user(name)
+
+    async def stop(self, user: str, name: str) -> None:
+        await (await self.client()).stop_server(user, name)
 
 
 class RevocationWatch:
-    """The periodic re-check and the bounded runner of revocations (module docstring). One
-    per hub process: :func:`ensure_watch`. *permissions*, *stop* and *audit_log* replace
-    the hub's (XNAT, a stop through the hub's REST API as the governance service
-    (:func:`hub_ext.hub_rest.stop_server`), ``HubAuditLog``), e.g. in tests."""
+    """The periodic re-check and the bounded runner of revocations (module docstring).
+    *hub* reads users and stops servers (default: :class:`HubSource`); *permissions*,
+    *stop* and *audit_log* replace XNAT, the hub's stop and ``HubAuditLog``, e.g. in tests."""
 
     #: seconds one user's XNAT question may take in a round (the client's own timeouts are
     #: 15 s per request, one retry)
     question_timeout = 45.0
 
     def __init__(self, tornado_settings: Mapping, *, permissions: Permissions | None = None,
-                 stop: StopUser | None = None, audit_log=None, ledger=None):
+                 stop: StopUser | None = None, audit_log=None, ledger=None, hub=None):
         self.settings = tornado_settings
+        self.hub = hub if hub is not None else HubSource(tornado_settings)
         self.permissions = permissions or self._readable
-        self.stop_user = stop or (lambda user, name: hub_rest.stop_server(self.settings, user.name, name))
+        self.stop_user = stop or (lambda user, name: self.hub.stop(user.name, name))
         self._audit_log = audit_log
         #: the hub's job ledger (:class:`~hub_ext.review_store.ReviewStore`): the jobs to cancel
         self.ledger = ledger if ledger is not None else ReviewStore(config=self.config)
@@ -193,6 +262,8 @@ class RevocationWatch:
         self.in_flight: set[tuple[str, str]] = set()
         #: revocations that outlived their bound, kept until they end
         self.background: set[asyncio.Task] = set()
+        #: rounds done, and the last one's losses acted on (for the service's log and tests)
+        self.rounds = 0
 
     @property
     def config(self):
@@ -214,20 +285,15 @@ class RevocationWatch:
 
     def start(self) -> None:
         """Start the loop on the running event loop (once; again only if the loop it ran on
-        is gone)."""
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            return  # nothing runs yet: the next caller on the hub's loop starts it
+        is gone). Only the governance service's process runs it (:mod:`xnat_hpc_governance`)."""
+        loop = asyncio.get_running_loop()
         if self.interval <= 0:
+            log.info("revocation re-check off (c.OwnerAccess.recheck_interval = 0)")
             return
         if self.task is not None and not self.task.done() and self.task.get_loop() is loop:
             return
         self.task = loop.create_task(self._loop())
         log.info("revocation re-check every %.0f s", self.interval)
-        if not hub_rest.configured(self.settings):
-            log.error("the revocation re-check cannot stop servers: governance acts on the hub through its "
-                      "REST API and is not configured. Add %s", hub_rest.HOW_TO_CONFIGURE)
 
     def stop(self) -> None:
         if self.task is not None:
@@ -239,11 +305,14 @@ class RevocationWatch:
             await asyncio.sleep(self.interval)
             try:
                 await self.check_once()
-            except Exception:  # noqa: BLE001 - the watch must outlive one bad round; logged
-                log.exception("revocation re-check failed")
+            except Exception as exc:  # noqa: BLE001 - the watch must outlive one bad round; logged
+                if isinstance(exc, XnatHpcError):
+                    log.error("revocation re-check round failed: %s", exc.message)
+                else:
+                    log.exception("revocation re-check failed")
 
     # -- one revocation, bounded --------------------------------------------------------------
-    async def revoke(self, user, target: str, project: str, reason: str,
+    async def revoke(self, user: HubUser | None, target: str, project: str, reason: str,
                      stop: Callable[[str], Awaitable[None]], *,
                      servers: list[ServerView] | None = None) -> RevocationReport:
         """:func:`revoke_effects` within ``c.OwnerAccess.revoke_timeout`` seconds; what is not
@@ -270,16 +339,17 @@ class RevocationWatch:
 
     # -- the re-check ---------------------------------------------------------------------------
     async def check_once(self) -> list[tuple[str, str, RevocationReport]]:
-        """One round over every user with an active server; ``(user, project, report)`` per
-        loss acted on. Each user on their own: an error or time-out is logged and the round
-        goes on."""
-        users = list(self.settings.get("users", {}).values())
+        """One round over every user with an active server (the hub's REST API); ``(user,
+        project, report)`` per loss acted on. Each user on their own: an error or time-out is
+        logged and the round goes on. The list itself failing (the hub not answering, the
+        service's role lacking a scope) fails the round, naming why."""
+        users = await self.hub.active_users()
         views = {}
         for user in users:
             try:
                 views[user.name] = server_views(user)
-            except Exception:  # noqa: BLE001 - one user's broken spawner must not end the round
-                log.exception("re-check: cannot read %s's servers", getattr(user, "name", user))
+            except Exception:  # noqa: BLE001 - one user's broken record must not end the round
+                log.exception("re-check: cannot read %s's servers", user.name)
         live = {(name, s.name, s.started) for name, servers in views.items() for s in servers if s.active}
         self.handled = still_running(self.handled, live)
         done = []
@@ -291,11 +361,16 @@ class RevocationWatch:
             except asyncio.TimeoutError:
                 log.warning("re-check of %s skipped this round: XNAT did not answer within %.0f s",
                             user.name, self.question_timeout)
+            except XnatHpcError as exc:
+                log.warning("re-check of %s skipped this round: %s", user.name, exc.message)
             except Exception:  # noqa: BLE001 - isolated per user; logged with its traceback
                 log.exception("re-check of %s failed; the other users are checked", user.name)
+        self.rounds += 1
+        log.info("re-check round %d: %d users with running servers, %d losses acted on", self.rounds,
+                 len(users), len(done))
         return done
 
-    async def _check_user(self, user, views: list[ServerView]) -> list[tuple[str, str, RevocationReport]]:
+    async def _check_user(self, user: HubUser, views: list[ServerView]) -> list[tuple[str, str, RevocationReport]]:
         servers = [s for s in views if s.active and s.projects]
         if not servers:
             return []
@@ -321,16 +396,26 @@ class RevocationWatch:
     # -- asking XNAT ------------------------------------------------------------------------------
     def _xnat_url(self) -> str:
         authenticator = self.settings.get("authenticator")
-        return getattr(authenticator, "xnat_url", "") or os.environ.get("XNAT_HOST", "")
+        url = getattr(authenticator, "xnat_url", "")
+        if not url and isinstance(self.config, Mapping):
+            section = self.config.get("XnatAuthenticator")
+            url = section.get("xnat_url", "") if isinstance(section, Mapping) else ""
+        return str(url or os.environ.get("XNAT_HOST", ""))
 
-    async def _readable(self, user) -> set[str] | None:
-        """The projects *user* may read, asked of XNAT with their own token, else with the
-        hub's service account; None when neither can tell (logged)."""
-        state = await user.get_auth_state() or {}
+    async def _readable(self, user: HubUser) -> set[str] | None:
+        """The projects *user* may read, asked of XNAT with their own token (their
+        ``auth_state``, read now through the hub's REST API: the list of users does not carry
+        it), else with the hub's service account; None when neither can tell (logged)."""
+        state = user.auth_state
+        if state is None:
+            fresh = await self.hub.user(user.name)
+            state = (fresh.auth_state if fresh is not None else None) or {}
         token = AliasToken.from_state(state.get("xnat_token"))
         login = str(state.get("xnat_user") or _recorded_login(user) or user.name)
         url = self._xnat_url()
         if not url:
+            log.warning("re-check of %s skipped: XNAT's address is unknown (c.XnatAuthenticator.xnat_url, "
+                        "or XNAT_HOST in the service's environment)", user.name)
             return None
 
         def ask(account: str, secret: str) -> set[str]:
@@ -346,7 +431,8 @@ class RevocationWatch:
             except XnatHpcError as exc:
                 log.warning("re-check of %s skipped: %s", user.name, exc.message)
                 return None
-        account, password_file = service_account_config(self.config, self.settings.get("spawner_class"))
+        spawner_class = self.settings.get("spawner_class") or spawner_class_of(self.config)
+        account, password_file = service_account_config(self.config, spawner_class)
         if not account or not password_file:
             log.warning("re-check of %s skipped: no live XNAT token of theirs, and no service account "
                         "to ask with (set c.%s.xnat_service_user and xnat_service_password_file; the "
@@ -368,29 +454,28 @@ class RevocationWatch:
             return None
 
 
-def _recorded_login(user) -> str:
+def _recorded_login(user: HubUser) -> str:
     """The XNAT login a server of *user* was started for (its :class:`SpawnRecord`): a user XNAT's
     plugin started, who never logged in to the hub, under a derived name (:mod:`hub_ext.names`)."""
-    for spawner in list(getattr(user, "spawners", {}).values()):
-        try:
-            record = record_of(spawner)
-        except XnatHpcError:
-            continue
+    for name in user.servers:
+        record = record_in(user, name)
         if record is not None and record.login:
             return record.login
     return ""
 
 
-#: this process's watches by ``id`` of the hub's ``config`` object, with a weak reference to
+#: this process's runners by ``id`` of the hub's ``config`` object, with a weak reference to
 #: it to tell a reused ``id`` apart (a hub process has one config for its whole life)
 _WATCHES: dict[int, tuple[weakref.ref, RevocationWatch]] = {}
 
 
 def ensure_watch(tornado_settings: dict) -> RevocationWatch:
-    """The hub process's one :class:`RevocationWatch`, started on first use.
+    """The hub process's one :class:`RevocationWatch`, for the access page's bounded
+    revocations (:func:`revoke_bounded`); its loop is not started here: the re-check runs in
+    the governance service's process.
 
     The callers hold different settings dicts of the same hub (a handler's is tornado's
-    copy of the app's ``tornado_settings``, a ``User``'s is the app's own), so the watch is
+    copy of the app's ``tornado_settings``, a ``User``'s is the app's own), so the runner is
     found by what they share: the hub's ``config`` object. Without one (a bare dict in a
     test), the dict itself keeps it."""
     config = tornado_settings.get("config")
@@ -398,17 +483,15 @@ def ensure_watch(tornado_settings: dict) -> RevocationWatch:
         watch = tornado_settings.get("xnat_hpc_revocation_watch")
         if watch is None:
             watch = tornado_settings["xnat_hpc_revocation_watch"] = RevocationWatch(tornado_settings)
-        watch.start()
         return watch
     entry = _WATCHES.get(id(config))
     if entry is None or entry[0]() is not config:
         entry = _WATCHES[id(config)] = (weakref.ref(config), RevocationWatch(tornado_settings))
-    entry[1].start()
     return entry[1]
 
 
-async def revoke_bounded(tornado_settings: dict, user, target: str, project: str, reason: str,
+async def revoke_bounded(tornado_settings: dict, user: HubUser | None, target: str, project: str, reason: str,
                          stop: Callable[[str], Awaitable[None]]) -> RevocationReport:
     """What the access page runs after XNAT removed *target* from *project*:
-    :meth:`RevocationWatch.revoke` of the hub's watch (bounded by ``c.OwnerAccess.revoke_timeout``)."""
+    :meth:`RevocationWatch.revoke` of the hub's runner (bounded by ``c.OwnerAccess.revoke_timeout``)."""
     return await ensure_watch(tornado_settings).revoke(user, target, project, reason, stop)

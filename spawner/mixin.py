@@ -441,7 +441,6 @@ class XnatScopedSpawner(LoggingConfigurable):
             self.spawn_progress = SpawnProgress()
             self.xnat_plan = await self.checked_plan()
         plan = self.xnat_plan
-        _start_revocation_watch(self)
         await self.xnat_audit("spawn", "allowed", items=plan.projects,
                               detail=f"profile {plan.profile.slug}; scope {plan.scope.to_json()}")
         self.log.info("starting %s with profile %s, scope %s", self._log_name, plan.profile.slug,
@@ -545,13 +544,3 @@ def _checked_in_start(spawner, user_options) -> None:
 
 async def _options_form(spawner) -> str:
     return await spawner.render_options_form()
-
-
-def _start_revocation_watch(spawner) -> None:
-    """The hub's periodic re-check of running servers' scopes (``c.OwnerAccess.recheck_interval``)
-    runs once anything of ours is used after a hub start: the first start, event or page."""
-    settings = getattr(spawner.user, "settings", None)
-    if isinstance(settings, dict) and settings.get("config") is not None:
-        from hub_ext.revocation_watch import ensure_watch
-
-        ensure_watch(settings)

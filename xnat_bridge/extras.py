@@ -34,7 +34,7 @@ DISTRIBUTIONS = {
 }
 
 #: this distribution's own top-level packages: a missing one of these is not a missing extra
-_OWN = {"xnat_bridge", "hub_ext", "spawner", "devxnat", "devstack"}
+_OWN = {"xnat_bridge", "hub_ext", "spawner", "xnat_hpc_governance", "devxnat", "devstack"}
 
 
 class MissingExtra(XnatHpcError, ImportError):

@@ -105,7 +105,7 @@ def test_the_wheel_holds_the_built_extension_and_the_server_config_not_the_dev_t
         assert data + needed in names, needed
     assert any(re.fullmatch(re.escape(data + LAB) + r"/static/remoteEntry\.[0-9a-f]+\.js", n) for n in names)
     tops = {n.split("/")[0] for n in names if not n.startswith("xnat_hpc_hub-")}
-    assert tops == {"hub_ext", "spawner", "xnat_bridge"}, tops
+    assert tops == {"hub_ext", "spawner", "xnat_bridge", "xnat_hpc_governance"}, tops
     assert "xnat_bridge/serverext/openapi.yaml" in names
     assert not any("/labextension/" in n and not n.startswith(data) for n in names)
     meta = zipfile.ZipFile(dist["wheel"]).read(

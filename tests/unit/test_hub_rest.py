@@ -33,7 +33,7 @@ from xnat_bridge.errors import PermissionDenied
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 #: services whose roles each lack one of the governance scopes
-LIST_ONLY, NO_DELETE, NOTHING = (secrets.token_hex(16) for _ in range(3))
+LIST_ONLY, NO_DELETE, NO_AUTH_STATE, NOTHING = (secrets.token_hex(16) for _ in range(4))
 #: seconds a server of the in-process spawner may take to start or stop on a loaded machine
 DEADLINE = 30.0
 
@@ -43,10 +43,13 @@ async def hub():
     c = Config()
     c.JupyterHub.services = [{"name": "gov-list-only", "api_token": LIST_ONLY},
                              {"name": "gov-no-delete", "api_token": NO_DELETE},
+                             {"name": "gov-no-auth-state", "api_token": NO_AUTH_STATE},
                              {"name": "gov-nothing", "api_token": NOTHING}]
     c.JupyterHub.load_roles = [
         {"name": "gov-list-only", "services": ["gov-list-only"], "scopes": ["list:users"]},
-        {"name": "gov-no-delete", "services": ["gov-no-delete"], "scopes": ["list:users", "read:servers"]}]
+        {"name": "gov-no-delete", "services": ["gov-no-delete"], "scopes": ["list:users", "read:servers"]},
+        {"name": "gov-no-auth-state", "services": ["gov-no-auth-state"],
+         "scopes": ["list:users", "read:servers", "admin:server_state"]}]
     async with mock_hub(c) as h:
         yield h
 
@@ -84,7 +87,10 @@ async def test_the_service_is_registered_with_exactly_the_least_scopes(hub):
     service = orm.Service.find(hub.app.db, SERVICE_NAME)
     assert [r.name for r in service.roles] == [SERVICE_NAME]
     assert sorted(service.roles[0].scopes) == sorted(GOVERNANCE_SCOPES)
-    assert "admin:users" not in get_scopes_for(service) and "admin:server_state" not in get_scopes_for(service)
+    granted = get_scopes_for(service)
+    # reads records and XNAT tokens, stops servers; never makes users, servers or tokens
+    assert {"admin:server_state", "admin:auth_state", "delete:servers"} <= granted
+    assert not {"admin:users", "admin:servers", "servers", "tokens", "users", "admin:groups"} & granted
 
 
 async def test_the_client_lists_every_active_server_page_by_page(hub):
@@ -165,6 +171,92 @@ async def test_the_re_check_stops_through_the_rest_api(hub, caplog):
     assert (await hub.request("GET", "api/user", token=token))[0] == 403
 
 
+@pytest.fixture
+def auth_state(hub):
+    """The hub keeps encrypted auth state, as a site's XnatAuthenticator does (JupyterHub's own
+    tests' ``auth_state_enabled`` way); undone after the test."""
+    from jupyterhub.crypto import CryptKeeper
+
+    keeper = CryptKeeper.instance()
+    keys, enabled = keeper.keys, hub.app.authenticator.enable_auth_state
+    keeper.keys = [os.urandom(32)]
+    hub.app.authenticator.enable_auth_state = True
+    yield
+    keeper.keys, hub.app.authenticator.enable_auth_state = keys, enabled
+
+
+async def test_the_re_check_reads_records_and_xnat_tokens_through_the_api_and_asks_xnat_as_the_user(
+        hub, auth_state, monkeypatch):
+    """What the governance service's process reads: each active server's record (the scope the
+    hub decided, from its state) in the list, the user's XNAT alias token from ``GET /users/{u}``
+    (the list never carries auth_state); the re-check asks XNAT with that token and stops the
+    server whose project is gone."""
+    from hub_ext import revocation_watch
+    from xnat_bridge.spawn_record import SpawnRecord
+
+    await start(hub, "readback", "two", ["A", "B"])
+    await hub.app.users["readback"].save_auth_state(
+        {"xnat_user": "ReadBack", "xnat_token": {"alias": "alias-rb", "secret": "secret-rb"}})
+    [listed] = [u for u in await client(hub).active_users() if u.name == "readback"]
+    assert listed.auth_state is None and list(listed.servers) == ["two"]
+    assert SpawnRecord.from_state(listed.servers["two"].state).projects == frozenset({"A", "B"})
+    full = await client(hub).user("readback")
+    assert full.auth_state["xnat_token"] == {"alias": "alias-rb", "secret": "secret-rb"}
+    assert await client(hub).user("nobody-by-this-name") is None
+
+    asked = []
+
+    class XnatAsUser:
+        def __init__(self, url, account, secret, **kw):
+            asked.append((url, account, secret))
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+    class Permissions:
+        roles = {"A": "Member"}  # B is gone
+
+    monkeypatch.setattr(revocation_watch, "XnatClient", XnatAsUser)
+    monkeypatch.setattr(revocation_watch, "fetch_permissions",
+                        lambda client, login: Permissions() if login == "ReadBack" else None)
+
+    class Audit:
+        async def record(self, *a, **kw):
+            pass
+
+    class Ledger:
+        def ledger_jobs(self, **kw):
+            return []
+
+    config = copy.deepcopy(hub.config)
+    config.XnatAuthenticator.xnat_url = "http://xnat.invalid"
+    settings = {"config": config}  # what the service's process has: the configuration, no hub objects
+    watch = RevocationWatch(settings, audit_log=Audit(), ledger=Ledger(),
+                            hub=revocation_watch.HubSource(settings, client(hub)))
+
+    async def only_readback(user):  # other modules' users of this hub: not asked
+        return await watch._readable(user) if user.name == "readback" else None
+
+    watch.permissions = only_readback
+    [(who, project, report)] = await watch.check_once()
+    assert (who, project, report.stopped) == ("readback", "B", ["two"])
+    assert asked == [("http://xnat.invalid", "alias-rb", "secret-rb")]
+    assert "two" not in hub.app.users["readback"].spawners or not hub.app.users["readback"].spawners["two"].active
+
+
+async def test_without_a_scope_for_records_or_xnat_tokens_the_re_check_names_it(hub):
+    await start(hub, "unrecorded", "r", ["A"])
+    with pytest.raises(PermissionDenied, match="admin:server_state"):
+        await client(hub, NO_DELETE).active_users()
+    assert [u.name for u in await client(hub, NO_AUTH_STATE).active_users() if u.name == "unrecorded"]
+    with pytest.raises(PermissionDenied, match="admin:auth_state"):
+        await client(hub, NO_AUTH_STATE).user("unrecorded")
+    await hub.stop_servers()
+
+
 async def test_without_the_service_configured_nothing_is_stopped_and_the_report_says_what_to_add(hub):
     await start(hub, "unconfigured", "u", ["LOST"])
     config = copy.deepcopy(hub.config)
@@ -183,8 +275,8 @@ async def test_without_the_service_configured_nothing_is_stopped_and_the_report_
             return []
 
     watch = RevocationWatch(settings, permissions=readable, audit_log=Audit(), ledger=Ledger())
-    [(_, _, report)] = await watch.check_once()
-    assert report.stopped == [] and "c.XnatGovernance.token_file is not set" in report.problems[0]
+    with pytest.raises(GovernanceNotConfigured, match="c.XnatGovernance.token_file is not set"):
+        await watch.check_once()  # nothing read from JupyterHub's objects instead
     assert hub.app.users["unconfigured"].spawners["u"].active  # never stopped behind the API's back
     rows, problem = await owner.active_servers(settings)
     assert rows == [] and "c.XnatGovernance.token_file" in problem and "register_governance" in problem

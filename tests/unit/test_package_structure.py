@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-PRODUCT = ("hub_ext", "spawner", "xnat_bridge")
+PRODUCT = ("hub_ext", "spawner", "xnat_bridge", "xnat_hpc_governance")
 STAND_INS = ("devxnat", "devstack")
 PACKAGES = PRODUCT + STAND_INS
 
@@ -27,6 +27,8 @@ ALLOWED = {
     "xnat_bridge": {"xnat_bridge"},
     "hub_ext": {"hub_ext", "xnat_bridge"},
     "spawner": {"spawner", "hub_ext", "xnat_bridge"},
+    # the governance service's process: the hub side's governance modules, never the spawners
+    "xnat_hpc_governance": {"xnat_hpc_governance", "hub_ext", "xnat_bridge"},
     "devxnat": {"devxnat"},
     "devstack": {"devstack", "devxnat", "hub_ext", "spawner", "xnat_bridge"},
 }

@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[2]
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 PROJECT = PYPROJECT["project"]
 EXTRAS = PROJECT["optional-dependencies"]
-OWN = {"hub_ext", "spawner", "xnat_bridge", "devxnat", "devstack", "tests"}
+OWN = {"hub_ext", "spawner", "xnat_bridge", "xnat_hpc_governance", "devxnat", "devstack", "tests"}
 
 
 def _norm(name: str) -> str:
@@ -53,6 +53,7 @@ ALLOWED = {
     "xnat_bridge": BASE | ROLE["server"],
     "hub_ext": BASE | ROLE["hub"],
     "spawner": BASE | ROLE["hub"],
+    "xnat_hpc_governance": BASE | ROLE["hub"],
     "devxnat": ALL_ROLES,
     "devstack": ALL_ROLES,
     "tests": ALL_ROLES | ROLE["test"],

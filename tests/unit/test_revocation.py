@@ -229,20 +229,25 @@ def test_a_revocation_acts_on_the_hub_user_the_authenticator_maps_the_xnat_login
     from hub_ext import owner_access
     from hub_ext.auth import XnatAuthenticator
 
+    from hub_ext import hub_rest
+    from hub_ext.revocation import RevocationReport
+
     seen = {}
 
     async def fake_effects(settings, user, hub_name, project, reason, stop):
         seen.update(user=user, hub_name=hub_name, project=project)
+        return RevocationReport()
+
+    async def hub_user(settings, name):  # the hub's REST API, as governance reads it
+        seen["looked_up"] = name
+        return f"<User {name}>"
 
     class Handler:
         authenticator = XnatAuthenticator(username_map={"J.Doe": "jdoe"})
         settings: dict = {}
 
-        def find_user(self, name):
-            seen["looked_up"] = name
-            return f"<User {name}>"
-
     monkeypatch.setattr(owner_access, "revoke_bounded", fake_effects)
+    monkeypatch.setattr(hub_rest, "hub_user", hub_user)
     asyncio.run(owner_access.OwnerAccessHandler.revoke_effects(Handler(), "J.Doe", "CARDIO_ECG", "revoked"))
     assert seen == {"looked_up": "jdoe", "user": "<User jdoe>", "hub_name": "jdoe", "project": "CARDIO_ECG"}
     asyncio.run(owner_access.OwnerAccessHandler.revoke_effects(Handler(), "bob", "CARDIO_ECG", "revoked"))

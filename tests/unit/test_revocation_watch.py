@@ -1,7 +1,9 @@
-"""The hub's revocation runner and re-check (hub_ext.revocation_watch), in-process with
-fakes: users and spawners whose state holds the hub's SpawnRecord, a permissions source,
-a stop callable and an audit log. No sleeping: hanging effects wait on events that the
-test sets; bounds are small, and "within the bound" is asserted generously."""
+"""The revocation runner and re-check (hub_ext.revocation_watch), in-process with fakes:
+the hub's REST API as governance reads it (users whose servers' state holds the hub's
+SpawnRecord, snapshots as ``hub_ext.hub_rest.HubUser``), a permissions source, a stop callable
+and an audit log. No sleeping: hanging effects wait on events that the test sets; bounds are
+small, and "within the bound" is asserted generously. tests/unit/test_hub_rest.py runs the
+re-check against a real in-process hub's REST API."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import pytest
 from traitlets.config import Config
 
 from hub_ext import revocation, revocation_watch
+from hub_ext.hub_rest import HubServer, HubUser
 from hub_ext.revocation_watch import RevocationWatch, ensure_watch
 from xnat_bridge.errors import PermissionDenied, TokenExpired
 from xnat_bridge.scope import Scope
@@ -36,13 +39,33 @@ class FakeSpawner:
 
 
 class FakeUser:
-    def __init__(self, name, **spawners):
+    def __init__(self, name, auth_state=None, **spawners):
         self.name = name
         self.spawners = dict(spawners)
-        self.orm_spawners = self.spawners
+        self.auth_state = auth_state
 
-    async def get_auth_state(self):
-        return {}
+    def snapshot(self, *, with_auth_state=True) -> HubUser:
+        """As the hub's REST API shows this user now (the list carries no auth_state)."""
+        servers = {n: HubServer(n, True, True, s.pending, s.record.started, s.get_state())
+                   for n, s in self.spawners.items() if s.active}
+        return HubUser(self.name, servers, (self.auth_state or {}) if with_auth_state else None)
+
+
+class FakeRest:
+    """What :class:`hub_ext.revocation_watch.HubSource` reads: the active users, one user."""
+
+    def __init__(self, users):
+        self.users = {u.name: u for u in users}
+
+    async def active_users(self):
+        return [u.snapshot(with_auth_state=False) for u in self.users.values()
+                if any(s.active for s in u.spawners.values())]
+
+    async def user(self, name):
+        return self.users[name].snapshot() if name in self.users else None
+
+    async def stop(self, user, name):
+        raise AssertionError("the tests' stop is Hub.stop")
 
 
 class FakeAudit:
@@ -80,13 +103,14 @@ class Hub:
         self.config.OwnerAccess.on_revoke = on_revoke
         self.config.OwnerAccess.revoke_timeout = timeout
         self.config.OwnerAccess.staging_dir = staging
-        self.settings = {"config": self.config, "users": {u.name: u for u in users}}
+        self.settings = {"config": self.config}
+        self.rest = FakeRest(users)
         self.readable = readable
         self.stopped = []
         self.hold: dict[str, asyncio.Event] = {}
         self.audit = FakeAudit(events)
         self.watch = RevocationWatch(self.settings, permissions=self.permissions, stop=self.stop,
-                                     audit_log=self.audit, ledger=FakeLedger(jobs))
+                                     audit_log=self.audit, ledger=FakeLedger(jobs), hub=self.rest)
 
     async def permissions(self, user):
         value = self.readable[user.name]
@@ -101,7 +125,7 @@ class Hub:
         if user.name in self.hold:
             await self.hold[user.name].wait()
         self.stopped.append((user.name, name))
-        user.spawners[name].active = False
+        self.rest.users[user.name].spawners[name].active = False
 
 
 async def timed(awaitable):
@@ -229,28 +253,34 @@ def test_one_users_error_or_silence_does_not_end_the_round(caplog):
     asyncio.run(main())
 
 
-def test_ensure_watch_starts_one_loop_per_hub_whatever_settings_dict_it_gets():
+def test_the_hub_keeps_one_runner_and_starts_no_re_check_loop():
+    """The hub process runs the access page's bounded revocations (one runner per hub, whatever
+    settings dict the caller holds); the re-check loop runs in the governance service's process
+    only (xnat_hpc_governance; tests/unit/test_governance_service.py)."""
     config = Config()
     config.OwnerAccess.recheck_interval = 3600.0
-    users = {}
 
     def loops():
         return [t for t in asyncio.all_tasks() if t.get_coro().__qualname__ == "RevocationWatch._loop"]
 
     async def main():
-        handler_settings = {"config": config, "users": users, "from": "tornado.web.Application"}
-        user_settings = {"config": config, "users": users, "from": "JupyterHub.tornado_settings"}
+        handler_settings = {"config": config, "from": "tornado.web.Application"}
+        user_settings = {"config": config, "from": "JupyterHub.tornado_settings"}
         watch = ensure_watch(handler_settings)
         assert ensure_watch(user_settings) is watch and ensure_watch(handler_settings) is watch
+        assert ensure_watch({"config": Config()}) is not watch  # another hub's config
+        assert loops() == []
+        watch.start()  # what the service does
         assert len(loops()) == 1
-        other = ensure_watch({"config": Config(), "users": {}})  # another hub's config
-        assert other is not watch and len(loops()) == 2
+        watch.start()
+        assert len(loops()) == 1
+        watch.stop()
         off = Config()
         off.OwnerAccess.recheck_interval = 0
-        ensure_watch({"config": off})
-        assert len(loops()) == 2
-        watch.stop()
-        other.stop()
+        other = RevocationWatch({"config": off})
+        other.start()
+        await asyncio.sleep(0)
+        assert loops() == []
 
     asyncio.run(main())
 
@@ -307,13 +337,9 @@ def _watch_for(state, tmp_path, service=True):
     class Authenticator:
         xnat_url = "http://xnat.test"
 
-    class User:
-        name = "bob"
-
-        async def get_auth_state(self):
-            return state
-
-    return RevocationWatch({"config": config, "authenticator": Authenticator()}), User()
+    rest = FakeRest([FakeUser("bob", state, s=FakeSpawner({"A"}))])
+    return RevocationWatch({"config": config, "authenticator": Authenticator()}, hub=rest), \
+        rest.users["bob"].snapshot(with_auth_state=False)
 
 
 def test_the_re_check_asks_with_the_users_own_token(xnat, tmp_path):
@@ -343,29 +369,32 @@ def test_without_a_service_account_or_its_rights_the_user_is_skipped_and_said(xn
 
 # -- stopping: the hub's REST API, as the governance service -------------------------------------
 
-def test_the_watchs_own_stop_is_the_hub_rest_api_and_unconfigured_it_says_what_to_add(caplog):
-    """No private attribute of JupyterHub's: without ``c.XnatGovernance.token_file`` the default stop
-    fails naming the setting, the loop says so when it starts, and the revocation reports it
+def test_the_watchs_own_reads_and_stops_are_the_hub_rest_api_and_unconfigured_they_say_what_to_add(caplog):
+    """No JupyterHub object is read: without ``c.XnatGovernance.token_file`` (and outside the
+    service's process, which has the hub's token) the round fails naming the setting, and a
+    revocation whose user was read reports the stop that could not be made
     (tests/unit/test_hub_rest.py stops real servers of an in-process hub this way)."""
     from hub_ext.hub_rest import GovernanceNotConfigured
+    from hub_ext.revocation_watch import HubSource
 
     config = Config()
     config.OwnerAccess.recheck_interval = 3600.0
     spawner = FakeSpawner({"A"})
-    user = FakeUser("bob", s=spawner)
+    rest = FakeRest([FakeUser("bob", s=spawner)])
+
+    class ReadsFaked(HubSource):  # the users from the fake, the stop the real one
+        active_users, user = rest.active_users, rest.user
 
     async def main():
-        watch = RevocationWatch({"config": config, "users": {"bob": user}},
-                                permissions=lambda u: asyncio.sleep(0, set()),
-                                audit_log=FakeAudit(), ledger=FakeLedger())
+        unconfigured = RevocationWatch({"config": config}, permissions=lambda u: asyncio.sleep(0, set()),
+                                       audit_log=FakeAudit(), ledger=FakeLedger())
         with pytest.raises(GovernanceNotConfigured, match="c.XnatGovernance.token_file is not set"):
-            await watch.stop_user(user, "s")
-        with caplog.at_level(logging.ERROR, logger="hub_ext.revocation_watch"):
-            watch.start()
-        watch.stop()
-        assert "cannot stop servers" in caplog.text and "register_governance" in caplog.text
+            await unconfigured.check_once()
+        settings = {"config": config}
+        watch = RevocationWatch(settings, permissions=lambda u: asyncio.sleep(0, set()),
+                                audit_log=FakeAudit(), ledger=FakeLedger(), hub=ReadsFaked(settings))
         [(_, _, report)] = await watch.check_once()
         assert report.stopped == [] and "c.XnatGovernance.token_file" in report.problems[0]
-        assert spawner.active and not hasattr(spawner, "_stop_pending")
+        assert "register_governance" in report.problems[0] and spawner.active
 
     asyncio.run(main())

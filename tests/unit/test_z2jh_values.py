@@ -78,6 +78,10 @@ def load_values() -> dict:
     return yaml.safe_load(VALUES.read_text())
 
 
+#: where the chart's image keeps the jupyterhub_config.py that runs the extraConfig snippets
+CHART_CONFIG_FILE = "/usr/local/etc/jupyterhub/jupyterhub_config.py"
+
+
 def render(values: Mapping, secret_dirs: tuple[Path, Path]) -> tuple[Config, dict]:
     """The hub's config as the chart's jupyterhub_config.py builds it from *values* (the parts
     that concern this file), and the namespace the extraConfig snippets ran in."""
@@ -146,7 +150,8 @@ def render(values: Mapping, secret_dirs: tuple[Path, Path]) -> tuple[Config, dic
 
     namespace = {"c": c, "get_config": get_config, "get_secret_value": get_secret_value,
                  "set_config_if_not_none": set_config_if_not_none, "camelCaseify": camelCaseify,
-                 "os": os, "re": re, "sys": sys, "__name__": "__main__"}
+                 "os": os, "re": re, "sys": sys, "__name__": "__main__",
+                 "__file__": CHART_CONFIG_FILE}
     for key, config_py in sorted(get_config("hub.extraConfig", {}).items()):
         exec(compile(config_py, f"<hub.extraConfig.{key}>", "exec"), namespace)
     return c, namespace
@@ -310,7 +315,12 @@ def test_rendered_governance_service_role_and_private_token_file(rendered):
     c, password_file = rendered
     services = {s["name"]: s for s in c.JupyterHub.services}
     # the site's (its newline off), the same value governance reads from its private copy
-    assert services[GOVERNANCE] == {"name": GOVERNANCE, "api_token": GOVERNANCE_TOKEN}
+    # the hub starts its process with the chart's own config file (the re-check runs there)
+    assert services[GOVERNANCE] == {"name": GOVERNANCE, "api_token": GOVERNANCE_TOKEN,
+                                    "command": ["python3", "-m", "xnat_hpc_governance",
+                                                f"--config={CHART_CONFIG_FILE}"],
+                                    "environment": services[GOVERNANCE]["environment"]}
+    assert set(services[GOVERNANCE]["environment"]) <= {"XNAT_HOST", "PYTHONPATH"}
     roles = {r["name"]: r for r in c.JupyterHub.load_roles}
     assert roles[GOVERNANCE]["services"] == [GOVERNANCE] and roles[GOVERNANCE]["scopes"] == list(GOVERNANCE_SCOPES)
     from jupyterhub.scopes import scope_definitions

@@ -1,0 +1,164 @@
+"""The governance service's process (:mod:`xnat_hpc_governance`, issue 19): the revocation
+re-check runs beside the hub, reading the hub's configuration file and acting on the hub only
+through its REST API (the in-process ``MockHub`` of :mod:`tests.fixtures.mockhub`).
+``tests/integration/test_owner_access.py`` has a real hub start it as a managed service."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+
+import pytest
+import pytest_asyncio
+from traitlets.config import Config
+
+from hub_ext.hub_rest import SERVICE_NAME, managed_service, register_governance
+from tests.fixtures.mockhub import mock_hub
+from xnat_hpc_governance.app import GovernanceService, ServiceConfigError, main
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+DEADLINE = 30.0
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def hub():
+    async with mock_hub(Config()) as h:
+        yield h
+
+
+def config_file(hub, tmp_path, extra: str = "") -> str:
+    """A hub configuration as a site writes it: the governance token file, XNAT's address."""
+    path = tmp_path / "jupyterhub_config.py"
+    path.write_text(f'''c = get_config()  # noqa
+c.XnatGovernance.token_file = "{hub.config.XnatGovernance.token_file}"
+c.XnatAuthenticator.xnat_url = "http://xnat.invalid"
+c.OwnerAccess.recheck_interval = 3600
+{extra}''')
+    return str(path)
+
+
+def test_without_the_hubs_configuration_it_says_what_to_pass(capsys, tmp_path):
+    for argv, says in (([], "--config=/path/to/jupyterhub_config.py"),
+                       ([f"--config={tmp_path / 'absent.py'}"], "no such file")):
+        with pytest.raises(SystemExit) as ended:
+            main(argv)
+        assert ended.value.code == 2 and says in capsys.readouterr().err
+
+
+def services(c) -> list:
+    value = c.JupyterHub.services
+    return value.get_value([]) if hasattr(value, "get_value") else value
+
+
+def test_registered_with_its_config_file_the_hub_starts_it(tmp_path):
+    token = tmp_path / "token"
+    token.write_text("t" * 64 + "\n")
+    os.chmod(token, 0o600)
+    hub_config = tmp_path / "jupyterhub_config.py"
+    hub_config.write_text("")
+    c = Config()
+    register_governance(c, str(token), config_file=str(hub_config))
+    [service] = [s for s in services(c) if s["name"] == SERVICE_NAME]
+    assert service["command"] == [sys.executable, "-m", "xnat_hpc_governance", f"--config={hub_config}"]
+    assert service["api_token"] == "t" * 64 and "url" not in service  # no port: a background process
+    assert set(service["environment"]) <= {"XNAT_HOST", "PYTHONPATH"}
+    assert managed_service("rel/cfg.py", "python3")["command"][-1] == f"--config={os.path.abspath('rel/cfg.py')}"
+    c = Config()
+    register_governance(c, str(token))  # unmanaged: the site runs the process itself
+    assert "command" not in services(c)[0]
+    from hub_ext.hub_rest import GovernanceNotConfigured
+
+    with pytest.raises(GovernanceNotConfigured, match="config_file=__file__"):
+        register_governance(Config(), str(token), config_file=str(tmp_path / "absent.py"))
+
+
+async def test_it_reads_the_hubs_file_and_its_re_check_stops_a_lost_server_through_the_api(hub, tmp_path, monkeypatch):
+    monkeypatch.setenv("JUPYTERHUB_API_URL", hub.base + "api")
+    monkeypatch.delenv("JUPYTERHUB_API_TOKEN", raising=False)  # run by hand: the token file
+    app = GovernanceService()
+    app.initialize([f"--config={config_file(hub, tmp_path)}"])
+    assert app.config.OwnerAccess.recheck_interval == 3600
+    client = await app.hub_client()
+    assert client.api_url == hub.base.rstrip("/") + "/api"
+    watch = app.watch(client)
+    assert watch.interval == 3600 and watch._xnat_url() == "http://xnat.invalid"
+
+    token = hub.personal_token("svc-lost")
+    code, _, r = await hub.request("POST", "api/users/svc-lost/servers/w", token=token, body={"projects": ["GONE"]})
+    assert code in (201, 202), r.body
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + DEADLINE
+    while not hub.app.users["svc-lost"].spawners["w"].ready:
+        assert loop.time() < deadline
+        await asyncio.sleep(0.05)
+
+    async def readable(user):  # XNAT's answer: svc-lost reads nothing now; others unknown
+        return set() if user.name == "svc-lost" else None
+
+    class Audit:
+        records: list = []
+
+        async def record(self, user, action, outcome, **kw):
+            self.records.append((user, action))
+
+    class Ledger:
+        def ledger_jobs(self, **kw):
+            return []
+
+    watch.permissions, watch._audit_log, watch.ledger = readable, Audit(), Ledger()
+    [(who, project, report)] = await watch.check_once()
+    assert (who, project, report.stopped) == ("svc-lost", "GONE", ["w"])
+    assert ("svc-lost", "revoke") in Audit.records
+    assert not hub.app.users["svc-lost"].spawners["w"].active
+
+
+async def test_the_hubs_token_wins_and_a_stop_ends_it(hub, tmp_path, monkeypatch):
+    monkeypatch.setenv("JUPYTERHUB_API_URL", hub.base + "api")
+    monkeypatch.setenv("JUPYTERHUB_API_TOKEN", hub.governance_token)
+    app = GovernanceService()
+    path = config_file(hub, tmp_path, "c.XnatGovernance.token_file = ''")
+    app.initialize([f"--config={path}"])
+    assert (await app.hub_client()).running_servers  # no token file needed: the hub gave one
+    stop = asyncio.Event()
+    stop.set()
+    await asyncio.wait_for(app.run(stop), DEADLINE)  # starts the loop, ends it, returns
+
+
+async def test_the_process_stops_on_the_hubs_sigterm_and_names_itself_in_the_log(hub, tmp_path):
+    env = {**os.environ, "JUPYTERHUB_API_URL": hub.base + "api", "JUPYTERHUB_API_TOKEN": hub.governance_token,
+           "JUPYTERHUB_SERVICE_NAME": SERVICE_NAME, "PYTHONPATH": os.getcwd()}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "xnat_hpc_governance", f"--config={config_file(hub, tmp_path)}",
+        stderr=asyncio.subprocess.PIPE, env=env)
+    lines = []
+    try:
+        while True:  # until it says the re-check runs
+            line = (await asyncio.wait_for(proc.stderr.readline(), DEADLINE)).decode()
+            assert line, "".join(lines)
+            lines.append(line)
+            if "revocation re-check every 3600 s" in line:
+                break
+        assert "xnat-hpc-governance hub_ext.revocation_watch]" in line
+        proc.send_signal(signal.SIGTERM)
+        rest = (await asyncio.wait_for(proc.stderr.read(), DEADLINE)).decode()
+        assert await asyncio.wait_for(proc.wait(), DEADLINE) == 0, rest
+        assert "stopping (0 re-check rounds done)" in rest
+        assert hub.governance_token not in "".join(lines) + rest
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+def test_a_config_error_is_a_clear_refusal(tmp_path, monkeypatch):
+    monkeypatch.delenv("JUPYTERHUB_API_URL", raising=False)
+    monkeypatch.delenv("JUPYTERHUB_API_TOKEN", raising=False)
+    path = tmp_path / "c.py"
+    path.write_text("c = get_config()  # noqa\n")
+    app = GovernanceService()
+    app.initialize([f"--config={path}"])
+    with pytest.raises(ServiceConfigError, match="c.XnatGovernance.hub_api_url"):
+        asyncio.run(app.hub_client())

@@ -1,0 +1,138 @@
+"""The governance service's process (:mod:`xnat_hpc_governance`).
+
+The hub starts it as a managed service (``register_governance(c, config_file=__file__)``) with
+``JUPYTERHUB_API_URL`` and ``JUPYTERHUB_API_TOKEN`` (the token of the service
+``xnat-hpc-governance``, whose role :data:`hub_ext.hub_rest.GOVERNANCE_SCOPES` holds). Run by
+hand (or by a site's supervisor, the service then unmanaged), it reads the token from
+``c.XnatGovernance.token_file`` and the address from ``c.XnatGovernance.hub_api_url``.
+
+It stops on SIGINT or SIGTERM (the hub's stop) within a second: the round in flight is
+cancelled; a revocation's effects already begun are idempotent and the next start's round does
+them again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+
+from traitlets import Unicode, default
+from traitlets.config import Application
+
+from hub_ext import hub_rest
+from hub_ext.revocation_watch import HubSource, RevocationWatch
+from xnat_bridge.errors import XnatHpcError
+
+log = logging.getLogger(__name__)
+
+
+class ServiceConfigError(XnatHpcError):
+    """The service cannot start as configured; the message names the setting."""
+
+    status = 500
+    reason = "governance_service_config"
+
+
+class GovernanceService(Application):
+    """``python -m xnat_hpc_governance --config /etc/jupyterhub/jupyterhub_config.py``."""
+
+    name = "xnat-hpc-governance"
+    description = ("xnat-hpc-hub's governance service: the revocation re-check, beside the hub, "
+                   "through the hub's REST API")
+
+    config_file = Unicode(
+        "",
+        help="""The hub's ``jupyterhub_config.py``: the service reads its settings
+        (``c.OwnerAccess``, ``c.XnatGovernance``, ``c.HubAuditLog``, ``c.ReviewStore``,
+        ``c.XnatAuthenticator.xnat_url``, the spawners' XNAT service account and profiles
+        file) from the same file as the hub. Required. Example:
+        ``--config=/etc/jupyterhub/jupyterhub_config.py``.""",
+    ).tag(config=True)
+
+    hub_api_url = Unicode(
+        help="""The hub's REST API. Default: ``JUPYTERHUB_API_URL`` (set by the hub for a managed
+        service), else ``c.XnatGovernance.hub_api_url``.""",
+    ).tag(config=True)
+
+    aliases = {"config": "GovernanceService.config_file", "log-level": "Application.log_level"}
+
+    @default("log_level")
+    def _default_log_level(self):
+        return logging.INFO
+
+    @default("hub_api_url")
+    def _default_hub_api_url(self):
+        return os.environ.get("JUPYTERHUB_API_URL", "")
+
+    #: every line of this process's log names it: the hub's log holds it beside the hub's own
+    log_line = "[%(levelname)1.1s %(asctime)s.%(msecs)03d xnat-hpc-governance %(name)s] %(message)s"
+
+    def initialize(self, argv=None) -> None:
+        self.parse_command_line(argv)
+        if not self.config_file:
+            raise ServiceConfigError("xnat-hpc-governance needs the hub's configuration: "
+                                     "--config=/path/to/jupyterhub_config.py")
+        path = os.path.abspath(self.config_file)
+        if not os.path.isfile(path):
+            raise ServiceConfigError(f"--config={self.config_file}: no such file", item=path)
+        self.load_config_file(os.path.basename(path), path=os.path.dirname(path))
+        self.parse_command_line(argv)  # the command line wins over the file
+        logging.basicConfig(stream=sys.stderr, level=self.log_level, format=self.log_line,
+                            datefmt="%Y-%m-%d %H:%M:%S", force=True)
+
+    async def hub_client(self) -> hub_rest.HubRestClient:
+        """The hub's REST API as the service: the hub's token for it, else the token file."""
+        settings = hub_rest.XnatGovernance(config=self.config)
+        url = (self.hub_api_url or settings.hub_api_url).rstrip("/")
+        if not url:
+            raise ServiceConfigError("the hub's REST API address is unknown: run the service from the hub "
+                                     "(register_governance(c, config_file=__file__)) or set "
+                                     "c.XnatGovernance.hub_api_url")
+        token = os.environ.get("JUPYTERHUB_API_TOKEN", "")
+        if not token:
+            token = await asyncio.to_thread(hub_rest.read_token, settings.token_file)
+        return hub_rest.HubRestClient(url, token, timeout=settings.timeout, stop_timeout=settings.stop_timeout,
+                                      poll_interval=settings.poll_interval)
+
+    def watch(self, client: hub_rest.HubRestClient) -> RevocationWatch:
+        settings = {"config": self.config}
+        return RevocationWatch(settings, hub=HubSource(settings, client))
+
+    async def run(self, stop: asyncio.Event | None = None) -> None:
+        """Run until *stop* is set (default: SIGINT or SIGTERM)."""
+        stop = stop or asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                loop.add_signal_handler(sig, stop.set)
+            except (ValueError, RuntimeError):  # not the main thread (tests): the caller sets stop
+                pass
+        client = await self.hub_client()
+        watch = self.watch(client)
+        log.info("xnat-hpc-governance %s: hub API %s, as the service %s", os.getpid(), client.api_url,
+                      os.environ.get("JUPYTERHUB_SERVICE_NAME", hub_rest.SERVICE_NAME))
+        watch.start()
+        try:
+            await stop.wait()
+        finally:
+            watch.stop()
+            log.info("xnat-hpc-governance stopping (%d re-check rounds done)", watch.rounds)
+
+    def start(self) -> None:
+        asyncio.run(self.run())
+
+
+def main(argv=None) -> None:
+    app = GovernanceService()
+    try:
+        app.initialize(argv)
+        app.start()
+    except ServiceConfigError as exc:
+        print(f"xnat-hpc-governance: {exc.message}", file=sys.stderr)
+        sys.exit(2)
+    except XnatHpcError as exc:
+        print(f"xnat-hpc-governance: {exc.message}", file=sys.stderr)
+        sys.exit(1)
