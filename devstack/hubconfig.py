@@ -57,7 +57,9 @@ def governance_hub_config(*, token_file: Path) -> str:
     (pure): ``c.XnatGovernance.token_file`` and the service with that file's token (0600, read
     and checked when the hub loads its configuration) and its least-scope role
     (:data:`GOVERNANCE_SCOPES`), by :func:`hub_ext.hub_rest.register_governance`, managed: the hub
-    starts the service's process (:mod:`xnat_hpc_governance`, the re-check) with this file; and the custom
+    starts the service's process (:mod:`xnat_hpc_governance`: the re-check, and the servers' calls
+    to governance, which the hub passes on to it through the Unix socket ``governance.sock`` beside
+    *token_file*, in that 0700 directory of the hub's account) with this file; and the custom
     scopes each server's token carries for itself to call governance (``custom:xnat-hpc:audit``,
     ``custom:xnat-hpc:jobs``), by :func:`hub_ext.server_scopes.register_server_scopes` (last: it
     merges with the roles and ``server_token_scopes`` set before it). The caller writes the file
@@ -65,6 +67,7 @@ def governance_hub_config(*, token_file: Path) -> str:
     return f'''from hub_ext.hub_rest import register_governance  # noqa: E402
 from hub_ext.server_scopes import register_server_scopes  # noqa: E402
 c.XnatGovernance.token_file = "{token_file}"
+c.XnatGovernance.service_socket = "{token_file.parent / 'governance.sock'}"
 register_governance(c, config_file=__file__)
 register_server_scopes(c)
 '''

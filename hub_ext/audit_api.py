@@ -1,4 +1,8 @@
-"""``POST /hub/api/xnat-hpc/audit``: researchers' servers hand their audit events to the hub.
+"""``POST /hub/api/xnat-hpc/audit``: researchers' servers hand their audit events to governance.
+
+The hub passes the call on to the governance service's process
+(:mod:`hub_ext.governance_forward`), which takes it (:mod:`xnat_hpc_governance.server_api`)
+with what this module decides: who sent it, what of it is a claim, and the limits.
 
 Authenticated with the server's **own** hub token (``JUPYTERHUB_API_TOKEN``, in the
 ``Authorization: token …`` header): the hub accepts it only when it is the token it
@@ -50,24 +54,22 @@ appended in order or not at all. The answer: ``{"acked": LAST_SEQ, "appended": N
 from __future__ import annotations
 
 import dataclasses
-import hmac
 import json
 import math
 import time
 
-from jupyterhub.apihandlers import APIHandler
-from tornado import web
+from collections.abc import Callable
+
 from traitlets import Any, Integer, TraitError, validate
 from traitlets.config import LoggingConfigurable
 
 from xnat_bridge import audit
-from xnat_bridge.errors import InvalidRequest, PermissionDenied, XnatHpcError
-from xnat_bridge.spawn_record import record_of, server_of_token
+from xnat_bridge.errors import InvalidRequest, XnatHpcError
+from xnat_bridge.spawn_record import SpawnRecord, server_of_token
 
-from .audit_log import HubAuditLog
 from .audit_store import project_of
-from .errors import RateLimited, map_errors
-from .server_scopes import AUDIT, check_server_token
+from .errors import RateLimited
+from .hub_rest import HubUser
 
 ROUTE = r"/api/xnat-hpc/audit"
 MAX_EVENTS = 500
@@ -90,28 +92,23 @@ class BatchTooLarge(InvalidRequest):
     reason = "batch_too_large"
 
 
-def server_for_token(user, token: str) -> str | None:
+def server_for_token(user: HubUser, token: str) -> str | None:
     """The name of *user*'s active server whose own hub token *token* is, or None.
 
     Decided by the digest of the token JupyterHub issued for the server's start, kept in the
-    hub's :class:`~xnat_bridge.spawn_record.SpawnRecord` (the spawner's state, so also after
-    a hub restart); a personal token of the same user never matches, whatever its note or
-    scopes. A server started before the record kept the digest is matched by the plaintext
-    the spawner still holds (until the hub restarts; then it must be restarted to post)."""
-    records, legacy = {}, None
-    for name, spawner in list(user.spawners.items()):
-        if not spawner.active or spawner.server is None:
+    hub's :class:`~xnat_bridge.spawn_record.SpawnRecord` (the server's state, read through the
+    hub's REST API, so also after a hub restart); a personal token of the same user never
+    matches, whatever its note or scopes. A server whose record keeps no digest (started
+    before the hub kept one) matches nothing: it must be restarted to post."""
+    records = {}
+    for name, server in user.servers.items():
+        if not server.active:
             continue
         try:
-            records[name] = record_of(spawner)
+            records[name] = SpawnRecord.from_state(server.state)
         except XnatHpcError:
             records[name] = None
-        issued = getattr(spawner, "api_token", "") or ""
-        if (records[name] is None or not records[name].token_sha256) and issued \
-                and hmac.compare_digest(issued.encode(), token.encode()):
-            legacy = name
-    found = server_of_token(records, token)
-    return found if found is not None else legacy
+    return server_of_token(records, token)
 
 
 def parse_batch(body: bytes, user: str, server: str, *, max_bytes: int = MAX_BATCH_BYTES,
@@ -258,11 +255,12 @@ class AuditIngest(LoggingConfigurable):
         self._unscoped: set[tuple[str, str]] = set()
 
     # -- the scope --------------------------------------------------------------------------
-    def scope_of(self, user: str, server: str, spawner) -> frozenset[str]:
-        """The projects the hub decided at the start of *user*'s server *server*; empty (every
-        item a claim) when its spawner has no usable record — said once per server."""
+    def scope_of(self, user: str, server: str, read_record: Callable[[], SpawnRecord | None]) -> frozenset[str]:
+        """The projects the hub decided at the start of *user*'s server *server* (*read_record*
+        reads its record); empty (every item a claim) when it has no usable record — said once
+        per server."""
         try:
-            record = record_of(spawner)
+            record = read_record()
             problem = "" if record is not None else "it was started before the hub kept scope records"
         except XnatHpcError as exc:
             record, problem = None, exc.message
@@ -335,39 +333,10 @@ class AuditIngest(LoggingConfigurable):
 
 
 def ensure_ingest(tornado_settings: dict, log=None) -> AuditIngest:
-    """The hub's one :class:`AuditIngest`, made from the hub's configuration on first use and kept
-    in the Tornado settings (not a module global)."""
+    """The service's one :class:`AuditIngest`, made from the hub's configuration on first use and
+    kept in the Tornado settings (not a module global)."""
     ingest = tornado_settings.get(SETTINGS_KEY)
     if ingest is None:
         kwargs = {"log": log} if log is not None else {}
         ingest = tornado_settings[SETTINGS_KEY] = AuditIngest(config=tornado_settings.get("config"), **kwargs)
     return ingest
-
-
-class AuditIngestHandler(APIHandler):
-    """Events from a user's server, stamped with the identity its token proves."""
-
-    _accept_cookie_auth = False  # the server's token in the header only, never a login cookie
-
-    @map_errors
-    async def post(self):
-        token = self.get_auth_token()
-        user = self.current_user
-        if not token or user is None or getattr(user, "kind", "user") != "user":
-            raise web.HTTPError(403, "send audit events with the server's own JUPYTERHUB_API_TOKEN")
-        server = server_for_token(user, token)
-        if server is None:
-            raise PermissionDenied("only a running server's own hub token (JUPYTERHUB_API_TOKEN) may "
-                                   "send audit events")
-        check_server_token(self.has_scope, AUDIT, user.name, server, user.spawners[server], "send audit events")
-        ingest = ensure_ingest(self.settings, self.log)
-        scope = ingest.scope_of(user.name, server, user.spawners[server])
-        records, warnings = ingest.check(self.request.body, user.name, server, scope)
-        for w in warnings:
-            self.log.warning("audit from %s/%s: %s", user.name, server, w)
-        audit_log = HubAuditLog(config=self.settings.get("config"), log=self.log)
-        seqs = await audit_log.ingest(records)  # a gap in the stream: OutOfOrder (409), nothing appended
-        appended = sum(1 for s in seqs if s)
-        self.set_header("Content-Type", "application/json")
-        self.finish(json.dumps({"acked": records[-1]["stream_seq"], "appended": appended,
-                                "duplicates": len(seqs) - appended}))

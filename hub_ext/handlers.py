@@ -4,10 +4,11 @@ JupyterHub puts each route under its hub prefix, so with the default base URL::
 
     /hub/xnat-hpc/owner            the project owners' audit page (hub_ext.owner)
     /hub/api/xnat-hpc/bootstrap    Slurm jobs fetch their secrets (hub_ext.bootstrap)
-    /hub/api/xnat-hpc/audit        servers send their audit events (hub_ext.audit_api)
     /hub/xnat-hpc/owner/access     owners grant and revoke access (hub_ext.owner_access)
-    /hub/xnat-hpc/review           owners review held results (hub_ext.review), with
-    /hub/api/xnat-hpc/review/...   its API for the researchers' servers
+    /hub/xnat-hpc/review           owners review held results (hub_ext.review)
+    /hub/api/xnat-hpc/audit        servers send their audit events, enter their jobs in the
+    /hub/api/xnat-hpc/jobs/...     ledger and hold results for review: passed on to the
+    /hub/api/xnat-hpc/review/...   governance service's process (hub_ext.governance_forward)
     /hub/xnat-plugin/api/...       the hub's REST API in XNAT's names, for XNAT's plugin
                                    (hub_ext.plugin_gateway)
 
@@ -25,10 +26,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from .audit_api import ROUTE as AUDIT_ROUTE
-from .audit_api import AuditIngestHandler
 from .bootstrap import BootstrapHandler
 from .bootstrap import ROUTE as BOOTSTRAP_ROUTE
+from .governance_forward import forward_handlers
 from .owner import ROUTE as OWNER_ROUTE
 from .owner import OwnerAuditHandler
 from .owner_access import ROUTE as ACCESS_ROUTE
@@ -45,7 +45,7 @@ CONFIG_LINE = ("from hub_ext.handlers import xnat_hpc_handlers; "
 def xnat_hpc_handlers() -> list[tuple[str, type]]:
     """The hub's routes (relative to the hub prefix), a new list each call."""
     return [(OWNER_ROUTE, OwnerAuditHandler), (BOOTSTRAP_ROUTE, BootstrapHandler),
-            (AUDIT_ROUTE, AuditIngestHandler), (ACCESS_ROUTE, OwnerAccessHandler), *review_handlers(), *gateway_handlers()]
+            (ACCESS_ROUTE, OwnerAccessHandler), *review_handlers(), *forward_handlers(), *gateway_handlers()]
 
 
 def missing_routes(config: Any, handlers: list[tuple[str, type]] | None = None) -> list[str]:

@@ -107,6 +107,18 @@ class XnatGovernance(LoggingConfigurable):
         is not loopback.""",
     ).tag(config=True)
 
+    service_socket = Unicode(
+        "/run/xnat-hpc-hub/governance.sock",
+        help="""The Unix socket the governance service's process listens on: the hub passes the
+        researchers' servers' calls to governance (``/hub/api/xnat-hpc/audit``, ``…/jobs/{id}``,
+        ``…/review/…``) on to it there. A socket, not a TCP port: those calls carry the servers'
+        own hub tokens, and a port on the loopback address can be taken by any account on the
+        machine while the service restarts. The socket is 0600 in a directory of the hub's
+        account that no other account may write (the service makes it 0700 when it is missing,
+        and refuses one open to others); the hub connects only to a socket of its own account.
+        An absolute path of at most 100 bytes. Example: ``/run/xnat-hpc-hub/governance.sock``.""",
+    ).tag(config=True)
+
     timeout = Float(
         30.0,
         help="""Seconds one call to the hub's REST API may take. Example: ``10``.""",
@@ -131,6 +143,14 @@ class XnatGovernance(LoggingConfigurable):
             raise TraitError(f"c.XnatGovernance.hub_api_url must be an http(s) URL of the hub's REST API, "
                              f"not {value!r}; e.g. http://127.0.0.1:8081/hub/api")
         return value.rstrip("/")
+
+    @validate("service_socket")
+    def _socket_path(self, proposal):
+        value = proposal["value"]
+        if not os.path.isabs(value) or len(os.fsencode(value)) > 100:
+            raise TraitError(f"c.XnatGovernance.service_socket must be an absolute path of at most 100 bytes "
+                             f"(a Unix socket's limit), not {value!r}; e.g. /run/xnat-hpc-hub/governance.sock")
+        return value
 
     @validate("timeout", "stop_timeout", "poll_interval")
     def _positive(self, proposal):
@@ -408,14 +428,14 @@ class HubRestClient:
         return [hub_user_of(m, auth_state=False)
                 for m in await self._active_models("list the users with running servers")]
 
-    async def user(self, name: str) -> HubUser | None:
-        """*name* as the hub knows them now (active servers with state, ``auth_state``), or None
-        when the hub has no such user."""
+    async def user(self, name: str, *, auth_state: bool = True) -> HubUser | None:
+        """*name* as the hub knows them now (active servers with state and, with *auth_state*,
+        their ``auth_state``), or None when the hub has no such user."""
         what = f"read {name}'s servers"
         resp = await self._call("GET", f"/users/{quote(name, safe='')}", what=what, scope="read:servers")
         if resp.code == 404:
             return None
-        return hub_user_of(self._json(resp, what))
+        return hub_user_of(self._json(resp, what), auth_state=auth_state)
 
     async def server(self, user: str, name: str = "") -> RunningServer | None:
         """*user*'s server *name* as the hub lists it now, or None (no such user, or not running)."""

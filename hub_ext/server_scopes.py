@@ -39,7 +39,7 @@ from collections.abc import Callable, Iterable, Mapping
 from traitlets.config import LazyConfigValue
 
 from xnat_bridge.errors import PermissionDenied, XnatHpcError
-from xnat_bridge.spawn_record import SCOPE_PREFIX, SpawnRecord, record_of
+from xnat_bridge.spawn_record import SCOPE_PREFIX, SpawnRecord
 
 AUDIT = SCOPE_PREFIX + "audit"
 JOBS = SCOPE_PREFIX + "jobs"
@@ -181,13 +181,14 @@ def required_scope(scope: str, user: str, server: str, record: SpawnRecord | Non
     return f"{LEGACY_SCOPE}!user={user}"
 
 
-def check_server_token(has_scope: Callable[[str], bool], scope: str, user: str, server: str, spawner,
-                       what: str) -> str:
+def check_server_token(has_scope: Callable[[str], bool], scope: str, user: str, server: str,
+                       read_record: Callable[[], SpawnRecord | None], what: str) -> str:
     """Raise :class:`PermissionDenied` naming the missing scope unless the request (whose
-    ``has_scope``, JupyterHub's ``BaseHandler.has_scope``, is given) may do *what* as *user*'s
-    server *server* (its *spawner*, whose own token the request carries); the scope checked."""
+    ``has_scope`` is given: the token's scopes as the hub expands them) may do *what* as
+    *user*'s server *server* (whose own token the request carries; *read_record* reads its
+    spawn record, raising when the record does not read); the scope checked."""
     try:
-        record, unreadable = record_of(spawner), False
+        record, unreadable = read_record(), False
     except XnatHpcError:
         record, unreadable = None, True
     needed = required_scope(scope, user, server, record, unreadable=unreadable)

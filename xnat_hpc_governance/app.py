@@ -1,4 +1,7 @@
-"""The governance service's process (:mod:`xnat_hpc_governance`).
+"""The governance service's process (:mod:`xnat_hpc_governance`): the revocation re-check
+and the servers' calls to governance (:mod:`xnat_hpc_governance.server_api`), served on the
+Unix socket ``c.XnatGovernance.service_socket`` (:mod:`hub_ext.governance_socket`), where the hub
+passes them on, under the prefix ``/services/xnat-hpc-governance/``.
 
 The hub starts it as a managed service (``register_governance(c, config_file=__file__)``) with
 ``JUPYTERHUB_API_URL`` and ``JUPYTERHUB_API_TOKEN`` (the token of the service
@@ -18,13 +21,21 @@ import logging
 import os
 import signal
 import sys
+import time
 
+from tornado import web
+from tornado.httpserver import HTTPServer
 from traitlets import Unicode, default
 from traitlets.config import Application
 
-from hub_ext import hub_rest
+from hub_ext import governance_socket, hub_rest
+from hub_ext.audit_log import HubAuditLog
+from hub_ext.governance_forward import service_prefix
+from hub_ext.review_store import ReviewStore
 from hub_ext.revocation_watch import HubSource, RevocationWatch
 from xnat_bridge.errors import XnatHpcError
+
+from .server_api import server_api_handlers
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +68,16 @@ class GovernanceService(Application):
         service), else ``c.XnatGovernance.hub_api_url``.""",
     ).tag(config=True)
 
+    service_prefix = Unicode(
+        help="""The path the service's routes live under. Default: ``JUPYTERHUB_SERVICE_PREFIX``
+        (set by the hub), else ``/services/xnat-hpc-governance/``.""",
+    ).tag(config=True)
+
     aliases = {"config": "GovernanceService.config_file", "log-level": "Application.log_level"}
+
+    @default("service_prefix")
+    def _default_service_prefix(self):
+        return os.environ.get("JUPYTERHUB_SERVICE_PREFIX", "") or service_prefix("/")
 
     @default("log_level")
     def _default_log_level(self):
@@ -101,6 +121,17 @@ class GovernanceService(Application):
         settings = {"config": self.config}
         return RevocationWatch(settings, hub=HubSource(settings, client))
 
+    def web_app(self, client: hub_rest.HubRestClient) -> web.Application:
+        """The servers' calls (:mod:`xnat_hpc_governance.server_api`), identified through *client*'s
+        hub with the service's token (:class:`~jupyterhub.services.auth.HubAuth`)."""
+        from jupyterhub.services.auth import HubAuth
+
+        auth = HubAuth(api_token=client._token, api_url=client.api_url, cache_max_age=5)
+        prefix = "/" + self.service_prefix.strip("/") + "/"
+        settings = {"config": self.config, "hub": client, "hub_auth": auth,
+                    "audit_log": HubAuditLog(config=self.config), "review_store": ReviewStore(config=self.config)}
+        return web.Application(server_api_handlers(prefix), **settings)
+
     async def run(self, stop: asyncio.Event | None = None) -> None:
         """Run until *stop* is set (default: SIGINT or SIGTERM)."""
         stop = stop or asyncio.Event()
@@ -112,17 +143,33 @@ class GovernanceService(Application):
                 pass
         client = await self.hub_client()
         watch = self.watch(client)
-        log.info("xnat-hpc-governance %s: hub API %s, as the service %s", os.getpid(), client.api_url,
-                      os.environ.get("JUPYTERHUB_SERVICE_NAME", hub_rest.SERVICE_NAME))
+        path = hub_rest.XnatGovernance(config=self.config).service_socket
+        server = HTTPServer(self.web_app(client))
+        try:
+            server.add_socket(governance_socket.listen(path))
+        except OSError as exc:
+            raise ServiceConfigError(f"cannot listen on {path} ({exc.strerror}); c.XnatGovernance.service_socket",
+                                     item=path) from None
+        log.info("xnat-hpc-governance %s: listening on %s (%s); hub API %s, as the service %s", os.getpid(),
+                 path, self.service_prefix, client.api_url,
+                 os.environ.get("JUPYTERHUB_SERVICE_NAME", hub_rest.SERVICE_NAME))
         watch.start()
         try:
             await stop.wait()
         finally:
             watch.stop()
+            server.stop()
+            if os.path.exists(path):
+                os.unlink(path)
             log.info("xnat-hpc-governance stopping (%d re-check rounds done)", watch.rounds)
 
     def start(self) -> None:
         asyncio.run(self.run())
+
+
+#: seconds a service the hub started waits before it exits on an error of its configuration: the
+#: hub starts a managed service again as soon as it exits, which must not spin
+RESTART_PAUSE = 10.0
 
 
 def main(argv=None) -> None:
@@ -130,9 +177,8 @@ def main(argv=None) -> None:
     try:
         app.initialize(argv)
         app.start()
-    except ServiceConfigError as exc:
-        print(f"xnat-hpc-governance: {exc.message}", file=sys.stderr)
-        sys.exit(2)
     except XnatHpcError as exc:
         print(f"xnat-hpc-governance: {exc.message}", file=sys.stderr)
-        sys.exit(1)
+        if os.environ.get("JUPYTERHUB_SERVICE_NAME"):
+            time.sleep(RESTART_PAUSE)
+        sys.exit(2 if isinstance(exc, ServiceConfigError) else 1)

@@ -214,11 +214,14 @@ class _Spawner:
 def test_the_scope_comes_from_the_spawn_record_and_a_missing_one_is_warned_once(caplog):
     ingest = _ingest()
     record = SpawnRecord(scope=Scope.of(["CARDIO_ECG", "NEURO_MRI"]), profile="local-small")
-    assert ingest.scope_of("bob", "", _Spawner({STATE_KEY: record.to_state()})) == {"CARDIO_ECG", "NEURO_MRI"}
+    def reader(state):
+        return lambda: SpawnRecord.from_state(state)
+
+    assert ingest.scope_of("bob", "", reader({STATE_KEY: record.to_state()})) == {"CARDIO_ECG", "NEURO_MRI"}
     with caplog.at_level(logging.WARNING, logger="test.ingest"):
-        assert ingest.scope_of("bob", "old", _Spawner({"pid": 7})) == frozenset()
-        assert ingest.scope_of("bob", "old", _Spawner({"pid": 7})) == frozenset()
-        assert ingest.scope_of("bob", "bad", _Spawner({STATE_KEY: {"v": 99}})) == frozenset()
+        assert ingest.scope_of("bob", "old", reader({"pid": 7})) == frozenset()
+        assert ingest.scope_of("bob", "old", reader({"pid": 7})) == frozenset()
+        assert ingest.scope_of("bob", "bad", reader({STATE_KEY: {"v": 99}})) == frozenset()
     said = [r.getMessage() for r in caplog.records]
     assert len([m for m in said if "bob/old" in m]) == 1 and "started before" in said[0]
     assert any("bob/bad" in m and "version" in m for m in said)
@@ -292,93 +295,67 @@ def test_the_sender_keeps_batches_under_its_byte_budget(tmp_path, monkeypatch):
     assert hub.batches == [[1, 2], [3, 4], [5, 6]]
 
 
-# -- the handler itself, in-process (JupyterHub's MockHub, not started) ---------------------------
-async def test_the_handler_files_claims_limits_and_answers_429_in_process(tmp_path):
-    from jupyterhub import orm
-    from jupyterhub.tests.mocking import MockHub, MockSpawner
-    from jupyterhub.tests.utils import add_user
-    from jupyterhub.utils import random_port
-    from tornado.httpclient import AsyncHTTPClient
-    from tornado.httpserver import HTTPServer
-
-    from hub_ext.audit_api import ROUTE, AuditIngestHandler
+# -- the handler itself, in-process (JupyterHub's MockHub and the governance service's app) ------
+async def test_the_service_files_claims_limits_and_answers_429_through_the_hubs_address(tmp_path):
+    """A server posts to the hub's address; the hub passes the call on to the governance
+    service's application (tests.fixtures.mockhub), which identifies the server with the hub
+    and files, limits and answers."""
     from hub_ext.audit_log import HubAuditLog
-
-    class RecordSpawner(MockSpawner):
-        """A spawner whose state holds the hub's scope record (as the XNAT spawners' does)."""
-
-        xnat_record = Any(None)
-
-        def get_state(self):
-            state = super().get_state()
-            if self.xnat_record is not None:
-                state[STATE_KEY] = self.xnat_record.to_state()
-            return state
+    from tests.fixtures.mockhub import mock_hub
 
     c = Config()
-    c.JupyterHub.extra_handlers = [(ROUTE, AuditIngestHandler)]
-    c.JupyterHub.spawner_class = RecordSpawner
     c.HubAuditLog.path = str(tmp_path / "audit" / "audit.db")
     c.AuditIngest.max_events_per_minute = 3
-    app = MockHub(config=c)
-    await app.initialize([])
-    app.tornado_settings["xnat_hpc_revocation_watch"] = object()  # no XNAT here: no re-check
-    clock = Clock()
-    ensure_ingest(app.tornado_settings).clock = clock
+    async with mock_hub(c) as hub:
+        trail = HubAuditLog(config=hub.config)
+        hub.service_app.settings["audit_log"] = trail
+        clock = Clock()
+        ensure_ingest(hub.service_app.settings).clock = clock
+        bob = await hub.start_server("bob", ["CARDIO_ECG"])
+        carol = await hub.start_server("carol", None)  # no scope record: no token digest either
 
-    def running(name: str, server: str, record: SpawnRecord | None) -> str:
-        """*name*'s *server* marked running (a server row, its token, its record); its token."""
-        user = app.users[add_user(app.db, app, name=name)] if name not in app.users else app.users[name]
-        spawner = user.spawners[server]
-        spawner.xnat_record = record
-        row = orm.Server(ip="127.0.0.1", port=1, base_url=user.base_url)
-        app.db.add(row)
-        spawner.orm_spawner.server = row
-        app.db.commit()
-        spawner.api_token = user.new_api_token(note=f"Server at {user.base_url}")
-        return spawner.api_token
+        async def post(token, body):
+            code, doc, r = await hub.request("POST", "api/xnat-hpc/audit", token=token, body=body)
+            return code, doc, r
 
-    bob = running("bob", "", SpawnRecord(scope=Scope.of(["CARDIO_ECG"])))
-    carol = running("carol", "", None)  # started before the hub kept scope records
-    http = HTTPServer(app.tornado_application)
-    port = random_port()
-    http.listen(port, "127.0.0.1")
-    url = f"http://127.0.0.1:{port}{app.hub.base_url}api/xnat-hpc/audit"
-
-    async def post(token, body):
-        return await AsyncHTTPClient().fetch(url, method="POST", body=body, raise_error=False,
-                                             headers={"Authorization": f"token {token}"})
-
-    try:
-        r = await post(bob, _body([_ev(1, items=["SLEEP_EEG/S1/E1"], extra={"slurm_job_id": "31337"}),
-                                   _ev(2, action="submit")]))
-        assert r.code == 200 and json.loads(r.body) == {"acked": 2, "appended": 2, "duplicates": 0}
-        r = await post(bob, _body([_ev(3), _ev(4)]))  # 2 + 2 > 3 a minute
-        assert r.code == 429 and r.headers["Retry-After"] == "20"
-        assert "max_events_per_minute" in json.loads(r.body)["message"]
-        r = await post(carol, _body([_ev(1, items=["CARDIO_ECG/S1"])]))
-        assert r.code == 200  # carol's budget is her own; her server has no record: a claim
-        r = await post(bob, b"x" * (MAX_BATCH_BYTES + 1))
-        assert r.code == 413 and "max_batch_bytes" in json.loads(r.body)["message"]
+        code, doc, _ = await post(bob, _body([_ev(1, items=["SLEEP_EEG/S1/E1"], extra={"slurm_job_id": "31337"}),
+                                              _ev(2, action="submit")]))
+        assert code == 200 and doc == {"acked": 2, "appended": 2, "duplicates": 0}
+        code, doc, r = await post(bob, _body([_ev(3), _ev(4)]))  # 2 + 2 > 3 a minute
+        assert code == 429 and r.headers["Retry-After"] == "20" and "max_events_per_minute" in doc["message"]
+        code, doc, _ = await post(carol, _body([_ev(1, items=["CARDIO_ECG/S1"])]))
+        assert code == 403 and "own hub token" in doc["message"]  # nothing binds the token to a server
+        code, doc, _ = await post(bob, b"x" * (MAX_BATCH_BYTES + 1))
+        assert code == 413 and "max_batch_bytes" in doc["message"]
         clock.now += 20
-        r = await post(bob, _body([_ev(3), _ev(4)]))
-        assert r.code == 200 and json.loads(r.body)["appended"] == 2
+        code, doc, _ = await post(bob, _body([_ev(3), _ev(4)]))
+        assert code == 200 and doc["appended"] == 2
 
-        log = HubAuditLog(config=c)
-        trail = await asyncio.to_thread(log.query, limit=100)
-        assert [(e["user"], e["stream_seq"]) for e in reversed(trail)] == [
-            ("bob", 1), ("bob", 2), ("carol", 1), ("bob", 3), ("bob", 4)]
-        assert await asyncio.to_thread(log.query, projects={"SLEEP_EEG"}) == []
-        cardio = await asyncio.to_thread(log.query, projects={"CARDIO_ECG"})
+        events = await asyncio.to_thread(trail.query, limit=100)
+        assert [(e["user"], e["stream_seq"]) for e in reversed(events)] == [
+            ("bob", 1), ("bob", 2), ("bob", 3), ("bob", 4)]
+        assert await asyncio.to_thread(trail.query, projects={"SLEEP_EEG"}) == []  # a claim only
+        cardio = await asyncio.to_thread(trail.query, projects={"CARDIO_ECG"})
         assert {(e["user"], e["stream_seq"]) for e in cardio} == {("bob", 2), ("bob", 3), ("bob", 4)}
-        claim = next(e for e in trail if e["user"] == "carol")
-        assert claim["items"] == [] and claim["extra"]["claimed_items"] == ["CARDIO_ECG/S1"]
-        assert log.verify()[0]
-        log.close()
-    finally:
-        http.stop()
-        app.db_file.close()
-        MockHub.clear_instance()
+        claim = next(e for e in events if e["stream_seq"] == 1)
+        assert claim["items"] == [] and claim["extra"]["claimed_items"] == ["SLEEP_EEG/S1/E1"]
+        assert trail.verify()[0]
+        trail.close()
+
+
+async def test_a_call_while_the_service_is_away_is_a_503_with_retry_after():
+    """The hub passes calls on; when nothing answers on c.XnatGovernance.service_socket (the hub
+    is restarting the service), the server's outbox is told to try again later."""
+    import os
+
+    from tests.fixtures.mockhub import mock_hub
+
+    async with mock_hub() as hub:
+        bob = await hub.start_server("bob", ["CARDIO_ECG"])
+        hub.config.XnatGovernance.service_socket = os.path.dirname(hub.config.XnatGovernance.token_file) + "/gone.sock"
+        code, doc, r = await hub.request("POST", "api/xnat-hpc/audit", token=bob, body=_body([_ev(1)]))
+        assert code == 503 and r.headers["Retry-After"] == "5" and "not answering" in doc["message"]
+        assert retry_after_seconds(r.headers["Retry-After"]) == 5.0
 
 
 # -- the owner page: a server's facts are labelled as its report ------------------------------

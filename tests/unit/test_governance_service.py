@@ -18,7 +18,7 @@ from hub_ext.hub_rest import SERVICE_NAME, managed_service, register_governance
 from tests.fixtures.mockhub import mock_hub
 from xnat_hpc_governance.app import GovernanceService, ServiceConfigError, main
 
-pytestmark = pytest.mark.asyncio(loop_scope="module")
+in_process = pytest.mark.asyncio(loop_scope="module")
 
 DEADLINE = 30.0
 
@@ -36,6 +36,7 @@ def config_file(hub, tmp_path, extra: str = "") -> str:
 c.XnatGovernance.token_file = "{hub.config.XnatGovernance.token_file}"
 c.XnatAuthenticator.xnat_url = "http://xnat.invalid"
 c.OwnerAccess.recheck_interval = 3600
+c.XnatGovernance.service_socket = "{tmp_path}/g.sock"
 {extra}''')
     return str(path)
 
@@ -63,7 +64,7 @@ def test_registered_with_its_config_file_the_hub_starts_it(tmp_path):
     register_governance(c, str(token), config_file=str(hub_config))
     [service] = [s for s in services(c) if s["name"] == SERVICE_NAME]
     assert service["command"] == [sys.executable, "-m", "xnat_hpc_governance", f"--config={hub_config}"]
-    assert service["api_token"] == "t" * 64 and "url" not in service  # no port: a background process
+    assert service["api_token"] == "t" * 64 and "url" not in service  # it listens on a socket, not a port
     assert set(service["environment"]) <= {"XNAT_HOST", "PYTHONPATH"}
     assert managed_service("rel/cfg.py", "python3")["command"][-1] == f"--config={os.path.abspath('rel/cfg.py')}"
     c = Config()
@@ -75,6 +76,7 @@ def test_registered_with_its_config_file_the_hub_starts_it(tmp_path):
         register_governance(Config(), str(token), config_file=str(tmp_path / "absent.py"))
 
 
+@in_process
 async def test_it_reads_the_hubs_file_and_its_re_check_stops_a_lost_server_through_the_api(hub, tmp_path, monkeypatch):
     monkeypatch.setenv("JUPYTERHUB_API_URL", hub.base + "api")
     monkeypatch.delenv("JUPYTERHUB_API_TOKEN", raising=False)  # run by hand: the token file
@@ -115,6 +117,7 @@ async def test_it_reads_the_hubs_file_and_its_re_check_stops_a_lost_server_throu
     assert not hub.app.users["svc-lost"].spawners["w"].active
 
 
+@in_process
 async def test_the_hubs_token_wins_and_a_stop_ends_it(hub, tmp_path, monkeypatch):
     monkeypatch.setenv("JUPYTERHUB_API_URL", hub.base + "api")
     monkeypatch.setenv("JUPYTERHUB_API_TOKEN", hub.governance_token)
@@ -127,6 +130,7 @@ async def test_the_hubs_token_wins_and_a_stop_ends_it(hub, tmp_path, monkeypatch
     await asyncio.wait_for(app.run(stop), DEADLINE)  # starts the loop, ends it, returns
 
 
+@in_process
 async def test_the_process_stops_on_the_hubs_sigterm_and_names_itself_in_the_log(hub, tmp_path):
     env = {**os.environ, "JUPYTERHUB_API_URL": hub.base + "api", "JUPYTERHUB_API_TOKEN": hub.governance_token,
            "JUPYTERHUB_SERVICE_NAME": SERVICE_NAME, "PYTHONPATH": os.getcwd()}

@@ -63,6 +63,8 @@ async def gov(hub, tmp_path):
     hub.config.HubAuditLog.path = trail_path
     hub.config.HubAuditLog.checkpoint_seconds = 3600.0  # no checkpoint timer fires during a test
     g = Gov(hub, ReviewStore(path=store_path), HubAuditLog(path=trail_path))
+    # the governance service's process keeps one store and one trail: this test's
+    hub.service_app.settings.update(review_store=g.store, audit_log=g.trail)
     try:
         yield g
     finally:
@@ -121,16 +123,14 @@ async def test_only_a_running_servers_own_token_enters_a_job(hub, gov):
         code, doc = await gov.call("POST", f"jobs/{JOB}", token, FACTS)
         assert code == 403, what
         # a personal token passes the scope check (users:activity) and is refused as not a server's
-        said = "the review API takes" if token is None else "only a running server's own hub token"
+        said = "send the server's own hub token" if token is None else "only a running server's own hub token"
         assert doc["message"].startswith(said), (what, doc["message"])
     # a server started without a scope record (before this hub version) enters nothing either
     carol = await hub.start_server("carol", None)
     code, doc = await gov.call("POST", f"jobs/{JOB}", carol, FACTS)
-    assert code == 403 and "restart it" in doc["message"]
+    assert code == 403 and "restart it" in doc["message"]  # its token is bound to no server
     assert gov.store.ledger_jobs() == []
-    # a refused entry of a known server is on the trail; an unknown token's attempt has no user
-    denied = await gov.events(actions={"ledger_enter"})
-    assert [(e["user"], e["outcome"]) for e in denied] == [("carol", "denied")]
+    assert await gov.events(actions={"ledger_enter"}) == []  # no server, no project: nothing to file
 
 
 async def test_another_users_server_token_enters_the_job_under_that_user(hub, gov):

@@ -164,21 +164,14 @@ def test_the_rule_by_the_servers_record():
 
 
 def test_a_refusal_names_the_missing_scope_and_the_fix():
-    class Spawner:
-        def __init__(self, record):
-            self.record = record
-
-        def get_state(self):
-            return {STATE_KEY: self.record.to_state()} if self.record else {}
-
-    marked = Spawner(SpawnRecord(scope=Scope.of(["A"]), server_scopes=(AUDIT, JOBS)))
+    marked = SpawnRecord(scope=Scope.of(["A"]), server_scopes=(AUDIT, JOBS))
     held = {"custom:xnat-hpc:audit!server=bob/gpu", "users:activity!user=bob"}
-    assert check_server_token(held.__contains__, AUDIT, "bob", "gpu", marked, "post") == f"{AUDIT}!server=bob/gpu"
+    assert check_server_token(held.__contains__, AUDIT, "bob", "gpu", lambda: marked, "post") == f"{AUDIT}!server=bob/gpu"
     with pytest.raises(PermissionDenied) as e:
-        check_server_token(held.__contains__, JOBS, "bob", "gpu", marked, "enter jobs")
+        check_server_token(held.__contains__, JOBS, "bob", "gpu", lambda: marked, "enter jobs")
     assert "custom:xnat-hpc:jobs!server=bob/gpu" in e.value.message and "register_server_scopes" in e.value.message
     with pytest.raises(PermissionDenied, match="users:activity!user=bob"):
-        check_server_token(set().__contains__, AUDIT, "bob", "", Spawner(None), "post")
+        check_server_token(set().__contains__, AUDIT, "bob", "", lambda: None, "post")
 
 
 # -- in-process: the hub issues the scopes, the handlers require them ----------------------------
@@ -227,6 +220,8 @@ async def gov(hub, tmp_path):
     hub.config.HubAuditLog.path = trail_path
     hub.config.HubAuditLog.checkpoint_seconds = 3600.0  # no checkpoint timer fires during a test
     g = Gov(hub, ReviewStore(path=store_path), HubAuditLog(path=trail_path))
+    # the governance service's process keeps one store and one trail: this test's
+    hub.service_app.settings.update(review_store=g.store, audit_log=g.trail)
     try:
         yield g
     finally:

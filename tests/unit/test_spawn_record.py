@@ -69,30 +69,26 @@ def test_the_record_knows_its_servers_token_and_no_other():
     assert server_of_token({"old": SpawnRecord(scope=TWO)}, "") is None  # no digest: nothing matches
 
 
-class _Spawner:
-    def __init__(self, record, api_token="", active=True):
-        self.record, self.api_token, self.active, self.server = record, api_token, active, object()
-
-    def get_state(self):
-        return {STATE_KEY: self.record.to_state()} if self.record is not None else {}
-
-
-class _User:
-    def __init__(self, **spawners):
-        self.spawners = spawners
-
-
 def test_the_hub_knows_a_servers_token_exactly_also_after_a_restart():
+    """Governance binds a token to a server by the digest in the server's record, read through
+    the hub's REST API (the server's state): also after a hub restart, nothing in memory."""
     from hub_ext.audit_api import server_for_token
+    from hub_ext.hub_rest import HubServer, HubUser
+
+    def server(name, record, active=True):
+        return HubServer(name, active, True, None, "", {STATE_KEY: record.to_state()} if record else {})
 
     token = "t0ken-of-the-ecg-server"
     ecg = SpawnRecord(scope=TWO, token_sha256=token_sha256(token))
-    # after a hub restart the spawner holds no plaintext: the digest in the state decides
-    user = _User(ecg=_Spawner(ecg), other=_Spawner(SpawnRecord(scope=TWO, token_sha256=token_sha256("x"))))
+    other = SpawnRecord(scope=TWO, token_sha256=token_sha256("x"))
+    user = HubUser("bob", {"ecg": server("ecg", ecg), "other": server("other", other)})
     assert server_for_token(user, token) == "ecg"
     assert server_for_token(user, "a-personal-token") is None
-    user.spawners["ecg"].active = False  # a stopped server's token is no server's
-    assert server_for_token(user, token) is None
-    # a server started before the digest was kept: the plaintext it still holds, until a restart
-    old = _User(old=_Spawner(None, api_token=token))
-    assert server_for_token(old, token) == "old" and server_for_token(old, "other") is None
+    stopped = HubUser("bob", {"ecg": server("ecg", ecg, active=False)})
+    assert server_for_token(stopped, token) is None  # a stopped server's token is no server's
+    # a server whose record keeps no digest (started before the hub kept one) matches nothing
+    assert server_for_token(HubUser("bob", {"old": server("old", None)}), token) is None
+    broken = HubUser("bob", {"bad": HubServer("bad", True, True, None, "", {STATE_KEY: {"v": 99}})})
+    assert server_for_token(broken, token) is None
+
+

@@ -1,0 +1,284 @@
+"""What the researchers' servers tell governance, taken in the governance service's process.
+
+Routes (under the service's prefix, ``/services/xnat-hpc-governance/``; the hub passes its
+own addresses ``/hub/api/xnat-hpc/…`` on to them, :mod:`hub_ext.governance_forward`, so a
+server knows only the hub's API)::
+
+    POST  api/audit                 a server's audit events (hub_ext.audit_api decides what of
+                                    them is a claim, and the limits)
+    POST  api/jobs/{job}            a server enters a job it submits in the ledger; the answer
+                                    names the projects needing review and the job's own review
+                                    recipient
+    PATCH api/jobs/{job}            the server reports the Slurm id, state, manifest digest
+    GET   api/jobs/{job}            the job's ledger row, to a token of its user
+    GET   api/review/policy         gone (410): replaced by the ledger entry
+    POST  api/review/jobs/{job}     a server registers its held job (ledger jobs only)
+    GET   api/review/jobs/{job}     its state; once approved, ``?share=1``: the hub's key share
+
+**Who is calling** is asked of the hub, never taken from the call: the token in the
+``Authorization`` header (never a cookie, never the URL) is identified by the hub's REST API
+(``GET /hub/api/user``, :class:`jupyterhub.services.auth.HubAuth`, cached a few seconds), with
+the scopes the hub gave it; the server it belongs to is the active server of that user whose
+:class:`~xnat_bridge.spawn_record.SpawnRecord` keeps its digest (the servers' state, read through
+the REST API as the service: ``admin:server_state``), and the call needs the custom scope of
+:mod:`hub_ext.server_scopes` for that server. The scope of a server — which projects its jobs
+and events are about — is the record's, as the hub decided it at the start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+
+from tornado import web
+
+from hub_ext.audit_api import ensure_ingest, server_for_token
+from hub_ext.audit_log import HubAuditLog
+from hub_ext.errors import map_errors
+from hub_ext.hub_rest import HubRestClient
+from hub_ext.review_store import ReviewStore
+from hub_ext.server_scopes import AUDIT, JOBS, check_server_token
+from xnat_bridge.errors import Gone, InvalidRequest, PermissionDenied, XnatHpcError
+from xnat_bridge.spawn_record import SpawnRecord
+
+log = logging.getLogger(__name__)
+
+#: the routes, relative to the service's prefix
+AUDIT_PATH = r"api/audit"
+POLICY_PATH = r"api/review/policy"
+REVIEW_JOB_PATH = r"api/review/jobs/(j[0-9a-f]{12})"
+LEDGER_PATH = r"api/jobs/(j[0-9a-f]{12})"
+
+#: what a call without a usable token is told
+TOKEN_NEEDED = ("send the server's own hub token (its JUPYTERHUB_API_TOKEN) as Authorization: token …; "
+                "a cookie or a token in the address is not taken")
+
+
+def _check_scopes(required: set[str], held: set[str]) -> set[str]:
+    from jupyterhub.services.auth import check_scopes
+
+    return check_scopes(required, held)
+
+
+class ServerAPIHandler(web.RequestHandler):
+    """A call of a researcher's server, identified by the hub (module docstring). Settings:
+    ``config`` (the hub's), ``hub`` (:class:`~hub_ext.hub_rest.HubRestClient` as the service),
+    ``hub_auth`` (a :class:`~jupyterhub.services.auth.HubAuth`), ``audit_log``, ``review_store``."""
+
+    def check_xsrf_cookie(self):  # a token in the header only: no cookie is ever read
+        return
+
+    @property
+    def log(self) -> logging.Logger:
+        return log
+
+    @property
+    def hub(self) -> HubRestClient:
+        return self.settings["hub"]
+
+    @property
+    def audit_log(self) -> HubAuditLog:
+        return self.settings["audit_log"]
+
+    @property
+    def store(self) -> ReviewStore:
+        return self.settings["review_store"]
+
+    def token(self) -> str:
+        match = self.settings["hub_auth"].auth_header_pat.match(self.request.headers.get("Authorization", ""))
+        if not match:
+            raise PermissionDenied(TOKEN_NEEDED)
+        return match.group(1).strip()
+
+    async def caller(self) -> dict:
+        """The hub's model of the header token's owner (``name``, ``kind``, ``scopes``)."""
+        if getattr(self, "_caller", None) is None:
+            model = await self.settings["hub_auth"].user_for_token(self.token(), sync=False)
+            if not model:
+                raise PermissionDenied("the hub does not know this token (expired, or its server stopped); "
+                                       + TOKEN_NEEDED)
+            self._caller = model
+        return self._caller
+
+    def has_scope(self, scope: str) -> bool:
+        return bool(_check_scopes({scope}, set(self._caller.get("scopes") or ())))
+
+    async def user_from_token(self) -> str:
+        """The calling user, from a hub token that may report activity for them
+        (``users:activity!user=NAME``, which JupyterHub gives every server's own token): enough to
+        read the user's own rows; what a server does needs :meth:`server_from_token`."""
+        model = await self.caller()
+        name = str(model.get("name") or "")
+        if model.get("kind", "user") != "user" or not name or not self.has_scope(f"users:activity!user={name}"):
+            raise PermissionDenied("governance takes a server's hub token (its JUPYTERHUB_API_TOKEN, as "
+                                   "Authorization: token ...; scope users:activity for its user)")
+        return name
+
+    async def server_from_token(self, scope: str, what: str) -> tuple[str, str, frozenset[str]]:
+        """``(user, server, projects)`` of the running server whose own hub token this call
+        carries, with the server's scope **as the hub decided it at its start**, when the token
+        holds *scope* for that server (:func:`~hub_ext.server_scopes.check_server_token`). A
+        personal token, a cookie or another server's token is refused: only a server does *what*."""
+        name = await self.user_from_token()
+        user = await self.hub.user(name, auth_state=False)
+        server = server_for_token(user, self.token()) if user is not None else None
+        if server is None:
+            raise PermissionDenied(f"only a running server's own hub token (JUPYTERHUB_API_TOKEN) may {what} "
+                                   "(a server whose start the hub recorded without its token's digest, before "
+                                   "this hub version: restart it)")
+
+        def read_record() -> SpawnRecord | None:
+            return SpawnRecord.from_state(user.servers[server].state)
+
+        check_server_token(self.has_scope, scope, name, server, read_record, what)
+        record = read_record()
+        return name, server, record.projects if record is not None else frozenset()
+
+    def body_json(self) -> dict:
+        try:
+            return json.loads(self.request.body or b"{}")
+        except ValueError:
+            raise InvalidRequest("expected a JSON body") from None
+
+    def reply(self, data: dict, status: int = 200) -> None:
+        self.set_status(status)
+        self.set_header("Content-Type", "application/json")
+        self.set_header("Cache-Control", "no-store")
+        self.finish(json.dumps(data))
+
+    def write_error(self, status_code: int, **kwargs) -> None:
+        """``{"status": …, "message": …}``, as JupyterHub's API answers, with the error's
+        headers (``Retry-After``)."""
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        message = getattr(exc, "log_message", None) or self._reason
+        for key, value in (getattr(exc, "headers", None) or {}).items():
+            self.set_header(key, value)
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps({"status": status_code, "message": message}))
+
+    async def record(self, user: str, action: str, outcome: str, **kw) -> None:
+        await self.audit_log.record(user, action, outcome, **kw)
+
+
+class AuditIngestHandler(ServerAPIHandler):
+    """Events from a user's server, stamped with the identity its token proves
+    (:mod:`hub_ext.audit_api`)."""
+
+    @map_errors
+    async def post(self):
+        user, server, scope = await self.server_from_token(AUDIT, "send audit events")
+        ingest = ensure_ingest(self.settings, log)
+        records, warnings = ingest.check(self.request.body, user, server, scope)
+        for w in warnings:
+            log.warning("audit from %s/%s: %s", user, server, w)
+        seqs = await self.audit_log.ingest(records)  # a gap in the stream: OutOfOrder (409), nothing appended
+        appended = sum(1 for s in seqs if s)
+        self.reply({"acked": records[-1]["stream_seq"], "appended": appended, "duplicates": len(seqs) - appended})
+
+
+class ReviewPolicyAPIHandler(ServerAPIHandler):
+    """Gone: a job learns whether it needs review, and its own review recipient, when the
+    ledger enters it (``POST /api/xnat-hpc/jobs/{job}``)."""
+
+    @map_errors
+    async def get(self):
+        await self.user_from_token()
+        raise Gone("the hub no longer answers a review policy for a list of projects: a server enters each "
+                   "job in the hub's ledger (POST /hub/api/xnat-hpc/jobs/{job}) and gets the job's own review "
+                   "recipient; restart your server to use this hub version")
+
+
+class LedgerJobAPIHandler(ServerAPIHandler):
+    """The job ledger, as the researchers' servers use it (see :mod:`hub_ext.review_store`)."""
+
+    what = "enter jobs in the hub's ledger or hold their results"
+
+    @map_errors
+    async def post(self, job_id: str):
+        user, server, projects = await self.server_from_token(JOBS, self.what)
+        body = self.body_json()
+        try:
+            job = await asyncio.to_thread(self.store.enter_job, user, server, job_id, projects, body)
+        except XnatHpcError as e:
+            await self.record(user, "ledger_enter", "denied", items=sorted(projects),
+                              detail=f"job {job_id} from server {server or '(default)'}: {e.message}"[:500],
+                              extra={"job": job_id, "server": server})
+            raise
+        await self.record(user, "ledger_enter", "allowed", items=job["projects"],
+                          detail=(f"job {job_id} from server {server or '(default)'}; scope "
+                                  f"{', '.join(job['projects'])}"
+                                  + (f"; results held for review by {', '.join(job['review'])}"
+                                     if job["review"] else "")),
+                          hashes={k: job[f"{k}_sha256"] for k in ("manifest", "script") if job[f"{k}_sha256"]},
+                          extra={"job": job_id, "server": server, "review": job["review"]})
+        self.reply(job, status=201)
+
+    @map_errors
+    async def patch(self, job_id: str):
+        user, server, projects = await self.server_from_token(JOBS, self.what)
+        body = self.body_json()
+        try:
+            job = await asyncio.to_thread(self.store.update_job, user, job_id, body)
+        except XnatHpcError as e:  # another user's job, a Slurm id replaced, an ended job changed
+            await self.record(user, "job_state", "denied", items=sorted(projects),
+                              detail=f"job {job_id} from server {server or '(default)'}: {e.message}"[:500],
+                              extra={"job": job_id, "server": server})
+            raise
+        await self.record(user, "job_state", "allowed", items=job["projects"],
+                          detail=f"job {job_id} reported by server {server or '(default)'}: "
+                                 + ", ".join(f"{k} {v}" for k, v in sorted(body.items()) if k != "message")[:400],
+                          extra={"job": job_id, "server": server, "state": job["state"],
+                                 "slurm_job_id": job["slurm_job_id"]})
+        self.reply(job)
+
+    @map_errors
+    async def get(self, job_id: str):
+        user = await self.user_from_token()
+        self.reply(await asyncio.to_thread(self.store.ledger_job, user, job_id))
+
+
+class ReviewJobAPIHandler(ServerAPIHandler):
+    @map_errors
+    async def post(self, job_id: str):
+        user, server, projects = await self.server_from_token(JOBS, LedgerJobAPIHandler.what)
+        body = self.body_json()
+        try:
+            job = await asyncio.to_thread(self.store.register, user, job_id, body)
+        except XnatHpcError as e:  # unknown job, a share or preview sealed to another key, too many held
+            await self.record(user, "review_hold", "denied", items=sorted(projects),
+                              detail=f"job {job_id} from server {server or '(default)'}: {e.message}"[:500],
+                              extra={"job": job_id, "server": server})
+            raise
+        await self.record(user, "review_hold", "allowed", items=job["projects"],
+                          detail=f"job {job_id}: {len(job['results'])} result file(s) held for review",
+                          extra={"job": job_id, "slurm_job_id": job["slurm_job_id"],
+                                 "manifest_sha256": job["manifest_sha256"], "script_sha256": job["script_sha256"]})
+        self.reply(public_job(job), status=201)
+
+    @map_errors
+    async def get(self, job_id: str):
+        user = await self.user_from_token()
+        job = await asyncio.to_thread(self.store.job, user, job_id)
+        out = public_job(job)
+        if job["state"] == "approved" and self.get_argument("share", "") == "1":
+            # the hub's key share goes only to a running server of the job's user, as its writes do
+            await self.server_from_token(JOBS, "fetch the hub's key share of an approved job")
+            share = await asyncio.to_thread(self.store.release_share, user, job_id)
+            out["share"] = base64.b64encode(share).decode("ascii")
+            await self.record(user, "key_release", "allowed", items=job["projects"],
+                              detail=f"job {job_id}: the hub's share of the approved results key",
+                              extra={"job": job_id, "slurm_job_id": job["slurm_job_id"]})
+        self.reply(out)
+
+
+def public_job(job: dict) -> dict:
+    """What a server is told of a held job (pure)."""
+    return {k: job[k] for k in ("job", "projects", "state", "reason", "by", "since", "decided", "pending")}
+
+
+def server_api_handlers(prefix: str) -> list[tuple[str, type]]:
+    """The routes of the servers' calls under the service's *prefix* (``/services/NAME/``)."""
+    return [(prefix + AUDIT_PATH, AuditIngestHandler), (prefix + POLICY_PATH, ReviewPolicyAPIHandler),
+            (prefix + REVIEW_JOB_PATH, ReviewJobAPIHandler), (prefix + LEDGER_PATH, LedgerJobAPIHandler)]
