@@ -133,7 +133,8 @@ class GovernanceService(Application):
         return web.Application(server_api_handlers(prefix), **settings)
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
-        """Run until *stop* is set (default: SIGINT or SIGTERM)."""
+        """Run until *stop* is set (default: SIGINT or SIGTERM; started by the hub, also when
+        the hub's process ends, whichever way: :func:`die_with_parent`)."""
         stop = stop or asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -141,6 +142,9 @@ class GovernanceService(Application):
                 loop.add_signal_handler(sig, stop.set)
             except (ValueError, RuntimeError):  # not the main thread (tests): the caller sets stop
                 pass
+        if os.environ.get("JUPYTERHUB_SERVICE_NAME") and not die_with_parent():
+            log.warning("xnat-hpc-governance: the hub that started it is gone; stopping")
+            return
         client = await self.hub_client()
         watch = self.watch(client)
         path = hub_rest.XnatGovernance(config=self.config).service_socket
@@ -165,6 +169,25 @@ class GovernanceService(Application):
 
     def start(self) -> None:
         asyncio.run(self.run())
+
+
+def die_with_parent(sig: int = signal.SIGTERM) -> bool:
+    """Ask Linux to send *sig* to this process when its parent ends (``PR_SET_PDEATHSIG``): a
+    service the hub started then never outlives the hub, even a hub killed before it could stop
+    its services (JupyterHub starts them in sessions of their own). False when the parent is
+    already gone (re-parented to init, or to a subreaper); True otherwise, also where the call
+    is not available (not Linux: logged)."""
+    parent = os.getppid()
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(1, int(sig), 0, 0, 0) != 0:  # PR_SET_PDEATHSIG = 1
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG)")
+    except (OSError, AttributeError) as exc:
+        log.warning("xnat-hpc-governance will not stop by itself when the hub's process ends: %s", exc)
+        return True
+    return parent != 1 and os.getppid() == parent
 
 
 #: seconds a service the hub started waits before it exits on an error of its configuration: the

@@ -166,3 +166,44 @@ def test_a_config_error_is_a_clear_refusal(tmp_path, monkeypatch):
     app.initialize([f"--config={path}"])
     with pytest.raises(ServiceConfigError, match="c.XnatGovernance.hub_api_url"):
         asyncio.run(app.hub_client())
+
+
+def test_a_service_the_hub_started_never_outlives_the_hub(hub, tmp_path):
+    """JupyterHub starts managed services in sessions of their own: a hub killed before it could
+    stop them (SIGKILL, a crash) used to leave them running. The service asks Linux for a
+    signal when its parent ends and stops on it. Here a stand-in parent starts it as the hub
+    does and is killed with SIGKILL."""
+    import subprocess
+    import time
+
+    env = {**os.environ, "JUPYTERHUB_API_URL": hub.base + "api", "JUPYTERHUB_API_TOKEN": hub.governance_token,
+           "JUPYTERHUB_SERVICE_NAME": SERVICE_NAME, "PYTHONPATH": os.getcwd()}
+    log = tmp_path / "service.log"
+    parent = subprocess.Popen([sys.executable, "-c", (
+        "import subprocess, sys, time; "
+        f"p = subprocess.Popen([sys.executable, '-m', 'xnat_hpc_governance', '--config={config_file(hub, tmp_path)}'], "
+        f"stderr=open({str(log)!r}, 'w'), start_new_session=True); print(p.pid, flush=True); time.sleep(600)")],
+        env=env, stdout=subprocess.PIPE, text=True)
+    child = int(parent.stdout.readline())
+    try:
+        deadline = time.monotonic() + DEADLINE
+        while "revocation re-check every" not in log.read_text():
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.05)
+        parent.kill()
+        parent.wait()
+        while os.path.exists(f"/proc/{child}") and "zombie" not in _state(child):
+            assert time.monotonic() < deadline + DEADLINE, f"the service {child} outlived its parent"
+            time.sleep(0.05)
+        assert "stopping (0 re-check rounds done)" in log.read_text()
+    finally:
+        if os.path.exists(f"/proc/{child}"):
+            os.kill(child, signal.SIGKILL)
+
+
+def _state(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return next((line for line in f if line.startswith("State:")), "")
+    except OSError:
+        return ""
