@@ -11,6 +11,10 @@
    of ``--batch`` events (and, second mode, single events) with its server's token, all at
    once. Side by side, with the same threads, tokens and request count:
 
+   Ours: the hub's address ``POST /hub/api/xnat-hpc/audit``, which the hub passes on to the
+   governance service's process (a Unix socket), which asks the hub who the token is and
+   which server it belongs to (two REST calls, cached a few seconds) and appends.
+
    * ``activity API``: JupyterHub's own ``POST /hub/api/users/{u}/activity`` (what every
      server already sends; the plain cost of an authenticated hub API call that writes);
    * ``jsonl+flock``: appending the same events to one hash-chained JSON-lines file under an
@@ -58,7 +62,14 @@ class BenchNullSpawner(Spawner):
     async def poll(self):
         return None if self.running else 0
     def get_state(self):
-        return {{**super().get_state(), "api_token": self.api_token}}  # the benchmark reads it back
+        from hub_ext.server_scopes import AUDIT, JOBS
+        from xnat_bridge.scope import Scope
+        from xnat_bridge.spawn_record import STATE_KEY, SpawnRecord, token_sha256
+        state = {{**super().get_state(), "api_token": self.api_token}}  # the benchmark reads it back
+        if self.api_token:  # the hub's record, as the XNAT spawners keep it: governance binds the token by it
+            state[STATE_KEY] = SpawnRecord(scope=Scope.of(["BENCH"]), token_sha256=token_sha256(self.api_token),
+                                           server_scopes=(AUDIT, JOBS)).to_state()
+        return state
     async def stop(self, now=False):
         self.running = False
 c.JupyterHub.spawner_class = BenchNullSpawner
@@ -67,6 +78,12 @@ c.Authenticator.allow_all = True
 from hub_ext.handlers import xnat_hpc_handlers
 c.JupyterHub.extra_handlers = xnat_hpc_handlers()
 c.HubAuditLog.path = "{store}"
+from hub_ext.hub_rest import register_governance
+from hub_ext.server_scopes import register_server_scopes
+c.XnatGovernance.token_file = "{token_file}"
+c.XnatGovernance.service_socket = "{socket}"
+register_governance(c, config_file=__file__)
+register_server_scopes(c)
 c.JupyterHub.load_roles.append({{"name": "bench-tokens", "scopes": ["admin:users", "admin:servers", "admin:server_state", "tokens"], "services": ["tests"]}})
 '''
 
@@ -171,7 +188,13 @@ def ingestion(args, work: Path) -> None:
     responder = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Quiet)
     threading.Thread(target=responder.serve_forever, daemon=True).start()
     store = work / "audit" / "audit.db"
-    config = NULL_SPAWNER.format(responder_port=responder.server_address[1], store=store)
+    from xnat_bridge.private import create_private_file
+
+    (work / "hub").mkdir(parents=True, exist_ok=True)
+    token_file = work / "hub" / "governance-token"
+    create_private_file(token_file, os.urandom(32).hex().encode() + b"\n", replace=True)
+    config = NULL_SPAWNER.format(responder_port=responder.server_address[1], store=store, token_file=token_file,
+                                 socket=work / "hub" / "governance.sock")
     hub = start_hub(work / "hub", config)
     try:
         tokens = server_tokens(hub, args.servers)

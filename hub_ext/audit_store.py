@@ -264,7 +264,7 @@ class AuditStore:
         check_private_file(self.checkpoint_path, what="audit checkpoint")
         old = os.umask(0o077)
         try:
-            self.db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            self.db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
         finally:
             os.umask(old)
         os.chmod(self.path, 0o600)
@@ -282,15 +282,12 @@ class AuditStore:
         last = self.db.execute("SELECT seq, mac FROM events ORDER BY seq DESC LIMIT 1").fetchone()
         self.count, self.last_mac = (last[0], last[1]) if last else (0, GENESIS)
         self._since_checkpoint, self._checkpoint_time = 0, time.monotonic()
-        self._streams: dict[str, int] = {}
 
     # -- appending --------------------------------------------------------------------
     def stream_last(self, stream: str) -> int:
-        """The last sequence number appended from *stream* (0: none)."""
-        if stream not in self._streams:
-            row = self.db.execute("SELECT MAX(stream_seq) FROM events WHERE stream=?", (stream,)).fetchone()
-            self._streams[stream] = int(row[0] or 0)
-        return self._streams[stream]
+        """The last sequence number appended from *stream* (0: none), as the store holds it now."""
+        row = self.db.execute("SELECT MAX(stream_seq) FROM events WHERE stream=?", (stream,)).fetchone()
+        return int(row[0] or 0)
 
     def append(self, records: Iterable[dict]) -> list[int]:
         """Append *records* (dicts without ``seq``) in one transaction; their ``seq`` numbers.
@@ -305,50 +302,59 @@ class AuditStore:
 
     def append_groups(self, groups: list[list[dict]]) -> list[list[int] | Exception]:
         """Append several submissions in one transaction (group commit); per group its
-        ``seq`` numbers, or the :class:`OutOfOrder` that refused that group alone."""
+        ``seq`` numbers, or the :class:`OutOfOrder` that refused that group alone.
+
+        Two processes append to one store (the hub and the governance service): the chain's
+        head (last ``seq`` and MAC) and each stream's last number are read **inside** the
+        write transaction (``BEGIN IMMEDIATE`` holds SQLite's write lock until the commit),
+        never from what this process appended last, so every record links to the one
+        committed before it, whoever wrote that."""
         results: list[list[int] | Exception] = []
         with self.lock:
-            count, last = self.count, self.last_mac
-            rows, links, streams = [], [], {}
-            for group in groups:
-                first = next((r for r in group if r.get("stream")), None)
-                if first is not None:
-                    done = streams.get(first["stream"], self.stream_last(first["stream"]))
-                    if done and int(first["stream_seq"]) > done + 1:
-                        results.append(OutOfOrder(
-                            f"events of {first['stream']} must arrive in order: expected sequence number "
-                            f"{done + 1}, got {first['stream_seq']}; send the outbox from {done + 1}"))
-                        continue
-                out: list[int] = []
-                results.append(out)
-                for rec in group:
-                    stream, sseq = rec.get("stream"), rec.get("stream_seq")
-                    if stream:
-                        done = streams.get(stream, self.stream_last(stream))
-                        if int(sseq) <= done:
-                            out.append(0)
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                head = self.db.execute("SELECT seq, mac FROM events ORDER BY seq DESC LIMIT 1").fetchone()
+                count, last = (head[0], head[1]) if head else (0, GENESIS)
+                rows, links, streams = [], [], {}
+                for group in groups:
+                    first = next((r for r in group if r.get("stream")), None)
+                    if first is not None:
+                        done = streams.get(first["stream"])
+                        done = self.stream_last(first["stream"]) if done is None else done
+                        if done and int(first["stream_seq"]) > done + 1:
+                            results.append(OutOfOrder(
+                                f"events of {first['stream']} must arrive in order: expected sequence number "
+                                f"{done + 1}, got {first['stream_seq']}; send the outbox from {done + 1}"))
                             continue
-                        streams[stream] = int(sseq)
-                    count += 1
-                    doc = {**rec, "seq": count}
-                    doc.setdefault("time", now_iso())
-                    body = canonical(doc)
-                    mac = mac_of(self.key, last, body)
-                    rows.append((count, *index_columns(doc), body, last, mac))
-                    links.extend((p, count, *link) for p, link in project_links(doc).items())
-                    last = mac
-                    out.append(count)
-            if rows:
-                self.db.execute("BEGIN IMMEDIATE")
-                try:
+                    out: list[int] = []
+                    results.append(out)
+                    for rec in group:
+                        stream, sseq = rec.get("stream"), rec.get("stream_seq")
+                        if stream:
+                            done = streams.get(stream)
+                            done = self.stream_last(stream) if done is None else done
+                            if int(sseq) <= done:
+                                out.append(0)
+                                continue
+                            streams[stream] = int(sseq)
+                        count += 1
+                        doc = {**rec, "seq": count}
+                        doc.setdefault("time", now_iso())
+                        body = canonical(doc)
+                        mac = mac_of(self.key, last, body)
+                        rows.append((count, *index_columns(doc), body, last, mac))
+                        links.extend((p, count, *link) for p, link in project_links(doc).items())
+                        last = mac
+                        out.append(count)
+                if rows:
                     self.db.executemany("INSERT INTO events VALUES (?,?,?,?,?,?,?,?,?)", rows)
                     self.db.executemany("INSERT OR IGNORE INTO event_projects VALUES (?,?,?,?,?)", links)
-                    self.db.execute("COMMIT")
-                except BaseException:
-                    self.db.execute("ROLLBACK")
-                    raise
+                self.db.execute("COMMIT")
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
+            if rows:
                 self.count, self.last_mac = count, last
-                self._streams.update(streams)
                 self._since_checkpoint += len(rows)
                 if (self._since_checkpoint >= self.checkpoint_every
                         or time.monotonic() - self._checkpoint_time >= self.checkpoint_seconds):

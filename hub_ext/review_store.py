@@ -28,12 +28,14 @@ handlers call them through ``asyncio.to_thread``.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import os
 import re
 import sqlite3
 import threading
+from collections.abc import Iterator
 
 from traitlets import Integer, Unicode
 from traitlets.config import LoggingConfigurable
@@ -222,6 +224,26 @@ class ReviewStore(LoggingConfigurable):
                 self._dbs[path] = db
             return db
 
+    @contextlib.contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction of this process's connection: the hub and the governance
+        service both write the store, so what a write checks (a count, a state) and what it
+        writes are one ``BEGIN IMMEDIATE`` … ``COMMIT`` (SQLite's write lock held between). A
+        nested call joins the outer transaction."""
+        db = self._db()
+        with self._lock:
+            outer = not db.in_transaction
+            if outer:
+                db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                if outer:
+                    db.execute("ROLLBACK")
+                raise
+            if outer:
+                db.execute("COMMIT")
+
     # -- projects ------------------------------------------------------------------
     def marked(self, projects: list[str] | set[str] | None = None) -> dict[str, dict]:
         """``{project: {"by", "time"}}`` of the marked projects (of *projects*, if given)."""
@@ -232,8 +254,7 @@ class ReviewStore(LoggingConfigurable):
 
     def mark(self, project: str, owner: str, on: bool) -> bool:
         """Mark or unmark *project*; True when that changed something."""
-        db = self._db()
-        with self._lock:
+        with self._tx() as db:
             if on:
                 cur = db.execute("INSERT OR IGNORE INTO marks VALUES (?,?,?)", (project, owner, now_iso()))
             else:
@@ -254,8 +275,7 @@ class ReviewStore(LoggingConfigurable):
         if not projects:
             raise PermissionDenied(f"the server {server or '(default)'} of {user} has no data scope the hub "
                                    "decided (started before this hub version?); restart it to submit jobs")
-        db = self._db()
-        with self._lock:
+        with self._tx() as db:
             row = db.execute("SELECT * FROM ledger WHERE user=? AND id=?", (user, job_id)).fetchone()
             if row is not None:
                 if (row["server"], row["script_sha256"], row["manifest_sha256"] or facts["manifest_sha256"]) != (
@@ -284,8 +304,7 @@ class ReviewStore(LoggingConfigurable):
         set, is not replaced; an ended job's state is not changed again."""
         check_job_id(job_id)
         report = check_update(body)
-        db = self._db()
-        with self._lock:
+        with self._tx() as db:
             row = db.execute("SELECT * FROM ledger WHERE user=? AND id=?", (user, job_id)).fetchone()
             if row is None:
                 raise NotFound(f"job {job_id} of {user} is not in the hub's ledger", item=job_id)
@@ -359,14 +378,13 @@ class ReviewStore(LoggingConfigurable):
         replayed from another job); the projects are the ledger's."""
         check_job_id(job_id)
         reg = check_registration(body)
-        db = self._db()
         with self._lock:
             ledger, ident = self._job_identity(user, job_id)
         unwrap(reg["share"], ident)  # proves the share is this job's; the plaintext is dropped
         for blob in reg["previews"].values():
             unwrap(blob, ident)
         review = json.loads(ledger["review"])
-        with self._lock:
+        with self._tx() as db:
             row = db.execute("SELECT * FROM jobs WHERE user=? AND id=?", (user, job_id)).fetchone()
             if row is not None:
                 if row["share"] != reg["share"] and row["state"] == "held":
@@ -442,8 +460,7 @@ class ReviewStore(LoggingConfigurable):
         reason = reason.strip()[:MAX_REASON]
         if decision == "reject" and not reason:
             raise InvalidRequest("say why the results are rejected: the researcher reads the reason")
-        db = self._db()
-        with self._lock:
+        with self._tx() as db:
             row = db.execute("SELECT * FROM jobs WHERE user=? AND id=?", (user, job_id)).fetchone()
             if row is None:
                 raise NotFound(f"no held results of job {job_id} of {user}", item=job_id)
