@@ -31,7 +31,7 @@ from tornado import web
 from tornado.httpclient import HTTPClientError
 
 from . import governance_socket
-from .hub_rest import SERVICE_NAME, XnatGovernance
+from .hub_rest import HOW_TO_CONFIGURE, SERVICE_NAME, XnatGovernance
 
 log = logging.getLogger(__name__)
 
@@ -91,14 +91,20 @@ class GovernanceForwardHandler(web.RequestHandler):
         except (OSError, HTTPClientError) as exc:
             problem = str(exc)
         if resp is None or problem:
-            log.warning("governance service did not answer (%s): %s %s answered 503", problem,
-                        self.request.method, self.request.path)
+            if not settings.token_file:  # never registered: say what to add, not "try again"
+                log.error("the servers' calls to governance cannot be taken: the governance service is not "
+                          "configured. Add %s", HOW_TO_CONFIGURE)
+                message = (f"the hub's governance service ({SERVICE_NAME}) is not configured on this hub; "
+                           "its administrators must add it (docs/admin.md, \"The governance service\")")
+            else:
+                log.warning("governance service did not answer (%s): %s %s answered 503", problem,
+                            self.request.method, self.request.path)
+                message = (f"the hub's governance service ({SERVICE_NAME}) is not answering; try again in "
+                           f"{RETRY_AFTER} s (the hub restarts it; a server's outbox keeps its events meanwhile)")
             self.set_status(503)
             self.set_header("Retry-After", str(RETRY_AFTER))
             self.set_header("Content-Type", "application/json")
-            self.finish(json.dumps({"status": 503, "message": (
-                f"the hub's governance service ({SERVICE_NAME}) is not answering; try again in {RETRY_AFTER} s "
-                "(the hub restarts it; a server's outbox keeps its events meanwhile)")}))
+            self.finish(json.dumps({"status": 503, "message": message}))
             return
         self.set_status(resp.code, resp.reason)
         for key in ANSWER_HEADERS:

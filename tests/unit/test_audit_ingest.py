@@ -356,6 +356,9 @@ async def test_a_call_while_the_service_is_away_is_a_503_with_retry_after():
         code, doc, r = await hub.request("POST", "api/xnat-hpc/audit", token=bob, body=_body([_ev(1)]))
         assert code == 503 and r.headers["Retry-After"] == "5" and "not answering" in doc["message"]
         assert retry_after_seconds(r.headers["Retry-After"]) == 5.0
+        hub.config.XnatGovernance.token_file = ""  # a hub without the service: the answer says so
+        code, doc, r = await hub.request("POST", "api/xnat-hpc/audit", token=bob, body=_body([_ev(1)]))
+        assert code == 503 and "not configured on this hub" in doc["message"]
 
 
 # -- the owner page: a server's facts are labelled as its report ------------------------------
