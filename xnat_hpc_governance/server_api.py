@@ -31,6 +31,7 @@ import asyncio
 import base64
 import json
 import logging
+import time
 
 from tornado import web
 
@@ -50,6 +51,12 @@ AUDIT_PATH = r"api/audit"
 POLICY_PATH = r"api/review/policy"
 REVIEW_JOB_PATH = r"api/review/jobs/(j[0-9a-f]{12})"
 LEDGER_PATH = r"api/jobs/(j[0-9a-f]{12})"
+
+#: seconds an answer of the hub about a token or a user is used again for audit events (the
+#: default of ``c.GovernanceService.cache_seconds``)
+CACHE_SECONDS = 5.0
+#: users whose answers are kept at most (the cache is emptied beyond)
+CACHE_USERS = 10000
 
 #: what a call without a usable token is told
 TOKEN_NEEDED = ("send the server's own hub token (its JUPYTERHUB_API_TOKEN) as Authorization: token …; "
@@ -92,10 +99,11 @@ class ServerAPIHandler(web.RequestHandler):
             raise PermissionDenied(TOKEN_NEEDED)
         return match.group(1).strip()
 
-    async def caller(self) -> dict:
-        """The hub's model of the header token's owner (``name``, ``kind``, ``scopes``)."""
+    async def caller(self, *, fresh: bool = False) -> dict:
+        """The hub's model of the header token's owner (``name``, ``kind``, ``scopes``): asked of
+        the hub, from its answers of the last :data:`CACHE_SECONDS` unless *fresh*."""
         if getattr(self, "_caller", None) is None:
-            model = await self.settings["hub_auth"].user_for_token(self.token(), sync=False)
+            model = await self.settings["hub_auth"].user_for_token(self.token(), use_cache=not fresh, sync=False)
             if not model:
                 raise PermissionDenied("the hub does not know this token (expired, or its server stopped); "
                                        + TOKEN_NEEDED)
@@ -105,11 +113,11 @@ class ServerAPIHandler(web.RequestHandler):
     def has_scope(self, scope: str) -> bool:
         return bool(_check_scopes({scope}, set(self._caller.get("scopes") or ())))
 
-    async def user_from_token(self) -> str:
+    async def user_from_token(self, *, fresh: bool = False) -> str:
         """The calling user, from a hub token that may report activity for them
         (``users:activity!user=NAME``, which JupyterHub gives every server's own token): enough to
         read the user's own rows; what a server does needs :meth:`server_from_token`."""
-        model = await self.caller()
+        model = await self.caller(fresh=fresh)
         name = str(model.get("name") or "")
         if model.get("kind", "user") != "user" or not name or not self.has_scope(f"users:activity!user={name}"):
             raise PermissionDenied("governance takes a server's hub token (its JUPYTERHUB_API_TOKEN, as "
@@ -120,9 +128,16 @@ class ServerAPIHandler(web.RequestHandler):
         """``(user, server, projects)`` of the running server whose own hub token this call
         carries, with the server's scope **as the hub decided it at its start**, when the token
         holds *scope* for that server (:func:`~hub_ext.server_scopes.check_server_token`). A
-        personal token, a cookie or another server's token is refused: only a server does *what*."""
-        name = await self.user_from_token()
-        user = await self.hub.user(name, auth_state=False)
+        personal token, a cookie or another server's token is refused: only a server does *what*.
+
+        Audit events (*scope* :data:`AUDIT`) are bound with the hub's answers of the last
+        :data:`CACHE_SECONDS` (a server posts every few seconds; an event of a server that
+        stopped that recently is still its own); everything else — a ledger entry, held
+        results, the key share — asks the hub afresh, so a server stopped (revoked) a moment
+        ago does nothing more."""
+        fresh = scope != AUDIT
+        name = await self.user_from_token(fresh=fresh)
+        user = await self._hub_user(name, fresh=fresh)
         server = server_for_token(user, self.token()) if user is not None else None
         if server is None:
             raise PermissionDenied(f"only a running server's own hub token (JUPYTERHUB_API_TOKEN) may {what} "
@@ -135,6 +150,17 @@ class ServerAPIHandler(web.RequestHandler):
         check_server_token(self.has_scope, scope, name, server, read_record, what)
         record = read_record()
         return name, server, record.projects if record is not None else frozenset()
+
+    async def _hub_user(self, name: str, *, fresh: bool):
+        cache: dict = self.settings.setdefault("hub_user_cache", {})
+        now = time.monotonic()
+        if not fresh and name in cache and cache[name][0] > now:
+            return cache[name][1]
+        user = await self.hub.user(name, auth_state=False)
+        if len(cache) > CACHE_USERS:
+            cache.clear()
+        cache[name] = (now + float(self.settings.get("cache_seconds", CACHE_SECONDS)), user)
+        return user
 
     def body_json(self) -> dict:
         try:

@@ -207,3 +207,48 @@ def _state(pid: int) -> str:
             return next((line for line in f if line.startswith("State:")), "")
     except OSError:
         return ""
+
+
+@in_process
+async def test_audit_events_reuse_the_hubs_answers_and_jobs_never_do(hub, tmp_path):
+    """The service asks the hub about a server's token and server at each call; for audit events
+    it uses the answers of the last cache_seconds again (two REST calls saved per batch); a job
+    call always asks afresh, so a server stopped a moment ago enters and fetches nothing."""
+    from hub_ext import governance_socket
+    from hub_ext.hub_rest import HubRestClient
+    from tornado.httpserver import HTTPServer
+
+    from hub_ext.governance_forward import service_prefix
+
+    asked = []
+
+    class Counting(HubRestClient):
+        async def user(self, name, **kw):
+            asked.append(name)
+            return await super().user(name, **kw)
+
+    service = GovernanceService(config=hub.config, service_prefix=service_prefix(hub.app.base_url),
+                                cache_seconds=3600)
+    http = HTTPServer(service.web_app(Counting(hub.base + "api", hub.governance_token)))
+    sock = str(tmp_path / "cached.sock")
+    http.add_socket(governance_socket.listen(sock))
+    before = hub.config.XnatGovernance.service_socket
+    hub.config.XnatGovernance.service_socket = sock
+    try:
+        token = await hub.start_server("cachy", ["CARDIO_ECG"])
+        for seq in (1, 2, 3):
+            body = {"boot": "b1", "events": [{"seq": seq, "time": "2026-12-07T00:00:00.000Z", "action": "browse",
+                                              "outcome": "allowed", "items": ["CARDIO_ECG"]}]}
+            code, doc, _ = await hub.request("POST", "api/xnat-hpc/audit", token=token, body=body)
+            assert code == 200, doc
+        assert asked == ["cachy"]  # one look at the hub for three batches
+        facts = {"dataset": "d", "dataset_version": 1, "script_sha256": "c" * 64}
+        code, doc, _ = await hub.request("POST", "api/xnat-hpc/jobs/j0000000c0001", token=token, body=facts)
+        assert code == 201, doc
+        assert asked == ["cachy", "cachy"]  # a job asks afresh
+        await hub.app.users["cachy"].stop("")
+        code, doc, _ = await hub.request("POST", "api/xnat-hpc/jobs/j0000000c0002", token=token, body=facts)
+        assert code == 403  # stopped a moment ago: nothing more, whatever the cache holds
+    finally:
+        hub.config.XnatGovernance.service_socket = before
+        http.stop()
