@@ -25,7 +25,7 @@ import time
 
 from tornado import web
 from tornado.httpserver import HTTPServer
-from traitlets import Float, Unicode, default
+from traitlets import Unicode, default
 from traitlets.config import Application
 
 from hub_ext import governance_socket, hub_rest
@@ -35,7 +35,7 @@ from hub_ext.review_store import ReviewStore
 from hub_ext.revocation_watch import HubSource, RevocationWatch
 from xnat_bridge.errors import XnatHpcError
 
-from .server_api import CACHE_SECONDS, server_api_handlers
+from .server_api import server_api_handlers
 
 log = logging.getLogger(__name__)
 
@@ -71,15 +71,6 @@ class GovernanceService(Application):
     service_prefix = Unicode(
         help="""The path the service's routes live under. Default: ``JUPYTERHUB_SERVICE_PREFIX``
         (set by the hub), else ``/services/xnat-hpc-governance/``.""",
-    ).tag(config=True)
-
-    cache_seconds = Float(
-        CACHE_SECONDS,
-        help="""Seconds the hub's answers about a server's token (whose it is, its scopes, its
-        server) are used again for that server's **audit events**: a server posts every few
-        seconds, and each answer costs two calls to the hub's REST API. Ledger entries, held
-        results and the key share always ask the hub afresh. ``0``: never used again.
-        Example: ``c.GovernanceService.cache_seconds = 2``.""",
     ).tag(config=True)
 
     aliases = {"config": "GovernanceService.config_file", "log-level": "Application.log_level"}
@@ -135,9 +126,9 @@ class GovernanceService(Application):
         hub with the service's token (:class:`~jupyterhub.services.auth.HubAuth`)."""
         from jupyterhub.services.auth import HubAuth
 
-        auth = HubAuth(api_token=client._token, api_url=client.api_url, cache_max_age=int(self.cache_seconds))
+        auth = HubAuth(api_token=client._token, api_url=client.api_url)
         prefix = "/" + self.service_prefix.strip("/") + "/"
-        settings = {"config": self.config, "hub": client, "hub_auth": auth, "cache_seconds": self.cache_seconds,
+        settings = {"config": self.config, "hub": client, "hub_auth": auth,
                     "audit_log": HubAuditLog(config=self.config), "review_store": ReviewStore(config=self.config)}
         return web.Application(server_api_handlers(prefix), **settings)
 

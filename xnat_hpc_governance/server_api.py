@@ -17,10 +17,10 @@ server knows only the hub's API)::
 
 **Who is calling** is asked of the hub, never taken from the call: the token in the
 ``Authorization`` header (never a cookie, never the URL) is identified by the hub's REST API
-(``GET /hub/api/user``, :class:`jupyterhub.services.auth.HubAuth`, cached a few seconds), with
-the scopes the hub gave it; the server it belongs to is the active server of that user whose
+(``GET /hub/api/user``, :class:`jupyterhub.services.auth.HubAuth`, at every call), with the
+scopes the hub gave it; the server it belongs to is the active server of that user whose
 :class:`~xnat_bridge.spawn_record.SpawnRecord` keeps its digest (the servers' state, read through
-the REST API as the service: ``admin:server_state``), and the call needs the custom scope of
+the REST API as the service: ``admin:server_state``; found once per token), and the call needs the custom scope of
 :mod:`hub_ext.server_scopes` for that server. The scope of a server — which projects its jobs
 and events are about — is the record's, as the hub decided it at the start.
 """
@@ -31,7 +31,6 @@ import asyncio
 import base64
 import json
 import logging
-import time
 
 from tornado import web
 
@@ -42,7 +41,7 @@ from hub_ext.hub_rest import HubRestClient
 from hub_ext.review_store import ReviewStore
 from hub_ext.server_scopes import AUDIT, JOBS, check_server_token
 from xnat_bridge.errors import Gone, InvalidRequest, PermissionDenied, XnatHpcError
-from xnat_bridge.spawn_record import SpawnRecord
+from xnat_bridge.spawn_record import SpawnRecord, token_sha256
 
 log = logging.getLogger(__name__)
 
@@ -52,11 +51,8 @@ POLICY_PATH = r"api/review/policy"
 REVIEW_JOB_PATH = r"api/review/jobs/(j[0-9a-f]{12})"
 LEDGER_PATH = r"api/jobs/(j[0-9a-f]{12})"
 
-#: seconds an answer of the hub about a token or a user is used again for audit events (the
-#: default of ``c.GovernanceService.cache_seconds``)
-CACHE_SECONDS = 5.0
-#: users whose answers are kept at most (the cache is emptied beyond)
-CACHE_USERS = 10000
+#: tokens whose server is kept at most (all are forgotten beyond: each is found again)
+MAX_BINDINGS = 10000
 
 #: what a call without a usable token is told
 TOKEN_NEEDED = ("send the server's own hub token (its JUPYTERHUB_API_TOKEN) as Authorization: token …; "
@@ -99,11 +95,12 @@ class ServerAPIHandler(web.RequestHandler):
             raise PermissionDenied(TOKEN_NEEDED)
         return match.group(1).strip()
 
-    async def caller(self, *, fresh: bool = False) -> dict:
-        """The hub's model of the header token's owner (``name``, ``kind``, ``scopes``): asked of
-        the hub, from its answers of the last :data:`CACHE_SECONDS` unless *fresh*."""
+    async def caller(self) -> dict:
+        """The hub's model of the header token's owner (``name``, ``kind``, ``scopes``), asked of
+        the hub at every call (never from a cache: a token the hub deleted — its server stopped —
+        is refused at once)."""
         if getattr(self, "_caller", None) is None:
-            model = await self.settings["hub_auth"].user_for_token(self.token(), use_cache=not fresh, sync=False)
+            model = await self.settings["hub_auth"].user_for_token(self.token(), use_cache=False, sync=False)
             if not model:
                 raise PermissionDenied("the hub does not know this token (expired, or its server stopped); "
                                        + TOKEN_NEEDED)
@@ -113,11 +110,11 @@ class ServerAPIHandler(web.RequestHandler):
     def has_scope(self, scope: str) -> bool:
         return bool(_check_scopes({scope}, set(self._caller.get("scopes") or ())))
 
-    async def user_from_token(self, *, fresh: bool = False) -> str:
+    async def user_from_token(self) -> str:
         """The calling user, from a hub token that may report activity for them
         (``users:activity!user=NAME``, which JupyterHub gives every server's own token): enough to
         read the user's own rows; what a server does needs :meth:`server_from_token`."""
-        model = await self.caller(fresh=fresh)
+        model = await self.caller()
         name = str(model.get("name") or "")
         if model.get("kind", "user") != "user" or not name or not self.has_scope(f"users:activity!user={name}"):
             raise PermissionDenied("governance takes a server's hub token (its JUPYTERHUB_API_TOKEN, as "
@@ -130,37 +127,33 @@ class ServerAPIHandler(web.RequestHandler):
         holds *scope* for that server (:func:`~hub_ext.server_scopes.check_server_token`). A
         personal token, a cookie or another server's token is refused: only a server does *what*.
 
-        Audit events (*scope* :data:`AUDIT`) are bound with the hub's answers of the last
-        :data:`CACHE_SECONDS` (a server posts every few seconds; an event of a server that
-        stopped that recently is still its own); everything else — a ledger entry, held
-        results, the key share — asks the hub afresh, so a server stopped (revoked) a moment
-        ago does nothing more."""
-        fresh = scope != AUDIT
-        name = await self.user_from_token(fresh=fresh)
-        user = await self._hub_user(name, fresh=fresh)
-        server = server_for_token(user, self.token()) if user is not None else None
-        if server is None:
-            raise PermissionDenied(f"only a running server's own hub token (JUPYTERHUB_API_TOKEN) may {what} "
-                                   "(a server whose start the hub recorded without its token's digest, before "
-                                   "this hub version: restart it)")
+        Which server a token belongs to is found once per token (the digest in the server's
+        record, read through the hub's REST API) and kept: JupyterHub issues a new token at
+        every start and deletes it at the stop, and a start's record never changes, so while
+        the hub still knows the token (asked at every call, :meth:`caller`) the binding holds."""
+        name = await self.user_from_token()
+        token = self.token()
+        bindings: dict = self.settings.setdefault("bindings", {})
+        key = token_sha256(token)
+        bound = bindings.get(key)
+        if bound is None or bound[0] != name:
+            user = await self.hub.user(name, auth_state=False)
+            server = server_for_token(user, token) if user is not None else None
+            if server is None:
+                raise PermissionDenied(f"only a running server's own hub token (JUPYTERHUB_API_TOKEN) may {what} "
+                                       "(a server whose start the hub recorded without its token's digest, before "
+                                       "this hub version: restart it)")
+            if len(bindings) >= MAX_BINDINGS:
+                bindings.clear()
+            bound = bindings[key] = (name, server, dict(user.servers[server].state))
+        _, server, state = bound
 
         def read_record() -> SpawnRecord | None:
-            return SpawnRecord.from_state(user.servers[server].state)
+            return SpawnRecord.from_state(state)
 
         check_server_token(self.has_scope, scope, name, server, read_record, what)
         record = read_record()
         return name, server, record.projects if record is not None else frozenset()
-
-    async def _hub_user(self, name: str, *, fresh: bool):
-        cache: dict = self.settings.setdefault("hub_user_cache", {})
-        now = time.monotonic()
-        if not fresh and name in cache and cache[name][0] > now:
-            return cache[name][1]
-        user = await self.hub.user(name, auth_state=False)
-        if len(cache) > CACHE_USERS:
-            cache.clear()
-        cache[name] = (now + float(self.settings.get("cache_seconds", CACHE_SECONDS)), user)
-        return user
 
     def body_json(self) -> dict:
         try:

@@ -210,15 +210,15 @@ def _state(pid: int) -> str:
 
 
 @in_process
-async def test_audit_events_reuse_the_hubs_answers_and_jobs_never_do(hub, tmp_path):
-    """The service asks the hub about a server's token and server at each call; for audit events
-    it uses the answers of the last cache_seconds again (two REST calls saved per batch); a job
-    call always asks afresh, so a server stopped a moment ago enters and fetches nothing."""
-    from hub_ext import governance_socket
-    from hub_ext.hub_rest import HubRestClient
+async def test_a_token_is_bound_to_its_server_once_and_asked_of_the_hub_at_every_call(hub, tmp_path):
+    """Which server a token belongs to is read once per token (its record never changes while
+    the token lives: one REST call saved per batch); whether the hub still knows the token is
+    asked at every call, so a server stopped a moment ago posts, enters and fetches nothing."""
     from tornado.httpserver import HTTPServer
 
+    from hub_ext import governance_socket
     from hub_ext.governance_forward import service_prefix
+    from hub_ext.hub_rest import HubRestClient
 
     asked = []
 
@@ -227,28 +227,36 @@ async def test_audit_events_reuse_the_hubs_answers_and_jobs_never_do(hub, tmp_pa
             asked.append(name)
             return await super().user(name, **kw)
 
-    service = GovernanceService(config=hub.config, service_prefix=service_prefix(hub.app.base_url),
-                                cache_seconds=3600)
+    service = GovernanceService(config=hub.config, service_prefix=service_prefix(hub.app.base_url))
     http = HTTPServer(service.web_app(Counting(hub.base + "api", hub.governance_token)))
-    sock = str(tmp_path / "cached.sock")
+    sock = str(tmp_path / "counting.sock")
     http.add_socket(governance_socket.listen(sock))
     before = hub.config.XnatGovernance.service_socket
     hub.config.XnatGovernance.service_socket = sock
+
+    def batch(seq):
+        return {"boot": "b1", "events": [{"seq": seq, "time": "2026-12-07T00:00:00.000Z", "action": "browse",
+                                          "outcome": "allowed", "items": ["CARDIO_ECG"]}]}
+
     try:
-        token = await hub.start_server("cachy", ["CARDIO_ECG"])
+        token = await hub.start_server("bindy", ["CARDIO_ECG"])
         for seq in (1, 2, 3):
-            body = {"boot": "b1", "events": [{"seq": seq, "time": "2026-12-07T00:00:00.000Z", "action": "browse",
-                                              "outcome": "allowed", "items": ["CARDIO_ECG"]}]}
-            code, doc, _ = await hub.request("POST", "api/xnat-hpc/audit", token=token, body=body)
+            code, doc, _ = await hub.request("POST", "api/xnat-hpc/audit", token=token, body=batch(seq))
             assert code == 200, doc
-        assert asked == ["cachy"]  # one look at the hub for three batches
         facts = {"dataset": "d", "dataset_version": 1, "script_sha256": "c" * 64}
-        code, doc, _ = await hub.request("POST", "api/xnat-hpc/jobs/j0000000c0001", token=token, body=facts)
+        code, doc, _ = await hub.request("POST", "api/xnat-hpc/jobs/j0000000b0001", token=token, body=facts)
         assert code == 201, doc
-        assert asked == ["cachy", "cachy"]  # a job asks afresh
-        await hub.app.users["cachy"].stop("")
-        code, doc, _ = await hub.request("POST", "api/xnat-hpc/jobs/j0000000c0002", token=token, body=facts)
-        assert code == 403  # stopped a moment ago: nothing more, whatever the cache holds
+        assert asked == ["bindy"]  # one look at the server for four calls
+        await hub.app.users["bindy"].stop("")  # JupyterHub deletes the server's token
+        code, doc, _ = await hub.request("POST", "api/xnat-hpc/audit", token=token, body=batch(4))
+        assert code == 403 and "does not know this token" in doc["message"]
+        code, doc, _ = await hub.request("POST", "api/xnat-hpc/jobs/j0000000b0002", token=token, body=facts)
+        assert code == 403
+        # its next start has another token, bound afresh
+        token = await hub.start_server("bindy", ["CARDIO_ECG"])
+        code, doc, _ = await hub.request("POST", "api/xnat-hpc/audit", token=token,
+                                         body={**batch(1), "boot": "b2"})
+        assert code == 200 and asked == ["bindy", "bindy"], doc
     finally:
         hub.config.XnatGovernance.service_socket = before
         http.stop()
