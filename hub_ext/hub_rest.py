@@ -363,6 +363,11 @@ class HubRestClient:
     def __repr__(self) -> str:
         return f"HubRestClient({self.api_url!r})"
 
+    @property
+    def token(self) -> str:
+        """The token this client calls the hub with (for the service's own ``HubAuth``)."""
+        return self._token
+
     async def _call(self, method: str, path: str, *, query: Mapping | None = None, what: str, scope: str,
                     paginated: bool = False) -> HTTPResponse:
         """One call; the response when the hub answered below 400 or 404, else the error:
@@ -491,11 +496,6 @@ async def governance_client(tornado_settings: Mapping) -> HubRestClient:
                                       "e.g. http://127.0.0.1:8081/hub/api")
     return HubRestClient(url, token, timeout=settings.timeout, stop_timeout=settings.stop_timeout,
                          poll_interval=settings.poll_interval)
-
-
-async def active_users(tornado_settings: Mapping) -> list[HubUser]:
-    """Every user with an active server, with state (:meth:`HubRestClient.active_users`)."""
-    return await (await governance_client(tornado_settings)).active_users()
 
 
 async def hub_user(tornado_settings: Mapping, name: str) -> HubUser | None:

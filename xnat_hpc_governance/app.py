@@ -126,7 +126,7 @@ class GovernanceService(Application):
         hub with the service's token (:class:`~jupyterhub.services.auth.HubAuth`)."""
         from jupyterhub.services.auth import HubAuth
 
-        auth = HubAuth(api_token=client._token, api_url=client.api_url)
+        auth = HubAuth(api_token=client.token, api_url=client.api_url)
         prefix = "/" + self.service_prefix.strip("/") + "/"
         settings = {"config": self.config, "hub": client, "hub_auth": auth,
                     "audit_log": HubAuditLog(config=self.config), "review_store": ReviewStore(config=self.config)}

@@ -78,6 +78,23 @@ def route_of(hub, user: str, server: str) -> str:
     return hub.app.users[user].spawners[server].proxy_spec
 
 
+class Audit:
+    """The trail as the re-check writes it: what was recorded."""
+
+    def __init__(self):
+        self.records = []
+
+    async def record(self, user, action, outcome, **kw):
+        self.records.append((user, action, outcome))
+
+
+class Ledger:
+    """A job ledger without jobs."""
+
+    def ledger_jobs(self, **kw):
+        return []
+
+
 # -- listing ---------------------------------------------------------------------------------
 
 async def test_the_service_is_registered_with_exactly_the_least_scopes(hub):
@@ -143,17 +160,6 @@ async def test_the_re_check_stops_through_the_rest_api(hub, caplog):
     the ``DELETE`` as the service's)."""
     token = await start(hub, "rechecked", "w", ["LOST"])
     spec = route_of(hub, "rechecked", "w")
-
-    class Audit:
-        def __init__(self):
-            self.records = []
-
-        async def record(self, user, action, outcome, **kw):
-            self.records.append((user, action, outcome))
-
-    class Ledger:
-        def ledger_jobs(self, **kw):
-            return []
 
     async def readable(user):
         return set() if user.name == "rechecked" else None  # every other user: unknown, skipped
@@ -223,14 +229,6 @@ async def test_the_re_check_reads_records_and_xnat_tokens_through_the_api_and_as
     monkeypatch.setattr(revocation_watch, "fetch_permissions",
                         lambda client, login: Permissions() if login == "ReadBack" else None)
 
-    class Audit:
-        async def record(self, *a, **kw):
-            pass
-
-    class Ledger:
-        def ledger_jobs(self, **kw):
-            return []
-
     config = copy.deepcopy(hub.config)
     config.XnatAuthenticator.xnat_url = "http://xnat.invalid"
     settings = {"config": config}  # what the service's process has: the configuration, no hub objects
@@ -265,14 +263,6 @@ async def test_without_the_service_configured_nothing_is_stopped_and_the_report_
 
     async def readable(user):
         return set() if user.name == "unconfigured" else None
-
-    class Audit:
-        async def record(self, *a, **kw):
-            pass
-
-    class Ledger:
-        def ledger_jobs(self, **kw):
-            return []
 
     watch = RevocationWatch(settings, permissions=readable, audit_log=Audit(), ledger=Ledger())
     with pytest.raises(GovernanceNotConfigured, match="c.XnatGovernance.token_file is not set"):
