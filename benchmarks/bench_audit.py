@@ -23,7 +23,7 @@
    Prints events/s and per-request p50 / p99 latency (medians over the rounds, spread).
 2. **Owner page.** A store with ``--events`` events (3 owners' projects among 6, 40 users,
    all actions) and the owner page's data + HTML for the first page of one owner (the
-   handler's own :func:`hub_ext.owner.collect` and renderer; XNAT's member list left out),
+   handler's own :func:`xnat_hpc_governance.owner.collect` and renderer; XNAT's member list left out),
    vs the old page: read the whole JSON-lines log, check its chain, filter, render.
    Goal: < 1 s for the first page.
 """
@@ -264,7 +264,7 @@ def synthetic(n: int, seed: int = 7) -> list[dict]:
 def owner_page(args, work: Path) -> None:
     from traitlets.config import Config
 
-    from hub_ext import owner, owner_render as R
+    from xnat_hpc_governance import owner, owner_render as R
     from hub_ext.audit_log import HubAuditLog
     from xnat_bridge.audit import GENESIS, chain_hash, JsonLinesSink, verify_chain
 

@@ -9,6 +9,8 @@ hub's REST API as, and the custom scopes servers call governance with.
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 from hub_ext.hub_rest import GOVERNANCE_SCOPES  # noqa: F401 - re-exported beside the other services' scopes
@@ -52,7 +54,25 @@ c.XnatScopedSpawner.xnat_service_password_file = "{password_file}"
 '''
 
 
-def governance_hub_config(*, token_file: Path) -> str:
+def free_privileged_port(preferred: int = 981, low: int = 600, high: int = 1000) -> int:
+    """A port below 1024 free on 127.0.0.1 now (*preferred* when it is), for the governance
+    service's owners' pages (``c.XnatGovernance.pages_url``: only root may take such a port, so
+    no other account can squat it while the service restarts). Needs root, as the hub does."""
+    import random
+    import socket
+
+    candidates = [preferred, *random.sample(range(low, high), high - low)]
+    for port in candidates:
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port between {low} and {high} on 127.0.0.1 for the owners' pages")
+
+
+def governance_hub_config(*, token_file: Path, pages_port: int | None = None) -> str:
     """The hub service ``xnat-hpc-governance`` through which governance lists and stops servers
     (pure): ``c.XnatGovernance.token_file`` and the service with that file's token (0600, read
     and checked when the hub loads its configuration) and its least-scope role
@@ -63,11 +83,18 @@ def governance_hub_config(*, token_file: Path) -> str:
     scopes each server's token carries for itself to call governance (``custom:xnat-hpc:audit``,
     ``custom:xnat-hpc:jobs``), by :func:`hub_ext.server_scopes.register_server_scopes` (last: it
     merges with the roles and ``server_token_scopes`` set before it). The caller writes the file
-    (``tests.fixtures.spawn.governance_token_file``, ``devstack.demo``)."""
+    (``tests.fixtures.spawn.governance_token_file``, ``devstack.demo``). The owners' pages on
+    127.0.0.1:*pages_port* (default: :func:`free_privileged_port`), behind the hub's proxy at
+    ``/services/xnat-hpc-governance/``."""
+    port = pages_port or free_privileged_port()
+    sock = token_file.parent / "governance.sock"
+    if len(os.fsencode(str(sock))) > 100:  # a Unix socket's limit: a deep directory (pytest's) gets a short one
+        sock = Path(tempfile.mkdtemp(prefix="xnat-hpc-gov-")) / "governance.sock"  # 0700, this account's
     return f'''from hub_ext.hub_rest import register_governance  # noqa: E402
 from hub_ext.server_scopes import register_server_scopes  # noqa: E402
 c.XnatGovernance.token_file = "{token_file}"
-c.XnatGovernance.service_socket = "{token_file.parent / 'governance.sock'}"
+c.XnatGovernance.service_socket = "{sock}"
+c.XnatGovernance.pages_url = "http://127.0.0.1:{port}"
 register_governance(c, config_file=__file__)
 register_server_scopes(c)
 '''

@@ -20,7 +20,7 @@ of structured fields, e.g. ``slurm_job_id``, ``job``, ``resources``), and for ev
 server sent: ``event_time`` (its clock), ``stream`` and ``stream_seq`` (its boot id
 and sequence number), and where it named XNAT items outside the scope the hub gave it,
 ``extra.claimed_items`` and ``extra.out_of_scope`` (those items are its claim, filed under
-no project: :func:`hub_ext.audit_api.apply_scope`). The store (:mod:`hub_ext.audit_store`) is SQLite, 0600 in a
+no project: :func:`xnat_hpc_governance.audit_api.apply_scope`). The store (:mod:`hub_ext.audit_store`) is SQLite, 0600 in a
 directory only the hub's account can write, each record MAC'd with
 ``c.HubAuditLog.key_file`` over the previous record's MAC; ``xnat-hpc-hub audit
 verify`` checks it.

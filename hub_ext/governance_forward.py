@@ -113,5 +113,26 @@ class GovernanceForwardHandler(web.RequestHandler):
         self.finish(resp.body or b"")
 
 
-def forward_handlers() -> list[tuple[str, type]]:
-    return [(ROUTE, GovernanceForwardHandler)]
+class MovedToGovernance(web.RequestHandler):
+    """The owners' pages' old addresses on the hub: a redirect (302, the query kept) to the same
+    page on the governance service (:mod:`xnat_hpc_governance.owner_pages`), which logs owners in
+    through the hub's OAuth. A bookmark or a script (``?format=json`` with ``Authorization:
+    token``; ``curl -L`` keeps the header on the same host) keeps working."""
+
+    def initialize(self, page: str) -> None:
+        self.page = page
+
+    def get(self):
+        query = f"?{self.request.query}" if self.request.query else ""
+        self.redirect(service_prefix(self.settings.get("base_url", "/")) + self.page + query)
+
+
+#: the owners' pages' old addresses (relative to the hub's prefix) → the service's pages
+MOVED_PAGES = {r"/xnat-hpc/owner": "owner", r"/xnat-hpc/owner/access": "owner/access",
+               r"/xnat-hpc/review": "review"}
+
+
+def forward_handlers() -> list[tuple]:
+    """The relay of the servers' calls, and the owners' pages' old addresses."""
+    return [(ROUTE, GovernanceForwardHandler),
+            *((route, MovedToGovernance, {"page": page}) for route, page in MOVED_PAGES.items())]

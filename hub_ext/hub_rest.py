@@ -44,10 +44,10 @@ import logging
 import os
 import sys
 from collections.abc import Mapping
-from urllib.parse import quote, urlencode
+from urllib.parse import quote, urlencode, urlsplit
 
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPResponse
-from traitlets import Float, TraitError, Unicode, validate
+from traitlets import Bool, Float, TraitError, Unicode, validate
 from traitlets.config import LoggingConfigurable
 
 from xnat_bridge.errors import NotFound, PermissionDenied, XnatHpcError
@@ -57,6 +57,10 @@ log = logging.getLogger(__name__)
 
 #: the hub service governance acts as (``c.JupyterHub.services``)
 SERVICE_NAME = "xnat-hpc-governance"
+#: where the service serves the owners' pages by default (a privileged port: c.XnatGovernance.pages_url)
+DEFAULT_PAGES_URL = "http://127.0.0.1:981"
+#: what a user's token needs to open the owners' pages (every user's role holds it: register_governance)
+PAGES_ACCESS_SCOPE = f"access:services!service={SERVICE_NAME}"
 #: the least its role needs (module docstring: which call needs which)
 GOVERNANCE_SCOPES = ("list:users", "read:servers", "delete:servers", "admin:server_state", "admin:auth_state")
 #: JupyterHub's paginated answer of list endpoints (``{"items": …, "_pagination": …}``)
@@ -119,6 +123,36 @@ class XnatGovernance(LoggingConfigurable):
         An absolute path of at most 100 bytes. Example: ``/run/xnat-hpc-hub/governance.sock``.""",
     ).tag(config=True)
 
+    pages_url = Unicode(
+        DEFAULT_PAGES_URL,
+        help=f"""Where the governance service's process serves the project owners' pages (the
+        audit, access and review pages, ``/services/{SERVICE_NAME}/owner`` …; owners log in
+        through the hub's OAuth): the hub's proxy routes ``/services/{SERVICE_NAME}/`` there.
+        ``http://127.0.0.1:PORT``. JupyterHub's proxy routes a service only to a TCP port, and a
+        port on the loopback address can be taken by any account on the machine while the service
+        restarts, which would then receive owners' sessions: the default is a **privileged
+        port** (below ``net.ipv4.ip_unprivileged_port_start``, 1024 by default), which only the
+        hub's account (root, as the local and Slurm backends need) can take. The service refuses
+        an unprivileged port unless ``c.XnatGovernance.allow_unprivileged_pages_port`` is set
+        (Kubernetes: the hub pod's own network namespace). Example: ``http://127.0.0.1:981``.""",
+    ).tag(config=True)
+
+    pages_ip = Unicode(
+        "",
+        help="""The address the service listens on for the owners' pages. Default: the host of
+        ``c.XnatGovernance.pages_url``. Set it where the proxy reaches the service by a name the
+        service cannot bind: on Kubernetes (z2jh), ``pages_url = "http://hub:10101"`` (the hub's
+        Service, which the proxy pod reaches) and ``pages_ip = "0.0.0.0"`` (the hub pod's
+        interfaces). Example: ``0.0.0.0``.""",
+    ).tag(config=True)
+
+    allow_unprivileged_pages_port = Bool(
+        False,
+        help="""Let the service serve the owners' pages on a port any account may take
+        (``c.XnatGovernance.pages_url``). Only where no other account shares the hub's network
+        namespace: the hub's pod on Kubernetes (z2jh), a container of its own. Default: False.""",
+    ).tag(config=True)
+
     timeout = Float(
         30.0,
         help="""Seconds one call to the hub's REST API may take. Example: ``10``.""",
@@ -144,6 +178,15 @@ class XnatGovernance(LoggingConfigurable):
                              f"not {value!r}; e.g. http://127.0.0.1:8081/hub/api")
         return value.rstrip("/")
 
+    @validate("pages_url")
+    def _pages_url(self, proposal):
+        value = proposal["value"].strip().rstrip("/")
+        try:
+            check_pages_url(value)
+        except ValueError as exc:
+            raise TraitError(f"c.XnatGovernance.pages_url: {exc}") from None
+        return value
+
     @validate("service_socket")
     def _socket_path(self, proposal):
         value = proposal["value"]
@@ -158,6 +201,30 @@ class XnatGovernance(LoggingConfigurable):
             raise TraitError(f"c.XnatGovernance.{proposal['trait'].name} must be more than 0 seconds, "
                              f"not {proposal['value']}")
         return proposal["value"]
+
+
+def check_pages_url(url: str) -> tuple[str, int]:
+    """``(host, port)`` of a pages address ``http://HOST:PORT`` (pure); :class:`ValueError`
+    naming what is wrong otherwise."""
+    parsed = urlsplit(url)
+    try:
+        port = parsed.port
+    except ValueError:
+        port = None
+    if parsed.scheme != "http" or not parsed.hostname or not port or parsed.path not in ("", "/") \
+            or parsed.query or parsed.username:
+        raise ValueError(f"{url!r} is not http://HOST:PORT (e.g. {DEFAULT_PAGES_URL})")
+    return parsed.hostname, port
+
+
+def unprivileged_port_start() -> int:
+    """The first port any account may bind (Linux's ``net.ipv4.ip_unprivileged_port_start``;
+    1024 where it cannot be read)."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_unprivileged_port_start", encoding="ascii") as f:
+            return int(f.read().strip())
+    except (OSError, ValueError):
+        return 1024
 
 
 # -- the token file ----------------------------------------------------------------------------
@@ -212,12 +279,19 @@ def register_governance(c, token_file: str | None = None, *, config_file: str | 
     path = str(token_file if token_file is not None else section.get("token_file", "") or "")
     token = read_token(path)
     section.token_file = path
-    service = {"name": SERVICE_NAME, "api_token": token}
+    # the owners' pages: the proxy routes /services/{name}/ to the service's port, and owners
+    # log in through the hub's OAuth without a confirmation page (the service is the hub's own)
+    service = {"name": SERVICE_NAME, "api_token": token, "url": XnatGovernance(config=c).pages_url,
+               "oauth_no_confirm": True}
     if config_file:
         if not os.path.isfile(config_file):
             raise GovernanceNotConfigured(f"register_governance(c, config_file={config_file!r}): no such file; "
                                           "pass the hub's own configuration file (config_file=__file__)")
         service.update(managed_service(config_file))
+    from .server_scopes import add_user_role_scopes
+
+    # JupyterHub >= 5 no longer gives every user access:services: the owners' pages need it
+    add_user_role_scopes(c, [PAGES_ACCESS_SCOPE])
     role = {"name": SERVICE_NAME, "description": "xnat-hpc-hub governance: read running servers and their "
             "records, stop them",
             "services": [SERVICE_NAME], "scopes": list(GOVERNANCE_SCOPES)}

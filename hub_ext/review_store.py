@@ -35,6 +35,7 @@ import os
 import re
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 
 from traitlets import Integer, Unicode
@@ -59,12 +60,18 @@ CREATE TABLE IF NOT EXISTS ledger (
     slurm_job_id TEXT DEFAULT '', state TEXT NOT NULL, message TEXT DEFAULT '', created TEXT NOT NULL,
     updated TEXT NOT NULL, PRIMARY KEY (user, id));
 CREATE INDEX IF NOT EXISTS ledger_state ON ledger (state);
+CREATE TABLE IF NOT EXISTS notices (
+    user TEXT NOT NULL, time REAL NOT NULL, text TEXT NOT NULL, key TEXT NOT NULL DEFAULT '');
+CREATE INDEX IF NOT EXISTS notices_user ON notices (user, time);
 CREATE TABLE IF NOT EXISTS decisions (
     user TEXT NOT NULL, id TEXT NOT NULL, project TEXT NOT NULL, owner TEXT NOT NULL,
     decision TEXT NOT NULL, reason TEXT DEFAULT '', time TEXT NOT NULL,
     PRIMARY KEY (user, id, project));
 """
 MAX_REASON = 1000
+#: notices kept per user, and their length
+MAX_NOTICES = 5
+MAX_NOTICE_CHARS = 2000
 #: what a job id looks like (:func:`xnat_bridge.offload.registry.new_job_id`)
 JOB_ID_RE = re.compile(r"^j[0-9a-f]{12}$")
 _SHA_RE = re.compile(r"^[0-9a-f]{64}$")
@@ -243,6 +250,32 @@ class ReviewStore(LoggingConfigurable):
                 raise
             if outer:
                 db.execute("COMMIT")
+
+    # -- what users are told on the hub's pages ------------------------------------------
+    def add_notice(self, user: str, text: str, now: float | None = None, *, key: str = "") -> None:
+        """Keep *text* for *user*'s hub pages (:func:`hub_ext.revocation.user_notice`): written by
+        the process that acted (the governance service's revocations, the hub's refused starts),
+        read by the hub. A newer notice of the same non-empty *key* replaces the older one
+        (``spawn-refused:<server>``); the last :data:`MAX_NOTICES` of a user are kept."""
+        with self._tx() as db:
+            if key:
+                db.execute("DELETE FROM notices WHERE user=? AND key=?", (user, key))
+            db.execute("INSERT INTO notices VALUES (?,?,?,?)",
+                       (user, time.time() if now is None else now, text[:MAX_NOTICE_CHARS], key))
+            db.execute("DELETE FROM notices WHERE user=? AND rowid NOT IN (SELECT rowid FROM notices "
+                       "WHERE user=? ORDER BY time DESC, rowid DESC LIMIT ?)", (user, user, MAX_NOTICES))
+
+    def drop_notice(self, user: str, key: str) -> None:
+        """Forget *user*'s notice of *key*, if any (a refused server that has started since)."""
+        with self._tx() as db:
+            db.execute("DELETE FROM notices WHERE user=? AND key=?", (user, key))
+
+    def notices(self, user: str) -> list[tuple[float, str]]:
+        """*user*'s notices ``(time, text)``, oldest first."""
+        with self._lock:
+            rows = self._db().execute("SELECT time, text FROM notices WHERE user=? ORDER BY time, rowid",
+                                      (user,)).fetchall()
+        return [(r["time"], r["text"]) for r in rows]
 
     # -- projects ------------------------------------------------------------------
     def marked(self, projects: list[str] | set[str] | None = None) -> dict[str, dict]:

@@ -1,6 +1,6 @@
 """What revoking a user's access to an XNAT project does on the hub, and on Slurm.
 
-When an owner takes a user out of a project (:mod:`hub_ext.owner_access`, or in
+When an owner takes a user out of a project (:mod:`xnat_hpc_governance.owner_access`, or in
 XNAT's own UI and then found by :class:`RevocationWatch`), XNAT already refuses
 the user's alias token for that project. What the hub adds:
 
@@ -19,8 +19,9 @@ the user's alias token for that project. What the hub adds:
   the user's staging directory;
 * every effect is audited (``server_stopped``, ``cancel``, ``revoke``) with its reason,
   and told to the user on the hub's home and spawn pages for a week
-  (:func:`user_notice`, for ``c.JupyterHub.template_vars``; kept in the hub process's
-  memory, so a hub restart forgets them; the audit trail keeps everything).
+  (:func:`user_notice`, for ``c.JupyterHub.template_vars``; kept on the notice board of the
+  ledger's store, which the governance service writes and the hub reads, so a restart of either
+  keeps them; the audit trail keeps everything).
 
 The decisions (which servers, which jobs, which bundle files) are pure functions
 here; the effects are the few functions at the end (Slurm commands through
@@ -46,9 +47,9 @@ import logging
 import os
 import pwd
 import re
-import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import Protocol
 
 from traitlets import Enum, Float, TraitError, Unicode, validate
 from traitlets.config import LoggingConfigurable
@@ -307,28 +308,17 @@ def wipe_bundles(staging_root: str, user: str, manifests: set[str]) -> list[str]
 #: how long the hub's pages show a user what a revocation did to their servers and jobs, or
 #: why a start of theirs was refused
 NOTICE_SECONDS = 7 * 24 * 3600
-#: user → ``[(time, text, key)]``, oldest first; at most the last 5 per user
-_NOTICES: dict[str, list[tuple[float, str, str]]] = {}
-_NOTICES_LOCK = threading.Lock()
 
 
-def add_notice(user: str, text: str, now: float | None = None, *, key: str = "") -> None:
-    """Remember *text* for *user*'s hub pages (this hub process only; the audit trail keeps it).
+class NoticeBoard(Protocol):
+    """Where notices are kept (:class:`hub_ext.review_store.ReviewStore`: the governance
+    service's revocations and the hub's refused starts write it, the hub's pages read it)."""
 
-    *key* names what the notice is about: a newer notice with the same non-empty key replaces
-    the older one (``spawn-refused:<server>``: only the last refusal of a server is shown)."""
-    with _NOTICES_LOCK:
-        notices = [n for n in _NOTICES.get(user, ()) if not key or n[2] != key]
-        notices.append((time.time() if now is None else now, text, key))
-        _NOTICES[user] = notices[-5:]
+    def add_notice(self, user: str, text: str, now: float | None = None, *, key: str = "") -> None: ...
 
+    def drop_notice(self, user: str, key: str) -> None: ...
 
-def drop_notice(user: str, key: str) -> None:
-    """Forget *user*'s notice of *key*, if any (e.g. a refused server that has started since)."""
-    with _NOTICES_LOCK:
-        notices = _NOTICES.get(user)
-        if notices:
-            _NOTICES[user] = [n for n in notices if n[2] != key]
+    def notices(self, user: str) -> list[tuple[float, str]]: ...
 
 
 def notices_html(notices: list[tuple[float, str]], now: float) -> str:
@@ -342,16 +332,28 @@ def notices_html(notices: list[tuple[float, str]], now: float) -> str:
     return f'<span class="xnat-hpc-notice" role="status">{lines}</span>'
 
 
+def notice_board(config) -> NoticeBoard:
+    """The hub's notice board as its configuration (``c.ReviewStore.path``) places it."""
+    from .review_store import ReviewStore
+
+    return ReviewStore(config=config)
+
+
 def user_notice(user) -> str:
     """For ``c.JupyterHub.template_vars`` (``announcement_home``, ``announcement_spawn``): what
     revocations did to the visitor's servers and jobs lately, and why starts of theirs were
     refused (:meth:`spawner.mixin.XnatScopedSpawner.checked_plan`), or "" (JupyterHub passes the
-    current user, None on pages before login)."""
+    current user, None on pages before login). Read from the notice board of the hub's
+    configuration (the user's ``settings["config"]``): one indexed read of a few rows; a board
+    that cannot be read shows nothing (logged)."""
     name = getattr(user, "name", None)
     if not name:
         return ""
-    with _NOTICES_LOCK:
-        notices = [(t, text) for t, text, _key in _NOTICES.get(name, ())]
+    try:
+        notices = notice_board((getattr(user, "settings", None) or {}).get("config")).notices(name)
+    except Exception as exc:  # noqa: BLE001 - a page must render without its notices
+        log.warning("notices of %s not read: %r", name, exc)
+        return ""
     return notices_html(notices, time.time())
 
 
@@ -413,13 +415,22 @@ class _Pending:
 
 async def apply_revocation(*, user: str, project: str, reason: str, servers: list[ServerView],
                            jobs: list[SubmittedJob], settings: OwnerAccess, staging_root: str,
-                           stop: StopServer, audit: Audit,
+                           stop: StopServer, audit: Audit, notices: NoticeBoard | None = None,
                            report: RevocationReport | None = None) -> RevocationReport:
     """Carry out what *user* losing *project* means (module docstring); everything audited
     with *reason* (e.g. ``"access to CARDIO_ECG revoked by dave"``). *report* (a new one by
     default) is filled as the effects happen, so that :func:`within_bound` can tell what is
-    done and what is pending at its bound."""
+    done and what is pending at its bound. *notices*: where the user is told what happened
+    (their hub pages), if anywhere."""
     report = RevocationReport() if report is None else report
+
+    async def tell(text: str) -> None:
+        if notices is not None:
+            try:
+                await asyncio.to_thread(notices.add_notice, user, text)
+            except Exception as exc:  # noqa: BLE001 - the effects go on; the trail has them
+                log.warning("revocation: the notice for %s was not kept: %r", user, exc)
+
     # jobs first: a server being stopped would cancel its own jobs, but a job must end even
     # when its server is already gone or its stop hangs
     queued = [j for j in jobs if j.slurm_id]
@@ -436,8 +447,8 @@ async def apply_revocation(*, user: str, project: str, reason: str, servers: lis
             if outcome == "ended":
                 continue  # finished before: nothing to stop (its bundle is still removed below)
             if outcome == "cancelled":
-                add_notice(user, f"your offload job (Slurm job {job.slurm_id}) was cancelled and its "
-                                 f"staged data removed: {reason}.")
+                await tell(f"your offload job (Slurm job {job.slurm_id}) was cancelled and its "
+                           f"staged data removed: {reason}.")
                 await audit(user, "cancel", "allowed", items=[project],
                             detail=f"{reason}; Slurm job {job.slurm_id} cancelled",
                             extra={"slurm_job_id": job.slurm_id})
@@ -457,8 +468,8 @@ async def apply_revocation(*, user: str, project: str, reason: str, servers: lis
         shown = server.name or "(default)"
         if settings.on_revoke == "narrow":
             report.left_running.append(server.name)
-            add_notice(user, f"{reason}: your server {shown} keeps running, but "
-                             f"refuses new work on {project} within a minute.")
+            await tell(f"{reason}: your server {shown} keeps running, but "
+                       f"refuses new work on {project} within a minute.")
             await audit(user, "revoke", "allowed", items=[project],
                         detail=f"{reason}; server {shown} left running: new "
                                f"operations on {project} refused within the permission TTL")
@@ -478,8 +489,8 @@ async def apply_revocation(*, user: str, project: str, reason: str, servers: lis
                         detail=f"{reason}; stopping server {shown} failed")
             continue
         report.stopped.append(server.name)
-        add_notice(user, f"your server {shown} was stopped: {reason}. Start a new "
-                         f"one without {project}, or ask an owner of {project} for access.")
+        await tell(f"your server {shown} was stopped: {reason}. Start a new "
+                   f"one without {project}, or ask an owner of {project} for access.")
         await audit(user, "server_stopped", "allowed", items=[project],
                     detail=f"{reason}; server {shown} stopped")
     return report

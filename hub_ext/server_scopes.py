@@ -1,7 +1,7 @@
 """What a researcher's server may tell governance: custom scopes on the server's own hub token.
 
 A server calls governance with its ``JUPYTERHUB_API_TOKEN`` (audit ingestion, the job ledger
-and held results: :mod:`hub_ext.audit_api`, :mod:`hub_ext.review`). The token names what the
+and held results: :mod:`xnat_hpc_governance.audit_api`, :mod:`hub_ext.review`). The token names what the
 server may do there, as JupyterHub's own scopes name the rest:
 
 ==========================  =====================================================================
@@ -81,6 +81,30 @@ def user_role_scopes(base: Iterable[str]) -> list[str]:
     return out + [f"{s}!user" for s in SERVER_SCOPES if f"{s}!user" not in out]
 
 
+def add_user_role_scopes(c, scopes: Iterable[str]) -> None:
+    """Add *scopes* to the ``user`` role of the hub's configuration *c*: to the site's own
+    ``user`` role in ``c.JupyterHub.load_roles``, or to a ``user`` role of ``self`` and the site's
+    ``extra_user_scopes`` (JupyterHub 6 ignores them once the role is defined; JupyterHub 5.0
+    has none). Adding a scope twice changes nothing."""
+    hub = c.JupyterHub
+    add = list(scopes)
+
+    def merged(base: Iterable[str]) -> list[str]:
+        out = list(dict.fromkeys(base))
+        return out + [s for s in add if s not in out]
+
+    roles, found = [], False
+    for role in _value(hub, "load_roles", []):
+        if isinstance(role, Mapping) and role.get("name") == "user":
+            role, found = {**role, "scopes": merged(role.get("scopes", ["self"]))}, True
+        roles.append(role)
+    if not found:
+        extra = sorted(_value(hub, "extra_user_scopes", set()))
+        roles.append({"name": "user", "description": "Standard user privileges, and xnat-hpc-hub's",
+                      "scopes": merged(["self", *extra])})
+    hub.load_roles = roles
+
+
 def _value(section, key: str, default):
     """*section*'s *key* as a plain value (a lazy ``.append``/``.update`` applied to *default*),
     or *default* when unset."""
@@ -149,16 +173,7 @@ def register_server_scopes(c) -> None:
         custom[name] = dict(definition)
     hub.custom_scopes = custom
 
-    roles, found = [], False
-    for role in _value(hub, "load_roles", []):
-        if isinstance(role, Mapping) and role.get("name") == "user":
-            role, found = {**role, "scopes": user_role_scopes(role.get("scopes", ["self"]))}, True
-        roles.append(role)
-    if not found:  # JupyterHub 6 ignores extra_user_scopes once the role is defined: they go in it
-        extra = sorted(_value(hub, "extra_user_scopes", set()))
-        roles.append({"name": "user", "description": "Standard user privileges; xnat-hpc servers' scopes",
-                      "scopes": user_role_scopes(["self", *extra])})
-    hub.load_roles = roles
+    add_user_role_scopes(c, [f"{s}!user" for s in SERVER_SCOPES])
 
     default = _default_server_scopes(hub)
     sections = {name for name, section in c.items()

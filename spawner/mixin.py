@@ -48,7 +48,7 @@ from hub_ext.errors import spawn_error
 from hub_ext.names import hub_name as default_hub_name
 from hub_ext.names import DEFAULT_NAME_PATTERN, hub_server_name, xnat_login
 from hub_ext.profiles import ProfileConfig, ProfileWatcher, visible_profiles
-from hub_ext.revocation import add_notice, drop_notice
+from hub_ext.revocation import notice_board
 from hub_ext.xnat_api import AliasToken, XnatHubClient
 from xnat_bridge.browse import Browser
 from xnat_bridge.client import XnatClient
@@ -300,6 +300,19 @@ class XnatScopedSpawner(LoggingConfigurable):
                            selected_projects=selected_projects(previous))
 
     # ------------------------------------------------------------------ start
+    async def _notice(self, text: str, key: str) -> None:
+        """Tell the user *text* on their hub pages under *key* (""): forget that notice), on
+        the notice board the governance service's revocations write too
+        (:func:`hub_ext.revocation.notice_board`); a board that cannot be written is logged."""
+        board = notice_board(self.config)
+        try:
+            if text:
+                await asyncio.to_thread(board.add_notice, self.user.name, text, key=key)
+            else:
+                await asyncio.to_thread(board.drop_notice, self.user.name, key)
+        except Exception as exc:  # noqa: BLE001 - the start's answer matters more than its notice
+            self.log.warning("notice for %s not kept: %r", self._log_name, exc)
+
     async def checked_plan(self) -> SpawnPlan:
         """:meth:`make_plan`; a refusal is audited, logged, told to the user on the hub's home and
         spawn pages (:func:`~hub_ext.revocation.add_notice`: XNAT's plugin shows only its generic
@@ -310,10 +323,9 @@ class XnatScopedSpawner(LoggingConfigurable):
         except XnatHpcError as exc:
             await self.xnat_audit("spawn", "denied", items=_items(self.user_options), detail=exc.message)
             self.log.warning("spawn of %s refused: %s", self._log_name, exc.message)
-            add_notice(self.user.name, refusal_notice(self.user_options, self.name or "", exc.message),
-                       key=notice_key)
+            await self._notice(refusal_notice(self.user_options, self.name or "", exc.message), notice_key)
             raise spawn_error(exc) from None
-        drop_notice(self.user.name, notice_key)
+        await self._notice("", notice_key)
         self.xnat_record = SpawnRecord(scope=plan.scope, profile=plan.profile.slug, backend=plan.profile.backend,
                                        started=now_iso(), login=self.xnat_account,
                                        token_sha256=token_sha256(self.api_token) if self.api_token else "",

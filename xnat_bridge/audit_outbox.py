@@ -1,7 +1,7 @@
 """Deliver a server's audit events to the hub: a durable outbox and one sender.
 
 The hub's trail is the authoritative one (``POST {JUPYTERHUB_API_URL}/xnat-hpc/audit``,
-:mod:`hub_ext.audit_api`); the researcher's own ``audit.jsonl`` is their copy.
+:mod:`xnat_hpc_governance.audit_api`); the researcher's own ``audit.jsonl`` is their copy.
 
 * :class:`Outbox` — ``<workspace>/audit-outbox.jsonl`` (``audit-outbox-<server>.jsonl`` for a
   named server: each server of a user has its own, since the hub attributes what a

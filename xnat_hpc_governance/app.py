@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import secrets
 import signal
 import sys
 import time
@@ -30,11 +31,13 @@ from traitlets.config import Application
 
 from hub_ext import governance_socket, hub_rest
 from hub_ext.audit_log import HubAuditLog
+from hub_ext.auth import XnatAuthenticator
 from hub_ext.governance_forward import service_prefix
 from hub_ext.review_store import ReviewStore
-from hub_ext.revocation_watch import HubSource, RevocationWatch
 from xnat_bridge.errors import XnatHpcError
 
+from .owner_pages import FreshHubOAuth, page_handlers
+from .revocation_watch import HubSource, RevocationWatch
 from .server_api import server_api_handlers
 
 log = logging.getLogger(__name__)
@@ -117,9 +120,51 @@ class GovernanceService(Application):
         return hub_rest.HubRestClient(url, token, timeout=settings.timeout, stop_timeout=settings.stop_timeout,
                                       poll_interval=settings.poll_interval)
 
+    def pages_address(self, governance: hub_rest.XnatGovernance) -> tuple[str, int]:
+        """``(host, port)`` of the owners' pages: the service's URL the hub gives it
+        (``JUPYTERHUB_SERVICE_URL``, which ``register_governance`` sets from
+        ``c.XnatGovernance.pages_url``), else that setting. An unprivileged port is refused
+        unless ``c.XnatGovernance.allow_unprivileged_pages_port`` (hub_rest.XnatGovernance.pages_url)."""
+        url = os.environ.get("JUPYTERHUB_SERVICE_URL", "") or governance.pages_url
+        try:
+            host, port = hub_rest.check_pages_url(url.rstrip("/"))
+        except ValueError as exc:
+            raise ServiceConfigError(f"the owners' pages' address: {exc}; c.XnatGovernance.pages_url") from None
+        host = governance.pages_ip or host
+        start = hub_rest.unprivileged_port_start()
+        if port >= start and not governance.allow_unprivileged_pages_port:
+            raise ServiceConfigError(
+                f"the owners' pages would listen on {host}:{port}, a port any account on this machine may take "
+                f"(ports from {start} on) while the service restarts, and so receive owners' sessions: give "
+                f"c.XnatGovernance.pages_url a port below {start} (the default is {hub_rest.DEFAULT_PAGES_URL}), or, "
+                "where no other account shares the hub's network namespace (its Kubernetes pod), set "
+                "c.XnatGovernance.allow_unprivileged_pages_port = True", item=f"{host}:{port}")
+        return host, port
+
     def watch(self, client: hub_rest.HubRestClient) -> RevocationWatch:
         settings = {"config": self.config}
         return RevocationWatch(settings, hub=HubSource(settings, client))
+
+    def pages_app(self, client: hub_rest.HubRestClient, watch: RevocationWatch, **oauth) -> web.Application:
+        """The owners' pages (:mod:`xnat_hpc_governance.owner_pages`), owners logging in through
+        the hub's OAuth as this service's client; *oauth* overrides what
+        :class:`~jupyterhub.services.auth.HubOAuth` takes from the hub's environment (tests)."""
+        prefix = "/" + self.service_prefix.strip("/") + "/"
+        name = os.environ.get("JUPYTERHUB_SERVICE_NAME", "") or hub_rest.SERVICE_NAME
+        kwargs = {"api_token": client.token, "api_url": client.api_url, "base_url": prefix,
+                  "oauth_client_id": os.environ.get("JUPYTERHUB_CLIENT_ID", "") or f"service-{name}"}
+        if not os.environ.get("JUPYTERHUB_OAUTH_ACCESS_SCOPES"):
+            kwargs["access_scopes"] = {f"access:services!service={name}", "access:services"}
+        kwargs.update(oauth)
+        oauth_client = FreshHubOAuth(**kwargs)  # the hub is asked at every request
+        auth = XnatAuthenticator(config=self.config)
+        settings = {"config": self.config, "hub": client, "hub_oauth": oauth_client, "service_prefix": prefix,
+                    "audit_log": watch.audit_log, "review_store": watch.ledger, "watch": watch,
+                    "xnat_url": auth.xnat_url or os.environ.get("XNAT_HOST", ""),
+                    "hub_name": auth.normalize_username,
+                    "cookie_secret": secrets.token_bytes(32),  # sessions end with the process: owners log in again
+                    "xsrf_cookies": True, "login_url": oauth_client.login_url}
+        return web.Application(page_handlers(prefix), **settings)
 
     def web_app(self, client: hub_rest.HubRestClient) -> web.Application:
         """The servers' calls (:mod:`xnat_hpc_governance.server_api`), identified through *client*'s
@@ -147,15 +192,24 @@ class GovernanceService(Application):
             return
         client = await self.hub_client()
         watch = self.watch(client)
-        path = hub_rest.XnatGovernance(config=self.config).service_socket
+        governance = hub_rest.XnatGovernance(config=self.config)
+        path = governance.service_socket
+        host, port = self.pages_address(governance)
         server = HTTPServer(self.web_app(client))
+        pages = HTTPServer(self.pages_app(client, watch), xheaders=True)
         try:
             server.add_socket(governance_socket.listen(path))
         except OSError as exc:
             raise ServiceConfigError(f"cannot listen on {path} ({exc.strerror}); c.XnatGovernance.service_socket",
                                      item=path) from None
-        log.info("xnat-hpc-governance %s: listening on %s (%s); hub API %s, as the service %s", os.getpid(),
-                 path, self.service_prefix, client.api_url,
+        try:
+            pages.listen(port, host)
+        except OSError as exc:
+            server.stop()
+            raise ServiceConfigError(f"cannot serve the owners' pages on {host}:{port} ({exc.strerror}): another "
+                                     "process holds the port; c.XnatGovernance.pages_url", item=f"{host}:{port}") from None
+        log.info("xnat-hpc-governance %s: servers' calls on %s, owners' pages on http://%s:%s%s; hub API %s, "
+                 "as the service %s", os.getpid(), path, host, port, self.service_prefix, client.api_url,
                  os.environ.get("JUPYTERHUB_SERVICE_NAME", hub_rest.SERVICE_NAME))
         watch.start()
         try:
@@ -163,6 +217,7 @@ class GovernanceService(Application):
         finally:
             watch.stop()
             server.stop()
+            pages.stop()
             if os.path.exists(path):
                 os.unlink(path)
             log.info("xnat-hpc-governance stopping (%d re-check rounds done)", watch.rounds)

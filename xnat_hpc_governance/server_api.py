@@ -4,7 +4,7 @@ Routes (under the service's prefix, ``/services/xnat-hpc-governance/``; the hub 
 own addresses ``/hub/api/xnat-hpc/…`` on to them, :mod:`hub_ext.governance_forward`, so a
 server knows only the hub's API)::
 
-    POST  api/audit                 a server's audit events (hub_ext.audit_api decides what of
+    POST  api/audit                 a server's audit events (xnat_hpc_governance.audit_api decides what of
                                     them is a claim, and the limits)
     POST  api/jobs/{job}            a server enters a job it submits in the ledger; the answer
                                     names the projects needing review and the job's own review
@@ -34,7 +34,6 @@ import logging
 
 from tornado import web
 
-from hub_ext.audit_api import ensure_ingest, server_for_token
 from hub_ext.audit_log import HubAuditLog
 from hub_ext.errors import map_errors
 from hub_ext.hub_rest import HubRestClient
@@ -42,6 +41,8 @@ from hub_ext.review_store import ReviewStore
 from hub_ext.server_scopes import AUDIT, JOBS, check_server_token
 from xnat_bridge.errors import Gone, InvalidRequest, PermissionDenied, XnatHpcError
 from xnat_bridge.spawn_record import SpawnRecord, token_sha256
+
+from .audit_api import ensure_ingest, server_for_token
 
 log = logging.getLogger(__name__)
 
@@ -183,7 +184,7 @@ class ServerAPIHandler(web.RequestHandler):
 
 class AuditIngestHandler(ServerAPIHandler):
     """Events from a user's server, stamped with the identity its token proves
-    (:mod:`hub_ext.audit_api`)."""
+    (:mod:`xnat_hpc_governance.audit_api`)."""
 
     @map_errors
     async def post(self):

@@ -20,11 +20,13 @@ her, or carol after dave granted and took back ownership of CARDIO_ECG);
 does not hold); ``owner`` (alice on her project, or dave on his); ``server's own token``
 (the ``JUPYTERHUB_API_TOKEN`` the hub gave alice's running server).
 
-The hub's routes (``hub_ext.handlers.xnat_hpc_handlers``): the owners' audit page (HTML
-and JSON); the bootstrap API; the spawn REST API and form; the owners' access page
-(``/hub/xnat-hpc/owner/access``: the page, ``?project=``, grant and revoke forms — a refused
+The hub's routes (``hub_ext.handlers.xnat_hpc_handlers``) and the governance service's owners'
+pages (``/services/xnat-hpc-governance/…``, where owners come through the hub's OAuth; a token
+reads them and changes nothing; the hub's old addresses redirect there): the owners' audit page
+(HTML and JSON); the bootstrap API; the spawn REST API and form; the owners' access page
+(``…/owner/access``: the page, ``?project=``, grant and revoke forms — a refused
 change leaves XNAT's user list of the project as it was, asked as XNAT's admin); results
-review (``/hub/xnat-hpc/review``: the page, the mark and decide forms — a refused one
+review (``…/review``: the page, the mark and decide forms — a refused one
 leaves the marked projects, read from the hub's review store, and the held job as they
 were — and the servers' API ``…/review/jobs/{job}``: held results only for a job the
 ledger entered, sealed to that job's own review key, from its server's own token; a job
@@ -114,7 +116,7 @@ REVOKED = Who("revoked", "alice")
 REVOKED_COOKIE = Who("revoked", "alice", "cookie")
 REVOKED_OWNER_COOKIE = Who("revoked", "carol", "cookie")
 OUT_OF_SCOPE = Who("out of scope", "bob")
-TOKEN_ON_PAGE = Who("API token (pages take the login cookie only)", "alice")
+TOKEN_ON_PAGE = Who("API token (owners' pages: reads, never a form)", "alice")
 #: a personal token of alice's limited to reporting her activity: the scope a server's token
 #: holds, but no server's token (only a server enters jobs in the hub's ledger)
 ACTIVITY_TOKEN = Who("personal token with users:activity", "alice", "activity")
@@ -174,9 +176,10 @@ class World:
         return sorted(ReviewStore(path=str(path)).marked())
 
     def post_form(self, user: str, path: str, **data) -> requests.Response:
-        """A form of the hub's pages posted by *user* (logged in), with their _xsrf."""
+        """A form of the hub's or the governance service's pages posted by *user* (logged in),
+        with their _xsrf of that side."""
         session = self.sessions[user]
-        data["_xsrf"] = session.cookies.get("_xsrf") or ""
+        data["_xsrf"] = xsrf_for(session, path)
         return session.post(f"{self.hub.url}{path}", data=data, allow_redirects=False, timeout=60)
 
     def wait_for_revocation(self) -> None:
@@ -186,10 +189,25 @@ class World:
             time.sleep(left)
 
 
+#: the owners' pages, on the governance service (the hub's old addresses redirect there)
+SERVICE = "/services/xnat-hpc-governance/"
+
+
 def _login(hub, user: str) -> requests.Session:
+    """*user* logged in to the hub, and through the hub's OAuth to the governance service's pages
+    (the browser's two sessions: the hub's cookie and the service's)."""
     s, r = hub.login(user, f"{user}-demo")
     assert r.status_code == 302, f"login of {user}: {r.status_code} {r.text[:300]}"
+    r = s.get(f"{hub.url}{SERVICE}owner", timeout=60)
+    assert r.url == f"{hub.url}{SERVICE}owner" and s.cookies.get("service-xnat-hpc-governance"), r.url
     return s
+
+
+def xsrf_for(session: requests.Session, path: str) -> str:
+    """The session's ``_xsrf`` cookie of the side *path* is on: the service's or the hub's (a
+    browser sends each only to its own path)."""
+    side = SERVICE if path.startswith(SERVICE) else "/hub/"
+    return session.cookies.get("_xsrf", path=side) or ''
 
 
 def _token(hub, user: str, note: str = "authz matrix", **body) -> str:
@@ -356,14 +374,14 @@ def _review_setup(world: World) -> None:
     for user in ("alice", "bob"):
         srv = world.hub.api("GET", f"/users/{user}").json()["servers"][SERVER]
         world.tokens[f"{user}-server"] = process_environ(server_process(user, srv))["JUPYTERHUB_API_TOKEN"]
-    r = world.post_form("dave", "/hub/xnat-hpc/review/projects", project="CARDIO_ECG", review="on")
+    r = world.post_form("dave", SERVICE + "review/projects", project="CARDIO_ECG", review="on")
     assert r.status_code == 302, r.text
     # entered while none of its server's scope was marked: no review, no key
     r = world.ledger_api("alice-server", "POST", ALICE_PLAIN, json=entry("alice"))
     assert r.status_code == 201, r.text
     assert (r.json()["projects"], r.json()["review"], r.json()["recipient"]) == (
         ["NEURO_MRI", "SLEEP_EEG"], [], None), r.text
-    r = world.post_form("alice", "/hub/xnat-hpc/review/projects", project="NEURO_MRI", review="on")
+    r = world.post_form("alice", SERVICE + "review/projects", project="NEURO_MRI", review="on")
     assert r.status_code == 302, r.text
     assert world.marked() == sorted(MARKED)
     recipients = {}
@@ -388,7 +406,7 @@ def _review_setup(world: World) -> None:
             "share": rv.wrap(os.urandom(32), recipient), "previews": {result: rv.wrap(preview.encode(), recipient)}})
         assert r.status_code == 201, r.text
         assert (r.json()["state"], r.json()["pending"]) == ("held", r.json()["projects"]), r.text
-    r = world.post_form("alice", f"/hub/xnat-hpc/review/jobs/alice/{ALICE_REVIEW}", decision="approve")
+    r = world.post_form("alice", f"{SERVICE}review/jobs/alice/{ALICE_REVIEW}", decision="approve")
     assert r.status_code == 302, r.text
     assert world.review_api("alice", "GET", f"jobs/{ALICE_REVIEW}").json()["state"] == "approved"
     for job in (ALICE_REVIEW, ALICE_LEDGER, ALICE_PLAIN):
@@ -473,7 +491,7 @@ def perform(world: World, cell: Cell) -> tuple[requests.Response, str]:
     if cell.form is not None:
         form = _render(world, cell.form)
         if cell.xsrf:
-            form = {**form, "_xsrf": session.cookies.get("_xsrf") or ""}
+            form = {**form, "_xsrf": xsrf_for(session, world.fmt(cell.path))}
         kw["data"] = form
         body = form
     r = session.request(cell.method, url, headers=headers, **kw)
@@ -556,8 +574,10 @@ def no_server(user: str, server: str):
 
 # -- hub pages and APIs ---------------------------------------------------------------------
 
-OWNER_PAGE = "/hub/xnat-hpc/owner"
-OWNER_JSON = "/hub/xnat-hpc/owner?format=json"
+OWNER_PAGE = SERVICE + "owner"
+OWNER_JSON = SERVICE + "owner?format=json"
+#: where the service sends a visitor the hub has not identified: the hub's OAuth
+TO_OAUTH = "/hub/api/oauth2/authorize"
 
 
 def owned(*projects: str):
@@ -583,8 +603,13 @@ def alice_sees_her_part(world: World, r) -> None:
 HUB_CELLS: list[Cell] = []
 for page, is_json in ((OWNER_JSON, True), (OWNER_PAGE, False)):
     HUB_CELLS += [
-        Cell("GET", page, NOBODY, (302,), hide=ALL_PROJECTS),
-        Cell("GET", page, TOKEN_ON_PAGE, (302,), hide=ALL_PROJECTS),
+        Cell("GET", page, NOBODY, (302,), hide=ALL_PROJECTS, redirect=TO_OAUTH),
+        Cell("GET", page, DELETED, (302,), hide=ALL_PROJECTS, redirect=TO_OAUTH),
+        Cell("GET", page, NO_SCOPE, (403,), hide=ALL_PROJECTS),
+        # a token of alice's reads what her browser reads (the exports are for scripts)
+        Cell("GET", page, TOKEN_ON_PAGE, (200,), hide=("SLEEP_EEG", "CARDIO_ECG"),
+             show=() if is_json else ('<strong id="owned">NEURO_MRI</strong>',),
+             check=alice_sees_her_part if is_json else None),
         Cell("GET", page, OTHER_COOKIE, (200,), hide=ALL_PROJECTS,
              check=owned() if is_json else None),
         Cell("GET", page, NO_ACCESS_COOKIE, (200,), hide=ALL_PROJECTS,
@@ -669,9 +694,9 @@ HUB_CELLS += [
 ]
 
 
-# -- the owners' access page (hub_ext/owner_access.py) -------------------------------------------
+# -- the owners' access page (xnat_hpc_governance/owner_access.py) -------------------------------------------
 
-ACCESS = "/hub/xnat-hpc/owner/access"
+ACCESS = SERVICE + "owner/access"
 
 
 def members_unchanged(*projects: str):
@@ -688,8 +713,9 @@ def carol_granted(world: World, r) -> None:
 
 GRANT = {"action": "grant", "user": "carol", "group": GRANT_GROUP}
 HUB_CELLS += [
-    Cell("GET", ACCESS, NOBODY, (302,), hide=ALL_PROJECTS),
-    Cell("GET", ACCESS, TOKEN_ON_PAGE, (302,), hide=ALL_PROJECTS),
+    Cell("GET", ACCESS, NOBODY, (302,), hide=ALL_PROJECTS, redirect=TO_OAUTH),
+    Cell("GET", ACCESS, TOKEN_ON_PAGE, (200,), hide=('id="members-SLEEP_EEG"', 'id="members-CARDIO_ECG"', "dave"),
+         show=('id="members-NEURO_MRI"',)),
     # bob is a Member/Collaborator, not an owner: no project's user list
     Cell("GET", ACCESS, OTHER_COOKIE, (200,), hide=('id="members-', "dave"), show=('id="owned">none<',)),
     Cell("GET", ACCESS + "?project=NEURO_MRI", OTHER_COOKIE, (200,), hide=('id="members-', "dave"),
@@ -707,7 +733,8 @@ HUB_CELLS += [
     # refused changes: XNAT's user lists stay as they were
     Cell("POST", ACCESS, NOBODY, (403,), form={**GRANT, "project": "NEURO_MRI"},
          after=members_unchanged("NEURO_MRI")),
-    Cell("POST", ACCESS, TOKEN_ON_PAGE, (403,), form={**GRANT, "project": "NEURO_MRI"},
+    # her own project, with her token: a change takes the browser's session, never a token
+    Cell("POST", ACCESS, TOKEN_ON_PAGE, (403,), form={**GRANT, "project": "NEURO_MRI"}, show=("not an API token",),
          after=members_unchanged("NEURO_MRI")),
     Cell("POST", ACCESS, OWNER_COOKIE, (403,), form={**GRANT, "project": "NEURO_MRI"}, xsrf=False, show=("_xsrf",),
          after=members_unchanged("NEURO_MRI")),
@@ -735,7 +762,7 @@ HUB_CELLS += [
 
 # -- results review: the owners' page and forms, the servers' API (hub_ext/review.py) -----------
 
-REVIEW = "/hub/xnat-hpc/review"
+REVIEW = SERVICE + "review"
 REVIEW_API = "/hub/api/xnat-hpc/review/"
 #: the hub's review key and the key shares never show; nor another job's results and previews
 REVIEW_SECRETS = ("AGE-SECRET-KEY", '"share"')
@@ -799,8 +826,9 @@ MARK_OFF = {"project": "CARDIO_ECG", "review": "off"}
 SERVER_TOKEN = Who("server's own token", "alice", "server")
 OTHER_SERVER = Who("other user's server", "bob", "server")
 HUB_CELLS += [
-    Cell("GET", REVIEW, NOBODY, (302,), hide=(*BOB_HELD, *ALICE_HELD)),
-    Cell("GET", REVIEW, TOKEN_ON_PAGE, (302,), hide=(*BOB_HELD, *ALICE_HELD)),
+    Cell("GET", REVIEW, NOBODY, (302,), hide=(*BOB_HELD, *ALICE_HELD), redirect=TO_OAUTH),
+    Cell("GET", REVIEW, TOKEN_ON_PAGE, (200,), hide=(*BOB_HELD, *REVIEW_SECRETS, "CARDIO_ECG", "SLEEP_EEG"),
+         show=(ALICE_REVIEW,)),
     Cell("GET", REVIEW, OTHER_COOKIE, (200,), hide=(*BOB_HELD, *ALICE_HELD, *REVIEW_SECRETS, *ALL_PROJECTS)),
     Cell("GET", REVIEW, NO_ACCESS_COOKIE, (200,), hide=(*BOB_HELD, *ALICE_HELD, *REVIEW_SECRETS, *ALL_PROJECTS)),
     Cell("GET", REVIEW, REVOKED_OWNER_COOKIE, (200,), hide=(*BOB_HELD, *ALICE_HELD, *REVIEW_SECRETS,
@@ -813,8 +841,8 @@ HUB_CELLS += [
     Cell("GET", REVIEW, ADMIN_COOKIE, (200,), hide=(*BOB_HELD, *ALICE_HELD, *REVIEW_SECRETS)),
     # marking: only an owner of the project, XSRF-checked; a refusal leaves the policy as it was
     Cell("POST", REVIEW + "/projects", NOBODY, (403,), form=MARK_OFF, after=review_marked(*MARKED)),
-    Cell("POST", REVIEW + "/projects", TOKEN_ON_PAGE, (403,), form=MARK_OFF,
-         after=review_marked(*MARKED)),
+    Cell("POST", REVIEW + "/projects", TOKEN_ON_PAGE, (403,), form={"project": "NEURO_MRI", "review": "off"},
+         show=("not an API token",), after=review_marked(*MARKED)),
     Cell("POST", REVIEW + "/projects", DAVE_COOKIE, (403,), form=MARK_OFF, xsrf=False, show=("_xsrf",),
          after=review_marked(*MARKED)),
     Cell("POST", REVIEW + "/projects", OWNER_COOKIE, (403,), form=MARK_OFF,
@@ -826,7 +854,15 @@ HUB_CELLS += [
     Cell("POST", REVIEW + "/projects", ADMIN_COOKIE, (403,), form=MARK_OFF,
          show=("only an owner of CARDIO_ECG",), after=review_marked(*MARKED)),
     Cell("POST", REVIEW + "/projects", DAVE_COOKIE, (302,), form={"project": "CARDIO_ECG", "review": "on"},
-         redirect="/hub/xnat-hpc/review?notice=marked", after=review_marked(*MARKED)),
+         redirect=REVIEW + "?notice=marked", after=review_marked(*MARKED)),
+    # the hub's old addresses: GET redirects to the service's page, the old forms are gone
+    *[Cell("GET", old + query, who, (302,), redirect=SERVICE + new + query, hide=ALL_PROJECTS)
+      for old, new, query in (("/hub/xnat-hpc/owner", "owner", "?format=json&project=NEURO_MRI"),
+                              ("/hub/xnat-hpc/owner/access", "owner/access", "?project=NEURO_MRI"),
+                              ("/hub/xnat-hpc/review", "review", ""))
+      for who in (NOBODY, OWNER_COOKIE)],
+    Cell("POST", "/hub/xnat-hpc/review/projects", DAVE_COOKIE, (404, 405), form=MARK_OFF, note="old address",
+         after=review_marked(*MARKED)),
     # deciding: only an owner of the job's projects; bob's job stays held
     Cell("POST", REVIEW + "/jobs/bob/{bob_review}", NOBODY, (403,), form={"decision": "approve"},
          hide=BOB_HELD[1:], after=bob_job_held),
@@ -938,7 +974,7 @@ HUB_CELLS += [
 ]
 
 
-# -- the servers' audit events (hub_ext/audit_api.py): only a running server's own token ----------
+# -- the servers' audit events (xnat_hpc_governance/audit_api.py): only a running server's own token ----------
 
 AUDIT = "/hub/api/xnat-hpc/audit"
 

@@ -35,7 +35,8 @@ import pytest
 
 from devstack.accounts import ensure_accounts, install_file
 from tests.fixtures.hub import start_hub
-from tests.fixtures.spawn import make_hub
+from devstack.hubconfig import governance_hub_config
+from tests.fixtures.spawn import governance_token_file, make_hub
 from xnat_bridge.errors import PermissionDenied
 
 pytestmark = pytest.mark.devxnat
@@ -197,7 +198,10 @@ def names_hub(tmp_path_factory):
     for name in ("ALICE", "Bob", "robert", "daemon"):
         r = server.request("POST", "/xapi/users", "admin", json={"username": name, "password": f"{name}-pw"})
         assert r.status_code == 201, r.text
-    hub = start_hub(tmp_path_factory.mktemp("names-hub"), NAMES_CONFIG.format(url=server.url))
+    directory = tmp_path_factory.mktemp("names-hub")
+    # the owners' pages: the governance service, which asks XNAT about the visitor's XNAT login
+    governance = governance_hub_config(token_file=governance_token_file(directory))
+    hub = start_hub(directory, NAMES_CONFIG.format(url=server.url) + governance)
     yield hub, server
     hub.stop()
     server.stop()

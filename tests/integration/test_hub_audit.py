@@ -82,7 +82,7 @@ def bob_job(hub, bob):
     job_id = job.json()["id"]
     final = wait_for(lambda: (lambda j: j if j["state"] in ("done", "failed", "cancelled") else None)(
         _server_api(hub, "bob", "GET", f"/jobs/{job_id}").json()), 900, f"job {job_id} to end")
-    assert final["state"] == "done", final
+    assert final["state"] == "done", json.dumps(final)[:2000]
     retrieved = wait_for(lambda: [e for e in audit_events(hub) if e["action"] == "result_retrieve"
                                    and (e.get("extra") or {}).get("job") == job_id], 30,
                           "the result_retrieve event on the hub")

@@ -33,7 +33,8 @@ from tests.fixtures.spawn import audit_events, make_hub, stop_server, wait_ready
 
 pytestmark = [pytest.mark.devxnat, pytest.mark.slurm]
 
-PAGE = "/hub/xnat-hpc/owner/access"
+#: the access page, on the governance service (its old address /hub/xnat-hpc/owner/access redirects)
+PAGE = "/services/xnat-hpc-governance/owner/access"
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "test-artifacts" / "owner-access"
 #: a server trusts XNAT's answers this long (xnat_bridge.permissions.DEFAULT_TTL_S)
@@ -67,7 +68,8 @@ def page(session: requests.Session, hub, project: str = "") -> requests.Response
 def xsrf_of(session: requests.Session, hub) -> str:
     r = page(session, hub)
     found = re.search(r'name="_xsrf" value="([^"]+)"', r.text)
-    return html.unescape(found.group(1)) if found else session.cookies.get("_xsrf")
+    # no form (a visitor who owns nothing): the service's _xsrf cookie, as a browser's script would send it
+    return html.unescape(found.group(1)) if found else session.cookies.get("_xsrf", path="/services/xnat-hpc-governance/")
 
 
 def post(session: requests.Session, hub, xsrf: str | None = "", **fields) -> requests.Response:
@@ -366,7 +368,7 @@ def test_a_revocation_in_xnat_is_found_by_the_recheck_and_the_server_stopped(wat
             events = audit(hub, user="bob", projects={"CARDIO_ECG"})
             assert any(e["action"] == "server_stopped" and "re-check" in e["detail"] for e in events)
             assert any(e["action"] == "revoke" and "re-check" in e["detail"] for e in events)
-            assert "xnat-hpc-governance hub_ext.revocation_watch] re-check: bob lost CARDIO_ECG" in hub.log()
+            assert "xnat-hpc-governance xnat_hpc_governance.revocation_watch] re-check: bob lost CARDIO_ECG" in hub.log()
     finally:
         stop_server(hub, "bob", server)
 

@@ -56,16 +56,20 @@ print("done", len(files))
 """
 
 
+#: the review page, on the governance service (its old address /hub/xnat-hpc/review redirects)
+REVIEW = "/services/xnat-hpc-governance/review"
+
+
 # -- helpers -----------------------------------------------------------------------------
 def form_xsrf(session: requests.Session, hub) -> str:
-    page = session.get(f"{hub.url}/hub/xnat-hpc/review", timeout=30)
+    page = session.get(f"{hub.url}{REVIEW}", timeout=30)
     assert page.status_code == 200, page.text[:500]
     return re.search(r'name="_xsrf" value="([^"]+)"', page.text).group(1)
 
 
 def post_form(session, hub, path: str, **data) -> requests.Response:
     data["_xsrf"] = form_xsrf(session, hub)
-    return session.post(f"{hub.url}/hub/xnat-hpc/review/{path}", data=data, allow_redirects=False,
+    return session.post(f"{hub.url}{REVIEW}/{path}", data=data, allow_redirects=False,
                         timeout=60)
 
 
@@ -187,8 +191,8 @@ def test_held_results_need_every_owner_and_rejection_deletes(hub, owners, bob_se
     assert post_form(sessions["dave"], hub, "projects", project="CARDIO_ECG", review="off").status_code == 302
     assert post_form(sessions["dave"], hub, "projects", project="CARDIO_ECG", review="on").status_code == 302
     assert post_form(sessions["alice"], hub, "projects", project="NEURO_MRI", review="on").status_code == 302
-    # a form post without the XSRF token is refused by the hub
-    r = sessions["dave"].post(f"{hub.url}/hub/xnat-hpc/review/projects",
+    # a form post without the XSRF token is refused by the service
+    r = sessions["dave"].post(f"{hub.url}{REVIEW}/projects",
                               data={"project": "CARDIO_ECG", "review": "off"}, allow_redirects=False, timeout=30)
     assert r.status_code == 403
 
@@ -255,12 +259,12 @@ def test_held_results_need_every_owner_and_rejection_deletes(hub, owners, bob_se
         assert hub_job(hub, None, approve.id).status_code == 403
 
         # 2. the review page: dave sees provenance, sizes and previews (escaped); alice cannot approve
-        page = sessions["dave"].get(f"{hub.url}/hub/xnat-hpc/review", timeout=30).text
+        page = sessions["dave"].get(f"{hub.url}{REVIEW}", timeout=30).text
         assert approve.id in page and recs[approve.id].manifest_sha256 in page
         assert recs[approve.id].script_sha256 in page and recs[approve.id].slurm_job_id in page
         assert "RESULT-MARKER-7f3a" in page and "summary.csv" in page and "weights.bin" in page
         assert PRINTED in page  # the reviewer sees the held output bob does not
-        alice_page = sessions["alice"].get(f"{hub.url}/hub/xnat-hpc/review", timeout=30).text
+        alice_page = sessions["alice"].get(f"{hub.url}/hub/xnat-hpc/review", timeout=30).text  # the old address: redirected
         assert approve.id not in alice_page and both.id in alice_page  # NEURO_MRI: in both's scope only
         r = post_form(sessions["alice"], hub, f"jobs/bob/{approve.id}", decision="approve")
         assert r.status_code == 404 and "CARDIO_ECG" not in r.text  # as for a job that does not exist
@@ -390,7 +394,7 @@ def test_a_replayed_registration_releases_nothing(hub, owners, bob_servers, bob_
             m.results(job.id)
         assert not trail(hub, "bob", "key_release", "allowed", job.id)
         assert not trail(hub, "bob", "key_release", "allowed", fake_id)
-        page = sessions["dave"].get(f"{hub.url}/hub/xnat-hpc/review", timeout=30).text
+        page = sessions["dave"].get(f"{hub.url}{REVIEW}", timeout=30).text
         assert job.id in page and fake_id not in page
 
         # (d) a personal token of bob (even one that may report his activity) enters no job and
@@ -458,7 +462,7 @@ def test_review_page_in_a_browser_rejects_without_javascript(hub, owners, bob_se
     assert any("<script>alert(1)</script><b>bold</b>" in t for t in facts["previewText"])  # shown as text
     assert "P<i>1</i>" in facts["previewCells"] and facts["injected"] == 0 and not facts["alerted"]
     assert facts["reasonLabel"].startswith("Reason")
-    assert facts["afterUrl"].endswith("/hub/xnat-hpc/review?notice=reject")
+    assert facts["afterUrl"].endswith(f"{REVIEW}?notice=reject")
     assert facts["afterState"] == "rejected: summary.csv names single patients"
     status = bob.status(job_id, share=True)
     assert status["state"] == "rejected" and status["reason"] == "summary.csv names single patients"

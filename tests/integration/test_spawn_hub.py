@@ -88,7 +88,7 @@ def test_bad_rest_requests_get_clear_errors(hub, options, status, words):
 
 def test_forged_form_is_refused_with_a_message(hub):
     s, _ = hub.login("alice", "alice-demo")
-    xsrf = s.cookies.get("_xsrf")
+    xsrf = s.cookies.get("_xsrf", path="/hub/")
     r = s.post(f"{hub.url}/hub/spawn/alice", data={"profile": "local-small", "project": "CARDIO_ECG",
                                                    "_xsrf": xsrf}, timeout=60)
     assert "CARDIO_ECG" in r.text and "ask its owner" in r.text, r.text[-2000:]
@@ -100,7 +100,7 @@ def test_user_removed_from_project_between_form_and_start_is_refused(hub, shared
     assert "CARDIO_ECG" in form_choices(s.get(f"{hub.url}/hub/spawn/bob", timeout=30).text)[1]
     with shared_devxnat.membership("CARDIO_ECG", "bob", None):
         r = s.post(f"{hub.url}/hub/spawn/bob", data={"profile": "local-small", "project": "CARDIO_ECG",
-                                                     "_xsrf": s.cookies.get("_xsrf")}, timeout=60)
+                                                     "_xsrf": s.cookies.get("_xsrf", path="/hub/")}, timeout=60)
     assert "may not read XNAT project 'CARDIO_ECG'" in html.unescape(r.text)
     assert "" not in hub.api("GET", "/users/bob").json()["servers"]
 
@@ -145,7 +145,7 @@ def test_a_form_start_with_two_projects_keeps_both_in_the_hubs_record(hub):
     it, and is gone once the server stops."""
     s, _ = hub.login("alice", "alice-demo")
     r = s.post(f"{hub.url}/hub/spawn/alice/two", data={"profile": "local-small", "project": ["NEURO_MRI", "SLEEP_EEG"],
-                                                       "_xsrf": s.cookies.get("_xsrf")}, timeout=120)
+                                                       "_xsrf": s.cookies.get("_xsrf", path="/hub/")}, timeout=120)
     assert r.status_code == 200, r.text[-2000:]
     try:
         wait_ready(hub, "alice", "two")
@@ -274,8 +274,15 @@ def test_owners_see_their_projects_audit_trail(hub):
     s, _ = hub.login("carol", "carol-demo")
     carol = s.get(f"{hub.url}/hub/xnat-hpc/owner?format=json", timeout=30).json()
     assert carol["owned"] == [] and carol["events"] == []
-    anonymous = requests.get(f"{hub.url}/hub/xnat-hpc/owner", allow_redirects=False, timeout=30)
-    assert anonymous.status_code == 302 and "/hub/login" in anonymous.headers["Location"]
+    # the old address leads to the governance service's page, which sends a stranger to the hub's OAuth,
+    # which sends them to the login page
+    anonymous = requests.Session()
+    r = anonymous.get(f"{hub.url}/hub/xnat-hpc/owner", allow_redirects=False, timeout=30)
+    assert r.status_code == 302 and r.headers["Location"] == "/services/xnat-hpc-governance/owner"
+    r = anonymous.get(f"{hub.url}{r.headers['Location']}", allow_redirects=False, timeout=30)
+    assert r.status_code == 302 and "/hub/api/oauth2/authorize?" in r.headers["Location"]
+    r = anonymous.get(f"{hub.url}/services/xnat-hpc-governance/owner", timeout=30)
+    assert r.url.startswith(f"{hub.url}/hub/login") and "NEURO_MRI" not in r.text
 
 
 def test_bootstrap_api_answers_mapped_errors_at_its_url(hub):

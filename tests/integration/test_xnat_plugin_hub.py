@@ -337,7 +337,7 @@ def test_service_without_the_plugin_body_cannot_spawn_for_a_user_without_login(p
 def test_user_options_are_flat_after_form_rest_and_xnat_starts(plugin_hub, shared_devxnat):
     s, _ = plugin_hub.login("alice", "alice-demo")
     r = s.post(f"{plugin_hub.url}/hub/spawn/alice/form", data={"profile": "local-plugin", "project": ["NEURO_MRI",
-               "SLEEP_EEG"], "_xsrf": s.cookies.get("_xsrf")}, timeout=90)
+               "SLEEP_EEG"], "_xsrf": s.cookies.get("_xsrf", path="/hub/")}, timeout=90)
     assert r.status_code == 200, r.text[-2000:]
     r = plugin_hub.api("POST", "/users/alice/servers/rest",
                        json={"profile": "local-plugin", "projects": {"SLEEP_EEG": {"experiments": ["nope"]}}})

@@ -233,7 +233,7 @@ def _assert_login_page(r: requests.Response, session: requests.Session, token: s
 
 def _log_in_from(r: requests.Response, session: requests.Session) -> requests.Response:
     """Submit the login page *r* (its ``next`` kept) as the user, following the redirects."""
-    xsrf = session.cookies.get("_xsrf") or re.search(r'name="_xsrf" value="([^"]+)"', r.text).group(1)
+    xsrf = session.cookies.get("_xsrf", path="/hub/") or re.search(r'name="_xsrf" value="([^"]+)"', r.text).group(1)
     nxt = parse_qs(urlparse(r.url).query).get("next", [""])[0]
     return session.post(r.url.split("?", 1)[0], params={"next": nxt},
                         data={"username": USER, "password": PASSWORD, "_xsrf": xsrf}, timeout=90)

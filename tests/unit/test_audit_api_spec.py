@@ -1,4 +1,4 @@
-"""``hub_ext/audit_api.yaml`` is valid OpenAPI 3 and agrees with the ingestion handler's
+"""``xnat_hpc_governance/audit_api.yaml`` is valid OpenAPI 3 and agrees with the ingestion handler's
 route, limits and refusals (413 too large, 429 with Retry-After)."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from pathlib import Path
 import yaml
 from openapi_spec_validator import validate
 
-from hub_ext import audit_api
+from xnat_hpc_governance import audit_api
 from xnat_bridge.audit import OUTCOMES
 
 SPEC = Path(audit_api.__file__).with_name("audit_api.yaml")

@@ -21,7 +21,7 @@ from traitlets import Any
 from traitlets.config import Config
 
 from hub_ext import audit_store
-from hub_ext.audit_api import (
+from xnat_hpc_governance.audit_api import (
     MAX_BATCH_BYTES,
     SETTINGS_KEY,
     AuditIngest,
@@ -363,7 +363,7 @@ async def test_a_call_while_the_service_is_away_is_a_503_with_retry_after():
 
 # -- the owner page: a server's facts are labelled as its report ------------------------------
 def test_the_owner_page_labels_what_the_server_reported():
-    from hub_ext import owner_render as R
+    from xnat_hpc_governance import owner_render as R
 
     submit = {"seq": 5, "time": "2026-12-07T01:00:00.000Z", "user": "bob", "server": "", "source": "server",
               "action": "submit", "outcome": "allowed", "items": ["CARDIO_ECG/S1"],
@@ -381,7 +381,7 @@ def test_the_owner_page_labels_what_the_server_reported():
 
 
 def test_claims_are_withheld_from_owners_of_the_other_project_and_spawns_come_from_the_hub():
-    from hub_ext import owner_render as R
+    from xnat_hpc_governance import owner_render as R
 
     ev = {"seq": 1, "user": "bob", "source": "server", "action": "download", "items": ["CARDIO_ECG/S1"],
           "detail": "d", "hashes": {"manifest": "m"},

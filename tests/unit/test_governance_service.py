@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import sys
 
 import pytest
 import pytest_asyncio
+from tornado.httpclient import AsyncHTTPClient
 from traitlets.config import Config
 
+from devstack.hubconfig import free_privileged_port
 from hub_ext.hub_rest import SERVICE_NAME, managed_service, register_governance
 from tests.fixtures.mockhub import mock_hub
 from xnat_hpc_governance.app import GovernanceService, ServiceConfigError, main
@@ -37,6 +40,7 @@ c.XnatGovernance.token_file = "{hub.config.XnatGovernance.token_file}"
 c.XnatAuthenticator.xnat_url = "http://xnat.invalid"
 c.OwnerAccess.recheck_interval = 3600
 c.XnatGovernance.service_socket = "{tmp_path}/g.sock"
+c.XnatGovernance.pages_url = "http://127.0.0.1:{free_privileged_port()}"
 {extra}''')
     return str(path)
 
@@ -64,7 +68,9 @@ def test_registered_with_its_config_file_the_hub_starts_it(tmp_path):
     register_governance(c, str(token), config_file=str(hub_config))
     [service] = [s for s in services(c) if s["name"] == SERVICE_NAME]
     assert service["command"] == [sys.executable, "-m", "xnat_hpc_governance", f"--config={hub_config}"]
-    assert service["api_token"] == "t" * 64 and "url" not in service  # it listens on a socket, not a port
+    assert service["api_token"] == "t" * 64
+    # the servers' calls reach it on a socket; the owners' pages through the proxy, on a privileged port
+    assert service["url"] == "http://127.0.0.1:981" and service["oauth_no_confirm"] is True
     assert set(service["environment"]) <= {"XNAT_HOST", "PYTHONPATH"}
     assert managed_service("rel/cfg.py", "python3")["command"][-1] == f"--config={os.path.abspath('rel/cfg.py')}"
     c = Config()
@@ -107,6 +113,9 @@ async def test_it_reads_the_hubs_file_and_its_re_check_stops_a_lost_server_throu
             self.records.append((user, action))
 
     class Ledger:
+        def add_notice(self, user, text, now=None, *, key=''):  # the user's hub pages: not shown here
+            pass
+
         def ledger_jobs(self, **kw):
             return []
 
@@ -145,7 +154,13 @@ async def test_the_process_stops_on_the_hubs_sigterm_and_names_itself_in_the_log
             lines.append(line)
             if "revocation re-check every 3600 s" in line:
                 break
-        assert "xnat-hpc-governance hub_ext.revocation_watch]" in line
+        assert "xnat-hpc-governance xnat_hpc_governance.revocation_watch]" in line
+        # the owners' pages answer on their privileged port: a stranger is sent to the hub's OAuth
+        [port] = re.findall(r"owners' pages on http://127\.0\.0\.1:(\d+)/", "".join(lines))
+        assert int(port) < 1024
+        r = await AsyncHTTPClient().fetch(f"http://127.0.0.1:{port}/services/{SERVICE_NAME}/owner",
+                                          follow_redirects=False, raise_error=False)
+        assert r.code == 302 and "/hub/api/oauth2/authorize?" in r.headers["Location"]
         proc.send_signal(signal.SIGTERM)
         rest = (await asyncio.wait_for(proc.stderr.read(), DEADLINE)).decode()
         assert await asyncio.wait_for(proc.wait(), DEADLINE) == 0, rest
@@ -155,6 +170,32 @@ async def test_the_process_stops_on_the_hubs_sigterm_and_names_itself_in_the_log
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+def test_the_owners_pages_refuse_a_port_any_account_could_take(monkeypatch):
+    """The proxy routes owners' browsers (with their session cookie for the service) to the
+    pages' port: a port any account may bind could be taken while the service restarts."""
+    from hub_ext.hub_rest import XnatGovernance, unprivileged_port_start
+
+    monkeypatch.delenv("JUPYTERHUB_SERVICE_URL", raising=False)
+    app = GovernanceService()
+    assert app.pages_address(XnatGovernance()) == ("127.0.0.1", 981)  # the default: privileged
+    with pytest.raises(ServiceConfigError) as refused:
+        app.pages_address(XnatGovernance(pages_url="http://127.0.0.1:10101"))
+    assert "any account on this machine may take" in refused.value.message
+    start = unprivileged_port_start()  # 1024 unless the machine changed it
+    assert "allow_unprivileged_pages_port" in refused.value.message and f"below {start}" in refused.value.message
+    # Kubernetes: the proxy reaches the hub's Service name; the pod's own namespace
+    pod = XnatGovernance(pages_url="http://hub:10101", pages_ip="0.0.0.0", allow_unprivileged_pages_port=True)
+    assert app.pages_address(pod) == ("0.0.0.0", 10101)
+    # the hub's word for the service's URL (register_governance set it from the same setting) wins
+    monkeypatch.setenv("JUPYTERHUB_SERVICE_URL", "http://127.0.0.1:982")
+    assert app.pages_address(XnatGovernance(pages_url="http://127.0.0.1:10101")) == ("127.0.0.1", 982)
+    from traitlets import TraitError
+
+    for bad in ("https://127.0.0.1:981", "http://127.0.0.1", "http://127.0.0.1:981/pages", "unix:///x"):
+        with pytest.raises(TraitError, match="c.XnatGovernance.pages_url"):
+            XnatGovernance(pages_url=bad)
 
 
 def test_a_config_error_is_a_clear_refusal(tmp_path, monkeypatch):

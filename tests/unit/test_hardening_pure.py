@@ -138,7 +138,7 @@ def test_launch_tls_context_verifies():
 # -- the owners' page -------------------------------------------------------------------------
 
 def test_owner_sees_only_their_part_of_an_event_about_several_projects():
-    from hub_ext.owner_render import WITHHELD, events_for, simple_page, visible_part
+    from xnat_hpc_governance.owner_render import WITHHELD, events_for, simple_page, visible_part
 
     spanning = {"user": "u", "items": ["PROJ_A", "PROJ_B"],
                 "detail": 'profile p; scope {"projects": {"PROJ_A": {}, "PROJ_B": {}}}',

@@ -11,7 +11,7 @@ import sqlite3
 import pytest
 
 from hub_ext import audit_store
-from hub_ext.audit_api import parse_batch
+from xnat_hpc_governance.audit_api import parse_batch
 from hub_ext.audit_store import AuditStore, AuditStoreError, load_key, verify_store
 from hub_ext.cli import main
 from xnat_bridge.audit import make_event

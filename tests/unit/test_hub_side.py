@@ -93,13 +93,12 @@ def test_routes_keep_their_urls_under_the_hub_prefix_and_import_registers_nothin
 
     ours = xnat_hpc_handlers()
     assert xnat_hpc_handlers() is not ours  # a new list each call
-    routes = [r for r, _ in JupyterHub.add_url_prefix("/hub/", list(ours))]
+    routes = [h[0] for h in JupyterHub.add_url_prefix("/hub/", list(ours))]
     # the servers' calls to governance keep their hub addresses, passed on to the service
     forwarded = "/hub/api/xnat-hpc/(audit|jobs/j[0-9a-f]{12}|review/policy|review/jobs/j[0-9a-f]{12})"
-    assert routes == ["/hub/xnat-hpc/owner", "/hub/api/xnat-hpc/bootstrap",
-                      "/hub/xnat-hpc/owner/access", "/hub/xnat-hpc/review", "/hub/xnat-hpc/review/projects",
-                      "/hub/xnat-hpc/review/jobs/([^/]{1,200})/(j[0-9a-f]{12})", forwarded,
-                      "/hub/xnat-plugin/api(/.*)?"]
+    # the owners' pages are the governance service's: their old addresses redirect there
+    assert routes == ["/hub/api/xnat-hpc/bootstrap", forwarded, "/hub/xnat-hpc/owner", "/hub/xnat-hpc/owner/access",
+                      "/hub/xnat-hpc/review", "/hub/xnat-plugin/api(/.*)?"]
     import re
 
     for path in ("audit", "jobs/j0123456789ab", "review/policy", "review/jobs/j0123456789ab"):
@@ -107,12 +106,13 @@ def test_routes_keep_their_urls_under_the_hub_prefix_and_import_registers_nothin
     for path in ("bootstrap", "jobs/j0123456789ab/x", "review/jobs/../../users", "auditx"):
         assert not re.fullmatch(forwarded, f"/hub/api/xnat-hpc/{path}")
     installed = {h[1] for h in handlers.default_handlers + apihandlers.default_handlers}
-    assert not installed.intersection(klass for _, klass in ours)
+    assert not installed.intersection(h[1] for h in ours)
 
 
 def test_missing_routes_reads_the_hub_configuration():
     c = Config()
-    assert missing_routes(c)[:3] == ["/xnat-hpc/owner", "/api/xnat-hpc/bootstrap", "/xnat-hpc/owner/access"]
+    assert missing_routes(c)[0] == "/api/xnat-hpc/bootstrap"
+    assert "/xnat-hpc/owner" in missing_routes(c) and "/xnat-hpc/owner/access" in missing_routes(c)
     assert "/xnat-hpc/review" in missing_routes(c)
     assert any("jobs/j[0-9a-f]{12}" in r for r in missing_routes(c))  # the job ledger, passed on
     c.JupyterHub.extra_handlers = xnat_hpc_handlers()

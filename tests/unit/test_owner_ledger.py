@@ -4,8 +4,8 @@ claimed on the trail; the server's reports only add files, bytes and results."""
 
 from __future__ import annotations
 
-from hub_ext import owner_render as R
-from hub_ext.owner import jobs_from_ledger
+from xnat_hpc_governance import owner_render as R
+from xnat_hpc_governance.owner import jobs_from_ledger
 from hub_ext.review_store import ReviewStore
 
 FACTS = {"dataset": "ecg", "dataset_version": 1, "manifest_sha256": "a" * 64, "script_sha256": "b" * 64}

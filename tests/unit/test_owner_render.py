@@ -10,7 +10,7 @@ import re
 
 import pytest
 
-from hub_ext import owner_render as R
+from xnat_hpc_governance import owner_render as R
 
 
 def test_filters_are_parsed_normalized_and_checked():

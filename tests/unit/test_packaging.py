@@ -179,7 +179,7 @@ def test_every_third_party_import_is_declared_for_the_packages_role(pkg):
     ("xnat_bridge.serverext.app", "server"),
     ("xnat_bridge.widgets", "server"),
     ("hub_ext.auth", "hub"),
-    ("hub_ext.owner", "hub"),
+    ("xnat_hpc_governance.owner", "hub"),
     ("hub_ext.cli", "base"),
     ("spawner.dispatch", "hub"),
     ("spawner.slurm", "hub"),

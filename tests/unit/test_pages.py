@@ -11,12 +11,12 @@ import jinja2
 import pytest
 from traitlets.config import Config
 
-from hub_ext import owner_render as R
-from hub_ext import pages as P
-from hub_ext.owner_access import access_section_html
-from hub_ext.owner_access import render_page as access_page
-from hub_ext.review_page import render_page as review_page
-from hub_ext.review_page import render_preview
+from xnat_hpc_governance import owner_render as R
+from xnat_hpc_governance import pages as P
+from xnat_hpc_governance.owner_access import access_section_html
+from xnat_hpc_governance.owner_access import render_page as access_page
+from xnat_hpc_governance.review_page import render_page as review_page
+from xnat_hpc_governance.review_page import render_preview
 
 EVIL = '<script>alert("x")</script>'
 ESCAPED = "&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt;"

@@ -9,7 +9,7 @@ import os
 
 import pytest
 
-from hub_ext.review_page import PREVIEW_ROWS, render_page, render_preview
+from xnat_hpc_governance.review_page import PREVIEW_ROWS, render_page, render_preview
 from hub_ext.review_store import decidable, decide
 from xnat_bridge.errors import InvalidRequest, PermissionDenied
 from xnat_bridge.offload import review as rv

@@ -1,5 +1,5 @@
 """Pure decisions of a revocation (hub_ext.revocation) and the access page's form
-parsing and rendering (hub_ext.owner_access), without infrastructure."""
+parsing and rendering (xnat_hpc_governance.owner_access), without infrastructure."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import re
 
 import pytest
 
-from hub_ext.owner_access import AccessChange, access_section_html, parse_change, render_page
+from xnat_hpc_governance.owner_access import AccessChange, access_section_html, parse_change, render_page
 from hub_ext.revocation import (
     OwnerAccess,
     ServerView,
@@ -201,7 +201,7 @@ def test_selection_items_read_project_first_whatever_the_callers_order():
 
 
 def test_lost_projects_are_those_of_active_servers_the_user_cannot_read_any_more():
-    from hub_ext.revocation_watch import lost_projects
+    from xnat_hpc_governance.revocation_watch import lost_projects
 
     servers = [ServerView("a", frozenset({"CARDIO_ECG", "NEURO_MRI"})),
                ServerView("b", frozenset({"SLEEP_EEG"}), active=False)]
@@ -209,49 +209,67 @@ def test_lost_projects_are_those_of_active_servers_the_user_cannot_read_any_more
     assert lost_projects(servers, {"NEURO_MRI", "CARDIO_ECG"}) == set()
 
 
-def test_user_notices_are_escaped_recent_and_per_user():
-    from hub_ext.revocation import NOTICE_SECONDS, add_notice, notices_html, user_notice
+def test_user_notices_are_escaped_recent_and_per_user(tmp_path):
+    """What one process writes on the board (the service's revocations), the hub's pages read
+    (each from its own connection to the store of the hub's configuration)."""
+    from traitlets.config import Config
+
+    from hub_ext.review_store import ReviewStore
+    from hub_ext.revocation import NOTICE_SECONDS, notices_html, user_notice
+
+    c = Config()
+    c.ReviewStore.path = str(tmp_path / "review" / "review.db")
 
     class U:
         name = "notice-test-user"
+        settings = {"config": c}
 
     assert user_notice(U()) == "" and user_notice(None) == ""
-    add_notice(U.name, "server <x> was stopped")
+    ReviewStore(config=c).add_notice(U.name, "server <x> was stopped")
     shown = user_notice(U())
     assert "server &lt;x&gt; was stopped" in shown and 'role="status"' in shown
     assert notices_html([(0.0, "old")], NOTICE_SECONDS + 1) == ""
-    assert user_notice(type("V", (), {"name": "someone-else"})()) == ""
+    assert user_notice(type("V", (), {"name": "someone-else", "settings": {"config": c}})()) == ""
+    for i in range(7):  # the last five are kept
+        ReviewStore(config=c).add_notice(U.name, f"notice {i}")
+    shown = user_notice(U())
+    assert "notice 6" in shown and "notice 2" in shown and "notice 1" not in shown and "&lt;x&gt;" not in shown
 
 
-def test_a_revocation_acts_on_the_hub_user_the_authenticator_maps_the_xnat_login_to(monkeypatch):
+def test_a_revocation_acts_on_the_hub_user_the_authenticator_maps_the_xnat_login_to():
     """XNAT names the revoked account by its login; the hub's servers, audit events and Slurm
-    jobs are under the hub name ``c.XnatAuthenticator.username_map`` gives it."""
-    from hub_ext import owner_access
-    from hub_ext.auth import XnatAuthenticator
+    jobs are under the hub name ``c.XnatAuthenticator.username_map`` gives it (the access page
+    of the governance service, which reads the hub's configuration)."""
+    from traitlets.config import Config
 
-    from hub_ext import hub_rest
     from hub_ext.revocation import RevocationReport
+    from xnat_hpc_governance.owner_pages import OwnerAccessPage, hub_name_of
 
     seen = {}
 
-    async def fake_effects(settings, user, hub_name, project, reason, stop):
-        seen.update(user=user, hub_name=hub_name, project=project)
-        return RevocationReport()
+    class Watch:
+        async def revoke(self, user, hub_name, project, reason, stop):
+            seen.update(user=user, hub_name=hub_name, project=project)
+            return RevocationReport()
 
-    async def hub_user(settings, name):  # the hub's REST API, as governance reads it
-        seen["looked_up"] = name
-        return f"<User {name}>"
+    class Hub:  # the hub's REST API, as governance reads it
+        async def user(self, name):
+            seen["looked_up"] = name
+            return f"<User {name}>"
 
-    class Handler:
-        authenticator = XnatAuthenticator(username_map={"J.Doe": "jdoe"})
-        settings: dict = {}
+    config = Config()
+    config.XnatAuthenticator.username_map = {"J.Doe": "jdoe"}
 
-    monkeypatch.setattr(owner_access, "revoke_bounded", fake_effects)
-    monkeypatch.setattr(hub_rest, "hub_user", hub_user)
-    asyncio.run(owner_access.OwnerAccessHandler.revoke_effects(Handler(), "J.Doe", "CARDIO_ECG", "revoked"))
+    class Page:
+        hub = Hub()
+        settings = {"hub_name": hub_name_of(config), "watch": Watch()}
+
+    asyncio.run(OwnerAccessPage.revoke_effects(Page(), "J.Doe", "CARDIO_ECG", "revoked"))
     assert seen == {"looked_up": "jdoe", "user": "<User jdoe>", "hub_name": "jdoe", "project": "CARDIO_ECG"}
-    asyncio.run(owner_access.OwnerAccessHandler.revoke_effects(Handler(), "bob", "CARDIO_ECG", "revoked"))
+    asyncio.run(OwnerAccessPage.revoke_effects(Page(), "bob", "CARDIO_ECG", "revoked"))
     assert seen["hub_name"] == "bob"  # an unmapped login is its own hub name
+    asyncio.run(OwnerAccessPage.revoke_effects(Page(), "Jane.Doe", "CARDIO_ECG", "revoked"))
+    assert seen["hub_name"].startswith("jane.doe--")  # XNAT's capitals: a derived name, never folded
 
 
 # -- nothing blocks a revocation, nothing holds it up ---------------------------------------
@@ -372,7 +390,7 @@ def test_revoke_timeout_is_a_positive_number_of_seconds():
 
 
 def test_handled_servers_are_forgotten_once_stopped_or_restarted():
-    from hub_ext.revocation_watch import handled_keys, still_running
+    from xnat_hpc_governance.revocation_watch import handled_keys, still_running
 
     servers = [ServerView("a", frozenset({"P"}), started="t1"), ServerView("b", frozenset({"P"}), started="t1")]
     handled = handled_keys("bob", servers, ["a", "b"], "P")
@@ -385,7 +403,7 @@ def test_handled_servers_are_forgotten_once_stopped_or_restarted():
 def test_the_service_account_is_read_from_the_most_specific_spawner_section():
     from traitlets.config import Config
 
-    from hub_ext.revocation_watch import service_account_config
+    from xnat_hpc_governance.revocation_watch import service_account_config
 
     class XnatScopedSpawner:
         pass
@@ -405,7 +423,7 @@ def test_the_service_account_is_read_from_the_most_specific_spawner_section():
 
 
 def test_the_service_password_file_must_be_private(tmp_path):
-    from hub_ext.revocation_watch import read_service_password
+    from xnat_hpc_governance.revocation_watch import read_service_password
     from xnat_bridge.errors import AuthenticationFailed, PermissionDenied
 
     path = tmp_path / "pw"

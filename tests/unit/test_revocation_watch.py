@@ -1,4 +1,4 @@
-"""The revocation runner and re-check (hub_ext.revocation_watch), in-process with fakes:
+"""The revocation runner and re-check (xnat_hpc_governance.revocation_watch), in-process with fakes:
 the hub's REST API as governance reads it (users whose servers' state holds the hub's
 SpawnRecord, snapshots as ``hub_ext.hub_rest.HubUser``), a permissions source, a stop callable
 and an audit log. No sleeping: hanging effects wait on events that the test sets; bounds are
@@ -15,9 +15,10 @@ import os
 import pytest
 from traitlets.config import Config
 
-from hub_ext import revocation, revocation_watch
+from hub_ext import revocation
+from xnat_hpc_governance import revocation_watch
 from hub_ext.hub_rest import HubServer, HubUser
-from hub_ext.revocation_watch import RevocationWatch, ensure_watch
+from xnat_hpc_governance.revocation_watch import RevocationWatch
 from xnat_bridge.errors import PermissionDenied, TokenExpired
 from xnat_bridge.scope import Scope
 from xnat_bridge.spawn_record import STATE_KEY, SpawnRecord
@@ -52,7 +53,7 @@ class FakeUser:
 
 
 class FakeRest:
-    """What :class:`hub_ext.revocation_watch.HubSource` reads: the active users, one user."""
+    """What :class:`xnat_hpc_governance.revocation_watch.HubSource` reads: the active users, one user."""
 
     def __init__(self, users):
         self.users = {u.name: u for u in users}
@@ -89,6 +90,9 @@ class FakeLedger:
 
     def __init__(self, rows=()):
         self.rows = list(rows)
+
+    def add_notice(self, user, text, now=None, *, key=''):  # the user's hub pages: not shown here
+        pass
 
     def ledger_jobs(self, *, user=None, projects=None, states=None, limit=500):
         return [r for r in self.rows if (user is None or r["user"] == user)
@@ -243,7 +247,7 @@ def test_one_users_error_or_silence_does_not_end_the_round(caplog):
     hub.watch.question_timeout = 0.2
 
     async def main():
-        with caplog.at_level(logging.WARNING, logger="hub_ext.revocation_watch"):
+        with caplog.at_level(logging.WARNING, logger="xnat_hpc_governance.revocation_watch"):
             done, elapsed = await timed(hub.watch.check_once())
         assert elapsed < GENEROUS
         assert [(who, project) for who, project, _ in done] == [("bob", "A")]
@@ -253,10 +257,9 @@ def test_one_users_error_or_silence_does_not_end_the_round(caplog):
     asyncio.run(main())
 
 
-def test_the_hub_keeps_one_runner_and_starts_no_re_check_loop():
-    """The hub process runs the access page's bounded revocations (one runner per hub, whatever
-    settings dict the caller holds); the re-check loop runs in the governance service's process
-    only (xnat_hpc_governance; tests/unit/test_governance_service.py)."""
+def test_a_runner_starts_one_re_check_loop_and_none_when_turned_off():
+    """The re-check loop runs in the governance service's process only (xnat_hpc_governance;
+    tests/unit/test_governance_service.py), one per runner; ``recheck_interval = 0`` starts none."""
     config = Config()
     config.OwnerAccess.recheck_interval = 3600.0
 
@@ -264,11 +267,7 @@ def test_the_hub_keeps_one_runner_and_starts_no_re_check_loop():
         return [t for t in asyncio.all_tasks() if t.get_coro().__qualname__ == "RevocationWatch._loop"]
 
     async def main():
-        handler_settings = {"config": config, "from": "tornado.web.Application"}
-        user_settings = {"config": config, "from": "JupyterHub.tornado_settings"}
-        watch = ensure_watch(handler_settings)
-        assert ensure_watch(user_settings) is watch and ensure_watch(handler_settings) is watch
-        assert ensure_watch({"config": Config()}) is not watch  # another hub's config
+        watch = RevocationWatch({"config": config})
         assert loops() == []
         watch.start()  # what the service does
         assert len(loops()) == 1
@@ -357,7 +356,7 @@ def test_a_dead_or_missing_token_is_re_checked_as_the_service_account(xnat, tmp_
 
 
 def test_without_a_service_account_or_its_rights_the_user_is_skipped_and_said(xnat, tmp_path, caplog):
-    with caplog.at_level(logging.WARNING, logger="hub_ext.revocation_watch"):
+    with caplog.at_level(logging.WARNING, logger="xnat_hpc_governance.revocation_watch"):
         watch, user = _watch_for({}, tmp_path, service=False)
         assert asyncio.run(watch._readable(user)) is None
         assert "no service account" in caplog.text and xnat.calls == []
@@ -375,7 +374,7 @@ def test_the_watchs_own_reads_and_stops_are_the_hub_rest_api_and_unconfigured_th
     revocation whose user was read reports the stop that could not be made
     (tests/unit/test_hub_rest.py stops real servers of an in-process hub this way)."""
     from hub_ext.hub_rest import GovernanceNotConfigured
-    from hub_ext.revocation_watch import HubSource
+    from xnat_hpc_governance.revocation_watch import HubSource
 
     config = Config()
     config.OwnerAccess.recheck_interval = 3600.0

@@ -72,7 +72,7 @@ def test_the_record_knows_its_servers_token_and_no_other():
 def test_the_hub_knows_a_servers_token_exactly_also_after_a_restart():
     """Governance binds a token to a server by the digest in the server's record, read through
     the hub's REST API (the server's state): also after a hub restart, nothing in memory."""
-    from hub_ext.audit_api import server_for_token
+    from xnat_hpc_governance.audit_api import server_for_token
     from hub_ext.hub_rest import HubServer, HubUser
 
     def server(name, record, active=True):

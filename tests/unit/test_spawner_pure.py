@@ -391,7 +391,7 @@ def test_bootstrap_code_is_one_time_and_bound_to_the_job():
 
 
 def test_owner_page_filters_by_owned_projects_and_escapes():
-    from hub_ext.owner_render import events_for, owned_projects, simple_page
+    from xnat_hpc_governance.owner_render import events_for, owned_projects, simple_page
 
     assert owned_projects({"A": "Owner", "B": "Member"}, False) == {"A"}
     assert owned_projects({"A": "Owner", "B": "Member"}, True) == {"A", "B"}
@@ -405,7 +405,7 @@ def test_owner_page_filters_by_owned_projects_and_escapes():
 def test_owner_page_finds_the_audit_log_where_the_admin_configured_it():
     from traitlets.config import Config
 
-    from hub_ext.owner import hub_audit_log
+    from xnat_hpc_governance.owner import hub_audit_log
     from spawner.dispatch import XnatProfilesSpawner
     from spawner.slurm import XnatSlurmSpawner
 

@@ -21,6 +21,7 @@ import types
 from urllib.parse import quote
 
 import pytest
+from traitlets.config import Config
 from jupyterhub.spawner import LocalProcessSpawner
 from tornado import web
 from tornado.httputil import HTTPHeaders, HTTPServerRequest, RequestStartLine
@@ -29,7 +30,7 @@ from devxnat import compute_services as cs
 from devxnat import plugin_configs as pc
 from hub_ext.audit_log import HubAuditLog
 from hub_ext.log_scrub import TokenScrubber, scrub_token_params, scrub_tokens
-from hub_ext.revocation import add_notice, drop_notice, user_notice
+from hub_ext.revocation import notice_board, user_notice
 from spawner.mixin import XnatScopedSpawner, refusal_notice
 
 SECRET_VALUE = "s3cr3t-value-never-shown"
@@ -64,19 +65,28 @@ def test_the_notice_names_the_start_and_the_reason():
     assert refusal_notice(None, "", "no") == "The start of your default server was refused: no"
 
 
-def test_a_keyed_notice_replaces_the_last_of_its_key_and_can_be_dropped():
-    user = types.SimpleNamespace(name="notice-key-user")
-    add_notice(user.name, "first <refusal>", key="spawn-refused:a")
-    add_notice(user.name, "a revocation")
-    add_notice(user.name, "second refusal", key="spawn-refused:a")
-    add_notice(user.name, "other server's refusal", key="spawn-refused:b")
+def test_a_keyed_notice_replaces_the_last_of_its_key_and_can_be_dropped(tmp_path):
+    config = _config(tmp_path)
+    board = notice_board(config)
+    user = types.SimpleNamespace(name="notice-key-user", settings={"config": config})
+    board.add_notice(user.name, "first <refusal>", key="spawn-refused:a")
+    board.add_notice(user.name, "a revocation")
+    board.add_notice(user.name, "second refusal", key="spawn-refused:a")
+    board.add_notice(user.name, "other server's refusal", key="spawn-refused:b")
     shown = html.unescape(user_notice(user))
     assert "first <refusal>" not in shown
     assert shown.index("other server's refusal") < shown.index("second refusal") < shown.index("a revocation")
-    drop_notice(user.name, "spawn-refused:a")
+    board.drop_notice(user.name, "spawn-refused:a")
     shown = html.unescape(user_notice(user))
     assert "second refusal" not in shown and "a revocation" in shown and "other server's refusal" in shown
-    drop_notice("nobody-at-all", "spawn-refused:a")  # nothing to drop: nothing happens
+    board.drop_notice("nobody-at-all", "spawn-refused:a")  # nothing to drop: nothing happens
+
+
+def _config(tmp_path) -> Config:
+    """The hub's configuration as far as notices go: the store in this test's directory."""
+    c = Config()
+    c.ReviewStore.path = str(tmp_path / "review" / "review.db")
+    return c
 
 
 # -- checked_plan against a stand-in XNAT --------------------------------------------------------
@@ -139,8 +149,10 @@ def plugin_spawner(tmp_path):
     os.chmod(password, 0o600)
 
     def make(xnat_url: str, user: str, **traits) -> _PluginSpawner:
+        config = _config(tmp_path)
         spawner = _PluginSpawner(
-            user=types.SimpleNamespace(name=user, groups=[], url=f"/user/{user}/"),
+            config=config,
+            user=types.SimpleNamespace(name=user, groups=[], url=f"/user/{user}/", settings={"config": config}),
             orm_spawner=types.SimpleNamespace(name="20261207t1", server=None, user_options=None),
             profiles_file=str(profiles), xnat_url=xnat_url, xnat_service_user="jupyterhub",
             xnat_service_password_file=str(password), **traits)
@@ -204,8 +216,9 @@ async def test_a_start_that_succeeds_later_drops_its_refusal(plugin_spawner, mon
     from tests.unit.test_kube_objects import make_plan
 
     spawner = plugin_spawner("http://127.0.0.1:9", "refused-then-started")
-    add_notice(spawner.user.name, "an earlier refusal", key="spawn-refused:20261207t1")
-    add_notice(spawner.user.name, "another server's refusal", key="spawn-refused:other")
+    board = notice_board(spawner.config)
+    board.add_notice(spawner.user.name, "an earlier refusal", key="spawn-refused:20261207t1")
+    board.add_notice(spawner.user.name, "another server's refusal", key="spawn-refused:other")
 
     async def plan():
         return make_plan(user=spawner.user.name)

@@ -34,7 +34,7 @@ from hub_ext.handlers import xnat_hpc_handlers
 from hub_ext.hub_rest import SERVICE_NAME as GOVERNANCE, XnatGovernance, read_token
 from hub_ext.log_scrub import HUB_LOGGERS, TokenScrubber
 from hub_ext.revocation import user_notice
-from hub_ext.revocation_watch import read_service_password
+from xnat_hpc_governance.revocation_watch import read_service_password
 from hub_ext.server_scopes import AUDIT, JOBS, SERVER_SCOPES
 from spawner.plan import workspace_dir
 
@@ -235,7 +235,15 @@ def test_no_secret_inline():
 
 def test_governance_service_token_from_the_secret_and_a_role_of_least_scopes():
     hub = load_values()["hub"]
-    assert hub["services"][GOVERNANCE] == {"name": GOVERNANCE}  # no token, no url, no command
+    # no token, no command; the owners' pages: the hub's Service, port 10101, open to the proxy pod only
+    assert hub["services"][GOVERNANCE] == {"name": GOVERNANCE, "url": "http://hub:10101", "oauth_no_confirm": True}
+    assert hub["service"]["extraPorts"] == [{"name": "governance", "port": 10101, "targetPort": 10101}]
+    [rule] = hub["networkPolicy"]["ingress"]
+    assert rule["ports"] == [{"port": 10101}]
+    assert rule["from"] == [{"podSelector": {"matchLabels": {"hub.jupyter.org/network-access-hub": "true"}}}]
+    pages = hub["config"]["XnatGovernance"]
+    assert (pages["pages_url"], pages["pages_ip"], pages["allow_unprivileged_pages_port"]) == (
+        "http://hub:10101", "0.0.0.0", True)
     role = hub["loadRoles"][GOVERNANCE]
     assert role["services"] == [GOVERNANCE] and role["scopes"] == list(GOVERNANCE_SCOPES)
     assert [r for r in hub["loadRoles"].values() if GOVERNANCE in r.get("services", ())] == [role]
@@ -319,7 +327,8 @@ def test_rendered_governance_service_role_and_private_token_file(rendered):
     assert services[GOVERNANCE] == {"name": GOVERNANCE, "api_token": GOVERNANCE_TOKEN,
                                     "command": ["python3", "-m", "xnat_hpc_governance",
                                                 f"--config={CHART_CONFIG_FILE}"],
-                                    "environment": services[GOVERNANCE]["environment"]}
+                                    "environment": services[GOVERNANCE]["environment"],
+                                    "url": "http://hub:10101", "oauth_no_confirm": True}
     assert set(services[GOVERNANCE]["environment"]) <= {"XNAT_HOST", "PYTHONPATH"}
     roles = {r["name"]: r for r in c.JupyterHub.load_roles}
     assert roles[GOVERNANCE]["services"] == [GOVERNANCE] and roles[GOVERNANCE]["scopes"] == list(GOVERNANCE_SCOPES)
@@ -355,8 +364,10 @@ def test_rendered_servers_tokens_carry_the_governance_scopes(rendered):
     c, _ = rendered
     assert {k: c.JupyterHub.custom_scopes[k] for k in SERVER_SCOPES} == SERVER_SCOPES
     roles = {r["name"]: r for r in c.JupyterHub.load_roles}
-    # the user role: what users had (self) and the scopes their servers' tokens are given
-    assert roles["user"]["scopes"] == ["self", f"{AUDIT}!user", f"{JOBS}!user"]
+    # the user role: what users had (self), the scopes their servers' tokens are given, and the
+    # owners' pages (JupyterHub >= 5 gives users no access:services by default)
+    assert roles["user"]["scopes"] == ["self", f"{AUDIT}!user", f"{JOBS}!user",
+                                       "access:services!service=xnat-hpc-governance"]
     assert not roles["user"].get("users") and not roles["user"].get("groups")
     # the chart's and the values' roles unchanged
     assert roles["xnat"]["scopes"] == list(XNAT_SERVICE_SCOPES)

@@ -6,7 +6,8 @@ user's servers and their scopes as the hub's REST API shows them, the job ledger
 area) and runs it. :meth:`RevocationWatch.revoke` runs it within
 ``c.OwnerAccess.revoke_timeout`` seconds (:func:`hub_ext.revocation.within_bound`): what is not
 done by then goes on in the background and the report lists it as pending. The access page
-calls it (:func:`revoke_bounded`, in the hub process) after XNAT removed a user.
+(:class:`xnat_hpc_governance.owner_pages.OwnerAccessPage`) calls it on the service's one runner
+after XNAT removed a user.
 
 **The re-check runs in the governance service's process**, not the hub's
 (:mod:`xnat_hpc_governance`, a JupyterHub-managed service; issue 19): every
@@ -38,7 +39,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import weakref
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from importlib.metadata import entry_points
 
@@ -50,13 +50,13 @@ from xnat_bridge.permissions import fetch_permissions
 from xnat_bridge.private import read_private_file
 from xnat_bridge.spawn_record import SpawnRecord
 
-from . import hub_rest
-from .audit_log import HubAuditLog
-from .hub_rest import HubUser
-from .profiles import load_profiles_file
-from .review_store import ReviewStore
-from .revocation import OwnerAccess, RevocationReport, ServerView, apply_revocation, ledger_jobs_hit, within_bound
-from .xnat_api import AliasToken
+from hub_ext import hub_rest
+from hub_ext.audit_log import HubAuditLog
+from hub_ext.hub_rest import HubUser
+from hub_ext.profiles import load_profiles_file
+from hub_ext.review_store import ReviewStore
+from hub_ext.revocation import OwnerAccess, RevocationReport, ServerView, apply_revocation, ledger_jobs_hit, within_bound
+from hub_ext.xnat_api import AliasToken
 
 log = logging.getLogger(__name__)
 
@@ -208,7 +208,7 @@ async def revoke_effects(tornado_settings: Mapping, user: HubUser | None, target
     return await apply_revocation(
         user=target, project=project, reason=reason, servers=servers, jobs=ledger_jobs_hit(rows, target, project),
         settings=settings, staging_root=staging_root(settings, config, spawner_class), stop=stop,
-        audit=audit_log.record, report=report)
+        audit=audit_log.record, notices=ledger, report=report)
 
 
 class HubSource:
@@ -462,36 +462,3 @@ def _recorded_login(user: HubUser) -> str:
         if record is not None and record.login:
             return record.login
     return ""
-
-
-#: this process's runners by ``id`` of the hub's ``config`` object, with a weak reference to
-#: it to tell a reused ``id`` apart (a hub process has one config for its whole life)
-_WATCHES: dict[int, tuple[weakref.ref, RevocationWatch]] = {}
-
-
-def ensure_watch(tornado_settings: dict) -> RevocationWatch:
-    """The hub process's one :class:`RevocationWatch`, for the access page's bounded
-    revocations (:func:`revoke_bounded`); its loop is not started here: the re-check runs in
-    the governance service's process.
-
-    The callers hold different settings dicts of the same hub (a handler's is tornado's
-    copy of the app's ``tornado_settings``, a ``User``'s is the app's own), so the runner is
-    found by what they share: the hub's ``config`` object. Without one (a bare dict in a
-    test), the dict itself keeps it."""
-    config = tornado_settings.get("config")
-    if config is None:
-        watch = tornado_settings.get("xnat_hpc_revocation_watch")
-        if watch is None:
-            watch = tornado_settings["xnat_hpc_revocation_watch"] = RevocationWatch(tornado_settings)
-        return watch
-    entry = _WATCHES.get(id(config))
-    if entry is None or entry[0]() is not config:
-        entry = _WATCHES[id(config)] = (weakref.ref(config), RevocationWatch(tornado_settings))
-    return entry[1]
-
-
-async def revoke_bounded(tornado_settings: dict, user: HubUser | None, target: str, project: str, reason: str,
-                         stop: Callable[[str], Awaitable[None]]) -> RevocationReport:
-    """What the access page runs after XNAT removed *target* from *project*:
-    :meth:`RevocationWatch.revoke` of the hub's runner (bounded by ``c.OwnerAccess.revoke_timeout``)."""
-    return await ensure_watch(tornado_settings).revoke(user, target, project, reason, stop)

@@ -1,4 +1,4 @@
-"""The owners' pages from Jinja2 templates: one set, shipped in ``hub_ext/templates/``,
+"""The owners' pages from Jinja2 templates: one set, shipped in ``xnat_hpc_governance/templates/``,
 overridable by a site the way kubespawner's form templates are
 (``profile_form_template`` + ``additional_profile_form_template_paths``).
 
@@ -15,8 +15,8 @@ settings, made from the hub's configuration on first use; nothing module-global)
   ones are also reachable as ``xnat-hpc-hub/<name>``, so a site's ``xnat-hpc-base.html``
   can ``{% extends "xnat-hpc-hub/xnat-hpc-base.html" %}`` and change one block.
 
-The pages' data is shaped by pure functions in :mod:`hub_ext.owner_render`,
-:mod:`hub_ext.owner_access` and :mod:`hub_ext.review_page`; the templates only lay it out.
+The pages' data is shaped by pure functions in :mod:`xnat_hpc_governance.owner_render`,
+:mod:`xnat_hpc_governance.owner_access` and :mod:`xnat_hpc_governance.review_page`; the templates only lay it out.
 :data:`TEMPLATES` names the templates and what each receives (docs/admin.md,
 "Customising the owners' pages").
 """
@@ -43,7 +43,7 @@ TEMPLATES = {
     "xnat-hpc-base.html": "the page shell every page extends: blocks title, style, head, header, "
                           "body, footer",
     "xnat-hpc-macros.html": "macros: table(t) (t: id, caption, headers, rows, empty)",
-    "xnat-hpc-owner.html": "/hub/xnat-hpc/owner: visitor, owned, chain_ok, chain, chain_checked, links, "
+    "xnat-hpc-owner.html": "/services/xnat-hpc-governance/owner: visitor, owned, chain_ok, chain, chain_checked, links, "
                            "projects, form, csv_url, json_url, total, page, pages, prev_url, next_url, "
                            "events, error, recorded_by_hub, reported_by_server",
     "xnat-hpc-owner-project.html": "one project's section of the owner page: p (project, members, "
@@ -51,11 +51,12 @@ TEMPLATES = {
     "xnat-hpc-owner-filters.html": "the owner page's filter form: form (action_url, projects, user, users, "
                                    "actions, since, until, sizes)",
     "xnat-hpc-owner-actions.html": "a project's owner actions: project, access_url, review_url",
-    "xnat-hpc-access.html": "/hub/xnat-hpc/owner/access: visitor, owned, sections, message, error, back_url",
+    "xnat-hpc-access.html": "/services/xnat-hpc-governance/owner/access: visitor, owned, sections, message, error, back_url",
     "xnat-hpc-access-section.html": "one project on the access page: project, members (login, name, group), "
                                     "groups, xsrf, action_url",
-    "xnat-hpc-review.html": "/hub/xnat-hpc/review: user, notice, owned, projects, held, decided, xsrf",
+    "xnat-hpc-review.html": "/services/xnat-hpc-governance/review: user, notice, owned, projects, held, decided, xsrf",
     "xnat-hpc-preview.html": "one held result's preview: preview (name, kind, header, rows, text, notes)",
+    "xnat-hpc-error.html": "a page that could not be shown: status, message, home_url",
 }
 
 
@@ -89,8 +90,8 @@ class XnatHpcPages(LoggingConfigurable):
     template_paths = List(
         Unicode(),
         help="""Directories searched for the owners' page templates (the audit page
-        /hub/xnat-hpc/owner, the access page /hub/xnat-hpc/owner/access, the results review
-        /hub/xnat-hpc/review) before the packaged ones, in this order: a file there named
+        /services/xnat-hpc-governance/owner, the access page …/owner/access, the results review
+        …/review; served by the governance service, which reads the hub's configuration) before the packaged ones, in this order: a file there named
         like a packaged template (xnat-hpc-base.html, xnat-hpc-owner.html, ... listed in
         docs/admin.md) replaces it. A site template may {% extends "xnat-hpc-base.html" %}, and
         reaches the packaged version of a template it replaces as

@@ -67,9 +67,9 @@ from xnat_bridge import audit
 from xnat_bridge.errors import InvalidRequest, XnatHpcError
 from xnat_bridge.spawn_record import SpawnRecord, server_of_token
 
-from .audit_store import project_of
-from .errors import RateLimited
-from .hub_rest import HubUser
+from hub_ext.audit_store import project_of
+from hub_ext.errors import RateLimited
+from hub_ext.hub_rest import HubUser
 
 ROUTE = r"/api/xnat-hpc/audit"
 MAX_EVENTS = 500

@@ -1,10 +1,10 @@
 """The owners' page as pure functions: what an owner may see of an event, the filters of
 the query string, the jobs and servers derived from the trail, the CSV / JSON exports, and
-what the page's templates receive (:mod:`hub_ext.owner` gathers the data and answers).
+what the page's templates receive (:mod:`xnat_hpc_governance.owner` gathers the data and answers).
 
 Everything here is a function of its arguments (no hub, no XNAT, no store), covered by
 ``tests/unit/test_owner_render.py``. The HTML comes from the templates of
-:mod:`hub_ext.pages` (``xnat-hpc-owner.html`` and its partials; autoescaped, overridable by
+:mod:`xnat_hpc_governance.pages` (``xnat-hpc-owner.html`` and its partials; autoescaped, overridable by
 a site): ``*_context`` functions shape the data, ``render_page`` / ``project_section`` /
 ``filter_form`` render it. It works without JavaScript and is meant to be read with a screen
 reader too: one ``h1``, a skip link, a section per project with an ``h2``, tables with
@@ -23,7 +23,7 @@ from urllib.parse import urlencode
 
 from xnat_bridge.audit import ACTIONS
 
-from .audit_store import project_of
+from hub_ext.audit_store import project_of
 from .pages import XnatHpcPages, render
 
 #: what replaces the detail of an event that also concerns projects the visitor does not own
@@ -236,7 +236,7 @@ def to_csv(events: Iterable[dict]) -> str:
     return buf.getvalue()
 
 
-# -- HTML (through the templates of hub_ext.pages) ---------------------------------------------
+# -- HTML (through the templates of xnat_hpc_governance.pages) ---------------------------------------------
 def _short(h: str) -> str:
     h = str(h or "")
     return h if len(h) <= 23 else h[:23] + "…"
@@ -255,7 +255,7 @@ class ProjectView:
     servers: list[dict]
     jobs: list[dict]
     downloads: list[dict]
-    actions_html: str = ""              # grant/revoke, review: filled by hub_ext.owner's hook (trusted HTML)
+    actions_html: str = ""              # grant/revoke, review: filled by xnat_hpc_governance.owner's hook (trusted HTML)
 
 
 def project_context(v: ProjectView) -> dict:

@@ -1,6 +1,6 @@
 """The review page (pure functions): the owner's projects with their review setting, the
 held jobs with provenance, result lists, previews and the decision forms, shaped here and
-laid out by the templates of :mod:`hub_ext.pages` (``xnat-hpc-review.html``,
+laid out by the templates of :mod:`xnat_hpc_governance.pages` (``xnat-hpc-review.html``,
 ``xnat-hpc-preview.html``; autoescaped, overridable by a site).
 
 Server-rendered, no JavaScript; every value escaped by the templates; forms carry the hub's
