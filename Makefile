@@ -37,12 +37,14 @@ demo: install
 # the oldest one pyproject.toml declares
 OLDEST_HUB_TESTS := tests/unit/test_plugin_gateway.py tests/unit/test_plugin_names.py tests/unit/test_ledger_api.py \
                     tests/unit/test_hub_rest.py tests/unit/test_server_scopes.py tests/unit/test_audit_ingest.py \
-                    tests/unit/test_governance_service.py tests/unit/test_governance_forward.py
+                    tests/unit/test_governance_service.py tests/unit/test_governance_forward.py \
+                    tests/unit/test_owner_pages_service.py
 
 test: install
 	@VENV_OLDEST=$(VENV_OLDEST) scripts/bootstrap.sh oldest-hub
 	$(PY) -m pytest $(PYTEST_ARGS)
-	PYTHONPATH=$(CURDIR) $(VENV_OLDEST)/bin/python -m pytest -p no:cacheprovider $(OLDEST_HUB_TESTS)
+	XNAT_HPC_DEVXNAT_PYTHON=$(PY) PYTHONPATH=$(CURDIR) $(VENV_OLDEST)/bin/python -m pytest -p no:cacheprovider \
+	    $(OLDEST_HUB_TESTS)
 
 bench: install
 	$(PY) benchmarks/run_all.py

@@ -96,7 +96,9 @@ def start_devxnat(
     os.chmod(data_dir, 0o700)
     log_f = open_private_log(log_path)
     cmd = [
-        sys.executable, "-m", "devxnat",
+        # the interpreter of another environment where this one lacks the `demo` extra (the
+        # oldest-JupyterHub test run: `make test` names the main venv's)
+        os.environ.get("XNAT_HPC_DEVXNAT_PYTHON") or sys.executable, "-m", "devxnat",
         "--data", str(data_dir), "--port", str(port), "--demo", "--demo-size", demo_size,
         *extra_args,
     ]
@@ -361,7 +363,7 @@ def summary(xnat_url: str, slurm_text: str, run_dir: Path, slurm_dir: Path, hub_
     log in as alice / alice-demo, pick a profile and projects, start; JupyterLab's XNAT
     panel browses the scope, "Train on secure HPC..." submits examples/train_example.py
     (profile "Slurm, 1 CPU, data mounted": a Slurm job that sees the scope under XNAT_DATA)
-    project owners (e.g. dave / dave-demo): {hub_url}/hub/xnat-hpc/owner
+    project owners (e.g. dave / dave-demo): {hub_url}/services/xnat-hpc-governance/owner
     XNAT's "Start Jupyter" (the JupyterHub plugin's API, as XNAT's UI calls it):
       curl -u bob:bob-demo -H 'Content-Type: application/json' -X POST \\
         {xnat_url}/xapi/jupyterhub/users/bob/server/ecg -d '{{"username": "bob",

@@ -360,7 +360,7 @@ async def _audit_login(auth: Authenticator, name: str, outcome: str, detail: str
     """One ``login`` event on the hub's trail; never fails the login itself."""
     import time
 
-    from .audit_log import HubAuditLog
+    from .hub_events import HubEventLog
 
     if outcome != "allowed":
         now = time.monotonic()
@@ -376,7 +376,7 @@ async def _audit_login(auth: Authenticator, name: str, outcome: str, detail: str
         if len(_login_failures) > 10000:
             _login_failures.clear()
     try:
-        await HubAuditLog(config=auth.config, log=auth.log).record(name or "(empty)", "login", outcome,
+        await HubEventLog(config=auth.config, log=auth.log).record(name or "(empty)", "login", outcome,
                                                                    detail=detail[:300])
     except Exception:  # noqa: BLE001 - the trail must not decide who logs in; the admin must know
         auth.log.exception("could not audit the login of %r", name)

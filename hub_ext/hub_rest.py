@@ -570,24 +570,3 @@ async def governance_client(tornado_settings: Mapping) -> HubRestClient:
                                       "e.g. http://127.0.0.1:8081/hub/api")
     return HubRestClient(url, token, timeout=settings.timeout, stop_timeout=settings.stop_timeout,
                          poll_interval=settings.poll_interval)
-
-
-async def hub_user(tornado_settings: Mapping, name: str) -> HubUser | None:
-    """*name* as the hub knows them now, or None (:meth:`HubRestClient.user`)."""
-    return await (await governance_client(tornado_settings)).user(name)
-
-
-async def running_servers(tornado_settings: Mapping) -> list[RunningServer]:
-    """Every active server of the hub, through its REST API (:meth:`HubRestClient.running_servers`)."""
-    return await (await governance_client(tornado_settings)).running_servers()
-
-
-async def stop_server(tornado_settings: Mapping, user: str, name: str = "") -> None:
-    """Stop *user*'s server *name* through the hub's REST API and wait until it is gone
-    (:meth:`HubRestClient.stop_server`)."""
-    await (await governance_client(tornado_settings)).stop_server(user, name)
-
-
-def configured(tornado_settings: Mapping) -> bool:
-    """Whether ``c.XnatGovernance.token_file`` is set (pure; the file itself is read at use)."""
-    return bool(XnatGovernance(config=tornado_settings.get("config")).token_file)

@@ -27,7 +27,7 @@ The decisions (which servers, which jobs, which bundle files) are pure functions
 here; the effects are the few functions at the end (Slurm commands through
 :mod:`xnat_bridge.procs`, file removal that follows no link). A server is stopped by a
 callable handed in: the hub's REST API as the governance service
-(:func:`hub_ext.hub_rest.stop_server`), from the access page and the re-check alike.
+(:meth:`hub_ext.hub_rest.HubRestClient.stop_server`), from the access page and the re-check alike.
 
 A revocation can neither be blocked nor hold up others: the user can write their staging
 directory, so nothing there is opened that could block or lead elsewhere (every open

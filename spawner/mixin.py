@@ -18,7 +18,7 @@ a pure builder. The mixin provides:
   when mounted, ...) plus ``XNAT_PASS`` = the alias token's secret;
 * **progress** events (:class:`~spawner.progress.SpawnProgress`, one per start,
   shared with the dispatcher's backend) and **audit** events (allowed and denied
-  spawns, :class:`~hub_ext.audit_log.HubAuditLog`); a denied spawn is also a notice on the
+  spawns, :class:`~hub_ext.hub_events.HubEventLog`); a denied spawn is also a notice on the
   user's hub pages (:func:`refusal_notice`), where users of XNAT's "Start Jupyter" read why.
 
 Async contract: :meth:`start` awaits :meth:`make_plan` (XNAT requests run in a
@@ -43,7 +43,7 @@ from typing import ClassVar
 from traitlets import Any, Bool, Float, Instance, Integer, Unicode, default
 from traitlets.config import LoggingConfigurable
 
-from hub_ext.audit_log import HubAuditLog
+from hub_ext.hub_events import HubEventLog
 from hub_ext.errors import spawn_error
 from hub_ext.names import hub_name as default_hub_name
 from hub_ext.names import DEFAULT_NAME_PATTERN, hub_server_name, xnat_login
@@ -124,15 +124,16 @@ class XnatScopedSpawner(LoggingConfigurable):
         Example: ``c.XnatScopedSpawner.xnat_user_options_timeout = 3``.""",
     ).tag(config=True)
 
-    hub_audit_log = Instance(
-        HubAuditLog,
-        help="""The hub's audit log, built from the hub's configuration: set its file with
-        ``c.HubAuditLog.path`` (the owners' page reads the same file).""",
+    hub_audit_log = Any(
+        help="""Where the spawner records its starts and refusals: the hub's events to the
+        governance service (:class:`hub_ext.hub_events.HubEventLog`: a durable outbox, sent to the
+        service, which appends them to the trail of ``c.HubAuditLog.path``; without the service,
+        the trail itself). Anything with :meth:`hub_ext.audit_log.HubAuditLog.record`'s signature.""",
     )
 
     @default("hub_audit_log")
     def _default_hub_audit_log(self):
-        return HubAuditLog(config=self.config, log=self.log)
+        return HubEventLog(config=self.config, log=self.log)
 
     ready_check_interval = Float(
         0.1,

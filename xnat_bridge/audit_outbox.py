@@ -283,11 +283,18 @@ class Sender:
                 return events[:n]
         return events
 
+    def post(self, body: dict) -> tuple[int, str | None, str]:
+        """POST one batch *body*; ``(status, Retry-After, response text)``. Over HTTP(S) with the
+        token in the ``Authorization`` header; a sender of another transport overrides it."""
+        import requests
+
+        r = requests.post(self.url, json=body, timeout=self.timeout,
+                          headers={"Authorization": f"token {self._token}"}, verify=self.verify)
+        return r.status_code, r.headers.get("Retry-After"), r.text
+
     def send_once(self, limit: int = BATCH) -> int:
         """Send what is pending, batch by batch; how many the hub acknowledged. Raises when
         the hub cannot be reached or refuses."""
-        import requests
-
         total, limit = 0, min(limit, self.batch)
         while True:
             boot, events = self.outbox.pending(limit)
@@ -296,25 +303,23 @@ class Sender:
                     self.outbox.compact()
                 return total
             events = self._fit(boot, events)
-            r = requests.post(self.url, json={"boot": boot, "events": events}, timeout=self.timeout,
-                              headers={"Authorization": f"token {self._token}"}, verify=self.verify)
-            if r.status_code == 429:  # nothing appended: the same events, later, in order
-                raise HubBusy(f"HTTP 429: {r.text[:200]}", retry_after_seconds(r.headers.get("Retry-After")))
-            if r.status_code in (400, 413) and len(events) == 1:
+            status, retry_after, text = self.post({"boot": boot, "events": events})
+            if status == 429:  # nothing appended: the same events, later, in order
+                raise HubBusy(f"HTTP 429: {text[:200]}", retry_after_seconds(retry_after))
+            if status in (400, 413) and len(events) == 1:
                 log.error("audit: the hub rejected event %s (%s) with HTTP %s: %s; dropped from the outbox, "
-                          "kept in the local log", events[0]["seq"], events[0].get("action"), r.status_code,
-                          r.text[:300])
+                          "kept in the local log", events[0]["seq"], events[0].get("action"), status, text[:300])
                 self.outbox.ack(events[0]["seq"])
                 continue
-            if r.status_code == 413:
+            if status == 413:
                 limit = self.batch = max(1, len(events) // 2)  # the hub's limit is lower: smaller batches
                 continue
-            if r.status_code == 400:
+            if status == 400:
                 limit = 1  # find the one it rejects
                 continue
-            if r.status_code != 200:
-                raise RuntimeError(f"HTTP {r.status_code}: {r.text[:200]}")
-            acked = int(r.json()["acked"])
+            if status != 200:
+                raise RuntimeError(f"HTTP {status}: {text[:200]}")
+            acked = int(json.loads(text)["acked"])
             self.outbox.ack(acked)
             total += len([e for e in events if e["seq"] <= acked])
             self.sent += len(events)

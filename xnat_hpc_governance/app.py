@@ -173,7 +173,7 @@ class GovernanceService(Application):
 
         auth = HubAuth(api_token=client.token, api_url=client.api_url)
         prefix = "/" + self.service_prefix.strip("/") + "/"
-        settings = {"config": self.config, "hub": client, "hub_auth": auth,
+        settings = {"config": self.config, "hub": client, "hub_auth": auth, "service_token": client.token,
                     "audit_log": HubAuditLog(config=self.config), "review_store": ReviewStore(config=self.config)}
         return web.Application(server_api_handlers(prefix), **settings)
 

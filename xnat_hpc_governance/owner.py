@@ -38,14 +38,6 @@ MAX_EXPORT = 100_000
 JOB_ACTIONS = ("key_release", "result_retrieve", "cancel", "job_state")
 
 
-def hub_audit_log(settings: dict, log=None) -> HubAuditLog:
-    """The hub's audit trail as the hub's configuration (Tornado ``settings["config"]``) sets it."""
-    audit_log = HubAuditLog(config=settings.get("config"))
-    if log is not None:
-        audit_log.log = log
-    return audit_log
-
-
 def jobs_from_ledger(ledger: list[dict], reported: list[dict], project: str) -> list[dict]:
     """The jobs table of *project* (pure): one row per **ledger** job whose server's scope held
     *project* (who, which server, digests, Slurm id, state: what the hub recorded), with what

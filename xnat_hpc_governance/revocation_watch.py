@@ -63,7 +63,7 @@ log = logging.getLogger(__name__)
 #: ``permissions(user)`` → the projects *user* may read now, or None (unknown: skip them)
 Permissions = Callable[[object], Awaitable["set[str] | None"]]
 #: ``stop(user, server_name)`` stops one server outside a request (default: through the hub's
-#: REST API, :func:`hub_ext.hub_rest.stop_server`)
+#: REST API, :meth:`hub_ext.hub_rest.HubRestClient.stop_server`)
 StopUser = Callable[[object, str], Awaitable[None]]
 #: the spawner config section the service account is read from (``c.XnatScopedSpawner``)
 SERVICE_SECTION = "XnatScopedSpawner"

@@ -298,7 +298,74 @@ def public_job(job: dict) -> dict:
     return {k: job[k] for k in ("job", "projects", "state", "reason", "by", "since", "decided", "pending")}
 
 
+#: the hub's own events (:mod:`hub_ext.hub_events`): on the socket only, outside the service's
+#: prefix, so the hub's relay (which passes on only ``{prefix}api/…`` routes) never reaches it
+HUB_EVENTS_PATH = r"/xnat-hpc-hub-events"
+#: what a batch of the hub's events may hold
+MAX_HUB_BATCH = 1000
+_EVENT_FIELDS = ("user", "action", "outcome", "items", "files", "bytes", "hashes", "detail", "server", "extra")
+
+
+def hub_records(boot: str, events: list) -> list[dict]:
+    """The trail's records of a batch of the hub's own events (pure): each as the hub recorded it
+    (``source`` ``hub``, its clock as ``event_time``), in the stream ``hub:BOOT`` by its sequence
+    number (a batch sent twice is appended once); :class:`InvalidRequest` naming the first event
+    that is not one."""
+    from xnat_bridge import audit
+
+    if not isinstance(boot, str) or not boot or len(boot) > 64 or not isinstance(events, list) \
+            or len(events) > MAX_HUB_BATCH:
+        raise InvalidRequest(f"expected {{boot, events}} with at most {MAX_HUB_BATCH} events")
+    records = []
+    for n, ev in enumerate(events):
+        try:
+            made = audit.make_event(str(ev["user"]), ev["action"], ev["outcome"], items=ev.get("items") or (),
+                                    files=ev.get("files", 0), bytes=ev.get("bytes", 0), hashes=ev.get("hashes"),
+                                    detail=str(ev.get("detail") or ""), server=str(ev.get("server") or ""),
+                                    extra=ev.get("extra")).to_dict()
+            seq = int(ev["seq"])
+            if seq < 1 or not isinstance(ev.get("time"), str):
+                raise ValueError("seq or time")
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise InvalidRequest(f"event {n} of the batch is not one of the hub's events: {exc}") from None
+        rec = {k: made.get(k) for k in _EVENT_FIELDS if made.get(k) is not None}
+        records.append({**rec, "source": "hub", "event_time": ev["time"][:40], "stream": f"hub:{boot}",
+                        "stream_seq": seq})
+    return records
+
+
+class HubEventsHandler(ServerAPIHandler):
+    """``POST /xnat-hpc-hub-events``: a batch of the hub's own events (logins, spawns) from the hub's
+    outbox (:mod:`hub_ext.hub_events`). Only on the service's Unix socket, which only the hub's
+    account reaches (the hub's relay passes the servers' calls on, never this route), and only
+    with the service's own token (which the hub holds in ``c.XnatGovernance.token_file``).
+    Answers ``{"acked": N}``: the last sequence number the trail holds."""
+
+    def check_xsrf_cookie(self):
+        return
+
+    @map_errors
+    async def post(self):
+        import hmac
+
+        given = self.request.headers.get("Authorization", "")
+        if not hmac.compare_digest(given.encode(), f"token {self.settings['service_token']}".encode()):
+            raise PermissionDenied("only the hub sends its own events, with the service's token")
+        try:
+            body = json.loads(self.request.body or b"null")
+        except ValueError:
+            raise InvalidRequest("expected JSON {boot, events}") from None
+        if not isinstance(body, dict):
+            raise InvalidRequest("expected JSON {boot, events}")
+        records = hub_records(body.get("boot"), body.get("events"))
+        if records:
+            await self.settings["audit_log"].ingest(records)
+        self.finish({"acked": max((r["stream_seq"] for r in records), default=0)})
+
+
 def server_api_handlers(prefix: str) -> list[tuple[str, type]]:
-    """The routes of the servers' calls under the service's *prefix* (``/services/NAME/``)."""
+    """The routes of the servers' calls under the service's *prefix* (``/services/NAME/``), and the
+    hub's own events."""
     return [(prefix + AUDIT_PATH, AuditIngestHandler), (prefix + POLICY_PATH, ReviewPolicyAPIHandler),
-            (prefix + REVIEW_JOB_PATH, ReviewJobAPIHandler), (prefix + LEDGER_PATH, LedgerJobAPIHandler)]
+            (prefix + REVIEW_JOB_PATH, ReviewJobAPIHandler), (prefix + LEDGER_PATH, LedgerJobAPIHandler),
+            (HUB_EVENTS_PATH, HubEventsHandler)]

@@ -375,4 +375,4 @@ def test_a_revocation_in_xnat_is_found_by_the_recheck_and_the_server_stopped(wat
 
 def rounds(hub) -> int:
     """How many re-check rounds the governance service's process has logged in the hub's log."""
-    return len(re.findall(r"xnat-hpc-governance hub_ext\.revocation_watch\] re-check round \d+", hub.log()))
+    return len(re.findall(r"xnat-hpc-governance xnat_hpc_governance\.revocation_watch\] re-check round \d+", hub.log()))

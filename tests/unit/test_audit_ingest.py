@@ -252,7 +252,8 @@ class _Hub:
         self.batches.append([e["seq"] for e in json["events"]])
         status, headers = self.script.pop(0) if self.script else (200, {})
         acked = json["events"][-1]["seq"]
-        return types.SimpleNamespace(status_code=status, headers=headers, text=f"HTTP {status}",
+        text = f'{{"acked": {acked}}}' if status == 200 else f"HTTP {status}"
+        return types.SimpleNamespace(status_code=status, headers=headers, text=text,
                                      json=lambda: {"acked": acked})
 
 

@@ -151,7 +151,7 @@ async def test_a_server_stopped_through_the_api_loses_its_route_and_its_token(hu
 
 async def test_the_default_server_is_stopped_at_its_own_address(hub):
     await start(hub, "stopper2", "", ["A"])
-    await hub_rest.stop_server(hub.app.tornado_settings, "stopper2", "")  # from the hub's settings
+    await (await hub_rest.governance_client(hub.app.tornado_settings)).stop_server("stopper2", "")  # from the settings
     assert not hub.app.users["stopper2"].spawners[""].active
     assert route_of(hub, "stopper2", "") not in hub.app.proxy.routes
 

@@ -402,18 +402,23 @@ def test_owner_page_filters_by_owned_projects_and_escapes():
     assert "&lt;script&gt;" in page and "<script>" not in page and "x&amp;y" in page
 
 
-def test_owner_page_finds_the_audit_log_where_the_admin_configured_it():
+def test_the_spawners_events_reach_the_trail_the_admin_configured():
+    """One setting (``c.HubAuditLog.path``) for the trail the governance service keeps and the
+    hub's outbox beside it, where every spawner class records its starts."""
+    from pathlib import Path
+
     from traitlets.config import Config
 
-    from xnat_hpc_governance.owner import hub_audit_log
+    from hub_ext.audit_log import HubAuditLog
+    from hub_ext.hub_events import HubEventLog, outbox_of
     from spawner.dispatch import XnatProfilesSpawner
     from spawner.slurm import XnatSlurmSpawner
 
     c = Config()
-    assert hub_audit_log({"config": c}).path == "xnat-hpc-audit/audit.db"
-    c.HubAuditLog.path = "/var/log/a.jsonl"
-    assert hub_audit_log({"config": c}).path == "/var/log/a.jsonl"
-    assert XnatProfilesSpawner(config=c).hub_audit_log.path == "/var/log/a.jsonl"  # where the spawners write
-    c.HubAuditLog.path = "/var/log/slurm.jsonl"  # one setting for the page and every spawner class
-    assert XnatSlurmSpawner(config=c).hub_audit_log.path == "/var/log/slurm.jsonl"
-    assert hub_audit_log({"config": c}).path == "/var/log/slurm.jsonl"
+    assert HubAuditLog(config=c).path == "xnat-hpc-audit/audit.db"
+    c.HubAuditLog.path = "/var/log/xnat/audit.db"
+    events = XnatProfilesSpawner(config=c).hub_audit_log
+    assert isinstance(events, HubEventLog)
+    assert outbox_of(events.config).path == Path("/var/log/xnat/hub-outbox/audit-outbox-hub.jsonl")
+    c.HubAuditLog.path = "/var/log/slurm/audit.db"  # one setting for the service and every spawner class
+    assert outbox_of(XnatSlurmSpawner(config=c).hub_audit_log.config).dir == Path("/var/log/slurm/hub-outbox")
