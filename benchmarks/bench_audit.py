@@ -26,6 +26,10 @@
    handler's own :func:`xnat_hpc_governance.owner.collect` and renderer; XNAT's member list left out),
    vs the old page: read the whole JSON-lines log, check its chain, filter, render.
    Goal: < 1 s for the first page.
+3. **The hub's own events** (``--only hub-events``, ``--hub-events N``): what a login or a start
+   waits for to record its event through the hub's outbox (delivered to the governance service
+   in the background), against appending it to the store in the hub process as before; and how
+   soon all of them are in the trail.
 """
 
 from __future__ import annotations
@@ -48,7 +52,7 @@ import requests
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.benchlib import Stats, machine  # noqa: E402
+from benchmarks.benchlib import Stats, alternate, machine, ratio  # noqa: E402
 from tests.fixtures.hub import start_hub  # noqa: E402
 
 NULL_SPAWNER = '''
@@ -324,6 +328,97 @@ def owner_page(args, work: Path) -> None:
     log.close()
 
 
+def hub_events(args, work: Path) -> None:
+    """3. The hub's own events (logins, starts): what a login or a start waits for to record its
+    event, and how soon the trail holds it. Ours: :class:`hub_ext.hub_events.HubEventLog` (the
+    outbox line ``fsync``'d, then the sender thread delivers it to the governance service's
+    ``/xnat-hpc-hub-events`` over its Unix socket, served here by the service's own handler on a
+    loop of its own); plain: :meth:`hub_ext.audit_log.HubAuditLog.record`, the append into the
+    store that the hub did itself before (one group-commit transaction per event)."""
+    import asyncio
+
+    from tornado import web
+    from tornado.httpserver import HTTPServer
+    from traitlets.config import Config
+
+    from hub_ext import governance_socket
+    from hub_ext.audit_log import HubAuditLog
+    from hub_ext.hub_events import HubEventLog, outbox_of, sender_of, stop_senders
+    from xnat_bridge.private import check_private_dir, create_private_file
+    from xnat_hpc_governance.server_api import server_api_handlers
+
+    n = args.hub_events
+    print(f"\n3. the hub's own events: {n} logins recorded one after another", flush=True)
+    secrets_dir = work / "hub-events-secrets"
+    check_private_dir(str(secrets_dir), create=True)
+    token = "t" * 64
+    create_private_file(str(secrets_dir / "token"), (token + "\n").encode())
+
+    def config(name: str) -> Config:
+        c = Config()
+        c.HubAuditLog.path = str(work / name / "audit.db")
+        c.XnatGovernance.token_file = str(secrets_dir / "token")
+        c.XnatGovernance.service_socket = str(secrets_dir / "g.sock")
+        return c
+
+    ours_c = config("ours")
+    ready, loop_box = threading.Event(), {}
+
+    def serve() -> None:  # the service's handler on its socket, on a loop of its own (its process)
+        loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+        app = web.Application(server_api_handlers("/services/xnat-hpc-governance/"), service_token=token,
+                              audit_log=HubAuditLog(config=ours_c), hub_auth=None)
+        server = HTTPServer(app)
+        server.add_socket(governance_socket.listen(ours_c.XnatGovernance.service_socket))
+        loop_box["loop"], loop_box["server"] = loop, server
+        ready.set()
+        loop.run_forever()
+
+    threading.Thread(target=serve, daemon=True).start()
+    ready.wait(30)
+    store = HubAuditLog(config=ours_c)
+
+    async def record_all(log) -> list[float]:
+        waits = []
+        for i in range(n):
+            t = time.perf_counter()
+            await log.record(f"user{i % 40:02d}", "login", "allowed", detail="benchmark")
+            waits.append(time.perf_counter() - t)
+        return waits
+
+    def ours() -> dict:
+        before = store.count(actions={"login"})
+        t0 = time.perf_counter()
+        waits = asyncio.run(record_all(HubEventLog(config=ours_c)))
+        box = outbox_of(ours_c)
+        while box.pending(1)[1]:
+            sender_of(ours_c).wake.set()
+            time.sleep(0.001)
+        delivered = time.perf_counter() - t0
+        assert store.count(actions={"login"}) == before + n, "not every event reached the trail once"
+        return {"seconds": statistics.median(waits), "p99": pct(waits, 0.99), "delivered": delivered}
+
+    plain_log = HubAuditLog(config=config("plain"))
+
+    def plain() -> dict:
+        t0 = time.perf_counter()
+        waits = asyncio.run(record_all(plain_log))
+        return {"seconds": statistics.median(waits), "p99": pct(waits, 0.99), "delivered": time.perf_counter() - t0}
+
+    stats = alternate(args.rounds, {"ours (outbox → service)": ours, "plain (append to the store)": plain})
+    for name, st in stats.items():
+        p99 = statistics.median(f["p99"] for f in st.facts)
+        delivered = statistics.median(f["delivered"] for f in st.facts)
+        print(f"  {name:30s} wait per event p50 {st.median * 1e3:.2f} ms "
+              f"({min(st.seconds) * 1e3:.2f}–{max(st.seconds) * 1e3:.2f}), p99 {p99 * 1e3:.2f} ms; "
+              f"all {n} in the trail after {delivered:.2f} s ({n / delivered:.0f} events/s)")
+    ours_s, plain_s = stats["ours (outbox → service)"], stats["plain (append to the store)"]
+    print(f"  ratio (plain/ours wait, > 1: ours waits less): {ratio(plain_s, ours_s):.2f}")
+    stop_senders(1.0)
+    loop_box["loop"].call_soon_threadsafe(loop_box["loop"].stop)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rounds", type=int, default=3)
@@ -331,7 +426,8 @@ def main() -> int:
     p.add_argument("--posts", type=int, default=20)
     p.add_argument("--batch", type=int, default=10)
     p.add_argument("--events", type=int, default=100_000)
-    p.add_argument("--only", choices=["ingestion", "page"], default=None)
+    p.add_argument("--hub-events", type=int, default=500, help="logins recorded per round (mode 3)")
+    p.add_argument("--only", choices=["ingestion", "page", "hub-events"], default=None)
     args = p.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-audit-", dir="/var/tmp") as tmp:
         work = Path(tmp)
@@ -340,6 +436,8 @@ def main() -> int:
             owner_page(args, work)
         if args.only in (None, "ingestion"):
             ingestion(args, work)
+        if args.only in (None, "hub-events"):
+            hub_events(args, work)
     return 0
 
 
