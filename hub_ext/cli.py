@@ -4,6 +4,7 @@
     xnat-hpc-hub devxnat --data DIR ...      the XNAT development server
     xnat-hpc-hub check-config FILE...        validate admin profiles YAML (exit 1 on problems)
     xnat-hpc-hub slurm up|down|status        the single-node development Slurm
+    xnat-hpc-hub kube up|down|status         the single-node development Kubernetes
     xnat-hpc-hub jobs list|show ID|cancel ID offloaded training jobs of a workspace
     xnat-hpc-hub audit verify [FILE...]      check audit trails (exit 1 if broken): no FILE = the hub's
                                              store (--config / --store, --key); a FILE = a researcher's
@@ -22,6 +23,7 @@ from xnat_bridge.errors import XnatHpcError
 # devstack.slurm.DEFAULT_RUN_DIR (a unit test checks the two agree); a constant here so
 # that building the parser imports no development tooling
 SLURM_RUN_DIR = Path("/var/lib/xnat-hpc-hub/slurm")
+KUBE_RUN_DIR = Path("/var/lib/xnat-hpc-hub/kube")
 CHECKOUT_HINT = (
     "`xnat-hpc-hub {verb}` is development tooling: it needs a source checkout of "
     "xnat-hpc-hub installed with the `demo` extra (cd xnat-hpc-hub && pip install -e '.[hub,server,demo]')"
@@ -60,6 +62,24 @@ def _slurm(args: argparse.Namespace) -> int:
         if missing:
             print(f"  programs missing: {', '.join(missing)}; {slurm.INSTALL_HINT}")
         # like `systemctl status`: 0 when everything runs, 3 otherwise
+        return 0 if all(s.running for s in statuses) else 3
+    return 0
+
+
+def _kube(args: argparse.Namespace) -> int:
+    kube = _dev_module("devstack.kube", "kube")
+    dev = kube.KubeDev(args.run_dir)
+    if args.action == "up":
+        dev.up(timeout=args.timeout)
+        print(f"kubeconfig: {dev.cfg.admin_kubeconfig}")
+    elif args.action == "down":
+        dev.down()
+    statuses = dev.status()
+    print(kube.format_status(statuses, dev.cfg.run_dir))
+    if args.action == "status":
+        missing = dev.missing_programs()
+        if missing:
+            print(f"  programs missing: {', '.join(missing)}; {kube.INSTALL_HINT}")
         return 0 if all(s.running for s in statuses) else 3
     return 0
 
@@ -161,6 +181,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--timeout", type=float, default=60, help="seconds to wait for `up` (default 60)")
     s.add_argument("--keep-munge", action="store_true", help="`down` leaves munged running")
     s.set_defaults(func=_slurm)
+
+    k = sub.add_parser("kube", help="single-node development Kubernetes: up | down | status")
+    k.add_argument("action", choices=["up", "down", "status"])
+    k.add_argument("--run-dir", type=Path, default=KUBE_RUN_DIR,
+                   help=f"PKI, etcd, containerd and kubelet state, logs and pid files (default {KUBE_RUN_DIR})")
+    k.add_argument("--timeout", type=float, default=180, help="seconds to wait for `up` (default 180)")
+    k.set_defaults(func=_kube)
 
     d = sub.add_parser(
         "devxnat",

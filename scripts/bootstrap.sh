@@ -8,7 +8,9 @@
 #   scripts/bootstrap.sh oldest-hub  a second virtualenv with the oldest JupyterHub pyproject.toml
 #                                 declares (jupyterhub>=X → X), for the hub-side tests `make test`
 #                                 runs on both ends of the declared range
-#   scripts/bootstrap.sh all      system and venv (default)
+#   scripts/bootstrap.sh kube     the development Kubernetes: containerd, runc, CNI plugins (Debian),
+#                                 Kubernetes v1.34, etcd and pause built from the Go module proxy
+#   scripts/bootstrap.sh all      system, venv and kube (default)
 #
 # The virtualenv is built from /usr/bin/python3 in a world-readable place
 # (default /opt/xnat-hpc-hub/venv) because servers and Slurm jobs run as other
@@ -135,6 +137,54 @@ oldest_hub() {
   echo "$want" > "$stamp"
 }
 
+# The development Kubernetes (devstack/kube.py, `xnat-hpc-hub kube up`): Debian's containerd, runc
+# and CNI plugins, and Kubernetes v1.34 + etcd + the pause program built from the Go module proxy
+# (devstack/k8s: go.mod pins them) into $KUBE_BIN. Built again only when that module changes (its
+# go.mod, go.sum and sources: the stamp); Go's build cache makes a rebuild of one change quick.
+KUBE_BIN=${KUBE_BIN:-/opt/xnat-hpc-hub/k8s/bin}
+KUBE_DEB_PACKAGES=(containerd runc containernetworking-plugins iproute2)
+kube() {
+  need_root
+  local missing=()
+  for p in "${KUBE_DEB_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+  done
+  if [ ${#missing[@]} -gt 0 ]; then
+    log "installing Debian packages for the development Kubernetes: ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}"
+  fi
+  local go_bin
+  go_bin=$(command -v go || echo /usr/local/go/bin/go)
+  if [ ! -x "$go_bin" ]; then
+    echo "bootstrap: the development Kubernetes is built with Go (>= 1.24), which is not installed" >&2
+    exit 1
+  fi
+  local src="$HERE/devstack/k8s" stamp="$KUBE_BIN/.xnat-hpc-hub-stamp" want
+  want=$(cat "$src/go.mod" "$src/go.sum" "$src/tools.go" "$src/pause/main.go" | sha256sum | cut -d' ' -f1)
+  if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+    log "development Kubernetes programs in $KUBE_BIN up to date"
+    return
+  fi
+  log "building Kubernetes, etcd and pause from the Go module proxy into $KUBE_BIN (a first build takes long)"
+  mkdir -p "$KUBE_BIN"
+  # the version the programs report (a build from the module proxy has no git tree to read it from)
+  local version
+  version=$(sed -n 's/^[[:space:]]*\(require \)\{0,1\}k8s.io\/kubernetes \(v[0-9.]*\).*$/\2/p' "$src/go.mod" | head -1)
+  local ver_flags="-s -w"
+  for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    ver_flags+=" -X $pkg.gitVersion=$version -X $pkg.gitMajor=$(echo "$version" | cut -d. -f1 | tr -d v)"
+    ver_flags+=" -X $pkg.gitMinor=$(echo "$version" | cut -d. -f2) -X $pkg.gitTreeState=clean"
+  done
+  (cd "$src" && CGO_ENABLED=0 "$go_bin" build -trimpath -ldflags "$ver_flags" -o "$KUBE_BIN/" \
+      k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
+      k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubelet k8s.io/kubernetes/cmd/kubectl \
+    && CGO_ENABLED=0 "$go_bin" build -trimpath -ldflags "-s -w" -o "$KUBE_BIN/etcd" go.etcd.io/etcd/server/v3 \
+    && CGO_ENABLED=0 "$go_bin" build -trimpath -ldflags "-s -w" -o "$KUBE_BIN/pause" ./pause)
+  echo "$want" > "$stamp"
+}
+
 # Servers and Slurm jobs run as the users' own accounts and import this checkout (editable
 # install): every directory above it must be traversable by them. Adds only the execute
 # (traverse) bit where it is missing, never read, and says so.
@@ -161,6 +211,7 @@ case "${1:-all}" in
   system) system ;;
   venv) venv; labextension; checkout_traversable ;;
   oldest-hub) oldest_hub ;;
-  all) system; venv; labextension; checkout_traversable ;;
-  *) echo "usage: $0 [system|venv|oldest-hub|all]" >&2; exit 2 ;;
+  kube) kube ;;
+  all) system; venv; labextension; checkout_traversable; kube ;;
+  *) echo "usage: $0 [system|venv|oldest-hub|kube|all]" >&2; exit 2 ;;
 esac

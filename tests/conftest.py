@@ -7,6 +7,7 @@ from pathlib import Path
 pytest_plugins = [
     "tests.fixtures.devxnat",
     "tests.fixtures.slurm",
+    "tests.fixtures.kube",
     "tests.fixtures.offload",
     "tests.fixtures.spawn",
 ]
