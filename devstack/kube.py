@@ -162,7 +162,9 @@ def kubelet_config(cfg: KubeDevConfig) -> str:
     pki = cfg.pki
     return json.dumps({
         "apiVersion": "kubelet.config.k8s.io/v1beta1", "kind": "KubeletConfiguration",
-        "address": "127.0.0.1", "port": 10250, "readOnlyPort": 0, "healthzBindAddress": "127.0.0.1",
+        # the node's address: the API server reaches the kubelet there (logs, exec); pods can reach
+        # it as on any cluster, and get nothing without a client certificate the CA signed
+        "address": cfg.node_ip, "port": 10250, "readOnlyPort": 0, "healthzBindAddress": "127.0.0.1",
         "authentication": {"anonymous": {"enabled": False}, "webhook": {"enabled": True},
                            "x509": {"clientCAFile": str(pki / "ca.crt")}},
         "authorization": {"mode": "Webhook"},

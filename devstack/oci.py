@@ -56,13 +56,23 @@ def layer(files: Iterable[File]) -> bytes:
     return buf.getvalue()
 
 
-def image_archive(name: str, layers: list[bytes], out: Path, *, entrypoint: list[str],
+def _file_digest(path: Path) -> tuple[str, int]:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return "sha256:" + h.hexdigest(), path.stat().st_size
+
+
+def image_archive(name: str, layers: list[bytes | Path], out: Path, *, entrypoint: list[str],
                   env: dict[str, str] | None = None, user: str = "", workdir: str = "") -> str:
     """Write the OCI archive of image *name* (e.g. ``docker.io/xnat-hpc-hub/pause:3.10``) to
-    *out*; its manifest digest."""
+    *out*; its manifest digest. A layer is its tar's bytes, or a tar file (a root file system,
+    copied into the archive without being read into memory)."""
+    described = [(_digest(b), len(b)) if isinstance(b, bytes) else _file_digest(b) for b in layers]
     config = {"architecture": "amd64", "os": "linux",
               "config": {"Entrypoint": entrypoint, "Env": [f"{k}={v}" for k, v in (env or {"PATH": "/"}).items()]},
-              "rootfs": {"type": "layers", "diff_ids": [_digest(blob) for blob in layers]},
+              "rootfs": {"type": "layers", "diff_ids": [d for d, _ in described]},
               "history": [{"created_by": "xnat-hpc-hub devstack.oci"} for _ in layers]}
     if user:
         config["config"]["User"] = user
@@ -71,7 +81,7 @@ def image_archive(name: str, layers: list[bytes], out: Path, *, entrypoint: list
     config_blob = json.dumps(config, sort_keys=True, separators=(",", ":")).encode()
     manifest = json.dumps({"schemaVersion": 2, "mediaType": MANIFEST,
                            "config": {"mediaType": CONFIG, "digest": _digest(config_blob), "size": len(config_blob)},
-                           "layers": [{"mediaType": LAYER, "digest": _digest(b), "size": len(b)} for b in layers]},
+                           "layers": [{"mediaType": LAYER, "digest": d, "size": n} for d, n in described]},
                           sort_keys=True, separators=(",", ":")).encode()
     index = json.dumps({"schemaVersion": 2, "manifests": [{
         "mediaType": MANIFEST, "digest": _digest(manifest), "size": len(manifest),
@@ -88,11 +98,18 @@ def image_archive(name: str, layers: list[bytes], out: Path, *, entrypoint: list
         add("oci-layout", b'{"imageLayoutVersion":"1.0.0"}')
         add("index.json", index)
         seen = set()
-        for blob in (*layers, config_blob, manifest):
-            d = _digest(blob)
-            if d not in seen:
-                seen.add(d)
+        for blob, (d, _) in zip((*layers, config_blob, manifest),
+                                (*described, (_digest(config_blob), 0), (_digest(manifest), 0))):
+            if d in seen:
+                continue
+            seen.add(d)
+            if isinstance(blob, bytes):
                 add("blobs/sha256/" + d.split(":", 1)[1], blob)
+            else:
+                info = tar.gettarinfo(str(blob), arcname="blobs/sha256/" + d.split(":", 1)[1])
+                info.mtime, info.uid, info.gid, info.uname, info.gname, info.mode = 0, 0, 0, "", "", 0o644
+                with open(blob, "rb") as f:
+                    tar.addfile(info, f)
     tmp.replace(out)
     return _digest(manifest)
 

@@ -130,7 +130,7 @@ def test_no_component_answers_without_a_client_certificate_and_no_other_account_
     trust = ssl.create_default_context(cafile=str(pki / "ca.crt"))
     # the API server and the kubelet: TLS, and no anonymous access
     assert _https(f"https://127.0.0.1:{kube.API_PORT}/api/v1/secrets", trust) in (401, 403)
-    assert _https("https://127.0.0.1:10250/pods", trust) in (401, 403)
+    assert _https(f"https://{kube.NODE_IP}:10250/pods", trust) in (401, 403)
     # etcd: no client certificate, no connection
     with pytest.raises((ssl.SSLError, urllib.error.URLError, ConnectionError)):
         _https("https://127.0.0.1:2379/version", trust)
@@ -143,3 +143,32 @@ def test_no_component_answers_without_a_client_certificate_and_no_other_account_
         r = subprocess.run(["runuser", "-u", "nobody", "--", "cat", str(path)], capture_output=True, text=True)
         assert r.returncode != 0 and "Permission denied" in r.stderr, path
     assert (os.stat(kube_cluster.run_dir).st_mode & 0o077) == 0
+
+
+def test_the_server_image_built_here_runs_the_bridge_as_an_unprivileged_user(kube_cluster, server_image):
+    """What images/Dockerfile makes for a site, made here without a registry or an engine: the
+    wheel with the server extra in a virtualenv, run as uid 1000."""
+    name = f"xnat-hpc-image-{secrets.token_hex(3)}"
+    pod = f"""apiVersion: v1
+kind: Pod
+metadata: {{name: {name}, namespace: {NAMESPACE}}}
+spec:
+  automountServiceAccountToken: false
+  restartPolicy: Never
+  containers:
+  - name: c
+    image: "{server_image}"
+    imagePullPolicy: Never
+    command: ["python3", "-c", "import os, xnat_bridge, jupyterhub; print(os.getuid(), xnat_bridge.__file__)"]
+"""
+    kube_cluster.kubectl("apply", "-f", "-", input=pod)
+    try:
+        phase = kube_cluster.wait_for(f"pod {name} to end", lambda: (
+            lambda p: p if p in ("Succeeded", "Failed") else None)(
+            kube_cluster.get("pod", name)["status"].get("phase")), timeout=120)
+        out = kube_cluster.kubectl("logs", name, "-n", NAMESPACE).stdout
+        assert phase == "Succeeded", out
+        uid, path = out.split()
+        assert uid == "1000" and path.startswith("/opt/xnat-hpc-hub/venv/lib/python3.11/site-packages/xnat_bridge/")
+    finally:
+        kube_cluster.kubectl("delete", "pod", name, "--wait=true", timeout=120)

@@ -47,7 +47,7 @@ def test_every_certificate_is_signed_by_the_ca_for_its_use_and_names(tmp_path):
     assert ipaddress.ip_address("10.244.0.1") in ipaddress.ip_network(kube.POD_CIDR)
 
 
-def test_every_daemon_speaks_tls_with_client_certificates_and_binds_loopback(tmp_path):
+def test_every_daemon_speaks_tls_with_client_certificates_and_binds_loopback_or_the_node(tmp_path):
     cfg = kube.KubeDevConfig(run_dir=tmp_path)
     argv = kube.commands(cfg)
     assert list(argv) == list(kube.DAEMONS)
@@ -59,7 +59,7 @@ def test_every_daemon_speaks_tls_with_client_certificates_and_binds_loopback(tmp
     for name in ("kube-controller-manager", "kube-scheduler"):
         assert argv[name][argv[name].index("--bind-address") + 1] == "127.0.0.1"
     kubelet = json.loads(kube.kubelet_config(cfg))
-    assert kubelet["address"] == "127.0.0.1" and kubelet["readOnlyPort"] == 0
+    assert kubelet["address"] == kube.NODE_IP and kubelet["readOnlyPort"] == 0 and kubelet["healthzBindAddress"] == "127.0.0.1"
     assert kubelet["authentication"]["anonymous"]["enabled"] is False and kubelet["authorization"]["mode"] == "Webhook"
     # this machine: cgroup v1 without systemd
     assert kubelet["cgroupDriver"] == "cgroupfs" and kubelet["failCgroupV1"] is False
@@ -104,3 +104,14 @@ def test_the_cli_and_the_cluster_agree_on_the_run_directory():
     assert KUBE_RUN_DIR == kube.DEFAULT_RUN_DIR
     args = build_parser().parse_args(["kube", "status"])
     assert args.run_dir == kube.DEFAULT_RUN_DIR and args.action == "status"
+
+
+def test_the_server_image_recipe_installs_the_wheel_offline_and_adds_an_unprivileged_user():
+    from devstack import images
+
+    steps = images.recipe("xnat_hpc_hub-1.0-py3-none-any.whl")
+    pip = next(s for s in steps if "pip install" in s)
+    assert "--no-index" in pip and '"/tmp/wheels/xnat_hpc_hub-1.0-py3-none-any.whl[server]"' in pip
+    assert any("useradd" in s and f"-u {images.USER_UID}" in s for s in steps)
+    assert steps[-1] == 'rm -rf "$1/tmp/wheels"'  # no wheel or wheelhouse left in the image
+    assert images.ENV["PATH"].startswith(f"{images.VENV}/bin:")
