@@ -142,7 +142,7 @@ oldest_hub() {
 # (devstack/k8s: go.mod pins them) into $KUBE_BIN. Built again only when that module changes (its
 # go.mod, go.sum and sources: the stamp); Go's build cache makes a rebuild of one change quick.
 KUBE_BIN=${KUBE_BIN:-/opt/xnat-hpc-hub/k8s/bin}
-KUBE_DEB_PACKAGES=(containerd runc containernetworking-plugins iproute2)
+KUBE_DEB_PACKAGES=(containerd runc containernetworking-plugins iproute2 mmdebstrap)
 kube() {
   need_root
   local missing=()
