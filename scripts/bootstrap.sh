@@ -167,7 +167,7 @@ kube() {
     log "development Kubernetes programs in $KUBE_BIN up to date"
     return
   fi
-  log "building Kubernetes, etcd and pause from the Go module proxy into $KUBE_BIN (a first build takes long)"
+  log "building Kubernetes, etcd and pause from the Go module proxy into $KUBE_BIN (about five minutes the first time on two cores)"
   mkdir -p "$KUBE_BIN"
   # the version the programs report (a build from the module proxy has no git tree to read it from)
   local version
