@@ -202,12 +202,8 @@ class OwnerPage(HubOAuthenticated, web.RequestHandler):
 
     def write_error(self, status_code: int, **kwargs) -> None:
         exc = kwargs.get("exc_info", (None, None, None))[1]
-        if isinstance(exc, web.HTTPError):
-            message = exc.log_message or self._reason
-        else:
-            message = UNEXPECTED
-        if status_code >= 500 and not isinstance(exc, web.HTTPError):
-            message = UNEXPECTED
+        # an HTTPError's message is meant for the visitor (fail() made it); anything else is a bug
+        message = (exc.log_message or self._reason) if isinstance(exc, web.HTTPError) else UNEXPECTED
         if self.get_argument("format", "") in ("json", "csv") or "json" in self.request.headers.get("Accept", ""):
             self.set_header("Content-Type", "application/json")
             self.finish(json.dumps({"status": status_code, "message": message}))
