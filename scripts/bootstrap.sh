@@ -36,6 +36,23 @@ log() { printf '[bootstrap] %s\n' "$*"; }
 # pip warns about every package missing from the machine's extra local indexes; hide that noise only
 pip_q() { "$VENV/bin/pip" "$@" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2); }
 
+# apt_install WHAT PACKAGE...: install those of the Debian packages that are missing
+apt_install() {
+  local what=$1; shift
+  local missing=()
+  for p in "$@"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+  done
+  if [ ${#missing[@]} -gt 0 ]; then
+    log "installing Debian packages ($what): ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}"
+  else
+    log "Debian packages ($what) present"
+  fi
+}
+
 need_root() {
   if [ "$(id -u)" != 0 ]; then
     echo "bootstrap: run as root (it installs Debian packages and writes $VENV)" >&2
@@ -45,21 +62,14 @@ need_root() {
 
 system() {
   need_root
-  local missing=()
+  local wanted=()
   for p in "${DEB_PACKAGES[@]}"; do
     # nodejs/npm may come from elsewhere (e.g. NodeSource); accept any node+npm on PATH
     if [ "$p" = nodejs ] && command -v node >/dev/null; then continue; fi
     if [ "$p" = npm ] && command -v npm >/dev/null; then continue; fi
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+    wanted+=("$p")
   done
-  if [ ${#missing[@]} -gt 0 ]; then
-    log "installing Debian packages: ${missing[*]}"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -qq --no-install-recommends "${missing[@]}"
-  else
-    log "Debian packages present"
-  fi
+  apt_install "hub, servers, Slurm" "${wanted[@]}"
   if ! getent group "$ARCHIVE_GROUP" >/dev/null; then
     log "creating the system group $ARCHIVE_GROUP (reads the XNAT archive; no members)"
     groupadd --system "$ARCHIVE_GROUP"
@@ -145,16 +155,7 @@ KUBE_BIN=${KUBE_BIN:-/opt/xnat-hpc-hub/k8s/bin}
 KUBE_DEB_PACKAGES=(containerd runc containernetworking-plugins iproute2 mmdebstrap)
 kube() {
   need_root
-  local missing=()
-  for p in "${KUBE_DEB_PACKAGES[@]}"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
-  done
-  if [ ${#missing[@]} -gt 0 ]; then
-    log "installing Debian packages for the development Kubernetes: ${missing[*]}"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -qq --no-install-recommends "${missing[@]}"
-  fi
+  apt_install "development Kubernetes" "${KUBE_DEB_PACKAGES[@]}"
   local go_bin
   go_bin=$(command -v go || echo /usr/local/go/bin/go)
   if [ ! -x "$go_bin" ]; then
