@@ -1,7 +1,7 @@
 """What a researcher's server may tell governance: custom scopes on the server's own hub token.
 
 A server calls governance with its ``JUPYTERHUB_API_TOKEN`` (audit ingestion, the job ledger
-and held results: :mod:`xnat_hpc_governance.audit_api`, :mod:`hub_ext.review`). The token names what the
+and held results: :mod:`xnat_hpc_governance.audit_api`, :mod:`xnat_hpc_governance.server_api`). The token names what the
 server may do there, as JupyterHub's own scopes name the rest:
 
 ==========================  =====================================================================
