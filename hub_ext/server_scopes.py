@@ -29,7 +29,7 @@ server; a server started before a site upgraded (no marker: its token was issued
 until it stops, so that its events still arrive. Personal tokens, cookies and other servers'
 tokens are not bound to the server and never get this far. (The ledger API also asks every
 caller for ``users:activity!user=NAME``, which JupyterHub puts in every server's token, and
-lets that alone read the user's own rows: :mod:`hub_ext.review`.)
+lets that alone read the user's own rows: :mod:`xnat_hpc_governance.server_api`.)
 """
 
 from __future__ import annotations
