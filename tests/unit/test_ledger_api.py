@@ -5,7 +5,7 @@ hub's scope record as the XNAT spawners do (:mod:`tests.fixtures.mockhub`). No h
 server process or XNAT: one hub for the module, a fresh review store and audit trail for each
 test.
 
-What is checked against the real handlers of :mod:`hub_ext.review`: a job is entered only from
+What is checked against the real handlers of :mod:`xnat_hpc_governance.server_api`: a job is entered only from
 a running server's own token, under that token's user, with the server's scope as the hub
 decided it (never the body's claim), and gets its own review recipient only when one of those
 projects is marked; reports may not replace a Slurm id; results are held only for a ledger job
