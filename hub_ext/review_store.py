@@ -223,7 +223,10 @@ class ReviewStore(LoggingConfigurable):
             if db is None:
                 check_private_dir(os.path.dirname(path), create=True)
                 if not os.path.lexists(path):
-                    create_private_file(path, b"")
+                    try:
+                        create_private_file(path, b"")
+                    except FileExistsError:  # the other process (hub or service) made it first
+                        pass
                 check_private_file(path, what="c.ReviewStore.path")
                 db = sqlite3.connect(path, isolation_level=None, timeout=30, check_same_thread=False)
                 db.row_factory = sqlite3.Row

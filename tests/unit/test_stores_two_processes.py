@@ -72,3 +72,21 @@ def test_the_ledgers_limit_holds_across_two_processes(tmp_path):
         print(json.dumps({{"entered": entered, "refused": refused}}))
     """)
     assert sum(o["entered"] for o in outs) == 5 and sum(o["refused"] for o in outs) == 11
+
+
+def test_a_store_the_other_process_created_a_moment_ago_is_opened(tmp_path, monkeypatch):
+    """The hub and the service open a new store at once: the one that finds it missing and then
+    loses the race to create it opens the other's file (it failed with FileExistsError once in
+    the suite above)."""
+    import os
+
+    from hub_ext import review_store
+    from hub_ext.review_store import ReviewStore
+    from xnat_bridge.private import check_private_dir, create_private_file
+
+    path = tmp_path / "review" / "review.db"
+    check_private_dir(str(path.parent), create=True)
+    create_private_file(str(path), b"")  # the other process's
+    monkeypatch.setattr(review_store.os.path, "lexists", lambda p: False if os.fspath(p) == str(path) else True)
+    store = ReviewStore(path=str(path))
+    assert store.marked() == {}
