@@ -138,3 +138,39 @@ c.JupyterHub.cookie_secret_file = "{hub_dir}/cookie_secret"
 c.JupyterHub.pid_file = "{hub_dir}/jupyterhub.pid"
 c.JupyterHub.cleanup_servers = True
 '''
+
+
+def kube_hub_config(*, namespace: str, hub_ip: str, archive_claim: str | None = None,
+                    archive_gid: int | None = None, workspace_claim: str = "workspace-{username}",
+                    uid: int = 1000, gid: int = 1000) -> str:
+    """The Kubernetes backend's part of a hub outside the cluster (pure; the tests' and a site's
+    hub that is not in a pod): the hub's API on *hub_ip* (an address the pods reach: the
+    development cluster's bridge), the servers in *namespace* as the image's account
+    (*uid*/*gid*), their scope's folders of the archive claim *archive_claim* read-only, with
+    *archive_gid* (the group the archive is readable by) added to the pod's groups, and each
+    user's ``/workspace`` on their claim *workspace_claim* (made by the hub when missing, bound
+    to a volume the admin made for it: no provisioner; no storage class). Images are local to
+    the node (``imagePullPolicy: Never``): the kubelet never looks for a registry. The command is
+    given (kubespawner's default is the image's, and the server image's entry point is ``tini``
+    alone, as Zero to JupyterHub's ``singleuser.cmd`` gives it too)."""
+    archive = f'{{"claim_name": "{archive_claim}"}}' if archive_claim else "{}"
+    groups = f"[{archive_gid}]" if archive_gid is not None else "[]"
+    return f'''c.JupyterHub.hub_ip = "{hub_ip}"
+c.KubeSpawner.namespace = "{namespace}"
+c.KubeSpawner.image_pull_policy = "Never"
+c.KubeSpawner.cmd = ["jupyterhub-singleuser"]
+c.KubeSpawner.uid = {uid}
+c.KubeSpawner.gid = {gid}
+c.KubeSpawner.supplemental_gids = {groups}
+c.KubeSpawner.automount_service_account_token = False
+c.KubeSpawner.pvc_name_template = "{workspace_claim}"
+c.KubeSpawner.storage_pvc_ensure = True
+c.KubeSpawner.storage_class = ""
+c.KubeSpawner.storage_capacity = "1Gi"
+c.KubeSpawner.storage_access_modes = ["ReadWriteOnce"]
+c.KubeSpawner.volumes = [{{"name": "workspace", "persistentVolumeClaim": {{"claimName": "{{pvc_name}}"}}}}]
+c.KubeSpawner.volume_mounts = [{{"name": "workspace", "mountPath": "/workspace"}}]
+c.KubeSpawner.working_dir = "/workspace"
+c.KubeSpawner.environment = {{"XNAT_HPC_WORKSPACE": "/workspace/xnat-hpc"}}
+c.XnatKubeSpawner.xnat_archive_volume = {archive}
+'''

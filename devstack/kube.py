@@ -59,6 +59,8 @@ PAUSE_IMAGE = "docker.io/xnat-hpc-hub/pause:3.10"
 #: the kubelet's eviction thresholds: low, so a development disk does not put the node under pressure
 EVICTION_HARD = {"memory.available": "100Mi", "nodefs.available": "1%", "nodefs.inodesFree": "1%",
                  "imagefs.available": "1%"}
+#: the namespace of the researchers' servers (pods, Secrets, workspace claims) and the hub's Role
+HUB_NAMESPACE = "xnat-hpc"
 INSTALL_HINT = "build and install them with `make install` (scripts/bootstrap.sh kube)"
 
 
@@ -119,6 +121,40 @@ class KubeDevConfig:
 
 
 # -- configuration (pure) -------------------------------------------------------------------------
+def hub_manifests(namespace: str = HUB_NAMESPACE, hub_ip: str = NODE_IP) -> str:
+    """What a site's admin (or Zero to JupyterHub's chart) sets up for the hub, as a YAML stream
+    (pure): the servers' namespace; the hub's Role there, the chart's own (pods, Secrets,
+    services and claims: read, create, delete; events: read), bound to the hub's certificate
+    user :data:`~devstack.kube_pki.HUB_USER`, which has nothing else in the cluster; and the
+    servers' NetworkPolicy: in, only from the hub's side (the proxy on *hub_ip*) to the server's
+    port; out, only to *hub_ip* (the hub's API and XNAT) and DNS. The bridge CNI does not enforce
+    NetworkPolicy (docs/admin.md): on this cluster it is admitted and selects the servers' pods,
+    as on a site whose CNI enforces it."""
+    from .kube_pki import HUB_USER
+
+    singleuser = {"component": "singleuser-server"}
+    docs = [
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+         "metadata": {"name": "xnat-hpc-hub", "namespace": namespace},
+         "rules": [{"apiGroups": [""], "resources": ["pods", "persistentvolumeclaims", "secrets", "services"],
+                    "verbs": ["get", "watch", "list", "create", "delete"]},
+                   {"apiGroups": [""], "resources": ["events"], "verbs": ["get", "watch", "list"]}]},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+         "metadata": {"name": "xnat-hpc-hub", "namespace": namespace},
+         "subjects": [{"kind": "User", "name": HUB_USER, "apiGroup": "rbac.authorization.k8s.io"}],
+         "roleRef": {"kind": "Role", "name": "xnat-hpc-hub", "apiGroup": "rbac.authorization.k8s.io"}},
+        {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+         "metadata": {"name": "singleuser", "namespace": namespace},
+         "spec": {"podSelector": {"matchLabels": singleuser}, "policyTypes": ["Ingress", "Egress"],
+                  "ingress": [{"from": [{"ipBlock": {"cidr": f"{hub_ip}/32"}}],
+                               "ports": [{"port": 8888, "protocol": "TCP"}]}],
+                  "egress": [{"to": [{"ipBlock": {"cidr": f"{hub_ip}/32"}}]},
+                             {"ports": [{"port": 53, "protocol": "UDP"}, {"port": 53, "protocol": "TCP"}]}]}},
+    ]
+    return "".join("---\n" + json.dumps(d, indent=1) + "\n" for d in docs)
+
+
 
 def containerd_toml(cfg: KubeDevConfig) -> str:
     """containerd's configuration: its own root, state and socket; CRI with this project's pause
@@ -296,7 +332,7 @@ class KubeDev:
             d.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
             check_private_dir(str(d), create=True)
         ensure_pki(cfg.pki, cert_specs(cfg.node, cfg.node_ip, SERVICE_IP))
-        for who, cert in (("admin", "admin"), ("controller-manager", "controller-manager"),
+        for who, cert in (("admin", "admin"), ("hub", "hub"), ("controller-manager", "controller-manager"),
                           ("scheduler", "scheduler"), ("kubelet", "kubelet-client")):
             text = kubeconfig(cfg.api_url, cfg.pki / "ca.crt", cfg.pki / f"{cert}.crt", cfg.pki / f"{cert}.key", who)
             create_private_file(str(cfg.kubeconfig(who)), text.encode(), replace=True)
@@ -380,6 +416,10 @@ class KubeDev:
         self.import_images()
         self._start("kubelet", argv["kubelet"])
         self._wait(f"the node {self.cfg.node}", self._node_ready, timeout, "kubelet")
+        r = subprocess.run([self.cfg.prog("kubectl"), "--kubeconfig", str(self.cfg.admin_kubeconfig), "apply",
+                            "-f", "-"], input=hub_manifests(), capture_output=True, text=True, timeout=60)
+        if r.returncode != 0:
+            raise KubeError(f"could not set up the hub's namespace {HUB_NAMESPACE}: {r.stderr.strip()[-1000:]}")
 
     def import_images(self) -> None:
         """The pause image (the pods' sandbox), written as an OCI archive and imported into

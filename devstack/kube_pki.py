@@ -37,6 +37,8 @@ from pathlib import Path
 
 from xnat_bridge.private import check_private_dir, create_private_file
 
+#: the hub's user in the cluster (its client certificate's CN), bound to the hub's Role
+HUB_USER = "xnat-hpc-hub"
 #: how long the development certificates are valid (the cluster is re-made, never renewed)
 VALID_DAYS = 365
 
@@ -64,6 +66,8 @@ def cert_specs(node: str, node_ip: str, service_ip: str) -> list[CertSpec]:
         CertSpec("apiserver", "kube-apiserver", dns=api_dns, ips=("127.0.0.1", service_ip, node_ip), server=True),
         CertSpec("apiserver-kubelet-client", "kube-apiserver-kubelet-client", ("system:masters",), client=True),
         CertSpec("admin", "xnat-hpc-hub-admin", ("system:masters",), client=True),
+        # the hub: no group, only what the Role of :func:`devstack.kube.hub_manifests` grants
+        CertSpec("hub", HUB_USER, client=True),
         CertSpec("controller-manager", "system:kube-controller-manager", client=True),
         CertSpec("scheduler", "system:kube-scheduler", client=True),
         CertSpec("kubelet-client", f"system:node:{node}", ("system:nodes",), client=True),

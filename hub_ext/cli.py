@@ -71,7 +71,8 @@ def _kube(args: argparse.Namespace) -> int:
     dev = kube.KubeDev(args.run_dir)
     if args.action == "up":
         dev.up(timeout=args.timeout)
-        print(f"kubeconfig: {dev.cfg.admin_kubeconfig}")
+        print(f"kubeconfig: {dev.cfg.admin_kubeconfig} (admin); {dev.cfg.kubeconfig('hub')} (the hub, "
+              f"namespace {kube.HUB_NAMESPACE})")
     elif args.action == "down":
         dev.down()
     statuses = dev.status()

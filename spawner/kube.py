@@ -93,6 +93,11 @@ class XnatKubeSpawner(XnatScopedSpawner, KubeSpawner):
         for name, value in trait_values(self._xnat_settings, self._xnat_base).items():
             setattr(self, name, value)
 
+    async def load_user_options(self):
+        """Nothing: the mixin has validated ``user_options`` against XNAT and the admin's profiles
+        and applied the plan. kubespawner's own ``profile_list`` is not used; its check would
+        refuse our ``profile`` (a slug of ours) as unknown."""
+
     def get_env(self):
         """Last word on the plan's secrets: they stay ``secretKeyRef``, never values."""
         env = super().get_env()  # the mixin has put plan.secret_env in as plain values
