@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import copy
 
-from traitlets import Dict, Unicode, default, validate
+from traitlets import Dict, Float, Unicode, default, validate
 
 from xnat_bridge.extras import needs_extra
 
@@ -30,6 +30,8 @@ from .kube_objects import (
     secret_name_for,
     trait_values,
 )
+from .kube_watch import PodWillNotStart, api_refusal, claim_failure, claim_names, pod_ended, pod_failure, \
+    unbound_claims_block
 from .mixin import XnatScopedSpawner
 from .plan import DataMount, SpawnPlan
 
@@ -51,6 +53,14 @@ class XnatKubeSpawner(XnatScopedSpawner, KubeSpawner):
     xnat_gpu_resource = Unicode(
         GPU_RESOURCE,
         help="Extended resource a profile's ``gpus`` are requested as (e.g. amd.com/gpu).",
+    ).tag(config=True)
+
+    xnat_pod_check_interval = Float(
+        1.0,
+        help="""Seconds between two looks at a starting pod for a state that waiting does not cure
+        (an image the node lacks with ``imagePullPolicy: Never``, a claim no volume can bind, a
+        server that keeps crashing: :func:`spawner.kube_watch.pod_failure`); the start then fails
+        at once with the reason. 0: never look (kubespawner waits for ``start_timeout``).""",
     ).tag(config=True)
 
     _xnat_base: dict | None = None     # the configured values of the traits a plan sets
@@ -140,11 +150,101 @@ class XnatKubeSpawner(XnatScopedSpawner, KubeSpawner):
             if e.status != 404:
                 raise
 
+    async def _start(self):
+        """kubespawner's start, watched: a pod that will not start fails it at once with the
+        reason (:class:`~spawner.kube_watch.PodWillNotStart`); the API server's refusal of the pod
+        for a quota becomes an error the user understands (:func:`~spawner.kube_watch.api_refusal`).
+        Whatever ends a start early (those, an API error, JupyterHub's ``start_timeout``) removes
+        its pod and Secret."""
+        start = asyncio.ensure_future(super()._start())
+        try:
+            return await self._xnat_watch_start(start)
+        except BaseException:
+            start.cancel()
+            await asyncio.gather(start, return_exceptions=True)
+            await asyncio.shield(self._xnat_remove_after_failure())
+            raise
+
+    async def _xnat_watch_start(self, start: asyncio.Future):
+        try:
+            while True:
+                done, _ = await asyncio.wait({start}, timeout=self.xnat_pod_check_interval or None)
+                if done:
+                    return start.result()
+                reason = await self._xnat_pod_failure()
+                if reason:
+                    self.log.warning("%s's pod %s/%s will not start: %s", self.user.name, self.namespace,
+                                     self.pod_name, reason)
+                    raise PodWillNotStart(f"Your server cannot start: {reason}.")
+        except ApiException as e:
+            refusal = api_refusal(e.status, e.body)
+            if refusal is None:
+                raise
+            self.log.warning("%s's pod %s/%s refused: %s", self.user.name, self.namespace, self.pod_name,
+                             refusal.message)
+            raise refusal from None
+
+    def _xnat_pod(self) -> dict | None:
+        reflector = getattr(self, "pod_reflector", None)
+        return reflector.pods.get(f"{self.namespace}/{self.pod_name}") if reflector is not None else None
+
+    async def _xnat_pod_failure(self) -> str | None:
+        pod = self._xnat_pod()
+        if pod is None:
+            return None
+        reasons = {}
+        if unbound_claims_block(pod):
+            for claim in claim_names(pod):
+                reasons[claim] = await self._xnat_claim_failure(claim, pod["metadata"].get("creationTimestamp"))
+        return pod_failure(pod, reasons)
+
+    async def _xnat_claim_failure(self, name: str, since: str | None) -> str | None:
+        """:func:`~spawner.kube_watch.claim_failure` of the claim *name* (its events too; the
+        hub's Role reads both); None when the API does not answer."""
+        timeout = self.k8s_api_request_timeout
+        try:
+            claim = await asyncio.wait_for(self.api.read_namespaced_persistent_volume_claim(name, self.namespace),
+                                           timeout)
+            events = await asyncio.wait_for(self.api.list_namespaced_event(
+                self.namespace, field_selector=f"involvedObject.kind=PersistentVolumeClaim,involvedObject.name={name}"),
+                timeout)
+        except (ApiException, asyncio.TimeoutError):
+            return None
+        plain = self.api.api_client.sanitize_for_serialization
+        return claim_failure(plain(claim), [plain(e) for e in events.items], since)
+
+    async def poll(self):
+        """kubespawner's, and a pod that is being deleted or was evicted is a stopped server at
+        once (the hub notices within its poll interval, not when the pod is finally gone)."""
+        status = await super().poll()
+        if status is None:
+            ended = pod_ended(self._xnat_pod())
+            if ended:
+                self.log.warning("%s's server %s/%s has stopped: %s", self.user.name, self.namespace,
+                                 self.pod_name, ended)
+                return 1
+        return status
+
     async def stop(self, now=False):
-        await super().stop(now=now)
-        self._xnat_settings = self._xnat_secret = None
+        try:
+            await super().stop(now=now)
+        finally:
+            self._xnat_settings = self._xnat_secret = None
+            await self._xnat_drop_secret()
+
+    async def _xnat_drop_secret(self) -> None:
         try:
             await self._xnat_delete_secret(self.xnat_secret_name)
         except (ApiException, asyncio.TimeoutError) as e:
             self.log.warning("Could not delete secret %s/%s: %s", self.namespace, self.xnat_secret_name,
                              getattr(e, "reason", type(e).__name__))
+
+    async def _xnat_remove_after_failure(self) -> None:
+        """A start that failed leaves nothing: its pod (when there is one; JupyterHub stops only
+        a server whose pod it finds) and its Secret (always: the token must not outlive it)."""
+        try:
+            await KubeSpawner.stop(self, now=True)
+        except Exception:  # noqa: BLE001 - the start's own error is what the user must read
+            self.log.exception("Could not delete %s/%s after its failed start", self.namespace, self.pod_name)
+        finally:
+            await self._xnat_drop_secret()

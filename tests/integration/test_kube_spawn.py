@@ -20,6 +20,25 @@ from tests.fixtures.spawn import stop_server, wait_gone, wait_ready
 pytestmark = [pytest.mark.kube]
 
 
+def _spawn_failure(hub, user: str, body: dict, server: str = "") -> tuple[int, str]:
+    """Start *user*'s *server* with *body*; it must fail: ``(status, message)`` of the REST reply
+    when the failure came within JupyterHub's slow-spawn wait, else of the progress stream's last
+    event (status 0). Waits for states (the reply, the stream's end), never for a time."""
+    r = hub.api("POST", f"/users/{user}/servers/{server}", json=body, timeout=120)
+    if r.status_code not in (201, 202):
+        return r.status_code, r.json()["message"]
+    assert r.status_code == 202, f"the start did not fail: {r.status_code} {r.text}"
+    last = {}
+    with hub.api("GET", f"/users/{user}/servers/{server}/progress", stream=True, timeout=120) as resp:
+        for line in resp.iter_lines():
+            if line.startswith(b"data:"):
+                last = json.loads(line[5:])
+                if last.get("ready") or last.get("failed"):
+                    break
+    assert last.get("failed"), last
+    return 0, last["message"]
+
+
 def _token(hub, user: str) -> str:
     r = hub.api("POST", f"/users/{user}/tokens", json={"expires_in": 600, "note": "kube test"})
     assert r.status_code == 201, r.text
@@ -88,3 +107,76 @@ def test_a_server_from_the_rest_api_is_a_pod_of_its_scope(kube_site):
     assert not site.exists("secret", "jupyter-alice-xnat")
     assert site.exists("pvc", "workspace-alice")
     assert (workspace / "note.txt").exists()
+
+
+# -- what goes wrong: clear and at once, nothing left behind -----------------------------------------
+
+def test_an_image_missing_on_the_node_fails_the_start_at_once(kube_site):
+    site, hub = kube_site, kube_site.hub
+    hub.login("alice", PASSWORDS["alice"])
+    if not site.exists("pvc", "workspace-alice"):
+        site.add_workspace("alice")
+    status, message = _spawn_failure(hub, "alice", {"profile": "k8s-no-image", "projects": ["NEURO_MRI"]})
+    assert status in (0, 503), message
+    assert "docker.io/xnat-hpc-hub/not-on-this-node:0 is not on the node" in message
+    wait_gone(hub, "alice", "")
+    site.cluster.wait_for("the pod deleted", lambda: site.pod("jupyter-alice") is None)
+    assert not site.exists("secret", "jupyter-alice-xnat")
+    assert "failed to start in" not in hub.log()  # not kubespawner's start_timeout
+
+
+def test_a_workspace_claim_that_cannot_bind_fails_the_start_naming_it(kube_site):
+    site, hub = kube_site, kube_site.hub
+    hub.login("bob", PASSWORDS["bob"])  # bob has no workspace volume on this site
+    status, message = _spawn_failure(hub, "bob", {"profile": "k8s-small", "projects": ["NEURO_MRI"]})
+    assert status in (0, 503), message
+    assert "the volume claim workspace-bob cannot be bound" in message and "PersistentVolume" in message
+    wait_gone(hub, "bob", "")
+    site.cluster.wait_for("the pod deleted", lambda: site.pod("jupyter-bob") is None)
+    # an admin makes the volume; the next start binds and runs
+    site.add_workspace("bob")
+    r = hub.api("POST", "/users/bob/servers/", json={"profile": "k8s-small", "projects": ["NEURO_MRI"]})
+    assert r.status_code in (201, 202), r.text
+    try:
+        wait_ready(hub, "bob", "", timeout=120)
+    finally:
+        stop_server(hub, "bob", "")
+
+
+def test_a_namespace_quota_refuses_the_pod_with_the_quota_named(kube_site):
+    site, hub = kube_site, kube_site.hub
+    hub.login("alice", PASSWORDS["alice"])
+    if not site.exists("pvc", "workspace-alice"):
+        site.add_workspace("alice")
+    site.apply({"apiVersion": "v1", "kind": "ResourceQuota",
+                "metadata": {"name": "servers", "namespace": site.namespace}, "spec": {"hard": {"pods": "0"}}})
+    try:
+        site.cluster.wait_for("the quota counted", lambda: "pods" in (
+            site.cluster.get("resourcequota", "servers", site.namespace).get("status") or {}).get("hard", {}))
+        status, message = _spawn_failure(hub, "alice", {"profile": "k8s-small", "projects": ["NEURO_MRI"]})
+        assert status in (0, 403), message
+        assert "quota for servers is used up" in message and "exceeded quota: servers" in message
+        wait_gone(hub, "alice", "")
+        assert site.pod("jupyter-alice") is None
+        assert not site.exists("secret", "jupyter-alice-xnat")
+    finally:
+        site.cluster.kubectl("delete", "resourcequota", "servers", "-n", site.namespace)
+
+
+def test_an_evicted_server_is_noticed_within_the_poll_interval(kube_site):
+    site, hub = kube_site, kube_site.hub
+    hub.login("alice", PASSWORDS["alice"])
+    if not site.exists("pvc", "workspace-alice"):
+        site.add_workspace("alice")
+    r = hub.api("POST", "/users/alice/servers/", json={"profile": "k8s-small", "projects": ["NEURO_MRI"]})
+    assert r.status_code in (201, 202), r.text
+    wait_ready(hub, "alice", "", timeout=120)
+    eviction = {"apiVersion": "policy/v1", "kind": "Eviction",
+                "metadata": {"name": "jupyter-alice", "namespace": site.namespace}}
+    site.cluster.kubectl("create", "--raw", f"/api/v1/namespaces/{site.namespace}/pods/jupyter-alice/eviction",
+                         "-f", "-", input=json.dumps(eviction))
+    # poll_interval is 2 s on this hub: within three intervals
+    wait_gone(hub, "alice", "", timeout=6)
+    assert "User alice server stopped, with exit code: 1" in hub.log()
+    site.cluster.wait_for("the pod gone", lambda: site.pod("jupyter-alice") is None)
+    assert not site.exists("secret", "jupyter-alice-xnat")
