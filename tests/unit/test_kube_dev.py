@@ -115,3 +115,28 @@ def test_the_server_image_recipe_installs_the_wheel_offline_and_adds_an_unprivil
     assert any("useradd" in s and f"-u {images.USER_UID}" in s for s in steps)
     assert steps[-1] == 'rm -rf "$1/tmp/wheels"'  # no wheel or wheelhouse left in the image
     assert images.ENV["PATH"].startswith(f"{images.VENV}/bin:")
+
+
+def test_the_hubs_namespace_role_and_the_servers_network_policy():
+    import kubernetes_validate
+
+    from tests.unit.test_kube_objects import K8S_VERSION
+
+    docs = [json.loads(d) for d in kube.hub_manifests("xnat-hpc", "10.244.0.1").split("---\n") if d.strip()]
+    for doc in docs:
+        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+    by_kind = {d["kind"]: d for d in docs}
+    assert by_kind["Namespace"]["metadata"]["name"] == "xnat-hpc"
+    # Zero to JupyterHub's hub Role, no more: the hub cannot touch nodes, volumes or other namespaces
+    assert by_kind["Role"]["rules"] == [
+        {"apiGroups": [""], "resources": ["pods", "persistentvolumeclaims", "secrets", "services"],
+         "verbs": ["get", "watch", "list", "create", "delete"]},
+        {"apiGroups": [""], "resources": ["events"], "verbs": ["get", "watch", "list"]}]
+    assert by_kind["RoleBinding"]["subjects"] == [{"kind": "User", "name": kube_pki.HUB_USER,
+                                                   "apiGroup": "rbac.authorization.k8s.io"}]
+    assert {s.name: s for s in kube_pki.cert_specs("n", "10.244.0.1", "10.96.0.1")}["hub"].orgs == ()
+    policy = by_kind["NetworkPolicy"]["spec"]
+    assert policy["podSelector"] == {"matchLabels": {"component": "singleuser-server"}}  # kubespawner's label
+    assert policy["ingress"] == [{"from": [{"ipBlock": {"cidr": "10.244.0.1/32"}}],
+                                  "ports": [{"port": 8888, "protocol": "TCP"}]}]
+    assert policy["egress"][0] == {"to": [{"ipBlock": {"cidr": "10.244.0.1/32"}}]}

@@ -131,3 +131,31 @@ async def test_z2jh_example_values_configure_a_valid_pod(make_spawner):
     assert pod["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
     assert pod["spec"]["tolerations"] == [{"effect": "NoSchedule", "key": "nvidia.com/gpu",
                                            "operator": "Exists"}]
+
+
+async def test_the_hub_config_for_a_hub_outside_the_cluster_makes_the_pod_a_site_runs(make_spawner):
+    """devstack.hubconfig.kube_hub_config (the tests' cluster and a site whose hub is not in a
+    pod): the image's command given, local images only, the archive's group, the workspace claim
+    expanded per user at /workspace, no cluster credentials in the pod."""
+    from devstack.hubconfig import kube_hub_config
+
+    config = Config()
+    exec(kube_hub_config(namespace="xnat-hpc", hub_ip="10.244.0.1", archive_claim="xnat-archive",
+                         archive_gid=998), {"c": config})
+    assert config.JupyterHub.hub_ip == "10.244.0.1"
+    user = types.SimpleNamespace(name="alice", id=7, url="/user/alice/", groups=[])
+    hub = types.SimpleNamespace(public_host="", url="http://10.244.0.1:8081/hub/", base_url="/hub/",
+                                api_url="http://10.244.0.1:8081/hub/api")
+    spawner = XnatKubeSpawner(user=user, hub=hub, config=config)
+    assert spawner.namespace == "xnat-hpc" and spawner.pvc_name == "workspace-alice"
+    pod = await start_manifest(spawner, make_plan())
+    kubernetes_validate.validate(pod, K8S_VERSION, strict=True)
+    spec, [container] = pod["spec"], pod["spec"]["containers"]
+    assert container["args"][0] == "jupyterhub-singleuser" and container["imagePullPolicy"] == "Never"
+    assert container["securityContext"]["runAsUser"] == 1000 and spec["securityContext"]["supplementalGroups"] == [998]
+    assert spec["automountServiceAccountToken"] is False and container["workingDir"] == "/workspace"
+    assert {"name": "workspace", "persistentVolumeClaim": {"claimName": "workspace-alice"}} in spec["volumes"]
+    assert {"name": "workspace", "mountPath": "/workspace"} in container["volumeMounts"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["XNAT_HPC_WORKSPACE"] == "/workspace/xnat-hpc"
+    assert env["JUPYTERHUB_API_URL"] == "http://10.244.0.1:8081/hub/api"
