@@ -6,7 +6,8 @@
 
 The defaults are the sizes the figures are quoted at (dataset creation of 10,000 files,
 staging 1 GB and 5 GB, ...) and take a while; run them on a quiet machine. Each script
-starts what it needs (devxnat; the local Slurm where it needs one) and removes its temp dir.
+starts what it needs (devxnat; the local Slurm or the development Kubernetes where it needs
+one) and removes its temp dir.
 Exits 1 when a script failed (the others still run).
 """
 
@@ -21,6 +22,7 @@ HERE = Path(__file__).resolve().parent
 QUICK = {
     "bench_bridge.py": ["--download-size", "20MB", "--rounds", "3"],
     "bench_datasets.py": ["--files", "200", "--experiments", "4", "--rounds", "3"],
+    "bench_kube_spawn.py": ["--quick"],
     "bench_offload.py": ["--rounds", "3", "--decrypt-size", "20MB"],
     "bench_plugin_api.py": ["--rounds", "3", "--polls", "20", "--starts", "2"],
     "bench_spawn.py": ["--rounds", "3", "--concurrent", "5"],

@@ -215,14 +215,18 @@ class XnatKubeSpawner(XnatScopedSpawner, KubeSpawner):
 
     async def poll(self):
         """kubespawner's, and a pod that is being deleted or was evicted is a stopped server at
-        once (the hub notices within its poll interval, not when the pod is finally gone)."""
+        once (the hub notices within its poll interval, not when the pod is finally gone). A
+        stopped server's Secret is deleted here: JupyterHub calls ``stop`` only for a server it
+        finds running."""
         status = await super().poll()
         if status is None:
             ended = pod_ended(self._xnat_pod())
             if ended:
                 self.log.warning("%s's server %s/%s has stopped: %s", self.user.name, self.namespace,
                                  self.pod_name, ended)
-                return 1
+                status = 1
+        if status is not None:
+            await self._xnat_drop_secret()
         return status
 
     async def stop(self, now=False):

@@ -92,17 +92,25 @@ def claim_failure(claim: Mapping[str, Any], events: Iterable[Mapping[str, Any]],
                   since: str | None = None) -> str | None:
     """Why *claim* (a PVC) will not bind, or None: it is ``Pending``, it names no storage class
     (``""``: static volumes only, no provisioner will make one) and the volume controller said
-    it found no volume for it (a ``FailedBinding`` event) at or after *since* (the pod's
-    ``creationTimestamp``: an older event may predate the volume an admin has made since; the
-    controller says it again at its next pass, every 15 s)."""
+    it found no volume for it (a ``FailedBinding`` event) since this start (*since*: the pod's
+    ``creationTimestamp``). A claim made before the pod counts only an event after it (events
+    are stamped to the second; an older one may predate the volume an admin has made since, and
+    the controller says it again at its next pass, every 15 s); a claim made for this start
+    counts any."""
     spec, status = claim.get("spec") or {}, claim.get("status") or {}
     if status.get("phase") != "Pending" or spec.get("storageClassName") not in ("", None):
         return None
     if spec.get("volumeName"):
         return None  # bound by name to a volume that is coming
     start = _when({"eventTime": since}) if since else None
-    failed = [e for e in events if e.get("reason") == "FailedBinding"
-              and (start is None or ((_when(e) or start) >= start))]
+    made = _when({"eventTime": (claim.get("metadata") or {}).get("creationTimestamp")})
+    old_claim = start is not None and made is not None and made < start
+
+    def fresh(event: Mapping[str, Any]) -> bool:
+        when = _when(event)
+        return start is None or when is None or (when > start if old_claim else when >= start)
+
+    failed = [e for e in events if e.get("reason") == "FailedBinding" and fresh(e)]
     if not failed:
         return None
     name = (claim.get("metadata") or {}).get("name", "?")

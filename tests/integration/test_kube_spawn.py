@@ -14,8 +14,11 @@ import pytest
 import requests
 
 from devstack.demo import ARCHIVE_GROUP
+from hub_ext.names import hub_server_name
 from tests.fixtures.devxnat import PASSWORDS
-from tests.fixtures.spawn import stop_server, wait_gone, wait_ready
+from tests.fixtures.plugin import generate_event_tracking_id, start_outcome, stop_from_xnat, xnat_points_at
+from tests.fixtures.spawn import audit_events, stop_server, wait_gone, wait_ready
+from tests.integration.test_xnat_plugin_hub import experiment_of
 
 pytestmark = [pytest.mark.kube]
 
@@ -47,7 +50,7 @@ def _token(hub, user: str) -> str:
 
 def test_a_server_from_the_rest_api_is_a_pod_of_its_scope(kube_site):
     site, hub = kube_site, kube_site.hub
-    workspace = site.add_workspace("alice")
+    workspace = site.workspace("alice")
     hub.login("alice", PASSWORDS["alice"])
     r = hub.api("POST", "/users/alice/servers/", json={"profile": "k8s-small", "projects": ["NEURO_MRI"]})
     assert r.status_code in (201, 202), r.text + hub.log()[-4000:]
@@ -114,8 +117,7 @@ def test_a_server_from_the_rest_api_is_a_pod_of_its_scope(kube_site):
 def test_an_image_missing_on_the_node_fails_the_start_at_once(kube_site):
     site, hub = kube_site, kube_site.hub
     hub.login("alice", PASSWORDS["alice"])
-    if not site.exists("pvc", "workspace-alice"):
-        site.add_workspace("alice")
+    site.workspace("alice")
     status, message = _spawn_failure(hub, "alice", {"profile": "k8s-no-image", "projects": ["NEURO_MRI"]})
     assert status in (0, 503), message
     assert "docker.io/xnat-hpc-hub/not-on-this-node:0 is not on the node" in message
@@ -127,27 +129,29 @@ def test_an_image_missing_on_the_node_fails_the_start_at_once(kube_site):
 
 def test_a_workspace_claim_that_cannot_bind_fails_the_start_naming_it(kube_site):
     site, hub = kube_site, kube_site.hub
-    hub.login("bob", PASSWORDS["bob"])  # bob has no workspace volume on this site
-    status, message = _spawn_failure(hub, "bob", {"profile": "k8s-small", "projects": ["NEURO_MRI"]})
-    assert status in (0, 503), message
-    assert "the volume claim workspace-bob cannot be bound" in message and "PersistentVolume" in message
-    wait_gone(hub, "bob", "")
-    site.cluster.wait_for("the pod deleted", lambda: site.pod("jupyter-bob") is None)
-    # an admin makes the volume; the next start binds and runs
-    site.add_workspace("bob")
-    r = hub.api("POST", "/users/bob/servers/", json={"profile": "k8s-small", "projects": ["NEURO_MRI"]})
-    assert r.status_code in (201, 202), r.text
-    try:
-        wait_ready(hub, "bob", "", timeout=120)
-    finally:
-        stop_server(hub, "bob", "")
+    assert not (site.workspaces / "carol").exists()  # carol has no workspace volume on this site
+    with site.devxnat.membership("NEURO_MRI", "carol", "Members"):
+        hub.login("carol", PASSWORDS["carol"])
+        status, message = _spawn_failure(hub, "carol", {"profile": "k8s-small", "projects": ["NEURO_MRI"]})
+        assert status in (0, 503), message
+        assert "the volume claim workspace-carol cannot be bound" in message and "PersistentVolume" in message
+        wait_gone(hub, "carol", "")
+        site.cluster.wait_for("the pod deleted", lambda: site.pod("jupyter-carol") is None)
+        assert not site.exists("secret", "jupyter-carol-xnat")
+        # an admin makes the volume; the next start binds and runs
+        site.workspace("carol")
+        r = hub.api("POST", "/users/carol/servers/", json={"profile": "k8s-small", "projects": ["NEURO_MRI"]})
+        assert r.status_code in (201, 202), r.text
+        try:
+            wait_ready(hub, "carol", "", timeout=120)
+        finally:
+            stop_server(hub, "carol", "")
 
 
 def test_a_namespace_quota_refuses_the_pod_with_the_quota_named(kube_site):
     site, hub = kube_site, kube_site.hub
     hub.login("alice", PASSWORDS["alice"])
-    if not site.exists("pvc", "workspace-alice"):
-        site.add_workspace("alice")
+    site.workspace("alice")
     site.apply({"apiVersion": "v1", "kind": "ResourceQuota",
                 "metadata": {"name": "servers", "namespace": site.namespace}, "spec": {"hard": {"pods": "0"}}})
     try:
@@ -166,8 +170,7 @@ def test_a_namespace_quota_refuses_the_pod_with_the_quota_named(kube_site):
 def test_an_evicted_server_is_noticed_within_the_poll_interval(kube_site):
     site, hub = kube_site, kube_site.hub
     hub.login("alice", PASSWORDS["alice"])
-    if not site.exists("pvc", "workspace-alice"):
-        site.add_workspace("alice")
+    site.workspace("alice")
     r = hub.api("POST", "/users/alice/servers/", json={"profile": "k8s-small", "projects": ["NEURO_MRI"]})
     assert r.status_code in (201, 202), r.text
     wait_ready(hub, "alice", "", timeout=120)
@@ -180,3 +183,86 @@ def test_an_evicted_server_is_noticed_within_the_poll_interval(kube_site):
     assert "User alice server stopped, with exit code: 1" in hub.log()
     site.cluster.wait_for("the pod gone", lambda: site.pod("jupyter-alice") is None)
     assert not site.exists("secret", "jupyter-alice-xnat")
+
+
+# -- XNAT's "Start Jupyter" and the owners' revocation, on pods ---------------------------------------
+
+#: the hardware a site adds in XNAT for its Kubernetes profile (XNAT_HPC_HARDWARE → xnat_hardware)
+TINY_KUBE = {"name": "Tiny (Kubernetes)", "cpuReservation": 1.0, "cpuLimit": None, "memoryReservation": "256M",
+             "memoryLimit": "1G", "constraints": [], "genericResources": [],
+             "environmentVariables": [{"key": "XNAT_HPC_HARDWARE", "value": "tiny-kube"}]}
+
+
+@pytest.fixture
+def tiny_kube_hardware(kube_site):
+    """``TINY_KUBE`` added to XNAT's compute services by the site's admin, enabled everywhere; its id."""
+    body = {"hardware": TINY_KUBE,
+            "scopes": {s: {"scope": s, "enabled": True, "ids": []} for s in ("Site", "Project", "User")}}
+    r = kube_site.devxnat.request("POST", "/xapi/hardware-configs", "admin", json=body)
+    assert r.status_code == 201, r.text
+    yield r.json()["id"]
+    kube_site.devxnat.request("DELETE", f"/xapi/hardware-configs/{r.json()['id']}", "admin")
+
+
+def test_start_jupyter_in_xnat_runs_a_pod_of_the_experiment_and_xnat_stops_it(kube_site, tiny_kube_hardware):
+    """XNAT's UI flow (the server named after the UI's event tracking id, POST to XNAT, its event
+    tracking polled, DELETE to stop) on a hub whose servers are pods: the pod mounts the
+    experiment where XNAT's plugin puts it, and XNAT's stop deletes the pod."""
+    site, hub, xnat = kube_site, kube_site.hub, kube_site.devxnat
+    site.workspace("bob")
+    exp = experiment_of(xnat, "bob", "CARDIO_ECG")
+    etid = generate_event_tracking_id()
+    name, pod_name = hub_server_name(etid), None
+    with xnat_points_at(xnat, hub):
+        req = {"username": "bob", "servername": etid, "xsiType": "xnat:ecgSessionData", "itemId": exp["ID"],
+               "itemLabel": exp["label"], "projectId": "CARDIO_ECG", "eventTrackingId": etid,
+               "computeEnvironmentConfigId": 1, "hardwareConfigId": tiny_kube_hardware}
+        r = xnat.request("POST", f"/xapi/jupyterhub/users/bob/server/{etid}", "bob", json=req)
+        assert r.status_code == 200, r.text
+        try:
+            outcome = start_outcome(xnat, "bob", etid)
+            assert outcome.get("succeeded") in (True, "true"), (outcome, hub.log()[-4000:])
+            [pod] = [p for p in json.loads(site.cluster.kubectl("get", "pods", "-n", site.namespace, "-o",
+                                                                "json").stdout)["items"]
+                     if p["metadata"]["annotations"].get("hub.jupyter.org/servername") == name]
+            pod_name = pod["metadata"]["name"]
+            assert pod["metadata"]["annotations"]["xnat-hpc-hub/profile"] == "k8s-small"
+            mounts = {m["mountPath"]: m for m in pod["spec"]["containers"][0]["volumeMounts"]
+                      if m["name"] == "xnat-archive"}
+            target = f"/data/projects/CARDIO_ECG/experiments/{exp['label']}"
+            assert mounts[target]["readOnly"] is True and mounts[target]["subPath"].startswith("CARDIO_ECG/")
+            listing = site.exec(pod_name, "ls", target).stdout.split()
+            assert listing, "the experiment's folder is empty in the pod"
+            # what XNAT's own polling sees: its own name, the hub's URL
+            model = xnat.request("GET", f"/xapi/jupyterhub/users/bob/server/{etid}", "bob")
+            assert model.status_code == 200 and model.json()["name"] == etid, model.text
+        finally:
+            stop_from_xnat(xnat, hub, "bob", etid, "bob", name)
+    assert pod_name and site.pod(pod_name) is None
+    assert not site.exists("secret", f"{pod_name}-xnat")
+
+
+def test_a_revocation_in_xnat_deletes_the_pod_and_no_new_pod_gets_the_project(kube_site):
+    site, hub, xnat = kube_site, kube_site.hub, kube_site.devxnat
+    site.workspace("alice")
+    with xnat.membership("CARDIO_ECG", "alice", "Members"):
+        hub.login("alice", PASSWORDS["alice"])
+        r = hub.api("POST", "/users/alice/servers/", json={"profile": "k8s-small", "projects": ["CARDIO_ECG"]})
+        assert r.status_code in (201, 202), r.text
+        try:
+            wait_ready(hub, "alice", "", timeout=120)
+            assert site.exec("jupyter-alice", "ls", "/xnat/data/CARDIO_ECG").stdout.split()
+            # dave, CARDIO_ECG's owner, removes alice in XNAT itself; the hub's re-check finds it
+            r = xnat.request("DELETE", "/data/projects/CARDIO_ECG/users/Members/alice", "dave")
+            assert r.status_code == 200, r.text
+            wait_gone(hub, "alice", "", timeout=60)
+        finally:
+            stop_server(hub, "alice", "")
+        site.cluster.wait_for("the pod deleted", lambda: site.pod("jupyter-alice") is None)
+        assert not site.exists("secret", "jupyter-alice-xnat")
+        events = [e for e in audit_events(hub) if e["user"] == "alice"]
+        assert any(e["action"] == "server_stopped" and "re-check" in e["detail"] for e in events), events[-5:]
+        # a new start naming the project is refused before any pod exists
+        r = hub.api("POST", "/users/alice/servers/", json={"profile": "k8s-small", "projects": ["CARDIO_ECG"]})
+        assert r.status_code == 403 and "CARDIO_ECG" in r.json()["message"], r.text
+        assert site.pod("jupyter-alice") is None and not site.exists("secret", "jupyter-alice-xnat")
