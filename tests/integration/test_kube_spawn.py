@@ -9,6 +9,9 @@ from __future__ import annotations
 import base64
 import grp
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import requests
@@ -165,6 +168,31 @@ def test_a_namespace_quota_refuses_the_pod_with_the_quota_named(kube_site):
         assert not site.exists("secret", "jupyter-alice-xnat")
     finally:
         site.cluster.kubectl("delete", "resourcequota", "servers", "-n", site.namespace)
+
+
+def test_the_idle_culler_stops_an_idle_server_and_its_pod_goes(kube_site, tmp_path):
+    """jupyterhub-idle-culler with the shipped role's scopes and a one-second timeout: the
+    server, idle since its start, is stopped; its pod and Secret go with it."""
+    site, hub = kube_site, kube_site.hub
+    site.workspace("alice")
+    hub.login("alice", PASSWORDS["alice"])
+    r = hub.api("POST", "/users/alice/servers/", json={"profile": "k8s-small", "projects": ["NEURO_MRI"]})
+    assert r.status_code in (201, 202), r.text
+    wait_ready(hub, "alice", "", timeout=120)
+    env = {**os.environ, "JUPYTERHUB_API_TOKEN": hub.culler_token}
+    log_path = tmp_path / "idle-culler.log"
+    with open(log_path, "wb") as log_f:
+        culler = subprocess.Popen([sys.executable, "-m", "jupyterhub_idle_culler", f"--url={hub.url}/hub/api",
+                                   "--timeout=1", "--cull-every=1"], stdout=log_f, stderr=subprocess.STDOUT, env=env)
+    try:
+        wait_gone(hub, "alice", "", timeout=60)
+    finally:
+        culler.terminate()
+        culler.wait(10)
+        stop_server(hub, "alice", "")
+    assert "Culling server alice" in log_path.read_text(errors="replace")
+    site.cluster.wait_for("the pod deleted", lambda: site.pod("jupyter-alice") is None)
+    assert not site.exists("secret", "jupyter-alice-xnat")
 
 
 def test_an_evicted_server_is_noticed_within_the_poll_interval(kube_site):
