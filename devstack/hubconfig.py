@@ -142,19 +142,48 @@ c.JupyterHub.cleanup_servers = True
 
 def kube_hub_config(*, namespace: str, hub_ip: str, archive_claim: str | None = None,
                     archive_gid: int | None = None, workspace_claim: str = "workspace-{username}",
-                    uid: int = 1000, gid: int = 1000) -> str:
+                    uid: int = 1000, gid: int = 1000, unix_accounts: bool = False,
+                    slurm_client: str | None = None, staging_dir: Path | None = None,
+                    workspace_path: str = "/workspace") -> str:
     """The Kubernetes backend's part of a hub outside the cluster (pure; the tests' and a site's
     hub that is not in a pod): the hub's API on *hub_ip* (an address the pods reach: the
     development cluster's bridge), the servers in *namespace* as the image's account
     (*uid*/*gid*), their scope's folders of the archive claim *archive_claim* read-only, with
     *archive_gid* (the group the archive is readable by) added to the pod's groups, and each
-    user's ``/workspace`` on their claim *workspace_claim* (made by the hub when missing, bound
+    user's workspace (*workspace_path*, a template: ``{username}``) on their claim *workspace_claim*
+    (made by the hub when missing, bound
     to a volume the admin made for it: no provisioner; no storage class). Images are local to
     the node (``imagePullPolicy: Never``): the kubelet never looks for a registry. The command is
     given (kubespawner's default is the image's, and the server image's entry point is ``tini``
-    alone, as Zero to JupyterHub's ``singleuser.cmd`` gives it too)."""
+    alone, as Zero to JupyterHub's ``singleuser.cmd`` gives it too).
+
+    The pods as clients of a Slurm partition (the EMCP setup): *unix_accounts* runs each pod as
+    the user's Unix account (``c.XnatKubeSpawner.xnat_unix_accounts``; ``HOME`` the workspace);
+    *slurm_client* names the ConfigMap holding the ``slurm.conf`` the pods read (the controller at
+    an address they reach; optional: without it, pods start and their offload is refused), mounted
+    at ``/etc/slurm`` with the node's munge socket directory (``hostPath /run/munge``); the
+    workers reach the job's scheduler in the pod at the pod's address
+    (``XNAT_HPC_SCHEDULER_HOST`` from ``status.podIP``); *staging_dir*, the offload staging area
+    shared with the nodes, is mounted at the same path. The jobs' logs and results go to the
+    workspace (``XNAT_HPC_WORKSPACE``), which the nodes write too: give *workspace_path* the path
+    the nodes see it at (a shared home's), as on a Slurm site."""
     archive = f'{{"claim_name": "{archive_claim}"}}' if archive_claim else "{}"
     groups = f"[{archive_gid}]" if archive_gid is not None else "[]"
+    volumes = [{"name": "workspace", "persistentVolumeClaim": {"claimName": "{pvc_name}"}}]
+    mounts = [{"name": "workspace", "mountPath": workspace_path}]
+    env: dict = {"XNAT_HPC_WORKSPACE": f"{workspace_path}/xnat-hpc"}
+    if unix_accounts:
+        env["HOME"] = workspace_path
+    if slurm_client:
+        volumes += [{"name": "slurm-conf", "configMap": {"name": slurm_client, "optional": True}},
+                    {"name": "munge", "hostPath": {"path": "/run/munge", "type": "Directory"}}]
+        mounts += [{"name": "slurm-conf", "mountPath": "/etc/slurm", "readOnly": True},
+                   {"name": "munge", "mountPath": "/run/munge"}]
+        env["XNAT_HPC_SCHEDULER_HOST"] = {"name": "XNAT_HPC_SCHEDULER_HOST",
+                                          "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}
+    if staging_dir is not None:
+        volumes.append({"name": "staging", "hostPath": {"path": str(staging_dir), "type": "Directory"}})
+        mounts.append({"name": "staging", "mountPath": str(staging_dir)})
     return f'''c.JupyterHub.hub_ip = "{hub_ip}"
 c.KubeSpawner.namespace = "{namespace}"
 c.KubeSpawner.image_pull_policy = "Never"
@@ -168,9 +197,10 @@ c.KubeSpawner.storage_pvc_ensure = True
 c.KubeSpawner.storage_class = ""
 c.KubeSpawner.storage_capacity = "1Gi"
 c.KubeSpawner.storage_access_modes = ["ReadWriteOnce"]
-c.KubeSpawner.volumes = [{{"name": "workspace", "persistentVolumeClaim": {{"claimName": "{{pvc_name}}"}}}}]
-c.KubeSpawner.volume_mounts = [{{"name": "workspace", "mountPath": "/workspace"}}]
-c.KubeSpawner.working_dir = "/workspace"
-c.KubeSpawner.environment = {{"XNAT_HPC_WORKSPACE": "/workspace/xnat-hpc"}}
+c.KubeSpawner.volumes = {volumes!r}
+c.KubeSpawner.volume_mounts = {mounts!r}
+c.KubeSpawner.working_dir = "{workspace_path}"
+c.KubeSpawner.environment = {env!r}
 c.XnatKubeSpawner.xnat_archive_volume = {archive}
+c.XnatKubeSpawner.xnat_unix_accounts = {unix_accounts!r}
 '''

@@ -26,7 +26,9 @@ from xnat_bridge.errors import XnatHpcError
 #: the image the Kubernetes backend's test profiles run (``imagePullPolicy: Never``)
 SERVER_IMAGE = "docker.io/xnat-hpc-hub/server:dev"
 SUITE = "bookworm"
-PACKAGES = ("python3", "python3-venv", "age", "ca-certificates", "tini")
+#: ``slurm-client``: a server submits its offload jobs with ``sbatch`` (the pod a client of the
+#: secure partition, with the site's ``slurm.conf`` and the node's munge socket mounted)
+PACKAGES = ("python3", "python3-venv", "age", "ca-certificates", "tini", "slurm-client")
 VENV = "/opt/xnat-hpc-hub/venv"
 USER_UID = 1000
 ENV = {"PATH": f"{VENV}/bin:/usr/local/bin:/usr/bin:/bin", "HOME": "/home/jovyan", "LC_ALL": "C.UTF-8"}

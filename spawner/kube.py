@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import copy
 
-from traitlets import Dict, Float, Unicode, default, validate
+from traitlets import Bool, Dict, Float, Unicode, default, validate
 
 from xnat_bridge.extras import needs_extra
 
@@ -20,6 +20,8 @@ with needs_extra("hub", "the Kubernetes backend (spawner.kube)"):
     from jupyterhub.utils import exponential_backoff
     from kubernetes_asyncio.client.rest import ApiException
     from kubespawner import KubeSpawner
+
+from hub_ext.unix_accounts import unix_account
 
 from .kube_objects import (
     GPU_RESOURCE,
@@ -33,6 +35,7 @@ from .kube_objects import (
 from .kube_watch import PodWillNotStart, api_refusal, claim_failure, claim_names, pod_ended, pod_failure, \
     unbound_claims_block
 from .mixin import XnatScopedSpawner
+from .userdirs import prepare_staging
 from .plan import DataMount, SpawnPlan
 
 
@@ -63,6 +66,17 @@ class XnatKubeSpawner(XnatScopedSpawner, KubeSpawner):
         at once with the reason. 0: never look (kubespawner waits for ``start_timeout``).""",
     ).tag(config=True)
 
+    xnat_unix_accounts = Bool(
+        False,
+        help="""Run each server's pod as the user's Unix account — its uid and primary gid, as the
+        local and Slurm backends map hub users to accounts (``c.UnixAccounts``) — and make the
+        user's directory in the offload staging area as they do (root's hub, the staging area
+        reachable at the profiles' ``offload.staging_dir``). For sites whose pods are clients of
+        a Slurm partition (the EMCP setup): Slurm, munge and the nodes know users by uid, and
+        the staging area is shared with the nodes at the same path. Off (default): the image's
+        account (kubespawner's ``uid``/``gid``).""",
+    ).tag(config=True)
+
     _xnat_base: dict | None = None     # the configured values of the traits a plan sets
     _xnat_settings = None
     _xnat_secret: dict | None = None
@@ -89,6 +103,15 @@ class XnatKubeSpawner(XnatScopedSpawner, KubeSpawner):
     @property
     def xnat_secret_name(self) -> str:
         return secret_name_for(self.pod_name)
+
+    async def prepare_host(self, plan: SpawnPlan) -> None:
+        """With :attr:`xnat_unix_accounts`: the pod's uid and gid are the user's Unix account's,
+        and their staging directory is made as on the other backends."""
+        if not self.xnat_unix_accounts:
+            return
+        account = await asyncio.to_thread(unix_account, self.user.name, self.config)
+        await prepare_staging(self, plan, account)
+        self.uid, self.gid = account.pw_uid, account.pw_gid
 
     def apply_plan(self, plan: SpawnPlan) -> None:
         if self._xnat_base is None:

@@ -10,6 +10,7 @@ import base64
 import grp
 import json
 import os
+import pwd
 import subprocess
 import sys
 
@@ -67,14 +68,17 @@ def test_a_server_from_the_rest_api_is_a_pod_of_its_scope(kube_site):
         assert container["imagePullPolicy"] == "Never"
         assert container["resources"] == {"requests": {"cpu": "1", "memory": str(256 << 20)},
                                          "limits": {"memory": str(1 << 30)}}
-        assert container["securityContext"]["runAsUser"] == 1000 and spec["automountServiceAccountToken"] is False
+        alice = pwd.getpwnam("alice")  # the pod runs as alice's Unix account (xnat_unix_accounts)
+        assert (container["securityContext"]["runAsUser"], container["securityContext"]["runAsGroup"]) \
+            == (alice.pw_uid, alice.pw_gid)
+        assert spec["automountServiceAccountToken"] is False
         archive_gid = grp.getgrnam(ARCHIVE_GROUP).gr_gid
         assert spec["securityContext"]["supplementalGroups"] == [archive_gid]
         # the scope: one read-only sub-path of the archive claim; the workspace claim at /workspace
         mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
         assert mounts["/xnat/data/NEURO_MRI"] == {"name": "xnat-archive", "mountPath": "/xnat/data/NEURO_MRI",
                                                   "subPath": "NEURO_MRI", "readOnly": True}
-        assert mounts["/workspace"]["name"] == "workspace"
+        assert mounts[str(workspace)]["name"] == "workspace"  # where the Slurm node sees it too
         claims = {v["name"]: v["persistentVolumeClaim"]["claimName"] for v in spec["volumes"]
                   if "persistentVolumeClaim" in v}
         assert claims == {"workspace": "workspace-alice", "xnat-archive": "xnat-archive"}
@@ -93,9 +97,9 @@ def test_a_server_from_the_rest_api_is_a_pod_of_its_scope(kube_site):
         # inside the pod: the scope only, read-only; the archive's group; the workspace writable
         ls = site.exec("jupyter-alice", "sh", "-c", "ls /xnat/data; id -u; id -G; ls /xnat/data/NEURO_MRI | head -1")
         lines = ls.stdout.split("\n")
-        assert lines[:2] == ["NEURO_MRI", "1000"] and str(archive_gid) in lines[2].split() and lines[3], ls.stdout
+        assert lines[:2] == ["NEURO_MRI", str(alice.pw_uid)] and str(archive_gid) in lines[2].split() and lines[3], ls.stdout
         assert site.exec("jupyter-alice", "sh", "-c", "touch /xnat/data/NEURO_MRI/x", check=False).returncode != 0
-        site.exec("jupyter-alice", "sh", "-c", "echo kept > /workspace/note.txt")
+        site.exec("jupyter-alice", "sh", "-c", f"echo kept > {workspace}/note.txt")
         assert (workspace / "note.txt").read_text() == "kept\n"
 
         # through the proxy, with alice's token: the server's API, and the bridge asking XNAT from the pod
@@ -294,3 +298,69 @@ def test_a_revocation_in_xnat_deletes_the_pod_and_no_new_pod_gets_the_project(ku
         r = hub.api("POST", "/users/alice/servers/", json={"profile": "k8s-small", "projects": ["CARDIO_ECG"]})
         assert r.status_code == 403 and "CARDIO_ECG" in r.json()["message"], r.text
         assert site.pod("jupyter-alice") is None and not site.exists("secret", "jupyter-alice-xnat")
+
+
+# -- the pod as a client of the secure partition (the EMCP setup) ------------------------------------
+
+COUNT_FILES = """import json, os, pathlib
+root = pathlib.Path(os.environ["DATASET_DIR"])
+files = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+pathlib.Path(os.environ["OUTPUT_DIR"], "files.json").write_text(json.dumps(files))
+print("counted", len(files), "files on", os.uname().nodename, flush=True)
+"""
+
+
+def test_a_pod_server_offloads_a_job_to_the_secure_partition_and_gets_its_results(kube_site, slurm):
+    """alice's server runs in a pod as her Unix account; from it, a dataset of her scope is staged
+    (encrypted) to the shared staging area, submitted with ``sbatch`` to the secure partition
+    (the pod reads the site's slurm.conf and the node's munge socket), run on the node as alice,
+    its workers reaching the job's scheduler in the pod, and the results come back into her
+    workspace."""
+    from devstack.slurm import SYSTEM_CONF
+
+    site, hub, xnat = kube_site, kube_site.hub, kube_site.devxnat
+    site.slurm_client(SYSTEM_CONF.read_text())
+    workspace = site.workspace("alice")
+    alice = pwd.getpwnam("alice")
+    script = workspace / "count_files.py"
+    script.write_text(COUNT_FILES)
+    os.chown(script, alice.pw_uid, alice.pw_gid)
+    hub.login("alice", PASSWORDS["alice"])
+    r = hub.api("POST", "/users/alice/servers/", json={"profile": "k8s-small", "projects": ["NEURO_MRI"]})
+    assert r.status_code in (201, 202), r.text
+    headers = {"Authorization": f"token {_token(hub, 'alice')}"}
+
+    def api(method: str, path: str, **kw) -> requests.Response:
+        return requests.request(method, f"{hub.url}/user/alice/xnat-hpc/api/{path}", headers=headers,
+                                timeout=120, **kw)
+
+    try:
+        wait_ready(hub, "alice", "", timeout=120)
+        assert site.exec("jupyter-alice", "sbatch", "--version").stdout.startswith("slurm")
+        experiment = experiment_of(xnat, "alice", "NEURO_MRI")["ID"]
+        name = f"kube-{os.getpid()}"
+        r = api("POST", "datasets", json={"name": name, "selection": [{"project": "NEURO_MRI",
+                                                                       "experiment": experiment}]})
+        assert r.status_code in (200, 201), r.text
+        r = api("POST", "jobs", json={"dataset": name, "script": "count_files.py", "cpus": 1, "memory": "512M",
+                                      "walltime": "0:10:00", "client_token": name})
+        assert r.status_code == 202, r.text
+        job = r.json()["id"]
+
+        def finished():
+            record = api("GET", f"jobs/{job}").json()
+            return record if record.get("state") in ("done", "failed", "cancelled", "lost") else None
+
+        record = site.cluster.wait_for(f"job {job} to finish", finished, timeout=300)
+        logs = {str(p): p.read_text(errors="replace")[-3000:]
+                for p in workspace.glob(f"xnat-hpc/jobs/{job}/**/*") if p.is_file() and p.suffix in (".out", ".err", ".log", "")}
+        assert record["state"] == "done", (record.get("message"), logs)
+        shown = subprocess.run(["scontrol", "show", "job", str(record["slurm_job_id"]), "-o"],
+                               capture_output=True, text=True).stdout
+        assert f"UserId=alice({alice.pw_uid})" in shown and "Partition=secure" in shown, shown
+        results = list(workspace.glob(f"xnat-hpc/jobs/{job}/**/files.json"))
+        assert results, sorted(str(p) for p in workspace.rglob("*"))[:50]
+        files = json.loads(results[0].read_text())
+        assert files and all(not f.startswith("/") for f in files)
+    finally:
+        stop_server(hub, "alice", "")
