@@ -69,10 +69,16 @@ c.Spawner.poll_interval = 2
 """
 
 
-def plain_hub_config(image: str, cfg: kube.KubeDevConfig) -> str:
-    """Hub B's settings: the same pod arrangement as hub A's (namespace, image, command, uid/gid,
-    no service account token, the workspace claim), without the archive (an XNAT feature)."""
-    shared = kube_hub_config(namespace=kube.HUB_NAMESPACE, hub_ip=cfg.node_ip)
+def plain_hub_config(image: str, cfg: kube.KubeDevConfig, workspaces: Path) -> str:
+    """Hub B's settings: the same pod arrangement as hub A's (namespace, image, command, the
+    user's Unix account as uid/gid, no service account token, the workspace claim at the same
+    path), without the archive and the Slurm client (XNAT and offload features)."""
+    import pwd
+
+    account = pwd.getpwnam(PLAIN_USER)
+    shared = kube_hub_config(namespace=kube.HUB_NAMESPACE, hub_ip=cfg.node_ip, uid=account.pw_uid,
+                             gid=account.pw_gid, workspace_path=f"{workspaces}/{{username}}",
+                             unix_accounts=True)  # HOME the workspace; the c.XnatKubeSpawner lines go
     shared = "".join(line for line in shared.splitlines(keepends=True) if not line.startswith("c.XnatKubeSpawner."))
     return shared + PLAIN_CONFIG.format(image=image)
 
@@ -159,7 +165,7 @@ def main() -> int:
             try:
                 site.workspace(OURS_USER)
                 site.workspace(PLAIN_USER)
-                plain = start_hub(work / "hub-plain", plain_hub_config(image, cfg),
+                plain = start_hub(work / "hub-plain", plain_hub_config(image, cfg, site.workspaces),
                                   env={"KUBECONFIG": str(cfg.kubeconfig("hub"))})
                 ours = site.hub
                 _, r = ours.login(OURS_USER, PASSWORDS[OURS_USER])

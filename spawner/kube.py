@@ -59,8 +59,9 @@ class XnatKubeSpawner(XnatScopedSpawner, KubeSpawner):
     ).tag(config=True)
 
     xnat_pod_check_interval = Float(
-        1.0,
-        help="""Seconds between two looks at a starting pod for a state that waiting does not cure
+        0.5,
+        help="""Seconds between two looks at a starting pod (in kubespawner's watch of the pods: no
+        request): running, the start ends at once; in a state that waiting does not cure
         (an image the node lacks with ``imagePullPolicy: Never``, a claim no volume can bind, a
         server that keeps crashing: :func:`spawner.kube_watch.pod_failure`); the start then fails
         at once with the reason. 0: never look (kubespawner waits for ``start_timeout``).""",
@@ -181,19 +182,36 @@ class XnatKubeSpawner(XnatScopedSpawner, KubeSpawner):
         its pod and Secret."""
         start = asyncio.ensure_future(super()._start())
         try:
-            return await self._xnat_watch_start(start)
+            url = await self._xnat_watch_start(start)
         except BaseException:
             start.cancel()
             await asyncio.gather(start, return_exceptions=True)
             await asyncio.shield(self._xnat_remove_after_failure())
             raise
+        if not start.done():  # the pod ran before kubespawner's back-off looked again
+            start.cancel()
+            await asyncio.gather(start, return_exceptions=True)
+        return url
+
+    def _xnat_running(self, pod: dict | None) -> bool:
+        """The pod runs and kubespawner has nothing left to do after that (no services, no
+        internal TLS, no hook): its start may end now."""
+        return (pod is not None and not (self.internal_ssl or self.services_enabled or self.after_pod_created_hook)
+                and bool((pod.get("status") or {}).get("containerStatuses")) and self.is_pod_running(pod))
 
     async def _xnat_watch_start(self, start: asyncio.Future):
+        """kubespawner's start *start* until it ends, looking at the pod in its watch every
+        :attr:`xnat_pod_check_interval`: ended at once when the pod runs (kubespawner would look
+        again only after its exponential back-off, up to seconds later) or will never run."""
         try:
             while True:
                 done, _ = await asyncio.wait({start}, timeout=self.xnat_pod_check_interval or None)
                 if done:
                     return start.result()
+                pod = self._xnat_pod()
+                if self._xnat_running(pod):
+                    self.pod_id = pod["metadata"]["uid"]
+                    return self._get_pod_url(pod)
                 reason = await self._xnat_pod_failure()
                 if reason:
                     self.log.warning("%s's pod %s/%s will not start: %s", self.user.name, self.namespace,
