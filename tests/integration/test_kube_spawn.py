@@ -119,6 +119,30 @@ def test_a_server_from_the_rest_api_is_a_pod_of_its_scope(kube_site):
     assert (workspace / "note.txt").exists()
 
 
+def test_the_spawn_form_offers_the_kubernetes_profile_and_starts_a_named_pod(kube_site):
+    site, hub = kube_site, kube_site.hub
+    site.workspace("alice")
+    s, r = hub.login("alice", PASSWORDS["alice"])
+    assert r.status_code == 302
+    page = s.get(f"{hub.url}/hub/spawn/alice/form", timeout=30)
+    assert page.status_code == 200
+    # ours, not kubespawner's profile list: the profiles alice may use, the projects she may read
+    assert 'value="k8s-small"' in page.text and 'value="NEURO_MRI"' in page.text, page.text[-3000:]
+    assert 'value="CARDIO_ECG"' not in page.text
+    r = s.post(f"{hub.url}/hub/spawn/alice/form", data={"profile": "k8s-small", "project": ["NEURO_MRI"],
+                                                        "_xsrf": s.cookies.get("_xsrf", path="/hub/")}, timeout=120)
+    assert r.status_code == 200, r.text[-2000:]
+    try:
+        wait_ready(hub, "alice", "form", timeout=120)
+        pod = site.pod("jupyter-alice--form")
+        assert pod is not None and pod["metadata"]["annotations"]["xnat-hpc-hub/profile"] == "k8s-small"
+        assert [m["subPath"] for m in pod["spec"]["containers"][0]["volumeMounts"]
+                if m["name"] == "xnat-archive"] == ["NEURO_MRI"]
+    finally:
+        stop_server(hub, "alice", "form")
+    assert site.pod("jupyter-alice--form") is None and not site.exists("secret", "jupyter-alice--form-xnat")
+
+
 # -- what goes wrong: clear and at once, nothing left behind -----------------------------------------
 
 def test_an_image_missing_on_the_node_fails_the_start_at_once(kube_site):
