@@ -41,6 +41,8 @@ from pathlib import Path
 
 from xnat_bridge.errors import XnatHpcError
 
+from .daemons import DaemonStatus, running_pid, start, terminate
+
 log = logging.getLogger(__name__)
 
 DEFAULT_RUN_DIR = Path("/var/lib/xnat-hpc-hub/kube")
@@ -276,13 +278,6 @@ DAEMONS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler"
 BUILT = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet", "kubectl", "pause")
 
 
-@dataclasses.dataclass(frozen=True)
-class DaemonStatus:
-    name: str
-    pid: int | None
-    running: bool
-
-
 class KubeDev:
     """Start, stop and inspect the development cluster (module docstring)."""
 
@@ -303,22 +298,10 @@ class KubeDev:
         return self.cfg.pid_dir / f"{name}.pid"
 
     def _pid(self, name: str) -> int | None:
-        try:
-            pid = int(self._pid_file(name).read_text().strip())
-        except (OSError, ValueError):
-            return None
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                if f.read().rsplit(") ", 1)[1][:1] == "Z":
-                    return None
-            argv0 = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
-        except (OSError, IndexError):
-            return None
-        # a pid reused by another program is not ours (an empty command line: a process exiting)
-        return pid if not argv0 or os.path.basename(argv0) == name else None
+        return running_pid(self._pid_file(name), name)
 
     def status(self) -> list[DaemonStatus]:
-        return [DaemonStatus(n, self._pid(n), self._pid(n) is not None) for n in DAEMONS]
+        return [DaemonStatus(n, pid is not None, pid) for n in DAEMONS for pid in [self._pid(n)]]
 
     # -- up ---------------------------------------------------------------------------------------
     def write_files(self) -> None:
@@ -358,14 +341,7 @@ class KubeDev:
         pid = self._pid(name)
         if pid is not None:
             return pid
-        log_f = os.open(self.cfg.log_dir / f"{name}.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        try:
-            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log_f, stderr=log_f,
-                                    start_new_session=True, cwd=self.cfg.run_dir)
-        finally:
-            os.close(log_f)
-        self._pid_file(name).write_text(f"{proc.pid}\n")
-        return proc.pid
+        return start(argv, log=self.cfg.log_dir / f"{name}.log", pid_file=self._pid_file(name), cwd=self.cfg.run_dir)
 
     def _wait(self, what: str, check, timeout: float, daemon: str) -> None:
         deadline = time.monotonic() + timeout
@@ -465,15 +441,7 @@ class KubeDev:
     def _stop(self, name: str, timeout: float) -> None:
         pid = self._pid(name)
         if pid is not None:
-            try:
-                os.killpg(pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pid = None
-        deadline = time.monotonic() + timeout
-        while pid is not None and self._pid(name) is not None and time.monotonic() < deadline:
-            time.sleep(0.1)
-        if pid is not None and self._pid(name) is not None:
-            os.killpg(pid, signal.SIGKILL)
+            terminate(pid, timeout, group=True)
         self._pid_file(name).unlink(missing_ok=True)
 
 

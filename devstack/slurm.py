@@ -41,13 +41,14 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import signal
 import socket
 import time
 from pathlib import Path
 
 from xnat_bridge.errors import CommandFailed, SlurmError
 from xnat_bridge.procs import run, which
+
+from .daemons import DaemonStatus, alive, read_pid, terminate
 
 log = logging.getLogger(__name__)
 
@@ -306,14 +307,6 @@ def job_container_conf(cfg: SlurmDevConfig) -> str:
     ])
 
 
-@dataclasses.dataclass
-class DaemonStatus:
-    name: str
-    running: bool
-    pid: int | None
-    detail: str = ""
-
-
 class SlurmDev:
     """Start, stop and inspect the development cluster in *run_dir*."""
 
@@ -337,35 +330,10 @@ class SlurmDev:
         if os.geteuid() != 0:
             raise SlurmError("`xnat-hpc-hub slurm up|down` starts system daemons: run it as root")
 
-    # -- pid helpers ----------------------------------------------------
-    @staticmethod
-    def _pid_alive(pid: int | None) -> bool:
-        if not pid:
-            return False
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        # a zombie is not running
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                return f.read().split(") ", 1)[1][:1] != "Z"
-        except OSError:
-            return False
-
-    @staticmethod
-    def _read_pid(path: Path) -> int | None:
-        try:
-            return int(path.read_text().strip() or 0) or None
-        except (OSError, ValueError):
-            return None
-
     def _munged_pid(self) -> int | None:
         for path in (MUNGE_SOCKET_DIR / "munged.pid", self.cfg.pid_file("munged")):
-            pid = self._read_pid(path)
-            if self._pid_alive(pid):
+            pid = read_pid(path)
+            if alive(pid):
                 return pid
         return None
 
@@ -399,8 +367,8 @@ class SlurmDev:
 
         changed = self._write_conf()
         self._start_munged()
-        running_ctld = self._pid_alive(self._read_pid(cfg.pid_file("slurmctld")))
-        running_d = self._pid_alive(self._read_pid(cfg.pid_file("slurmd")))
+        running_ctld = alive(read_pid(cfg.pid_file("slurmctld")))
+        running_d = alive(read_pid(cfg.pid_file("slurmd")))
         if changed and (running_ctld or running_d):
             log.info("slurm.conf changed: restarting slurmctld and slurmd")
             self._stop_slurm()
@@ -493,14 +461,14 @@ class SlurmDev:
         if stop_munge:
             pid = self._munged_pid()
             if pid:
-                _terminate(pid)
+                terminate(pid)
         return self.status()
 
     def _stop_slurm(self) -> None:
         for daemon in ("slurmd", "slurmctld"):
-            pid = self._read_pid(self.cfg.pid_file(daemon))
-            if self._pid_alive(pid):
-                _terminate(pid)
+            pid = read_pid(self.cfg.pid_file(daemon))
+            if alive(pid):
+                terminate(pid)
             self.cfg.pid_file(daemon).unlink(missing_ok=True)
 
     # -- status ---------------------------------------------------------
@@ -509,8 +477,8 @@ class SlurmDev:
         munged = self._munged_pid()
         out.append(DaemonStatus("munged", bool(munged), munged))
         for daemon in ("slurmctld", "slurmd"):
-            pid = self._read_pid(self.cfg.pid_file(daemon))
-            out.append(DaemonStatus(daemon, self._pid_alive(pid), pid if self._pid_alive(pid) else None))
+            pid = read_pid(self.cfg.pid_file(daemon))
+            out.append(DaemonStatus(daemon, alive(pid), pid if alive(pid) else None))
         if all(s.running for s in out):
             try:
                 parts = run(
@@ -535,22 +503,6 @@ def format_status(statuses: list[DaemonStatus], run_dir: Path) -> str:
         lines.append("  partitions (name avail nodes state timelimit):")
         lines.extend(f"    {p}" for p in partitions.splitlines())
     return "\n".join(lines)
-
-
-def _terminate(pid: int, timeout: float = 15) -> None:
-    try:
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not SlurmDev._pid_alive(pid):
-            return
-        time.sleep(0.1)
-    try:
-        os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 def _chown_to(path: Path, user: str) -> None:
