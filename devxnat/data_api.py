@@ -12,6 +12,7 @@ several image sessions in one answer.
 from __future__ import annotations
 
 import asyncio
+import json
 import mimetypes
 import os
 import re
@@ -20,15 +21,19 @@ import zipfile
 from pathlib import Path
 
 from tornado.iostream import StreamClosedError
+from tornado.web import stream_request_body
 
 from . import archive as arc
 from . import listing_formats, routes, shapes
 from .access import ROLE_OF_GROUP
 from .errors import BadRequest, Forbidden, MethodNotAllowed, NotFound
+from .resource_write import ResourceWrites, Upload, flag
 from .handler import BaseHandler
 from .store import GROUP_SUFFIX, GROUPS
 
 CHUNK = 1 << 20
+#: the largest body a write takes (a result file; XNAT's own limit is the servlet container's)
+MAX_UPLOAD = 64 << 30
 _RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)$")
 
 
@@ -40,6 +45,7 @@ def group_name(project: str, group: str) -> str | None:
     return None
 
 
+@stream_request_body
 class DataHandler(BaseHandler):
     """One handler for the whole ``/data`` tree; :func:`routes.parse` says what is meant."""
 
@@ -71,17 +77,70 @@ class DataHandler(BaseHandler):
             raise MethodNotAllowed("HEAD is answered for single files only")
         await self._send_file(*self._file(route), body=False)
 
+    # -- writes: project members, resources and files (devxnat.resource_write) -----------------
+    _upload: Upload | None = None
+
+    async def prepare(self):
+        await super().prepare()
+        if self.request.method in ("PUT", "POST"):
+            self.request.connection.set_max_body_size(MAX_UPLOAD)
+            self._upload = Upload(Path(self.archive).parent / "spool")
+
+    def data_received(self, chunk: bytes) -> None:
+        if self._upload is not None:
+            self._upload.feed(chunk)
+
+    def on_finish(self):
+        if self._upload is not None:
+            self._upload.discard()
+
+    def on_connection_close(self):
+        if self._upload is not None:
+            self._upload.discard()
+
+    def _writes(self) -> ResourceWrites:
+        return ResourceWrites(self.store, self.archive, self.access(), self._owner)
+
     def put(self):
         route = routes.parse(self.request.path)
-        if route.kind != "user":
-            raise MethodNotAllowed("the development server's archive is read-only")
-        self._change_member(route, add=True)
+        if route.kind == "user":
+            self._change_member(route, add=True)
+        elif route.kind == "resource":
+            self._writes().create_resource(route, format=self.get_argument("format", ""),
+                                           content=self.get_argument("content", ""))
+            self.finish()
+        elif route.kind in ("file", "files") and route.resource is not None:
+            duplicates = self._writes().upload(
+                route, self._upload, self.request.headers.get("Content-Type", ""),
+                inbody=flag(self.get_argument("inbody", None)), overwrite=flag(self.get_argument("overwrite", None)),
+                format=self.get_argument("format", ""), content=self.get_argument("content", ""),
+                length_known="Content-Length" in self.request.headers)
+            if duplicates:
+                self.set_header("Content-Type", "text/html")
+                self.finish(json.dumps(duplicates))
+            else:
+                self.set_header("Content-Type", "text/plain")
+                self.finish()
+        else:
+            raise MethodNotAllowed("the development server writes project members, and resources and "
+                                   "files of experiments and scans; nothing else of the archive")
+
+    post = put  # XNAT: handlePut() { handlePost(); }
 
     def delete(self):
         route = routes.parse(self.request.path)
-        if route.kind != "user":
-            raise MethodNotAllowed("the development server's archive is read-only")
-        self._change_member(route, add=False)
+        if route.kind == "user":
+            self._change_member(route, add=False)
+        elif route.kind == "resource":
+            self._writes().delete_resource(route)
+            self.finish()
+        elif route.kind in ("file", "files") and route.resource is not None:
+            self._writes().delete_files(route, remove_files=self.get_argument("removeFiles", "true").lower()
+                                        not in ("false", "0"))
+            self.finish()
+        else:
+            raise MethodNotAllowed("the development server deletes project members, and resources and "
+                                   "files of experiments and scans; nothing else of the archive")
 
     # -- projects and users ---------------------------------------------------
     def _get_projects(self, route):

@@ -56,3 +56,15 @@ class InternalError(HttpError):
     """The server failed, e.g. a call it made to another service (500)."""
 
     status = 500
+
+
+class Conflict(HttpError):
+    """The item to create exists already (409)."""
+
+    status = 409
+
+
+class NotKept(HttpError):
+    """What XNAT does but the development server does not keep (501), said in the message."""
+
+    status = 501

@@ -415,6 +415,26 @@ class Store:
             )
         return rid
 
+    def update_resource(self, resource_id: int, *, format: str, content: str) -> None:
+        with self.tx() as db:
+            db.execute("UPDATE resources SET format=?, content=? WHERE id=?", (format, content, resource_id))
+
+    def put_file(self, resource_id: int, path: str, size: int, md5: str, *, format: str = "",
+                 content: str = "") -> None:
+        """Add or replace the file *path* of a resource (an upload; an overwrite replaces it)."""
+        with self.tx() as db:
+            db.execute("INSERT OR REPLACE INTO files(resource_id, path, size, md5, format, content)"
+                       " VALUES (?,?,?,?,?,?)", (resource_id, path, size, md5, format, content))
+
+    def delete_files(self, resource_id: int, paths: list[str]) -> None:
+        with self.tx() as db:
+            db.executemany("DELETE FROM files WHERE resource_id=? AND path=?", [(resource_id, p) for p in paths])
+
+    def delete_resource(self, resource_id: int) -> None:
+        with self.tx() as db:
+            db.execute("DELETE FROM files WHERE resource_id=?", (resource_id,))
+            db.execute("DELETE FROM resources WHERE id=?", (resource_id,))
+
     def subjects(self, project: str) -> list[sqlite3.Row]:
         return self.db.execute("SELECT * FROM subjects WHERE project=? ORDER BY label", (project,)).fetchall()
 
