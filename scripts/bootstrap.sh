@@ -22,7 +22,8 @@ VENV_OLDEST=${VENV_OLDEST:-/opt/xnat-hpc-hub/venv-jupyterhub-oldest}
 HERE=$(cd "$(dirname "$0")/.." && pwd)
 # util-linux: setpriv, with which a local server drops from root to its user inside its sandbox
 DEB_PACKAGES=(slurm-wlm munge bubblewrap util-linux age python3-venv python3-dev
-              nodejs npm chromium curl ca-certificates)
+              nodejs npm chromium curl ca-certificates openssh-client)
+# openssh-client: ssh-keygen -Y verify, the standard check of the hub's signatures of published results
 # configurable-http-proxy, JupyterHub's proxy, exactly this release: it and its whole dependency
 # tree accept Node 18 (Debian 12's nodejs) and 20. 5.2.0 needs Node 20; 5.3.0 pulls commander 15,
 # which wants Node 22.12 (npm's EBADENGINE warning). Re-installed when another version is there.
