@@ -9,6 +9,8 @@
     xnat-hpc-hub audit verify [FILE...]      check audit trails (exit 1 if broken): no FILE = the hub's
                                              store (--config / --store, --key); a FILE = a researcher's
                                              JSON-lines log, or a hub store (SQLite) with its key
+    xnat-hpc-hub verify-results DIR --key K  check published results: the hub's signature of their
+                                             RO-Crate and every file's sha256 (exit 1 naming the file)
 """
 
 from __future__ import annotations
@@ -83,6 +85,20 @@ def _kube(args: argparse.Namespace) -> int:
             print(f"  programs missing: {', '.join(missing)}; {kube.INSTALL_HINT}")
         return 0 if all(s.running for s in statuses) else 3
     return 0
+
+
+def _verify_results(args: argparse.Namespace) -> int:
+    """0 and "verified" when the results are as the hub signed them; 1 and one line per problem."""
+    from xnat_bridge.results_crate import verify_results
+    from xnat_bridge.sshsig import parse_public_key_line
+
+    key = parse_public_key_line(args.key.read_text().strip().splitlines()[0])
+    problems = verify_results(args.directory, key)
+    for line in problems:
+        print(f"{args.directory}/{line}", file=sys.stderr)
+    if not problems:
+        print(f"{args.directory}: verified (the hub's signature and every file's sha256)")
+    return 1 if problems else 0
 
 
 def _devxnat(args: argparse.Namespace) -> int:
@@ -212,6 +228,13 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--key", type=Path, default=None,
                    help="the store's key file (default: c.HubAuditLog.key_file, else audit.key next to the store)")
     a.set_defaults(func=_audit)
+
+    v = sub.add_parser("verify-results", help="check published results: the hub's signature and every file")
+    v.add_argument("directory", type=Path, help="the results as downloaded from XNAT (with ro-crate-metadata.json "
+                   "and its .sig)")
+    v.add_argument("--key", type=Path, required=True,
+                   help="the hub's public key: a file with its ssh-ed25519 line (or an allowed_signers line)")
+    v.set_defaults(func=_verify_results)
 
     j = sub.add_parser("jobs", help="offloaded training jobs: list | show ID | cancel ID")
     j.add_argument("action", choices=["list", "show", "cancel"])
