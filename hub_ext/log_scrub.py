@@ -1,4 +1,4 @@
-"""Keep tokens that arrive in URLs out of the hub's log.
+"""Keep tokens that arrive in URLs, and those in a dumped pod spec, out of the hub's log.
 
 XNAT's JupyterHub plugin opens a user's server at ``{jupyterHubHostUrl}{server url}?token=<hub
 token>`` (``jupyterhub-servers.js``: ``XNAT.plugin.jupyterhub.servers.goTo``). JupyterHub's
@@ -13,6 +13,11 @@ it is, in the redirect's line and in the login page's.
 or twice, to ``…token=[secret]``. :func:`scrub_token_params` puts it on the hub's request log
 (``tornado.access``) and its application log (``JupyterHub``); call it from
 ``jupyterhub_config.py`` (``config/jupyterhub_config.py`` does). It changes only what is logged.
+
+kubespawner logs the whole pod when the API server refuses it (a quota, a policy:
+``Failed for {pod}``), the server's ``JUPYTERHUB_API_TOKEN`` value with it; the same filter
+writes ``[secret]`` for the value of every environment variable whose name says it is secret
+(``…TOKEN``, ``…PASS``, ``…SECRET``, ``…KEY``).
 """
 
 from __future__ import annotations
@@ -30,11 +35,19 @@ _TOKEN_PARAM = re.compile(
     r"(?i)(\w*token(?:=|%3D|%253D))"
     r"((?:[^&#\s\"'<>%]|%(?!26|23|2526|2523)[0-9A-Fa-f]{2})+)")
 SECRET = "[secret]"
+# an environment variable's value in a dumped pod or container spec (kubespawner logs the whole pod
+# when the API refuses it: ``'name': 'JUPYTERHUB_API_TOKEN', 'value': '…'``, Python's or JSON's
+# quotes), for a variable whose name says it is secret
+_SECRET_ENV = re.compile(
+    r"""(?i)((['"])name\2\s*:\s*(['"])\w*(?:TOKEN|PASS|PASSWORD|SECRET|KEY)\w*\3\s*,\s*"""
+    r"""(['"])value\4\s*:\s*(['"]))((?:(?!\5).)*)(\5)""", re.S)
 
 
 def scrub_tokens(text: str) -> str:
-    """*text* with the value of every ``…token=`` parameter replaced by ``[secret]`` (pure)."""
-    return _TOKEN_PARAM.sub(lambda m: m.group(1) + SECRET, text)
+    """*text* with the value of every ``…token=`` parameter, and of every secret-named
+    environment variable of a dumped pod spec, replaced by ``[secret]`` (pure)."""
+    text = _TOKEN_PARAM.sub(lambda m: m.group(1) + SECRET, text)
+    return _SECRET_ENV.sub(lambda m: m.group(1) + SECRET + m.group(7), text)
 
 
 class TokenScrubber(logging.Filter):

@@ -11,6 +11,7 @@ import grp
 import json
 import os
 import pwd
+import re
 import subprocess
 import sys
 
@@ -191,6 +192,9 @@ def test_a_namespace_quota_refuses_the_pod_with_the_quota_named(kube_site):
         status, message = _spawn_failure(hub, "alice", {"profile": "k8s-small", "projects": ["NEURO_MRI"]})
         assert status in (0, 403), message
         assert "quota for servers is used up" in message and "exceeded quota: servers" in message
+        # kubespawner dumped the refused pod into the hub's log: its token value scrubbed
+        assert "'name': 'JUPYTERHUB_API_TOKEN'" in hub.log()
+        assert not re.search(r"'name': 'JUPYTERHUB_API_TOKEN',\s*'value': '(?!\[secret\])", hub.log())
         wait_gone(hub, "alice", "")
         assert site.pod("jupyter-alice") is None
         assert not site.exists("secret", "jupyter-alice-xnat")

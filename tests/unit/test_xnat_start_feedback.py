@@ -298,3 +298,22 @@ def test_a_record_with_arguments_is_scrubbed_once_formatted():
     assert record.getMessage() == "redirect /user/bob/20261207t1/?token=[secret] -> /hub/login (3)"
     plain = logging.LogRecord("JupyterHub", logging.INFO, __file__, 1, "100%% %s", ("done",), None)
     assert TokenScrubber().filter(plain) and plain.getMessage() == "100% done" and plain.args == ("done",)
+
+
+def test_a_pod_kubespawner_dumps_when_the_api_refuses_it_holds_no_token():
+    """kubespawner logs ``Failed for %s`` with ``pod.to_str()`` when the API server refuses the
+    pod (a quota, seen on the development cluster): the server's JupyterHub token was in the
+    hub's log. The value of every secret-named variable is scrubbed; the others stay."""
+    from kubernetes_asyncio.client import V1Container, V1EnvVar, V1ObjectMeta, V1Pod, V1PodSpec
+
+    token = "37e79eb5812d4fb9a6257516af21506e"
+    env = [V1EnvVar(name="JUPYTERHUB_API_TOKEN", value=token), V1EnvVar(name="JPY_API_TOKEN", value=token),
+           V1EnvVar(name="JUPYTERHUB_API_URL", value="http://10.244.0.1:8081/hub/api")]
+    pod = V1Pod(metadata=V1ObjectMeta(name="jupyter-alice"),
+                spec=V1PodSpec(containers=[V1Container(name="notebook", image="x", env=env)]))
+    record = logging.LogRecord("JupyterHub", logging.ERROR, __file__, 1, "Failed for %s", (pod.to_str(),), None)
+    assert TokenScrubber().filter(record) is True
+    message = record.getMessage()
+    assert token not in message and message.count("'value': '[secret]'") == 2
+    assert "'value': 'http://10.244.0.1:8081/hub/api'" in message
+    assert scrub_tokens('{"name": "XNAT_PASS", "value": "s3cret"}') == '{"name": "XNAT_PASS", "value": "[secret]"}'
