@@ -82,7 +82,8 @@ class DataHandler(BaseHandler):
 
     async def prepare(self):
         await super().prepare()
-        if self.request.method in ("PUT", "POST"):
+        if self.request.method in ("PUT", "POST") and routes.parse(self.request.path).kind in ("file", "files"):
+            # only an upload's body is spooled (a member's or a resource's PUT has none to keep)
             self.request.connection.set_max_body_size(MAX_UPLOAD)
             self._upload = Upload(Path(self.archive).parent / "spool")
 
