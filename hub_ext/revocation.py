@@ -489,10 +489,12 @@ async def apply_revocation(*, user: str, project: str, reason: str, servers: lis
                         detail=f"{reason}; stopping server {shown} failed")
             continue
         report.stopped.append(server.name)
-        await tell(f"your server {shown} was stopped: {reason}. Start a new "
-                   f"one without {project}, or ask an owner of {project} for access.")
+        # the owners' record first: the server is already gone from the hub's API, and the
+        # trail must not lag behind what anyone can see
         await audit(user, "server_stopped", "allowed", items=[project],
                     detail=f"{reason}; server {shown} stopped")
+        await tell(f"your server {shown} was stopped: {reason}. Start a new "
+                   f"one without {project}, or ask an owner of {project} for access.")
     return report
 
 
