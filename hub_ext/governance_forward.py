@@ -5,6 +5,7 @@ every backend, a Slurm node or a pod included), and posts its audit events and j
 
     POST  /hub/api/xnat-hpc/audit
     POST|PATCH|GET  /hub/api/xnat-hpc/jobs/{job}
+    POST|PATCH  /hub/api/xnat-hpc/jobs/{job}/publish
     GET   /hub/api/xnat-hpc/review/policy
     POST|GET  /hub/api/xnat-hpc/review/jobs/{job}
 
@@ -36,7 +37,7 @@ from .hub_rest import HOW_TO_CONFIGURE, SERVICE_NAME, XnatGovernance
 log = logging.getLogger(__name__)
 
 #: the calls passed on, relative to the hub's prefix
-ROUTE = r"/api/xnat-hpc/(audit|jobs/j[0-9a-f]{12}|review/policy|review/jobs/j[0-9a-f]{12})"
+ROUTE = r"/api/xnat-hpc/(audit|jobs/j[0-9a-f]{12}(?:/publish)?|review/policy|review/jobs/j[0-9a-f]{12})"
 #: what of a call is passed on
 CALL_HEADERS = ("Authorization", "Content-Type")
 #: what of the answer is handed back

@@ -67,6 +67,10 @@ CREATE TABLE IF NOT EXISTS decisions (
     user TEXT NOT NULL, id TEXT NOT NULL, project TEXT NOT NULL, owner TEXT NOT NULL,
     decision TEXT NOT NULL, reason TEXT DEFAULT '', time TEXT NOT NULL,
     PRIMARY KEY (user, id, project));
+CREATE TABLE IF NOT EXISTS publications (
+    user TEXT NOT NULL, id TEXT NOT NULL, resource TEXT NOT NULL, url TEXT NOT NULL,
+    files TEXT NOT NULL, crate TEXT NOT NULL, signature TEXT NOT NULL, state TEXT NOT NULL,
+    message TEXT DEFAULT '', signed TEXT NOT NULL, updated TEXT NOT NULL, PRIMARY KEY (user, id));
 """
 MAX_REASON = 1000
 #: notices kept per user, and their length
@@ -519,6 +523,63 @@ class ReviewStore(LoggingConfigurable):
                 db.execute("UPDATE jobs SET state='approved', decided=? WHERE user=? AND id=?", (t, user, job_id))
             row = db.execute("SELECT * FROM jobs WHERE user=? AND id=?", (user, job_id)).fetchone()
             return self._job(row)
+
+    # -- publications (hub_ext.publication) -------------------------------------------
+    def publication(self, user: str, job_id: str) -> dict | None:
+        """The signed publication of a job's results, or None."""
+        with self._lock:
+            row = self._db().execute("SELECT * FROM publications WHERE user=? AND id=?", (user, job_id)).fetchone()
+        return None if row is None else self._publication(row)
+
+    @staticmethod
+    def _publication(row: sqlite3.Row) -> dict:
+        return {"user": row["user"], "job": row["id"], "resource": row["resource"], "url": row["url"],
+                "files": json.loads(row["files"]), "crate": row["crate"], "signature": row["signature"],
+                "state": row["state"], "message": row["message"], "signed": row["signed"],
+                "updated": row["updated"]}
+
+    def add_publication(self, user: str, job_id: str, *, resource: str, url: str, files: list[list],
+                        crate: str, signature: str) -> dict:
+        """Keep a signed publication (state ``signed`` until the server reports its upload);
+        a job signed before is signed again only when its upload failed."""
+        t = now_iso()
+        with self._tx() as db:
+            row = db.execute("SELECT state FROM publications WHERE user=? AND id=?", (user, job_id)).fetchone()
+            if row is not None and row["state"] != "failed":
+                raise Conflict(f"job {job_id} of {user} was already signed for publishing", item=job_id)
+            db.execute("INSERT OR REPLACE INTO publications VALUES (?,?,?,?,?,?,?,'signed','',?,?)",
+                       (user, job_id, resource, url, json.dumps(files), crate, signature, t, t))
+            return self._publication(db.execute("SELECT * FROM publications WHERE user=? AND id=?",
+                                                (user, job_id)).fetchone())
+
+    def set_publication_state(self, user: str, job_id: str, state: str, message: str = "") -> dict:
+        """The server's report of its upload: ``published`` or ``failed`` (a published one stays so)."""
+        if state not in ("published", "failed"):
+            raise InvalidRequest(f"{str(state)[:40]!r} is not a publication state (published, failed)")
+        with self._tx() as db:
+            row = db.execute("SELECT * FROM publications WHERE user=? AND id=?", (user, job_id)).fetchone()
+            if row is None:
+                raise NotFound(f"job {job_id} of {user} was never signed for publishing", item=job_id)
+            if row["state"] == "published" and state != "published":
+                raise Conflict(f"job {job_id} of {user} is already published at {row['resource']}", item=job_id)
+            db.execute("UPDATE publications SET state=?, message=?, updated=? WHERE user=? AND id=?",
+                       (state, str(message)[:MAX_REASON], now_iso(), user, job_id))
+            return self._publication(db.execute("SELECT * FROM publications WHERE user=? AND id=?",
+                                                (user, job_id)).fetchone())
+
+    def publications_for(self, projects: set[str], limit: int = 200) -> list[dict]:
+        """Publications of jobs that touched one of *projects*, newest first (the owner page)."""
+        with self._lock:
+            rows = self._db().execute(
+                "SELECT p.*, l.projects AS projects FROM publications p JOIN ledger l ON l.user=p.user AND "
+                "l.id=p.id ORDER BY p.signed DESC").fetchall()
+        out = []
+        for r in rows:
+            if set(projects).intersection(json.loads(r["projects"])):
+                out.append({**self._publication(r), "projects": json.loads(r["projects"])})
+                if len(out) >= limit:
+                    break
+        return out
 
     def release_share(self, user: str, job_id: str) -> bytes:
         """The hub's share of an approved job, unwrapped with that job's own review key (for

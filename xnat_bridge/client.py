@@ -160,21 +160,25 @@ class XnatClient:
     def request(self, method: str, path: str, *, params: dict | None = None, what: str = "",
                 stream: bool = False, headers: dict | None = None,
                 timeout: float | tuple[float, float] | None = None,
-                accept: tuple[int, ...] = ()) -> requests.Response:
+                accept: tuple[int, ...] = (), data=None) -> requests.Response:
         """One XNAT REST call; returns the 2xx response or raises a typed error.
 
         *what* names the item for error messages (``project NEURO_MRI``);
         *accept* lists error statuses returned to the caller instead of raised
-        (e.g. ``416`` for a range request).
+        (e.g. ``416`` for a range request); *data* is the body: bytes, or a file object
+        streamed from its current position (rewound to it before a retry).
         """
         url = self.host + path
         idempotent = method.upper() in ("GET", "HEAD", "PUT", "DELETE")
         attempts = 1 + (self.retries if idempotent else 0)
         relogged = False
+        start = data.tell() if hasattr(data, "seek") else None
         for attempt in range(attempts):
             generation = self._login_generation
+            if start is not None:
+                data.seek(start)
             try:
-                resp = self._http.request(method, url, params=params, stream=stream,
+                resp = self._http.request(method, url, params=params, stream=stream, data=data,
                                           headers=headers, timeout=timeout or self.timeout)
             except (requests.ConnectionError, requests.Timeout) as e:
                 if attempt + 1 < attempts:

@@ -68,6 +68,7 @@ class RunRecord:
     approvals: tuple[Approval, ...] = ()
     audit_ids: tuple[str, ...] = ()
     xnat_item: str = ""   # the XNAT URI of the item the results belong to
+    note: str = ""        # which of these facts the signer checked, and which it was told
 
 
 def _properties(values: Mapping[str, str], prefix: str) -> list[dict]:
@@ -106,7 +107,8 @@ def crate_metadata(run: RunRecord, files: Iterable[FileEntry]) -> dict:
          "identifier": [{"@id": f"#slurm-{run.slurm_job_id}"}, *({"@id": f"#audit-{a}"} for a in run.audit_ids)],
          "location": {"@id": f"#node-{run.node}"},
          "additionalProperty": [{"@id": p["@id"]} for p in asked + used],
-         "actionStatus": "http://schema.org/CompletedActionStatus"},
+         "actionStatus": "http://schema.org/CompletedActionStatus",
+         **({"description": run.note} if run.note else {})},
         {"@id": f"#script-{run.script_sha256[:16]}", "@type": "SoftwareApplication", "name": run.script,
          "sha256": run.script_sha256,
          **({"softwareRequirements": [{"@id": s["@id"]} for s in software]} if software else {})},

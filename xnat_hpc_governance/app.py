@@ -33,6 +33,7 @@ from hub_ext import governance_socket, hub_rest
 from hub_ext.audit_log import HubAuditLog
 from hub_ext.auth import XnatAuthenticator
 from hub_ext.governance_forward import service_prefix
+from hub_ext.results_signer import ResultsSigner
 from hub_ext.review_store import ReviewStore
 from xnat_bridge.errors import XnatHpcError
 
@@ -174,7 +175,9 @@ class GovernanceService(Application):
         auth = HubAuth(api_token=client.token, api_url=client.api_url)
         prefix = "/" + self.service_prefix.strip("/") + "/"
         settings = {"config": self.config, "hub": client, "hub_auth": auth, "service_token": client.token,
-                    "audit_log": HubAuditLog(config=self.config), "review_store": ReviewStore(config=self.config)}
+                    "audit_log": HubAuditLog(config=self.config), "review_store": ReviewStore(config=self.config),
+                    "results_signer": ResultsSigner(config=self.config),
+                    "xnat_url": XnatAuthenticator(config=self.config).xnat_url or os.environ.get("XNAT_HOST", "")}
         return web.Application(server_api_handlers(prefix), **settings)
 
     async def run(self, stop: asyncio.Event | None = None) -> None:

@@ -63,11 +63,13 @@ def jobs_from_ledger(ledger: list[dict], reported: list[dict], project: str) -> 
 def collect(audit_log: HubAuditLog, owned: set[str], scope: set[str], f: R.Filters, query: dict,
             active: list[tuple[str, str, str]],
             members: Callable[[str], tuple[list[dict] | None, str]],
-            ledger: Callable[[str], list[dict]] = lambda p: []) -> tuple[list[dict], int, list[R.ProjectView]]:
+            ledger: Callable[[str], list[dict]] = lambda p: [],
+            published: Callable[[str], list[dict]] = lambda p: []) -> tuple[list[dict], int, list[R.ProjectView]]:
     """What the page shows (blocking: the store and XNAT; run it in a thread): the filtered
     events of this page, their count, and a :class:`~xnat_hpc_governance.owner_render.ProjectView` per
     project of *scope* (*members(project)* asks XNAT who has access, *ledger(project)* gives
-    the ledger's jobs of servers whose scope held it)."""
+    the ledger's jobs of servers whose scope held it, *published(project)* the publications
+    to XNAT of those jobs' results)."""
     events = audit_log.query(**query, limit=f.per_page, offset=(f.page - 1) * f.per_page)
     total = audit_log.count(**query)
     views = []
@@ -85,5 +87,5 @@ def collect(audit_log: HubAuditLog, owned: set[str], scope: set[str], f: R.Filte
         spawns = audit_log.query(projects={p}, user=running, actions={"spawn"}, limit=1000) if running else []
         downloads = [visible_part(e, owned) for e in audit_log.query(projects={p}, actions={"download"}, limit=50)]
         views.append(R.ProjectView(p, people, problem, R.active_servers(spawns, active, p),
-                                   jobs_from_ledger(jobs, reported, p), downloads))
+                                   jobs_from_ledger(jobs, reported, p), downloads, published(p)))
     return [visible_part(e, owned) for e in events], total, views

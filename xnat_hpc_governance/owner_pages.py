@@ -280,8 +280,11 @@ class OwnerAuditPage(OwnerPage):
         def ledger(project: str) -> list[dict]:
             return store.ledger_jobs(projects={project}, limit=200)
 
+        def published(project: str) -> list[dict]:
+            return store.publications_for({project}, limit=100)
+
         events, total, views = await asyncio.to_thread(collect, audit_log, owned, scope, f, query, active,
-                                                       members, ledger)
+                                                       members, ledger, published)
         for v in views:
             v.actions_html = self.pages.render(
                 "xnat-hpc-owner-actions.html", project=v.project,

@@ -255,6 +255,7 @@ class ProjectView:
     servers: list[dict]
     jobs: list[dict]
     downloads: list[dict]
+    publications: list[dict] = dataclasses.field(default_factory=list)
     actions_html: str = ""              # grant/revoke, review: filled by xnat_hpc_governance.owner's hook (trusted HTML)
 
 
@@ -280,8 +281,20 @@ def project_context(v: ProjectView) -> dict:
                          d.get("files", 0), d.get("bytes", 0), _short((d.get("hashes") or {}).get("manifest", "")),
                          source_label(d)]
                         for d in v.downloads], "none")
+    publications = _table(
+        f"published-{p}", f"Results published to XNAT from jobs on the data of {p}, newest first (signed by the "
+        "hub; the resource holds the files, their RO-Crate and its signature)",
+        ["signed", "user", "job", "files", "state", "XNAT resource"],
+        [[x["signed"], x["user"], x["job"], len(x["files"]), x["state"] + (f": {x['message']}" if x["message"] else ""),
+          link(x["url"], x["resource"])] for x in v.publications], "none")
     return {"project": p, "members": members, "members_error": v.members_error, "actions_html": v.actions_html,
-            "servers": servers, "jobs": jobs, "downloads": downloads}
+            "servers": servers, "jobs": jobs, "downloads": downloads, "publications": publications}
+
+
+def link(url: str, text: str) -> dict | str:
+    """A table cell that links to *url* (the macro renders it escaped), or the text alone when
+    *url* is not an http(s) address."""
+    return {"href": url, "text": text} if url.startswith(("http://", "https://")) else text
 
 
 def project_section(v: ProjectView, *, pages: XnatHpcPages | None = None) -> str:

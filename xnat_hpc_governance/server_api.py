@@ -14,6 +14,9 @@ server knows only the hub's API)::
     GET   api/review/policy         gone (410): replaced by the ledger entry
     POST  api/review/jobs/{job}     a server registers its held job (ledger jobs only)
     GET   api/review/jobs/{job}     its state; once approved, ``?share=1``: the hub's key share
+    POST  api/jobs/{job}/publish    the hub signs the RO-Crate of a finished job's results for XNAT
+                                    (hub_ext.publication decides what it signs)
+    PATCH api/jobs/{job}/publish    the server reports its upload to XNAT (published, failed)
 
 **Who is calling** is asked of the hub, never taken from the call: the token in the
 ``Authorization`` header (never a cookie, never the URL) is identified by the hub's REST API
@@ -39,7 +42,7 @@ from hub_ext.errors import map_errors
 from hub_ext.hub_rest import HubRestClient
 from hub_ext.review_store import ReviewStore
 from hub_ext.server_scopes import AUDIT, JOBS, check_server_token
-from xnat_bridge.errors import Gone, InvalidRequest, PermissionDenied, XnatHpcError
+from xnat_bridge.errors import Conflict, Gone, InvalidRequest, PermissionDenied, XnatHpcError
 from xnat_bridge.spawn_record import SpawnRecord, token_sha256
 
 from .audit_api import ensure_ingest, server_for_token
@@ -51,6 +54,9 @@ AUDIT_PATH = r"api/audit"
 POLICY_PATH = r"api/review/policy"
 REVIEW_JOB_PATH = r"api/review/jobs/(j[0-9a-f]{12})"
 LEDGER_PATH = r"api/jobs/(j[0-9a-f]{12})"
+PUBLISH_PATH = r"api/jobs/(j[0-9a-f]{12})/publish"
+#: the trail's actions of a job whose record ids the crate names
+JOB_ACTIONS = ("ledger_enter", "job_state", "review_hold", "review_approve", "key_release")
 
 #: tokens whose server is kept at most (all are forgotten beyond: each is found again)
 MAX_BINDINGS = 10000
@@ -293,6 +299,86 @@ class ReviewJobAPIHandler(ServerAPIHandler):
         self.reply(out)
 
 
+class PublishAPIHandler(ServerAPIHandler):
+    """The hub's signature of a job's results for XNAT (:mod:`hub_ext.publication`)."""
+
+    what = "publish a job's results"
+
+    async def _job_records(self, user: str, job_id: str) -> list[int]:
+        def query() -> list[int]:
+            events = self.audit_log.query(user=user, actions=list(JOB_ACTIONS), limit=1000)
+            return sorted(int(e["seq"]) for e in events
+                          if (e.get("extra") or {}).get("job") == job_id and "seq" in e)
+
+        return await asyncio.to_thread(query)
+
+    @map_errors
+    async def post(self, job_id: str):
+        from hub_ext.publication import check_publishable, check_request, run_record
+        from xnat_bridge.results_crate import crate_metadata, dumps
+
+        user, server, projects = await self.server_from_token(JOBS, self.what)
+        req = check_request(self.body_json())
+        target = req.target
+        resource = target.resource_path(job_id)
+        xnat_url = str(self.settings.get("xnat_url") or "").rstrip("/")
+        facts = {"job": job_id, "server": server, "resource": resource}
+        try:
+            if target.project not in projects:
+                raise PermissionDenied(f"your server {server or '(default)'} was started on "
+                                       f"{', '.join(sorted(projects)) or 'no project'}: it cannot publish to "
+                                       f"project {target.project}", item=target.project)
+            ledger = await asyncio.to_thread(self.store.ledger_job, user, job_id)
+            held = await asyncio.to_thread(self.store.job, user, job_id) if ledger["review"] else None
+            check_publishable(ledger, held, req)
+            earlier = await asyncio.to_thread(self.store.publication, user, job_id)
+            files = [[f.path, f.size, f.sha256] for f in req.files]
+            if earlier is not None and earlier["state"] != "failed":
+                if (earlier["resource"], earlier["files"]) != (resource, files):
+                    raise Conflict(f"job {job_id} was published to {earlier['resource']} with other files; a "
+                                   "job's results are published once", item=job_id)
+                self.reply(self._answer(earlier))  # the same request again (a retry): the same signature
+                return
+        except XnatHpcError as e:
+            await self.record(user, "publish", "denied", items=[target.project],
+                              detail=f"job {job_id} to {resource}: {e.message}"[:500], extra=facts)
+            raise
+        ids = await self._job_records(user, job_id)
+        seq = await self.audit_log.record(
+            user, "publish", "allowed", items=[target.project], files=len(req.files),
+            bytes=sum(f.size for f in req.files),
+            hashes={"manifest": ledger["manifest_sha256"], "script": ledger["script_sha256"]},
+            detail=f"job {job_id}: {len(req.files)} result file(s) signed for {resource}",
+            extra={**facts, "url": xnat_url + resource, "state": "signed"})
+        record = run_record(ledger, held, req, xnat_url=xnat_url, audit_ids=[*ids, seq])
+        crate = dumps(crate_metadata(record, req.files))
+        signature = await asyncio.to_thread(self.settings["results_signer"].sign, crate)
+        pub = await asyncio.to_thread(self.store.add_publication, user, job_id, resource=resource,
+                                      url=xnat_url + resource, files=files, crate=crate.decode(),
+                                      signature=signature)
+        self.reply(self._answer(pub), status=201)
+
+    def _answer(self, pub: dict) -> dict:
+        return {"resource": pub["resource"], "url": pub["url"], "crate": pub["crate"],
+                "signature": pub["signature"], "state": pub["state"],
+                "allowed_signers": self.settings["results_signer"].allowed_signers()}
+
+    @map_errors
+    async def patch(self, job_id: str):
+        user, server, projects = await self.server_from_token(JOBS, self.what)
+        body = self.body_json()
+        state, message = body.get("state"), str(body.get("message") or "")[:500]
+        pub = await asyncio.to_thread(self.store.set_publication_state, user, job_id, state, message)
+        project = pub["resource"].split("/")[3]
+        await self.record(user, "publish", "allowed" if state == "published" else "failed", items=[project],
+                          files=len(pub["files"]), bytes=sum(int(f[1]) for f in pub["files"]),
+                          detail=(f"job {job_id}: published to XNAT as {pub['resource']}" if state == "published"
+                                  else f"job {job_id}: the upload to {pub['resource']} failed: {message}")[:500],
+                          extra={"job": job_id, "server": server, "resource": pub["resource"], "url": pub["url"],
+                                 "state": state})
+        self.reply(self._answer(pub))
+
+
 def public_job(job: dict) -> dict:
     """What a server is told of a held job (pure)."""
     return {k: job[k] for k in ("job", "projects", "state", "reason", "by", "since", "decided", "pending")}
@@ -368,4 +454,5 @@ def server_api_handlers(prefix: str) -> list[tuple[str, type]]:
     hub's own events."""
     return [(prefix + AUDIT_PATH, AuditIngestHandler), (prefix + POLICY_PATH, ReviewPolicyAPIHandler),
             (prefix + REVIEW_JOB_PATH, ReviewJobAPIHandler), (prefix + LEDGER_PATH, LedgerJobAPIHandler),
+            (prefix + PUBLISH_PATH, PublishAPIHandler),
             (HUB_EVENTS_PATH, HubEventsHandler)]

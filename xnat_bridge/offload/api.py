@@ -5,6 +5,7 @@
     job.status            # "staging", "queued", "running", ..., "done" (refreshed on every access)
     print(job.logs())     # the script's output so far
     job.wait(); job.results()["files"]
+    job.publish()         # the results into XNAT, with the hub's signed RO-Crate
 
 Both use one default :class:`OffloadManager` per process, on
 ``xnat_bridge.connect()`` (``XNAT_HOST``/``XNAT_USER``/``XNAT_PASS``) and the
@@ -71,6 +72,11 @@ class Job:
 
     def results(self) -> dict:
         return self.manager.results(self.id)
+
+    def publish(self, project: str | None = None) -> dict:
+        """Publish the results to XNAT, signed by the hub (``{"resource", "url", ...}``); see
+        :meth:`OffloadManager.publish`."""
+        return self.manager.publish(self.id, project)
 
     def __repr__(self) -> str:
         rec = self.record

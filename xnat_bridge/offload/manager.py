@@ -31,7 +31,7 @@ from pathlib import Path
 from .. import audit as audit_mod
 from ..audit_outbox import default_sink
 from ..errors import Conflict, InvalidRequest, NotFound, XnatHpcError
-from ..private import open_regular
+from ..private import create_private_file, open_regular
 from ..staging import AgeEngine, manifest_sha256, user_dir
 from .bundles import BundleCache
 from .context import OffloadContext, job_dir
@@ -395,6 +395,54 @@ class OffloadManager:
         prov_path = self.job_dir(job_id) / "provenance.json"
         provenance = json.loads(prov_path.read_text()) if prov_path.exists() else {}
         return {"path": str(out), "files": files, "provenance": provenance}
+
+    def publish(self, job_id: str, project: str | None = None) -> dict:
+        """Publish a finished job's results to XNAT with the hub's signed RO-Crate
+        (:mod:`.publish`): ``{"resource", "url", "state", "files"}``. Again for a published
+        job: its publication, unchanged."""
+        from ..results_crate import digest_files
+        from . import publish as pub
+
+        rec = self.get(job_id)
+        results = self.results(job_id)  # done, held results approved and opened
+        done = pub.load_state(self.job_dir(job_id))
+        if done is not None and done.get("state") == "published":
+            return done
+        if self.review_client is None:
+            raise InvalidRequest("publishing needs the hub's signature: this server was not started by a hub "
+                                 "(no JUPYTERHUB_API_URL)")
+        manifest = self._connection().load_dataset(rec.dataset, rec.dataset_version)
+        target = pub.choose_target((f.name for f in manifest.files), project)
+        out = Path(results["path"])
+        files = digest_files(out)
+        if not files:
+            raise Conflict(f"job {job_id} has no result files to publish", item=job_id)
+        signed = self.review_client.sign_publication(job_id, {
+            "target": target.to_json(), "files": [dataclasses.asdict(f) | {"name": f.path} for f in files],
+            "run": pub.run_claims(results["provenance"])})
+        crate, signature = signed["crate"].encode(), signed["signature"]
+        writer = pub.XnatResourceWriter(self._connection().client, pub.resource_path(target, job_id),
+                                        target.project)
+        try:
+            outcome = pub.upload(writer, out, files, crate, signature)
+        except XnatHpcError as e:
+            self._report_publication(job_id, "failed", e.message)
+            raise
+        except OSError as e:
+            self._report_publication(job_id, "failed", f"{e.filename}: {e.strerror}")
+            raise Conflict(f"a result file of job {job_id} could not be read: {e.filename}: {e.strerror}") from None
+        self._report_publication(job_id, "published")
+        state = {"state": "published", "resource": signed["resource"], "url": signed["url"],
+                 "files": len(files), "bytes": sum(f.size for f in files), "outcome": outcome,
+                 "allowed_signers": signed["allowed_signers"]}
+        create_private_file(self.job_dir(job_id) / pub.STATE_FILE, json.dumps(state, indent=1).encode(), replace=True)
+        return state
+
+    def _report_publication(self, job_id: str, state: str, message: str = "") -> None:
+        try:
+            self.review_client.report_publication(job_id, state, message)
+        except XnatHpcError as e:  # the upload's outcome stands; the hub's trail lacks its end
+            log.warning("job %s: the hub was not told the publication %s: %s", job_id, state, e.message)
 
     def active(self) -> bool:
         return any(not rec.terminal for rec, _ in self.registry.active())

@@ -228,6 +228,14 @@ class ReviewClient:
     def register(self, job_id: str, payload: dict) -> dict:
         return self._call("POST", f"review/jobs/{job_id}", payload)
 
+    def sign_publication(self, job_id: str, body: dict) -> dict:
+        """The hub's signed RO-Crate of *job_id*'s results for XNAT (:mod:`.publish`)."""
+        return self._call("POST", f"jobs/{job_id}/publish", body)
+
+    def report_publication(self, job_id: str, state: str, message: str = "") -> dict:
+        """Tell the hub how the upload ended (``published`` or ``failed``; audited there)."""
+        return self._call("PATCH", f"jobs/{job_id}/publish", {"state": state, "message": message[:500]})
+
     def status(self, job_id: str, share: bool = False) -> dict:
         """``{"state", "reason", "since", "projects", "pending", ...}``; with *share*, once
         approved, also ``share`` (base64 of the hub's share; the hub audits each release)."""

@@ -385,7 +385,7 @@ class JobRun:
                                        engine=self.ctx.engine)
         rec = self.ctx.registry.get(self.id)
         ended = now_iso()
-        prov = self._provenance(rec, ended, listing["files"])
+        prov = self._provenance(rec, ended, listing["files"], node=str(result.get("node") or ""))
         write_private(self.job_dir / "provenance.json", json.dumps(prov, indent=1, sort_keys=True).encode())
         self.ctx.audit("result_retrieve", items=audit_items(self.manifest), files=len(listing["files"]),
                        bytes=sum(f["size"] for f in listing["files"]),
@@ -395,7 +395,7 @@ class JobRun:
         self.update(state=JobState.DONE, exit_code=0, ended=ended,
                     message=f"done: {len(listing['files'])} result file(s)")
 
-    def _provenance(self, rec: JobRecord, ended: str, files: list[dict]) -> dict:
+    def _provenance(self, rec: JobRecord, ended: str, files: list[dict], node: str = "") -> dict:
         return {
             "format": "xnat-hpc-provenance", "format_version": 1,
             "job_id": self.id, "user": rec.user, "slurm_job_id": self.slurm_job_id,
@@ -404,6 +404,7 @@ class JobRun:
             "manifest_sha256": rec.manifest_sha256, "file_count": len(self.manifest.files),
             "total_size": self.manifest.total_size, "script": rec.script,
             "script_sha256": rec.script_sha256, "resources": rec.resources,
+            "partition": self.request.partition, "node": node,
             "created": rec.created, "started": rec.started, "ended": ended, "exit_code": 0,
             "results": files,
         }
@@ -412,7 +413,7 @@ class JobRun:
         """The results stay sealed in the staging area; the owners decide (:mod:`.review`)."""
         ended = now_iso()
         files = [f for f in result["results"]["files"] if f["name"] != review_mod.LOG_MEMBER]
-        prov = self._provenance(self.ctx.registry.get(self.id), ended, files)
+        prov = self._provenance(self.ctx.registry.get(self.id), ended, files, node=str(result.get("node") or ""))
         state = review_mod.hold(self, result, prov, ended)
         with self._log_lock:
             review_mod.HeldResults(self.job_dir).note_log()  # the log says where the output is

@@ -41,6 +41,7 @@ import fcntl
 import logging
 import os
 import queue
+import socket
 import signal
 import stat
 import subprocess
@@ -371,7 +372,8 @@ def run_training(job_id: str, bundle_path: str, manifest_sha256: str, script_mem
                              sink, pass_fds=(script_fd,))
         finally:
             os.close(script_fd)
-        result = {"exit_code": rc, "tail": list(sink.tail), "slurm_job_id": slurm_job_id, "results": None}
+        result = {"exit_code": rc, "tail": list(sink.tail), "slurm_job_id": slurm_job_id, "results": None,
+                  "node": socket.gethostname()}
         if review_recipient:
             _send_log(job_id, held_status("end", sink.lines, sink.bytes, rc), STATUS)
             if rc == 0:

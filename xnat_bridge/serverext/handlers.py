@@ -332,6 +332,16 @@ class JobResultsHandler(XnatHpcHandler):
         self.reply(views.results_json(results, self.root_dir))
 
 
+class JobPublishHandler(XnatHpcHandler):
+    @endpoint
+    async def post(self, job_id):
+        views.check_job_id(job_id)
+        project = views.parse_publish_body(self.json_body())
+        done = await self.blocking(lambda: self.state.manager().publish(job_id, project))
+        log.info("xnat-hpc: job %s results published to %s", job_id, done["resource"])
+        self.reply(views.publication_json(done))
+
+
 class UnknownRouteHandler(XnatHpcHandler):
     """Anything else under ``xnat-hpc/api/``: a JSON 404 instead of an HTML page."""
 
@@ -359,6 +369,7 @@ ROUTES: list[tuple[str, type[XnatHpcHandler]]] = [
     ("jobs/{job_id}/logs", JobLogsHandler),
     ("jobs/{job_id}/cancel", JobCancelHandler),
     ("jobs/{job_id}/results", JobResultsHandler),
+    ("jobs/{job_id}/publish", JobPublishHandler),
 ]
 
 _HTTP_METHODS = ("get", "post", "put", "patch", "delete")

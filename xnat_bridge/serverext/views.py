@@ -14,6 +14,7 @@ import re
 from pathlib import Path
 
 from ..errors import InvalidRequest, NotFound
+from ..scope import check_id
 
 #: the most subjects/experiments one page may hold
 MAX_PAGE = 500
@@ -212,3 +213,18 @@ def results_json(results: dict, root_dir: str | Path) -> dict:
     out = dict(results)
     out["path"] = display_path(results["path"], root_dir)
     return out
+
+
+def parse_publish_body(body) -> str | None:
+    """The project to publish to, from ``{"project": …}`` or no body (pure)."""
+    if body is None:
+        return None
+    if not isinstance(body, dict) or set(body) - {"project"}:
+        raise InvalidRequest("the body may name only 'project' (the project to publish the results to)")
+    project = body.get("project")
+    return None if project in (None, "") else check_id(project, "project")
+
+
+def publication_json(done: dict) -> dict:
+    """What the API answers for a publication (pure)."""
+    return {k: done[k] for k in ("resource", "url", "files", "bytes", "allowed_signers")}
