@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 RUN_DIR ?= /var/lib/xnat-hpc-hub
 PYTEST_ARGS ?=
 
-.PHONY: demo test install system venv lab dist lint clean-run bench
+.PHONY: demo test install system venv kube lab dist lint clean-run bench
 
 install: system venv
 
@@ -18,6 +18,12 @@ system:
 
 venv:
 	@VENV=$(VENV) scripts/bootstrap.sh venv
+
+# the development Kubernetes the tests start (containerd, runc, CNI from Debian; Kubernetes, etcd
+# and pause built from the Go module proxy, about five minutes the first time): `make test` needs it,
+# `make demo` does not
+kube:
+	@scripts/bootstrap.sh kube
 
 # the JupyterLab extension (labextension/ -> xnat_bridge/labextension/, linked into $(VENV));
 # `make venv` runs it too. The wheel build runs the same `npm run build:prod` (pyproject.toml)
@@ -40,7 +46,7 @@ OLDEST_HUB_TESTS := tests/unit/test_plugin_gateway.py tests/unit/test_plugin_nam
                     tests/unit/test_governance_service.py tests/unit/test_governance_forward.py \
                     tests/unit/test_owner_pages_service.py
 
-test: install
+test: install kube
 	@VENV_OLDEST=$(VENV_OLDEST) scripts/bootstrap.sh oldest-hub
 	$(PY) -m pytest $(PYTEST_ARGS)
 	XNAT_HPC_DEVXNAT_PYTHON=$(PY) PYTHONPATH=$(CURDIR) $(VENV_OLDEST)/bin/python -m pytest -p no:cacheprovider \

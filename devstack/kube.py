@@ -63,7 +63,7 @@ EVICTION_HARD = {"memory.available": "100Mi", "nodefs.available": "1%", "nodefs.
                  "imagefs.available": "1%"}
 #: the namespace of the researchers' servers (pods, Secrets, workspace claims) and the hub's Role
 HUB_NAMESPACE = "xnat-hpc"
-INSTALL_HINT = "build and install them with `make install` (scripts/bootstrap.sh kube)"
+INSTALL_HINT = "build and install them with `make kube` (scripts/bootstrap.sh kube; `make test` runs it)"
 
 
 class KubeError(XnatHpcError):
