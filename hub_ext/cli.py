@@ -11,6 +11,8 @@
                                              JSON-lines log, or a hub store (SQLite) with its key
     xnat-hpc-hub verify-results DIR --key K  check published results: the hub's signature of their
                                              RO-Crate and every file's sha256 (exit 1 naming the file)
+    xnat-hpc-hub results-key [--config F]    the hub's key of published results, as an OpenSSH
+                                             allowed_signers line (c.ResultsSigner.key_path)
 """
 
 from __future__ import annotations
@@ -99,6 +101,30 @@ def _verify_results(args: argparse.Namespace) -> int:
     if not problems:
         print(f"{args.directory}: verified (the hub's signature and every file's sha256)")
     return 1 if problems else 0
+
+
+def _results_key(args: argparse.Namespace) -> int:
+    """The ``allowed_signers`` line of the hub's results key (never made here: the governance
+    service makes it, as the hub's account, at its first publication)."""
+    import os
+
+    from traitlets.config import PyFileConfigLoader
+
+    from .results_signer import ResultsSigner
+
+    config = args.config
+    if not config.exists():
+        raise CheckoutRequired(f"no hub configuration at {config}: name it with --config FILE")
+    cfg = PyFileConfigLoader(config.name, path=str(config.parent.absolute())).load_config()
+    signer = ResultsSigner(config=cfg)
+    key = signer.key_path if os.path.isabs(signer.key_path) else str(config.parent.absolute() / signer.key_path)
+    if not os.path.lexists(key):
+        print(f"no results key at {key} yet: the governance service makes it at the first publication "
+              "(c.ResultsSigner.key_path)", file=sys.stderr)
+        return 1
+    signer.key_path = key
+    sys.stdout.write(signer.allowed_signers())
+    return 0
 
 
 def _devxnat(args: argparse.Namespace) -> int:
@@ -235,6 +261,12 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--key", type=Path, required=True,
                    help="the hub's public key: a file with its ssh-ed25519 line (or an allowed_signers line)")
     v.set_defaults(func=_verify_results)
+
+    r = sub.add_parser("results-key", help="the hub's key of published results, as an allowed_signers line")
+    r.add_argument("--config", type=Path, default=Path("jupyterhub_config.py"),
+                   help="the hub's configuration, for c.ResultsSigner.key_path (default ./jupyterhub_config.py; "
+                   "a relative key path is taken from its directory)")
+    r.set_defaults(func=_results_key)
 
     j = sub.add_parser("jobs", help="offloaded training jobs: list | show ID | cancel ID")
     j.add_argument("action", choices=["list", "show", "cancel"])

@@ -32,6 +32,7 @@ import requests
 
 from tests.fixtures.devxnat import PASSWORDS
 from tests.fixtures.spawn import audit_events, start_server, stop_server, wait_for
+from xnat_bridge.errors import PermissionDenied
 from xnat_bridge.offload import JobState
 from xnat_bridge.offload import review as rv
 
@@ -467,3 +468,94 @@ def test_review_page_in_a_browser_rejects_without_javascript(hub, owners, bob_se
     status = bob.status(job_id, share=True)
     assert status["state"] == "rejected" and status["reason"] == "summary.csv names single patients"
     assert "share" not in status
+
+
+# -- issue 22: approved results published to XNAT, signed by the hub ----------------------------------
+def test_approved_results_are_published_to_xnat_and_verified_by_a_second_client(
+        hub, owners, bob_servers, bob_data, bob_env, shared_devxnat, tmp_path):
+    """bob's held job, approved by dave, published from his server's manager: the resource is on
+    the dataset's one experiment in XNAT; dave's xnatpy (a second client, another account)
+    downloads it; ``xnat-hpc-hub verify-results`` and ``ssh-keygen -Y verify`` accept it, and one
+    changed byte is named. Before approval the hub signs nothing; a second publish changes
+    nothing; the job of bob's other server on NEURO_MRI data, where bob is a Collaborator, is
+    refused by XNAT and leaves no resource; the trail and dave's owner page show both."""
+    import xnat
+
+    sessions, _ = owners
+    conn, _ = bob_data
+    staging, tmp = bob_env
+    assert post_form(sessions["dave"], hub, "projects", project="CARDIO_ECG", review="on").status_code in (302, 200)
+    assert post_form(sessions["alice"], hub, "projects", project="NEURO_MRI", review="off").status_code in (302, 200)
+    ecg = conn.experiments("CARDIO_ECG").items[0].label
+    mri = conn.experiments("NEURO_MRI").items[0].label
+    one, other = f"ecg-one-{os.urandom(3).hex()}", f"mri-one-{os.urandom(3).hex()}"
+    conn.create_dataset(one, [{"project": "CARDIO_ECG", "experiment": ecg}])
+    conn.create_dataset(other, [{"project": "NEURO_MRI", "experiment": mri}])
+    m = manager_for(conn, staging, tmp / "ws-pub", hub, bob_servers["ecg"])
+    m2 = manager_for(conn, staging, tmp / "ws-pub2", hub, bob_servers["both"])
+    try:
+        job, job2 = submit(m, one), submit(m2, other)
+        assert m.wait(job.id, timeout=240).state == JobState.DONE
+        assert m2.wait(job2.id, timeout=240).state == JobState.DONE
+        ledger_done(hub, bob_servers["ecg"], job.id)
+        ledger_done(hub, bob_servers["both"], job2.id)
+
+        # 1. held: neither opened nor signed before dave approves
+        with pytest.raises(rv.ResultsHeld):
+            m.publish(job.id)
+        r = hub_api(hub, bob_servers["ecg"], "POST", f"jobs/{job.id}/publish", json={
+            "target": {"project": "CARDIO_ECG", "experiment": ecg},
+            "files": [{"name": "metrics.json", "size": 1, "sha256": "0" * 64}]})
+        assert r.status_code == 409 and "waiting for the owners of CARDIO_ECG" in r.json()["message"], r.text
+        for j in (job.id, job2.id):
+            assert post_form(sessions["dave"], hub, f"jobs/bob/{j}", decision="approve").status_code == 302
+
+        # 2. published: the resource of the dataset's one experiment, as the hub named it
+        done = m.publish(job.id)
+        resource = f"/data/projects/CARDIO_ECG/experiments/{ecg}/resources/xnat-hpc-results-{job.id}"
+        assert done["resource"] == resource and done["url"] == shared_devxnat.url + resource
+        assert (done["files"], done["outcome"]) == (3, "published")
+        assert m.publish(job.id) == done  # again: the same publication, nothing uploaded
+
+        # 3. a second client, another account: dave's xnatpy lists and downloads it
+        got = tmp_path / "downloaded"
+        with xnat.connect(shared_devxnat.url, user="dave", password=PASSWORDS["dave"]) as s:
+            res = s.projects["CARDIO_ECG"].experiments[ecg].resources[f"xnat-hpc-results-{job.id}"]
+            assert res.format == "RO-Crate"
+            for f in res.files.values():
+                (got / f.path).parent.mkdir(parents=True, exist_ok=True)
+                f.download(str(got / f.path))
+        assert {p.relative_to(got).as_posix() for p in got.rglob("*") if p.is_file()} == {
+            "metrics.json", "summary.csv", "weights.bin", "ro-crate-metadata.json", "ro-crate-metadata.json.sig"}
+        crate = json.loads((got / "ro-crate-metadata.json").read_text())
+        nodes = {n["@id"]: n for n in crate["@graph"]}
+        assert nodes[f"#slurm-{job.slurm_job_id}"]["value"] == job.slurm_job_id
+        assert [a["agent"]["@id"] for a in crate["@graph"] if a.get("@type") == "AssessAction"] == ["#user-dave"]
+        keyfile = tmp_path / "allowed_signers"
+        keyfile.write_text(done["allowed_signers"])
+        cli = [str(Path(os.environ.get("VIRTUAL_ENV", "/opt/xnat-hpc-hub/venv")) / "bin" / "xnat-hpc-hub")]
+        ok = subprocess.run([*cli, "verify-results", str(got), "--key", str(keyfile)], capture_output=True, text=True)
+        assert ok.returncode == 0, ok.stderr
+        ssh = subprocess.run(["ssh-keygen", "-Y", "verify", "-f", str(keyfile), "-I", "xnat-hpc-hub", "-n",
+                              "xnat-hpc-results", "-s", str(got / "ro-crate-metadata.json.sig")],
+                             input=(got / "ro-crate-metadata.json").read_bytes(), capture_output=True)
+        assert ssh.returncode == 0, ssh.stderr
+        data = bytearray((got / "weights.bin").read_bytes())
+        data[100] ^= 1
+        (got / "weights.bin").write_bytes(bytes(data))
+        bad = subprocess.run([*cli, "verify-results", str(got), "--key", str(keyfile)], capture_output=True, text=True)
+        assert bad.returncode == 1 and "weights.bin: changed after publishing" in bad.stderr, bad.stderr
+
+        # 4. XNAT decides: bob is a Collaborator of NEURO_MRI; nothing is left there
+        with pytest.raises(PermissionDenied, match="Collaborator"):
+            m2.publish(job2.id)
+        with xnat.connect(shared_devxnat.url, user="alice", password=PASSWORDS["alice"]) as s:
+            assert f"xnat-hpc-results-{job2.id}" not in s.projects["NEURO_MRI"].experiments[mri].resources
+    finally:
+        m.close()
+        m2.close()
+    assert [e["extra"]["state"] for e in reversed(trail(hub, "bob", "publish", "allowed", job.id))] == [
+        "signed", "published"]
+    assert trail(hub, "bob", "publish", "failed", job2.id)
+    page = sessions["dave"].get(f"{hub.url}/services/xnat-hpc-governance/owner", timeout=30).text
+    assert f'<a href="{shared_devxnat.url}{resource}">{resource}</a>' in page

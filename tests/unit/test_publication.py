@@ -206,3 +206,19 @@ def test_the_owner_page_links_each_publication_and_escapes_what_it_shows():
     html = R.project_section(R.ProjectView("P", [], "", [], [], [], pubs))
     assert '<a href="http://xnat:8080/data/projects/P/resources/r">/data/projects/P/resources/r</a>' in html
     assert 'href="javascript' not in html and "&lt;b&gt;eve&lt;/b&gt;" in html and "failed: disk full" in html
+
+
+def test_results_key_prints_the_allowed_signers_line_and_never_makes_a_key(tmp_path, capsys):
+    from hub_ext.cli import main
+
+    config = tmp_path / "jupyterhub_config.py"
+    config.write_text('c.ResultsSigner.key_path = "state/results-signing-key"\n'
+                      'c.ResultsSigner.principal = "hub@hospital.example"\n')
+    assert main(["results-key", "--config", str(config)]) == 1
+    assert "no results key at" in capsys.readouterr().err and not (tmp_path / "state").exists()
+    signer = ResultsSigner(key_path=str(tmp_path / "state" / "results-signing-key"))
+    signer.sign(b"x")
+    assert main(["results-key", "--config", str(config)]) == 0
+    line = capsys.readouterr().out
+    assert line == f'hub@hospital.example namespaces="xnat-hpc-results" ssh-ed25519 ' + line.split()[3] + "\n"
+    assert line.split()[2:4] == signer.allowed_signers().split()[2:4]
