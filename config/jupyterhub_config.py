@@ -31,6 +31,7 @@ from hub_ext.audit_log import open_at_start  # noqa: E402
 open_at_start(c)  # the hub refuses to start on a store or key others can read or write (after the lines above)
 c.ReviewStore.path = "/var/lib/xnat-hpc-hub/review/review.db"             # results review: marks, held jobs, decisions
 c.ReviewStore.identity_file = "/var/lib/xnat-hpc-hub/review/review-key.txt"  # the hub's review key; back it up with the db
+c.ResultsSigner.key_path = "/var/lib/xnat-hpc-hub/review/results-signing-key"  # signs published results; back it up too
 
 # Owners grant and revoke access on /hub/xnat-hpc/owner/access (docs/owner.md). A revoked
 # user's servers on the project are stopped ("narrow": left to the server's 60 s permission

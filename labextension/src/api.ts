@@ -17,6 +17,7 @@ import {
   IPage,
   IProject,
   IResource,
+  IPublication,
   IResults,
   IScan,
   IScope,
@@ -215,5 +216,10 @@ export class XnatHpcClient {
 
   results(id: string): Promise<IResults> {
     return this.get(`jobs/${enc(id)}/results`);
+  }
+
+  /** Publish a done job's results to XNAT (*project*: when the dataset covers several). */
+  publish(id: string, project?: string): Promise<IPublication> {
+    return this.send('POST', `jobs/${enc(id)}/publish`, project ? { project } : {});
   }
 }

@@ -1,7 +1,9 @@
 /**
  * One job's details in the main area: state, resources, streaming logs
- * (`GET jobs/{id}/logs?offset=`), Cancel (with confirmation) and
- * "Open results" once it is done.
+ * (`GET jobs/{id}/logs?offset=`), Cancel (with confirmation),
+ * "Open results" once it is done and "Publish to XNAT…" (with confirmation:
+ * the results and the hub's signed RO-Crate become a resource of the XNAT item
+ * the dataset covers, visible to the project).
  */
 import { Dialog, ReactWidget, showDialog, showErrorMessage } from '@jupyterlab/apputils';
 import { Poll } from '@lumino/polling';
@@ -11,7 +13,7 @@ import { errorMessage, XnatHpcClient } from './api';
 import { formatElapsed, formatMemory, formatSize, formatWalltime, jobElapsed } from './format';
 import { jobStateInfo } from './jobs';
 import { jobStaging, StagingBar } from './progress';
-import { ACTIVE_STATES, IJob, IResults } from './types';
+import { ACTIVE_STATES, IJob, IPublication, IResults } from './types';
 
 /** Log text kept in the view (the newest part; the file on disk has it all). */
 export const MAX_LOG_CHARS = 1_000_000;
@@ -25,6 +27,8 @@ export class JobDetails extends ReactWidget {
   offset = 0;
   error: string | null = null;
   resultFiles: IResults['files'] | null = null;
+  publication: IPublication | null = null;
+  publishing = false;
   private readonly poll: Poll;
   private ended = false;
   private fast = false;
@@ -96,6 +100,31 @@ export class JobDetails extends ReactWidget {
       void this.poll.refresh();
     } catch (err) {
       await showErrorMessage('Job not cancelled', errorMessage(err));
+    }
+  }
+
+  /** Publish the results to XNAT after the researcher confirms; XNAT and the hub decide (errors say why). */
+  async publish(): Promise<void> {
+    const answer = await showDialog({
+      title: 'Publish to XNAT',
+      body:
+        `Publish the results of job ${this.jobId} to XNAT? They become a resource of the XNAT item the ` +
+        'dataset covers, readable by the members of its project, with a provenance record the hub signs ' +
+        '(dataset, script, Slurm job, approvals).',
+      buttons: [Dialog.cancelButton(), Dialog.okButton({ label: 'Publish', ariaLabel: 'Publish to XNAT' })]
+    });
+    if (!answer.button.accept) {
+      return;
+    }
+    this.publishing = true;
+    this.update();
+    try {
+      this.publication = await this.client.publish(this.jobId);
+    } catch (err) {
+      await showErrorMessage('Not published', errorMessage(err));
+    } finally {
+      this.publishing = false;
+      this.update();
     }
   }
 
@@ -175,6 +204,17 @@ export class JobDetails extends ReactWidget {
               </dd>
             </>
           )}
+          {this.publication && (
+            <>
+              <dt>In XNAT</dt>
+              <dd data-testid="xnat-hpc-published">
+                <a href={this.publication.url} target="_blank" rel="noopener noreferrer">
+                  {this.publication.resource}
+                </a>{' '}
+                ({this.publication.files} files, {formatSize(this.publication.bytes)}, signed by the hub)
+              </dd>
+            </>
+          )}
           {this.resultFiles && (
             <>
               <dt>Results</dt>
@@ -198,6 +238,16 @@ export class JobDetails extends ReactWidget {
           {job.state === 'done' && (
             <button className="jp-mod-styled jp-mod-accept" data-testid="xnat-hpc-open-results" onClick={() => void this.results()}>
               Open results
+            </button>
+          )}
+          {job.state === 'done' && !this.publication && (
+            <button
+              className="jp-mod-styled"
+              data-testid="xnat-hpc-publish"
+              disabled={this.publishing}
+              onClick={() => void this.publish()}
+            >
+              {this.publishing ? 'Publishing…' : 'Publish to XNAT…'}
             </button>
           )}
         </div>

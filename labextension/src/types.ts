@@ -210,3 +210,15 @@ export interface IResults {
   files: { name: string; size: number }[];
   provenance: { [key: string]: unknown };
 }
+
+/** A job's results published to XNAT with the hub's signed RO-Crate (`POST jobs/{id}/publish`). */
+export interface IPublication {
+  /** the XNAT URI of the resource (`/data/projects/…/resources/xnat-hpc-results-{job}`) */
+  resource: string;
+  /** the resource's address on the XNAT server */
+  url: string;
+  files: number;
+  bytes: number;
+  /** the hub's key as an OpenSSH allowed_signers line (`xnat-hpc-hub verify-results --key`) */
+  allowed_signers: string;
+}

@@ -120,6 +120,18 @@ async function main() {
       facts.fileBrowserPath = await page.locator('.jp-FileBrowser .jp-BreadCrumbs').innerText().catch(() => '');
       facts.resultListing = await page.$$eval('.jp-DirListing-itemText', els => els.map(e => e.textContent));
       await shot('07-results');
+      // 8. "Publish to XNAT…", confirmed: the results and the hub's signed RO-Crate go to XNAT
+      await page.click('[data-testid="xnat-hpc-publish"]');
+      await page.click('.jp-Dialog .jp-mod-accept');
+      const published = page.locator('[data-testid="xnat-hpc-published"]');
+      try {
+        await published.waitFor({ timeout: 120000 });
+        facts.published = await published.innerText();
+        facts.publishedHref = await published.locator('a').getAttribute('href');
+      } catch (e) {
+        facts.published = `not shown: ${await page.locator('.jp-Dialog').innerText().catch(() => String(e))}`;
+      }
+      await shot('08-published');
     } else {
       facts.jobMessage = await page.locator('.xnat-hpc-job-facts').innerText().catch(() => '');
     }

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import pwd
+import re
 import secrets
 import signal
 import socket
@@ -89,6 +89,11 @@ def test_researcher_flow_in_the_browser(demo_stack):
     home = Path(pwd.getpwnam("alice").pw_dir)
     metrics = sorted(home.glob("xnat-hpc/jobs/*/results/metrics.json"), key=lambda p: p.stat().st_mtime)
     assert metrics and json.loads(metrics[-1].read_text())
+    # published to XNAT from the job's view: the resource of the dataset's item, linked, signed
+    assert re.search(r"/data/projects/NEURO_MRI/(subjects|experiments)/[^/ ]+/resources/xnat-hpc-results-j[0-9a-f]{12}",
+                     facts.get("published", "")), facts.get("published")
+    assert "signed by the hub" in facts["published"]
+    assert facts["publishedHref"].startswith("http://127.0.0.1:") and "/resources/xnat-hpc-results-j" in facts["publishedHref"]
     assert not facts["problems"], facts["problems"]
     # a job on the larger dataset showed its staging progress in its row (bar + words) and tab
     rows = facts["rowProgress"]

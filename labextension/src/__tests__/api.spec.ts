@@ -153,6 +153,7 @@ describe('XnatHpcClient', () => {
     await c.submit({ dataset: 'd', script: 'train.py', client_token: 'tok' });
     await c.cancel('j3fa94c0d12ab');
     await c.results('j3fa94c0d12ab');
+    await c.publish('j3fa94c0d12ab', 'CARDIO_ECG');
     expect(calls.map(x => `${x.method} ${pathOf(x.url).replace('/user/alice/xnat-hpc/api/', '')}`)).toEqual([
       'GET projects',
       'GET projects/NEURO_MRI/subjects?offset=100&limit=100',
@@ -166,9 +167,11 @@ describe('XnatHpcClient', () => {
       'GET jobs/j3fa94c0d12ab/logs?offset=42',
       'POST jobs',
       'POST jobs/j3fa94c0d12ab/cancel',
-      'GET jobs/j3fa94c0d12ab/results'
+      'GET jobs/j3fa94c0d12ab/results',
+      'POST jobs/j3fa94c0d12ab/publish'
     ]);
     expect(JSON.parse(calls[10].body)).toEqual({ dataset: 'd', script: 'train.py', client_token: 'tok' });
+    expect(JSON.parse(calls[13].body)).toEqual({ project: 'CARDIO_ECG' });
   });
 
   it('encodes a dataset name with spaces and dots in DELETE', async () => {
