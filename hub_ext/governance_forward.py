@@ -6,6 +6,7 @@ every backend, a Slurm node or a pod included), and posts its audit events and j
     POST  /hub/api/xnat-hpc/audit
     POST|PATCH|GET  /hub/api/xnat-hpc/jobs/{job}
     POST|PATCH  /hub/api/xnat-hpc/jobs/{job}/publish
+    GET|POST  /hub/api/xnat-hpc/shares, GET|DELETE /hub/api/xnat-hpc/shares/{guest}
     GET   /hub/api/xnat-hpc/review/policy
     POST|GET  /hub/api/xnat-hpc/review/jobs/{job}
 
@@ -37,7 +38,8 @@ from .hub_rest import HOW_TO_CONFIGURE, SERVICE_NAME, XnatGovernance
 log = logging.getLogger(__name__)
 
 #: the calls passed on, relative to the hub's prefix
-ROUTE = r"/api/xnat-hpc/(audit|jobs/j[0-9a-f]{12}(?:/publish)?|review/policy|review/jobs/j[0-9a-f]{12})"
+ROUTE = (r"/api/xnat-hpc/(audit|jobs/j[0-9a-f]{12}(?:/publish)?|review/policy|review/jobs/j[0-9a-f]{12}"
+         r"|shares(?:/[^/]+)?)")
 #: what of a call is passed on
 CALL_HEADERS = ("Authorization", "Content-Type")
 #: what of the answer is handed back
@@ -64,6 +66,9 @@ class GovernanceForwardHandler(web.RequestHandler):
         await self.forward(path)
 
     async def patch(self, path: str):
+        await self.forward(path)
+
+    async def delete(self, path: str):
         await self.forward(path)
 
     def target(self, path: str) -> str:
@@ -111,7 +116,7 @@ class GovernanceForwardHandler(web.RequestHandler):
         for key in ANSWER_HEADERS:
             if key in resp.headers:
                 self.set_header(key, resp.headers[key])
-        self.finish(resp.body or b"")
+        self.finish(resp.body or None)  # no body at all for a 204
 
 
 class MovedToGovernance(web.RequestHandler):

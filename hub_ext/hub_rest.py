@@ -62,7 +62,8 @@ DEFAULT_PAGES_URL = "http://127.0.0.1:981"
 #: what a user's token needs to open the owners' pages (every user's role holds it: register_governance)
 PAGES_ACCESS_SCOPE = f"access:services!service={SERVICE_NAME}"
 #: the least its role needs (module docstring: which call needs which)
-GOVERNANCE_SCOPES = ("list:users", "read:servers", "delete:servers", "admin:server_state", "admin:auth_state")
+GOVERNANCE_SCOPES = ("list:users", "read:servers", "delete:servers", "admin:server_state", "admin:auth_state",
+                     "shares", "read:users:name")
 #: JupyterHub's paginated answer of list endpoints (``{"items": …, "_pagination": …}``)
 PAGINATION_MEDIA_TYPE = "application/jupyterhub-pagination+json"
 #: what to add to ``jupyterhub_config.py`` (shown by the errors and the owners' page)
@@ -293,7 +294,7 @@ def register_governance(c, token_file: str | None = None, *, config_file: str | 
     # JupyterHub >= 5 no longer gives every user access:services: the owners' pages need it
     add_user_role_scopes(c, [PAGES_ACCESS_SCOPE])
     role = {"name": SERVICE_NAME, "description": "xnat-hpc-hub governance: read running servers and their "
-            "records, stop them",
+            "records, stop them, share them with the members of their projects",
             "services": [SERVICE_NAME], "scopes": list(GOVERNANCE_SCOPES)}
     hub = c.JupyterHub
     for key, item in (("services", service), ("load_roles", role)):
@@ -352,6 +353,16 @@ def servers_of(models) -> list[RunningServer]:
             out.append(RunningServer(str(model["name"]), str(name), utc_seconds(server.get("started")),
                                      bool(server.get("ready")), server.get("pending")))
     return out
+
+
+@dataclasses.dataclass(frozen=True)
+class Share:
+    """*guest* may use *owner*'s server *server* (a JupyterHub share, since *created*)."""
+
+    owner: str
+    server: str
+    guest: str
+    created: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -443,16 +454,19 @@ class HubRestClient:
         return self._token
 
     async def _call(self, method: str, path: str, *, query: Mapping | None = None, what: str, scope: str,
-                    paginated: bool = False) -> HTTPResponse:
-        """One call; the response when the hub answered below 400 or 404, else the error:
-        :class:`PermissionDenied` naming *scope* (401, 403), :class:`HubApiError`."""
+                    paginated: bool = False, body: Mapping | None = None) -> HTTPResponse:
+        """One call (*body* sent as JSON); the response when the hub answered below 400 or 404,
+        else the error: :class:`PermissionDenied` naming *scope* (401, 403), :class:`HubApiError`."""
         url = self.api_url + path + (f"?{urlencode(query)}" if query else "")
         headers = {"Authorization": f"token {self._token}",
                    "Accept": f"{PAGINATION_MEDIA_TYPE}, application/json" if paginated else "application/json"}
+        if body is not None:
+            headers["Content-Type"] = "application/json"
         try:
             resp = await self.http.fetch(url, method=method, headers=headers, raise_error=False,
                                          follow_redirects=False, request_timeout=self.timeout,
-                                         allow_nonstandard_methods=True)
+                                         allow_nonstandard_methods=True,
+                                         body=None if body is None else json.dumps(body))
         except (OSError, HTTPClientError) as exc:  # refused, unreachable, timed out (599)
             raise HubApiError(f"the hub's REST API at {self.api_url} did not answer ({exc}) when governance "
                               f"tried to {what}; check c.XnatGovernance.hub_api_url") from None
@@ -525,6 +539,53 @@ class HubRestClient:
         doc = self._json(resp, what)
         found = [s for s in servers_of([doc]) if s.name == name] if isinstance(doc, dict) else []
         return found[0] if found else None
+
+    # -- JupyterHub's shares (JupyterHub >= 5), as governance makes and ends them --------------------
+    @staticmethod
+    def _share_path(owner: str, name: str) -> str:
+        return f"/shares/{quote(owner, safe='')}/{quote(name, safe='')}"
+
+    async def shares(self, owner: str, name: str = "") -> list[Share]:
+        """The users *owner*'s server *name* is shared with (``GET /shares/{owner}/{server}``,
+        page by page; groups are left out: governance shares with users only)."""
+        what = f"read the shares of {owner}/{name or '(default)'}"
+        out: list[Share] = []
+        offset = 0
+        while True:
+            resp = await self._call("GET", self._share_path(owner, name), query={"offset": offset, "limit": 200},
+                                    what=what, scope="read:shares", paginated=True)
+            if resp.code == 404:
+                return out
+            doc = self._json(resp, what)
+            items = doc.get("items") if isinstance(doc, dict) else doc
+            for item in items or ():
+                user = (item or {}).get("user") or {}
+                if user.get("name"):
+                    out.append(Share(owner, name, str(user["name"]), utc_seconds(item.get("created_at"))))
+            nxt = ((doc.get("_pagination") or {}).get("next") or {}).get("offset") if isinstance(doc, dict) else None
+            if not isinstance(nxt, int) or nxt <= offset:
+                return out
+            offset = nxt
+
+    async def share(self, owner: str, name: str, guest: str) -> Share:
+        """Share *owner*'s server *name* with *guest* (access only: JupyterHub's default scope)."""
+        what = f"share {owner}/{name or '(default)'} with {guest}"
+        resp = await self._call("POST", self._share_path(owner, name), body={"user": guest}, what=what,
+                                scope="shares")
+        if resp.code == 404:
+            raise HubApiError(f"the hub has no server {owner}/{name or '(default)'} to share (HTTP 404)")
+        doc = self._json(resp, what)
+        return Share(owner, name, guest, utc_seconds((doc or {}).get("created_at")))
+
+    async def unshare(self, owner: str, name: str, guest: str) -> None:
+        """End *guest*'s share of *owner*'s server *name* (none: nothing to do)."""
+        await self._call("PATCH", self._share_path(owner, name), body={"user": guest},
+                         what=f"end {guest}'s share of {owner}/{name or '(default)'}", scope="shares")
+
+    async def unshare_all(self, owner: str, name: str) -> None:
+        """End every share of *owner*'s server *name*."""
+        await self._call("DELETE", self._share_path(owner, name),
+                         what=f"end the shares of {owner}/{name or '(default)'}", scope="shares")
 
     async def stop_server(self, user: str, name: str = "", *, timeout: float | None = None) -> None:
         """Stop *user*'s server *name* (``""``: the default one) through the hub's REST API and

@@ -167,7 +167,7 @@ class GovernanceService(Application):
                     "xsrf_cookies": True, "login_url": oauth_client.login_url}
         return web.Application(page_handlers(prefix), **settings)
 
-    def web_app(self, client: hub_rest.HubRestClient) -> web.Application:
+    def web_app(self, client: hub_rest.HubRestClient, watch: RevocationWatch | None = None) -> web.Application:
         """The servers' calls (:mod:`xnat_hpc_governance.server_api`), identified through *client*'s
         hub with the service's token (:class:`~jupyterhub.services.auth.HubAuth`)."""
         from jupyterhub.services.auth import HubAuth
@@ -177,6 +177,7 @@ class GovernanceService(Application):
         settings = {"config": self.config, "hub": client, "hub_auth": auth, "service_token": client.token,
                     "audit_log": HubAuditLog(config=self.config), "review_store": ReviewStore(config=self.config),
                     "results_signer": ResultsSigner(config=self.config),
+                    "watch": watch if watch is not None else self.watch(client),
                     "xnat_url": XnatAuthenticator(config=self.config).xnat_url or os.environ.get("XNAT_HOST", "")}
         return web.Application(server_api_handlers(prefix), **settings)
 
@@ -198,7 +199,7 @@ class GovernanceService(Application):
         governance = hub_rest.XnatGovernance(config=self.config)
         path = governance.service_socket
         host, port = self.pages_address(governance)
-        server = HTTPServer(self.web_app(client))
+        server = HTTPServer(self.web_app(client, watch))
         pages = HTTPServer(self.pages_app(client, watch), xheaders=True)
         try:
             server.add_socket(governance_socket.listen(path))

@@ -81,7 +81,7 @@ SETTINGS_KEY = "xnat_hpc_audit_ingest"
 #: actions only the hub itself records: from a server, every item of theirs is a claim
 HUB_ONLY_ACTIONS = frozenset({"login", "spawn", "grant", "revoke", "server_stopped",
                               "review_policy", "review_approve", "review_reject", "ledger_enter",
-                              "publish"})
+                              "publish", "share", "unshare"})
 #: fields of ``extra`` that only the hub writes (a server's own are dropped, with a warning)
 RESERVED_EXTRA = ("claimed_user", "claimed_items", "out_of_scope")
 

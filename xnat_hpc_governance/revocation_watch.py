@@ -235,6 +235,12 @@ class HubSource:
     async def stop(self, user: str, name: str) -> None:
         await (await self.client()).stop_server(user, name)
 
+    async def shares(self, owner: str, name: str) -> list[hub_rest.Share]:
+        return await (await self.client()).shares(owner, name)
+
+    async def unshare(self, owner: str, name: str, guest: str) -> None:
+        await (await self.client()).unshare(owner, name, guest)
+
 
 class RevocationWatch:
     """The periodic re-check and the bounded runner of revocations (module docstring).
@@ -324,9 +330,20 @@ class RevocationWatch:
         key = (target, project)
         self.in_flight.add(key)
 
+        async def stop_and_unshare(name: str) -> None:
+            """A stopped server is shared with nobody: JupyterHub keeps a named server's shares
+            across its restarts, and the next start may have another scope."""
+            await stop(name)
+            for share in await self.hub.shares(target, name):
+                await self.hub.unshare(target, name, share.guest)
+                await self.audit_log.record(
+                    target, "unshare", "allowed", items=[project],
+                    detail=f"server {name or '(default)'}: {share.guest}'s share ended with the server: {reason}",
+                    extra={"server": name, "guest": share.guest, "by": "revocation"})
+
         async def work() -> RevocationReport:
             try:
-                await revoke_effects(self.settings, user, target, project, reason, stop,
+                await revoke_effects(self.settings, user, target, project, reason, stop_and_unshare,
                                      audit_log=self.audit_log, ledger=self.ledger, servers=servers,
                                      report=report)
                 self.handled |= handled_keys(target, servers, report.stopped + report.left_running, project)
@@ -358,6 +375,7 @@ class RevocationWatch:
                 continue
             try:
                 done.extend(await self._check_user(user, views[user.name]))
+                await self.check_shares(user, views[user.name])
             except asyncio.TimeoutError:
                 log.warning("re-check of %s skipped this round: XNAT did not answer within %.0f s",
                             user.name, self.question_timeout)
@@ -369,6 +387,37 @@ class RevocationWatch:
         log.info("re-check round %d: %d users with running servers, %d losses acted on", self.rounds,
                  len(users), len(done))
         return done
+
+    async def check_shares(self, user: HubUser, views: list[ServerView]) -> list[tuple[str, str, list[str]]]:
+        """End the shares of *user*'s running servers whose guest no longer reads, in XNAT,
+        every project of the server's scope (:mod:`hub_ext.sharing`), or is no hub user any
+        more; each audited (``unshare``). ``(server, guest, projects missing)`` per share
+        ended. A guest XNAT could not answer for keeps the share until the next round."""
+        ended = []
+        for server in views:
+            if not server.active:
+                continue
+            for share in await self.hub.shares(user.name, server.name):
+                guest = await self.hub.user(share.guest)
+                if guest is None:
+                    missing, why = ["(none)"], f"{share.guest} is no hub user any more"
+                else:
+                    readable = await asyncio.wait_for(self.permissions(guest), self.question_timeout)
+                    if readable is None:
+                        continue
+                    missing = sorted(server.projects - readable) if server.projects else ["(no scope)"]
+                    why = f"{share.guest} may no longer read {', '.join(missing)} in XNAT"
+                if not missing:
+                    continue
+                await self.hub.unshare(user.name, server.name, share.guest)
+                shown = server.name or "(default)"
+                await self.audit_log.record(
+                    user.name, "unshare", "allowed", items=sorted(server.projects),
+                    detail=f"server {shown}: {share.guest}'s share ended by the hub's re-check: {why}",
+                    extra={"server": server.name, "guest": share.guest, "by": "re-check"})
+                log.info("re-check: ended %s's share of %s/%s: %s", share.guest, user.name, shown, why)
+                ended.append((server.name, share.guest, missing))
+        return ended
 
     async def _check_user(self, user: HubUser, views: list[ServerView]) -> list[tuple[str, str, RevocationReport]]:
         servers = [s for s in views if s.active and s.projects]

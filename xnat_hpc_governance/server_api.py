@@ -17,6 +17,12 @@ server knows only the hub's API)::
     POST  api/jobs/{job}/publish    the hub signs the RO-Crate of a finished job's results for XNAT
                                     (hub_ext.publication decides what it signs)
     PATCH api/jobs/{job}/publish    the server reports its upload to XNAT (published, failed)
+    GET   api/shares                the users the calling server is shared with
+    POST  api/shares                share it with a user (``{"user": …}``) who reads, in XNAT, every
+                                    project of its scope (JupyterHub's own share, made by this service)
+    GET   api/shares/{guest}        may *guest* use the calling server now (asked by the server when
+                                    the guest opens it; a share that no longer holds is ended)
+    DELETE api/shares/{guest}       end *guest*'s share
 
 **Who is calling** is asked of the hub, never taken from the call: the token in the
 ``Authorization`` header (never a cookie, never the URL) is identified by the hub's REST API
@@ -42,7 +48,7 @@ from hub_ext.errors import map_errors
 from hub_ext.hub_rest import HubRestClient
 from hub_ext.review_store import ReviewStore
 from hub_ext.server_scopes import AUDIT, JOBS, check_server_token
-from xnat_bridge.errors import Conflict, Gone, InvalidRequest, PermissionDenied, XnatHpcError
+from xnat_bridge.errors import Conflict, Gone, InvalidRequest, NotFound, PermissionDenied, XnatHpcError
 from xnat_bridge.spawn_record import SpawnRecord, token_sha256
 
 from .audit_api import ensure_ingest, server_for_token
@@ -55,6 +61,8 @@ POLICY_PATH = r"api/review/policy"
 REVIEW_JOB_PATH = r"api/review/jobs/(j[0-9a-f]{12})"
 LEDGER_PATH = r"api/jobs/(j[0-9a-f]{12})"
 PUBLISH_PATH = r"api/jobs/(j[0-9a-f]{12})/publish"
+SHARES_PATH = r"api/shares"
+SHARE_PATH = r"api/shares/([^/]+)"
 #: the trail's actions of a job whose record ids the crate names
 JOB_ACTIONS = ("ledger_enter", "job_state", "review_hold", "review_approve", "key_release")
 
@@ -379,6 +387,90 @@ class PublishAPIHandler(ServerAPIHandler):
         self.reply(self._answer(pub))
 
 
+class SharesAPIHandler(ServerAPIHandler):
+    """A researcher's server shared with members of its projects (:mod:`hub_ext.sharing`)."""
+
+    what = "share its server"
+
+    @property
+    def watch(self):
+        return self.settings["watch"]
+
+    async def guest_check(self, guest: str, projects: frozenset[str]) -> list[str]:
+        """The projects of *projects* XNAT does not let *guest* read now (none: they may)."""
+        from hub_ext.sharing import unreadable
+
+        user = await self.hub.user(guest)
+        if user is None:
+            raise NotFound(f"the hub has no user {guest}: they must have logged in once", item=guest)
+        readable = await asyncio.wait_for(self.watch.permissions(user), self.watch.question_timeout)
+        return unreadable(projects, readable, guest)
+
+    @map_errors
+    async def get(self):
+        user, server, _ = await self.server_from_token(JOBS, self.what)
+        shares = await self.hub.shares(user, server)
+        self.reply({"server": server, "shares": [{"user": s.guest, "created": s.created} for s in shares]})
+
+    @map_errors
+    async def post(self):
+        from hub_ext.sharing import check_guest
+
+        user, server, projects = await self.server_from_token(JOBS, self.what)
+        guest = check_guest(self.body_json(), user)
+        facts = {"server": server, "guest": guest}
+        try:
+            if not projects:
+                raise PermissionDenied(f"your server {server or '(default)'} has no data scope the hub decided: "
+                                       "restart it to share it")
+            missing = await self.guest_check(guest, projects)
+            if missing:
+                raise PermissionDenied(f"{guest} may not read {', '.join(missing)} in XNAT: a server is shared only "
+                                       f"with users who read every project of its scope ({', '.join(sorted(projects))})",
+                                       item=guest)
+            share = await self.hub.share(user, server, guest)
+        except XnatHpcError as e:
+            await self.record(user, "share", "denied", items=sorted(projects),
+                              detail=f"server {server or '(default)'} with {guest}: {e.message}"[:500], extra=facts)
+            raise
+        await self.record(user, "share", "allowed", items=sorted(projects),
+                          detail=f"server {server or '(default)'} shared with {guest}, who reads every project of "
+                                 "its scope in XNAT", extra=facts)
+        self.reply({"server": server, "user": guest, "created": share.created,
+                    "projects": sorted(projects)}, status=201)
+
+
+class ShareAPIHandler(SharesAPIHandler):
+    @map_errors
+    async def get(self, guest: str):
+        """The server asks when *guest* opens it: a share, and every project readable now."""
+        user, server, projects = await self.server_from_token(JOBS, "check who opens it")
+        if guest == user:
+            self.reply({"user": guest, "allowed": True, "owner": True})
+            return
+        if guest not in {s.guest for s in await self.hub.shares(user, server)}:
+            raise PermissionDenied(f"{server or 'this server'} of {user} is not shared with {guest}", item=guest)
+        missing = await self.guest_check(guest, projects) if projects else ["(no scope)"]
+        if missing:
+            reason = f"{guest} may no longer read {', '.join(missing)} in XNAT"
+            await self.hub.unshare(user, server, guest)
+            await self.record(user, "unshare", "allowed", items=sorted(projects),
+                              detail=f"server {server or '(default)'}: {guest}'s share ended when they opened it: "
+                                     f"{reason}", extra={"server": server, "guest": guest, "by": "open check"})
+            raise PermissionDenied(f"{reason}: the share of {user}'s server ended", item=guest)
+        self.reply({"user": guest, "allowed": True, "owner": False, "projects": sorted(projects)})
+
+    @map_errors
+    async def delete(self, guest: str):
+        user, server, projects = await self.server_from_token(JOBS, self.what)
+        await self.hub.unshare(user, server, guest)
+        await self.record(user, "unshare", "allowed", items=sorted(projects),
+                          detail=f"server {server or '(default)'}: {guest}'s share ended by {user}",
+                          extra={"server": server, "guest": guest, "by": user})
+        self.set_status(204)
+        self.finish()
+
+
 def public_job(job: dict) -> dict:
     """What a server is told of a held job (pure)."""
     return {k: job[k] for k in ("job", "projects", "state", "reason", "by", "since", "decided", "pending")}
@@ -454,5 +546,6 @@ def server_api_handlers(prefix: str) -> list[tuple[str, type]]:
     hub's own events."""
     return [(prefix + AUDIT_PATH, AuditIngestHandler), (prefix + POLICY_PATH, ReviewPolicyAPIHandler),
             (prefix + REVIEW_JOB_PATH, ReviewJobAPIHandler), (prefix + LEDGER_PATH, LedgerJobAPIHandler),
-            (prefix + PUBLISH_PATH, PublishAPIHandler),
+            (prefix + PUBLISH_PATH, PublishAPIHandler), (prefix + SHARES_PATH, SharesAPIHandler),
+            (prefix + SHARE_PATH, ShareAPIHandler),
             (HUB_EVENTS_PATH, HubEventsHandler)]

@@ -57,6 +57,16 @@ class FakeRest:
 
     def __init__(self, users):
         self.users = {u.name: u for u in users}
+        #: (owner, server) -> guests, JupyterHub's shares
+        self.shared: dict[tuple[str, str], list[str]] = {}
+
+    async def shares(self, owner, name):
+        from hub_ext.hub_rest import Share
+
+        return [Share(owner, name, g) for g in self.shared.get((owner, name), [])]
+
+    async def unshare(self, owner, name, guest):
+        self.shared[(owner, name)] = [g for g in self.shared.get((owner, name), []) if g != guest]
 
     async def active_users(self):
         return [u.snapshot(with_auth_state=False) for u in self.users.values()
@@ -118,6 +128,8 @@ class Hub:
 
     async def permissions(self, user):
         value = self.readable[user.name]
+        if value is None:  # XNAT could not tell
+            return None
         if isinstance(value, BaseException):
             raise value
         if isinstance(value, asyncio.Event):
@@ -217,6 +229,28 @@ def test_a_multi_project_server_is_left_alone_while_both_projects_are_readable()
         [(who, project, report)] = await hub.watch.check_once()
         assert (who, project, report.stopped) == ("bob", "B", ["s"])
         assert hub.stopped == [("bob", "s")]
+
+    asyncio.run(main())
+
+
+def test_the_re_check_ends_the_shares_whose_guest_lost_a_project_of_the_scope():
+    """Issue 22: bob's server on A and B is shared with dave (reads both), erin (lost B), carol
+    (XNAT could not tell: kept until it can) and ghost (no hub user any more)."""
+    users = [FakeUser("bob", s=FakeSpawner({"A", "B"})), FakeUser("dave"), FakeUser("erin"), FakeUser("carol")]
+    hub = Hub(users, readable={"bob": {"A", "B"}, "dave": {"A", "B", "C"}, "erin": {"A"}, "carol": None})
+    hub.rest.shared[("bob", "s")] = ["dave", "erin", "carol", "ghost"]
+
+    async def main():
+        assert await hub.watch.check_once() == []  # bob keeps his server
+        assert hub.rest.shared[("bob", "s")] == ["dave", "carol"]
+        ended = [(r[0], r[1], r[2], r[3]) for r in hub.audit.records if r[1] == "unshare"]
+        assert ended == [("bob", "unshare", "allowed", ["A", "B"])] * 2
+        details = [r[4] for r in hub.audit.records if r[1] == "unshare"]
+        assert "erin's share ended by the hub's re-check: erin may no longer read B in XNAT" in details[0]
+        assert "ghost's share ended by the hub's re-check: ghost is no hub user any more" in details[1]
+        hub.readable["carol"] = {"B"}
+        await hub.watch.check_once()
+        assert hub.rest.shared[("bob", "s")] == ["dave"]
 
     asyncio.run(main())
 
