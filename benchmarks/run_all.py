@@ -25,6 +25,7 @@ QUICK = {
     "bench_kube_spawn.py": ["--quick"],
     "bench_offload.py": ["--rounds", "3", "--decrypt-size", "20MB"],
     "bench_plugin_api.py": ["--rounds", "3", "--polls", "20", "--starts", "2"],
+    "bench_publish.py": ["--size", "20MB", "--files", "20", "--rounds", "3"],
     "bench_spawn.py": ["--rounds", "3", "--concurrent", "5"],
     "bench_staging.py": ["--size", "20MB", "--files", "200", "--rounds", "3", "--rss-size", "60MB"],
 }

@@ -138,6 +138,31 @@ def test_a_failure_in_the_middle_deletes_the_resource_or_leaves_it_unsigned(resu
     assert x.files[SIGNATURE] == b"SIG"
 
 
+def test_a_result_changed_since_the_job_fails_the_upload_by_name(results):
+    out, files = results
+    (out / "model" / "w.bin").write_bytes(b"X" * 1000)  # same size, other bytes
+    x = FakeXnat()
+    with pytest.raises(Conflict, match=r"model/w.bin changed since the job ended \(sha256"):
+        pub.upload(Writer(x), out, files, b"{crate}", "SIG")
+    assert x.calls[-1] == "delete" and SIGNATURE not in x.files
+    (out / "model" / "w.bin").write_bytes(b"W" * 999)
+    with pytest.raises(Conflict, match="999 bytes, the job's 1000"):
+        pub.upload(Writer(FakeXnat()), out, files, b"{crate}", "SIG")
+
+
+def test_the_hash_starts_again_when_the_client_rewinds_for_a_retry(tmp_path):
+    f = tmp_path / "f"
+    f.write_bytes(b"abc" * 1000)
+    with open(f, "rb") as raw:
+        r = pub.HashingReader(raw)
+        r.read(100)
+        r.seek(0)
+        while r.read(64):
+            pass
+    import hashlib
+    assert r.hash.hexdigest() == hashlib.sha256(b"abc" * 1000).hexdigest()
+
+
 def test_xnats_silent_refusal_is_found_by_the_listing(results):
     out, files = results
     x = FakeXnat(exists=True, keep=False)  # a Collaborator, on a resource someone else made

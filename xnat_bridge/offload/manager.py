@@ -400,7 +400,7 @@ class OffloadManager:
         """Publish a finished job's results to XNAT with the hub's signed RO-Crate
         (:mod:`.publish`): ``{"resource", "url", "state", "files"}``. Again for a published
         job: its publication, unchanged."""
-        from ..results_crate import digest_files
+        from ..results_crate import FileEntry
         from . import publish as pub
 
         rec = self.get(job_id)
@@ -414,7 +414,10 @@ class OffloadManager:
         manifest = self._connection().load_dataset(rec.dataset, rec.dataset_version)
         target = pub.choose_target((f.name for f in manifest.files), project)
         out = Path(results["path"])
-        files = digest_files(out)
+        # what the job returned, as decrypted (the upload hashes each file again as it sends it)
+        files = sorted((FileEntry(f["name"], int(f["size"]), f["sha256"])
+                        for f in results["provenance"].get("results") or () if f.get("sha256")),
+                       key=lambda f: f.path)
         if not files:
             raise Conflict(f"job {job_id} has no result files to publish", item=job_id)
         signed = self.review_client.sign_publication(job_id, {

@@ -3,8 +3,10 @@
 ``job.publish()``, ``POST …/xnat-hpc/api/jobs/{id}/publish`` and the lab's "Publish to XNAT…"
 end here (:meth:`~xnat_bridge.offload.manager.OffloadManager.publish`):
 
-1. **The results** are the job's ``results/`` directory (held results opened first: only
-   approved ones exist there), each file's size and sha256 read now, no link followed.
+1. **The results** are what the job returned: the files, sizes and sha256s recorded in its
+   ``provenance.json`` as they were decrypted (held results opened first: only approved ones
+   exist there). No second pass reads them: each file is hashed as the upload sends it (no
+   link followed), and one changed since the job fails the upload, named.
 2. **The target** is the XNAT item the dataset covers (:func:`choose_target`, pure): its one
    experiment, else its one subject, else its one project (or the project the caller names).
 3. **The hub signs** (``POST /hub/api/xnat-hpc/jobs/{id}/publish``): it checks the job, the
@@ -29,9 +31,11 @@ end here (:meth:`~xnat_bridge.offload.manager.OffloadManager.publish`):
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import os
+import stat
 import urllib.parse
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -195,11 +199,42 @@ class XnatResourceWriter:
             return False
 
 
+class HashingReader:
+    """A result file as the upload reads it, hashed on the way (one read of each byte): the
+    upload checks that what XNAT received is what the crate names. A rewind (the client's
+    retry) starts the hash again."""
+
+    mode = "rb"  # what requests reads a body's length by (with fileno)
+
+    def __init__(self, raw):
+        self.raw = raw
+        self.hash = hashlib.sha256()
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.raw.read(n)
+        self.hash.update(data)
+        return data
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        pos = self.raw.seek(offset, whence)
+        if pos == 0:
+            self.hash = hashlib.sha256()
+        return pos
+
+    def tell(self) -> int:
+        return self.raw.tell()
+
+    def fileno(self) -> int:
+        return self.raw.fileno()
+
+
 def upload(writer: XnatResourceWriter, results: Path, files: list[FileEntry], crate: bytes,
            signature: str) -> str:
     """Write the results, the crate, then its signature; ``"published"`` or ``"unchanged"``
-    (the resource already held this very publication). Raises after deleting what it made
-    (or, where XNAT does not let the user delete, leaving it unsigned)."""
+    (the resource already held this very publication). Each file's sha256 is taken as it is
+    sent and must be the crate's (the job's results as they were decrypted): a file changed
+    since fails the upload, named. Raises after deleting what it made (or, where XNAT does
+    not let the user delete, leaving it unsigned)."""
     made = writer.create()
     if not made:
         have = writer.listing()
@@ -211,10 +246,17 @@ def upload(writer: XnatResourceWriter, results: Path, files: list[FileEntry], cr
     try:
         for f in files:
             fd = os.open(results / f.path, os.O_RDONLY | os.O_NOFOLLOW)
-            with os.fdopen(fd, "rb") as body:
-                if os.fstat(body.fileno()).st_size != f.size:
-                    raise Conflict(f"{f.path} changed while it was published", item=f.path)
+            with os.fdopen(fd, "rb") as raw:
+                st = os.fstat(raw.fileno())
+                if not stat.S_ISREG(st.st_mode) or st.st_size != f.size:
+                    raise Conflict(f"{f.path} changed since the job ended ({st.st_size} bytes, the job's "
+                                   f"{f.size}): what is published is what the job returned", item=f.path)
+                body = HashingReader(raw)
                 writer.put(f.path, body, f.size)
+                if body.hash.hexdigest() != f.sha256:
+                    raise Conflict(f"{f.path} changed since the job ended (sha256 {body.hash.hexdigest()[:16]}…, "
+                                   f"the job's {f.sha256[:16]}…): what is published is what the job returned",
+                                   item=f.path)
         writer.put(METADATA, crate, len(crate))
         have = writer.listing()
         want = {**{f.path: f.size for f in files}, METADATA: len(crate)}
