@@ -11,6 +11,8 @@
   ``canDelete(project)``) manages its users too.
 * A project's user list is readable by its Owners and site admins only (XNAT's
   ``ProjectUserListResource``); Members and Collaborators get 403.
+* Owners and Members edit a project's data; the project item itself (its project-level
+  resources) only Owners; only Owners delete.
 * Items that exist but may not be read answer 403; items that do not exist 404.
 """
 
@@ -61,9 +63,18 @@ class Access:
         return row
 
     def can_edit(self, project_row) -> bool:
-        """Edit the project's data: admins, ALL_DATA_ADMIN, the project's Owners and Members."""
+        """Edit the project's data (subjects, experiments, scans and their resources): admins,
+        ALL_DATA_ADMIN, the project's Owners and Members."""
         return (self.admin or "ALL_DATA_ADMIN" in self.site_groups
                 or self._groups.get(project_row["id"]) in ("Owners", "Members"))
+
+    def can_edit_project(self, project_row) -> bool:
+        """Edit the project item itself, which a project-level resource needs: XNAT's
+        ``canEdit(user, project)`` is checked against ``xnat:projectData/ID``, on which its
+        default groups give Owners edit and Members and Collaborators read only
+        (docs/xnat-resource-api.md §2, "Who may do it"): admins, ALL_DATA_ADMIN, the Owners."""
+        return (self.admin or "ALL_DATA_ADMIN" in self.site_groups
+                or self._groups.get(project_row["id"]) == "Owners")
 
     def managed_project(self, pid: str):
         row = self.readable_project(pid)

@@ -1,9 +1,12 @@
 """The archive directory in XNAT's layout, and safe path resolution in it.
 
-Layout (as XNAT's default ``arc001`` archive)::
+Layout (as XNAT's default ``arc001`` archive; project and subject resources as XNAT's
+``DefaultCatalogService`` places them, docs/xnat-resource-api.md §2 step 6)::
 
     {archive}/{PROJECT}/arc001/{session_label}/SCANS/{scan_id}/{resource_label}/{file path}
     {archive}/{PROJECT}/arc001/{session_label}/RESOURCES/{resource_label}/{file path}
+    {archive}/{PROJECT}/resources/{resource_label}/{file path}
+    {archive}/{PROJECT}/subjects/{subject_label}/{resource_label}/{file path}
 
 Nothing outside ``archive`` is ever served: every relative path is checked
 segment by segment (no empty, ``.`` or ``..`` segments, no absolute paths, no
@@ -48,6 +51,17 @@ def resource_dir(archive: Path, project: str, session_label: str, scan_id: str, 
     if scan_id:
         return safe_join(archive, project, ARC, session_label, "SCANS", scan_id, resource_label)
     return safe_join(archive, project, ARC, session_label, "RESOURCES", resource_label)
+
+
+def project_resource_dir(archive: Path, project: str, resource_label: str) -> Path:
+    """Directory of a project's resource."""
+    return safe_join(archive, project, "resources", resource_label)
+
+
+def subject_resource_dir(archive: Path, project: str, subject_label: str, resource_label: str) -> Path:
+    """Directory of a subject's resource: below the subject's label (XNAT's
+    ``getArchiveDirectoryName``), in its project's archive."""
+    return safe_join(archive, project, "subjects", subject_label, resource_label)
 
 
 def resolve_inside(archive: Path, path: Path) -> Path:

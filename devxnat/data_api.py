@@ -1,10 +1,13 @@
 """``/data/...``: projects, project users, subjects, experiments, scans,
 resources and files, with XNAT's permissions (see :mod:`.access`).
 
-Files are served from the archive directory only after their real path (all
-symlinks followed) is checked to lie inside the archive; single files honour
-HTTP ``Range`` (resumable downloads); ``.../files?format=zip`` streams a zip in
-XNAT's layout (``{session}/scans/{id}-{type}/resources/{label}/files/{path}``).
+Resources belong to projects, subjects, experiments or scans (:mod:`.resource_owner`);
+they are listed, read and downloaded the same way at every level, and written by
+:mod:`.resource_write`. Files are served from the archive directory only after their
+real path (all symlinks followed) is checked to lie inside the archive; single files
+honour HTTP ``Range`` (resumable downloads); ``.../files?format=zip`` streams a zip in
+XNAT's layout (``{session}/scans/{id}-{type}/resources/{label}/files/{path}``,
+``{session}/resources/…``, ``{subject label}/resources/…``, ``{project}/resources/…``).
 As in XNAT, ``/experiments/{E1},{E2},…/scans/ALL/files`` lists the scan files of
 several image sessions in one answer.
 """
@@ -27,8 +30,9 @@ from . import archive as arc
 from . import listing_formats, routes, shapes
 from .access import ROLE_OF_GROUP
 from .errors import BadRequest, Forbidden, MethodNotAllowed, NotFound
-from .resource_write import ResourceWrites, Upload, flag
 from .handler import BaseHandler
+from .resource_owner import Owner
+from .resource_write import ResourceWrites, Upload, flag
 from .store import GROUP_SUFFIX, GROUPS
 
 CHUNK = 1 << 20
@@ -124,7 +128,8 @@ class DataHandler(BaseHandler):
                 self.finish()
         else:
             raise MethodNotAllowed("the development server writes project members, and resources and "
-                                   "files of experiments and scans; nothing else of the archive")
+                                   "files of projects, subjects, experiments and scans; nothing else "
+                                   "of the archive")
 
     post = put  # XNAT: handlePut() { handlePost(); }
 
@@ -141,7 +146,8 @@ class DataHandler(BaseHandler):
             self.finish()
         else:
             raise MethodNotAllowed("the development server deletes project members, and resources and "
-                                   "files of experiments and scans; nothing else of the archive")
+                                   "files of projects, subjects, experiments and scans; nothing else "
+                                   "of the archive")
 
     # -- projects and users ---------------------------------------------------
     def _get_projects(self, route):
@@ -299,52 +305,61 @@ class DataHandler(BaseHandler):
         e, sc = self._scan(route)
         return shapes.items_doc(shapes.scan_item(e, sc, self.store.resources(e["id"], sc["scan_id"])))
 
-    def _owner(self, route):
-        """(experiment row or None, scan id or '') owning the route's resources."""
-        if route.experiment is None:
-            # project- and subject-level resources: checked, none stored
-            self._subject(route) if route.subject else self.access().readable_project(route.project)
-            return None, ""
-        if route.scan is not None:
-            e, sc = self._scan(route)
-            return e, sc["scan_id"]
-        return self._experiment(route), ""
+    def _owner(self, route) -> Owner:
+        """The item that owns the route's resources (XNAT's ``XNATTemplate`` resolves it the
+        same way for every method), readable by the user. A project or subject that does not
+        exist: 404 "Unable to identify project" / "Unable to identify subject", XNAT's messages
+        (docs/xnat-resource-api.md §1); a project that may not be read: 403 here, which
+        :class:`.resource_write.ResourceWrites` answers as XNAT does (404)."""
+        if route.experiment is not None:
+            if route.scan is not None:
+                e, sc = self._scan(route)
+            else:
+                e, sc = self._experiment(route), None
+            return Owner(self.store.project(e["project"]), experiment=e, scan=sc)
+        acc = self.access()
+        if route.project is not None:
+            project = self.store.project(route.project)
+            if project is None:
+                raise NotFound("Unable to identify project")
+            acc.readable_project(route.project)
+            if route.subject is None:
+                return Owner(project)
+            sub = self.store.subject(route.project, route.subject)
+        else:  # /data/subjects/{ID}/resources
+            sub = self.store.subject_by_id(route.subject)
+        if sub is None:
+            raise NotFound("Unable to identify subject")
+        acc.readable_project(sub["project"])
+        return Owner(self.store.project(sub["project"]), subject=sub)
 
     def _get_resources(self, route):
-        e, scan_id = self._owner(route)
-        rows = [] if e is None else self.store.resources(e["id"], scan_id)
-        return shapes.result_set((shapes.resource_row(r) for r in rows), None, "Resources")
+        owner = self._owner(route)
+        rows = (shapes.resource_row(r, owner.cat_desc) for r in self.store.resources_of(owner.key))
+        return shapes.result_set(rows, None, "Resources")
 
     def _resource(self, route):
-        e, scan_id = self._owner(route)
-        r = None if e is None else self.store.resource(e["id"], scan_id, route.resource)
+        """(owner, resource row) of a ``.../resources/{R}`` route, by id or label."""
+        owner = self._owner(route)
+        r = self.store.resource_of(owner.key, route.resource)
         if r is None:
             raise NotFound(f"Unable to find resource {route.resource}")
-        return e, r
+        return owner, r
 
     def _get_resource(self, route):
-        e, r = self._resource(route)
-        return shapes.items_doc(shapes.resource_item(r, self._resource_uri(e, r)))
-
-    @staticmethod
-    def _resource_uri(e, r) -> str:
-        if r["scan_id"]:
-            return f"/data/experiments/{e['id']}/scans/{r['scan_id']}/resources/{r['id']}"
-        return f"/data/experiments/{e['id']}/resources/{r['id']}"
+        owner, r = self._resource(route)
+        return shapes.items_doc(shapes.resource_item(r, owner.resource_uri(r["id"])))
 
     def _resources_for_files(self, route):
-        """[(experiment, resource)] a ``.../files`` route covers (scan lists and ALL too)."""
+        """[(owner, resource)] a ``.../files`` route covers (scan lists and ALL too)."""
         if route.experiment is not None and "," in route.experiment and route.scan is not None \
                 and route.resource is None:
             return self._sessions_scan_resources(route)
         if route.resource is not None:
             return [self._resource(route)]
-        if route.experiment is None:
-            self._owner(route)
-            return []
         if route.scan is None:
-            e = self._experiment(route)
-            return [(e, r) for r in self.store.resources(e["id"], "")]
+            owner = self._owner(route)
+            return [(owner, r) for r in self.store.resources_of(owner.key)]
         e = self._experiment(route)
         scans = self.store.scans(e["id"])
         if route.scan.upper() != "ALL":
@@ -354,7 +369,13 @@ class DataHandler(BaseHandler):
             if missing:
                 raise NotFound(f"Unable to find scan {missing[0]} of {e['label']}")
             scans = [sc for sc in scans if sc["scan_id"] in wanted]
-        return [(e, r) for sc in scans for r in self.store.resources(e["id"], sc["scan_id"])]
+        return self._scan_resources(e, scans)
+
+    def _scan_resources(self, e, scans):
+        """[(owner, resource)] of the scans *scans* of the session *e*."""
+        project = self.store.project(e["project"])
+        owners = [Owner(project, experiment=e, scan=sc) for sc in scans]
+        return [(owner, r) for owner in owners for r in self.store.resources_of(owner.key)]
 
     def _sessions_scan_resources(self, route):
         """``/experiments/{E1},{E2},…/scans/{ALL|ids}/files``: XNAT's FileList takes a
@@ -376,30 +397,28 @@ class DataHandler(BaseHandler):
             raise NotFound(f"Unable to find experiment {route.experiment}")
         everything = route.scan.upper() == "ALL"
         wanted = set(route.scan.split(","))
-        return [(e, r) for e in sessions for sc in self.store.scans(e["id"])
-                if everything or sc["scan_id"] in wanted
-                for r in self.store.resources(e["id"], sc["scan_id"])]
+        return [pair for e in sessions for pair in self._scan_resources(
+            e, [sc for sc in self.store.scans(e["id"]) if everything or sc["scan_id"] in wanted])]
 
     def _get_files(self, route):
         rows = []
-        for e, r in self._resources_for_files(route):
-            base = self._resource_uri(e, r)
-            rows.extend(shapes.file_row(base, f, r["label"]) for f in self.store.files(r["id"]))
+        for owner, r in self._resources_for_files(route):
+            uri = owner.resource_uri(r["id"])
+            rows.extend(shapes.file_row(uri, f, r) for f in self.store.files(r["id"]))
         return shapes.result_set(rows, None, "Files")
 
     # -- file contents ---------------------------------------------------------
-    def _disk_path(self, e, r, relpath: str) -> Path:
-        scan_id = r["scan_id"]
-        base = arc.resource_dir(self.archive, e["project"], e["label"], scan_id, r["label"])
+    def _disk_path(self, owner: Owner, r, relpath: str) -> Path:
+        base = owner.directory(self.archive, r["label"])
         return arc.resolve_inside(self.archive, arc.safe_join(base, relpath))
 
     def _file(self, route):
         arc.check_relpath(route.file)
-        e, r = self._resource(route)
+        owner, r = self._resource(route)
         row = self.store.file(r["id"], route.file)
         if row is None:
             raise NotFound(f"Unable to find file {route.file}")
-        return self._disk_path(e, r, route.file), row
+        return self._disk_path(owner, r, route.file), row
 
     async def _send_file(self, real: Path, row, body: bool = True) -> None:
         size = real.stat().st_size
@@ -452,15 +471,11 @@ class DataHandler(BaseHandler):
 
     async def _send_zip(self, route) -> None:
         members = []
-        for e, r in self._resources_for_files(route):
-            if r["scan_id"]:
-                sc = self.store.scan(e["id"], r["scan_id"])
-                prefix = f"{e['label']}/scans/{sc['scan_id']}-{sc['type'] or 'unknown'}"
-            else:
-                prefix = f"{e['label']}"
+        for owner, r in self._resources_for_files(route):
+            folder = owner.zip_folder()
             for f in self.store.files(r["id"]):
-                real = self._disk_path(e, r, f["path"])
-                members.append((real, f"{prefix}/resources/{r['label']}/files/{f['path']}"))
+                real = self._disk_path(owner, r, f["path"])
+                members.append((real, f"{folder}/resources/{r['label']}/files/{f['path']}"))
         if not members:
             raise NotFound("no files to download")
         fd, tmp = tempfile.mkstemp(prefix="devxnat-zip-")

@@ -62,9 +62,3 @@ class Conflict(HttpError):
     """The item to create exists already (409)."""
 
     status = 409
-
-
-class NotKept(HttpError):
-    """What XNAT does but the development server does not keep (501), said in the message."""
-
-    status = 501

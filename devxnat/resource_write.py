@@ -1,12 +1,13 @@
 """Writing resources and their files, as XNAT's ``CatalogResource`` and ``FileList`` do.
 
-Checked against XNAT 1.8's source (``org.nrg.xnat.restlet.resources.files``; docs/devxnat.md,
-"Writing resources", cites the lines), for experiments' and scans' resources:
+Checked against XNAT 1.8's source (``org.nrg.xnat.restlet.resources.files``;
+docs/xnat-resource-api.md cites the lines), for the resources of projects, subjects,
+experiments and scans (:mod:`.resource_owner`):
 
 ``PUT|POST .../resources/{R}[?format=&content=]``
     creates the resource: **200, empty** (no id: clients list to find it); **409** "Specified
     resource already exists."; **403** "User account doesn't have permission to modify this
-    session." for who may not edit (Collaborators; Owners and Members may).
+    session." for who may not edit.
 ``PUT|POST .../resources/{R}/files/{path}[?overwrite=true&format=&content=&inbody=true]``
     stores the body (with a ``Content-Length``: XNAT refuses a chunked one) — raw when ``Content-Type`` is one of XNAT's in-body types
     (``application/octet-stream``, ``text/plain``, …) or ``inbody=true``, else the file parts of
@@ -21,12 +22,18 @@ Checked against XNAT 1.8's source (``org.nrg.xnat.restlet.resources.files``; doc
     every file whose path starts with *path*: **200**; **404** "No matched files"; **400** when
     the resource is unknown; **403** for who may not delete.
 
+Who may edit is XNAT's ``canEdit(user, security)`` (docs/xnat-resource-api.md §2, "Who may do
+it"): for a project-level resource the project item itself, which only Owners edit (a Member's
+create is 403, a Member's upload the silent no-op); for a subject's, an experiment's or a scan's
+resource the project's data, which Owners and Members edit. Deleting is ``canDelete``: Owners
+only, at every level. Site admins and ALL_DATA_ADMIN may do everything.
+
 A file is written under a temporary name in its directory and renamed into place: a failure
 leaves no half file, and an overwrite is atomic. Bodies arrive in chunks
 (:meth:`Upload.feed`) and are hashed (md5, XNAT's ``digest``) as they come: a raw body is never
-held in memory. A project that is not readable is **404** "Unable to identify project", as
-XNAT's ``XNATTemplate`` answers on these routes. Project- and subject-level resources are not
-kept by the development server: writing one is **501** with that said.
+held in memory. As XNAT's ``XNATTemplate`` answers on these routes, a project that does not
+exist or is not readable is **404** "Unable to identify project", a subject that is not in it
+**404** "Unable to identify subject".
 """
 
 from __future__ import annotations
@@ -40,7 +47,7 @@ from pathlib import Path
 from tornado import httputil
 
 from . import archive as arc
-from .errors import BadRequest, Conflict, Forbidden, InternalError, NotFound, NotKept
+from .errors import BadRequest, Conflict, Forbidden, InternalError, NotFound
 
 #: ``RequestUtil``'s media types whose body is the file itself (besides ``inbody=true``)
 IN_BODY_TYPES = frozenset({
@@ -98,67 +105,62 @@ class ResourceWrites:
 
     def __init__(self, store, archive: Path, access, resolve_owner):
         self.store, self.archive, self.access = store, archive, access
-        self._resolve_owner = resolve_owner  # route -> (experiment row, scan id), readable or raising
+        self._resolve_owner = resolve_owner  # route -> resource_owner.Owner, readable or raising
 
     # -- who and where -------------------------------------------------------------------------
     def _owner(self, route):
-        if route.experiment is None:
-            raise NotKept("the development server keeps resources of experiments and scans only; "
-                          "project and subject resources cannot be written to it")
         try:
             return self._resolve_owner(route)
         except Forbidden:
             raise NotFound("Unable to identify project") from None
 
-    def _project(self, e):
-        return self.store.project(e["project"])
-
-    def _dir(self, e, scan_id: str, label: str) -> Path:
-        return arc.resource_dir(self.archive, e["project"], e["label"], scan_id, label)
-
-    def _resource(self, e, scan_id: str, label: str):
-        return self.store.resource(e["id"], scan_id, label)
+    def _may_edit(self, owner) -> bool:
+        """``canEdit(user, security)``: the project item itself for a project-level resource,
+        the project's data below it."""
+        if owner.level == "project":
+            return self.access.can_edit_project(owner.project)
+        return self.access.can_edit(owner.project)
 
     # -- resources ---------------------------------------------------------------------------------
     def create_resource(self, route, *, format: str, content: str) -> None:
-        e, scan_id = self._owner(route)
-        if not self.access.can_edit(self._project(e)):
+        owner = self._owner(route)
+        if not self._may_edit(owner):
             raise Forbidden(NO_EDIT)
-        if self._resource(e, scan_id, route.resource) is not None:
+        if self.store.resource_of(owner.key, route.resource) is not None:
             raise Conflict("Specified resource already exists.")
         if route.resource.isdigit():
             raise NotFound(f"Unable to find resource {route.resource}")
         arc.check_relpath(route.resource)
-        self._dir(e, scan_id, route.resource).mkdir(parents=True, exist_ok=True)
-        self.store.add_resource(e["id"], scan_id, route.resource, format=format, content=content)
+        owner.directory(self.archive, route.resource).mkdir(parents=True, exist_ok=True)
+        self.store.add_resource_to(owner.key, route.resource, format=format, content=content)
 
     def delete_resource(self, route) -> None:
-        e, scan_id = self._owner(route)
-        r = self._resource(e, scan_id, route.resource)
+        owner = self._owner(route)
+        r = self.store.resource_of(owner.key, route.resource)
         if r is None:
             return  # XNAT: 200, nothing to do
-        if not self.access.can_manage(self._project(e)):
+        if not self.access.can_manage(owner.project):
             raise Forbidden(NO_EDIT)
-        shutil.rmtree(self._dir(e, scan_id, r["label"]), ignore_errors=True)  # never follows links
+        shutil.rmtree(owner.directory(self.archive, r["label"]), ignore_errors=True)  # never follows links
         self.store.delete_resource(r["id"])
 
     # -- files ---------------------------------------------------------------------------------------
     def upload(self, route, body: Upload | None, content_type: str, *, inbody: bool, overwrite: bool,
                format: str, content: str, length_known: bool = True) -> dict | None:
         """Store the request's file(s); ``{"duplicates": [...]}`` when some existed, else None."""
-        e, scan_id = self._owner(route)
-        if not self.access.can_edit(self._project(e)):
+        owner = self._owner(route)
+        if not self._may_edit(owner):
             return None  # XNAT's FileList: no else branch, 200 and nothing stored
         parts = self._parts(route, body, content_type, inbody, length_known)
-        r = self._resource(e, scan_id, route.resource)
+        r = self.store.resource_of(owner.key, route.resource)
         if r is None:
             if route.resource.isdigit():
                 raise NotFound(f"Unable to find resource {route.resource}")
-            self.store.add_resource(e["id"], scan_id, route.resource, format=format, content=content)
-            r = self._resource(e, scan_id, route.resource)
+            self.store.add_resource_to(owner.key, route.resource, format=format, content=content)
+            r = self.store.resource_of(owner.key, route.resource)
         elif format or content:
             self.store.update_resource(r["id"], format=format or r["format"], content=content or r["content"])
-        root = self._dir(e, scan_id, r["label"])
+        root = owner.directory(self.archive, r["label"])
         duplicates = []
         for rel, source, md5, size in parts:
             if self.store.file(r["id"], rel) is not None and not overwrite:
@@ -236,19 +238,19 @@ class ResourceWrites:
 
     def delete_files(self, route, *, remove_files: bool) -> None:
         try:
-            e, scan_id = self._owner(route)
-            r = self._resource(e, scan_id, route.resource)
+            owner = self._owner(route)
+            r = self.store.resource_of(owner.key, route.resource)
         except NotFound:
             r = None
         if r is None:
             raise BadRequest("Unable to determine resource, parent, or security.")
-        if not self.access.can_manage(self._project(e)):
+        if not self.access.can_manage(owner.project):
             raise Forbidden(NO_EDIT)
         prefix = route.file or ""
         matched = [f["path"] for f in self.store.files(r["id"]) if f["path"].startswith(prefix)]
         if not matched:
             raise NotFound("No matched files")
-        root = self._dir(e, scan_id, r["label"])
+        root = owner.directory(self.archive, r["label"])
         if remove_files:
             for rel in matched:
                 target = arc.safe_join(root, rel)

@@ -6,7 +6,9 @@ as XNAT does::
     /data/projects/{P}/subjects/{S}/experiments/{E}/scans/{scan}/resources/{R}/files/{path}
     /data/projects/{P}/experiments/{E}/...
     /data/experiments/{E}/...
-    /data/subjects/{S}
+    /data/projects/{P}/resources/{R}/files/{path}
+    /data/projects/{P}/subjects/{S}/resources/{R}/files/{path}
+    /data/subjects/{S}[/resources/{R}/files/{path}]
     /data/archive/...   and   /REST/...   (aliases of /data/...)
 
 ``{scan}`` may be a comma-separated list or ``ALL`` for file listings and zip
@@ -95,6 +97,8 @@ def parse(path: str) -> Route:
         return _resources(rest, fields, "project", path)
     if head == "subjects" and len(rest) == 1:
         return Route("subject", subject=rest[0])
+    if head == "subjects" and len(rest) > 1:  # a subject's resources by its ID
+        return _resources(rest[1:], {"subject": rest[0]}, "subject", path)
     if head == "experiments":
         return _experiment(rest, fields, path)
     raise NotFound(f"no such resource: {path}")

@@ -126,15 +126,17 @@ def scan_row(experiment_id: str, sc: Mapping) -> dict:
     }
 
 
-def resource_row(r: Mapping) -> dict:
-    # XNAT's resource listings have no ID/URI columns (xnatpy works around it)
+def resource_row(r: Mapping, cat_desc: str = " ") -> dict:
+    """A row of ``CatalogResourceList``: no ID/URI columns (xnatpy makes them up); ``cat_id``
+    the scan's or experiment's ID, empty for a project's or subject's resource; ``cat_desc``
+    one space, a scan's type for a scan's resource (docs/xnat-resource-api.md §5)."""
     return {
         "xnat_abstractresource_id": r["id"],
         "label": r["label"],
         "element_name": "xnat:resourceCatalog",
         "category": "scans" if r["scan_id"] else "resources",
-        "cat_id": r["scan_id"] or r["experiment_id"],
-        "cat_desc": "",
+        "cat_id": r["scan_id"] or r["experiment_id"] or "",
+        "cat_desc": cat_desc,
         "format": r["format"],
         "content": r["content"],
         "tags": "",
@@ -143,16 +145,18 @@ def resource_row(r: Mapping) -> dict:
     }
 
 
-def file_row(base_uri: str, f: Mapping, resource_label: str = "") -> dict:
+def file_row(resource_uri: str, f: Mapping, resource: Mapping) -> dict:
+    """A row of ``FileList``: the file's URI below *resource_uri*; ``collection`` the
+    resource's label, ``cat_ID`` its id (docs/xnat-resource-api.md §5)."""
     return {
         "Name": f["path"].rsplit("/", 1)[-1],
         "Size": f["size"],
-        "URI": f"{base_uri}/files/{f['path']}",
-        "collection": resource_label,
+        "URI": f"{resource_uri}/files/{f['path']}",
+        "collection": resource["label"],
         "file_tags": "",
         "file_format": f["format"],
         "file_content": f["content"],
-        "cat_ID": "",
+        "cat_ID": resource["id"],
         "digest": f["md5"],
     }
 

@@ -9,11 +9,16 @@ Passwords are stored as scrypt hashes with a per-user salt; alias-token
 secrets and session ids only as SHA-256 digests (they are high-entropy random
 strings, returned once at issue time).
 
+A resource belongs to a project, a subject, an experiment or a scan, as in XNAT
+(:class:`ResourceOwner`). A database made by an older devxnat, whose resources were
+experiments' and scans' only, is migrated when it is opened (:meth:`Store._migrate_resources`).
+
 The API is plain methods returning dicts / tuples; no HTTP here.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import hmac
 import os
@@ -127,15 +132,6 @@ CREATE TABLE IF NOT EXISTS scans (
     pk INTEGER PRIMARY KEY AUTOINCREMENT,
     UNIQUE (experiment_id, scan_id)
 );
-CREATE TABLE IF NOT EXISTS resources (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    experiment_id TEXT NOT NULL REFERENCES experiments(id),
-    scan_id TEXT NOT NULL DEFAULT '',
-    label TEXT NOT NULL,
-    format TEXT NOT NULL DEFAULT '',
-    content TEXT NOT NULL DEFAULT '',
-    UNIQUE (experiment_id, scan_id, label)
-);
 CREATE TABLE IF NOT EXISTS files (
     resource_id INTEGER NOT NULL REFERENCES resources(id),
     path TEXT NOT NULL,
@@ -146,6 +142,53 @@ CREATE TABLE IF NOT EXISTS files (
     PRIMARY KEY (resource_id, path)
 );
 """
+
+#: A resource belongs to exactly one item, as in XNAT (docs/xnat-resource-api.md §1, §2): a
+#: project (``project``), a subject (``subject_id``), or an experiment (``experiment_id``, with
+#: ``scan_id`` for a scan's resource); the other owner columns are NULL, so that each keeps its
+#: foreign key. ``{name}`` is the table's name (the migration builds it under another first).
+_RESOURCES = """
+CREATE TABLE IF NOT EXISTS {name} (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    project TEXT REFERENCES projects(id),
+    subject_id TEXT REFERENCES subjects(id),
+    experiment_id TEXT REFERENCES experiments(id),
+    scan_id TEXT NOT NULL DEFAULT '',
+    label TEXT NOT NULL,
+    format TEXT NOT NULL DEFAULT '',
+    content TEXT NOT NULL DEFAULT '',
+    CHECK ((project IS NOT NULL) + (subject_id IS NOT NULL) + (experiment_id IS NOT NULL) = 1),
+    CHECK (scan_id = '' OR experiment_id IS NOT NULL)
+)"""
+#: one label per owner; the owner columns as :meth:`Store.resources_of` looks them up
+_RESOURCES_INDEX = """
+CREATE UNIQUE INDEX IF NOT EXISTS resources_owner_label ON resources(
+    COALESCE(project, ''), COALESCE(subject_id, ''), COALESCE(experiment_id, ''), scan_id, label)"""
+#: the columns the ``resources`` table had before it kept project and subject resources
+_OLD_RESOURCE_COLUMNS = "id, experiment_id, scan_id, label, format, content"
+
+
+@dataclasses.dataclass(frozen=True)
+class ResourceOwner:
+    """The item a resource belongs to, by its store key: exactly one of *project*,
+    *subject_id* and *experiment_id*; *scan_id* names a scan of the experiment."""
+
+    project: str | None = None
+    subject_id: str | None = None
+    experiment_id: str | None = None
+    scan_id: str = ""
+
+    def __post_init__(self):
+        named = [f for f in ("project", "subject_id", "experiment_id") if getattr(self, f) is not None]
+        if len(named) != 1:
+            raise ValueError(f"a resource belongs to exactly one of a project, a subject or an "
+                             f"experiment; {self!r} names {len(named)}")
+        if self.scan_id and self.experiment_id is None:
+            raise ValueError(f"a scan's resource needs the scan's experiment: {self!r}")
+
+    def columns(self) -> tuple[str, str, str, str]:
+        """The values of ``resources_owner_label``'s owner columns."""
+        return self.project or "", self.subject_id or "", self.experiment_id or "", self.scan_id
 
 
 def hash_password(password: str, salt: bytes) -> bytes:
@@ -169,7 +212,44 @@ class Store:
         self.path = str(path)
         self._local = threading.local()
         # executescript commits by itself; every statement is IF NOT EXISTS
-        self.db.executescript(_SCHEMA)
+        self.db.executescript(_SCHEMA + _RESOURCES.format(name="resources") + ";")
+        self._migrate_resources()
+        self.db.execute(_RESOURCES_INDEX)
+
+    def _migrate_resources(self) -> None:
+        """Rebuild a ``resources`` table made by an older devxnat, which kept experiments' and
+        scans' resources only (``experiment_id NOT NULL``, ``UNIQUE (experiment_id, scan_id,
+        label)``), as :data:`_RESOURCES`: SQLite's table rebuild (create the new table, copy the
+        rows with their ids, drop the old one, rename), in one transaction, with foreign keys off
+        meanwhile (``files`` refers to the table) and checked before the commit. The
+        AUTOINCREMENT counter is carried over, so no resource id is handed out twice."""
+        if "project" in self._columns("resources"):
+            return
+        db = self.db
+        db.execute("PRAGMA foreign_keys=OFF")  # a no-op inside a transaction: set before it
+        try:
+            with self.tx():
+                if "project" in self._columns("resources"):
+                    return  # another process migrated it while this one waited
+                seq = db.execute("SELECT seq FROM sqlite_sequence WHERE name='resources'").fetchone()
+                db.execute(_RESOURCES.format(name="resources_new"))
+                db.execute(f"INSERT INTO resources_new({_OLD_RESOURCE_COLUMNS})"
+                           f" SELECT {_OLD_RESOURCE_COLUMNS} FROM resources")
+                db.execute("DROP TABLE resources")
+                db.execute("ALTER TABLE resources_new RENAME TO resources")
+                if seq is not None:
+                    db.execute("UPDATE sqlite_sequence SET seq=MAX(seq, ?) WHERE name='resources'", (seq[0],))
+                broken = [tuple(r) for table in ("resources", "files")
+                          for r in db.execute(f"PRAGMA foreign_key_check({table})")]
+                if broken:
+                    raise sqlite3.IntegrityError(
+                        f"{self.path}: cannot migrate the resources table, rows refer to items that do "
+                        f"not exist (table, rowid, parent, constraint): {broken[:10]}; nothing was changed")
+        finally:
+            db.execute("PRAGMA foreign_keys=ON")
+
+    def _columns(self, table: str) -> set[str]:
+        return {r["name"] for r in self.db.execute(f"PRAGMA table_info({table})")}
 
     # -- plumbing ---------------------------------------------------------
     @property
@@ -403,11 +483,20 @@ class Store:
 
     def add_resource(self, experiment_id: str, scan_id: str, label: str, *, format: str = "",
                      content: str = "", files: list[tuple[str, int, str]] = ()) -> int:
-        """Add a resource with its files: ``(path, size, md5)`` triples."""
+        """Add a resource of an experiment (*scan_id* '') or of one of its scans, with its
+        files: ``(path, size, md5)`` triples."""
+        return self.add_resource_to(ResourceOwner(experiment_id=experiment_id, scan_id=scan_id), label,
+                                    format=format, content=content, files=files)
+
+    def add_resource_to(self, owner: ResourceOwner, label: str, *, format: str = "", content: str = "",
+                        files: list[tuple[str, int, str]] = ()) -> int:
+        """Add a resource of *owner* (a project, a subject, an experiment or a scan) with its
+        files: ``(path, size, md5)`` triples; its id."""
         with self.tx() as db:
             rid = db.execute(
-                "INSERT INTO resources(experiment_id, scan_id, label, format, content) VALUES (?,?,?,?,?)",
-                (experiment_id, scan_id, label, format, content),
+                "INSERT INTO resources(project, subject_id, experiment_id, scan_id, label, format, content)"
+                " VALUES (?,?,?,?,?,?,?)",
+                (owner.project, owner.subject_id, owner.experiment_id, owner.scan_id, label, format, content),
             ).lastrowid
             db.executemany(
                 "INSERT INTO files(resource_id, path, size, md5, format, content) VALUES (?,?,?,?,?,?)",
@@ -486,14 +575,24 @@ class Store:
     _RES_COLS = ("r.*, COUNT(f.path) AS file_count, COALESCE(SUM(f.size), 0) AS file_size")
 
     def resources(self, experiment_id: str, scan_id: str = "") -> list[sqlite3.Row]:
-        return self.db.execute(
-            f"SELECT {self._RES_COLS} FROM resources r LEFT JOIN files f ON f.resource_id=r.id"
-            " WHERE r.experiment_id=? AND r.scan_id=? GROUP BY r.id ORDER BY r.id",
-            (experiment_id, scan_id),
-        ).fetchall()
+        """The resources of an experiment (*scan_id* '') or of one of its scans."""
+        return self.resources_of(ResourceOwner(experiment_id=experiment_id, scan_id=scan_id))
 
     def resource(self, experiment_id: str, scan_id: str, id_or_label: str) -> sqlite3.Row | None:
-        rows = self.resources(experiment_id, scan_id)
+        return self.resource_of(ResourceOwner(experiment_id=experiment_id, scan_id=scan_id), id_or_label)
+
+    def resources_of(self, owner: ResourceOwner) -> list[sqlite3.Row]:
+        """The resources of *owner*, in the order they were made, with ``file_count`` and ``file_size``."""
+        return self.db.execute(
+            f"SELECT {self._RES_COLS} FROM resources r LEFT JOIN files f ON f.resource_id=r.id"
+            " WHERE COALESCE(r.project, '')=? AND COALESCE(r.subject_id, '')=?"
+            " AND COALESCE(r.experiment_id, '')=? AND r.scan_id=? GROUP BY r.id ORDER BY r.id",
+            owner.columns(),
+        ).fetchall()
+
+    def resource_of(self, owner: ResourceOwner, id_or_label: str) -> sqlite3.Row | None:
+        """The resource of *owner* with that id (``xnat_abstractresource_id``), else that label."""
+        rows = self.resources_of(owner)
         for r in rows:
             if str(r["id"]) == id_or_label:
                 return r
