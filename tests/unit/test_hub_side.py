@@ -95,7 +95,8 @@ def test_routes_keep_their_urls_under_the_hub_prefix_and_import_registers_nothin
     assert xnat_hpc_handlers() is not ours  # a new list each call
     routes = [h[0] for h in JupyterHub.add_url_prefix("/hub/", list(ours))]
     # the servers' calls to governance keep their hub addresses, passed on to the service
-    forwarded = "/hub/api/xnat-hpc/(audit|jobs/j[0-9a-f]{12}|review/policy|review/jobs/j[0-9a-f]{12})"
+    forwarded = ("/hub/api/xnat-hpc/(audit|jobs/j[0-9a-f]{12}(?:/publish)?|review/policy|review/jobs/j[0-9a-f]{12}"
+                 "|shares(?:/[^/]+)?)")
     # the owners' pages are the governance service's: their old addresses redirect there
     assert routes == ["/hub/api/xnat-hpc/bootstrap", forwarded, "/hub/xnat-hpc/owner", "/hub/xnat-hpc/owner/access",
                       "/hub/xnat-hpc/review", "/hub/xnat-plugin/api(/.*)?"]

@@ -236,6 +236,22 @@ class ReviewClient:
         """Tell the hub how the upload ended (``published`` or ``failed``; audited there)."""
         return self._call("PATCH", f"jobs/{job_id}/publish", {"state": state, "message": message[:500]})
 
+    # -- sharing this server (xnat_bridge.sharing) -------------------------------------------
+    def shares(self) -> dict:
+        """``{"server", "shares": [{"user", "created"}]}`` of this server."""
+        return self._call("GET", "shares")
+
+    def share(self, user: str) -> dict:
+        """Share this server with *user* (the hub checks XNAT: every project of its scope)."""
+        return self._call("POST", "shares", {"user": user})
+
+    def unshare(self, user: str) -> None:
+        self._call("DELETE", f"shares/{urllib.parse.quote(user, safe='')}")
+
+    def check_guest(self, user: str) -> dict:
+        """Whether *user* may use this server now (PermissionDenied when not)."""
+        return self._call("GET", f"shares/{urllib.parse.quote(user, safe='')}")
+
     def status(self, job_id: str, share: bool = False) -> dict:
         """``{"state", "reason", "since", "projects", "pending", ...}``; with *share*, once
         approved, also ``share`` (base64 of the hub's share; the hub audits each release)."""

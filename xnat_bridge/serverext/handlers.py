@@ -30,7 +30,7 @@ from tornado.ioloop import IOLoop
 
 from ..errors import InvalidRequest, NotFound, XnatHpcError
 from ..extras import needs_extra
-from . import views
+from . import sharing, views
 
 with needs_extra("server", "the server extension (xnat_bridge.serverext)"):
     from jupyter_server.auth.decorator import authorized
@@ -342,6 +342,32 @@ class JobPublishHandler(XnatHpcHandler):
         self.reply(views.publication_json(done))
 
 
+class SharesHandler(XnatHpcHandler):
+    """This server's shares (its owner only; the hub decides who may be a guest)."""
+
+    @endpoint
+    async def get(self):
+        sharing.check_owner(self.current_user.username)
+        self.reply(await self.blocking(lambda: sharing.hub_client().shares()))
+
+    @endpoint
+    async def post(self):
+        sharing.check_owner(self.current_user.username)
+        guest = views.parse_share_body(self.json_body())
+        done = await self.blocking(lambda: sharing.hub_client().share(guest))
+        log.info("xnat-hpc: server shared with %s", guest)
+        self.reply(done, status=201)
+
+
+class ShareHandler(XnatHpcHandler):
+    @endpoint
+    async def delete(self, user):
+        sharing.check_owner(self.current_user.username)
+        await self.blocking(lambda: sharing.hub_client().unshare(user))
+        log.info("xnat-hpc: share of %s ended", user)
+        self.reply(None, status=204)
+
+
 class UnknownRouteHandler(XnatHpcHandler):
     """Anything else under ``xnat-hpc/api/``: a JSON 404 instead of an HTML page."""
 
@@ -370,6 +396,8 @@ ROUTES: list[tuple[str, type[XnatHpcHandler]]] = [
     ("jobs/{job_id}/cancel", JobCancelHandler),
     ("jobs/{job_id}/results", JobResultsHandler),
     ("jobs/{job_id}/publish", JobPublishHandler),
+    ("shares", SharesHandler),
+    ("shares/{user}", ShareHandler),
 ]
 
 _HTTP_METHODS = ("get", "post", "put", "patch", "delete")

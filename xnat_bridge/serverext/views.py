@@ -228,3 +228,11 @@ def parse_publish_body(body) -> str | None:
 def publication_json(done: dict) -> dict:
     """What the API answers for a publication (pure)."""
     return {k: done[k] for k in ("resource", "url", "files", "bytes", "allowed_signers")}
+
+
+def parse_share_body(body) -> str:
+    """The guest of ``{"user": NAME}`` (pure): a hub user's name."""
+    if not isinstance(body, dict) or set(body) != {"user"} or not isinstance(body["user"], str) \
+            or not body["user"] or "/" in body["user"] or len(body["user"]) > 255:
+        raise InvalidRequest('the body must be {"user": NAME}: the hub user to share this server with')
+    return body["user"]
