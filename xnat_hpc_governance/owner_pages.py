@@ -51,6 +51,7 @@ from xnat_bridge.client import XnatClient
 from xnat_bridge.errors import InvalidRequest, NotFound, PermissionDenied, XnatHpcError
 from xnat_bridge.extras import needs_extra
 from xnat_bridge.permissions import Permissions, fetch_permissions
+from xnat_bridge.spawn_record import SpawnRecord
 
 from . import owner_render as R
 from .owner import MAX_EXPORT, collect
@@ -67,6 +68,7 @@ log = logging.getLogger(__name__)
 
 #: the pages, relative to the service's prefix
 OWNER = "owner"
+OWNER_SHARES = "owner/shares"
 ACCESS = "owner/access"
 REVIEW = "review"
 REVIEW_PROJECTS = "review/projects"
@@ -283,9 +285,16 @@ class OwnerAuditPage(OwnerPage):
         def published(project: str) -> list[dict]:
             return store.publications_for({project}, limit=100)
 
+        try:
+            shared = await self.shares_of(scope)
+        except XnatHpcError as exc:
+            log.error("owner page: shares not listed: %s", exc.message)
+            shared, problem = {}, (problem + " " if problem else "") + f"Shared servers are not shown: {exc.message}"
         events, total, views = await asyncio.to_thread(collect, audit_log, owned, scope, f, query, active,
                                                        members, ledger, published)
         for v in views:
+            v.shares = shared.get(v.project, [])
+            v.share_form = {"url": self.prefix + OWNER_SHARES, "xsrf": self.xsrf} if v.project in owned else None
             v.actions_html = self.pages.render(
                 "xnat-hpc-owner-actions.html", project=v.project,
                 access_url=f"{self.prefix}{ACCESS}?project={quote(v.project, safe='')}",
@@ -295,6 +304,23 @@ class OwnerAuditPage(OwnerPage):
         page = R.PageView(self.visitor, sorted(owned), ok, sentence, checked, f, events, total, views, users,
                           self.prefix + OWNER, error=problem)
         self.finish(R.render_page(page, pages=self.pages))
+
+    async def shares_of(self, projects: set[str]) -> dict[str, list[dict]]:
+        """The shares of running servers whose scope (the hub's record) holds one of *projects*:
+        project → ``[{"owner", "server", "guest", "since"}]``."""
+        out: dict[str, list[dict]] = {}
+        for user in await self.hub.active_users():
+            for name, server in user.servers.items():
+                record = SpawnRecord.from_state(server.state)
+                hit = sorted(set(record.projects) & projects) if record is not None else []
+                if not hit:
+                    continue
+                for share in await self.hub.shares(user.name, name):
+                    for project in hit:
+                        out.setdefault(project, []).append({"owner": user.name, "server": name or "(default)",
+                                                            "name": name, "guest": share.guest,
+                                                            "since": share.created})
+        return out
 
     async def export(self, fmt: str, audit_log, query: dict, owned: set[str], f: R.Filters) -> None:
         """The filtered events as CSV or JSON (up to :data:`xnat_hpc_governance.owner.MAX_EXPORT`); the JSON
@@ -314,6 +340,32 @@ class OwnerAuditPage(OwnerPage):
         self.set_header("Content-Disposition", f'inline; filename="xnat-hpc-audit-{stamp}.json"')
         self.finish(json.dumps({"owned": sorted(owned), "chain": sentence, "chain_ok": ok,
                                 "chain_checked": checked, "filters": f.query_args(), "events": events}))
+
+
+class OwnerShareForm(OwnerPage):
+    """``POST owner/shares``: an owner of a project ends a share of a server whose scope holds it
+    (``owner``, ``server``, ``guest``, ``project``)."""
+
+    @web.authenticated
+    @mapped
+    async def post(self):
+        form = {k: self.get_body_argument(k, "") for k in ("owner", "server", "guest", "project")}
+        project = form["project"]
+        if not _PROJECT_RE.match(project) or not form["owner"] or not form["guest"]:
+            raise InvalidRequest("expected owner, server, guest and project (an XNAT project id)")
+        if project not in (await self.permissions("end shares of your projects' servers")).owned():
+            raise PermissionDenied(f"only an owner of {project} (in XNAT) ends shares of servers on it")
+        user = await self.hub.user(form["owner"], auth_state=False)
+        server = user.servers.get(form["server"]) if user is not None else None
+        record = SpawnRecord.from_state(server.state) if server is not None else None
+        if record is None or project not in record.projects:
+            raise NotFound(f"no running server {form['owner']}/{form['server'] or '(default)'} on {project}")
+        await self.hub.unshare(form["owner"], form["server"], form["guest"])
+        await self.settings["audit_log"].record(
+            form["owner"], "unshare", "allowed", items=sorted(record.projects),
+            detail=f"server {form['server'] or '(default)'}: {form['guest']}'s share ended by {self.visitor}, an owner "
+                   f"of {project}", extra={"server": form["server"], "guest": form["guest"], "by": self.visitor})
+        self.redirect(f"{self.prefix}{OWNER}?project={quote(project, safe='')}")
 
 
 # -- the access page --------------------------------------------------------------------------------
@@ -545,6 +597,7 @@ class OAuthCallback(HubOAuthCallbackHandler):
 def page_handlers(prefix: str) -> list[tuple[str, type]]:
     """The owners' pages under the service's *prefix* (``/services/xnat-hpc-governance/``)."""
     return [(prefix + OWNER, OwnerAuditPage), (prefix + ACCESS, OwnerAccessPage), (prefix + REVIEW, ReviewPage),
+            (prefix + OWNER_SHARES, OwnerShareForm),
             (prefix + REVIEW_PROJECTS, ReviewProjectForm), (prefix + REVIEW_DECIDE, ReviewDecisionForm),
             (prefix + OAUTH_CALLBACK, OAuthCallback), (prefix.rstrip("/") + "/?", ServiceRoot)]
 

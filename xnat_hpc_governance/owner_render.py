@@ -256,6 +256,10 @@ class ProjectView:
     jobs: list[dict]
     downloads: list[dict]
     publications: list[dict] = dataclasses.field(default_factory=list)
+    #: shares of running servers on the project: {"owner", "server", "name", "guest", "since"}
+    shares: list[dict] = dataclasses.field(default_factory=list)
+    #: where an owner ends a share ({"url", "xsrf"}), None for who does not own the project
+    share_form: dict | None = None
     actions_html: str = ""              # grant/revoke, review: filled by xnat_hpc_governance.owner's hook (trusted HTML)
 
 
@@ -288,7 +292,8 @@ def project_context(v: ProjectView) -> dict:
         [[x["signed"], x["user"], x["job"], len(x["files"]), x["state"] + (f": {x['message']}" if x["message"] else ""),
           link(x["url"], x["resource"])] for x in v.publications], "none")
     return {"project": p, "members": members, "members_error": v.members_error, "actions_html": v.actions_html,
-            "servers": servers, "jobs": jobs, "downloads": downloads, "publications": publications}
+            "servers": servers, "jobs": jobs, "downloads": downloads, "publications": publications,
+            "shares": v.shares, "share_form": v.share_form}
 
 
 def link(url: str, text: str) -> dict | str:

@@ -449,7 +449,7 @@ class ShareAPIHandler(SharesAPIHandler):
             self.reply({"user": guest, "allowed": True, "owner": True})
             return
         if guest not in {s.guest for s in await self.hub.shares(user, server)}:
-            raise PermissionDenied(f"{server or 'this server'} of {user} is not shared with {guest}", item=guest)
+            raise PermissionDenied(f"{user}'s server {server or '(default)'} is not shared with {guest}", item=guest)
         missing = await self.guest_check(guest, projects) if projects else ["(no scope)"]
         if missing:
             reason = f"{guest} may no longer read {', '.join(missing)} in XNAT"

@@ -128,7 +128,7 @@ async def test_the_open_check_refuses_and_ends_a_share_whose_guest_lost_a_projec
     assert code == 200 and doc["allowed"] and not doc["owner"]
     assert (await gov.call("GET", "shares/bob", token))[1]["owner"]
     code, doc = await gov.call("GET", "shares/alice", token)  # never shared with alice
-    assert code == 403 and "not shared with alice" in doc["message"]
+    assert code == 403 and "bob's server (default) is not shared with alice" in doc["message"]
     gov.readable["erin"] = {"CARDIO_ECG"}  # an owner removed erin from NEURO_MRI in XNAT
     code, doc = await gov.call("GET", "shares/erin", token)
     assert code == 403 and "erin may no longer read NEURO_MRI" in doc["message"]

@@ -139,6 +139,16 @@ class XnatHpcExtension(ExtensionApp):
         Only has an effect when the server runs under a hub (JUPYTERHUB_API_URL set).""",
     ).tag(config=True)
 
+    check_guests = Bool(
+        True,
+        help="""When the server runs under a hub, ask the hub whenever someone other than its owner
+        uses it (a guest of a share): :class:`xnat_bridge.serverext.sharing.ShareAuthorizer`
+        becomes the server's authorizer, unless the site configured one of its own
+        (c.ServerApp.authorizer_class). The hub answers yes only while the share stands and the
+        guest reads, in XNAT, every project of the server's scope; a yes is kept
+        c.ShareAuthorizer.ttl seconds (60).""",
+    ).tag(config=True)
+
     activity_interval = Float(
         60.0,
         help="""Seconds between activity reports while offload jobs are running
@@ -195,6 +205,25 @@ class XnatHpcExtension(ExtensionApp):
         self.audit_sender = hub_sender(self.state.workspace) if self.audit_to_hub else None
         self.log.info("xnat-hpc: REST API at %sxnat-hpc/api/ (workspace %s)",
                       self.serverapp.base_url, self.state.workspace)
+        self._install_guest_check()
+
+    def _install_guest_check(self) -> None:
+        """:class:`~.sharing.ShareAuthorizer` as the server's authorizer (see :attr:`check_guests`)."""
+        from jupyter_server.auth.authorizer import AllowAllAuthorizer
+
+        from .sharing import ShareAuthorizer, owner
+
+        if not (self.check_guests and owner()):
+            return
+        if type(self.serverapp.authorizer) is not AllowAllAuthorizer:
+            self.log.warning("xnat-hpc: the site's authorizer %s is kept: guests of a share are not asked about "
+                             "at the hub", type(self.serverapp.authorizer).__name__)
+            return
+        authorizer = ShareAuthorizer(parent=self, identity_provider=self.serverapp.identity_provider)
+        self.serverapp.authorizer = authorizer
+        # the extension's settings are copied onto the web app's after initialize_settings
+        self.settings["authorizer"] = self.serverapp.web_app.settings["authorizer"] = authorizer
+        self.log.info("xnat-hpc: guests of a share are asked about at the hub (yes kept %.0f s)", authorizer.ttl)
 
     def initialize_handlers(self):
         self.handlers.extend(url_handlers())
