@@ -18,6 +18,7 @@ import {
   IProject,
   IResource,
   IPublication,
+  IShares,
   IResults,
   IScan,
   IScope,
@@ -216,6 +217,20 @@ export class XnatHpcClient {
 
   results(id: string): Promise<IResults> {
     return this.get(`jobs/${enc(id)}/results`);
+  }
+
+  /** The users this server is shared with (its owner only). */
+  shares(): Promise<IShares> {
+    return this.get('shares');
+  }
+
+  /** Share this server with a hub user; the hub checks they read every project of its scope. */
+  share(user: string): Promise<unknown> {
+    return this.send('POST', 'shares', { user });
+  }
+
+  unshare(user: string): Promise<unknown> {
+    return this.send('DELETE', `shares/${enc(user)}`);
   }
 
   /** Publish a done job's results to XNAT (*project*: when the dataset covers several). */

@@ -3,6 +3,7 @@
  * dataset list and the jobs list, with one status line for errors in words.
  */
 import { Dialog, InputDialog, ReactWidget, showDialog, showErrorMessage } from '@jupyterlab/apputils';
+import { PageConfig } from '@jupyterlab/coreutils';
 import * as React from 'react';
 
 import { errorMessage, XnatHpcClient } from './api';
@@ -11,6 +12,7 @@ import { formatCount, formatElapsed, formatSize, jobElapsed } from './format';
 import { JobListModel, jobStateInfo } from './jobs';
 import { Trunc } from './labels';
 import { JobsPoller } from './poller';
+import { ShareBody } from './share';
 import { jobStaging, StagingBar, stagingText } from './progress';
 import { TreeModel } from './tree';
 import { TreeView } from './tree-view';
@@ -162,6 +164,9 @@ function PanelView(props: { panel: XnatPanel }): JSX.Element {
         <button className="jp-mod-styled" onClick={() => panel.options.train()}>
           Train…
         </button>
+        <button className="jp-mod-styled" data-testid="xnat-hpc-share-server" onClick={() => void panel.share()}>
+          Share…
+        </button>
       </div>
       {status && (
         <div className={status.error ? 'xnat-hpc-error' : 'xnat-hpc-status'} role="status" aria-live="polite" data-testid="xnat-hpc-status">
@@ -255,6 +260,28 @@ export class XnatPanel extends ReactWidget {
     } catch (err) {
       this.setStatus(null);
       await showErrorMessage('Dataset not created', errorMessage(err));
+    }
+  }
+
+  /** Who this server is shared with, and share it with one more user (the hub decides). */
+  async share(): Promise<void> {
+    const body = new ShareBody(this.options.client);
+    await body.load();
+    const answer = await showDialog({
+      title: 'Share this server',
+      body,
+      buttons: [Dialog.cancelButton({ label: 'Close' }), Dialog.okButton({ label: 'Share', ariaLabel: 'Share this server' })]
+    });
+    const user = answer.value || '';
+    if (!answer.button.accept || !user) {
+      return;
+    }
+    try {
+      await this.options.client.share(user);
+      const url = new URL(PageConfig.getBaseUrl(), window.location.href).href;
+      this.setStatus(`Shared with ${user}: they open ${url} with their own login`);
+    } catch (err) {
+      await showErrorMessage('Not shared', errorMessage(err));
     }
   }
 

@@ -222,3 +222,14 @@ export interface IPublication {
   /** the hub's key as an OpenSSH allowed_signers line (`xnat-hpc-hub verify-results --key`) */
   allowed_signers: string;
 }
+
+/** A user this server is shared with (`GET shares`). */
+export interface IShare {
+  user: string;
+  created: string;
+}
+
+export interface IShares {
+  server: string;
+  shares: IShare[];
+}

@@ -154,6 +154,9 @@ describe('XnatHpcClient', () => {
     await c.cancel('j3fa94c0d12ab');
     await c.results('j3fa94c0d12ab');
     await c.publish('j3fa94c0d12ab', 'CARDIO_ECG');
+    await c.shares();
+    await c.share('dave');
+    await c.unshare('erin smith');
     expect(calls.map(x => `${x.method} ${pathOf(x.url).replace('/user/alice/xnat-hpc/api/', '')}`)).toEqual([
       'GET projects',
       'GET projects/NEURO_MRI/subjects?offset=100&limit=100',
@@ -168,8 +171,12 @@ describe('XnatHpcClient', () => {
       'POST jobs',
       'POST jobs/j3fa94c0d12ab/cancel',
       'GET jobs/j3fa94c0d12ab/results',
-      'POST jobs/j3fa94c0d12ab/publish'
+      'POST jobs/j3fa94c0d12ab/publish',
+      'GET shares',
+      'POST shares',
+      'DELETE shares/erin%20smith'
     ]);
+    expect(JSON.parse(calls[15].body)).toEqual({ user: 'dave' });
     expect(JSON.parse(calls[10].body)).toEqual({ dataset: 'd', script: 'train.py', client_token: 'tok' });
     expect(JSON.parse(calls[13].body)).toEqual({ project: 'CARDIO_ECG' });
   });
