@@ -529,7 +529,8 @@ def test_approved_results_are_published_to_xnat_and_verified_by_a_second_client(
             "metrics.json", "summary.csv", "weights.bin", "ro-crate-metadata.json", "ro-crate-metadata.json.sig"}
         crate = json.loads((got / "ro-crate-metadata.json").read_text())
         nodes = {n["@id"]: n for n in crate["@graph"]}
-        assert nodes[f"#slurm-{job.slurm_job_id}"]["value"] == job.slurm_job_id
+        slurm_id = m.get(job.id).slurm_job_id
+        assert slurm_id and nodes[f"#slurm-{slurm_id}"]["value"] == slurm_id
         assert [a["agent"]["@id"] for a in crate["@graph"] if a.get("@type") == "AssessAction"] == ["#user-dave"]
         keyfile = tmp_path / "allowed_signers"
         keyfile.write_text(done["allowed_signers"])
@@ -554,7 +555,7 @@ def test_approved_results_are_published_to_xnat_and_verified_by_a_second_client(
     finally:
         m.close()
         m2.close()
-    assert [e["extra"]["state"] for e in reversed(trail(hub, "bob", "publish", "allowed", job.id))] == [
+    assert [e["extra"]["state"] for e in trail(hub, "bob", "publish", "allowed", job.id)] == [
         "signed", "published"]
     assert trail(hub, "bob", "publish", "failed", job2.id)
     page = sessions["dave"].get(f"{hub.url}/services/xnat-hpc-governance/owner", timeout=30).text
