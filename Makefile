@@ -44,7 +44,7 @@ demo: install
 OLDEST_HUB_TESTS := tests/unit/test_plugin_gateway.py tests/unit/test_plugin_names.py tests/unit/test_ledger_api.py \
                     tests/unit/test_hub_rest.py tests/unit/test_server_scopes.py tests/unit/test_audit_ingest.py \
                     tests/unit/test_governance_service.py tests/unit/test_governance_forward.py \
-                    tests/unit/test_owner_pages_service.py
+                    tests/unit/test_owner_pages_service.py tests/unit/test_share_api.py tests/unit/test_publish_api.py
 
 test: install kube
 	@VENV_OLDEST=$(VENV_OLDEST) scripts/bootstrap.sh oldest-hub

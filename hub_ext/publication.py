@@ -39,7 +39,7 @@ MAX_CLAIM = 200
 #: the resource a job's results are published as, on the target item
 RESOURCE_PREFIX = "xnat-hpc-results-"
 #: what the crate says the server reported (the hub has no record of it)
-REPORTED = ("script name", "node", "partition", "start and end", "resources", "software")
+REPORTED = ("script name", "node", "partition", "start and end", "resources asked and used", "software")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,7 +98,7 @@ def _claims(run) -> dict:
         if not isinstance(v, str) or len(v) > MAX_CLAIM:
             raise InvalidRequest(f"run.{key} must be a string of at most {MAX_CLAIM} characters")
         out[key] = v
-    for key in ("resources", "software"):
+    for key in ("resources", "used", "software"):
         v = run.get(key) or {}
         if not isinstance(v, Mapping) or len(v) > 100 or any(
                 not isinstance(k, str) or len(k) > MAX_CLAIM or len(str(x)) > MAX_CLAIM for k, x in v.items()):
@@ -202,7 +202,8 @@ def run_record(ledger: Mapping, held: Mapping | None, req: PublishRequest, *, xn
         script_sha256=ledger["script_sha256"], slurm_job_id=ledger["slurm_job_id"] or "",
         partition=str(run.get("partition") or ""), node=str(run.get("node") or ""),
         start=str(run.get("started") or ledger["created"]), end=str(run.get("ended") or ledger["updated"]),
-        resources_asked=dict(run.get("resources") or {}), software=dict(run.get("software") or {}),
+        resources_asked=dict(run.get("resources") or {}), resources_used=dict(run.get("used") or {}),
+        software=dict(run.get("software") or {}),
         approvals=approvals(held), audit_ids=tuple(str(i) for i in audit_ids),
         xnat_item=f"{xnat_url}{req.target.item_path}" if xnat_url else req.target.item_path,
         note=("Checked by the hub: the job's user, dataset and digests of manifest and script, its Slurm "

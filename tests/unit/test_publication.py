@@ -52,10 +52,13 @@ def test_paths_quote_xnat_names():
 
 
 def test_the_servers_report_names_the_run_and_the_software():
-    claims = pub.run_claims({"script": "train.py", "node": "n1", "partition": "secure", "started": "a",
-                             "ended": "b", "resources": {"cpus": 2, "gpus": None}},
+    claims = pub.run_claims({"script": "train.py", "node": "n1", "partition": "secure",
+                             "started": "2026-12-07T10:00:00Z", "ended": "2026-12-07T10:05:30Z",
+                             "resources": {"cpus": 2, "gpus": None}},
                             environ={"JUPYTER_IMAGE_SPEC": "xnat-hpc-server:1"})
     assert claims["resources"] == {"cpus": "2"} and claims["software"]["image"] == "xnat-hpc-server:1"
+    assert claims["used"] == {"walltime_seconds": "330"}
+    assert pub.run_claims({"started": None, "ended": "x"})["used"] == {}
     assert "xnat-hpc-hub" in claims["software"] and claims["software"]["python"].count(".") == 2
 
 

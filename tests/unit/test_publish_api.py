@@ -33,7 +33,8 @@ JOB, JOB2 = "j00000000b001", "j00000000b002"
 FILES = [{"name": "metrics.json", "size": 12, "sha256": "c" * 64},
          {"name": "model/weights.bin", "size": 4096, "sha256": "d" * 64}]
 RUN = {"script": "train.py", "node": "node1", "partition": "secure", "started": "2026-12-07T10:00:00Z",
-       "ended": "2026-12-07T10:05:00Z", "resources": {"cpus": "2", "mem": "4G"}, "software": {"python": "3.11"}}
+       "ended": "2026-12-07T10:05:00Z", "resources": {"cpus": "2", "mem": "4G"}, "used": {"walltime_seconds": "300"},
+       "software": {"python": "3.11"}}
 
 
 def body(project="CARDIO_ECG", files=FILES, **target) -> dict:
@@ -113,6 +114,7 @@ async def test_a_finished_job_is_signed_with_the_hubs_facts_and_audited(hub, gov
     assert nodes["#slurm-4242"]["value"] == "4242"
     assert nodes["./"]["isPartOf"]["@id"] == "http://xnat.example:8080/data/projects/CARDIO_ECG/experiments/ECG_001"
     assert "Reported by the researcher's server" in action["description"]
+    assert nodes["#used-walltime_seconds"]["value"] == "300" and nodes["#asked-mem"]["value"] == "4G"
     # the key: made by the hub, 0600, in a 0700 directory
     key_file = tmp_path / "review" / "results-signing-key"
     assert stat.S_IMODE(key_file.stat().st_mode) == 0o600

@@ -31,6 +31,7 @@ end here (:meth:`~xnat_bridge.offload.manager.OffloadManager.publish`):
 from __future__ import annotations
 
 import dataclasses
+import datetime as _dt
 import hashlib
 import json
 import logging
@@ -123,10 +124,17 @@ def run_claims(provenance: Mapping, environ: Mapping[str, str] = os.environ) -> 
     if image:
         software["image"] = image
     resources = {k: str(v) for k, v in (provenance.get("resources") or {}).items() if v not in (None, "")}
+    used = {}
+    try:
+        began = _dt.datetime.fromisoformat(str(provenance.get("started")).replace("Z", "+00:00"))
+        ended = _dt.datetime.fromisoformat(str(provenance.get("ended")).replace("Z", "+00:00"))
+        used["walltime_seconds"] = str(max(0, round((ended - began).total_seconds())))
+    except (TypeError, ValueError):
+        pass  # a run without both times: nothing measured
     return {"script": str(provenance.get("script") or ""), "node": str(provenance.get("node") or ""),
             "partition": str(provenance.get("partition") or ""),
             "started": str(provenance.get("started") or ""), "ended": str(provenance.get("ended") or ""),
-            "resources": resources, "software": software}
+            "resources": resources, "used": used, "software": software}
 
 
 class XnatResourceWriter:
