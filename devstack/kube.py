@@ -374,7 +374,8 @@ class KubeDev:
         return r.returncode == 0 and r.stdout.strip() == "True"
 
     def up(self, timeout: float = 180) -> None:
-        """Start what is not running; return once the node is Ready."""
+        """Start what is not running; return once the node is Ready and pods can be admitted (the
+        namespaces' default service accounts exist)."""
         if os.geteuid() != 0:
             raise KubeError("`xnat-hpc-hub kube up` starts system daemons: run it as root")
         missing = self.missing_programs()
@@ -396,6 +397,14 @@ class KubeDev:
                             "-f", "-"], input=hub_manifests(), capture_output=True, text=True, timeout=60)
         if r.returncode != 0:
             raise KubeError(f"could not set up the hub's namespace {HUB_NAMESPACE}: {r.stderr.strip()[-1000:]}")
+        # the controller manager makes each namespace's `default` service account shortly after the
+        # namespace; until then the API refuses every pod there ("serviceaccount default not found")
+        self._wait("the namespaces' default service accounts", self._service_accounts_ready, timeout,
+                   "kube-controller-manager")
+
+    def _service_accounts_ready(self) -> bool:
+        return all(self.kubectl("get", "serviceaccount", "default", "-n", ns, "-o", "name", timeout=10).returncode == 0
+                   for ns in ("default", HUB_NAMESPACE))
 
     def import_images(self) -> None:
         """The pause image (the pods' sandbox), written as an OCI archive and imported into

@@ -250,3 +250,15 @@ def test_results_key_prints_the_allowed_signers_line_and_never_makes_a_key(tmp_p
     line = capsys.readouterr().out
     assert line == f'hub@hospital.example namespaces="xnat-hpc-results" ssh-ed25519 ' + line.split()[3] + "\n"
     assert line.split()[2:4] == signer.allowed_signers().split()[2:4]
+
+
+# -- who the server's authorizer asks the hub about ------------------------------------------------------
+def test_only_a_shares_guest_is_asked_about_at_the_hub():
+    from xnat_bridge.serverext.sharing import is_guest
+
+    share = {"kind": "user", "name": "dave", "scopes": ["access:servers!server=bob/shared", "read:users:name!user=dave"]}
+    assert is_guest(share, "bob")
+    assert not is_guest({"kind": "service", "name": "culler", "scopes": ["access:servers"]}, "bob")
+    assert not is_guest({"kind": "user", "name": "admin", "scopes": ["access:servers"]}, "bob")
+    assert not is_guest({"kind": "user", "name": "ops", "scopes": ["access:servers!user=bob"]}, "bob")
+    assert is_guest({"kind": "user", "name": "eve", "scopes": ["access:servers!user=eve"]}, "bob")  # her own only

@@ -3,7 +3,7 @@
 The hub's governance service makes the shares (JupyterHub's own, after XNAT says the guest
 reads every project of the server's scope: :mod:`hub_ext.sharing`); the server offers them to
 its owner (``GET|POST …/xnat-hpc/api/shares``, ``DELETE …/shares/{user}``: the owner only)
-and asks the hub again whenever someone other than its owner uses it:
+and asks the hub again whenever a share's guest (:func:`is_guest`) uses it:
 :class:`ShareAuthorizer`, jupyter_server's authorizer of every request, allows the owner and
 asks governance about anyone else (``GET /hub/api/xnat-hpc/shares/{user}``), keeping a yes for
 ``ttl`` seconds (the permission cache's 60 s); a no, or a hub that cannot answer, refuses.
@@ -37,6 +37,17 @@ def owner() -> str:
     return os.environ.get("JUPYTERHUB_USER", "")
 
 
+def is_guest(hub_user: dict, server_owner: str) -> bool:
+    """Whether the hub's model of a non-owner caller is a share's guest (pure): a **user** whose
+    access to servers is this server alone (a share grants ``access:servers!server=OWNER/NAME``).
+    A hub service, or an administrator's access (``access:servers``, or all of the owner's
+    servers), is the admins' own, trusted as the hub is (docs/security.md), and not asked about."""
+    if hub_user.get("kind", "user") != "user":
+        return False
+    scopes = set(hub_user.get("scopes") or ())
+    return not ({"access:servers", f"access:servers!user={server_owner}"} & scopes)
+
+
 def check_owner(user_name: str) -> None:
     """Only the server's owner manages its shares (a guest works in it, shares nothing)."""
     if owner() and user_name != owner():
@@ -64,7 +75,7 @@ class ShareAuthorizer(Authorizer):
 
     async def is_authorized(self, handler, user, action: str, resource: str) -> bool:
         name = getattr(user, "username", "")
-        if not owner() or name == owner():
+        if not owner() or name == owner() or not is_guest(getattr(user, "hub_user", None) or {}, owner()):
             return True
         now = time.monotonic()
         if self._allowed.get(name, 0.0) > now:
