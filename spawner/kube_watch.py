@@ -16,7 +16,7 @@ Nothing here talks to a cluster.
 from __future__ import annotations
 
 import json
-from datetime import datetime
+from datetime import datetime, timedelta
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -88,15 +88,20 @@ def _when(event: Mapping[str, Any]) -> datetime | None:
     return None
 
 
+#: the volume controller's pass over pending claims (kube-controller-manager's
+#: ``--pvclaimbinder-sync-period``, 15 s by default)
+CLAIM_RESYNC = timedelta(seconds=15)
+
+
 def claim_failure(claim: Mapping[str, Any], events: Iterable[Mapping[str, Any]],
                   since: str | None = None) -> str | None:
     """Why *claim* (a PVC) will not bind, or None: it is ``Pending``, it names no storage class
     (``""``: static volumes only, no provisioner will make one) and the volume controller said
     it found no volume for it (a ``FailedBinding`` event) since this start (*since*: the pod's
-    ``creationTimestamp``). A claim made before the pod counts only an event after it (events
-    are stamped to the second; an older one may predate the volume an admin has made since, and
-    the controller says it again at its next pass, every 15 s); a claim made for this start
-    counts any."""
+    ``creationTimestamp``). A claim made before the pod counts only an event a whole controller
+    pass (:data:`CLAIM_RESYNC`) after it: an older one may predate the volume an admin has made
+    since, and a pass at the moment of the start may race that volume's binding; a claim made
+    for this start counts any."""
     spec, status = claim.get("spec") or {}, claim.get("status") or {}
     if status.get("phase") != "Pending" or spec.get("storageClassName") not in ("", None):
         return None
@@ -108,7 +113,11 @@ def claim_failure(claim: Mapping[str, Any], events: Iterable[Mapping[str, Any]],
 
     def fresh(event: Mapping[str, Any]) -> bool:
         when = _when(event)
-        return start is None or when is None or (when > start if old_claim else when >= start)
+        if start is None or when is None:
+            return True
+        # a claim of an earlier start: the controller's pass racing the volume an admin has just
+        # made may still say "no volume"; only a whole pass after this start is its answer
+        return when >= start + CLAIM_RESYNC if old_claim else when >= start
 
     failed = [e for e in events if e.get("reason") == "FailedBinding" and fresh(e)]
     if not failed:
