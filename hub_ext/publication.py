@@ -18,7 +18,8 @@ the user. The service signs only what it can stand behind:
 
 :func:`check_request` parses the server's body, :func:`check_publishable` decides,
 :func:`run_record` builds the :class:`~xnat_bridge.results_crate.RunRecord`, and
-:func:`target_paths` names the XNAT item and resource — all pure.
+the XNAT item and resource are named by :mod:`xnat_bridge.offload.publish` (``item_path``,
+``resource_path``), as the server uploads to them — all pure.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import re
 from collections.abc import Mapping
 
 from xnat_bridge.errors import Conflict, InvalidRequest, PermissionDenied
+from xnat_bridge.offload.publish import Target, item_path
 from xnat_bridge.offload.review import LOG_MEMBER
 from xnat_bridge.results_crate import OWN, Approval, FileEntry, RunRecord
 
@@ -36,31 +38,8 @@ _XNAT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,99}$")
 _SHA = re.compile(r"^[0-9a-f]{64}$")
 MAX_FILES = 10000
 MAX_CLAIM = 200
-#: the resource a job's results are published as, on the target item
-RESOURCE_PREFIX = "xnat-hpc-results-"
 #: what the crate says the server reported (the hub has no record of it)
 REPORTED = ("script name", "node", "partition", "start and end", "resources asked and used", "software")
-
-
-@dataclasses.dataclass(frozen=True)
-class Target:
-    """The XNAT item the results go to: an experiment, a subject, or the project."""
-
-    project: str
-    subject: str = ""
-    experiment: str = ""
-
-    @property
-    def item_path(self) -> str:
-        path = f"/data/projects/{self.project}"
-        if self.subject:
-            path += f"/subjects/{self.subject}"
-        if self.experiment:
-            path += f"/experiments/{self.experiment}"
-        return path
-
-    def resource_path(self, job_id: str) -> str:
-        return f"{self.item_path}/resources/{RESOURCE_PREFIX}{job_id}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -205,7 +184,7 @@ def run_record(ledger: Mapping, held: Mapping | None, req: PublishRequest, *, xn
         resources_asked=dict(run.get("resources") or {}), resources_used=dict(run.get("used") or {}),
         software=dict(run.get("software") or {}),
         approvals=approvals(held), audit_ids=tuple(str(i) for i in audit_ids),
-        xnat_item=f"{xnat_url}{req.target.item_path}" if xnat_url else req.target.item_path,
+        xnat_item=f"{xnat_url}{item_path(req.target)}" if xnat_url else item_path(req.target),
         note=("Checked by the hub: the job's user, dataset and digests of manifest and script, its Slurm "
               "job id, its project scope and the owners' approvals (its ledger and review store); "
               + ("the result files are exactly those the owners approved. " if held else "")

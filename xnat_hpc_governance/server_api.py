@@ -323,12 +323,13 @@ class PublishAPIHandler(ServerAPIHandler):
     @map_errors
     async def post(self, job_id: str):
         from hub_ext.publication import check_publishable, check_request, run_record
+        from xnat_bridge.offload.publish import resource_path
         from xnat_bridge.results_crate import crate_metadata, dumps
 
         user, server, projects = await self.server_from_token(JOBS, self.what)
         req = check_request(self.body_json())
         target = req.target
-        resource = target.resource_path(job_id)
+        resource = resource_path(target, job_id)
         xnat_url = str(self.settings.get("xnat_url") or "").rstrip("/")
         facts = {"job": job_id, "server": server, "resource": resource}
         try:
