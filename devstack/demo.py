@@ -128,29 +128,34 @@ def start_devxnat(
     return proc, url_box[0]
 
 
-def demo_profiles(archive: Path, text: str | None = None) -> str:
+def demo_profiles(archive: Path, text: str | None = None, staging: Path = STAGING_DIR) -> str:
     """The demo's profiles (*text*, default ``config/demo/profiles.yaml``) with *archive* as the
-    node path of its Slurm profile ``slurm-data`` (pure but for reading the default file): the
-    demo's node is this machine, which "mounts" devxnat's archive where devxnat keeps it."""
+    node path of its Slurm profile ``slurm-data`` and *staging* as the offload's staging area
+    (pure but for reading the default file): the demo's node is this machine, which "mounts"
+    devxnat's archive where devxnat keeps it."""
     text = DEMO_PROFILES.read_text() if text is None else text
-    line = f"archive_node_path: {DEMO_ARCHIVE}\n"
-    if text.count(line) != 1:
-        raise XnatHpcError(f"{DEMO_PROFILES} must name archive_node_path: {DEMO_ARCHIVE} exactly once")
-    return text.replace(line, f"archive_node_path: {json.dumps(os.path.abspath(archive))}\n")
+    for key, default, value in (("archive_node_path", DEMO_ARCHIVE, archive), ("staging_dir", STAGING_DIR, staging)):
+        line = f"{key}: {default}\n"
+        if text.count(line) != 1:
+            raise XnatHpcError(f"{DEMO_PROFILES} must name {key}: {default} exactly once")
+        text = text.replace(line, f"{key}: {json.dumps(os.path.abspath(value))}\n")
+    return text
 
 
 def hub_config(*, xnat_url: str, hub_dir: Path, port: int, proxy_api_port: int, hub_port: int,
                profiles: Path, archive: Path, audit_log: Path, plugin: PluginSecrets | None = None,
-               governance_token_file: Path | None = None) -> str:
+               governance_token_file: Path | None = None, unix_accounts: str = "{name}") -> str:
     """The demo's ``jupyterhub_config.py`` (pure; config/jupyterhub_config.py is the site example);
     with *plugin*, XNAT's "Start Jupyter" (devxnat's plugin endpoints) drives this hub; with
     *governance_token_file* (:func:`governance_secret`), the owners' page lists running servers
-    and revocations stop them through the hub's REST API (service ``xnat-hpc-governance``)."""
+    and revocations stop them through the hub's REST API (service ``xnat-hpc-governance``);
+    *unix_accounts*: ``c.UnixAccounts.name_template`` (the tests' throwaway accounts)."""
     text = ("# written by `xnat-hpc-hub demo`; see config/jupyterhub_config.py for a site configuration\n"
             + loopback_hub_config(hub_dir=hub_dir, port=port, hub_port=hub_port, proxy_api_port=proxy_api_port)
             + "c.Spawner.start_timeout = 120\nc.Spawner.http_timeout = 90\n"
             # one machine whose accounts the demo owns: an XNAT account added later gets its own
             + "c.UnixAccounts.create_missing = True\n"
+            + (f"c.UnixAccounts.name_template = {unix_accounts!r}\n" if unix_accounts != "{name}" else "")
             + xnat_hub_config(xnat_url=xnat_url, profiles=profiles, archive=archive, audit_log=audit_log)
             + idle_culler_hub_config(timeout=DEMO_CULL_TIMEOUT, every=DEMO_CULL_EVERY))
     if governance_token_file is not None:
@@ -330,18 +335,19 @@ HUB_STOP_GRACE = 60
 
 
 def start_hub(run_dir: Path, xnat_url: str, archive: Path, port: int,
-              plugin: PluginSecrets | None = None) -> tuple[subprocess.Popen, str]:
+              plugin: PluginSecrets | None = None, *, staging: Path = STAGING_DIR,
+              unix_accounts: str = "{name}") -> tuple[subprocess.Popen, str]:
     """JupyterHub + configurable-http-proxy with the demo profiles; (process, URL) once it answers."""
     hub_dir = run_dir / "hub"
     hub_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(hub_dir, 0o700)
     config = hub_dir / "jupyterhub_config.py"
     profiles = hub_dir / "profiles.yaml"
-    profiles.write_text(demo_profiles(archive))
+    profiles.write_text(demo_profiles(archive, staging=staging))
     config.write_text(hub_config(xnat_url=xnat_url, hub_dir=hub_dir, port=port, proxy_api_port=_free_port(),
                                  hub_port=_free_port(), profiles=profiles, archive=archive,
                                  audit_log=run_dir / "audit" / "audit.db", plugin=plugin,
-                                 governance_token_file=governance_secret(run_dir)))
+                                 governance_token_file=governance_secret(run_dir), unix_accounts=unix_accounts))
     if not shutil.which("configurable-http-proxy"):
         raise XnatHpcError("configurable-http-proxy is not installed; run `make demo` (it installs it)")
     env = {**os.environ, "JUPYTERHUB_CRYPT_KEY": secrets.token_hex(32),
@@ -405,7 +411,7 @@ def run_demo(args: argparse.Namespace) -> int:
     )
     hub_proc = None
     try:
-        unix_users = [u for u, _ in DEMO_USERS if u != "admin"]
+        unix_users = [args.unix_accounts.replace("{name}", u) for u, _ in DEMO_USERS if u != "admin"]
         created = ensure_accounts(unix_users)
         if created:
             print(f"created Unix accounts for the demo users: {', '.join(created)}", flush=True)
@@ -415,9 +421,10 @@ def run_demo(args: argparse.Namespace) -> int:
             except XnatHpcError as e:  # e.g. a symbolic link where the script goes: left alone
                 print(f"warning: {e.message}", file=sys.stderr, flush=True)
         archive = run_dir / "xnat" / "archive"
-        prepare_shared_dirs(archive)
+        prepare_shared_dirs(archive, args.staging_dir)
         print("starting JupyterHub ...", flush=True)
-        hub_proc, hub_url = start_hub(run_dir, xnat_url, archive, args.hub_port, plugin)
+        hub_proc, hub_url = start_hub(run_dir, xnat_url, archive, args.hub_port, plugin,
+                                      staging=args.staging_dir, unix_accounts=args.unix_accounts)
         text = format_status(statuses, slurm.cfg.run_dir)
         print(summary(xnat_url, text, run_dir, slurm.cfg.run_dir, hub_url), flush=True)
         if not args.exit_when_ready:

@@ -291,6 +291,11 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--xnat-port", type=int, default=8080, help="devxnat port (default 8080)")
     m.add_argument("--hub-port", type=int, default=8000, help="JupyterHub port (default 8000)")
     m.add_argument("--demo-size", default="30MB", help="size of the synthetic archive (default 30MB)")
+    m.add_argument("--staging-dir", type=Path, default=Path("/var/lib/xnat-hpc-hub/staging"),
+                   help="the offload's staging area (default /var/lib/xnat-hpc-hub/staging)")
+    m.add_argument("--unix-accounts", default="{name}", metavar="TEMPLATE",
+                   help="the Unix accounts of the demo users' servers, c.UnixAccounts.name_template "
+                        "(default {name}: alice, bob, ...; the tests run the demo in throwaway accounts)")
     m.add_argument(
         "--exit-when-ready",
         action="store_true",

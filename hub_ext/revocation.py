@@ -80,13 +80,29 @@ class OwnerAccess(LoggingConfigurable):
         access to. ``"stop"`` (default): the hub stops it at once and audits
         ``server_stopped``. ``"narrow"``: it keeps running; every new operation on that
         project (browse, download, dataset, staging, submission) is refused by the server
-        within its XNAT permission cache's TTL (60 s), since the server asks XNAT again with
+        within its XNAT permission cache's TTL (:attr:`permission_ttl`, 60 s), since the server asks XNAT again with
         the user's own token; files already copied into the workspace stay. Warning: a
         server that mounts the archive (local and Kubernetes backends) keeps its read-only
         mount of the project until it stops, so "narrow" does not end file access there; use
         it where servers read XNAT through REST only (Slurm backend). Offload jobs on the
         project's data are cancelled and their bundles wiped in both modes.""",
     ).tag(config=True)
+
+    permission_ttl = Float(
+        60.0,
+        help="""Seconds a user's server trusts XNAT's answer about which projects the user may
+        read before it asks again (handed to servers as ``XNAT_HPC_PERMISSION_TTL``): the bound
+        on how long a server left running by a revocation (``on_revoke = "narrow"``) or by a
+        loss in XNAT's own UI may still start new work on the lost project. Shorter means more
+        requests to XNAT (two per user per period, only while the server is used). Example:
+        ``c.OwnerAccess.permission_ttl = 30``. Above 0, at most 86400.""",
+    ).tag(config=True)
+
+    @validate("permission_ttl")
+    def _check_ttl(self, proposal):
+        if not 0 < proposal["value"] <= 86400:
+            raise TraitError(f"OwnerAccess.permission_ttl must be above 0 and at most 86400, not {proposal['value']}")
+        return proposal["value"]
 
     recheck_interval = Float(
         300.0,
@@ -236,9 +252,10 @@ def _uid_of(user: str) -> int | None:
         return None
 
 
-def wipe_bundles(staging_root: str, user: str, manifests: set[str]) -> list[str]:
+def wipe_bundles(staging_root: str, user: str, manifests: set[str], account: str | None = None) -> list[str]:
     """Remove from ``<staging_root>/<user>/`` every bundle staged for one of *manifests*
-    (blocking: run it in a thread); the names removed.
+    (blocking: run it in a thread); the names removed. *account*: the user's Unix account
+    (``UnixAccounts.name_template``; default *user*).
 
     The user can write that directory, so nothing in it is trusted, and nothing blocks or
     is followed (:mod:`xnat_bridge.private`): the directory is opened with ``O_NOFOLLOW``
@@ -256,7 +273,7 @@ def wipe_bundles(staging_root: str, user: str, manifests: set[str]) -> list[str]
         log.warning("revocation: staging area %s unreadable: %s", staging_root, exc)
         return []
     try:
-        uid = _uid_of(user)
+        uid = _uid_of(account or user)
         try:
             ufd = open_directory(user, dir_fd=root_fd, owner_uid=os.geteuid() if uid is None else uid,
                                  what=f"{user}'s staging directory")
@@ -385,7 +402,7 @@ class RevocationReport:
         if self.stopped:
             parts.append(f"servers stopped: {', '.join(n or '(default)' for n in self.stopped)}")
         if self.left_running:
-            parts.append(f"servers left running, new operations refused within 60 s: "
+            parts.append(f"servers left running, new operations refused within their permission TTL: "
                          f"{', '.join(n or '(default)' for n in self.left_running)}")
         active = [(i, o) for i, o in self.jobs if o != "ended"]
         if active:
@@ -416,12 +433,14 @@ class _Pending:
 async def apply_revocation(*, user: str, project: str, reason: str, servers: list[ServerView],
                            jobs: list[SubmittedJob], settings: OwnerAccess, staging_root: str,
                            stop: StopServer, audit: Audit, notices: NoticeBoard | None = None,
-                           report: RevocationReport | None = None) -> RevocationReport:
+                           report: RevocationReport | None = None,
+                           unix_user: str | None = None) -> RevocationReport:
     """Carry out what *user* losing *project* means (module docstring); everything audited
     with *reason* (e.g. ``"access to CARDIO_ECG revoked by dave"``). *report* (a new one by
     default) is filled as the effects happen, so that :func:`within_bound` can tell what is
     done and what is pending at its bound. *notices*: where the user is told what happened
-    (their hub pages), if anywhere."""
+    (their hub pages), if anywhere. *unix_user*: the Unix account *user*'s jobs run as and
+    their staging directory belongs to (``UnixAccounts.name_template``; default *user*)."""
     report = RevocationReport() if report is None else report
 
     async def tell(text: str) -> None:
@@ -439,7 +458,7 @@ async def apply_revocation(*, user: str, project: str, reason: str, servers: lis
         if queued:
             async with _Pending(report, f"cancelling Slurm jobs {', '.join(j.slurm_id for j in queued)}"):
                 try:
-                    outcomes = await cancel_jobs(queued, user)
+                    outcomes = await cancel_jobs(queued, unix_user or user)
                 except CommandFailed as exc:
                     outcomes = [(job, f"squeue failed: {exc.message}"[:300]) for job in queued]
         for job, outcome in outcomes:
@@ -458,7 +477,7 @@ async def apply_revocation(*, user: str, project: str, reason: str, servers: lis
                             detail=f"{reason}; Slurm job {job.slurm_id}: {outcome}")
         manifests = {j.manifest_sha256 for j in jobs if j.manifest_sha256}
         async with _Pending(report, f"removing {user}'s staged bundles"):
-            wiped = await asyncio.to_thread(wipe_bundles, staging_root, user, manifests)
+            wiped = await asyncio.to_thread(wipe_bundles, staging_root, user, manifests, unix_user)
         report.wiped.extend(wiped)
         if wiped:
             await audit(user, "cancel", "allowed", items=[project],
@@ -469,7 +488,7 @@ async def apply_revocation(*, user: str, project: str, reason: str, servers: lis
         if settings.on_revoke == "narrow":
             report.left_running.append(server.name)
             await tell(f"{reason}: your server {shown} keeps running, but "
-                       f"refuses new work on {project} within a minute.")
+                       f"refuses new work on {project} within {settings.permission_ttl:g} s.")
             await audit(user, "revoke", "allowed", items=[project],
                         detail=f"{reason}; server {shown} left running: new "
                                f"operations on {project} refused within the permission TTL")

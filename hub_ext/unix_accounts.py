@@ -31,7 +31,7 @@ import pwd
 import re
 import subprocess
 
-from traitlets import Bool, Int, List, Unicode
+from traitlets import Bool, Int, List, TraitError, Unicode, validate
 from traitlets.config import LoggingConfigurable
 
 from xnat_bridge.errors import PermissionDenied, XnatHpcError
@@ -64,41 +64,69 @@ class UnixAccounts(LoggingConfigurable):
         account must still be at or above ``min_uid``.""",
     ).tag(config=True)
 
+    name_template = Unicode(
+        "{name}",
+        help="""The Unix account a hub user's server runs as, from the hub user's name:
+        ``{name}`` (the default: the account of the hub user's own name, as JupyterHub's
+        LocalProcessSpawner and batchspawner have it), or e.g. ``xnat-{name}`` on a machine whose
+        people have ordinary logins of their own, to keep the hub's servers, workspaces and Slurm
+        jobs in accounts apart from them (the test suite runs in throwaway accounts this way,
+        never in the demo users'). Applied wherever the hub or governance turns a hub user into
+        a Unix account: login and start checks, ``create_missing``, the servers' and jobs'
+        uid, the revocation's ``scancel``.""",
+    ).tag(config=True)
+
+    @validate("name_template")
+    def _check_template(self, proposal):
+        template = proposal["value"]
+        if template.count("{name}") != 1 or "{" in template.replace("{name}", "") or "/" in template:
+            raise TraitError(f"UnixAccounts.name_template must hold {{name}} once and no other field "
+                             f"or '/', not {template!r}")
+        return template
+
+    def account_name(self, hub_name: str) -> str:
+        """The Unix account name of the hub user *hub_name* (:attr:`name_template`; pure)."""
+        return self.name_template.replace("{name}", hub_name)
+
     add_user_cmd = List(
         Unicode(), ["useradd", "--create-home", "--user-group", "--shell", "/bin/bash"],
         help="""The command that creates an account (``create_missing``); the name is appended.""",
     ).tag(config=True)
 
-    def lookup(self, name: str) -> pwd.struct_passwd | None:
-        """The account *name* if it exists (and is allowed); None when there is none.
-        A system account raises :class:`PermissionDenied` (blocking: ``pwd``)."""
+    def lookup(self, hub_name: str) -> pwd.struct_passwd | None:
+        """The account of the hub user *hub_name* (:meth:`account_name`) if it exists (and is
+        allowed); None when there is none. A system account raises :class:`PermissionDenied`
+        (blocking: ``pwd``)."""
+        name = self.account_name(hub_name)
         try:
             entry = pwd.getpwnam(name)
         except KeyError:
             return None
         if entry.pw_uid < self.min_uid:
-            self.log.warning("refused hub user %r: Unix account uid %d is below UnixAccounts.min_uid %d",
-                             name, entry.pw_uid, self.min_uid)
+            self.log.warning("refused hub user %r: Unix account %r uid %d is below UnixAccounts.min_uid %d",
+                             hub_name, name, entry.pw_uid, self.min_uid)
             raise PermissionDenied(
-                f"The hub user {name!r} is refused because its Unix account is a system account "
+                f"The hub user {hub_name!r} is refused because its Unix account is a system account "
                 f"(uid {entry.pw_uid}, below this hub's minimum {self.min_uid}).")
         return entry
 
-    def entry(self, name: str) -> pwd.struct_passwd:
-        """The account a server of *name* runs as: it must exist and not be a system account
-        (:class:`PermissionDenied` otherwise; blocking: ``pwd``)."""
-        entry = self.lookup(name)
+    def entry(self, hub_name: str) -> pwd.struct_passwd:
+        """The account a server of the hub user *hub_name* runs as: it must exist and not be a
+        system account (:class:`PermissionDenied` otherwise; blocking: ``pwd``)."""
+        entry = self.lookup(hub_name)
+        name = self.account_name(hub_name)
         if entry is None and self.create_missing:
-            entry = self.create(name)
+            entry = self.create(hub_name)
         if entry is None:
             raise PermissionDenied(
                 f"There is no Unix account {name!r} on this hub to run your server as; ask the "
                 "hub's administrators to create it (or to map your XNAT login to your account).")
         return entry
 
-    def create(self, name: str) -> pwd.struct_passwd:
-        """Create the account *name* (``add_user_cmd``), its home ``0700``; the new entry, or
-        :class:`PermissionDenied` naming why not (blocking)."""
+    def create(self, hub_name: str) -> pwd.struct_passwd:
+        """Create the account of the hub user *hub_name* (``add_user_cmd``), its home ``0700``;
+        the new entry, or :class:`PermissionDenied` naming why not (blocking)."""
+        name = self.account_name(hub_name)
         if not CREATABLE.fullmatch(name):
             raise PermissionDenied(f"The hub does not create a Unix account named {name!r} (only lower-case "
                                    "Unix names); ask the hub's administrators to create or map it.")
@@ -109,12 +137,12 @@ class UnixAccounts(LoggingConfigurable):
             self.log.error("creating the Unix account %r failed: %s", name, exc)
             raise XnatHpcError(f"The Unix account {name!r} could not be created; the hub's administrators "
                                "have been told.") from None
-        if done.returncode != 0 and self.lookup(name) is None:  # another start may have made it
+        if done.returncode != 0 and self.lookup(hub_name) is None:  # another start may have made it
             self.log.error("creating the Unix account %r failed (%s exit %d): %s", name, cmd[0],
                            done.returncode, done.stderr.strip()[:500])
             raise XnatHpcError(f"The Unix account {name!r} could not be created; the hub's administrators "
                                "have been told.")
-        entry = self.lookup(name)
+        entry = self.lookup(hub_name)
         if entry is None:
             raise XnatHpcError(f"The Unix account {name!r} was not found after it was created.")
         if os.path.isdir(entry.pw_dir) and os.stat(entry.pw_dir).st_uid == entry.pw_uid:
@@ -123,7 +151,14 @@ class UnixAccounts(LoggingConfigurable):
         return entry
 
 
-def unix_account(name: str, config=None) -> pwd.struct_passwd:
-    """``UnixAccounts(config=config).entry(name)``: what the local and Slurm spawners call
-    before they run anything as the user *name* (``config``: the spawner's ``self.config``)."""
-    return UnixAccounts(config=config).entry(name)
+def unix_account(hub_name: str, config=None) -> pwd.struct_passwd:
+    """``UnixAccounts(config=config).entry(hub_name)``: what the local, Slurm and Kubernetes
+    spawners call before they run anything as the hub user *hub_name* (``config``: the
+    spawner's ``self.config``)."""
+    return UnixAccounts(config=config).entry(hub_name)
+
+
+def unix_account_name(hub_name: str, config=None) -> str:
+    """The Unix account name of the hub user *hub_name* under ``config``'s
+    ``UnixAccounts.name_template`` (pure but for reading the configuration)."""
+    return UnixAccounts(config=config).account_name(hub_name)

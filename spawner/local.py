@@ -29,7 +29,7 @@ from pathlib import Path
 from traitlets import Any, List, Unicode, default
 
 import xnat_bridge
-from hub_ext.unix_accounts import unix_account
+from hub_ext.unix_accounts import unix_account, unix_account_name
 from xnat_bridge.errors import XnatHpcError
 from xnat_bridge.extras import needs_extra
 
@@ -175,4 +175,4 @@ class XnatLocalSpawner(XnatScopedSpawner, LocalProcessSpawner):
         the sandbox. Otherwise JupyterHub's (become the user before ``exec``)."""
         if self.run_as is not None:
             return None
-        return super().make_preexec_fn(name)
+        return super().make_preexec_fn(unix_account_name(name, self.config))

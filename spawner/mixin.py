@@ -48,13 +48,15 @@ from hub_ext.errors import spawn_error
 from hub_ext.names import hub_name as default_hub_name
 from hub_ext.names import DEFAULT_NAME_PATTERN, hub_server_name, xnat_login
 from hub_ext.profiles import ProfileConfig, ProfileWatcher, visible_profiles
-from hub_ext.revocation import notice_board
+from hub_ext.revocation import OwnerAccess, notice_board
+from hub_ext.unix_accounts import unix_account
 from hub_ext.xnat_api import AliasToken, XnatHubClient
 from xnat_bridge.browse import Browser
 from xnat_bridge.client import XnatClient
 from xnat_bridge.errors import AuthenticationFailed, PermissionDenied, TokenExpired, XnatHpcError
 from xnat_bridge.permissions import fetch_permissions
 from xnat_bridge.private import read_private_file
+from xnat_bridge import server_env
 from xnat_bridge.scope import Scope
 from xnat_bridge.spawn_record import STATE_KEY, SpawnRecord, now_iso, token_sha256
 
@@ -505,12 +507,25 @@ class XnatScopedSpawner(LoggingConfigurable):
         """The base spawner's arguments, and how long the server may cache the hub's answers."""
         return [*super().get_args(), f"--HubOAuth.cache_max_age={int(self.hub_auth_cache_max_age)}"]
 
+    def user_env(self, env):
+        """``USER``, ``LOGNAME``, ``HOME`` and ``SHELL`` of the Unix account the server runs as
+        (``c.UnixAccounts.name_template``), where JupyterHub's local spawner and batchspawner
+        would take the hub user's name for the account's (blocking: ``pwd``, as theirs)."""
+        account = unix_account(self.user.name, self.config)
+        env["USER"] = env["LOGNAME"] = account.pw_name
+        if account.pw_dir:
+            env["HOME"] = account.pw_dir
+        if account.pw_shell:
+            env["SHELL"] = account.pw_shell
+        return env
+
     def get_env(self):
         """The base spawner's environment, then the plan's ``ServerEnv`` and its secret."""
         env = super().get_env()
         plan = self.xnat_plan
         if plan is not None:
             env.update(plan.server_env.to_env())
+            env[server_env.PERMISSION_TTL] = f"{OwnerAccess(config=self.config).permission_ttl:g}"
             env.update(plan.secret_env)
         return env
 

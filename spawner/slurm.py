@@ -247,8 +247,8 @@ class XnatSlurmSpawner(XnatScopedSpawner, SlurmSpawner):
             bootstrap.registry.revoke(self)
             raise
         # a sandboxed job is root's (its script builds the sandbox, then drops to the user)
-        run_as = (self.user.name if os.geteuid() == 0 and self.user.name != "root" and sandbox is None
-                  else None)
+        account = self._account().pw_name
+        run_as = account if os.geteuid() == 0 and account != "root" and sandbox is None else None
         self.log.debug("submitting server job for %s (sbatch as %s%s)", self._log_name, run_as or "the hub",
                        f", sandbox on the node over {plan.profile.archive_node_path}" if sandbox else "")
         try:

@@ -4,6 +4,8 @@
 import os
 from pathlib import Path
 
+import pytest
+
 pytest_plugins = [
     "tests.fixtures.devxnat",
     "tests.fixtures.slurm",
@@ -23,3 +25,54 @@ def pytest_configure(config):
         TEMP_ROOT.mkdir(exist_ok=True)
         os.chmod(TEMP_ROOT, 0o1777)  # like /tmp: pytest makes a private pytest-of-<user> in it
         os.environ["PYTEST_DEBUG_TEMPROOT"] = str(TEMP_ROOT)
+
+
+def pytest_sessionstart(session):
+    from tests.fixtures import demo_guard
+
+    session.config._demo_snapshot = demo_guard.snapshot()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Fail the session when it changed a developer's demo (:mod:`tests.fixtures.demo_guard`)."""
+    from tests.fixtures import demo_guard
+
+    before = getattr(session.config, "_demo_snapshot", None)
+    if before is None:
+        return
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    running = demo_guard.demo_running()
+    if running:
+        if reporter:
+            reporter.write_line(f"demo guard: not checked, a demo is running ({running})")
+        return
+    changed = demo_guard.changes(before, demo_guard.snapshot())
+    if changed:
+        if reporter:
+            reporter.write_line("demo guard: this session changed the demo users' homes or the demo's "
+                                "directories (tests must use their own accounts and directories):", red=True)
+            for line in changed[:50]:
+                reporter.write_line(f"  {line}", red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    elif reporter:
+        roots = demo_guard.guarded_roots()
+        reporter.write_line(f"demo guard: {len(before)} entries under {len(roots)} demo directories unchanged")
+
+
+#: test modules that share one machine-wide thing a second copy would disturb: the development
+#: Kubernetes' servers' namespace (each kube site clears it), run by one worker of ``pytest -n``
+SERIAL_GROUPS = {
+    "tests/integration/test_kube_cluster.py": "kube",
+    "tests/integration/test_kube_spawn.py": "kube",
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under ``pytest -n N --dist loadgroup`` (``make test``) each module runs whole on one
+    worker, so that its module-scoped stack (a hub, devxnat, servers) starts once; the modules
+    of one :data:`SERIAL_GROUPS` group run on one worker, one after the other."""
+    if not config.pluginmanager.hasplugin("xdist"):
+        return
+    for item in items:
+        path = item.nodeid.split("::", 1)[0]
+        item.add_marker(pytest.mark.xdist_group(SERIAL_GROUPS.get(path, path)))

@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import threading
 from pathlib import Path
 from typing import Callable
 
@@ -38,14 +39,26 @@ from .datasets import (
 from .download import download_files
 from .errors import Conflict, InvalidRequest, NotFound, PermissionDenied, XnatHpcError
 from .files import DEFAULT_RETRY_WINDOW, FileAccess, FileRef, choose_access
-from .permissions import DEFAULT_TTL_S, PermissionCache
+from .permissions import PermissionCache
 from .scope import Scope
-from .server_env import data_from_env, host_from_env, scope_from_env, user_from_env
+from .server_env import data_from_env, host_from_env, permission_ttl_from_env, scope_from_env, user_from_env
 
 log = logging.getLogger(__name__)
 
-#: shared by all connections of this process, so the TTL bounds revocation delay
-_PERMISSIONS = PermissionCache(DEFAULT_TTL_S)
+#: shared by all connections of this process, so the TTL bounds revocation delay; made at the
+#: first connection, with the hub's ``XNAT_HPC_PERMISSION_TTL`` (default 60 s)
+_PERMISSIONS: PermissionCache | None = None
+_PERMISSIONS_LOCK = threading.Lock()
+
+
+def shared_permissions() -> PermissionCache:
+    """This process's permission cache (``XNAT_HPC_PERMISSION_TTL``, default
+    :data:`~xnat_bridge.permissions.DEFAULT_TTL_S`)."""
+    global _PERMISSIONS
+    with _PERMISSIONS_LOCK:
+        if _PERMISSIONS is None:
+            _PERMISSIONS = PermissionCache(permission_ttl_from_env())
+        return _PERMISSIONS
 
 
 def _denials_audited(action: str):
@@ -81,7 +94,7 @@ class Connection:
         self.workspace = Path(workspace or os.environ.get("XNAT_HPC_WORKSPACE")
                               or Path.home() / "xnat-hpc")
         self.sink = sink or audit_outbox.default_sink(self.workspace)
-        self._cache = _PERMISSIONS if ttl is None else PermissionCache(ttl)
+        self._cache = shared_permissions() if ttl is None else PermissionCache(ttl)
         self.access = access or choose_access(
             client, data_root if data_root is not None else data_from_env(), retry_window=retry_window)
         self.datasets = DatasetStore(self.workspace / "datasets")

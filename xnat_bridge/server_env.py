@@ -31,6 +31,9 @@ with no arguments:
                        where the server has one; absent = the home directory
 ``XNAT_HPC_WORKSPACE`` ``{workspace}/xnat-hpc`` with it (datasets, jobs: inside the
                        server's root directory); absent = ``~/xnat-hpc``
+``XNAT_HPC_PERMISSION_TTL`` seconds the server trusts XNAT's answer about the user's
+                       projects (``c.OwnerAccess.permission_ttl``, the bound on a
+                       revocation's delay); absent = 60
 (others)               the variables of XNAT's compute environment, passed
                        through (names checked by the hub: never one above, never
                        a reserved one)
@@ -65,6 +68,8 @@ ITEM_ID = "XNAT_ITEM_ID"
 ROOT_DIR = "JUPYTERHUB_ROOT_DIR"
 CONFIG_HOME = "XDG_CONFIG_HOME"
 WORKSPACE = "XNAT_HPC_WORKSPACE"
+PERMISSION_TTL = "XNAT_HPC_PERMISSION_TTL"
+DEFAULT_PERMISSION_TTL = 60.0
 
 #: offload keys the hub always writes; the policy's other fields (``node_scratch``,
 #: ``staging_threads``, ``staging_buffer``, account, qos, defaults) only when they differ from
@@ -121,6 +126,21 @@ def data_from_env(environ: Mapping[str, str] = os.environ) -> str | None:
 def item_from_env(environ: Mapping[str, str] = os.environ) -> LaunchItem | None:
     xsi_type, item_id = environ.get(XSI_TYPE, ""), environ.get(ITEM_ID, "")
     return LaunchItem(xsi_type, item_id) if xsi_type and item_id else None
+
+
+def permission_ttl_from_env(environ: Mapping[str, str] = os.environ) -> float:
+    """``XNAT_HPC_PERMISSION_TTL`` in seconds (above 0, at most a day); absent = 60."""
+    raw = environ.get(PERMISSION_TTL, "").strip()
+    if not raw:
+        return DEFAULT_PERMISSION_TTL
+    try:
+        ttl = float(raw)
+    except ValueError:
+        ttl = -1.0
+    if not 0 < ttl <= 86400:
+        raise InvalidRequest(f"{PERMISSION_TTL} must be a number of seconds above 0 and at most 86400, "
+                             f"not {raw!r}")
+    return ttl
 
 
 def offload_to_env(policy: OffloadPolicy) -> str:

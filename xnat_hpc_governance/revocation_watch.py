@@ -55,6 +55,7 @@ from hub_ext.audit_log import HubAuditLog
 from hub_ext.hub_rest import HubUser
 from hub_ext.profiles import load_profiles_file
 from hub_ext.review_store import ReviewStore
+from hub_ext.unix_accounts import unix_account_name
 from hub_ext.revocation import OwnerAccess, RevocationReport, ServerView, apply_revocation, ledger_jobs_hit, within_bound
 from hub_ext.xnat_api import AliasToken
 
@@ -208,7 +209,7 @@ async def revoke_effects(tornado_settings: Mapping, user: HubUser | None, target
     return await apply_revocation(
         user=target, project=project, reason=reason, servers=servers, jobs=ledger_jobs_hit(rows, target, project),
         settings=settings, staging_root=staging_root(settings, config, spawner_class), stop=stop,
-        audit=audit_log.record, notices=ledger, report=report)
+        audit=audit_log.record, notices=ledger, report=report, unix_user=unix_account_name(target, config))
 
 
 class HubSource:

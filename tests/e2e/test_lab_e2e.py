@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import pwd
 import re
 import secrets
 import signal
@@ -21,6 +20,7 @@ import time
 from pathlib import Path
 
 import pytest
+from tests.fixtures.accounts import TEMPLATE, unix_entry
 
 from devstack.demo import HUB_STOP_GRACE
 
@@ -41,14 +41,15 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def demo_stack(public_dir, slurm):
+def demo_stack(public_dir, slurm, unix_users):
     """`xnat-hpc-hub demo` on free ports in a run directory the demo users can traverse."""
     hub_port, xnat_port = _free_port(), _free_port()
     run_dir = public_dir / "demo"
     log = open(public_dir / "demo.out", "wb")
     proc = subprocess.Popen(
         [sys.executable, "-m", "hub_ext.cli", "demo", "--run-dir", str(run_dir), "--hub-port", str(hub_port),
-         "--xnat-port", str(xnat_port), "--demo-size", DEMO_SIZE], stdout=log, stderr=subprocess.STDOUT,
+         "--xnat-port", str(xnat_port), "--demo-size", DEMO_SIZE, "--unix-accounts", TEMPLATE,
+         "--staging-dir", str(public_dir / "demo-staging")], stdout=log, stderr=subprocess.STDOUT,
         start_new_session=True)  # its own process group: a kill below takes devxnat and the hub too
     deadline = time.monotonic() + 300
     out = public_dir / "demo.out"
@@ -86,7 +87,7 @@ def test_researcher_flow_in_the_browser(demo_stack):
     assert facts["jobsListed"] - facts["jobsBefore"] == 1
     assert facts["jobStates"][-1] == "done", facts
     assert "metrics.json" in facts["resultListing"]
-    home = Path(pwd.getpwnam("alice").pw_dir)
+    home = Path(unix_entry("alice").pw_dir)
     metrics = sorted(home.glob("xnat-hpc/jobs/*/results/metrics.json"), key=lambda p: p.stat().st_mtime)
     assert metrics and json.loads(metrics[-1].read_text())
     # published to XNAT from the job's view: the resource of the dataset's item, linked, signed

@@ -19,7 +19,6 @@ from __future__ import annotations
 import grp
 import json
 import os
-import pwd
 import subprocess
 import uuid
 from pathlib import Path
@@ -29,6 +28,7 @@ import requests
 import websocket
 
 from devstack.demo import ARCHIVE_GROUP, prepare_staging_root
+from tests.fixtures.accounts import unix_entry, unix_name
 from tests.fixtures.spawn import make_hub
 from tests.integration.test_spawn_hub import _server_process, stop, wait_ready
 
@@ -38,7 +38,7 @@ DENIED = "Permission denied"
 
 
 def as_user(user: str, *argv: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["runuser", "-u", user, "--", *argv], capture_output=True, text=True,
+    return subprocess.run(["runuser", "-u", unix_name(user), "--", *argv], capture_output=True, text=True,
                           check=False, timeout=30)
 
 
@@ -66,7 +66,7 @@ def test_no_account_reads_the_archive_outside_a_sandbox(shared_devxnat, unix_use
     # with the archive group (what a set-group-id file made inside a sandbox would give): still
     # nothing, the directory above the archive is root's alone
     gid = grp.getgrnam(ARCHIVE_GROUP).gr_gid
-    bob = pwd.getpwnam("bob")
+    bob = unix_entry("bob")
     r = subprocess.run(["setpriv", f"--reuid={bob.pw_uid}", f"--regid={bob.pw_gid}", f"--groups={gid}",
                         "--", "cat", str(sleep)], capture_output=True, text=True, check=False, timeout=30)
     assert r.returncode != 0 and DENIED in r.stderr, r.stderr
@@ -119,7 +119,7 @@ def test_local_server_reads_its_scope_and_alice_outside_reads_nothing(hub, share
     sleep = a_file(archive, "SLEEP_EEG")
     neuro = a_file(archive, "NEURO_MRI")  # alice may read it in XNAT, but it is not in this scope
     gid = grp.getgrnam(ARCHIVE_GROUP).gr_gid
-    alice = pwd.getpwnam("alice")
+    alice = unix_entry("alice")
     hub.login("alice", "alice-demo")
     r = hub.api("POST", "/users/alice/servers/arch", json={"profile": "local-small", "projects": ["SLEEP_EEG"]})
     assert r.status_code in (201, 202), r.text

@@ -72,6 +72,7 @@ import requests
 
 from devstack.accounts import install_file
 from hub_ext.review_store import JOB_ID_RE, ReviewStore
+from tests.fixtures.accounts import unix_name
 from tests.fixtures.spawn import audit_events, make_hub, process_environ, server_process, stop_server, wait_ready
 from xnat_bridge.offload import review as rv
 from xnat_bridge.staging import AgeIdentity
@@ -83,7 +84,7 @@ EXAMPLE = REPO / "examples" / "train_example.py"
 SCRIPT = "examples/train_example.py"  # where the demo puts it in each home (install_file)
 SERVER = "authz"
 #: devxnat's permission answers are cached this long in a server (xnat_bridge.permissions)
-PERMISSION_TTL = 60
+PERMISSION_TTL = 3  #: c.OwnerAccess.permission_ttl of this module's hub (the servers' XNAT_HPC_PERMISSION_TTL)
 DEMO_PROJECTS = ("NEURO_MRI", "SLEEP_EEG", "CARDIO_ECG")
 #: names this module creates in alice's workspace; removed again at the end
 ALICE_DATASETS = ("authz-mri", "authz-sleep", "authz-doomed", "authz-cell")
@@ -246,7 +247,8 @@ def staging(public_dir):
 @pytest.fixture(scope="module")
 def world(shared_devxnat, unix_users, staging, slurm, tmp_path_factory):
     xnat = shared_devxnat
-    hub = make_hub(tmp_path_factory.mktemp("authz-hub"), xnat, "xnat", staging=staging)
+    hub = make_hub(tmp_path_factory.mktemp("authz-hub"), xnat, "xnat", staging=staging,
+                   extra=f"c.OwnerAccess.permission_ttl = {PERMISSION_TTL}\n")
     started: list[tuple[str, str]] = []
     restore: list[tuple[str, str, str]] = []  # (method, path, as user): undoes an XNAT change
     world = None
@@ -258,7 +260,7 @@ def world(shared_devxnat, unix_users, staging, slurm, tmp_path_factory):
                                           scopes=["users:activity!user"])
         tokens["alice-deleted"] = _token(hub, "alice", note="authz matrix: deleted")
         tokens["alice-used"] = _token(hub, "alice", note="authz matrix: used")
-        install_file("alice", EXAMPLE, SCRIPT)  # left alone when the demo put it there already
+        install_file(unix_name("alice"), EXAMPLE, SCRIPT)
 
         _spawn(hub, "alice", SERVER, ["NEURO_MRI", "SLEEP_EEG"])
         started.append(("alice", SERVER))

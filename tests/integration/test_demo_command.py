@@ -10,6 +10,7 @@ import pytest
 import requests
 
 from devstack.demo import HUB_STOP_GRACE
+from tests.fixtures import accounts
 from tests.fixtures.slurm import RUN_DIR
 
 pytestmark = [pytest.mark.slurm, pytest.mark.devxnat]
@@ -23,12 +24,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_demo_starts_prints_and_stops(slurm, tmp_path):
+def demo_isolation(staging: Path) -> tuple[str, ...]:
+    """The demo's options that keep a test's demo out of a developer's: this session's
+    throwaway accounts (tests.fixtures.accounts) and a staging area of its own."""
+    return ("--unix-accounts", accounts.TEMPLATE, "--staging-dir", str(staging))
+
+
+def test_demo_starts_prints_and_stops(slurm, unix_users, public_dir, tmp_path):
     port, hub_port = free_port(), free_port()
+    staging_dir = public_dir / "demo-staging-1"
     proc = subprocess.run(
         [sys.executable, "-m", "hub_ext.cli", "demo", "--exit-when-ready",
          "--run-dir", str(tmp_path / "demo"), "--slurm-run-dir", str(RUN_DIR),
-         "--xnat-port", str(port), "--hub-port", str(hub_port), "--demo-size", "5MB"],
+         "--xnat-port", str(port), "--hub-port", str(hub_port), "--demo-size", "5MB",
+         *demo_isolation(staging_dir)],
         capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -64,11 +73,11 @@ def test_demo_starts_prints_and_stops(slurm, tmp_path):
     some_file = next(p for p in archive[0].rglob("*") if p.is_file())
     assert (some_file.stat().st_gid, some_file.stat().st_mode & 0o777) == (gid, 0o640)
     assert (archive[0].stat().st_gid, archive[0].stat().st_mode & 0o777) == (gid, 0o750)
-    staging = Path("/var/lib/xnat-hpc-hub/staging").stat()
+    staging = staging_dir.stat()
     assert (staging.st_uid, staging.st_mode & 0o777) == (0, 0o755)
 
 
-def test_start_jupyter_from_xnat_works_in_the_demo(slurm, tmp_path):
+def test_start_jupyter_from_xnat_works_in_the_demo(slurm, unix_users, public_dir, tmp_path):
     """`make demo` wires devxnat's JupyterHub plugin to the demo hub (service token and the
     `jupyterhub` account's password in 0600 files): XNAT's "Start Jupyter" on a project starts
     a server scoped to it, and XNAT's stop removes it."""
@@ -82,7 +91,7 @@ def test_start_jupyter_from_xnat_works_in_the_demo(slurm, tmp_path):
     proc = subprocess.Popen(
         [sys.executable, "-m", "hub_ext.cli", "demo", "--run-dir", str(run_dir),
          "--slurm-run-dir", str(RUN_DIR), "--xnat-port", str(port), "--hub-port", str(hub_port),
-         "--demo-size", "5MB"],
+         "--demo-size", "5MB", *demo_isolation(public_dir / "demo-staging-2")],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         start_new_session=True,  # its own process group: a kill below takes devxnat and the hub too
     )

@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import json
 import os
-import pwd
 import shutil
 import sqlite3
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -20,6 +18,7 @@ import requests
 
 from hub_ext.audit_store import canonical, mac_of
 from hub_ext.cli import main as cli
+from tests.fixtures.accounts import unix_entry, unix_name
 from tests.fixtures.faultproxy import FaultProxy
 from tests.fixtures.spawn import audit_events, process_environ, server_process, stop_server, wait_for, wait_ready
 from xnat_bridge.audit import make_event
@@ -64,10 +63,10 @@ def _post(hub, token: str, body: dict) -> requests.Response:
 # -- the job on dave's page, not on alice's -----------------------------------------------------
 @pytest.fixture(scope="module")
 def bob_job(hub, bob):
-    home = Path(pwd.getpwnam("bob").pw_dir)
+    home = Path(unix_entry("bob").pw_dir)
     script = home / "audit_train.py"
     shutil.copy(REPO / "examples" / "train_example.py", script)
-    shutil.chown(script, "bob", pwd.getpwnam("bob").pw_gid)
+    shutil.chown(script, unix_name("bob"), unix_entry("bob").pw_gid)
     exps = _server_api(hub, "bob", "GET", "/projects/CARDIO_ECG/experiments")
     assert exps.status_code == 200, exps.text
     exp = exps.json()["items"][0]
@@ -124,16 +123,16 @@ def test_bobs_job_is_on_daves_owner_page_with_manifest_and_slurm_id_not_on_alice
 
 def test_bob_rewriting_his_local_log_changes_nothing_on_the_hub(hub, bob_job):
     before = [e for e in audit_events(hub) if e["user"] == "bob"]
-    local = Path(pwd.getpwnam("bob").pw_dir) / "xnat-hpc" / "audit.jsonl"
+    local = Path(unix_entry("bob").pw_dir) / "xnat-hpc" / "audit.jsonl"
     assert local.exists()
     lines = local.read_text().splitlines()
-    subprocess.run(["runuser", "-u", "bob", "--", "sh", "-c", f": > {local}"], check=True)  # truncate as bob
-    subprocess.run(["runuser", "-u", "bob", "--", "sh", "-c", f"echo '{lines[0]}' > {local}"], check=True)
+    subprocess.run(["runuser", "-u", unix_name("bob"), "--", "sh", "-c", f": > {local}"], check=True)  # truncate as bob
+    subprocess.run(["runuser", "-u", unix_name("bob"), "--", "sh", "-c", f"echo '{lines[0]}' > {local}"], check=True)
     after = [e for e in audit_events(hub) if e["user"] == "bob"]
     assert after[:len(before)] == before
     assert cli(["audit", "verify", "--store", str(_store(hub))]) == 0
     # bob cannot read or write the hub's trail at all
-    r = subprocess.run(["runuser", "-u", "bob", "--", "cat", str(_store(hub))], capture_output=True)
+    r = subprocess.run(["runuser", "-u", unix_name("bob"), "--", "cat", str(_store(hub))], capture_output=True)
     assert r.returncode != 0
 
 
@@ -234,8 +233,8 @@ def test_events_queued_while_the_hub_is_unreachable_arrive_once_in_order(hub, bo
         for i in range(7):
             box.append(make_event("bob", "download", items=[f"CARDIO_ECG/q{i}"], detail=f"queued {i}").to_dict())
             sender.wake.set()
-        time.sleep(3)
-        assert len(box.pending()[1]) == 7 and sender.backoff >= 1.0  # kept, retrying with backoff
+        wait_for(lambda: sender.backoff >= 1.0, 30, "the sender to back off from the hub that is down")
+        assert len(box.pending()[1]) == 7  # kept, retrying with backoff
         boot = box.pending()[0]
         assert not [e for e in audit_events(hub) if e.get("stream") == f"bob//{boot}"]
         proxy.up()

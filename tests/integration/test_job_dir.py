@@ -20,13 +20,13 @@ from pathlib import Path
 
 import pytest
 
-from devstack.accounts import ensure_accounts
+from tests.fixtures.accounts import unix_name
 from tests.fixtures.offload import SECRET_MARK, scan_tree
 from xnat_bridge.offload import JobState
 
 pytestmark = [pytest.mark.slurm, pytest.mark.devxnat]
 
-BOB = "bob"
+BOB = unix_name("bob")  # another Unix account: this session's throwaway one
 PRELOAD = Path(__file__).resolve().parents[1] / "fixtures" / "swap_preload.py"
 SQUAT_AHEAD = 60  # job ids ahead of Slurm's next one that bob prepares (other tests submit too)
 
@@ -70,10 +70,9 @@ def next_job_id() -> int:
 
 
 @pytest.fixture
-def node_base(offload_env, monkeypatch):
+def node_base(offload_env, unix_users, monkeypatch):
     """A node-local base like a node's /tmp (root's, 1777), outside pytest's private
     directories so that bob reaches it, and outside /tmp (a per-job /tmp would hide it)."""
-    ensure_accounts([BOB])
     base = Path(tempfile.mkdtemp(prefix="xnat-hpc-node-", dir="/var/tmp"))
     os.chmod(base, 0o1777)
     monkeypatch.setenv("XNAT_HPC_NODE_TMPDIR", str(base))

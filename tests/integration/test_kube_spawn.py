@@ -10,7 +10,6 @@ import base64
 import grp
 import json
 import os
-import pwd
 import re
 import subprocess
 import sys
@@ -20,6 +19,7 @@ import requests
 
 from devstack.demo import ARCHIVE_GROUP
 from hub_ext.names import hub_server_name
+from tests.fixtures.accounts import unix_entry
 from tests.fixtures.devxnat import PASSWORDS
 from tests.fixtures.plugin import generate_event_tracking_id, start_outcome, stop_from_xnat, xnat_points_at
 from tests.fixtures.spawn import audit_events, stop_server, wait_gone, wait_ready
@@ -69,7 +69,7 @@ def test_a_server_from_the_rest_api_is_a_pod_of_its_scope(kube_site):
         assert container["imagePullPolicy"] == "Never"
         assert container["resources"] == {"requests": {"cpu": "1", "memory": str(256 << 20)},
                                          "limits": {"memory": str(1 << 30)}}
-        alice = pwd.getpwnam("alice")  # the pod runs as alice's Unix account (xnat_unix_accounts)
+        alice = unix_entry("alice")  # the pod runs as alice's Unix account (xnat_unix_accounts)
         assert (container["securityContext"]["runAsUser"], container["securityContext"]["runAsGroup"]) \
             == (alice.pw_uid, alice.pw_gid)
         assert spec["automountServiceAccountToken"] is False
@@ -349,7 +349,7 @@ def test_a_pod_server_offloads_a_job_to_the_secure_partition_and_gets_its_result
     site, hub, xnat = kube_site, kube_site.hub, kube_site.devxnat
     site.slurm_client(SYSTEM_CONF.read_text())
     workspace = site.workspace("alice")
-    alice = pwd.getpwnam("alice")
+    alice = unix_entry("alice")
     script = workspace / "count_files.py"
     script.write_text(COUNT_FILES)
     os.chown(script, alice.pw_uid, alice.pw_gid)

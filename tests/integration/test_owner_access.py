@@ -29,6 +29,7 @@ import pytest
 import requests
 
 from devstack.accounts import install_file
+from tests.fixtures.accounts import unix_name
 from tests.fixtures.spawn import audit_events, make_hub, stop_server, wait_ready
 
 pytestmark = [pytest.mark.devxnat, pytest.mark.slurm]
@@ -38,7 +39,7 @@ PAGE = "/services/xnat-hpc-governance/owner/access"
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "test-artifacts" / "owner-access"
 #: a server trusts XNAT's answers this long (xnat_bridge.permissions.DEFAULT_TTL_S)
-PERMISSION_TTL = 60
+PERMISSION_TTL = 3  #: c.OwnerAccess.permission_ttl of the narrowing hub
 SLEEPER = 'import time\nprint("holding the dataset", flush=True)\ntime.sleep(600)\n'
 
 
@@ -49,7 +50,7 @@ def sleeper(tmp_path_factory):
     src.write_text(SLEEPER)
     os.chmod(src.parent, 0o755)
     relative = f"xnat-hpc-tests/sleeper-{os.getpid()}-{time.time_ns()}.py"
-    install_file("bob", src, relative)
+    install_file(unix_name("bob"), src, relative)
     return relative
 
 
@@ -299,7 +300,7 @@ def test_grant_then_revoke_stops_the_server_and_cancels_the_job(hub, shared_devx
 @pytest.fixture(scope="module")
 def narrow_hub(shared_devxnat, unix_users, staging, slurm, tmp_path_factory):
     h = make_hub(tmp_path_factory.mktemp("access-narrow-hub"), shared_devxnat, "xnat", staging=staging,
-                 extra='c.OwnerAccess.on_revoke = "narrow"\n')
+                 extra=f'c.OwnerAccess.on_revoke = "narrow"\nc.OwnerAccess.permission_ttl = {PERMISSION_TTL}\n')
     yield h
     h.stop()
 

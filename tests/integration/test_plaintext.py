@@ -20,7 +20,6 @@ included), the staging area, Slurm's run directory (state, spool, logs), ``/tmp`
 from __future__ import annotations
 
 import os
-import pwd
 import secrets
 import subprocess
 import time
@@ -30,6 +29,7 @@ import pytest
 import requests
 
 from devstack.hubconfig import governance_hub_config, xnat_hub_config
+from tests.fixtures.accounts import unix_entry
 from tests.fixtures.hub import start_hub
 from tests.fixtures.plaintext import add_random_project, find_plaintext, remove_members, windows
 from tests.fixtures.slurm import RUN_DIR
@@ -112,7 +112,7 @@ class UserServer:
 def sandbox_dirs(user: str) -> list[str]:
     """The private ``/tmp`` and ``/dev/shm`` of the user's server processes (bubblewrap's
     tmpfs mounts), where they are not the host's."""
-    uid = pwd.getpwnam(user).pw_uid
+    uid = unix_entry(user).pw_uid
     host = {d: os.stat(d) for d in ("/tmp", "/dev/shm")}
     out = set()
     for pid in filter(str.isdigit, os.listdir("/proc")):
@@ -141,7 +141,7 @@ def test_no_plaintext_outside_the_jobs_scratch(hub, shared_devxnat, staging, pub
     # the shared devxnat outlives this test: later tests expect the demo users' projects only
     request.addfinalizer(lambda: remove_members(shared_devxnat, project, [user]))
     needles = [w for blob in content.values() for w in windows(blob)]
-    home = Path(pwd.getpwnam(user).pw_dir)
+    home = Path(unix_entry(user).pw_dir)
     excluded = [shared_devxnat.archive / project]  # the data source itself
 
     def scan(extra=()) -> list[str]:
@@ -152,7 +152,7 @@ def test_no_plaintext_outside_the_jobs_scratch(hub, shared_devxnat, staging, pub
     go = public_dir / f"plain-go-{secrets.token_hex(6)}"
     script = home / f"plain_scan_{secrets.token_hex(3)}.py"
     script.write_text(SCRIPT.format(go=str(go)))
-    entry = pwd.getpwnam(user)
+    entry = unix_entry(user)
     os.chown(script, entry.pw_uid, entry.pw_gid)
     dataset = f"plain {secrets.token_hex(3)}"
 

@@ -30,6 +30,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from tests.fixtures.accounts import unix_name
 from tests.fixtures.devxnat import PASSWORDS
 from tests.fixtures.spawn import audit_events, start_server, stop_server, wait_for
 from xnat_bridge.errors import PermissionDenied
@@ -240,7 +241,7 @@ def test_held_results_need_every_owner_and_rejection_deletes(hub, owners, bob_se
         assert archive.is_file() and str(archive).startswith(str(staging))
         data = archive.read_bytes()
         assert b"RESULT-MARKER-7f3a" not in data and b"AGE-SECRET-KEY-1" not in data
-        denied = subprocess.run(["runuser", "-u", "bob", "--", "cat", str(archive)], capture_output=True)
+        denied = subprocess.run(["runuser", "-u", unix_name("bob"), "--", "cat", str(archive)], capture_output=True)
         assert denied.returncode != 0 and b"W" * 64 not in denied.stdout
         # everything bob's server holds (its share) does not open the archive
         share = held.share()

@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import grp
 import json
-import pwd
 import subprocess
 from pathlib import Path
 
 import pytest
 
 from devstack.demo import ARCHIVE_GROUP
+from tests.fixtures.accounts import unix_entry, unix_name
 from tests.fixtures.plugin import make_plugin_hub
 from tests.fixtures.spawn import process_environ, server_process
 from tests.integration.test_archive_access import run_code
@@ -102,7 +102,7 @@ def test_a_slurm_server_from_xnat_reads_its_experiment_under_xnat_data_and_nothi
         script = subprocess.run(["scontrol", "write", "batch_script", job_id, "-"], capture_output=True,
                                 text=True, check=True).stdout
         assert "bwrap" in script and "--die-with-parent" in script and "setpriv" in script
-        alice, gid = pwd.getpwnam(user), grp.getgrnam(ARCHIVE_GROUP).gr_gid
+        alice, gid = unix_entry(user), grp.getgrnam(ARCHIVE_GROUP).gr_gid
         status = _status(pid)
         assert status["Uid"].split() == [str(alice.pw_uid)] * 4 and str(gid) in status["Groups"].split()
         assert int(status["CapEff"], 16) == int(status["CapBnd"], 16) == 0 and status["NoNewPrivs"] == "1"
@@ -142,5 +142,5 @@ print(json.dumps({{"data": os.environ.get("XNAT_DATA"), "uid": os.getuid(),
     gone = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True).stdout
     assert gone.strip() in ("", "COMPLETING", "CANCELLED")
     # outside any sandbox alice's own account still reads nothing of the archive
-    r = subprocess.run(["runuser", "-u", user, "--", "cat", str(mine)], capture_output=True, text=True)
+    r = subprocess.run(["runuser", "-u", unix_name(user), "--", "cat", str(mine)], capture_output=True, text=True)
     assert r.returncode != 0 and "Permission denied" in r.stderr

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.fixtures.spawn import audit_events, make_hub, wait_gone, wait_ready
+from tests.fixtures.spawn import audit_events, make_hub, wait_for, wait_gone, wait_ready
 from xnat_bridge.spawn_record import SpawnRecord
 from tests.fixtures.spawn import process_environ as _environ
 from tests.fixtures.spawn import server_process as _server_process
@@ -248,14 +248,17 @@ def test_profiles_file_is_reloaded_and_a_broken_version_keeps_the_last_good(hub)
         while "local-extra" not in form_choices(s.get(f"{hub.url}/hub/spawn/carol", timeout=30).text)[0]:
             assert time.monotonic() < deadline, "the hub did not pick up the changed profiles file"
             time.sleep(0.5)
+        warned = hub.log().count("keeping the last good configuration")
         profiles.write_text(good + "\n  - slug: Bad Slug\n    backend: nowhere\n")
-        time.sleep(3)  # past the watcher's 2 s interval
+        # the hub's watcher read the broken version (its warning), and still offers the good one
+        wait_for(lambda: hub.log().count("keeping the last good configuration") > warned, 30,
+                 "the hub to read the broken profiles file")
         assert form_choices(s.get(f"{hub.url}/hub/spawn/carol", timeout=30).text)[0] == \
             ["local-small", "local-extra", "slurm-cpu"]
-        assert "keeping the last good configuration" in hub.log()
     finally:
-        profiles.write_text(good)
-        time.sleep(2.5)
+        profiles.write_text(good)  # the next test's hub offers what it offered before
+        wait_for(lambda: "local-extra" not in form_choices(s.get(f"{hub.url}/hub/spawn/carol", timeout=30).text)[0],
+                 30, "the hub to read the restored profiles file")
 
 
 def test_owners_see_their_projects_audit_trail(hub):

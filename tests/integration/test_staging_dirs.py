@@ -14,7 +14,6 @@ through ``runuser``, a real JupyterHub, devxnat and the local Slurm.
 from __future__ import annotations
 
 import os
-import pwd
 import shutil
 import stat
 import subprocess
@@ -22,6 +21,7 @@ import subprocess
 import pytest
 
 from spawner.userdirs import ensure_user_dir
+from tests.fixtures.accounts import unix_entry, unix_name
 from tests.integration.test_spawn_hub import stop, wait_ready
 from xnat_bridge.errors import Conflict
 
@@ -29,7 +29,7 @@ pytestmark = [pytest.mark.devxnat]
 
 
 def as_user(user: str, *argv: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["runuser", "-u", user, "--", *argv], capture_output=True, text=True,
+    return subprocess.run(["runuser", "-u", unix_name(user), "--", *argv], capture_output=True, text=True,
                           check=False, timeout=30)
 
 
@@ -61,7 +61,7 @@ def test_no_account_can_create_in_the_staging_root(staging, unix_users):
 def test_a_squatted_directory_refuses_the_start_and_says_why(hub, staging, carol_in_cardio, squat):
     path = staging / "carol"
     remove(path)
-    bob, carol = pwd.getpwnam("bob"), pwd.getpwnam("carol")
+    bob, carol = unix_entry("bob"), unix_entry("carol")
     target = staging.parent / "squat-target"
     if squat == "bob's directory":
         path.mkdir(mode=0o700)
@@ -111,7 +111,7 @@ def test_the_hub_makes_the_users_private_staging_directory(hub, staging, carol_i
         wait_ready(hub, "carol", "", timeout=120)
         st = os.lstat(path)
         assert stat.S_ISDIR(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o700
-        assert (st.st_uid, st.st_gid) == (pwd.getpwnam("carol").pw_uid, pwd.getpwnam("carol").pw_gid)
+        assert (st.st_uid, st.st_gid) == (unix_entry("carol").pw_uid, unix_entry("carol").pw_gid)
         # carol's own account can use it, bob's cannot
         assert as_user("carol", "touch", str(path / "mine")).returncode == 0
         r = as_user("bob", "ls", str(path))
@@ -124,7 +124,7 @@ def test_the_hub_makes_the_users_private_staging_directory(hub, staging, carol_i
 def test_the_privileged_function_checks_and_never_fixes(staging, unix_users):
     """The privileged function itself: a new directory is handed to the user, an existing one
     is checked and never changed."""
-    carol = pwd.getpwnam("carol")
+    carol = unix_entry("carol")
     path = staging / "carol"
     remove(path)
     try:

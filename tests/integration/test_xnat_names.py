@@ -12,13 +12,13 @@ site's directory would hold them) are made for this module and removed after it.
 from __future__ import annotations
 
 import json
-import pwd
 import secrets
 import subprocess
 
 import pytest
 
 from hub_ext.names import hub_name, hub_server_name
+from tests.fixtures.accounts import unix_entry, unix_name
 from tests.fixtures.devxnat import PASSWORDS
 from tests.fixtures.plugin import generate_event_tracking_id, start_outcome, stop_from_xnat, xnat_points_at
 from tests.fixtures.spawn import process_environ, server_process
@@ -47,14 +47,14 @@ def odd_logins(shared_devxnat):
                 st.set_password(login, password)
             st.set_member("CARDIO_ECG", login, "Members")
             try:
-                pwd.getpwnam(hub_name(login))
+                unix_entry(hub_name(login))
                 existed.add(hub_name(login))
             except KeyError:
                 pass
         if hub_name("Jane.Doe") not in existed:
             subprocess.run(["useradd", "--create-home", "--user-group", "--shell", "/bin/bash",
-                            hub_name("Jane.Doe")], check=True, capture_output=True)
-        subprocess.run(["userdel", "--remove", hub_name("CaRoL")], capture_output=True)  # none before
+                            unix_name(hub_name("Jane.Doe"))], check=True, capture_output=True)
+        subprocess.run(["userdel", "--remove", unix_name(hub_name("CaRoL"))], capture_output=True)  # none before
         existed.discard(hub_name("CaRoL"))
         yield passwords
     finally:
@@ -63,8 +63,8 @@ def odd_logins(shared_devxnat):
             PASSWORDS.pop(login, None)
         st.close()
         for name in {hub_name(login) for login in LOGINS} - existed:
-            subprocess.run(["pkill", "-KILL", "-u", name], capture_output=True)
-            subprocess.run(["userdel", "--remove", name], capture_output=True)
+            subprocess.run(["pkill", "-KILL", "-u", unix_name(name)], capture_output=True)
+            subprocess.run(["userdel", "--remove", unix_name(name)], capture_output=True)
 
 
 def _ui_start(devxnat, hub, login: str, *, hardware_id: int = 1) -> str:
@@ -128,7 +128,7 @@ def test_the_plugins_calls_with_its_names_start_a_slurm_server(
     stopped through XNAT."""
     login, user = "CaRoL", hub_name("CaRoL")
     with pytest.raises(KeyError):  # she has no Unix account: the hub makes it at this start
-        pwd.getpwnam(user)
+        unix_entry(user)
     offered = shared_devxnat.get("/xapi/compute-environment-configs/available?type=JUPYTERHUB&site=XNAT"
                                  f"&user={login}&prj=CARDIO_ECG", login)
     assert offered.status_code == 200, offered.text
@@ -139,7 +139,7 @@ def test_the_plugins_calls_with_its_names_start_a_slurm_server(
         srv = plugin_hub.api("GET", f"/users/{user}").json()["servers"][name]
         assert srv["ready"] and srv["user_options"]["xnatLogin"] == login
         _check_server(plugin_hub, shared_devxnat, login, name, "slurm-plugin")
-        assert f"created the Unix account {user!r}" in plugin_hub.log()
+        assert f"created the Unix account {unix_name(user)!r}" in plugin_hub.log()
     finally:
         stop_from_xnat(shared_devxnat, plugin_hub, login, etid, user, name)
 
@@ -152,7 +152,7 @@ def _check_server(hub, devxnat, login: str, name: str, profile: str) -> None:
     pid = server_process(user, full)
     with open(f"/proc/{pid}/status") as f:
         uid = next(int(line.split()[1]) for line in f if line.startswith("Uid:"))
-    assert uid == pwd.getpwnam(user).pw_uid
+    assert uid == unix_entry(user).pw_uid
     env = process_environ(pid)
     assert env["XNAT_HPC_PROFILE"] == profile
     scope = json.loads(env["XNAT_HPC_SCOPE"])["projects"]

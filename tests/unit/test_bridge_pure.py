@@ -257,3 +257,29 @@ def test_server_env_round_trip_in_the_xnat_plugin_convention():
     assert not ServerEnv.from_env({}).scope.restricted and "XNAT_HPC_SCOPE" not in ServerEnv("", "").to_env()
     with pytest.raises(InvalidRequest, match="XNAT_HPC_SCOPE"):
         ServerEnv.from_env({"XNAT_HPC_SCOPE": "{"})
+
+
+# -- XNAT_HPC_PERMISSION_TTL: the hub's bound on a revocation's delay, read by the server ------
+@pytest.mark.parametrize("raw, ttl", [(None, 60.0), ("", 60.0), ("3", 3.0), ("0.5", 0.5), ("86400", 86400.0)])
+def test_the_permission_ttl_comes_from_the_hub_or_is_sixty_seconds(raw, ttl):
+    from xnat_bridge.server_env import permission_ttl_from_env
+
+    assert permission_ttl_from_env({} if raw is None else {"XNAT_HPC_PERMISSION_TTL": raw}) == ttl
+
+
+@pytest.mark.parametrize("raw", ["0", "-1", "soon", "nan", "86401", "inf"])
+def test_a_permission_ttl_that_is_no_bound_is_refused_naming_it(raw):
+    from xnat_bridge.server_env import permission_ttl_from_env
+
+    with pytest.raises(InvalidRequest, match="XNAT_HPC_PERMISSION_TTL must be a number of seconds"):
+        permission_ttl_from_env({"XNAT_HPC_PERMISSION_TTL": raw})
+
+
+@pytest.mark.parametrize("value", [0, -5, 100000])
+def test_the_hubs_permission_ttl_setting_is_checked(value):
+    from traitlets import TraitError
+
+    from hub_ext.revocation import OwnerAccess
+
+    with pytest.raises(TraitError, match="permission_ttl must be above 0"):
+        OwnerAccess(permission_ttl=value)

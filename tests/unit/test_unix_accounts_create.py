@@ -60,3 +60,41 @@ def test_a_failing_command_refuses_the_start_and_leaves_no_account(throwaway):
         _accounts(create_missing=True, add_user_cmd=["false"]).entry(throwaway)
     with pytest.raises(KeyError):
         pwd.getpwnam(throwaway)
+
+
+# -- c.UnixAccounts.name_template: the hub's accounts apart from people's own ----------------
+@pytest.mark.parametrize("template", ["xnat-{name}", "{name}-hpc", "{name}"])
+def test_the_template_names_the_account(template):
+    assert _accounts(name_template=template).account_name("alice") == template.replace("{name}", "alice")
+
+
+@pytest.mark.parametrize("template", ["xnat", "{name}{name}", "{user}-{name}", "{name}/x", "{}{name}"])
+def test_a_template_without_exactly_one_name_field_is_refused_naming_it(template):
+    from traitlets import TraitError
+
+    with pytest.raises(TraitError, match="name_template must hold"):
+        UnixAccounts(name_template=template)
+
+
+def test_with_a_template_the_hub_user_runs_as_the_templated_account_never_the_plain_one(throwaway):
+    """``alice``'s account exists on this machine (or not): with ``xt…-{name}`` the hub looks up,
+    creates and names only the templated one; the plain name is never made or used."""
+    prefix = throwaway.replace("--", "-")[:12].rstrip("-.") + "-"
+    hub = "zq" + secrets.token_hex(3)
+    try:
+        accounts = _accounts(name_template=prefix + "{name}", create_missing=True)
+        with pytest.raises(PermissionDenied, match=f"There is no Unix account '{prefix}{hub}'"):
+            _accounts(name_template=prefix + "{name}").entry(hub)
+        entry = accounts.entry(hub)
+        assert entry.pw_name == prefix + hub
+        with pytest.raises(KeyError):
+            pwd.getpwnam(hub)
+        assert accounts.lookup(hub).pw_uid == entry.pw_uid
+    finally:
+        subprocess.run(["userdel", "--remove", prefix + hub], capture_output=True)
+
+
+def test_a_system_account_behind_the_template_is_refused_naming_the_hub_user():
+    """``dae{name}`` makes the hub user ``mon`` the system account ``daemon``: refused."""
+    with pytest.raises(PermissionDenied, match="The hub user 'mon' is refused because its Unix account is a system"):
+        _accounts(name_template="dae{name}").lookup("mon")
