@@ -137,6 +137,7 @@ def squeue_ids() -> set[str]:
 def test_no_plaintext_outside_the_jobs_scratch(hub, shared_devxnat, staging, public_dir, profile, user,
                                                request):
     project = f"PLAIN_{profile.split('-')[0].upper()}_{secrets.token_hex(3).upper()}"
+    made = time.time_ns() - 2_000_000_000  # before the needles exist (and any clock granularity)
     content = add_random_project(shared_devxnat, project, {user: "Members"})
     # the shared devxnat outlives this test: later tests expect the demo users' projects only
     request.addfinalizer(lambda: remove_members(shared_devxnat, project, [user]))
@@ -146,7 +147,7 @@ def test_no_plaintext_outside_the_jobs_scratch(hub, shared_devxnat, staging, pub
 
     def scan(extra=()) -> list[str]:
         return find_plaintext([home, staging, RUN_DIR, "/tmp", "/var/tmp", "/dev/shm", *extra],
-                              needles, exclude=excluded)
+                              needles, exclude=excluded, changed_since=made)
 
     assert scan() == []  # nothing yet: the needles are this test's alone
     go = public_dir / f"plain-go-{secrets.token_hex(6)}"
