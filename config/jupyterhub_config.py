@@ -34,11 +34,12 @@ c.ReviewStore.identity_file = "/var/lib/xnat-hpc-hub/review/review-key.txt"  # t
 c.ResultsSigner.key_path = "/var/lib/xnat-hpc-hub/review/results-signing-key"  # signs published results; back it up too
 
 # Owners grant and revoke access on /hub/xnat-hpc/owner/access (docs/owner.md). A revoked
-# user's servers on the project are stopped ("narrow": left to the server's 60 s permission
-# TTL), their offload jobs cancelled (the hub runs scancel: root, or SlurmUser/an operator)
+# user's servers on the project are stopped ("narrow": left to the server's permission TTL,
+# permission_ttl s), their offload jobs cancelled (the hub runs scancel: root, or SlurmUser/an operator)
 # and bundles removed; revocations done in XNAT's UI are found every recheck_interval s.
 c.OwnerAccess.on_revoke = "stop"
 c.OwnerAccess.recheck_interval = 300
+c.OwnerAccess.permission_ttl = 60
 # what a revocation did, and why a start was refused (XNAT's "Start Jupyter" shows only its generic
 # failure text), shown to the user on the hub's home and spawn pages
 from hub_ext.revocation import user_notice  # noqa: E402

@@ -67,6 +67,7 @@ SERIAL_GROUPS = {
 }
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own, which reads the groups
 def pytest_collection_modifyitems(config, items):
     """Under ``pytest -n N --dist loadgroup`` (``make test``) each module runs whole on one
     worker, so that its module-scoped stack (a hub, devxnat, servers) starts once; the modules

@@ -13,7 +13,6 @@ import os
 import re
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ from pathlib import Path
 
 import pytest
 from tests.fixtures.accounts import TEMPLATE, unix_entry
+from tests.fixtures.hub import free_port
 
 from devstack.demo import HUB_STOP_GRACE
 
@@ -34,16 +34,10 @@ DEMO_SIZE = os.environ.get("XNAT_HPC_E2E_DEMO_SIZE", "400MB")
 STAGING_RE = re.compile(r"^Staging [\d.]+ [KMGT]?i?B / [\d.]+ [KMGT]?i?B · \d+/\d+ files( · [\d.]+ [KMGT]?i?B/s)?( · \S+( \S+)? left)?$")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def demo_stack(public_dir, slurm, unix_users):
     """`xnat-hpc-hub demo` on free ports in a run directory the demo users can traverse."""
-    hub_port, xnat_port = _free_port(), _free_port()
+    hub_port, xnat_port = free_port(), free_port()
     run_dir = public_dir / "demo"
     log = open(public_dir / "demo.out", "wb")
     proc = subprocess.Popen(

@@ -84,7 +84,10 @@ EXAMPLE = REPO / "examples" / "train_example.py"
 SCRIPT = "examples/train_example.py"  # where the demo puts it in each home (install_file)
 SERVER = "authz"
 #: devxnat's permission answers are cached this long in a server (xnat_bridge.permissions)
-PERMISSION_TTL = 3  #: c.OwnerAccess.permission_ttl of this module's hub (the servers' XNAT_HPC_PERMISSION_TTL)
+#: how long this module's servers trust an answer: XNAT's about projects (c.OwnerAccess.permission_ttl,
+#: the servers' XNAT_HPC_PERMISSION_TTL) and the hub's about a token (hub_auth_cache_max_age); both
+#: 60 s by default, short here so that the revocation cells wait seconds, not minutes
+PERMISSION_TTL = 3
 DEMO_PROJECTS = ("NEURO_MRI", "SLEEP_EEG", "CARDIO_ECG")
 #: names this module creates in alice's workspace; removed again at the end
 ALICE_DATASETS = ("authz-mri", "authz-sleep", "authz-doomed", "authz-cell")
@@ -248,7 +251,8 @@ def staging(public_dir):
 def world(shared_devxnat, unix_users, staging, slurm, tmp_path_factory):
     xnat = shared_devxnat
     hub = make_hub(tmp_path_factory.mktemp("authz-hub"), xnat, "xnat", staging=staging,
-                   extra=f"c.OwnerAccess.permission_ttl = {PERMISSION_TTL}\n")
+                   extra=f"c.OwnerAccess.permission_ttl = {PERMISSION_TTL}\n"
+                         f"c.XnatScopedSpawner.hub_auth_cache_max_age = {PERMISSION_TTL}\n")
     started: list[tuple[str, str]] = []
     restore: list[tuple[str, str, str]] = []  # (method, path, as user): undoes an XNAT change
     world = None
@@ -445,7 +449,8 @@ class Cell:
     hide: tuple[str, ...] = ()   # must not be in the body, unless the request named it
     show: tuple[str, ...] = ()   # must be in the body
     check: Callable | None = None   # check(world, response) for what a string test cannot say
-    after: Callable | None = None   # after(world): the refused request changed nothing
+    after: Callable | None = None   # after(world): the refused request changed nothing, or undo it
+    before: Callable | None = None  # before(world): the state the cell needs, whatever ran before it
     revoked: bool = False        # needs the revocation to be in force in the servers
     finding: str = ""            # a known product gap: the cell is expected to fail (xfail, strict)
     xsrf: bool = True            # a form post carries the caller's _xsrf (False: a forged post)
@@ -506,6 +511,8 @@ DENIALS = (401, 403, 404)
 def check_cell(world: World, cell: Cell) -> None:
     if cell.revoked:
         world.wait_for_revocation()
+    if cell.before is not None:
+        cell.before(world)
     r, request_text = perform(world, cell)
     text = r.text
     if os.environ.get("AUTHZ_DUMP"):
@@ -678,7 +685,8 @@ HUB_CELLS += [
     Cell("GET", "/hub/spawn/alice", ADMIN_COOKIE, (403, 404), hide=('name="project"', "SLEEP_EEG")),
     Cell("GET", "/hub/spawn/carol", NO_ACCESS_COOKIE, (200,), hide=('name="project"',),
          show=("cannot read any XNAT project",)),
-    Cell("GET", "/hub/spawn/alice", REVOKED_COOKIE, (200,), hide=("SLEEP_EEG", "CARDIO_ECG"),
+    # offered: her one project left (a notice of a start she was refused may name what she asked for)
+    Cell("GET", "/hub/spawn/alice", REVOKED_COOKIE, (200,), hide=('value="SLEEP_EEG"', 'value="CARDIO_ECG"'),
          check=form_projects("NEURO_MRI")),
     Cell("GET", "/hub/spawn/dave", DAVE_COOKIE, (200,), hide=("NEURO_MRI",),
          check=form_projects("CARDIO_ECG", "SLEEP_EEG")),
@@ -711,6 +719,17 @@ def members_unchanged(*projects: str):
 
 def carol_granted(world: World, r) -> None:
     assert ("carol", GRANT_GROUP) in project_members(world.devxnat, "NEURO_MRI")
+
+
+def carol_membership(method: str):
+    """before/after: carol made one of NEURO_MRI's GRANT_GROUP (PUT) or taken out (DELETE) in XNAT,
+    by its owner alice; DELETE then checks every project's list is as before the cells."""
+    def change(world: World) -> None:
+        r = world.devxnat.request(method, f"/data/projects/NEURO_MRI/users/{GRANT_GROUP}/carol", "alice")
+        assert r.status_code == 200, r.text
+        if method == "DELETE":
+            members_unchanged(*DEMO_PROJECTS)(world)
+    return change
 
 
 GRANT = {"action": "grant", "user": "carol", "group": GRANT_GROUP}
@@ -753,10 +772,12 @@ HUB_CELLS += [
          hide=('id="members-',), show=("only an owner of CARDIO_ECG",), after=members_unchanged("CARDIO_ECG")),
     Cell("POST", ACCESS, OWNER_COOKIE, (400,), form={**GRANT, "project": "NEURO_MRI", "group": "Admins"},
          note="unknown role", show=("choose a role",), after=members_unchanged("NEURO_MRI")),
-    # the owner grants carol, then revokes her: XNAT's list changes and is back as it was
+    # the owner grants carol (undone in XNAT after), and revokes her (granted in XNAT before): each
+    # in any order of the cells, XNAT's lists back as they were
     Cell("POST", ACCESS, OWNER_COOKIE, (200,), form={**GRANT, "project": "NEURO_MRI"}, note="grant",
-         show=(f"carol now has access to NEURO_MRI as one of its {GRANT_GROUP}",), check=carol_granted),
-    Cell("POST", ACCESS, OWNER_COOKIE, (200,), note="revoke",
+         show=(f"carol now has access to NEURO_MRI as one of its {GRANT_GROUP}",), check=carol_granted,
+         after=carol_membership("DELETE")),
+    Cell("POST", ACCESS, OWNER_COOKIE, (200,), note="revoke", before=carol_membership("PUT"),
          form={"action": "revoke", "project": "NEURO_MRI", "user": "carol"},
          show=("carol no longer has access to NEURO_MRI",), after=members_unchanged(*DEMO_PROJECTS)),
 ]
@@ -1059,7 +1080,7 @@ def items(*wanted: str, key: str = "id"):
 OWNER_HIDE = ("CARDIO_ECG", "authz-cardio", "@exp:CARDIO_ECG")  # bob's project, bob's dataset
 SERVER_CELLS += [
     # the server trusted the hub's answer for the token once: refused once that answer expired
-    # (c.XnatScopedSpawner.hub_auth_cache_max_age, 60 s, waited for with the revocation cells)
+    # (c.XnatScopedSpawner.hub_auth_cache_max_age, PERMISSION_TTL here, waited for with the revocation cells)
     Cell("GET", API + path, DELETED_AFTER_USE, (403,), hide=ALICE_PRIVATE, show=(REFUSED,),
          revoked=True)
     for path in ("scope", "datasets")

@@ -11,17 +11,10 @@ import requests
 
 from devstack.demo import HUB_STOP_GRACE
 from tests.fixtures import accounts
+from tests.fixtures.hub import free_port
 from tests.fixtures.slurm import RUN_DIR
 
 pytestmark = [pytest.mark.slurm, pytest.mark.devxnat]
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def demo_isolation(staging: Path) -> tuple[str, ...]:

@@ -184,7 +184,10 @@ def test_devxnat_log_state_and_data_dir_closed_to_other_accounts(devxnat_factory
 
 # -- names --------------------------------------------------------------------------------
 
-NAMES_CONFIG = AUTH_CONFIG + 'c.XnatAuthenticator.username_map = {{"Bob": "robert"}}\n'
+# logins only, no server: the hub names the machine's own accounts (a login named like the system
+# account ``daemon`` must meet ``daemon``, not this session's throwaway ``x…-daemon``)
+NAMES_CONFIG = (AUTH_CONFIG + 'c.XnatAuthenticator.username_map = {{"Bob": "robert"}}\n'
+                + 'c.UnixAccounts.name_template = "{{name}}"\n')
 
 
 @pytest.fixture(scope="module")

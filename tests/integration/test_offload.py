@@ -12,7 +12,7 @@ import time
 import pytest
 
 from tests.fixtures.offload import SECRET_MARK, scan_tree
-from tests.fixtures.slurm import RUN_DIR
+from tests.fixtures.slurm import RUN_DIR, queued_ids
 from xnat_bridge.offload import JobState
 
 pytestmark = [pytest.mark.slurm, pytest.mark.devxnat]
@@ -221,7 +221,7 @@ def test_refused_before_submission(slurm, offload_env, devxnat):
 
     env = offload_env
     m = env.manager(max_cpus=2, max_memory="2G", max_walltime="1:00:00", max_gpus=0)
-    before_jobs, before_queue = len(m.list()), squeue_ids()
+    before_jobs, before_queue = len(m.list()), queued_ids(env.workspace)
     try:
         script = env.script("train_example.py")
         with pytest.raises(InvalidRequest) as e:
@@ -274,7 +274,7 @@ def test_refused_before_submission(slurm, offload_env, devxnat):
             nowhere.submit("mri", script)
         nowhere.close()
         assert len(m.list()) == before_jobs  # nothing recorded, nothing submitted
-        assert squeue_ids() - before_queue == set()
+        assert queued_ids(env.workspace) - before_queue == set()
     finally:
         m.close()
 

@@ -25,6 +25,7 @@ import pytest
 
 from tests.fixtures.devxnat import DEMO_SIZE, DevXnat
 from tests.fixtures.offload import GatedAccess, OffloadEnv
+from tests.fixtures.slurm import queued_ids
 from xnat_bridge import staging
 from xnat_bridge.errors import InvalidRequest
 from xnat_bridge.offload import JobState
@@ -124,7 +125,7 @@ def test_a_file_changed_in_xnat_after_the_manifest_is_refused_with_its_name(offl
     changed[len(changed) // 2] ^= 0xFF
     store = devxnat.store()
     m = env.manager()
-    before_queue = squeue_ids()
+    before_queue = queued_ids(env.workspace)
     try:
         script = env.script("count.py", OK_SCRIPT)
         path.write_bytes(bytes(changed))
@@ -147,7 +148,7 @@ def test_a_file_changed_in_xnat_after_the_manifest_is_refused_with_its_name(offl
         assert rec.state == JobState.FAILED and rec.slurm_job_id is None, rec.message
         assert victim.name in rec.message and "recorded" in rec.message, rec.message
         assert staging_leftovers(env) == []
-        assert squeue_ids() - before_queue == set()
+        assert queued_ids(env.workspace) - before_queue == set()
     finally:
         path.write_bytes(original)
         with store.tx() as db:

@@ -79,6 +79,22 @@ TERMINAL = {"done", "failed", "cancelled", "lost"}
 
 
 @pytest.fixture(scope="module")
+def shared_devxnat(public_dir):
+    """This module's own devxnat (closed to the users' accounts as the shared one): the random
+    projects its tests add stay out of the devxnat the other modules share, whose tests expect
+    the demo's projects only."""
+    import secrets as _secrets
+
+    from devstack.demo import close_archive
+    from tests.fixtures.devxnat import start_devxnat
+
+    server = start_devxnat(public_dir / f"devxnat-plain-{_secrets.token_hex(3)}")
+    close_archive(server.archive)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
 def hub(shared_devxnat, unix_users, staging, slurm, tmp_path_factory):
     directory = tmp_path_factory.mktemp("plain-hub")
     profiles = directory / "profiles.yaml"

@@ -251,10 +251,13 @@ def test_profiles_file_is_reloaded_and_a_broken_version_keeps_the_last_good(hub)
         warned = hub.log().count("keeping the last good configuration")
         profiles.write_text(good + "\n  - slug: Bad Slug\n    backend: nowhere\n")
         # the hub's watcher read the broken version (its warning), and still offers the good one
-        wait_for(lambda: hub.log().count("keeping the last good configuration") > warned, 30,
-                 "the hub to read the broken profiles file")
-        assert form_choices(s.get(f"{hub.url}/hub/spawn/carol", timeout=30).text)[0] == \
-            ["local-small", "local-extra", "slurm-cpu"]
+
+        def offered_once_read():  # the form, once the hub has read the broken file (asking reads it)
+            choices = form_choices(s.get(f"{hub.url}/hub/spawn/carol", timeout=30).text)[0]
+            return choices if hub.log().count("keeping the last good configuration") > warned else None
+
+        offered = wait_for(offered_once_read, 30, "the hub to read the broken profiles file")
+        assert offered == ["local-small", "local-extra", "slurm-cpu"]
     finally:
         profiles.write_text(good)  # the next test's hub offers what it offered before
         wait_for(lambda: "local-extra" not in form_choices(s.get(f"{hub.url}/hub/spawn/carol", timeout=30).text)[0],

@@ -77,8 +77,8 @@ def test_a_template_without_exactly_one_name_field_is_refused_naming_it(template
 
 
 def test_with_a_template_the_hub_user_runs_as_the_templated_account_never_the_plain_one(throwaway):
-    """``alice``'s account exists on this machine (or not): with ``xt…-{name}`` the hub looks up,
-    creates and names only the templated one; the plain name is never made or used."""
+    """With a template the hub looks up, creates and names only the templated account of a hub
+    user; an account of the plain name is never made or used."""
     prefix = throwaway.replace("--", "-")[:12].rstrip("-.") + "-"
     hub = "zq" + secrets.token_hex(3)
     try:
