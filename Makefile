@@ -46,17 +46,19 @@ OLDEST_HUB_TESTS := tests/unit/test_plugin_gateway.py tests/unit/test_plugin_nam
                     tests/unit/test_governance_service.py tests/unit/test_governance_forward.py \
                     tests/unit/test_owner_pages_service.py tests/unit/test_share_api.py tests/unit/test_publish_api.py
 
-# in parallel (pytest-xdist: each test module whole on one worker, tests/conftest.py), in a random
-# order of modules and of the tests in each (pytest-random-order; the seed is printed: rerun one
-# order with `make test PYTEST_SEED=N`), the 15 slowest tests listed at the end
+# in parallel (pytest-xdist: each test module whole on one worker, so that its stack starts once),
+# in a random order of modules and of the tests in each (pytest-random-order; the seed is printed:
+# rerun one order with `make test PYTEST_SEED=N`), the 15 slowest tests listed at the end; then,
+# alone, the few tests marked `exclusive` (they take a machine-wide service such as Slurm down)
 PYTEST_WORKERS ?= 3
 PYTEST_SEED ?= $(shell od -An -N2 -tu2 /dev/urandom | tr -d ' ')
-PYTEST_RUN = -n $(PYTEST_WORKERS) --dist loadgroup --random-order-bucket=module --random-order-seed=$(PYTEST_SEED) \
+PYTEST_RUN = -n $(PYTEST_WORKERS) --dist loadscope --random-order-bucket=module --random-order-seed=$(PYTEST_SEED) \
              --durations=15 --durations-min=1
 
 test: install kube
 	@VENV_OLDEST=$(VENV_OLDEST) scripts/bootstrap.sh oldest-hub
-	$(PY) -m pytest $(PYTEST_RUN) $(PYTEST_ARGS)
+	$(PY) -m pytest $(PYTEST_RUN) -m "not exclusive" $(PYTEST_ARGS)
+	$(PY) -m pytest -p no:cacheprovider -m exclusive $(PYTEST_ARGS) || [ $$? -eq 5 ]
 	XNAT_HPC_DEVXNAT_PYTHON=$(PY) PYTHONPATH=$(CURDIR) $(VENV_OLDEST)/bin/python -m pytest -p no:cacheprovider \
 	    $(OLDEST_HUB_TESTS)
 
@@ -64,7 +66,7 @@ test: install kube
 # on an installed venv (`make install` once)
 test-fast:
 	@test -x $(PY) || { echo "no $(VENV): run make install first"; exit 1; }
-	$(PY) -m pytest -n 2 --dist loadgroup --durations=15 --durations-min=0.5 tests/unit $(PYTEST_ARGS)
+	$(PY) -m pytest -n 2 --dist loadscope --durations=15 --durations-min=0.5 tests/unit $(PYTEST_ARGS)
 
 bench: install
 	$(PY) benchmarks/run_all.py

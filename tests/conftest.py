@@ -58,22 +58,3 @@ def pytest_sessionfinish(session, exitstatus):
         roots = demo_guard.guarded_roots()
         reporter.write_line(f"demo guard: {len(before)} entries under {len(roots)} demo directories unchanged")
 
-
-#: test modules that share one machine-wide thing a second copy would disturb: the development
-#: Kubernetes' servers' namespace (each kube site clears it), run by one worker of ``pytest -n``
-SERIAL_GROUPS = {
-    "tests/integration/test_kube_cluster.py": "kube",
-    "tests/integration/test_kube_spawn.py": "kube",
-}
-
-
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own, which reads the groups
-def pytest_collection_modifyitems(config, items):
-    """Under ``pytest -n N --dist loadgroup`` (``make test``) each module runs whole on one
-    worker, so that its module-scoped stack (a hub, devxnat, servers) starts once; the modules
-    of one :data:`SERIAL_GROUPS` group run on one worker, one after the other."""
-    if not config.pluginmanager.hasplugin("xdist"):
-        return
-    for item in items:
-        path = item.nodeid.split("::", 1)[0]
-        item.add_marker(pytest.mark.xdist_group(SERIAL_GROUPS.get(path, path)))

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 from tests.fixtures.accounts import TEMPLATE, unix_entry
 from tests.fixtures.hub import free_port
+from tests.fixtures.shared_service import machine_lock
 
 from devstack.demo import HUB_STOP_GRACE
 
@@ -36,7 +37,13 @@ STAGING_RE = re.compile(r"^Staging [\d.]+ [KMGT]?i?B / [\d.]+ [KMGT]?i?B · \d+/
 
 @pytest.fixture(scope="module")
 def demo_stack(public_dir, slurm, unix_users):
-    """`xnat-hpc-hub demo` on free ports in a run directory the demo users can traverse."""
+    """`xnat-hpc-hub demo` on free ports in a run directory the demo users can traverse (one demo
+    on the machine at a time: their governance pages prefer one privileged port)."""
+    with machine_lock("demo"):
+        yield from _demo_stack(public_dir)
+
+
+def _demo_stack(public_dir):
     hub_port, xnat_port = free_port(), free_port()
     run_dir = public_dir / "demo"
     log = open(public_dir / "demo.out", "wb")

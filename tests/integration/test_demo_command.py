@@ -12,9 +12,17 @@ import requests
 from devstack.demo import HUB_STOP_GRACE
 from tests.fixtures import accounts
 from tests.fixtures.hub import free_port
+from tests.fixtures.shared_service import machine_lock
 from tests.fixtures.slurm import RUN_DIR
 
 pytestmark = [pytest.mark.slurm, pytest.mark.devxnat]
+
+
+@pytest.fixture(autouse=True)
+def one_demo_at_a_time():
+    """A demo's governance pages prefer one privileged port: one demo on the machine at a time."""
+    with machine_lock("demo"):
+        yield
 
 
 def demo_isolation(staging: Path) -> tuple[str, ...]:

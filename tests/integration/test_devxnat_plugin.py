@@ -208,6 +208,8 @@ def options(xnat, user, name, as_user="jupyterhub"):
 # -- the start sequence, call by call ------------------------------------------------
 
 def test_project_start_replays_the_plugin_client_call_by_call(xnat, hub):
+    with hub.lock:  # alice's first start on this hub, whichever of this module's tests ran before
+        hub.users.pop("alice", None)
     hub.take()
     req = start_request("alice", "xnat:projectData", "NEURO_MRI", "NEURO_MRI", "NEURO_MRI")
     name = req["servername"]

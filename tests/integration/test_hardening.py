@@ -34,7 +34,7 @@ from pathlib import Path
 import pytest
 
 from devstack.accounts import ensure_accounts, install_file
-from tests.fixtures.hub import start_hub
+from tests.fixtures.hub import free_privileged_port, start_hub
 from devstack.hubconfig import governance_hub_config
 from tests.fixtures.spawn import governance_token_file, make_hub
 from xnat_bridge.errors import PermissionDenied
@@ -203,7 +203,7 @@ def names_hub(tmp_path_factory):
         assert r.status_code == 201, r.text
     directory = tmp_path_factory.mktemp("names-hub")
     # the owners' pages: the governance service, which asks XNAT about the visitor's XNAT login
-    governance = governance_hub_config(token_file=governance_token_file(directory))
+    governance = governance_hub_config(token_file=governance_token_file(directory), pages_port=free_privileged_port())
     hub = start_hub(directory, NAMES_CONFIG.format(url=server.url) + governance)
     yield hub, server
     hub.stop()

@@ -30,7 +30,7 @@ import requests
 
 from devstack.hubconfig import governance_hub_config, xnat_hub_config
 from tests.fixtures.accounts import unix_entry
-from tests.fixtures.hub import start_hub
+from tests.fixtures.hub import free_privileged_port, start_hub
 from tests.fixtures.plaintext import add_random_project, find_plaintext, remove_members, windows
 from tests.fixtures.slurm import RUN_DIR
 from tests.fixtures.spawn import HUB_TIMEOUTS, governance_token_file, stop_server, wait_ready
@@ -101,7 +101,7 @@ def hub(shared_devxnat, unix_users, staging, slurm, tmp_path_factory):
     profiles.write_text(PROFILES.format(staging=staging))
     config = xnat_hub_config(xnat_url=shared_devxnat.url, profiles=profiles, archive=shared_devxnat.archive,
                              audit_log=directory / "audit.jsonl", spawner="xnat")
-    config += governance_hub_config(token_file=governance_token_file(directory))  # audit, ledger
+    config += governance_hub_config(token_file=governance_token_file(directory), pages_port=free_privileged_port())  # audit, ledger
     h = start_hub(directory, config + HUB_TIMEOUTS)
     yield h
     h.stop()

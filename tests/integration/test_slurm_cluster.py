@@ -44,6 +44,7 @@ def test_up_is_idempotent_and_status_says_what_runs(slurm):
     assert "secure" in after and "interactive*" in after
 
 
+@pytest.mark.exclusive  # the cluster every other test process uses goes down for a moment
 def test_down_then_up_recovers_and_status_exit_code(slurm, tmp_path):
     cli("slurm", "down", "--keep-munge", "--run-dir", str(slurm.run_dir))
     st = cli("slurm", "status", "--run-dir", str(slurm.run_dir), check=False)

@@ -31,6 +31,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.fixtures.shared_service import machine_lock
+
 ROOT = Path(__file__).resolve().parents[2]
 WHEELHOUSE = Path(os.environ.get("XNAT_HPC_WHEELHOUSE", "/var/tmp/xnat-hpc-pytest/wheelhouse"))
 LAB = "share/jupyter/labextensions/xnat-hpc-hub"
@@ -130,6 +132,11 @@ def test_the_sdist_can_rebuild_the_extension_and_carries_no_node_modules(dist):
 
 
 def _install(venv: Path, wheel: Path, env: dict) -> subprocess.CompletedProcess:
+    with machine_lock("wheelhouse"):  # the wheelhouse is shared with the kube image's build
+        return _install_locked(venv, wheel, env)
+
+
+def _install_locked(venv: Path, wheel: Path, env: dict) -> subprocess.CompletedProcess:
     # --no-compile: no .pyc for ~140 distributions (a minute on a busy machine); imports still work
     pip = [venv / "bin/python", "-m", "pip", "install", "-q", "--no-compile", "--no-index",
            "--find-links", WHEELHOUSE, f"{wheel}[server]"]

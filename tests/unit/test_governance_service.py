@@ -16,7 +16,7 @@ import pytest_asyncio
 from tornado.httpclient import AsyncHTTPClient
 from traitlets.config import Config
 
-from devstack.hubconfig import free_privileged_port
+from tests.fixtures.hub import free_privileged_port
 from hub_ext.hub_rest import SERVICE_NAME, managed_service, register_governance
 from tests.fixtures.mockhub import mock_hub
 from xnat_hpc_governance.app import GovernanceService, ServiceConfigError, main
