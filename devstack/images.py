@@ -85,8 +85,9 @@ def server_image(wheel: Path, out: Path, *, wheelhouse: Path, timeout: float = 1
     want = _stamp(wheel)
     if out.exists() and stamp_file.exists() and stamp_file.read_text().strip() == want:
         return False
+    stamp_file.unlink(missing_ok=True)  # the stamp names a whole archive only
     wheelhouse_for(wheel, wheelhouse, timeout)
-    rootfs = out.with_name(out.name + ".rootfs.tar")
+    rootfs = out.with_name(f"{out.name}.rootfs-{os.getpid()}.tar")
     steps = recipe(wheel.name)
     hooks = [steps[0], f"copy-in {shlex.quote(str(wheel))} /tmp/wheels",
              f"sync-in {shlex.quote(str(wheelhouse))} /tmp/wheels", *steps[1:]]
@@ -97,10 +98,14 @@ def server_image(wheel: Path, out: Path, *, wheelhouse: Path, timeout: float = 1
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env={**os.environ, "TMPDIR": str(work)})
     if r.returncode != 0:
         raise ImageBuildFailed(f"mmdebstrap could not build the server image: {r.stderr.strip()[-1500:]}")
-    try:
-        image_archive(SERVER_IMAGE, [rootfs], out, entrypoint=["/usr/bin/tini", "--"], env=ENV,
+    partial = out.with_name(f"{out.name}.partial-{os.getpid()}")
+    try:  # written aside and renamed: a build that dies midway leaves no torn archive under *out*
+        image_archive(SERVER_IMAGE, [rootfs], partial, entrypoint=["/usr/bin/tini", "--"], env=ENV,
                       user=str(USER_UID), workdir="/home/jovyan")
+        os.replace(partial, out)
     finally:
         os.unlink(rootfs)
+        if partial.exists():
+            os.unlink(partial)
     stamp_file.write_text(want + "\n")
     return True

@@ -212,24 +212,34 @@ async function stagingProgress(page, facts, shot, tab) {
     if (state && state !== 'staging') {
       break;
     }
-    if (await bar.count()) {
-      const p = await bar.evaluate(el => ({
-        now: Number(el.getAttribute('aria-valuenow')), max: Number(el.getAttribute('aria-valuemax')),
-        valuetext: el.getAttribute('aria-valuetext'), text: el.parentElement.textContent
-      })).catch(() => null);
-      if (p) {
-        facts.rowProgress.push(p);
-        if (facts.rowProgress.length === 1) {
-          await row.scrollIntoViewIfNeeded().catch(() => {});
-          await shot('09-staging-progress-row'); // the row and the tab while staging
-        } else if (!shotTaken && p.now > 0 && p.now < 100) {
-          shotTaken = true;
-          await shot('09b-staging-progress-mid'); // staging may end before this one
-        }
+    // the row's bar and the tab's words read in one go, before any screenshot (which takes long
+    // enough for a fast staging to end): whenever the row shows progress, so does the tab
+    const seen = await page.evaluate(([jobId]) => {
+      const row = document.querySelector(`[data-testid="xnat-hpc-jobs"] li[data-job-id="${jobId}"]`);
+      const el = row && row.querySelector('[data-testid="xnat-hpc-staging-progress"] [role="progressbar"]');
+      if (!el) {
+        return null;
       }
-      const t = await details.locator('[data-testid="xnat-hpc-staging-progress"]').innerText().catch(() => '');
-      if (t) {
-        facts.tabProgress.push(t);
+      const tab = document.querySelector(
+        `[data-testid="xnat-hpc-job-details"][data-job-id="${jobId}"] [data-testid="xnat-hpc-staging-progress"]`);
+      return {
+        bar: {now: Number(el.getAttribute('aria-valuenow')), max: Number(el.getAttribute('aria-valuemax')),
+              valuetext: el.getAttribute('aria-valuetext'), text: el.parentElement.textContent},
+        tab: tab ? tab.innerText : ''
+      };
+    }, [jobId]).catch(() => null);
+    if (seen) {
+      const p = seen.bar;
+      facts.rowProgress.push(p);
+      if (seen.tab) {
+        facts.tabProgress.push(seen.tab);
+      }
+      if (facts.rowProgress.length === 1) {
+        await row.scrollIntoViewIfNeeded().catch(() => {});
+        await shot('09-staging-progress-row'); // the row and the tab while staging
+      } else if (!shotTaken && p.now > 0 && p.now < 100) {
+        shotTaken = true;
+        await shot('09b-staging-progress-mid'); // staging may end before this one
       }
     }
     facts.newsPromptSeen = facts.newsPromptSeen || (await newsPrompt(page));
