@@ -385,7 +385,7 @@ def test_a_pod_server_offloads_a_job_to_the_secure_partition_and_gets_its_result
         assert record["state"] == "done", (record.get("message"), logs)
         shown = subprocess.run(["scontrol", "show", "job", str(record["slurm_job_id"]), "-o"],
                                capture_output=True, text=True).stdout
-        assert f"UserId=alice({alice.pw_uid})" in shown and "Partition=secure" in shown, shown
+        assert f"UserId={alice.pw_name}({alice.pw_uid})" in shown and "Partition=secure" in shown, shown
         results = list(workspace.glob(f"xnat-hpc/jobs/{job}/**/files.json"))
         assert results, sorted(str(p) for p in workspace.rglob("*"))[:50]
         files = json.loads(results[0].read_text())

@@ -8,20 +8,33 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import shutil
 import signal
 import sys
+import tempfile
+from pathlib import Path
 
 import pytest
 import pytest_asyncio
 from tornado.httpclient import AsyncHTTPClient
 from traitlets.config import Config
 
-from tests.fixtures.hub import free_privileged_port
 from hub_ext.hub_rest import SERVICE_NAME, managed_service, register_governance
+from tests.fixtures.hub import free_privileged_port
 from tests.fixtures.mockhub import mock_hub
 from xnat_hpc_governance.app import GovernanceService, ServiceConfigError, main
 
 in_process = pytest.mark.asyncio(loop_scope="module")
+
+
+@pytest.fixture
+def tmp_path():
+    """A directory with a short path: a Unix socket's holds at most 100 bytes here, and under
+    pytest-xdist ``tmp_path`` is too long for one (``.../popen-gw0/<test name>0/``)."""
+    path = Path(tempfile.mkdtemp(prefix="xh-sock-", dir="/var/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
 
 DEADLINE = 30.0
 

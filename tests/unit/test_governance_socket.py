@@ -14,6 +14,7 @@ import socket
 import stat
 import subprocess
 import tempfile
+from pathlib import Path
 
 import pytest
 from tornado import web
@@ -21,7 +22,18 @@ from tornado.httpserver import HTTPServer
 
 from hub_ext import governance_socket as gs
 
+
+@pytest.fixture
+def tmp_path():
+    """A directory with a short path: a Unix socket's holds at most 100 bytes here, and under
+    pytest-xdist ``tmp_path`` is too long for one (``.../popen-gw0/<test name>0/``)."""
+    path = Path(tempfile.mkdtemp(prefix="xh-sock-", dir="/var/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
 NOBODY = pwd.getpwnam("nobody").pw_uid
+
 
 def as_nobody(code: str) -> subprocess.CompletedProcess:
     return subprocess.run(["runuser", "-u", "nobody", "--", "/usr/bin/python3", "-c", code],
