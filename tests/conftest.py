@@ -27,6 +27,18 @@ def pytest_configure(config):
         os.environ["PYTEST_DEBUG_TEMPROOT"] = str(TEMP_ROOT)
 
 
+@pytest.fixture
+def short_tmp_path():
+    """A fresh directory with a short path, for Unix sockets (at most 100 bytes here): under
+    pytest-xdist ``tmp_path`` is too long for one (``.../popen-gw0/<test name>0/``)."""
+    import shutil
+    import tempfile
+
+    path = Path(tempfile.mkdtemp(prefix="xh-sock-", dir="/var/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
 def pytest_sessionstart(session):
     from tests.fixtures import demo_guard
 

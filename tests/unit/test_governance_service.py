@@ -8,11 +8,8 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import shutil
 import signal
 import sys
-import tempfile
-from pathlib import Path
 
 import pytest
 import pytest_asyncio
@@ -28,12 +25,8 @@ in_process = pytest.mark.asyncio(loop_scope="module")
 
 
 @pytest.fixture
-def tmp_path():
-    """A directory with a short path: a Unix socket's holds at most 100 bytes here, and under
-    pytest-xdist ``tmp_path`` is too long for one (``.../popen-gw0/<test name>0/``)."""
-    path = Path(tempfile.mkdtemp(prefix="xh-sock-", dir="/var/tmp"))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
+def tmp_path(short_tmp_path):  # its sockets' paths must stay short (tests/conftest.py)
+    return short_tmp_path
 
 
 DEADLINE = 30.0

@@ -14,7 +14,6 @@ import socket
 import stat
 import subprocess
 import tempfile
-from pathlib import Path
 
 import pytest
 from tornado import web
@@ -24,12 +23,8 @@ from hub_ext import governance_socket as gs
 
 
 @pytest.fixture
-def tmp_path():
-    """A directory with a short path: a Unix socket's holds at most 100 bytes here, and under
-    pytest-xdist ``tmp_path`` is too long for one (``.../popen-gw0/<test name>0/``)."""
-    path = Path(tempfile.mkdtemp(prefix="xh-sock-", dir="/var/tmp"))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
+def tmp_path(short_tmp_path):  # its sockets' paths must stay short (tests/conftest.py)
+    return short_tmp_path
 
 
 NOBODY = pwd.getpwnam("nobody").pw_uid
