@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 
-pytest_plugins = [
+pytest_plugins = [  # spawn before kube, which imports it (else pytest cannot rewrite its asserts)
     "tests.fixtures.devxnat",
     "tests.fixtures.slurm",
+    "tests.fixtures.spawn",
     "tests.fixtures.kube",
     "tests.fixtures.offload",
-    "tests.fixtures.spawn",
 ]
 
 #: pytest's ``tmp_path`` root. Not /tmp: the development Slurm gives every job a private
