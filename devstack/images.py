@@ -54,7 +54,14 @@ def recipe(wheel_name: str) -> list[str]:
 
 
 def _stamp(wheel: Path) -> str:
-    h = hashlib.sha256(wheel.read_bytes())
+    """What the image is made of: the wheel's members (names and bytes, not the zip's file times:
+    the same commit built in another checkout is the same image) and the recipe."""
+    import zipfile
+
+    h = hashlib.sha256()
+    with zipfile.ZipFile(wheel) as zf:
+        for name in sorted(zf.namelist()):
+            h.update(name.encode() + b"\0" + hashlib.sha256(zf.read(name)).digest())
     h.update(json.dumps([SUITE, PACKAGES, recipe(wheel.name), ENV]).encode())
     return h.hexdigest()
 
