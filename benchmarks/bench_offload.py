@@ -138,7 +138,9 @@ def main() -> int:
     from xnat_bridge.offload import OffloadManager, OffloadPolicy
     from xnat_bridge.scope import Scope
 
-    work = Path(tempfile.mkdtemp(prefix="bench-offload-"))
+    # not under /tmp: the development Slurm gives every job a private /tmp (job_container/tmpfs),
+    # and the job must see this directory's staging area and node base
+    work = Path(tempfile.mkdtemp(prefix="bench-offload-", dir="/var/tmp"))
     proc = None
     try:
         proc, url = start_devxnat(work / "xnat", 0, "3MB", work / "xnat.log")
