@@ -54,20 +54,27 @@ c.XnatScopedSpawner.xnat_service_password_file = "{password_file}"
 '''
 
 
+def port_free(port: int) -> bool:
+    """Whether *port* of 127.0.0.1 can be bound now (another process may take it after)."""
+    import socket
+
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
 def free_privileged_port(preferred: int = 981, low: int = 600, high: int = 1000) -> int:
     """A port below 1024 free on 127.0.0.1 now (*preferred* when it is), for the governance
     service's owners' pages (``c.XnatGovernance.pages_url``: only root may take such a port, so
     no other account can squat it while the service restarts). Needs root, as the hub does."""
     import random
-    import socket
 
     candidates = [preferred, *random.sample(range(low, high), high - low)]
     for port in candidates:
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
+        if port_free(port):
             return port
     raise RuntimeError(f"no free port between {low} and {high} on 127.0.0.1 for the owners' pages")
 

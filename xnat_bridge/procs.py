@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import shutil
 import subprocess
 from collections.abc import Mapping, Sequence
@@ -107,3 +108,14 @@ def which(name: str) -> str | None:
     return shutil.which(name) or shutil.which(
         name, path="/usr/sbin:/sbin:/usr/local/sbin:/usr/bin:/bin"
     )
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process *pid* exists on this machine (one of another account counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

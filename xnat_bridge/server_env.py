@@ -41,6 +41,8 @@ with no arguments:
 
 The workspace and the compute environment's variables are written only: a server does not
 read them back through :meth:`ServerEnv.from_env`.
+``XNAT_HPC_PERMISSION_TTL`` is the hub's setting, not the start's plan: the spawner writes it
+beside :meth:`ServerEnv.to_env`, the server reads it with :func:`permission_ttl_from_env`.
 
 Pure apart from the default ``environ=os.environ``; imports nothing from the hub side.
 """

@@ -29,6 +29,7 @@ import weakref
 from pathlib import Path
 
 from .. import audit as audit_mod
+from .. import procs
 from ..audit_outbox import default_sink
 from ..errors import Conflict, InvalidRequest, NotFound, XnatHpcError
 from ..private import create_private_file, open_regular
@@ -46,16 +47,6 @@ log = logging.getLogger(__name__)
 
 _LIVE: weakref.WeakSet[OffloadManager] = weakref.WeakSet()
 _HOST = socket.gethostname()
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _private_dir(path: Path) -> Path:
@@ -157,7 +148,7 @@ class OffloadManager:
         if host != _HOST or not pid.isdigit():
             return False  # another machine's server: not ours to judge
         if int(pid) != os.getpid():
-            return not _pid_alive(int(pid))
+            return not procs.pid_alive(int(pid))
         return not any(m.owner == owner and not m._closed for m in list(_LIVE))
 
     def _mark_lost(self) -> None:
