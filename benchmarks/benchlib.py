@@ -90,12 +90,15 @@ def alternate(rounds: int, runners: dict[str, Callable[[], float | dict]],
 
     A runner returns its seconds, or a dict with ``seconds`` and other facts (e.g. the
     peak RSS of a child process); *after(name, result)* runs untimed after each call
-    (cleanup of an output). *warmup* rounds run first and are not counted."""
+    (cleanup of an output). *warmup* rounds run first and are not counted. Every call starts
+    after an untimed ``sync``, so that no side pays for the writeback of the files another
+    side left dirty in the page cache."""
     names = list(runners)
     out = {n: Stats(n) for n in names}
     for r in range(warmup + rounds):
         shift = r % len(names)
         for name in names[shift:] + names[:shift]:
+            os.sync()
             result = runners[name]()
             facts = result if isinstance(result, dict) else {"seconds": result}
             if r >= warmup:

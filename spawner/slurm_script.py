@@ -125,7 +125,8 @@ def _sandbox(plan: SpawnPlan, settings: SlurmSettings) -> NodeSandbox | None:
 
 
 def batch_script(plan: SpawnPlan, settings: SlurmSettings, env_names: list[str]) -> str:
-    """The whole script; *env_names*: the (public) variables to ``--export``."""
+    """The whole script; *env_names*: the (public) variables of ``sbatch``'s environment, all of
+    the job's (``--export=ALL``: the caller runs ``sbatch`` with those and nothing else)."""
     for name in env_names:
         if not ENV_NAME.match(name) or SECRET_NAME.search(name):
             raise InvalidRequest(f"environment variable {name!r} may not be exported to Slurm")
@@ -136,7 +137,10 @@ def batch_script(plan: SpawnPlan, settings: SlurmSettings, env_names: list[str])
             f"#SBATCH --job-name=jupyter-{_value(plan.user, 'user')}-{server}",
             f"#SBATCH --output={_value(log_dir, 'log directory')}/jupyter-xnat-%j.log",
             f"#SBATCH --chdir={_value(settings.home, 'home')}",
-            f"#SBATCH --export={','.join(sorted(env_names)) or 'NONE'}"]
+            # the job's environment is sbatch's, which the backend gives exactly these names (not
+            # a list of names or NONE: Slurm then loads the login environment, a second per start)
+            "#SBATCH --export=ALL",
+            f"# environment: {','.join(sorted(env_names)) or '(none)'}"]
     head += [f"#SBATCH {line}" for line in directives(plan)]
     head += [f"#SBATCH {line}" for line in settings.extra_directives]
     argv = [*settings.launcher, "--", *settings.server_cmd]

@@ -12,11 +12,27 @@ hub side (``hub_ext``, ``spawner``).
 
 __version__ = "0.1.0.dev0"
 
-from .connection import Connection, connect
-from .datasets import Manifest, ManifestFile
-from .errors import XnatHpcError
-from .offload import Job, jobs, submit
-from .scope import Scope
+import importlib
+
+#: the package's names and the module each comes from, imported on first use (PEP 562): the
+#: processes on a Slurm node (the node guard, the worker's task) import a module of this
+#: package each, and should not pay for the client, requests and the rest (~0.12 s per start)
+_LAZY = {"Connection": "connection", "connect": "connection", "Manifest": "datasets",
+         "ManifestFile": "datasets", "XnatHpcError": "errors", "Job": "offload", "jobs": "offload",
+         "submit": "offload", "Scope": "scope"}
+
+
+def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted([*globals(), *_LAZY])
 
 __all__ = [
            "Connection",

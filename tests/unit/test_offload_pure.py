@@ -89,13 +89,13 @@ def test_cluster_options_golden():
     o = cluster_options(_spec())
     assert o["queue"] == "secure" and o["cores"] == 4 and o["processes"] == 1 and o["memory"] == "8192MiB"
     assert o["walltime"] == "01:30:00" and o["security"] is True and o["interface"] == "lo"
-    assert o["job_extra_directives"] == ["--export=NONE", "--exclusive", "--account=med", "--qos=high",
+    assert o["job_extra_directives"] == ["--export=ALL", "--exclusive", "--account=med", "--qos=high",
                                          "--gres=gpu:1"]
     assert o["scheduler_options"]["host"] == "127.0.0.1" and o["death_timeout"] == 60
     assert o["shared_temp_directory"] == "/s/alice/.tls-x"
     assert "-m xnat_bridge.offload.nodeguard" in o["python"]
     o2 = cluster_options(_spec(exclusive=False, request=ResourceRequest("secure", 1, 2**30, 0, 60)))
-    assert o2["job_extra_directives"] == ["--export=NONE"]
+    assert o2["job_extra_directives"] == ["--export=ALL"]
 
 
 def test_cluster_spec_from_env_and_prologue():

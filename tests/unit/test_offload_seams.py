@@ -83,7 +83,8 @@ class _Bundles:
     def __init__(self, staging: Path):
         self.staging, self.released = staging, []
 
-    def obtain(self, job_id, manifest, script, opener, report=lambda message: None, progress=None):
+    def obtain(self, job_id, manifest, script, opener, report=lambda message: None, progress=None,
+               verify_md5=False, threads=None):
         info = SimpleNamespace(path=self.staging / "b1.tar.age", bundle_id="b1", manifest_sha256="a" * 64,
                                contents_sha256="c" * 64, file_sha256={})
         return Bundle(info, AgeIdentity.generate(), "c" * 64, users=1)

@@ -290,8 +290,8 @@ def test_the_compute_environment_reaches_each_backend_secrets_as_secrets():
     assert set(secret) == {"AWS_SECRET_ACCESS_KEY", "XNAT_PASS"}
     script = batch_script(slurm, SlurmSettings(("python", "-m", "xnat_bridge.launch"), ("jupyterhub-singleuser",),
                                                "/home/alice"), list(public))
-    export = next(line for line in script.splitlines() if line.startswith("#SBATCH --export="))
-    assert {"JUPYTER_ENABLE_LAB", "OMP_NUM_THREADS", "TEMPLATE"} <= set(export.split("=", 1)[1].split(","))
+    export = next(line for line in script.splitlines() if line.startswith("# environment: "))
+    assert {"JUPYTER_ENABLE_LAB", "OMP_NUM_THREADS", "TEMPLATE"} <= set(export.split(": ", 1)[1].split(","))
     assert "s3cr3t" not in script and "AWS_SECRET" not in script
     # the hub's own variables always win over a compute environment's (never both: refused by name)
     clash = dataclasses.replace(plan.server_env, compute_env=(("XNAT_HOST", "http://evil"),))

@@ -109,7 +109,7 @@ def test_the_script_runs_the_launcher_in_the_one_sandbox_builders_sandbox():
     assert exec_argv(script)[setpriv - 1] == "--" and "--no-new-privs" in exec_argv(script)[setpriv:]
     # root writes the job's output: never into the user's home
     assert "#SBATCH --output=/var/log/xnat-hpc-hub/slurm-servers/jupyter-xnat-%j.log" in script
-    assert "#SBATCH --chdir=/home/alice" in script and "#SBATCH --export=HOME,USER,XNAT_HOST" in script
+    assert "#SBATCH --chdir=/home/alice" in script and "# environment: HOME,USER,XNAT_HOST" in script
     assert "s3cret" not in script and "XNAT_PASS" not in script
 
 

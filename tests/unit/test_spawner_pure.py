@@ -354,7 +354,8 @@ def test_batch_script_has_profile_resources_and_no_secret():
     assert "#SBATCH --cpus-per-task=4" in script and "#SBATCH --mem=8G" in script
     assert "#SBATCH --time=2:00:00" in script and "#SBATCH --gres=gpu:1" in script
     assert "#SBATCH --partition=interactive" in script
-    assert "#SBATCH --export=PATH,XNAT_HOST,XNAT_HPC_SCOPE" in script
+    # the job's environment is sbatch's, which the backend gives exactly the public names
+    assert "#SBATCH --export=ALL" in script and "# environment: PATH,XNAT_HOST,XNAT_HPC_SCOPE" in script
     assert "#SBATCH --job-name=jupyter-alice-neuro" in script
     assert "exec /opt/venv/bin/python -m xnat_bridge.launch -- /opt/venv/bin/jupyterhub-singleuser --debug" \
         in script

@@ -171,6 +171,17 @@ def test_verify_md5_for_sources_that_do_not(root, keys, engine):
     right = StagedFile("S1/a.dcm", len(data), "", lambda: io.BytesIO(data), md5=hashlib.md5(data).hexdigest())
     assert stage_files([right], staging_dir=root, user="alice", recipient=recipient, engine=engine,
                        verify_md5=True).file_count == 1
+    # a recorded sha256 stands for bytes whose md5 the staging that recorded it verified: the
+    # sha256 is checked (it always is), the md5 not again — and a file that changed is still refused
+    recorded = StagedFile("S1/a.dcm", len(data), hashlib.sha256(data).hexdigest(), lambda: io.BytesIO(data),
+                          md5="0" * 32)
+    assert stage_files([recorded], staging_dir=root, user="alice", recipient=recipient, engine=engine,
+                       verify_md5=True).file_count == 1
+    changed = StagedFile("S1/a.dcm", len(data), hashlib.sha256(data).hexdigest(),
+                         lambda: io.BytesIO(os.urandom(len(data))), md5=hashlib.md5(data).hexdigest())
+    with pytest.raises(Conflict, match="S1/a.dcm.*recorded"):
+        stage_files([changed], staging_dir=root, user="alice", recipient=recipient, engine=engine,
+                    verify_md5=True)
 
 
 def test_bad_md5_and_thread_settings_refused(root, keys):
@@ -492,6 +503,19 @@ def test_xnat_md5_is_verified_on_extraction(tmp_path, keys, engine):
     with pytest.raises(Conflict, match="md5"):
         extract_bundle(wrong, identity, tmp_path / "e", engine=engine)
     assert not (tmp_path / "e").exists() and helper_threads() == []
+    # against the digests its staging computed (the worker's call), XNAT's md5 is not checked
+    # again: every file's sha256 must match them, and the staging verified the md5 of those bytes
+    wrong_md5_right_bytes = evil_bundle(tmp_path / "y.tar.age", recipient, [reg("data/big.bin", big)],
+                                        [{**entry, "md5": "0" * 32}])
+    final = extract_bundle(wrong_md5_right_bytes, identity, tmp_path / "f", staging.manifest_sha256([entry]),
+                           engine=engine)
+    assert final["files"][0]["sha256"] == entry["sha256"]
+    other = os.urandom(len(big))
+    swapped = evil_bundle(tmp_path / "z.tar.age", recipient, [reg("data/big.bin", other)],
+                          [{**entry, "sha256": hashlib.sha256(other).hexdigest()}])
+    with pytest.raises(Conflict, match="expected"):
+        extract_bundle(swapped, identity, tmp_path / "g", staging.manifest_sha256([entry]), engine=engine)
+    assert not (tmp_path / "g").exists()
 
 
 def test_format_1_bundles_and_bad_heads_are_refused(tmp_path, keys, engine):

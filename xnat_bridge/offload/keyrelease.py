@@ -7,6 +7,9 @@ scheduler; its :meth:`handler` is registered as the scheduler's
 if the claim names this job *and* the Slurm job id that ``sbatch`` returned
 for it, and only the first time; every other claim is refused, reported to
 *on_refused* (which audits it and fails the job) and answered with an error.
+A claim may carry the node's start times (``node_times``, :func:`~.phases.node_phases`):
+kept in :attr:`KeyRelease.node_times` for the released claim only, never trusted for more
+than the job's own timing figures.
 """
 
 from __future__ import annotations
@@ -30,8 +33,11 @@ class KeyRelease:
         self._on_refused = on_refused
         self._lock = threading.Lock()
         self.claims = 0
+        #: what the released claim said of the node's start (``{"script": t, "task": t}``)
+        self.node_times: dict | None = None
 
-    def claim(self, job: str | None, slurm_job_id: str | None, peer: str = "?") -> dict:
+    def claim(self, job: str | None, slurm_job_id: str | None, peer: str = "?",
+              node_times: dict | None = None) -> dict:
         """``{"identity": ...}`` for the first valid claim, else ``{"error": reason}``."""
         with self._lock:
             self.claims += 1
@@ -46,6 +52,7 @@ class KeyRelease:
             else:
                 secret = self._identity.secret()
                 self._identity = None
+                self.node_times = node_times if isinstance(node_times, dict) else None
                 log.info("job %s: dataset key released to Slurm job %s (%s)", self.job_id, expected, peer)
                 self._on_released(str(expected))
                 return {"identity": secret}
@@ -53,9 +60,10 @@ class KeyRelease:
         self._on_refused(str(slurm_job_id), reason)
         return {"error": f"key claim refused: {reason}"}
 
-    async def handler(self, comm=None, job: str | None = None, slurm_job_id: str | None = None) -> dict:
+    async def handler(self, comm=None, job: str | None = None, slurm_job_id: str | None = None,
+                      node_times: dict | None = None) -> dict:
         peer = getattr(comm, "peer_address", "?") if comm is not None else "?"
-        return self.claim(job, slurm_job_id, peer)
+        return self.claim(job, slurm_job_id, peer, node_times)
 
     def forget(self) -> None:
         with self._lock:

@@ -37,6 +37,7 @@ from ..staging import AgeEngine, manifest_sha256, user_dir
 from .bundles import BundleCache
 from .context import OffloadContext, job_dir
 from .inputs import check_client_token, check_dataset, resolve_script
+from .phases import PhaseClock
 from .policy import OffloadPolicy, ResourceRequest
 from .registry import JobRecord, JobRegistry, JobState, new_job_id, now_iso
 from . import review as review_mod
@@ -183,6 +184,7 @@ class OffloadManager:
         """:meth:`submit`, saying whether this call created the job (False: a known *client_token*)."""
         if self._closed:
             raise Conflict("this offload manager is closed")
+        phases = PhaseClock()
         check_client_token(client_token)
         if client_token is not None:
             existing = self.registry.by_token(client_token)
@@ -217,6 +219,8 @@ class OffloadManager:
             return Submission(stored, created=False)
         _private_dir(self.job_dir(rec.id))
         run = JobRun(rec, manifest, script_obj, request, ctx)
+        phases.mark("checks")
+        run.phases = phases
         run.review = review
         run.ledger = self.review_client
         with self._lock:

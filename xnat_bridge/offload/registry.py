@@ -83,6 +83,8 @@ class JobRecord:
     exit_code: int | None
     message: str
     client_token: str | None
+    #: where the job's start went, in seconds per phase (:mod:`~.phases`); {} until it ran
+    phases: dict = dataclasses.field(default_factory=dict)
 
     @property
     def terminal(self) -> bool:
@@ -109,6 +111,7 @@ def _row_to_record(row: sqlite3.Row) -> JobRecord:
     d = {k: row[k] for k in _FIELDS}
     d["state"] = JobState(d["state"])
     d["resources"] = json.loads(d["resources"] or "{}")
+    d["phases"] = json.loads(d["phases"] or "{}")
     d["dataset_version"] = int(d["dataset_version"])
     d["exit_code"] = None if d["exit_code"] is None else int(d["exit_code"])
     return JobRecord(**d)
@@ -128,6 +131,9 @@ class JobRegistry:
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.executescript(_SCHEMA)
+        have = {r["name"] for r in self._db.execute("PRAGMA table_info(jobs)")}
+        for missing in [f for f in _FIELDS if f not in have]:  # a registry of an older release
+            self._db.execute(f"ALTER TABLE jobs ADD COLUMN {missing}")
 
     def close(self) -> None:
         with self._lock:
@@ -142,6 +148,7 @@ class JobRegistry:
                     return existing
             d = rec.to_json()
             d["resources"] = json.dumps(d["resources"], sort_keys=True)
+            d["phases"] = json.dumps(d["phases"], sort_keys=True)
             cols = _FIELDS + ["owner"]
             self._db.execute(f"INSERT INTO jobs ({','.join(cols)}) VALUES ({','.join('?' * len(cols))})",
                              [d[f] for f in _FIELDS] + [owner])
@@ -179,8 +186,9 @@ class JobRegistry:
                 fields["state"] = JobState(fields["state"]).value
                 if JobState(fields["state"]) in TERMINAL and "ended" not in fields:
                     fields["ended"] = now_iso()
-            if "resources" in fields:
-                fields["resources"] = json.dumps(fields["resources"], sort_keys=True)
+            for k in ("resources", "phases"):
+                if k in fields:
+                    fields[k] = json.dumps(fields[k], sort_keys=True)
             fields["updated"] = now_iso()
             sets = ", ".join(f"{k}=?" for k in fields)
             self._db.execute(f"UPDATE jobs SET {sets} WHERE id=?", [*fields.values(), job_id])

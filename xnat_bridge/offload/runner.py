@@ -35,11 +35,12 @@ from ..errors import SlurmError, XnatHpcError
 from ..staging import AgeIdentity, decrypt_to_directory
 from . import review as review_mod
 from . import worker as worker_mod
-from .bundles import Bundle
+from .bundles import Bundle, reader_threads
 from .context import OffloadContext
 from .inputs import Script, audit_items
 from .jobscript import ClusterSpec, cluster_options
 from .keyrelease import KeyRelease
+from .phases import PhaseClock, node_phases, phases_text
 from .policy import ResourceRequest
 from .progress import StagingTracker
 from .registry import JobRecord, JobState, now_iso
@@ -149,6 +150,9 @@ class JobRun:
         self.ledger = None
         #: live staging progress, in memory only (the REST API reads :meth:`StagingTracker.snapshot`)
         self.progress = StagingTracker()
+        #: where the job's start goes (:mod:`~.phases`); the manager starts it at the submission
+        self.phases = PhaseClock()
+        self.sbatch_returned = 0.0  # wall-clock time sbatch returned (the node's phases start there)
         self._log_lock = threading.Lock()
         self._next_registry_check = 0.0
         self.thread = threading.Thread(target=self._main, name=f"offload-{record.id}", daemon=True)
@@ -213,7 +217,13 @@ class JobRun:
             self.progress.start(self.manifest.total_size, len(self.manifest.files))
             bundle = self.bundle = self.ctx.bundles.obtain(self.id, self.manifest, self.script, self._open,
                                                            report=lambda message: self.update(message=message),
-                                                           progress=self.progress.update)
+                                                           progress=self.progress.update,
+                                                           verify_md5=not getattr(self.ctx.files, "checks_md5", True),
+                                                           threads=reader_threads(
+                                                               self.ctx.policy.staging_threads,
+                                                               getattr(self.ctx.files, "mode", ""),
+                                                               os.cpu_count()))
+            self.phases.mark("staging")
             self._record_hashes(bundle)
             self.check_cancel()
             self._submit(bundle)
@@ -279,9 +289,12 @@ class JobRun:
         try:
             self.cluster = self.ctx.cluster_factory(**cluster_options(spec))
             self.cluster.scheduler.handlers[worker_mod.CLAIM_HANDLER] = self.key.handler
+            self.phases.mark("scheduler")
             # scale(1) by hand, so that an sbatch failure is raised here (scale() only logs it)
             self.cluster.worker_spec.update(self.cluster.new_worker_spec())
             self.cluster.sync(self.cluster._correct_state)
+            self.phases.mark("sbatch")
+            self.sbatch_returned = time.time()
             jobs = [getattr(w, "job_id", None) for w in self.cluster.workers.values()]
         except Exception as e:  # noqa: BLE001 - sbatch failed: controller down, bad partition, ...
             detail = str(e).strip().splitlines()
@@ -303,8 +316,15 @@ class JobRun:
                               "resources": self.request.to_json()})
 
     def _key_released(self, slurm_job_id: str) -> None:
-        self.update(state=JobState.RUNNING, started=now_iso(),
+        for phase, seconds in node_phases(self.sbatch_returned, self.key.node_times if self.key else None,
+                                          time.time()).items():
+            self.phases.add(phase, seconds)
+        phases = self.phases.as_json()
+        self.update(state=JobState.RUNNING, started=now_iso(), phases=phases,
                     message=f"running as Slurm job {slurm_job_id}")
+        text = phases_text(phases)
+        log.info("job %s: running as Slurm job %s; its start: %s", self.id, slurm_job_id, text)
+        self.append_log(f"[xnat-hpc] running as Slurm job {slurm_job_id}; its start: {text}\n")
         self.ctx.audit("key_release", items=audit_items(self.manifest), hashes={"manifest": self.manifest_sha},
                        detail=f"job {self.id} slurm {slurm_job_id}",
                        extra={"job": self.id, "slurm_job_id": slurm_job_id})

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import signal
 import sys
 import threading
@@ -26,6 +27,7 @@ from .. import procs, slurm
 from ..errors import CommandFailed, XnatHpcError
 from ..extras import needs_extra
 from ..slurm import parse_tmp_disk
+from .jobscript import sbatch_environment
 
 __all__ = ["SLURM_COMMAND_TIMEOUT", "gateway_job_class", "load_slurm_cluster", "make_slurm_cluster",
            "parse_tmp_disk", "partition_tmp_disk", "scancel", "slurm_state", "wait_gone"]
@@ -106,6 +108,8 @@ def load_slurm_cluster():
 def gateway_job_class():
     """dask-jobqueue's ``SLURMJob`` with ``sbatch``/``scancel`` run by :func:`procs.arun`.
 
+    They run with :func:`~.jobscript.sbatch_environment` of the server's, never its own
+    (which holds the user's XNAT token): the job gets sbatch's environment (``--export=ALL``).
     dask-jobqueue's contract for ``Job._call`` is kept: it returns stdout and
     raises ``RuntimeError`` (with the exit code, command, stdout and stderr,
     as dask-jobqueue words it) when the command fails — ``Job._close_job``
@@ -121,7 +125,8 @@ def gateway_job_class():
                     if shell or kwargs:
                         raise ValueError("the offload layer runs Slurm commands as argument lists only")
                     try:
-                        proc = await procs.arun(cmd, timeout=SLURM_COMMAND_TIMEOUT)
+                        proc = await procs.arun(cmd, timeout=SLURM_COMMAND_TIMEOUT,
+                                                env=sbatch_environment(os.environ))
                     except CommandFailed as e:
                         raise RuntimeError(
                             "Command exited with non-zero exit code.\n"

@@ -53,6 +53,7 @@ from pathlib import Path
 
 from ..errors import Conflict
 from .jobdir import JOB_DIR_ID_VAR, JOB_DIR_VAR, JobDir
+from .phases import SCRIPT_START_VAR
 
 log = logging.getLogger(__name__)
 
@@ -322,6 +323,7 @@ def run_training(job_id: str, bundle_path: str, manifest_sha256: str, script_mem
     """
     from ..staging import encrypt_directory, extract_bundle
 
+    task_started = time.time()
     os.umask(0o077)
     job_dir, made_here = open_job_dir()  # refused before the key is asked for
     slurm_job_id = os.environ.get("SLURM_JOB_ID", "")
@@ -329,7 +331,9 @@ def run_training(job_id: str, bundle_path: str, manifest_sha256: str, script_mem
     work = ""
     sink: LiveLog | HeldLog | None = None
     try:
-        reply = _call_scheduler(CLAIM_HANDLER, job=job_id, slurm_job_id=slurm_job_id)
+        reply = _call_scheduler(CLAIM_HANDLER, job=job_id, slurm_job_id=slurm_job_id,
+                                node_times={"script": os.environ.get(SCRIPT_START_VAR, ""),
+                                            "task": task_started})
         if not isinstance(reply, dict) or "identity" not in reply:
             raise KeyRefused(str(reply.get("error") if isinstance(reply, dict) else reply))
         work, work_fd = job_dir.make_private(f"xnat-hpc-{job_id}-")

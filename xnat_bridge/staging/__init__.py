@@ -77,12 +77,16 @@ Security rules
   whole stream authenticated). :class:`PyrageEngine` (the default without
   the CLI) does the same in-process. A failing age process is reaped, its
   stderr goes into the error (CommandFailed; OSError ENOSPC for a full
-  disk), and the partial file is removed. Writeback of the bundle is started
-  every 32 MiB (``sync_file_range``) so that the final fsync has little left
-  to do.
+  disk), and the partial file is removed.
 * The ciphertext is written to ``<bundle_id>.tar.age.partial`` (O_CREAT|O_EXCL,
-  0600), fsynced, and renamed to its final name only when complete; on any
-  error the partial file (and sidecar) is removed and the error re-raised.
+  0600) and renamed to its final name only when complete (its sidecar, with
+  the bundle's size, fsynced before); on any error the partial file (and
+  sidecar) is removed and the error re-raised. The bundle itself is not
+  fsynced: it is a cache that every use authenticates end to end (age's
+  AEAD, every file's sha256, both digests), and one cut short by a crash of
+  the machine has another size than its sidecar says, so it is not found
+  again (:func:`find_bundle`); a results archive, the only copy of what it
+  holds, is.
 * The per-user directory is created 0700; an existing one that is a symlink,
   belongs to another uid or is open to group/others is refused. The staging
   root must exist (an administrator creates it).
@@ -92,7 +96,8 @@ Security rules
   :class:`~xnat_bridge.errors.Conflict` naming it, and nothing is left
   behind. XNAT's md5 is checked by the source (:mod:`xnat_bridge.files`
   streams verify it at their end) or, with ``verify_md5=True``, by the
-  readers. Names are checked with :func:`xnat_bridge.files.safe_relpath`
+  readers for files whose sha256 is not known yet (a known one stands for
+  bytes whose md5 the staging that recorded it verified). Names are checked with :func:`xnat_bridge.files.safe_relpath`
   (relative, no ``..``/``.``/empty segments, no NUL, no backslash) →
   :class:`~xnat_bridge.errors.InvalidRequest`.
 * The first error of any reader (a file that changed, a transfer that cannot
@@ -108,7 +113,8 @@ Security rules
   without touching the process-wide umask). It refuses members that would
   escape the destination, links, devices, FIFOs, anything not listed in
   MANIFEST.json or listed twice, anything after HASHES.json and a bundle
-  without it; verifies every size, XNAT md5 and sha256 and the expected
+  without it; verifies every size and sha256 (XNAT md5 too without an expected
+  manifest digest: the staging verified it for the worker's bundles) and the expected
   digests, reads the age stream to its authenticated end, and on any
   failure removes everything it created.
 

@@ -14,8 +14,6 @@ Imports :mod:`.common` only; :mod:`.engine` chooses between this engine and
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import dataclasses
 import errno
 import os
@@ -87,37 +85,6 @@ def _age_error(what: str, argv: list[str], rc: int, stderr: str) -> BaseExceptio
     return CommandFailed(argv, rc, stderr=text)
 
 
-# --------------------------------------------------------------------------- writeback
-
-
-class _Writeback:
-    """Starts the kernel's writeback of *fd* every 32 MiB, so that the final
-    fsync has little left to do (``sync_file_range(SYNC_FILE_RANGE_WRITE)``;
-    a no-op where libc lacks it)."""
-
-    _fn = None
-    _loaded = False
-    STEP = 32 << 20
-
-    def __init__(self, fd: int):
-        self.fd = fd
-        self._next = self.STEP
-        if not _Writeback._loaded:
-            _Writeback._loaded = True
-            try:
-                libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-                fn = libc.sync_file_range
-                fn.argtypes = (ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong, ctypes.c_uint)
-                _Writeback._fn = fn
-            except (OSError, AttributeError):
-                _Writeback._fn = None
-
-    def written(self, total: int) -> None:
-        if total >= self._next and self._fn is not None:
-            self._next = total + self.STEP
-            self._fn(self.fd, 0, 0, 2)  # SYNC_FILE_RANGE_WRITE: start, do not wait
-
-
 # --------------------------------------------------------------------------- encryption
 
 
@@ -133,8 +100,6 @@ def encrypt_cli(age: str, fd: int, chunks: Iterator, recipient: str,
                             bufsize=0, close_fds=True, env=_child_env())
     wfd = proc.stdin.fileno()
     set_pipe_size(wfd)
-    wb = _Writeback(fd)
-    total = 0
     broken = False
     try:
         for chunk in chunks:
@@ -149,8 +114,6 @@ def encrypt_cli(age: str, fd: int, chunks: Iterator, recipient: str,
             except BrokenPipeError:
                 broken = True  # age died: its exit status and stderr tell why (below)
                 break
-            total += len(chunk)
-            wb.written(total)
     except BaseException:
         proc.kill()  # a source failure: age must not complete a file of a cut stream
         raise

@@ -157,8 +157,8 @@ def stage_files(files: Iterable[StagedFile], *, staging_dir: str | Path, user: s
     *threads* readers ahead of the tar writer, at most about *buffer_bytes*
     queued), its size checked, its sha256 computed (and compared where the
     StagedFile knows it), and its bytes go through the tar writer into age.
-    *verify_md5* also checks XNAT's md5 (for sources that do not, e.g. the
-    archive mount). *recipient* is an ``age1...`` string (or pyrage
+    *verify_md5* also checks XNAT's md5 of files whose sha256 is not known yet
+    (for sources that do not, e.g. the archive mount). *recipient* is an ``age1...`` string (or pyrage
     recipient); *metadata* a JSON mapping stored in MANIFEST.json;
     *extra_members* small in-memory members, e.g. ``{"script/train.py":
     b"..."}``; *progress* is called as ``progress(bytes_done, files_done,
@@ -198,7 +198,7 @@ def stage_files(files: Iterable[StagedFile], *, staging_dir: str | Path, user: s
     try:
         try:
             chunks = _bundle_chunks(head, head_bytes, ordered, extras, time.time(), fetcher.start(), result)
-            size = encrypt_stream(partial, chunks, rcpt, tracker.add, engine=engine)
+            size = encrypt_stream(partial, chunks, rcpt, tracker.add, engine=engine, durable=False)
         finally:
             fetcher.close()
         done = result["final"]

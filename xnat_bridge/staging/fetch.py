@@ -97,8 +97,10 @@ class Prefetcher:
     buffers of *chunk* bytes from a pool of ``buffer_bytes // chunk`` (plus a
     few for the file the writer waits for), allocated once and reused, so
     that memory does not drift with the allocator's per-thread arenas.
-    *verify_md5* also computes XNAT's md5 of files that have one and
-    compares it (for sources that do not verify it themselves). Use as a
+    *verify_md5* also computes XNAT's md5 of files that have one and no
+    known sha256, and compares it (for sources that do not verify it
+    themselves): a known sha256 is of bytes whose md5 the staging that
+    recorded it verified, and is checked here on every read. Use as a
     context manager, or call :meth:`start` and :meth:`close`.
     """
 
@@ -263,7 +265,7 @@ class Prefetcher:
         buf = None
         try:
             sha = hashlib.sha256()
-            md5 = hashlib.md5() if self.verify_md5 and f.md5 else None
+            md5 = hashlib.md5() if self.verify_md5 and f.md5 and not f.sha256 else None
             done, ended, mode = 0, False, [True]
             while not ended:
                 with self._lock:

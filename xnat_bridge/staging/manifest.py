@@ -52,8 +52,8 @@ class StagedFile:
     ``sha256`` is ``""`` when it is not known yet (a dataset's first staging):
     it is computed while the file streams into the bundle; a known one is
     verified. ``md5`` is XNAT's digest of the file (``""`` where XNAT has
-    none); it goes into the bundle's MANIFEST.json, and the worker verifies
-    it. ``open`` returns a binary file object (a read-only mount, a REST
+    none); it goes into the bundle's MANIFEST.json, and is verified where
+    the file is first read (by its source, or the staging's readers). ``open`` returns a binary file object (a read-only mount, a REST
     stream, ...); it is called once, read to its end and closed.
     """
 

@@ -84,8 +84,12 @@ class TarOut:
 
 
 def encrypt_stream(path: Path, chunks: Iterator, recipient, on_tick: TickCallback | None = None,
-                   *, engine: AgeEngine | None = None) -> int:
-    """Encrypt *chunks* to *recipient* into a new file *path* (0600), fsync it; return its size.
+                   *, engine: AgeEngine | None = None, durable: bool = True) -> int:
+    """Encrypt *chunks* to *recipient* into a new file *path* (0600); return its size.
+
+    *durable* fsyncs the file before returning: for a file that is the only copy of what it
+    holds (results); a staging bundle is a cache that every use authenticates end to end,
+    and is written without (:func:`~.area.stage_files`).
 
     *recipient* is a pyrage recipient (:func:`~.keys.as_recipient`); *engine*
     defaults to :func:`~.engine.default_engine`. With the age CLI, this
@@ -98,7 +102,8 @@ def encrypt_stream(path: Path, chunks: Iterator, recipient, on_tick: TickCallbac
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
         engine.encrypt(fd, chunks, recipient, on_tick)
-        os.fsync(fd)
+        if durable:
+            os.fsync(fd)
         return os.fstat(fd).st_size
     finally:
         os.close(fd)
