@@ -137,6 +137,8 @@ class BootstrapHandler(APIHandler):
                         self.request.remote_ip, job_id, exc)
             raise PermissionDenied("bootstrap refused") from None
         spawner.port = port
+        if callable(getattr(spawner, "mark_phase", None)):
+            spawner.mark_phase("bootstrap")
         log.info("Slurm job %s of %s claimed its secrets; server port %s", job_id,
                  getattr(spawner, "_log_name", "?"), port)
         self.set_header("Content-Type", "application/json")

@@ -273,6 +273,11 @@ class XnatScopedSpawner(LoggingConfigurable):
         if self.spawn_progress is not None:
             self.spawn_progress.emit(progress, message)
 
+    def mark_phase(self, name: str) -> None:
+        """End the start's phase *name* (:data:`~spawner.progress.SPAWN_PHASES`) now."""
+        if self.spawn_progress is not None:
+            self.spawn_progress.phase(name)
+
     @default("apply_user_options")
     def _default_apply_user_options(self):
         return _checked_in_start
@@ -329,6 +334,7 @@ class XnatScopedSpawner(LoggingConfigurable):
             await self._notice(refusal_notice(self.user_options, self.name or "", exc.message), notice_key)
             raise spawn_error(exc) from None
         await self._notice("", notice_key)
+        self.mark_phase("checks")
         self.xnat_record = SpawnRecord(scope=plan.scope, profile=plan.profile.slug, backend=plan.profile.backend,
                                        started=now_iso(), login=self.xnat_account,
                                        token_sha256=token_sha256(self.api_token) if self.api_token else "",
@@ -464,11 +470,18 @@ class XnatScopedSpawner(LoggingConfigurable):
                            f"; profile {plan.profile.display_name}")
         try:
             await self.prepare_host(plan)
+            self.mark_phase("prepare")
             self.apply_plan(plan)
             address = await super().start()
         except XnatHpcError as exc:
             raise spawn_error(exc) from None
+        self.mark_phase("server_start")
         await self._wait_listening(address)
+        self.mark_phase("listening")
+        if self.spawn_progress is not None:
+            text = self.spawn_progress.phases.text()
+            self.log.info("%s started: %s", self._log_name, text)
+            self._progress(95, f"Started: {text}")
         return address
 
     async def _wait_listening(self, address) -> None:

@@ -14,15 +14,36 @@ never blocks.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Callable
+
+from xnat_bridge.offload.phases import PhaseClock
+
+
+#: the phases of a server's start, in order (a backend passes through those it has):
+#: ``checks`` (XNAT permissions, revocation, the plan), ``prepare`` (the hub's work on the host:
+#: the staging directory), ``sbatch``, ``queued`` (until Slurm runs the job), ``bootstrap``
+#: (until the job claimed its secrets from the hub), ``server_start`` (until the backend has
+#: the server's address), ``listening`` (until the server accepts connections)
+SPAWN_PHASES = ("checks", "prepare", "sbatch", "queued", "bootstrap", "server_start", "listening")
 
 
 class SpawnProgress:
-    """Events ``{"progress": 0-100, "message": text}`` of one start, in order."""
+    """Events ``{"progress": 0-100, "message": text}`` of one start, in order, and where the
+    start's time went (:attr:`phases`, a :class:`~xnat_bridge.offload.phases.PhaseClock` over
+    :data:`SPAWN_PHASES`)."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.events: list[dict] = []
         self._changed = asyncio.Event()
+        self.phases = PhaseClock(clock, order=SPAWN_PHASES)
+
+    def phase(self, name: str) -> None:
+        """End phase *name* now — unless it or a later one already ended (a backend may learn
+        of a phase late: the job's claim can reach the hub before its queue poll sees it run)."""
+        later = SPAWN_PHASES[SPAWN_PHASES.index(name):]
+        if not any(p in self.phases.durations for p in later):
+            self.phases.mark(name)
 
     def emit(self, progress: int, message: str) -> None:
         self.events.append({"progress": int(progress), "message": message})

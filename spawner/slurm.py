@@ -261,6 +261,7 @@ class XnatSlurmSpawner(XnatScopedSpawner, SlurmSpawner):
             bootstrap.registry.revoke(self)
             raise SlurmError("Slurm gave no job id for the server job (sbatch --parsable printed none)")
         self.job_id = job_id
+        self.mark_phase("sbatch")
         bootstrap.registry.bind(code, self.job_id)
         self._progress(40, f"Submitted Slurm job {self.job_id} "
                            f"(partition {plan.profile.resources.partition or 'default'})")
@@ -292,6 +293,7 @@ class XnatSlurmSpawner(XnatScopedSpawner, SlurmSpawner):
             if status == JobStatus.PENDING:
                 self._progress(50, f"Slurm job {self.job_id} is pending in the queue")
             elif status == JobStatus.RUNNING:
+                self.mark_phase("queued")
                 self._progress(70, f"Slurm job {self.job_id} is running; starting JupyterLab")
         return status
 

@@ -80,6 +80,11 @@ def test_train_example_end_to_end(slurm, offload_env):
         text, offset = m.logs(rec.id)
         assert "trained on" in text and offset > 0
         assert m.logs(rec.id, offset) == ("", offset)
+        # where its start went: every phase, the node's included, in the record and the log
+        from xnat_bridge.offload.phases import PHASES
+        assert list(rec.phases) == list(PHASES), rec.phases
+        assert all(v >= 0 for v in rec.phases.values())
+        assert f"[xnat-hpc] running as Slurm job {rec.slurm_job_id}; its start: checks" in text
         # after: no plaintext, no key anywhere shared; node-local storage wiped; TLS files gone
         assert scan_tree(env.staging, needles) == []
         assert scan_tree(slurm_state_dir(), needles) == []

@@ -221,6 +221,12 @@ def test_progress_tells_what_happens(shared_devxnat, unix_users, staging, slurm,
     assert "Checking your XNAT permissions" in text
     assert "Permissions checked: NEURO_MRI (Owner)" in text
     assert "Submitted Slurm job" in text
+    # where the start's time went, for the researcher (its last event) and the admin (the log)
+    started = next(m for m in messages if m.startswith("Started: "))
+    for phase in ("checks", "prepare", "sbatch", "server start", "listening", "total"):
+        assert phase in started, started
+    assert "alice/prog started: checks" in hub.log_path.read_text(errors="replace") or \
+        "started: checks" in hub.log_path.read_text(errors="replace")
 
 
 def test_xnat_down_at_spawn_gives_a_clear_message(devxnat_factory, public_dir, unix_users, staging, tmp_path):

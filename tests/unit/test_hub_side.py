@@ -186,6 +186,26 @@ async def test_the_dispatcher_hands_its_channel_to_the_backend():
     assert parent.spawn_progress.events == [{"progress": 40, "message": "Submitted Slurm job 7"}]
 
 
+def test_a_starts_phases_are_kept_in_order_and_a_late_news_folds_into_the_next():
+    """A server's start is broken down by phase (SPAWN_PHASES) on its progress channel; the
+    Slurm backend may learn the job runs (its queue poll) after the job already claimed its
+    secrets: that phase is then part of the bootstrap's, never counted twice or backwards."""
+    from spawner.progress import SPAWN_PHASES
+
+    now = [10.0]
+    channel = SpawnProgress(clock=lambda: now[0])
+    for name, took in (("checks", 0.2), ("prepare", 0.05), ("sbatch", 0.01), ("bootstrap", 1.5)):
+        now[0] += took
+        channel.phase(name)
+    now[0] += 0.3
+    channel.phase("queued")  # news of the queue after the claim: nothing recorded
+    channel.phase("server_start")
+    assert channel.phases.as_json() == {"checks": 0.2, "prepare": 0.05, "sbatch": 0.01, "bootstrap": 1.5,
+                                        "server_start": 0.3}
+    assert list(channel.phases.as_json()) == [p for p in SPAWN_PHASES if p in channel.phases.durations]
+    assert channel.phases.text().startswith("checks 0.20 s · prepare 0.05 s · sbatch 0.01 s · bootstrap 1.50 s")
+
+
 # -- subprocess gateway (async) ------------------------------------------------------------
 async def test_arun_is_the_async_gateway_with_list_arguments_and_typed_failures():
     from xnat_bridge import procs

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 PHASES = ("checks", "staging", "scheduler", "sbatch", "slurm_start", "worker_start", "key_claim")
 #: the environment variable the job script sets to its start (bash's ``$EPOCHREALTIME``)
@@ -35,10 +35,14 @@ SCRIPT_START_VAR = "XNAT_HPC_SCRIPT_START"
 class PhaseClock:
     """Durations of consecutive phases: :meth:`mark` ends the current phase and starts the next.
 
-    *clock* is a monotonic clock in seconds (injected in tests)."""
+    *clock* is a monotonic clock in seconds (injected in tests); *order* names the phases in
+    the order they are reported (a job's :data:`PHASES` by default; the hub's spawner has its
+    own)."""
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic, started: float | None = None):
+    def __init__(self, clock: Callable[[], float] = time.monotonic, started: float | None = None,
+                 order: Sequence[str] = PHASES):
         self._clock = clock
+        self.order = tuple(order)
         self._last = clock() if started is None else started
         self.durations: dict[str, float] = {}
 
@@ -54,12 +58,15 @@ class PhaseClock:
         self.durations[phase] = max(0.0, float(seconds))
 
     def as_json(self) -> dict[str, float]:
-        return phases_json(self.durations)
+        return phases_json(self.durations, self.order)
+
+    def text(self) -> str:
+        return phases_text(self.durations, self.order)
 
 
-def phases_json(durations: Mapping[str, float]) -> dict[str, float]:
-    """The known phases in :data:`PHASES` order, in seconds to the millisecond (pure)."""
-    return {p: round(float(durations[p]), 3) for p in PHASES if p in durations}
+def phases_json(durations: Mapping[str, float], order: Sequence[str] = PHASES) -> dict[str, float]:
+    """The known phases in *order*, in seconds to the millisecond (pure)."""
+    return {p: round(float(durations[p]), 3) for p in order if p in durations}
 
 
 def _wall(value) -> float | None:
@@ -90,9 +97,10 @@ def node_phases(sbatch_returned: float, node: Mapping | None, claimed: float) ->
     return out
 
 
-def phases_text(phases: Mapping[str, float]) -> str:
+def phases_text(phases: Mapping[str, float], order: Sequence[str] = PHASES) -> str:
     """``checks 0.04 s · staging 0.21 s · ...`` (pure); ``""`` without phases."""
-    parts = [f"{p.replace('_', ' ')} {phases[p]:.2f} s" for p in PHASES if p in phases]
-    if not parts:
+    known = [p for p in order if p in phases]
+    if not known:
         return ""
-    return " · ".join(parts) + f" (total {sum(phases[p] for p in PHASES if p in phases):.2f} s)"
+    return (" · ".join(f"{p.replace('_', ' ')} {phases[p]:.2f} s" for p in known)
+            + f" (total {sum(phases[p] for p in known):.2f} s)")
