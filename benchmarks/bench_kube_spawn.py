@@ -40,9 +40,9 @@ sys.path.insert(0, str(REPO))
 
 from benchmarks.benchlib import Stats, alternate, machine  # noqa: E402
 from devstack import kube  # noqa: E402
-from devstack.accounts import ensure_accounts  # noqa: E402
 from devstack.demo import prepare_staging_root  # noqa: E402
 from devstack.hubconfig import kube_hub_config  # noqa: E402
+from tests.fixtures import accounts  # noqa: E402
 from tests.fixtures.devxnat import PASSWORDS  # noqa: E402
 from tests.fixtures.hub import start_hub  # noqa: E402
 from tests.fixtures.kube import KubeCluster, build_server_image, open_kube_site  # noqa: E402
@@ -73,9 +73,7 @@ def plain_hub_config(image: str, cfg: kube.KubeDevConfig, workspaces: Path) -> s
     """Hub B's settings: the same pod arrangement as hub A's (namespace, image, command, the
     user's Unix account as uid/gid, no service account token, the workspace claim at the same
     path), without the archive and the Slurm client (XNAT and offload features)."""
-    import pwd
-
-    account = pwd.getpwnam(PLAIN_USER)
+    account = accounts.unix_entry(PLAIN_USER)
     shared = kube_hub_config(namespace=kube.HUB_NAMESPACE, hub_ip=cfg.node_ip, uid=account.pw_uid,
                              gid=account.pw_gid, workspace_path=f"{workspaces}/{{username}}",
                              unix_accounts=True)  # HOME the workspace; the c.XnatKubeSpawner lines go
@@ -150,7 +148,8 @@ def main() -> int:
     kube_cli("up", timeout=600)
     cfg = kube.KubeDevConfig()
     cluster = KubeCluster(cfg.run_dir, cfg.admin_kubeconfig, cfg.bin_dir / "kubectl")
-    ensure_accounts([OURS_USER, PLAIN_USER])
+    # throwaway accounts (x<3 hex>-alice, ...; removed at the end): never the demo users'
+    names = accounts.create([OURS_USER, PLAIN_USER])
     work = Path(tempfile.mkdtemp(prefix="xnat-hpc-bench-kube-", dir="/var/tmp"))
     os.chmod(work, 0o755)
     try:
@@ -202,6 +201,7 @@ def main() -> int:
         return 0
     finally:
         shutil.rmtree(work, ignore_errors=True)
+        accounts.remove(names)
         if started_cluster:
             kube_cli("down", timeout=300)
 

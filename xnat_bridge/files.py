@@ -138,6 +138,13 @@ class VerifyingStream(io.RawIOBase):
     def _next(self, n: int) -> bytes:  # pragma: no cover - interface
         raise NotImplementedError
 
+    def _next_into(self, view: memoryview) -> int:
+        """Up to ``len(view)`` bytes of the source into *view* (0 at its end); by default through
+        :meth:`_next` (a subclass that can read into a buffer directly saves the copy)."""
+        chunk = self._next(len(view))
+        view[:len(chunk)] = chunk
+        return len(chunk)
+
     def read(self, n: int | None = -1) -> bytes:
         with self._lock:
             if self.closed:
@@ -156,9 +163,26 @@ class VerifyingStream(io.RawIOBase):
         return self.read(-1)
 
     def readinto(self, buffer) -> int:
-        data = self.read(len(buffer))
-        buffer[:len(data)] = data
-        return len(data)
+        """:meth:`read` into *buffer*, with the same checks; without a copy where the source
+        reads into a buffer itself (:meth:`_next_into`: a file of the mount)."""
+        with self._lock:
+            if self.closed:
+                raise ValueError(f"read of closed stream of {self.ref.archive_path}")
+            if self._error is not None:
+                raise self._error
+            try:
+                view = memoryview(buffer).cast("B")
+                if len(view) == 0 or self._ended:
+                    return 0
+                size = self.ref.size
+                if self._done >= size:
+                    self._check_end()
+                    return 0
+                view = view[:min(len(view), size - self._done)]
+                return self._took(view, self._next_into(view))
+            except BaseException as e:
+                self._error = e
+                raise
 
     def _read_all(self) -> bytes:
         parts = []
@@ -174,19 +198,24 @@ class VerifyingStream(io.RawIOBase):
             self._check_end()
             return b""
         chunk = self._next(min(n, size - self._done))
-        if not chunk:
-            raise Conflict(f"{self.ref.archive_path} ended after {self._done} bytes, but XNAT lists "
-                           f"{size}: it changed in XNAT; create the dataset again",
-                           item=self.ref.archive_path)
         if len(chunk) > size - self._done:  # a source that returned more than asked
             raise Conflict(f"{self.ref.archive_path} has more bytes than the {size} XNAT lists: it "
                            "changed in XNAT; create the dataset again", item=self.ref.archive_path)
-        self._done += len(chunk)
-        if self._md5 is not None:
-            self._md5.update(chunk)
-        if self._done == size:
-            self._check_md5()
+        self._took(chunk, len(chunk))
         return chunk
+
+    def _took(self, data, n: int) -> int:
+        """Count *n* bytes the source gave (the first *n* of *data*), md5 them, check the end."""
+        if not n:
+            raise Conflict(f"{self.ref.archive_path} ended after {self._done} bytes, but XNAT lists "
+                           f"{self.ref.size}: it changed in XNAT; create the dataset again",
+                           item=self.ref.archive_path)
+        self._done += n
+        if self._md5 is not None:
+            self._md5.update(data[:n] if len(data) != n else data)
+        if self._done == self.ref.size:
+            self._check_md5()
+        return n
 
     def _check_md5(self) -> None:
         if self._md5 is not None and self._md5.hexdigest() != self.ref.md5.lower():
@@ -220,6 +249,9 @@ class LocalFileStream(VerifyingStream):
 
     def _next(self, n: int) -> bytes:
         return self._f.read(n)
+
+    def _next_into(self, view: memoryview) -> int:
+        return self._f.readinto(view) or 0
 
     def close(self) -> None:
         if not self.closed:

@@ -279,9 +279,23 @@ def test_bytes_that_do_not_match_xnats_md5_are_refused_by_name(connect, devxnat)
         with pytest.raises(Conflict, match="md5") as e:
             mount.open(f).read()
         assert e.value.item == f.archive_path
-        # by default the mount checks the size only (md5 is the worker's, see MountAccess)
+        # readinto (the staging's readers: straight into their buffers) checks the same
+        buf, into = bytearray(f.size), mount.open(f)
+        with pytest.raises(Conflict, match="md5") as e:
+            view, n = memoryview(buf), 0
+            while (got_n := into.readinto(view[n:])):
+                n += got_n
+        assert e.value.item == f.archive_path and n < f.size  # the last read is refused
+        with pytest.raises(Conflict):  # and stays refused
+            into.readinto(bytearray(1))
+        # by default the mount checks the size only (the staging checks md5 where no sha256 of
+        # the file is recorded yet: see MountAccess)
         with connect(access=MountAccess(devxnat.archive)).open(f) as stream:
             assert stream.read() == (devxnat.archive / f.archive_path).read_bytes()
+        with connect(access=MountAccess(devxnat.archive)).open(f) as stream:
+            buf = bytearray(f.size + 10)
+            assert stream.readinto(buf) == f.size and stream.readinto(buf) == 0
+            assert bytes(buf[:f.size]) == (devxnat.archive / f.archive_path).read_bytes()
 
 
 def test_a_file_whose_size_changed_is_refused_at_open(connect, devxnat):

@@ -148,7 +148,7 @@ class JobRegistry:
                     return existing
             d = rec.to_json()
             d["resources"] = json.dumps(d["resources"], sort_keys=True)
-            d["phases"] = json.dumps(d["phases"], sort_keys=True)
+            d["phases"] = json.dumps(d["phases"])
             cols = _FIELDS + ["owner"]
             self._db.execute(f"INSERT INTO jobs ({','.join(cols)}) VALUES ({','.join('?' * len(cols))})",
                              [d[f] for f in _FIELDS] + [owner])
@@ -186,9 +186,10 @@ class JobRegistry:
                 fields["state"] = JobState(fields["state"]).value
                 if JobState(fields["state"]) in TERMINAL and "ended" not in fields:
                     fields["ended"] = now_iso()
-            for k in ("resources", "phases"):
-                if k in fields:
-                    fields[k] = json.dumps(fields[k], sort_keys=True)
+            if "resources" in fields:
+                fields["resources"] = json.dumps(fields["resources"], sort_keys=True)
+            if "phases" in fields:  # in the order they happened
+                fields["phases"] = json.dumps(fields["phases"])
             fields["updated"] = now_iso()
             sets = ", ".join(f"{k}=?" for k in fields)
             self._db.execute(f"UPDATE jobs SET {sets} WHERE id=?", [*fields.values(), job_id])
