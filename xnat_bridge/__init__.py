@@ -12,7 +12,7 @@ hub side (``hub_ext``, ``spawner``).
 
 __version__ = "0.1.0.dev0"
 
-import importlib
+from .lazy import lazy_names
 
 #: the package's names and the module each comes from, imported on first use (PEP 562): the
 #: processes on a Slurm node (the node guard, the worker's task) import a module of this
@@ -20,19 +20,7 @@ import importlib
 _LAZY = {"Connection": "connection", "connect": "connection", "Manifest": "datasets",
          "ManifestFile": "datasets", "XnatHpcError": "errors", "Job": "offload", "jobs": "offload",
          "submit": "offload", "Scope": "scope"}
-
-
-def __getattr__(name: str):
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{module}", __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return sorted([*globals(), *_LAZY])
+__getattr__, __dir__ = lazy_names(__name__, _LAZY, globals())
 
 __all__ = [
            "Connection",

@@ -145,19 +145,22 @@ class VerifyingStream(io.RawIOBase):
         view[:len(chunk)] = chunk
         return len(chunk)
 
-    def read(self, n: int | None = -1) -> bytes:
+    def _guarded(self, op):
+        """Run *op* under the stream's lock: refused once closed, and once failed every further
+        call raises the same error."""
         with self._lock:
             if self.closed:
                 raise ValueError(f"read of closed stream of {self.ref.archive_path}")
             if self._error is not None:
                 raise self._error
             try:
-                if n is None or n < 0:
-                    return self._read_all()
-                return self._read(n)
+                return op()
             except BaseException as e:
                 self._error = e
                 raise
+
+    def read(self, n: int | None = -1) -> bytes:
+        return self._guarded(lambda: self._read_all() if n is None or n < 0 else self._read(n))
 
     def readall(self) -> bytes:
         return self.read(-1)
@@ -165,24 +168,16 @@ class VerifyingStream(io.RawIOBase):
     def readinto(self, buffer) -> int:
         """:meth:`read` into *buffer*, with the same checks; without a copy where the source
         reads into a buffer itself (:meth:`_next_into`: a file of the mount)."""
-        with self._lock:
-            if self.closed:
-                raise ValueError(f"read of closed stream of {self.ref.archive_path}")
-            if self._error is not None:
-                raise self._error
-            try:
-                view = memoryview(buffer).cast("B")
-                if len(view) == 0 or self._ended:
-                    return 0
-                size = self.ref.size
-                if self._done >= size:
-                    self._check_end()
-                    return 0
-                view = view[:min(len(view), size - self._done)]
-                return self._took(view, self._next_into(view))
-            except BaseException as e:
-                self._error = e
-                raise
+        return self._guarded(lambda: self._read_into(memoryview(buffer).cast("B")))
+
+    def _read_into(self, view: memoryview) -> int:
+        if len(view) == 0 or self._ended:
+            return 0
+        if self._done >= self.ref.size:
+            self._check_end()
+            return 0
+        view = view[:min(len(view), self.ref.size - self._done)]
+        return self._took(view, self._next_into(view))
 
     def _read_all(self) -> bytes:
         parts = []

@@ -24,26 +24,14 @@ output), ``jobs/<id>/results/`` (decrypted results), ``jobs/<id>/provenance.json
 directories 0700, files 0600. See docs/security.md, section "Offload".
 """
 
-import importlib
+from ..lazy import lazy_names
 
 #: names imported on first use (PEP 562): the node guard and the worker's task import one
 #: module of this package each, not the manager and everything it needs
 _LAZY = {"Job": "api", "jobs": "api", "set_manager": "api", "submit": "api",
          "OffloadManager": "manager", "OffloadPolicy": "policy", "ResourceRequest": "policy",
          "JobRecord": "registry", "JobRegistry": "registry", "JobState": "registry"}
-
-
-def __getattr__(name: str):
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{module}", __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return sorted([*globals(), *_LAZY])
+__getattr__, __dir__ = lazy_names(__name__, _LAZY, globals())
 
 
 __all__ = ["Job", "JobRecord", "JobRegistry", "JobState", "OffloadManager", "OffloadPolicy",
