@@ -49,7 +49,9 @@ OLDEST_HUB_TESTS := tests/unit/test_plugin_gateway.py tests/unit/test_plugin_nam
 # in parallel (pytest-xdist: each test module whole on one worker, so that its stack starts once),
 # in a random order of modules and of the tests in each (pytest-random-order; the seed is printed:
 # rerun one order with `make test PYTEST_SEED=N`), the 15 slowest tests listed at the end; then,
-# alone, the few tests marked `exclusive` (they take a machine-wide service such as Slurm down)
+# alone, the few tests marked `exclusive` (they take a machine-wide service such as Slurm down, or
+# need it to themselves: the quick runs of the Slurm and Kubernetes benchmarks). Every benchmark
+# runs in its quick mode on the way (tests/integration/test_benchmarks.py; no timing asserted)
 PYTEST_WORKERS ?= 3
 PYTEST_SEED ?= $(shell od -An -N2 -tu2 /dev/urandom | tr -d ' ')
 PYTEST_RUN = -n $(PYTEST_WORKERS) --dist loadscope --random-order-bucket=module --random-order-seed=$(PYTEST_SEED) \

@@ -52,7 +52,14 @@ def test_every_benchmark_has_a_quick_mode_and_a_table_checked_here():
     assert sorted(TABLE) == SCRIPTS
 
 
-@pytest.mark.parametrize("script", SCRIPTS)
+#: those that run alone, after the parallel run (``-m exclusive``): the Kubernetes one opens a
+#: site in the tests' namespace (its claims' names are the kube tests'), the Slurm ones wait for
+#: an idle partition and start hubs of their own
+ALONE = {"bench_kube_spawn.py", "bench_offload.py", "bench_spawn.py"}
+
+
+@pytest.mark.parametrize("script", [pytest.param(s, marks=pytest.mark.exclusive) if s in ALONE else s
+                                    for s in SCRIPTS])
 def test_the_benchmark_runs_in_its_quick_mode_and_prints_its_table(script, request):
     if script in NEEDS:
         request.getfixturevalue(NEEDS[script])
