@@ -97,6 +97,13 @@ class SlurmError(XnatHpcError):
     reason = "slurm_error"
 
 
+class SlurmUnavailable(SlurmError):
+    """Slurm's controller does not answer: nothing can be submitted now (try again later)."""
+
+    status = 503
+    reason = "slurm_unavailable"
+
+
 class CommandFailed(XnatHpcError):
     """An external command exited non-zero; carries its exit code and output."""
 

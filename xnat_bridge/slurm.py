@@ -294,6 +294,17 @@ def parse_sbatch(stdout: str) -> str:
     return job_id if is_job_id(job_id) else ""
 
 
+def ping_argv() -> list[str]:
+    """``scontrol ping``: asks each controller once and answers at once (``sinfo`` and
+    ``sbatch`` retry a controller that is down for about 10 s)."""
+    return ["scontrol", "ping"]
+
+
+def parse_ping(stdout: str) -> bool:
+    """Whether ``scontrol ping``'s answer says a controller is UP (pure)."""
+    return bool(re.search(r"\bis UP\b", stdout or ""))
+
+
 def parse_tmp_disk(text: str) -> int | None:
     """Bytes of the smallest ``TmpDisk`` in ``sinfo -h -o %d`` output (MB per line, Slurm's MB
     being MiB; a ``+`` marks a range's lower bound); None when no node declares one (pure)."""
@@ -355,6 +366,16 @@ async def astate_node(job_id: str, *, timeout: float | None = DEFAULT_TIMEOUT) -
     :class:`CommandFailed` with squeue's message (``slurm_load_jobs error: ...``), which
     batchspawner's ``state_unknown_re`` reads."""
     return (await procs.arun(state_node_argv(job_id), timeout=timeout)).stdout.strip()
+
+
+def controller_up(*, timeout: float | None = 10) -> bool:
+    """Whether Slurm's controller answers now (``scontrol ping``); False when it is down or the
+    command fails."""
+    try:
+        done = procs.run(ping_argv(), timeout=timeout, check=False)
+    except CommandFailed:
+        return False
+    return parse_ping(done.stdout)
 
 
 def tmp_disk(partition: str, *, timeout: float | None = 20) -> int | None:

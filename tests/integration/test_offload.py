@@ -13,6 +13,7 @@ import pytest
 
 from tests.fixtures.offload import SECRET_MARK, scan_tree
 from tests.fixtures.slurm import RUN_DIR, queued_ids
+from xnat_bridge.errors import SlurmUnavailable
 from xnat_bridge.offload import JobState
 
 pytestmark = [pytest.mark.slurm, pytest.mark.devxnat]
@@ -293,6 +294,14 @@ def test_controller_down_fails_clearly_and_can_be_resubmitted(slurm, offload_env
     try:
         script = env.script("ok2.py", "import os\nopen(os.path.join(os.environ['OUTPUT_DIR'], 'y'), 'w').write('2')\n")
         monkeypatch.setenv("SLURM_CONF", str(bogus))
+        # refused at once (scontrol ping answers DOWN without retrying, unlike sinfo and sbatch):
+        # 503, nothing recorded, nothing staged — no 202 for a job that cannot start
+        with pytest.raises(SlurmUnavailable, match="Slurm is not answering") as refused:
+            m.submit("mri", script)
+        assert refused.value.status == 503 and "submit the job again" in refused.value.message
+        assert m.list() == [] and list(env.staging.rglob("*.tar.age*")) == []
+        # the controller going away after the check: the job fails, naming Slurm, and can be resubmitted
+        m.slurm_check = lambda: True
         rec = m.wait(m.submit("mri", script).id, timeout=120)
         assert rec.state == JobState.FAILED and rec.slurm_job_id is None
         assert "Slurm did not accept the job" in rec.message and "submit it again" in rec.message

@@ -31,7 +31,8 @@ from pathlib import Path
 from .. import audit as audit_mod
 from .. import procs
 from ..audit_outbox import default_sink
-from ..errors import Conflict, InvalidRequest, NotFound, XnatHpcError
+from .. import slurm as slurm_mod
+from ..errors import Conflict, InvalidRequest, NotFound, SlurmUnavailable, XnatHpcError
 from ..private import create_private_file, open_regular
 from ..staging import AgeEngine, manifest_sha256, user_dir
 from .bundles import BundleCache
@@ -47,6 +48,7 @@ from .slurm import make_slurm_cluster, partition_tmp_disk, scancel
 log = logging.getLogger(__name__)
 
 _LIVE: weakref.WeakSet[OffloadManager] = weakref.WeakSet()
+_DEFAULT = object()  # slurm_check not given
 _HOST = socket.gethostname()
 
 
@@ -71,6 +73,11 @@ class OffloadManager:
     *cluster_factory* builds the dask cluster of one job from ``SLURMCluster``
     keyword arguments (default :func:`~.slurm.make_slurm_cluster`: dask-jobqueue's
     ``SLURMCluster`` with its ``sbatch``/``scancel`` through :mod:`xnat_bridge.procs`).
+    *slurm_check* is asked before a submission is accepted whether Slurm's controller
+    answers (default, with the default cluster factory: ``scontrol ping``, at once — a
+    submission while Slurm is down is refused with
+    :class:`~xnat_bridge.errors.SlurmUnavailable`, HTTP 503, before anything is recorded,
+    staged or waited for); None asks nothing (a cluster factory that is no Slurm).
     *staging_engine* is the age engine that encrypts bundles and decrypts results in
     this server (:mod:`xnat_bridge.staging.engine`; default: the ``age`` CLI when
     installed, else pyrage). The worker on the compute node decrypts with its node's
@@ -80,7 +87,7 @@ class OffloadManager:
     def __init__(self, connection=None, *, workspace: Path | None = None,
                  policy: OffloadPolicy | None = None, sink: audit_mod.AuditSink | None = None,
                  root_dir: Path | None = None, cluster_factory=None,
-                 staging_engine: AgeEngine | None = None):
+                 staging_engine: AgeEngine | None = None, slurm_check=_DEFAULT):
         self.connection = connection
         if workspace is None:
             if connection is None:
@@ -101,6 +108,8 @@ class OffloadManager:
                                    threads=self.policy.staging_threads,
                                    buffer_bytes=self.policy.staging_buffer)
         self.cluster_factory = cluster_factory or make_slurm_cluster
+        self.slurm_check = (slurm_mod.controller_up if cluster_factory is None else None) \
+            if slurm_check is _DEFAULT else slurm_check
         #: the hub's review API (results review of sensitive projects); None outside a hub
         self.review_client = review_mod.ReviewClient.from_env()
         self._review_lock = threading.Lock()  # one opening of held results at a time
@@ -193,6 +202,11 @@ class OffloadManager:
         request = self.policy.check(ResourceRequest.parse(
             self.policy, partition=partition, cpus=cpus, mem=mem, gpus=gpus, walltime=walltime,
             account=account, qos=qos))
+        if self.slurm_check is not None and not self.slurm_check():
+            self.audit("submit", "failed", detail="Slurm's controller does not answer")
+            raise SlurmUnavailable("Slurm is not answering (its controller is down or unreachable): "
+                                   "nothing was staged or submitted — submit the job again when Slurm "
+                                   "is back, or ask an administrator")
         ctx = self.context()
         conn = self.connection
         script_obj = resolve_script(script, [self.root_dir, self.workspace])
