@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import signal
 import sys
 from pathlib import Path
 
@@ -35,7 +36,15 @@ from xnat_bridge.extras import needs_extra
 
 from .mixin import XnatScopedSpawner
 from .plan import DataMount, SpawnPlan
-from .sandbox import RunAs, SandboxSpec, bwrap_args, closed_to_users, sandbox_identity, setpriv_args
+from .sandbox import (
+    RunAs,
+    SandboxSpec,
+    bwrap_args,
+    closed_to_users,
+    sandbox_identity,
+    sandboxed_server_pids,
+    setpriv_args,
+)
 from .userdirs import prepare_staging
 
 with needs_extra("hub", "the local backend (spawner.local)"):
@@ -113,6 +122,34 @@ class XnatLocalSpawner(XnatScopedSpawner, LocalProcessSpawner):
         return [os.path.join(sys.prefix, "bin", "jupyterhub-singleuser")]
 
     run_as = Any(None, help="The RunAs of the current start when the hub is root (set by prepare_host).")
+
+    async def _signal(self, sig):
+        """Signal the server inside the sandbox, not bubblewrap.
+
+        ``bwrap`` passes no signal on: a SIGINT or SIGTERM to it ends bwrap alone, and
+        ``--die-with-parent`` then kills the server with SIGKILL before its shutdown ran — the
+        offload jobs it follows kept running, their bundles and worker TLS keys left on the
+        staging area. JupyterHub's stop sends SIGINT, waits ``interrupt_timeout`` (the grace
+        period, 10 s by default), then SIGTERM (``term_timeout``): both reach the server as
+        SIGTERM, whose shutdown stops its extensions — ours cancels its jobs and removes what
+        they leave. Only the last resort, SIGKILL, goes to bwrap (which takes the sandbox
+        down with it). Returns whether the sandbox still exists.
+        """
+        if sig != signal.SIGKILL and self.pid:
+            inner = sandboxed_server_pids(self.pid)
+            # SIGTERM for JupyterHub's SIGINT too: jupyter_server without a terminal takes SIGINT
+            # as a KeyboardInterrupt, which ends its loop without stopping its extensions
+            sig = signal.SIGTERM
+            for pid in inner:
+                try:
+                    os.kill(pid, sig)
+                except ProcessLookupError:
+                    pass
+            if inner:
+                self.log.info("sent signal %s to %s's server (pids %s) in its sandbox", sig,
+                              self._log_name, inner)
+                return True
+        return await super()._signal(sig)
 
     def data_mount(self) -> DataMount:
         """Read-only binds of the scope's folders of ``xnat_data_root``; none when it is empty."""

@@ -191,3 +191,33 @@ def closed_to_users(ancestors: list[os.stat_result]) -> bool:
     ``stat`` of the path and each directory above it) belongs to root and grants group and
     others nothing (0700), so nobody else can look up anything beneath it (pure)."""
     return any(st.st_uid == 0 and not st.st_mode & 0o077 for st in ancestors)
+
+
+# -- stopping: the server inside, not bubblewrap -------------------------------------------------
+
+def children_of(pid: int, proc: str = "/proc") -> list[int]:
+    """The processes whose parent is *pid* (from every ``/proc/N/stat``; *proc* for tests)."""
+    out = []
+    try:
+        entries = os.listdir(proc)
+    except OSError:
+        return out
+    for name in entries:
+        if not name.isdigit():
+            continue
+        try:
+            with open(os.path.join(proc, name, "stat"), "rb") as f:
+                stat = f.read().decode("ascii", "replace")
+        except OSError:
+            continue  # gone meanwhile
+        fields = stat[stat.rfind(")") + 2:].split()  # after "pid (comm) ": state, ppid, ...
+        if len(fields) > 1 and fields[1] == str(pid):
+            out.append(int(name))
+    return sorted(out)
+
+
+def sandboxed_server_pids(bwrap_pid: int, proc: str = "/proc") -> list[int]:
+    """The server's process(es) in the sandbox of *bwrap_pid*: the children of the sandbox's
+    init, which ``bwrap --unshare-pid`` puts between itself and the command (empty when the
+    sandbox is gone or its command has not started yet)."""
+    return [server for init in children_of(bwrap_pid, proc) for server in children_of(init, proc)]

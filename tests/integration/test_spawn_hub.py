@@ -138,6 +138,26 @@ def test_local_server_sees_only_its_scope_read_only(hub, shared_devxnat):
     assert not Path(f"/proc/{pid}").exists()
 
 
+def test_a_local_server_is_stopped_by_a_signal_it_handles_not_killed_with_bubblewrap(hub):
+    """Issue 25: a stop reached the server only as bwrap's death (--die-with-parent: SIGKILL),
+    so its shutdown never ran. JupyterHub's stop signals now reach the server in the sandbox:
+    it shuts down itself (its extension closes the offload manager: jobs cancelled, bundles and
+    TLS files removed), and its sandbox is gone after."""
+    hub.login("alice", "alice-demo")
+    r = hub.api("POST", "/users/alice/servers/grace", json={"profile": "local-small", "projects": ["SLEEP_EEG"]})
+    assert r.status_code in (201, 202), r.text
+    pid = _server_process("alice", wait_ready(hub, "alice", "grace"))
+    before = hub.log_path.read_text(errors="replace").count("xnat-hpc: stopped")
+    stop(hub, "alice", "grace")
+    assert not Path(f"/proc/{pid}").exists()
+    log = hub.log_path.read_text(errors="replace")
+    # the signal reached the server, and its shutdown — our extension's included — ran (a
+    # SIGKILL through bwrap's death leaves no such lines)
+    assert f"sent signal 15 to alice:grace's server (pids [{pid}]) in its sandbox" in log
+    assert "received signal 15, stopping" in log
+    assert log.count("xnat-hpc: stopped") > before, log[-3000:]
+
+
 def test_a_form_start_with_two_projects_keeps_both_in_the_hubs_record(hub):
     """Issue 19, finding 3: a form start stores ``user_options`` flat (``projects: "A,B"``) for
     XNAT's readers; the hub's own record of the scope (the spawner's state, what revocation,

@@ -263,3 +263,5 @@ class XnatHpcExtension(ExtensionApp):
         await asyncio.get_running_loop().run_in_executor(None, self.state.close)
         if self.audit_sender is not None:  # one last delivery of what is queued
             await asyncio.get_running_loop().run_in_executor(None, stop_senders)
+        self.log.info("xnat-hpc: stopped (this server's offload jobs cancelled, their bundles and "
+                      "TLS files removed)")

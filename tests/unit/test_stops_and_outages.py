@@ -1,5 +1,6 @@
-"""A submission while Slurm's controller does not answer is refused at once (503), before
-anything is recorded, staged or waited for — in-process, no Slurm."""
+"""Stops and outages (issue 25), in-process: a submission while Slurm's controller does not
+answer is refused at once (503) before anything is recorded, staged or waited for; a local
+server's stop signals reach the server inside its sandbox, not bubblewrap."""
 
 from __future__ import annotations
 
@@ -57,3 +58,24 @@ def test_a_submission_while_slurm_is_down_is_refused_before_anything_is_recorded
 def test_the_default_check_is_slurms_and_a_fake_cluster_is_not_asked(tmp_path):
     assert OffloadManager(workspace=tmp_path / "a").slurm_check is slurm.controller_up
     assert OffloadManager(workspace=tmp_path / "b", cluster_factory=lambda **kw: None).slurm_check is None
+
+
+def test_the_server_in_a_sandbox_is_found_below_bubblewraps_init(tmp_path):
+    """JupyterHub's stop signals go to the server inside bwrap's pid namespace (the children of
+    the sandbox's init), never to bwrap, whose death would SIGKILL the server (issue 25)."""
+    from spawner.sandbox import children_of, sandboxed_server_pids
+
+    def proc(pid: int, ppid: int, comm: str = "python3") -> None:
+        (tmp_path / str(pid)).mkdir()
+        (tmp_path / str(pid) / "stat").write_text(f"{pid} ({comm}) S {ppid} {pid} {pid} 0 -1 4194560\n")
+
+    proc(100, 1, "bwrap")          # the hub's child: bwrap, outside
+    proc(101, 100, "bwrap")        # the sandbox's init (pid 1 inside)
+    proc(102, 101, "jupyterhub-si")  # the server (pid 2 inside)
+    proc(103, 102, "python3")      # a kernel of the server: not signalled by the hub
+    proc(104, 1, "a) S 100 (odd")  # a name with ") S 100 (" in it is no child of 100
+    (tmp_path / "self").mkdir()
+    assert children_of(100, str(tmp_path)) == [101]
+    assert sandboxed_server_pids(100, str(tmp_path)) == [102]
+    assert sandboxed_server_pids(999, str(tmp_path)) == []
+    assert children_of(100, str(tmp_path / "missing")) == []
