@@ -26,14 +26,13 @@ import time
 from pathlib import Path
 
 import pytest
-import requests
 
 from devstack.hubconfig import governance_hub_config, xnat_hub_config
 from tests.fixtures.accounts import unix_entry
 from tests.fixtures.hub import free_privileged_port, start_hub
 from tests.fixtures.plaintext import add_random_project, find_plaintext, remove_members, windows
 from tests.fixtures.slurm import RUN_DIR
-from tests.fixtures.spawn import HUB_TIMEOUTS, governance_token_file, stop_server, wait_ready
+from tests.fixtures.spawn import HUB_TIMEOUTS, UserServer, governance_token_file, stop_server, wait_ready
 
 pytestmark = [pytest.mark.slurm, pytest.mark.devxnat]
 
@@ -107,24 +106,6 @@ def hub(shared_devxnat, unix_users, staging, slurm, tmp_path_factory):
     h.stop()
 
 
-class UserServer:
-    """One spawned server, driven through its REST API with the user's own hub token."""
-
-    def __init__(self, hub, user: str):
-        self.hub, self.user = hub, user
-        r = hub.api("POST", f"/users/{user}/tokens", json={"note": "plaintext scan", "expires_in": 3600})
-        assert r.status_code == 201, r.text
-        self.token = r.json()["token"]
-        self.base = f"{hub.url}/user/{user}/{SERVER}/xnat-hpc/api/"
-
-    def call(self, method: str, path: str, expect: int | None = None, **kw):
-        r = requests.request(method, self.base + path, headers={"Authorization": f"token {self.token}"},
-                             timeout=120, **kw)
-        if expect is not None:
-            assert r.status_code == expect, (method, path, r.status_code, r.text[-2000:])
-        return r.json() if r.content else None
-
-
 def sandbox_dirs(user: str) -> list[str]:
     """The private ``/tmp`` and ``/dev/shm`` of the user's server processes (bubblewrap's
     tmpfs mounts), where they are not the host's."""
@@ -178,7 +159,7 @@ def test_no_plaintext_outside_the_jobs_scratch(hub, shared_devxnat, staging, pub
     assert r.status_code in (201, 202), r.text
     try:
         wait_ready(hub, user, SERVER, timeout=180)
-        srv = UserServer(hub, user)
+        srv = UserServer(hub, user, SERVER, note="plaintext scan")
         ds = srv.call("POST", "datasets", 201, json={"name": dataset, "selection": [{"project": project}]})
         assert ds["file_count"] == len(content)
         sandbox = sandbox_dirs(user)
