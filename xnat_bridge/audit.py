@@ -33,7 +33,7 @@ ACTIONS = ("login", "spawn", "browse", "dataset_create", "dataset_resolve", "dow
            "open", "stage", "submit", "key_release", "result_retrieve", "cancel",
            "permission_denied", "grant", "revoke", "server_stopped",
            "review_policy", "review_hold", "review_approve", "review_reject", "review_delete",
-           "job_state", "ledger_enter", "publish", "share", "unshare")
+           "job_state", "ledger_enter", "publish", "share", "unshare", "staging_cleanup")
 OUTCOMES = ("allowed", "denied", "failed")
 _SECRET_WORDS = ("password", "secret", "token", "identity", "key")
 

@@ -350,8 +350,16 @@ def test_server_killed_mid_job_is_marked_lost_and_leaves_nothing(slurm, offload_
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-    m = env.manager()
+    # what the killed server left on the staging area: a bundle nobody can open, and the
+    # worker's TLS directory with its private key
+    udir = env.staging / "alice"
+    assert list(udir.glob(f".tls-{job_id}-*")) and list(udir.glob("*.tar.age"))
+    m = env.manager()  # the next start of the user's server
     try:
+        left = sorted(p.name for p in udir.iterdir())
+        assert not [n for n in left if n.startswith(".tls-") or n.endswith((".tar.age", ".json"))], left
+        [cleanup] = [e for e in m.sink.events if e.action == "staging_cleanup"]  # audited
+        assert "1 worker TLS directories" in cleanup.detail and f".tls-{job_id}-" in str(cleanup.extra)
         rec = m.get(job_id)
         assert rec.state == JobState.LOST
         assert "server restarted" in rec.message and f"Slurm job {rec.slurm_job_id} was cancelled" in rec.message

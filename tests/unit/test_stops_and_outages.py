@@ -79,3 +79,38 @@ def test_the_server_in_a_sandbox_is_found_below_bubblewraps_init(tmp_path):
     assert sandboxed_server_pids(100, str(tmp_path)) == [102]
     assert sandboxed_server_pids(999, str(tmp_path)) == []
     assert children_of(100, str(tmp_path / "missing")) == []
+
+
+def test_the_staging_sweep_takes_what_no_live_job_needs_and_follows_no_link(tmp_path):
+    """A server killed mid-job left a worker's private key (.tls-<job>-*), bundles nobody can
+    open and results on the staging area; the next server start removes them — not a live
+    job's, not results held for review, not a link's target, not anything else (issue 25)."""
+    from xnat_bridge.offload.sweep import remove_entries, stale_entries
+
+    live, dead, held = "j" + "a" * 12, "j" + "b" * 12, "j" + "c" * 12
+    names = [f".tls-{live}-x1", f".tls-{dead}-y2", f"results-{dead}-0badcafe.tar.age",
+             f"results-{held}-0badcafe.tar.age", f"results-{dead}-12345678.tar.age.partial",
+             "0123456789ab-ba9876543210.tar.age", "0123456789ab-ba9876543210.json",
+             "0123456789ab-ba9876543210.tar.age.partial", "notes.txt", ".tls-nojobid-z", "results-x.tar.age"]
+    assert stale_entries(names, live_jobs={live}, held_jobs={held}, bundles_in_use=True) == sorted(
+        [f".tls-{dead}-y2", f"results-{dead}-0badcafe.tar.age", f"results-{dead}-12345678.tar.age.partial"])
+    assert stale_entries(names, live_jobs=set(), held_jobs={held}, bundles_in_use=False) == sorted(
+        [f".tls-{dead}-y2", f".tls-{live}-x1", f"results-{dead}-0badcafe.tar.age",
+         f"results-{dead}-12345678.tar.age.partial", "0123456789ab-ba9876543210.tar.age",
+         "0123456789ab-ba9876543210.json", "0123456789ab-ba9876543210.tar.age.partial"])
+
+    udir, outside = tmp_path / "alice", tmp_path / "elsewhere"
+    udir.mkdir(mode=0o700)
+    outside.mkdir()
+    (outside / "precious").write_text("not the sweep's")
+    tls = udir / f".tls-{dead}-y2"
+    tls.mkdir()
+    (tls / "worker.key").write_text("-----BEGIN PRIVATE KEY-----")
+    (tls / "link-out").symlink_to(outside)  # a link inside the directory: removed, not followed
+    (udir / f".tls-{dead}-zz").symlink_to(outside)  # a link under a TLS name: the link goes
+    (udir / "0123456789ab-ba9876543210.tar.age").write_bytes(b"age")
+    removed = remove_entries(udir, [f".tls-{dead}-y2", f".tls-{dead}-zz", "0123456789ab-ba9876543210.tar.age",
+                                    "gone-meanwhile"])
+    assert removed == [f".tls-{dead}-y2", f".tls-{dead}-zz", "0123456789ab-ba9876543210.tar.age"]
+    assert sorted(p.name for p in udir.iterdir()) == []
+    assert (outside / "precious").read_text() == "not the sweep's"

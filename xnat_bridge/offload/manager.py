@@ -42,6 +42,7 @@ from .phases import PhaseClock
 from .policy import OffloadPolicy, ResourceRequest
 from .registry import JobRecord, JobRegistry, JobState, new_job_id, now_iso
 from . import review as review_mod
+from . import sweep as sweep_mod
 from .runner import JobRun
 from .slurm import make_slurm_cluster, partition_tmp_disk, scancel
 
@@ -120,6 +121,7 @@ class OffloadManager:
         self._closed = False
         self._mark_lost()
         _LIVE.add(self)
+        self._sweep_staging()
 
     # -- plumbing ----------------------------------------------------------------
     def audit(self, action: str, outcome: str = "allowed", **kw) -> None:
@@ -173,6 +175,30 @@ class OffloadManager:
                 msg = f"the server restarted while the job was {rec.state.value}; submit it again"
             log.warning("job %s of %s: %s", rec.id, rec.user, msg)
             self.registry.update(rec.id, state=JobState.LOST, message=msg)
+
+    def _sweep_staging(self) -> None:
+        """Remove what jobs of servers that are gone left on the staging area: worker TLS keys,
+        bundles nobody can open, unheld results (:mod:`.sweep`); audited."""
+        try:
+            udir = user_dir(self.policy.staging_dir, self.user, create=False)
+        except XnatHpcError as e:
+            log.info("staging clean-up of %s skipped: %s", self.user, e.message)
+            return
+        if udir is None:
+            return
+        live = {rec.id for rec, owner in self.registry.active() if not self._owner_gone(owner)}
+        held = {rec.id for rec in self.registry.list()
+                if rec.terminal and review_mod.HeldResults(self.job_dir(rec.id)).exists()}
+        stale = sweep_mod.stale_entries(os.listdir(udir), live_jobs=live, held_jobs=held,
+                                        bundles_in_use=bool(live))
+        removed = sweep_mod.remove_entries(udir, stale) if stale else []
+        if removed:
+            tls = sum(1 for n in removed if n.startswith(".tls-"))
+            log.warning("staging clean-up of %s: removed %d leftovers of servers that are gone (%d TLS "
+                        "directories with worker keys) from %s", self.user, len(removed), tls, udir)
+            self.audit("staging_cleanup", detail=f"staging area {udir}: removed {len(removed)} leftovers of jobs "
+                                         f"no longer running ({tls} worker TLS directories)",
+                       extra={"removed": removed[:100]})
 
     # -- the contract --------------------------------------------------------------
     def submit(self, dataset: str, script: str, *, dataset_version: int | None = None, partition=None,
