@@ -47,6 +47,9 @@ def recipe(wheel_name: str) -> list[str]:
         f'chroot "$1" python3 -m venv {VENV}',
         f'chroot "$1" {VENV}/bin/pip install -q --no-cache-dir --no-index --find-links /tmp/wheels '
         f'"/tmp/wheels/{wheel_name}[server]"',
+        # the optional checker jsonschema imports when present: 0.9 s of every server start
+        # (scripts/bootstrap.sh says why)
+        f'chroot "$1" {VENV}/bin/pip uninstall -y -q rfc3987-syntax',
         f'chroot "$1" {VENV}/bin/python -c "import xnat_bridge, jupyterhub"',
         f'chroot "$1" useradd -m -u {USER_UID} -s /bin/bash jovyan',
         'rm -rf "$1/tmp/wheels"',
