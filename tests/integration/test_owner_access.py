@@ -30,7 +30,7 @@ import requests
 
 from devstack.accounts import install_file
 from tests.fixtures.accounts import unix_name
-from tests.fixtures.spawn import audit_events, make_hub, stop_server, wait_ready
+from tests.fixtures.spawn import audit_events, make_hub, stop_server, wait_gone, wait_ready
 
 pytestmark = [pytest.mark.devxnat, pytest.mark.slurm]
 
@@ -268,14 +268,19 @@ def test_grant_then_revoke_stops_the_server_and_cancels_the_job(hub, shared_devx
             assert r.status_code == 200, r.text[:1000]
             message = result_of(r)
             assert "bob no longer has access to CARDIO_ECG (Members)" in message, message
-            assert f"{slurm_id} cancelled" in message and "servers stopped: ecg" in message.lower(), message
+            # the job is cancelled within the bound; the server shuts down gracefully (it cancels
+            # what it follows, closes its scheduler: a few seconds under a running job), so its
+            # stop may still be under way at the 5 s bound: the page then says so
+            assert f"{slurm_id} cancelled" in message, message
+            assert "servers stopped: ecg" in message.lower() or "still pending" in message and \
+                "stopping server ecg" in message, message
             assert "bob" not in members(xnat, "CARDIO_ECG")
 
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline and slurm_state(slurm_id) not in ("CANCELLED", "COMPLETED", "FAILED"):
                 time.sleep(0.5)
             assert slurm_state(slurm_id) == "CANCELLED"
-            assert server not in hub.api("GET", "/users/bob").json()["servers"]
+            wait_gone(hub, "bob", server, timeout=60)
             assert bundles(staging, "bob") == []
             # bob is told on his hub home page what happened and why
             home = html.unescape(login(hub, "bob").get(f"{hub.url}/hub/home", timeout=60).text)
