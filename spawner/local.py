@@ -135,21 +135,19 @@ class XnatLocalSpawner(XnatScopedSpawner, LocalProcessSpawner):
         they leave. Only the last resort, SIGKILL, goes to bwrap (which takes the sandbox
         down with it). Returns whether the sandbox still exists.
         """
-        if sig != signal.SIGKILL and self.pid:
-            inner = sandboxed_server_pids(self.pid)
-            # SIGTERM for JupyterHub's SIGINT too: jupyter_server without a terminal takes SIGINT
-            # as a KeyboardInterrupt, which ends its loop without stopping its extensions
-            sig = signal.SIGTERM
-            for pid in inner:
-                try:
-                    os.kill(pid, sig)
-                except ProcessLookupError:
-                    pass
-            if inner:
-                self.log.info("sent signal %s to %s's server (pids %s) in its sandbox", sig,
-                              self._log_name, inner)
-                return True
-        return await super()._signal(sig)
+        inner = sandboxed_server_pids(self.pid) if sig != signal.SIGKILL and self.pid else []
+        if not inner:
+            return await super()._signal(sig)
+        # SIGTERM for JupyterHub's SIGINT too: jupyter_server without a terminal takes SIGINT
+        # as a KeyboardInterrupt, which ends its loop without stopping its extensions
+        for pid in inner:
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        self.log.info("sent signal %s to %s's server (pids %s) in its sandbox", signal.SIGTERM.value,
+                      self._log_name, inner)
+        return True
 
     def data_mount(self) -> DataMount:
         """Read-only binds of the scope's folders of ``xnat_data_root``; none when it is empty."""

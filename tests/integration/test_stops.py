@@ -14,10 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from devstack.hubconfig import governance_hub_config, xnat_hub_config
 from tests.fixtures.accounts import unix_entry
-from tests.fixtures.hub import free_privileged_port, start_hub
-from tests.fixtures.spawn import HUB_TIMEOUTS, UserServer, governance_token_file, wait_gone, wait_ready
+from tests.fixtures.spawn import UserServer, make_hub, wait_gone, wait_ready
 
 pytestmark = [pytest.mark.slurm, pytest.mark.devxnat]
 
@@ -40,7 +38,7 @@ offload:
   max_cpus: 1
   exclusive: false
   staging_dir: {staging}
-"""
+"""  # make_hub fills {staging}
 
 SLEEPER = """\
 import time
@@ -54,14 +52,8 @@ GONE_WITHIN = 10.0
 
 @pytest.fixture(scope="module")
 def hub(shared_devxnat, unix_users, staging, slurm, tmp_path_factory):
-    directory = tmp_path_factory.mktemp("stops-hub")
-    profiles = directory / "profiles.yaml"
-    profiles.write_text(PROFILES.format(staging=staging))
-    config = xnat_hub_config(xnat_url=shared_devxnat.url, profiles=profiles, archive=shared_devxnat.archive,
-                             audit_log=directory / "audit.jsonl", spawner="xnat")
-    config += governance_hub_config(token_file=governance_token_file(directory),
-                                    pages_port=free_privileged_port())
-    h = start_hub(directory, config + HUB_TIMEOUTS)
+    h = make_hub(tmp_path_factory.mktemp("stops-hub"), shared_devxnat, "xnat", staging=staging,
+                 profiles_text=PROFILES)
     yield h
     h.stop()
 

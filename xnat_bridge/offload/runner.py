@@ -40,7 +40,7 @@ from .context import OffloadContext
 from .inputs import Script, audit_items
 from .jobscript import ClusterSpec, cluster_options
 from .keyrelease import KeyRelease
-from .phases import PhaseClock, node_phases, phases_text
+from .phases import PhaseClock, node_phases
 from .policy import ResourceRequest
 from .progress import StagingTracker
 from .registry import JobRecord, JobState, now_iso
@@ -322,7 +322,7 @@ class JobRun:
         phases = self.phases.as_json()
         self.update(state=JobState.RUNNING, started=now_iso(), phases=phases,
                     message=f"running as Slurm job {slurm_job_id}")
-        text = phases_text(phases)
+        text = self.phases.text()
         log.info("job %s: running as Slurm job %s; its start: %s", self.id, slurm_job_id, text)
         self.append_log(f"[xnat-hpc] running as Slurm job {slurm_job_id}; its start: {text}\n")
         self.ctx.audit("key_release", items=audit_items(self.manifest), hashes={"manifest": self.manifest_sha},
